@@ -1,0 +1,520 @@
+//! `ApiKey`: one key at one provider, delivered into one Secret.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// A key at a provider whose plaintext keysmith keeps in a Secret of this namespace.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "keysmith.dev",
+    version = "v1alpha1",
+    kind = "ApiKey",
+    namespaced,
+    status = "ApiKeyStatus",
+    shortname = "ak",
+    category = "keysmith",
+    doc = "An API key at a provider. keysmith creates (or adopts) it, writes its value into a Secret of this namespace, keeps its settings in sync, reports usage and revokes it when the ApiKey is deleted.",
+    printcolumn(
+        name = "Provider",
+        type_ = "string",
+        json_path = ".spec.providerRef.name",
+        description = "The KeyProvider or ClusterKeyProvider serving this key"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "The key is live and its value is in the Secret"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Key",
+        type_ = "string",
+        json_path = ".status.keyHint",
+        description = "Prefix or masked form of the key, as the provider shows it"
+    ),
+    printcolumn(
+        name = "Last Used",
+        type_ = "date",
+        json_path = ".status.lastUsedAt",
+        description = "When the provider last saw the key used (where it reports this)"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    derive = "PartialEq",
+    derive = "Default"
+)]
+#[x_kube(
+    validation = Rule::new("!(has(self.expiresAt) && has(self.ttl))").message("set expiresAt or ttl, not both"),
+    validation = Rule::new("!(has(self.keyRef) && has(self.source))").message("keyRef (adopt an existing key) and source (push a value) exclude each other"),
+    validation = Rule::new("[has(self.openrouter), has(self.boltz), has(self.ucloud), has(self.digitalocean), has(self.bifrost)].filter(x, x).size() <= 1").message("set at most one provider-specific block"),
+    validation = Rule::new("has(self.keyRef) == has(oldSelf.keyRef) && (!has(self.keyRef) || self.keyRef == oldSelf.keyRef)").message("keyRef is immutable: create a new ApiKey to manage another key"),
+    validation = Rule::new("(has(self.secret) && has(self.secret.name) ? self.secret.name : '') == (has(oldSelf.secret) && has(oldSelf.secret.name) ? oldSelf.secret.name : '')").message("secret.name is immutable")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeySpec {
+    /// The KeyProvider (this namespace) or ClusterKeyProvider that serves this key. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("providerRef is immutable: create a new ApiKey for another provider"))]
+    pub provider_ref: ProviderRef,
+    /// Name of the key at the provider. Default `<namespace>/<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 200))]
+    pub display_name: Option<String>,
+    /// Disable the key at the provider without deleting it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+    /// When the key stops working (RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub expires_at: Option<String>,
+    /// Lifetime of the key from its creation (Go duration, e.g. `720h`); the alternative to expiresAt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("ttl must be a positive duration such as 720h"))]
+    pub ttl: Option<String>,
+    /// Spend limit of the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<SpendLimit>,
+    /// Source addresses (IPs, ranges or CIDRs) allowed to use the key. Empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub allowed_ips: Vec<String>,
+    /// Models the key may call. Empty: the provider's default (usually all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    /// OpenRouter-specific settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openrouter: Option<OpenRouterKeySpec>,
+    /// Boltz-specific settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boltz: Option<BoltzKeySpec>,
+    /// UCloud ModelVerse-specific settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ucloud: Option<UCloudKeySpec>,
+    /// DigitalOcean-specific settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digitalocean: Option<DigitalOceanKeySpec>,
+    /// Bifrost-specific settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bifrost: Option<BifrostKeySpec>,
+    /// Adopt an existing key at the provider instead of creating one. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_ref: Option<KeyRef>,
+    /// Push a value you own (from a Secret) to the provider, for providers whose keys take a
+    /// user-supplied value (Bifrost provider keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<KeySource>,
+    /// The Secret that receives the key's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretSpec>,
+    /// What happens to the key at the provider when this ApiKey is deleted: `Delete` (default)
+    /// revokes it; `Orphan` leaves it and keeps the Secret.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+    /// What keysmith does when a field the provider cannot change on an existing key is edited
+    /// (e.g. expiresAt at OpenRouter, anything at Boltz): `Report` (default) says in the status
+    /// which fields need a new key; `Replace` creates a new key, writes it to the Secret, then
+    /// revokes the old one.
+    #[serde(default)]
+    pub on_immutable_change: ImmutableChangePolicy,
+}
+
+/// Which provider object serves an ApiKey.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderRef {
+    /// `KeyProvider` (same namespace) or `ClusterKeyProvider`.
+    #[serde(default)]
+    pub kind: ProviderKind,
+    /// Name of the provider object.
+    #[x_kube(validation = Rule::new("self != ''").message("providerRef.name must not be empty"))]
+    pub name: String,
+}
+
+/// Kind of provider object.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, schemars::JsonSchema,
+)]
+pub enum ProviderKind {
+    /// A namespaced KeyProvider in the ApiKey's namespace.
+    KeyProvider,
+    /// A cluster-scoped ClusterKeyProvider.
+    #[default]
+    ClusterKeyProvider,
+}
+
+/// A spend limit.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SpendLimit {
+    /// Amount in the provider's currency (USD for most), as a decimal string such as `"75"` or `"12.50"`.
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+(\\\\.[0-9]+)?$')").message("amount must be a non-negative decimal such as 75 or 12.50"))]
+    pub amount: String,
+    /// When the spent amount resets: `daily`, `weekly`, `monthly` or `never` (default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset: Option<LimitReset>,
+}
+
+/// Reset period of a spend limit.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitReset {
+    Daily,
+    Weekly,
+    Monthly,
+    Never,
+}
+
+impl LimitReset {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitReset::Daily => "daily",
+            LimitReset::Weekly => "weekly",
+            LimitReset::Monthly => "monthly",
+            LimitReset::Never => "never",
+        }
+    }
+}
+
+/// OpenRouter-specific key settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenRouterKeySpec {
+    /// Count bring-your-own-key spend against the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_byok_in_limit: Option<bool>,
+}
+
+/// Boltz-specific key settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BoltzKeySpec {
+    /// Workspace of the key. Default: the provider's workspaceID, else the organisation's default.
+    #[serde(
+        default,
+        rename = "workspaceID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub workspace_id: Option<String>,
+    /// `live` (default) or `test` (synthetic, GPU-free resources).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<BoltzMode>,
+}
+
+/// Boltz key mode.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BoltzMode {
+    Live,
+    Test,
+}
+
+/// UCloud ModelVerse-specific key settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UCloudKeySpec {
+    /// Disable ModelVerse inference for this key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modelverse_disabled: Option<bool>,
+    /// Disable the sandbox for this key (UCloud documents this as not yet effective).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_disabled: Option<bool>,
+    /// Daily spend cap, as a decimal string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_limit_amount: Option<String>,
+    /// Monthly spend cap, as a decimal string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_limit_amount: Option<String>,
+}
+
+/// DigitalOcean-specific key settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DigitalOceanKeySpec {
+    /// Mint an agent API key for this agent (uuid). Absent: a model access key, which must be
+    /// adopted with keyRef because DigitalOcean retired model-key creation over the API.
+    #[serde(default, rename = "agentUUID", skip_serializing_if = "Option::is_none")]
+    pub agent_uuid: Option<String>,
+}
+
+/// Bifrost-specific key settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BifrostKeySpec {
+    /// Provider keys (with `source`): the upstream provider the gateway uses the value for
+    /// (`openai`, `anthropic`, `azure`, `bedrock`, `vertex`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// Provider keys: load-balancing weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f64>,
+    /// Description stored with the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Virtual keys: which upstream providers (and their keys) the key may use. Empty: none
+    /// (Bifrost denies by default).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub provider_configs: Vec<BifrostProviderConfig>,
+    /// Virtual keys: token and request rate limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<BifrostRateLimit>,
+    /// Provider keys: Azure configuration, passed to the gateway as is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::api::apikey::free_form")]
+    pub azure_key_config: Option<serde_json::Value>,
+    /// Provider keys: Vertex configuration, passed to the gateway as is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::api::apikey::free_form")]
+    pub vertex_key_config: Option<serde_json::Value>,
+    /// Provider keys: Bedrock configuration, passed to the gateway as is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::api::apikey::free_form")]
+    pub bedrock_key_config: Option<serde_json::Value>,
+}
+
+/// One upstream provider a Bifrost virtual key may use.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BifrostProviderConfig {
+    /// Upstream provider name (`openai`, `anthropic`, …).
+    pub provider: String,
+    /// Load-balancing weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f64>,
+    /// Models allowed through this provider (`*` for all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_models: Vec<String>,
+    /// Provider key ids this virtual key may use (`*` for all).
+    #[serde(default, rename = "keyIDs", skip_serializing_if = "Vec::is_empty")]
+    pub key_ids: Vec<String>,
+}
+
+/// Token and request rate limits of a Bifrost virtual key.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BifrostRateLimit {
+    /// Tokens per window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_max_limit: Option<i64>,
+    /// Token window (`30s`, `5m`, `1h`, `1d`, `1w`, `1M`, `1Y`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_reset_duration: Option<String>,
+    /// Requests per window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_max_limit: Option<i64>,
+    /// Request window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_reset_duration: Option<String>,
+}
+
+/// An existing key at the provider.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRef {
+    /// The provider's id of the key (hash, uuid or KeyId).
+    #[x_kube(validation = Rule::new("self != ''").message("keyRef.id must not be empty"))]
+    pub id: String,
+}
+
+/// Where a pushed key's value comes from.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeySource {
+    /// A key of a Secret in this namespace that you own; keysmith reads it and never writes it.
+    pub secret_ref: LocalSecretKeyRef,
+}
+
+/// A key of a Secret in the ApiKey's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalSecretKeyRef {
+    /// Name of the Secret.
+    pub name: String,
+    /// Key within the Secret's data.
+    pub key: String,
+}
+
+/// Shape of the Secret keysmith writes.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretSpec {
+    /// Name of the Secret (in the ApiKey's namespace). Default: the ApiKey's name. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Data key holding the plaintext. Default `api-key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Extra shape for workloads: type, labels, annotations and data entries rendered from
+    /// `{{ .key }}` (the plaintext), `{{ .keyID }}`, `{{ .keyHint }}` and `{{ .name }}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<SecretTemplate>,
+}
+
+/// Template for the written Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretTemplate {
+    /// Secret type. Default `Opaque`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    /// Labels added to the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations added to the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Extra data entries; values may use `{{ .key }}`, `{{ .keyID }}`, `{{ .keyHint }}`, `{{ .name }}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
+}
+
+/// What happens at the provider when an ApiKey is deleted.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum DeletionPolicy {
+    /// Revoke (delete) the key at the provider.
+    #[default]
+    Delete,
+    /// Leave the key at the provider and keep the Secret.
+    Orphan,
+}
+
+/// What happens when a field the provider cannot update changes.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum ImmutableChangePolicy {
+    /// Report the fields in the Ready condition and keep the current key.
+    #[default]
+    Report,
+    /// Create a replacement key, write it to the Secret, then revoke the old key.
+    Replace,
+}
+
+/// Observed state of an ApiKey. Every field is deterministic: a reconcile that finds nothing new
+/// writes nothing.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyStatus {
+    /// The generation last reconciled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` with a reason a person can act on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Which provider serves the key (openrouter, boltz, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_type: Option<String>,
+    /// The provider's id of the key (hash, uuid or KeyId). Not secret.
+    #[serde(default, rename = "keyID", skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// Prefix or masked rendering of the key, as the provider shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_hint: Option<String>,
+    /// When the provider created the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    /// When the key expires, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// When the provider last saw the key used (Boltz).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<String>,
+    /// Spend reported by the provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// The Secret holding the key's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// Fields changed in the spec that the provider cannot update on the existing key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields_needing_new_key: Vec<String>,
+    /// Recorded *before* every create call: lets keysmith find and revoke a key whose create
+    /// answered but whose value never reached the Secret (e.g. the operator was killed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_create: Option<PendingCreate>,
+}
+
+/// Marker of a create call in flight.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingCreate {
+    /// Name the key is created under at the provider.
+    pub name: String,
+    /// When the attempt started (RFC 3339); keys of that name created since then are this attempt's.
+    pub started_at: String,
+    /// Random id of the attempt, also sent to the provider where it has a field for it.
+    pub attempt: String,
+}
+
+/// Spend of a key as reported by the provider, as decimal strings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weekly: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly: Option<String>,
+    /// Limit minus spend, where the provider reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_remaining: Option<String>,
+    /// Currency or unit of the amounts (e.g. USD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+}
+
+/// Schema for a free-form JSON object (kept as is by the API server).
+pub(crate) fn free_form(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+impl ApiKey {
+    /// Name of the key at the provider.
+    pub fn display_name(&self) -> String {
+        use kube::ResourceExt;
+        self.spec.display_name.clone().unwrap_or_else(|| {
+            format!(
+                "{}/{}",
+                self.namespace().unwrap_or_default(),
+                self.name_any()
+            )
+        })
+    }
+
+    /// Name of the Secret receiving the value.
+    pub fn secret_name(&self) -> String {
+        use kube::ResourceExt;
+        self.spec
+            .secret
+            .as_ref()
+            .and_then(|s| s.name.clone())
+            .unwrap_or_else(|| self.name_any())
+    }
+
+    /// Data key holding the plaintext.
+    pub fn secret_data_key(&self) -> String {
+        self.spec
+            .secret
+            .as_ref()
+            .and_then(|s| s.key.clone())
+            .unwrap_or_else(|| "api-key".to_string())
+    }
+}

@@ -1,0 +1,224 @@
+//! `KeyProvider` (namespaced) and `ClusterKeyProvider` (cluster-scoped): how to reach one
+//! provider account. Both share [`KeyProviderSpec`].
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::SecretKeySelector;
+
+/// How to reach one provider account. Exactly one provider block must be set.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "keysmith.dev",
+    version = "v1alpha1",
+    kind = "KeyProvider",
+    namespaced,
+    status = "KeyProviderStatus",
+    shortname = "kp",
+    category = "keysmith",
+    doc = "A provider account that ApiKeys of this namespace can use. Credentials come from a Secret in this namespace.",
+    printcolumn(name = "Type", type_ = "string", json_path = ".status.providerType", description = "Which provider this account is at"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Credentials verified against the provider"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    derive = "PartialEq",
+    derive = "Default",
+    validation = Rule::new("[has(self.spec.openrouter), has(self.spec.boltz), has(self.spec.ucloud), has(self.spec.digitalocean), has(self.spec.bifrost)].filter(x, x).size() == 1").message("exactly one provider block (openrouter, boltz, ucloud, digitalocean, bifrost) must be set").field_path(".spec"),
+    validation = Rule::new("!has(self.spec.namespaceSelector)").message("namespaceSelector is for ClusterKeyProvider; a KeyProvider serves its own namespace only").field_path(".spec.namespaceSelector")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyProviderSpec {
+    /// OpenRouter account reached with a management key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openrouter: Option<OpenRouterProvider>,
+    /// Boltz compute API organisation reached with an admin API key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boltz: Option<BoltzProvider>,
+    /// UCloud ModelVerse project reached with an API key pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ucloud: Option<UCloudProvider>,
+    /// DigitalOcean Gradient account reached with a personal access or OAuth token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digitalocean: Option<DigitalOceanProvider>,
+    /// A self-hosted Bifrost gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bifrost: Option<BifrostProvider>,
+    /// Client-side rate limit for calls to this provider account, shared by all ApiKeys using it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// How often usage and last-used data are refreshed from the provider (Go duration, e.g.
+    /// `5m`). One paged listing per interval serves every ApiKey of this provider. Default `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('10s')").message("refreshInterval must be at least 10s"))]
+    pub refresh_interval: Option<String>,
+    /// ClusterKeyProvider only: which namespaces may use this provider. Empty or absent admits
+    /// every namespace. Ignored (and rejected) on a namespaced KeyProvider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+}
+
+/// OpenRouter: keys are created with a management key (created in the OpenRouter web UI).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenRouterProvider {
+    /// API base URL. Default `https://openrouter.ai/api/v1`; override for proxies or the emulator.
+    #[serde(default, rename = "baseURL", skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// Secret key holding the OpenRouter management key.
+    pub management_key_secret_ref: SecretKeySelector,
+    /// Workspace (UUID) in which keys are created and listed. Default: the account's default workspace.
+    #[serde(
+        default,
+        rename = "workspaceID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub workspace_id: Option<String>,
+}
+
+/// Boltz compute API: workspace keys are created with an admin key (`sk_bc_admin_…`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BoltzProvider {
+    /// API base URL. Default `https://api.boltz.bio`.
+    #[serde(default, rename = "baseURL", skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// Secret key holding the Boltz admin API key.
+    pub api_key_secret_ref: SecretKeySelector,
+    /// Workspace in which keys are created unless the ApiKey names another. Default: the
+    /// organisation's default workspace.
+    #[serde(
+        default,
+        rename = "workspaceID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub workspace_id: Option<String>,
+}
+
+/// UCloud ModelVerse: signed requests with an API key pair.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UCloudProvider {
+    /// API base URL. Default `https://api.ucloud.cn` (international: `https://api.ucloud-global.com`).
+    #[serde(default, rename = "baseURL", skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// The account's API public key (not a secret).
+    #[x_kube(validation = Rule::new("self != ''").message("publicKey must not be empty"))]
+    pub public_key: String,
+    /// Secret key holding the API private key used to sign requests.
+    pub private_key_secret_ref: SecretKeySelector,
+    /// Project the keys belong to. Sub-accounts must set it; blank means the default project.
+    #[serde(default, rename = "projectID", skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
+    /// Region, for the request-log actions. The key actions do not need it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+}
+
+/// DigitalOcean Gradient: model and agent keys managed with an API token.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DigitalOceanProvider {
+    /// API base URL. Default `https://api.digitalocean.com`.
+    #[serde(default, rename = "baseURL", skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// Secret key holding the DigitalOcean API token (needs the `genai:*` scopes).
+    pub token_secret_ref: SecretKeySelector,
+}
+
+/// A self-hosted Bifrost gateway.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BifrostProvider {
+    /// The gateway's base URL, e.g. `http://bifrost.ai-gateway:8080`.
+    #[serde(rename = "baseURL")]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("baseURL must be an http(s) URL"))]
+    pub base_url: String,
+    /// Credentials when the gateway has authentication on. Absent: no authentication (Bifrost's
+    /// default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_secret_ref: Option<BifrostAuth>,
+}
+
+/// How keysmith authenticates to a Bifrost gateway with auth enabled.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BifrostAuth {
+    /// `Basic` (admin username and password; the Secret holds `username` and `password` keys) or
+    /// `Bearer` (a session token or `bfst-` management key in the key named by `key`).
+    #[serde(default)]
+    pub scheme: BifrostAuthScheme,
+    /// Name of the Secret.
+    pub name: String,
+    /// For a ClusterKeyProvider: namespace of the Secret (default: the operator's namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Bearer: the key holding the token (default `token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// Authentication scheme for a Bifrost gateway.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum BifrostAuthScheme {
+    /// HTTP Basic with the admin username and password.
+    #[default]
+    Basic,
+    /// `Authorization: Bearer <token>`.
+    Bearer,
+}
+
+/// A token bucket applied to every call keysmith makes to one provider account.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Sustained requests per second (may be fractional, e.g. 0.5).
+    #[x_kube(validation = Rule::new("self > 0.0").message("requestsPerSecond must be positive"))]
+    pub requests_per_second: f64,
+    /// Largest burst above the sustained rate. Default: max(1, requestsPerSecond).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub burst: Option<u32>,
+}
+
+/// Observed state of a provider object.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyProviderStatus {
+    /// The generation last verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Which provider block is set (openrouter, boltz, ucloud, digitalocean, bifrost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_type: Option<String>,
+    /// `Ready`: the credentials were accepted by the provider.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// The cluster-scoped twin of [`KeyProvider`]; credentials come from a Secret in the namespace
+/// named in each secret reference (default: the operator's namespace).
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "keysmith.dev",
+    version = "v1alpha1",
+    kind = "ClusterKeyProvider",
+    status = "KeyProviderStatus",
+    shortname = "ckp",
+    category = "keysmith",
+    doc = "A provider account that ApiKeys of any namespace admitted by spec.namespaceSelector can use.",
+    printcolumn(name = "Type", type_ = "string", json_path = ".status.providerType", description = "Which provider this account is at"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Credentials verified against the provider"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    derive = "PartialEq",
+    derive = "Default",
+    validation = Rule::new("[has(self.spec.openrouter), has(self.spec.boltz), has(self.spec.ucloud), has(self.spec.digitalocean), has(self.spec.bifrost)].filter(x, x).size() == 1").message("exactly one provider block (openrouter, boltz, ucloud, digitalocean, bifrost) must be set").field_path(".spec")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterKeyProviderSpec {
+    #[serde(flatten)]
+    pub inner: KeyProviderSpec,
+}

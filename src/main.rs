@@ -1,0 +1,67 @@
+use std::net::SocketAddr;
+
+use clap::{Parser, Subcommand};
+
+/// keysmith: API keys at AI and compute providers, delivered into Kubernetes Secrets.
+#[derive(Parser, Debug)]
+#[command(name = "keysmith", version, about, long_about = None)]
+struct Cli {
+    /// Log format: `text` or `json`.
+    #[arg(
+        long,
+        global = true,
+        default_value = "text",
+        env = "KEYSMITH_LOG_FORMAT"
+    )]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the controller (in-cluster config or KUBECONFIG).
+    Run(keysmith::controller::RunArgs),
+    /// Print the CustomResourceDefinitions as YAML (the source of crds/).
+    Crds,
+    /// Run a stateful emulator of a provider's key API.
+    Emulate {
+        /// Address to listen on (port 0 picks a free port; the bound address is printed).
+        #[arg(long, default_value = "127.0.0.1:8080", global = true)]
+        listen: SocketAddr,
+        #[command(subcommand)]
+        provider: keysmith::emulators::EmulateCommand,
+    },
+    /// Print the Secret (value redacted) and the provider calls an ApiKey would cause, without a cluster.
+    Render(keysmith::render::RenderArgs),
+}
+
+fn init_logging(format: &str) {
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    match cli.command {
+        Command::Run(args) => keysmith::controller::run(args).await,
+        Command::Crds => {
+            print!("{}", keysmith::api::crds_yaml());
+            Ok(())
+        }
+        Command::Emulate { listen, provider } => keysmith::emulators::run(listen, provider).await,
+        Command::Render(args) => keysmith::render::run(args),
+    }
+}

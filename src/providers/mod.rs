@@ -1,0 +1,631 @@
+//! The provider side of keysmith: one trait for a key's lifecycle ([`KeyBackend`]), one module
+//! per provider implementing it, and one shared HTTP layer ([`http`]).
+//!
+//! A provider module reads like the provider's reference: its endpoints, its error mapping and
+//! its pagination. What every provider shares (retries, backoff, Retry-After, the client-side
+//! rate limit, metrics, typed errors, drift detection) lives here and in [`http`].
+
+pub mod bifrost;
+pub mod boltz;
+pub mod digitalocean;
+pub mod http;
+pub mod openrouter;
+pub mod ucloud;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
+
+use crate::api::{
+    ApiKeySpec, BifrostKeySpec, BoltzKeySpec, DigitalOceanKeySpec, KeyProviderSpec, LimitReset,
+    OpenRouterKeySpec, ProviderType, UCloudKeySpec, Usage,
+};
+
+/// Errors of a provider call. Messages come from the provider's error body (never from a
+/// request, so never a secret) and are cut to a readable length.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum ProviderError {
+    /// 401/403: the credentials are wrong, revoked or lack a permission.
+    #[error("the provider refused the credentials: {0}")]
+    Auth(String),
+    /// 400/409/422 and equivalents: the provider rejected what was asked.
+    #[error("the provider rejected the request: {0}")]
+    Rejected(String),
+    /// 404: the key (or its parent) does not exist at the provider.
+    #[error("not found at the provider: {0}")]
+    NotFound(String),
+    /// 429: slow down; retry after the given delay if the provider said.
+    #[error("rate limited by the provider{}", .retry_after.map(|d| format!(" (retry after {}s)", d.as_secs())).unwrap_or_default())]
+    RateLimited { retry_after: Option<Duration> },
+    /// 5xx, timeouts and connection failures.
+    #[error("the provider is unavailable: {0}")]
+    Unavailable(String),
+    /// The provider answered with a body keysmith could not read.
+    #[error("the provider sent a malformed response: {0}")]
+    Malformed(String),
+    /// The operation does not exist at this provider (or was retired, e.g. HTTP 410).
+    #[error("not supported by the provider: {0}")]
+    Unsupported(String),
+}
+
+impl ProviderError {
+    /// The Ready condition reason this error surfaces as.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProviderError::Auth(_) => "ProviderAuthFailed",
+            ProviderError::Rejected(_) => "ProviderRejected",
+            ProviderError::NotFound(_) => "ProviderNotFound",
+            ProviderError::RateLimited { .. } => "RateLimited",
+            ProviderError::Unavailable(_) | ProviderError::Malformed(_) => "ProviderUnavailable",
+            ProviderError::Unsupported(_) => "UnsupportedOperation",
+        }
+    }
+
+    /// Whether trying again later may succeed without anyone changing anything.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ProviderError::RateLimited { .. }
+                | ProviderError::Unavailable(_)
+                | ProviderError::Malformed(_)
+        )
+    }
+
+    /// A static label for metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            ProviderError::Auth(_) => "auth",
+            ProviderError::Rejected(_) => "rejected",
+            ProviderError::NotFound(_) => "not_found",
+            ProviderError::RateLimited { .. } => "rate_limited",
+            ProviderError::Unavailable(_) => "unavailable",
+            ProviderError::Malformed(_) => "malformed",
+            ProviderError::Unsupported(_) => "unsupported",
+        }
+    }
+}
+
+/// A spec field a provider may or may not honour. `path()` is how it is named in conditions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Field {
+    DisplayName,
+    Disabled,
+    ExpiresAt,
+    Ttl,
+    LimitAmount,
+    LimitReset,
+    AllowedIps,
+    Models,
+    /// The provider-specific block of this provider (each provider checks its own sub-fields).
+    Extras,
+    KeyRef,
+    Source,
+}
+
+impl Field {
+    pub fn path(self) -> &'static str {
+        match self {
+            Field::DisplayName => "spec.displayName",
+            Field::Disabled => "spec.disabled",
+            Field::ExpiresAt => "spec.expiresAt",
+            Field::Ttl => "spec.ttl",
+            Field::LimitAmount => "spec.limit.amount",
+            Field::LimitReset => "spec.limit.reset",
+            Field::AllowedIps => "spec.allowedIPs",
+            Field::Models => "spec.models",
+            Field::Extras => "spec.<provider block>",
+            Field::KeyRef => "spec.keyRef",
+            Field::Source => "spec.source",
+        }
+    }
+}
+
+/// How an existing key can be adopted (`spec.keyRef`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdoptMode {
+    /// The provider cannot give a value for an existing key: adoption is refused.
+    No,
+    /// The secret can be read back from the provider (list/get return it).
+    ReadBack,
+    /// A fresh value is obtained by regenerating the key (the old value stops working).
+    Regenerate,
+}
+
+/// What a provider can do; the controller checks an ApiKey against this before any call.
+#[derive(Clone, Debug)]
+pub struct Capabilities {
+    /// Keys can be created over the API.
+    pub mint: bool,
+    /// How `spec.keyRef` is served.
+    pub adopt: AdoptMode,
+    /// Keys take a user-supplied value (`spec.source`).
+    pub push: bool,
+    /// Fields honoured when a key is created.
+    pub supported: &'static [Field],
+    /// Fields that can be changed on an existing key.
+    pub mutable: &'static [Field],
+    /// The provider returns the plaintext in list/get, so a lost Secret can be restored.
+    pub secret_readable: bool,
+    /// Keys can be fetched one by one (otherwise the list is filtered).
+    pub has_get: bool,
+    /// Largest page the list endpoint serves.
+    pub page_size: usize,
+}
+
+impl Capabilities {
+    pub fn supports(&self, f: Field) -> bool {
+        self.supported.contains(&f)
+    }
+    pub fn can_update(&self, f: Field) -> bool {
+        self.mutable.contains(&f)
+    }
+}
+
+/// A spend limit, provider-neutral.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limit {
+    /// Decimal string, normalised (no trailing zeros after the point).
+    pub amount: String,
+    pub reset: Option<LimitReset>,
+}
+
+/// The desired settings of a key, from an ApiKey spec (provider-neutral fields plus the
+/// provider's own block).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KeySettings {
+    pub name: String,
+    pub disabled: bool,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub limit: Option<Limit>,
+    pub allowed_ips: Vec<String>,
+    pub models: Vec<String>,
+    pub openrouter: Option<OpenRouterKeySpec>,
+    pub boltz: Option<BoltzKeySpec>,
+    pub ucloud: Option<UCloudKeySpec>,
+    pub digitalocean: Option<DigitalOceanKeySpec>,
+    pub bifrost: Option<BifrostKeySpec>,
+    /// Random id of the create attempt; providers with a free-text field (e.g. a description)
+    /// store it so that crash recovery can recognise the key beyond doubt.
+    pub attempt: Option<String>,
+}
+
+impl KeySettings {
+    /// Settings from a spec. `created_at` anchors `ttl` (now, for a key about to be created).
+    pub fn from_spec(
+        spec: &ApiKeySpec,
+        name: String,
+        created_at: DateTime<Utc>,
+    ) -> Result<Self, String> {
+        let expires_at = match (&spec.expires_at, &spec.ttl) {
+            (Some(at), _) => Some(
+                DateTime::parse_from_rfc3339(at)
+                    .map_err(|e| format!("spec.expiresAt {at:?} is not an RFC 3339 time: {e}"))?
+                    .with_timezone(&Utc),
+            ),
+            (None, Some(ttl)) => {
+                let d = parse_duration(ttl).map_err(|e| format!("spec.ttl: {e}"))?;
+                Some(
+                    created_at
+                        + chrono::Duration::from_std(d).map_err(|e| format!("spec.ttl: {e}"))?,
+                )
+            }
+            (None, None) => None,
+        };
+        let limit = match &spec.limit {
+            Some(l) => Some(Limit {
+                amount: normalize_decimal(&l.amount).ok_or_else(|| {
+                    format!("spec.limit.amount {:?} is not a decimal number", l.amount)
+                })?,
+                reset: l.reset,
+            }),
+            None => None,
+        };
+        Ok(KeySettings {
+            name,
+            disabled: spec.disabled,
+            expires_at,
+            limit,
+            allowed_ips: spec.allowed_ips.clone(),
+            models: spec.models.clone(),
+            openrouter: spec.openrouter.clone(),
+            boltz: spec.boltz.clone(),
+            ucloud: spec.ucloud.clone(),
+            digitalocean: spec.digitalocean.clone(),
+            bifrost: spec.bifrost.clone(),
+            attempt: None,
+        })
+    }
+}
+
+/// Where a family of keys lives at a provider. Listing is per scope: DigitalOcean agent keys
+/// live under their agent, Bifrost provider keys under their upstream provider, and so on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyScope {
+    /// The family of keys (e.g. `agent` or `model`; `virtual` or `provider`). Empty: the only one.
+    pub family: String,
+    /// The parent object the keys live under (an agent uuid, an upstream provider…). Empty: none.
+    pub parent: String,
+}
+
+/// What the provider reports about a key's settings. `None`: the provider does not report it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ObservedSettings {
+    pub disabled: Option<bool>,
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+    pub limit: Option<Option<Limit>>,
+    pub allowed_ips: Option<Vec<String>>,
+    pub models: Option<Vec<String>>,
+}
+
+/// A key as the provider describes it (never the plaintext, except where the provider
+/// returns it in listings: then [`ProviderKey::secret`]).
+#[derive(Clone, Debug, Default)]
+pub struct ProviderKey {
+    pub id: String,
+    pub name: String,
+    /// Prefix or masked rendering (`sk-or-v1-0e6...1c96`), never the secret.
+    pub hint: Option<String>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub usage: Option<Usage>,
+    /// False once revoked (providers that keep revoked keys listed).
+    pub active: bool,
+    pub observed: ObservedSettings,
+    /// Free-text marker the key was created with (see [`KeySettings::attempt`]).
+    pub attempt: Option<String>,
+    /// The plaintext, only for providers whose listing returns it (UCloud).
+    pub secret: Option<SecretString>,
+    /// Provider-specific settings kept for drift checks of the provider block.
+    pub extras: BTreeMap<String, String>,
+}
+
+/// A freshly minted (or regenerated) key: the only time most providers show the plaintext.
+#[derive(Debug)]
+pub struct CreatedKey {
+    pub key: ProviderKey,
+    pub secret: SecretString,
+}
+
+/// One page of a listing.
+#[derive(Debug, Default)]
+pub struct KeyPage {
+    pub keys: Vec<ProviderKey>,
+    /// Cursor of the next page; `None` on the last page.
+    pub next: Option<String>,
+}
+
+/// The lifecycle of a key at one provider account.
+#[async_trait]
+pub trait KeyBackend: Send + Sync {
+    /// Which provider this is.
+    fn provider(&self) -> ProviderType;
+    /// What the provider can do.
+    fn capabilities(&self) -> &Capabilities;
+    /// Where keys with these settings live (default: the provider's only family).
+    fn scope(&self, _settings: &KeySettings) -> KeyScope {
+        KeyScope::default()
+    }
+    /// Check the credentials with the cheapest authenticated call there is.
+    async fn verify(&self) -> Result<(), ProviderError>;
+    /// Create a key; the answer holds the one-time plaintext.
+    async fn create(&self, settings: &KeySettings) -> Result<CreatedKey, ProviderError>;
+    /// One page of the keys of a scope. `cursor` is `None` for the first page.
+    async fn list_page(
+        &self,
+        scope: &KeyScope,
+        cursor: Option<&str>,
+    ) -> Result<KeyPage, ProviderError>;
+    /// One key. `Err(NotFound)` when it does not exist.
+    async fn get(&self, scope: &KeyScope, id: &str) -> Result<ProviderKey, ProviderError> {
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self.list_page(scope, cursor.as_deref()).await?;
+            if let Some(k) = page.keys.into_iter().find(|k| k.id == id) {
+                return Ok(k);
+            }
+            match page.next {
+                Some(n) => cursor = Some(n),
+                None => return Err(ProviderError::NotFound(format!("key {id}"))),
+            }
+        }
+    }
+    /// Change the given mutable fields of a key to their desired values.
+    async fn update(
+        &self,
+        scope: &KeyScope,
+        id: &str,
+        desired: &KeySettings,
+        fields: &[Field],
+    ) -> Result<ProviderKey, ProviderError>;
+    /// Revoke (delete) a key. `Err(NotFound)` when it is already gone.
+    async fn revoke(&self, scope: &KeyScope, id: &str) -> Result<(), ProviderError>;
+    /// Give an existing key a new value (the old one stops working).
+    async fn regenerate(&self, _scope: &KeyScope, _id: &str) -> Result<CreatedKey, ProviderError> {
+        Err(ProviderError::Unsupported(format!(
+            "{} has no regenerate call",
+            self.provider()
+        )))
+    }
+    /// Register a user-supplied value (push). `existing`: the id of the key to update instead.
+    async fn push(
+        &self,
+        _settings: &KeySettings,
+        _value: &SecretString,
+        _existing: Option<&str>,
+    ) -> Result<ProviderKey, ProviderError> {
+        Err(ProviderError::Unsupported(format!(
+            "{} keys do not take a user-supplied value",
+            self.provider()
+        )))
+    }
+    /// Fields of the provider block that differ between the observed key and the desired
+    /// settings (default: the provider reports none of them).
+    fn extras_drift(&self, _current: &ProviderKey, _desired: &KeySettings) -> bool {
+        false
+    }
+}
+
+/// The neutral fields that differ between what the provider reports and what is desired.
+pub fn drift(backend: &dyn KeyBackend, current: &ProviderKey, desired: &KeySettings) -> Vec<Field> {
+    let mut out = Vec::new();
+    let o = &current.observed;
+    if current.name != desired.name {
+        out.push(Field::DisplayName);
+    }
+    if o.disabled.is_some_and(|d| d != desired.disabled) {
+        out.push(Field::Disabled);
+    }
+    if let Some(exp) = &o.expires_at {
+        let same = match (exp, &desired.expires_at) {
+            (Some(a), Some(b)) => (*a - *b).num_seconds().abs() <= 1,
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            out.push(Field::ExpiresAt);
+        }
+    }
+    if let Some(lim) = &o.limit {
+        let amount = |l: &Option<Limit>| l.as_ref().map(|l| l.amount.clone());
+        let reset = |l: &Option<Limit>| {
+            l.as_ref()
+                .and_then(|l| l.reset)
+                .filter(|r| *r != LimitReset::Never)
+        };
+        if amount(lim) != amount(&desired.limit) {
+            out.push(Field::LimitAmount);
+        }
+        if reset(lim) != reset(&desired.limit) {
+            out.push(Field::LimitReset);
+        }
+    }
+    if let Some(ips) = &o.allowed_ips {
+        if sorted(ips) != sorted(&desired.allowed_ips) {
+            out.push(Field::AllowedIps);
+        }
+    }
+    if let Some(models) = &o.models {
+        if sorted(models) != sorted(&desired.models) {
+            out.push(Field::Models);
+        }
+    }
+    if backend.extras_drift(current, desired) {
+        out.push(Field::Extras);
+    }
+    out
+}
+
+fn sorted(v: &[String]) -> Vec<&str> {
+    let mut s: Vec<&str> = v.iter().map(String::as_str).collect();
+    s.sort_unstable();
+    s
+}
+
+/// Normalise a decimal string: `"75.50"` → `"75.5"`, `"010"` → `"10"`, `"3.0"` → `"3"`.
+/// `None` if it is not a plain non-negative decimal.
+pub fn normalize_decimal(s: &str) -> Option<String> {
+    let s = s.trim();
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    if int.is_empty()
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    if s.ends_with('.') {
+        return None;
+    }
+    let int = int.trim_start_matches('0');
+    let int = if int.is_empty() { "0" } else { int };
+    let frac = frac.trim_end_matches('0');
+    Some(if frac.is_empty() {
+        int.to_string()
+    } else {
+        format!("{int}.{frac}")
+    })
+}
+
+/// A provider's number (e.g. a JSON double) as a normalised decimal string.
+pub fn decimal_from_f64(v: f64) -> String {
+    // Money at providers has at most cent-of-a-cent precision; 6 places is plenty and stable.
+    normalize_decimal(&format!("{v:.6}")).unwrap_or_else(|| v.to_string())
+}
+
+/// Parse a Go-style duration (`90s`, `5m`, `720h`, `1h30m`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d: kube::core::Duration = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a duration like 5m or 720h: {e}"))?;
+    if d.is_negative() {
+        return Err(format!("{s:?} is negative"));
+    }
+    Ok(d.into())
+}
+
+/// Provider-wide settings for the HTTP layer.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Overrides the provider's default base URL.
+    pub base_url: Option<String>,
+    /// Client-side token bucket (requests per second, burst).
+    pub rate_limit: Option<(f64, u32)>,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Attempts for a request that can be retried safely.
+    pub max_attempts: u32,
+    /// First backoff delay (doubled each attempt, with full jitter).
+    pub backoff_base: Duration,
+    /// Longest Retry-After keysmith waits inside one call; longer ones are returned as
+    /// `RateLimited` and the reconcile is requeued instead.
+    pub max_retry_after: Duration,
+    /// Where request metrics go.
+    pub metrics: Option<Arc<crate::metrics::ProviderMetrics>>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            base_url: None,
+            rate_limit: None,
+            timeout: Duration::from_secs(15),
+            max_attempts: 4,
+            backoff_base: Duration::from_millis(200),
+            max_retry_after: Duration::from_secs(10),
+            metrics: None,
+        }
+    }
+}
+
+/// Credentials read from Secrets, by role (`token`, `privateKey`, `username`, `password`).
+#[derive(Default)]
+pub struct Credentials(pub BTreeMap<String, SecretString>);
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, "[REDACTED]")))
+            .finish()
+    }
+}
+
+impl Credentials {
+    pub fn get(&self, role: &str) -> Result<&SecretString, String> {
+        self.0
+            .get(role)
+            .ok_or_else(|| format!("credential {role:?} missing"))
+    }
+}
+
+/// The Secret keys a provider spec needs, by role: `(role, namespace or None, name, key)`.
+pub fn credential_refs(spec: &KeyProviderSpec) -> Vec<(String, Option<String>, String, String)> {
+    let r = |role: &str, s: &crate::api::SecretKeySelector| {
+        (
+            role.to_string(),
+            s.namespace.clone(),
+            s.name.clone(),
+            s.key.clone(),
+        )
+    };
+    if let Some(p) = &spec.openrouter {
+        vec![r("token", &p.management_key_secret_ref)]
+    } else if let Some(p) = &spec.boltz {
+        vec![r("token", &p.api_key_secret_ref)]
+    } else if let Some(p) = &spec.ucloud {
+        vec![r("privateKey", &p.private_key_secret_ref)]
+    } else if let Some(p) = &spec.digitalocean {
+        vec![r("token", &p.token_secret_ref)]
+    } else if let Some(p) = &spec.bifrost {
+        match &p.auth_secret_ref {
+            None => vec![],
+            Some(a) => match a.scheme {
+                crate::api::BifrostAuthScheme::Basic => vec![
+                    (
+                        "username".into(),
+                        a.namespace.clone(),
+                        a.name.clone(),
+                        "username".into(),
+                    ),
+                    (
+                        "password".into(),
+                        a.namespace.clone(),
+                        a.name.clone(),
+                        "password".into(),
+                    ),
+                ],
+                crate::api::BifrostAuthScheme::Bearer => vec![(
+                    "token".into(),
+                    a.namespace.clone(),
+                    a.name.clone(),
+                    a.key.clone().unwrap_or_else(|| "token".into()),
+                )],
+            },
+        }
+    } else {
+        vec![]
+    }
+}
+
+/// Build the backend for a provider spec.
+pub fn build_backend(
+    spec: &KeyProviderSpec,
+    creds: Credentials,
+    mut opts: ClientOptions,
+) -> Result<Arc<dyn KeyBackend>, String> {
+    if let Some(rl) = &spec.rate_limit {
+        let burst = rl
+            .burst
+            .unwrap_or_else(|| rl.requests_per_second.ceil().max(1.0) as u32);
+        opts.rate_limit = Some((rl.requests_per_second, burst.max(1)));
+    }
+    if let Some(p) = &spec.openrouter {
+        opts.base_url = p.base_url.clone();
+        Ok(Arc::new(openrouter::OpenRouterClient::new(p, creds, opts)?))
+    } else if let Some(p) = &spec.boltz {
+        opts.base_url = p.base_url.clone();
+        Ok(Arc::new(boltz::BoltzClient::new(p, creds, opts)?))
+    } else if let Some(p) = &spec.ucloud {
+        opts.base_url = p.base_url.clone();
+        Ok(Arc::new(ucloud::UCloudClient::new(p, creds, opts)?))
+    } else if let Some(p) = &spec.digitalocean {
+        opts.base_url = p.base_url.clone();
+        Ok(Arc::new(digitalocean::DigitalOceanClient::new(
+            p, creds, opts,
+        )?))
+    } else if let Some(p) = &spec.bifrost {
+        opts.base_url = Some(p.base_url.clone());
+        Ok(Arc::new(bifrost::BifrostClient::new(p, creds, opts)?))
+    } else {
+        Err("no provider block is set".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_normalise() {
+        assert_eq!(normalize_decimal("75").as_deref(), Some("75"));
+        assert_eq!(normalize_decimal("75.50").as_deref(), Some("75.5"));
+        assert_eq!(normalize_decimal("007.000").as_deref(), Some("7"));
+        assert_eq!(normalize_decimal("0.05").as_deref(), Some("0.05"));
+        assert_eq!(normalize_decimal("-1"), None);
+        assert_eq!(normalize_decimal("1e3"), None);
+        assert_eq!(normalize_decimal("1."), None);
+        assert_eq!(decimal_from_f64(12.5), "12.5");
+        assert_eq!(decimal_from_f64(75.0), "75");
+        assert_eq!(decimal_from_f64(0.1 + 0.2), "0.3");
+    }
+
+    #[test]
+    fn durations_parse_go_style() {
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("five minutes").is_err());
+        assert!(parse_duration("-5m").is_err());
+    }
+}

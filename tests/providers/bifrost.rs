@@ -1,0 +1,1 @@
+//! bifrost client ⇄ emulator tests (to be written).

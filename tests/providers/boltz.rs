@@ -1,0 +1,1 @@
+//! boltz client ⇄ emulator tests (to be written).

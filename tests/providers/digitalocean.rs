@@ -1,0 +1,1 @@
+//! digitalocean client ⇄ emulator tests (to be written).

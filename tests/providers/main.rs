@@ -1,0 +1,7 @@
+//! Provider clients against their emulators, over real HTTP on loopback.
+
+mod bifrost;
+mod boltz;
+mod digitalocean;
+mod openrouter;
+mod ucloud;

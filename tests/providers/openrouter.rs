@@ -1,0 +1,1 @@
+//! openrouter client ⇄ emulator tests (to be written).

@@ -1,0 +1,1 @@
+//! ucloud client ⇄ emulator tests (to be written).
