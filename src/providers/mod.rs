@@ -191,6 +191,13 @@ pub struct KeySettings {
     /// Random id of the create attempt; providers with a free-text field (e.g. a description)
     /// store it so that crash recovery can recognise the key beyond doubt.
     pub attempt: Option<String>,
+    /// The ApiKey's uid: a stable identity for providers that take a client-chosen key id
+    /// (Bifrost provider keys), so that a repeated create is recognised (409) instead of doubled.
+    pub uid: String,
+    /// `spec.keyRef.id` when adopting an existing key.
+    pub key_ref: Option<String>,
+    /// `spec.source` is set: the value is pushed from a user's Secret.
+    pub pushed: bool,
 }
 
 impl KeySettings {
@@ -237,6 +244,9 @@ impl KeySettings {
             digitalocean: spec.digitalocean.clone(),
             bifrost: spec.bifrost.clone(),
             attempt: None,
+            uid: String::new(),
+            key_ref: spec.key_ref.as_ref().map(|k| k.id.clone()),
+            pushed: spec.source.is_some(),
         })
     }
 }
@@ -308,6 +318,13 @@ pub trait KeyBackend: Send + Sync {
     /// Where keys with these settings live (default: the provider's only family).
     fn scope(&self, _settings: &KeySettings) -> KeyScope {
         KeyScope::default()
+    }
+    /// Provider-specific problems with the desired settings, found before any call (e.g. a
+    /// model key at DigitalOcean without keyRef, a bad value in the provider's own block). Each
+    /// message names the field and says what to do. The controller has already rejected fields
+    /// outside [`Capabilities::supported`].
+    fn validate(&self, _settings: &KeySettings) -> Vec<String> {
+        Vec::new()
     }
     /// Check the credentials with the cheapest authenticated call there is.
     async fn verify(&self) -> Result<(), ProviderError>;
