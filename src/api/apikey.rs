@@ -1,4 +1,5 @@
 //! `ApiKey`: one key at one provider, delivered into one Secret.
+#![allow(clippy::duplicated_attributes)] // kube printcolumn(...) repeats `type_ =` by design
 
 use std::collections::BTreeMap;
 
@@ -440,6 +441,9 @@ pub struct ApiKeyStatus {
     /// Fields changed in the spec that the provider cannot update on the existing key.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fields_needing_new_key: Vec<String>,
+    /// Pushed keys: resourceVersion of the source Secret last pushed (a change re-pushes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_version: Option<String>,
     /// Recorded *before* every create call: lets keysmith find and revoke a key whose create
     /// answered but whose value never reached the Secret (e.g. the operator was killed).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,6 +1,31 @@
-//! The controller: reconciles ApiKeys against providers and Secrets.
+//! The controller (`keysmith run`): reconciles ApiKeys against providers and Secrets, and
+//! verifies provider objects. Only the Lease holder reconciles when leader election is on.
+
+pub mod apikey;
+pub mod context;
+pub mod provider;
+pub mod secret;
+pub mod validate;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams};
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+
+use crate::api::{
+    ApiKey, ClusterKeyProvider, KeyProvider, ProviderKind, MANAGED_BY, MANAGED_BY_LABEL,
+};
+use crate::metrics::Metrics;
+pub use context::Context;
 
 /// Flags of `keysmith run`.
 #[derive(clap::Args, Debug, Clone)]
@@ -32,6 +57,298 @@ pub struct RunArgs {
     pub concurrency: u16,
 }
 
-pub async fn run(_args: RunArgs) -> anyhow::Result<()> {
-    anyhow::bail!("the controller is not built yet")
+/// Liveness and readiness as served on `/healthz` and `/readyz`.
+#[derive(Default)]
+pub struct Health {
+    pub started: AtomicBool,
+    pub leader: AtomicBool,
+}
+
+/// Run the controller until SIGTERM/SIGINT.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("cannot configure a Kubernetes client: run in a cluster or set KUBECONFIG")?;
+    check_crds(&client).await?;
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    let server = tokio::spawn(serve_http(
+        args.metrics_addr,
+        metrics.clone(),
+        health.clone(),
+    ));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics,
+        args.namespace.clone(),
+        "keysmith",
+    ));
+
+    if args.leader_elect {
+        run_with_leader_election(client, ctx, &args, health).await?;
+    } else {
+        health.leader.store(true, Ordering::SeqCst);
+        run_controllers(client, ctx, &args, health, crate::shutdown_signal()).await;
+    }
+    server.abort();
+    Ok(())
+}
+
+/// Exit with an install hint when the CRDs are missing.
+async fn check_crds(client: &Client) -> anyhow::Result<()> {
+    let api: Api<ApiKey> = Api::all(client.clone());
+    match api.list(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => anyhow::bail!(
+            "the ApiKey CRD is not installed: run `keysmith crds | kubectl apply --server-side -f -` (or install the Helm chart)"
+        ),
+        // Forbidden in a namespace-scoped install is fine: the per-namespace watches will tell.
+        Err(kube::Error::Api(e)) if e.code == 403 => Ok(()),
+        Err(e) => Err(e).context("cannot reach the Kubernetes API"),
+    }
+}
+
+async fn run_with_leader_election(
+    client: Client,
+    ctx: Arc<Context>,
+    args: &RunArgs,
+    health: Arc<Health>,
+) -> anyhow::Result<()> {
+    use kube_leader_election::{LeaseLock, LeaseLockParams, LeaseLockResult};
+    let holder = std::env::var("POD_NAME")
+        .unwrap_or_else(|_| format!("keysmith-{}", crate::emulators::random_hex(8)));
+    let ttl = Duration::from_secs(args.lease_duration.max(3));
+    let lock = LeaseLock::new(
+        client.clone(),
+        &args.namespace,
+        LeaseLockParams {
+            lease_name: args.lease_name.clone(),
+            holder_id: holder.clone(),
+            lease_ttl: ttl,
+        },
+    );
+    let mut shutdown = Box::pin(crate::shutdown_signal());
+    health.started.store(true, Ordering::SeqCst);
+    tracing::info!(holder, lease = %args.lease_name, "waiting for leadership");
+    // Standby: try to take the Lease every ttl/3.
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            _ = tokio::time::sleep(ttl / 3) => {}
+        }
+        match lock.try_acquire_or_renew().await {
+            Ok(LeaseLockResult::Acquired(_)) => break,
+            Ok(LeaseLockResult::NotAcquired(_)) => {}
+            Err(e) => tracing::warn!(error = %e, "leader election: cannot read the Lease"),
+        }
+    }
+    tracing::info!(holder, "became leader");
+    health.leader.store(true, Ordering::SeqCst);
+    // Leader: renew every ttl/3; losing the Lease stops the controllers (and the process, so
+    // that it comes back as a clean standby).
+    let lost = Arc::new(tokio::sync::Notify::new());
+    let renew = {
+        let lost = lost.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                match lock.try_acquire_or_renew().await {
+                    Ok(LeaseLockResult::Acquired(_)) => {}
+                    Ok(LeaseLockResult::NotAcquired(_)) => {
+                        tracing::error!("lost the leader Lease");
+                        lost.notify_one();
+                        return lock;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "leader election: renew failed"),
+                }
+            }
+        })
+    };
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown => {},
+            _ = lost.notified() => {},
+        }
+    };
+    run_controllers(client.clone(), ctx, args, health.clone(), stop).await;
+    renew.abort();
+    if let Ok(lock) = renew.await {
+        let _ = lock.step_down().await;
+    } else {
+        // Released promptly so a standby takes over without waiting the full lease duration.
+        let lock = LeaseLock::new(
+            client,
+            &args.namespace,
+            LeaseLockParams {
+                lease_name: args.lease_name.clone(),
+                holder_id: holder,
+                lease_ttl: ttl,
+            },
+        );
+        let _ = lock.step_down().await;
+    }
+    Ok(())
+}
+
+/// Run every controller until `stop` resolves; in-flight reconciles finish first.
+pub async fn run_controllers(
+    client: Client,
+    ctx: Arc<Context>,
+    args: &RunArgs,
+    health: Arc<Health>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let stop = futures::future::FutureExt::shared(Box::pin(stop));
+    let mut apikey_wc = watcher::Config::default();
+    if let Some(sel) = &args.label_selector {
+        apikey_wc = apikey_wc.labels(sel);
+    }
+    let secret_wc = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    let cfg = controller::Config::default().concurrency(args.concurrency);
+
+    let namespaces: Vec<Option<String>> = if args.watch_namespaces.is_empty() {
+        vec![None]
+    } else {
+        args.watch_namespaces.iter().cloned().map(Some).collect()
+    };
+    let mut tasks = Vec::new();
+    for ns in &namespaces {
+        let (apikeys, secrets, kps): (Api<ApiKey>, Api<Secret>, Api<KeyProvider>) = match ns {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        };
+        let ctl = Controller::new(apikeys, apikey_wc.clone());
+        let store = ctl.store();
+        let store2 = store.clone();
+        let ctl = ctl
+            .owns(secrets, secret_wc.clone())
+            .watches(
+                kps.clone(),
+                watcher::Config::default(),
+                move |kp: KeyProvider| {
+                    let ns = kp.namespace();
+                    let name = kp.name_any();
+                    store
+                        .state()
+                        .into_iter()
+                        .filter(|ak| {
+                            ak.spec.provider_ref.kind == ProviderKind::KeyProvider
+                                && ak.spec.provider_ref.name == name
+                                && ak.namespace() == ns
+                        })
+                        .map(|ak| ObjectRef::from_obj(ak.as_ref()))
+                        .collect::<Vec<_>>()
+                },
+            )
+            .watches(
+                Api::<ClusterKeyProvider>::all(client.clone()),
+                watcher::Config::default(),
+                move |ckp: ClusterKeyProvider| {
+                    let name = ckp.name_any();
+                    store2
+                        .state()
+                        .into_iter()
+                        .filter(|ak| {
+                            ak.spec.provider_ref.kind == ProviderKind::ClusterKeyProvider
+                                && ak.spec.provider_ref.name == name
+                        })
+                        .map(|ak| ObjectRef::from_obj(ak.as_ref()))
+                        .collect::<Vec<_>>()
+                },
+            )
+            .with_config(cfg.clone())
+            .graceful_shutdown_on(stop.clone())
+            .run(apikey::reconcile, apikey::error_policy, ctx.clone())
+            .for_each(|_| futures::future::ready(()));
+        tasks.push(tokio::spawn(ctl));
+
+        let kp_ctl = Controller::new(kps, watcher::Config::default())
+            .graceful_shutdown_on(stop.clone())
+            .run(
+                provider::reconcile_key_provider,
+                provider::error_policy,
+                ctx.clone(),
+            )
+            .for_each(|_| futures::future::ready(()));
+        tasks.push(tokio::spawn(kp_ctl));
+    }
+    let ckp_ctl = Controller::new(
+        Api::<ClusterKeyProvider>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(stop.clone())
+    .run(
+        provider::reconcile_cluster_key_provider,
+        provider::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|_| futures::future::ready(()));
+    tasks.push(tokio::spawn(ckp_ctl));
+    health.started.store(true, Ordering::SeqCst);
+    tracing::info!(namespaces = ?args.watch_namespaces, selector = ?args.label_selector, "controllers running");
+    for t in tasks {
+        let _ = t.await;
+    }
+    tracing::info!("controllers stopped");
+}
+
+/// `/metrics`, `/healthz`, `/readyz`.
+pub async fn serve_http(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) -> anyhow::Result<()> {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let m = metrics.clone();
+    let h1 = health.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = m.clone();
+                async move {
+                    (
+                        [(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.encode(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok") }))
+        .route(
+            "/readyz",
+            get(move || {
+                let h = h1.clone();
+                async move {
+                    if h.started.load(Ordering::SeqCst) {
+                        let role = if h.leader.load(Ordering::SeqCst) {
+                            "leader"
+                        } else {
+                            "standby"
+                        };
+                        (StatusCode::OK, role)
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    axum::serve(listener, app).await?;
+    Ok(())
 }

@@ -1,0 +1,314 @@
+//! Test environment: a fake Kubernetes API holding the CRDs, a provider emulator on loopback,
+//! and a controller context pointed at both. Every write to the fake API is recorded.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::ByteString;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::Client;
+use kube_fake_client::{interceptor, ClientBuilder};
+use serde_json::{json, Value};
+
+use keysmith::api::{
+    ApiKey, ApiKeySpec, ClusterKeyProvider, ClusterKeyProviderSpec, KeyProvider, KeyProviderSpec,
+    ProviderRef,
+};
+use keysmith::controller::apikey;
+use keysmith::controller::Context;
+use keysmith::emulators::RunningEmulator;
+use keysmith::metrics::Metrics;
+use keysmith::providers::ClientOptions;
+
+pub const NS: &str = "team-a";
+pub const OPERATOR_NS: &str = "keysmith-system";
+
+/// One recorded write to the fake API: `"<verb> <what> <body>"`.
+pub type Writes = Arc<Mutex<Vec<String>>>;
+
+/// Failures to inject into the fake API.
+#[derive(Default)]
+pub struct KubeFaults {
+    /// Fail this many Secret writes (server-side apply of a Secret).
+    pub fail_secret_writes: std::sync::atomic::AtomicU32,
+}
+
+pub struct Env {
+    pub client: Client,
+    pub ctx: Arc<Context>,
+    pub emulator: RunningEmulator,
+    pub writes: Writes,
+    pub kube_faults: Arc<KubeFaults>,
+    pub http: reqwest::Client,
+}
+
+fn describe_patch(kind: &str, v: &Value) -> String {
+    let k = v.get("kind").and_then(Value::as_str).unwrap_or(kind);
+    format!("patch {k}")
+}
+
+/// Build the fake API with `objects` (plus the team-a and operator namespaces).
+pub async fn fake_client(objects: Vec<Value>, writes: Writes, faults: Arc<KubeFaults>) -> Client {
+    let w1 = writes.clone();
+    let w2 = writes.clone();
+    let w3 = writes.clone();
+    let w4 = writes.clone();
+    let w5 = writes.clone();
+    let funcs = interceptor::Funcs::new()
+        .create(move |c| {
+            let kind = c
+                .object
+                .get("kind")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string();
+            w1.lock()
+                .unwrap()
+                .push(format!("create {kind} {}", c.object));
+            Ok(None)
+        })
+        .patch(move |c| {
+            let what = describe_patch("object", c.patch);
+            if what == "patch Secret"
+                && faults
+                    .fail_secret_writes
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    > 0
+            {
+                faults
+                    .fail_secret_writes
+                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                w2.lock().unwrap().push("patch Secret (failed)".into());
+                return Err(kube_fake_client::Error::Internal(
+                    "injected: the API server is unavailable".into(),
+                ));
+            }
+            w2.lock().unwrap().push(format!("{what} {}", c.patch));
+            Ok(None)
+        })
+        .patch_status(move |c| {
+            w3.lock()
+                .unwrap()
+                .push(format!("patch status {} {}", c.name, c.patch));
+            Ok(None)
+        })
+        .delete(move |c| {
+            w4.lock().unwrap().push(format!("delete {}", c.name));
+            Ok(None)
+        })
+        .update(move |_| {
+            w5.lock().unwrap().push("update".into());
+            Ok(None)
+        });
+    let mut b = ClientBuilder::new()
+        .with_resource::<ApiKey>()
+        .with_status_subresource::<ApiKey>()
+        .with_resource::<KeyProvider>()
+        .with_status_subresource::<KeyProvider>()
+        .with_resource::<ClusterKeyProvider>()
+        .with_status_subresource::<ClusterKeyProvider>()
+        .with_interceptor_funcs(funcs);
+    let mut all = vec![
+        serde_json::to_value(namespace(NS, &[("team", "ai")])).unwrap(),
+        serde_json::to_value(namespace(OPERATOR_NS, &[])).unwrap(),
+        serde_json::to_value(namespace("other", &[("team", "web")])).unwrap(),
+    ];
+    all.extend(objects);
+    b = b.with_runtime_objects(all);
+    b.build().await.expect("fake client builds")
+}
+
+pub fn namespace(name: &str, labels: &[(&str, &str)]) -> Namespace {
+    let mut n = Namespace::default();
+    n.metadata.name = Some(name.into());
+    n.metadata.labels = Some(
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    n
+}
+
+pub fn secret(ns: &str, name: &str, key: &str, value: &str) -> Secret {
+    let mut s = Secret::default();
+    s.metadata.name = Some(name.into());
+    s.metadata.namespace = Some(ns.into());
+    s.data = Some([(key.to_string(), ByteString(value.as_bytes().to_vec()))].into());
+    s
+}
+
+pub fn cluster_provider(name: &str, spec: KeyProviderSpec) -> ClusterKeyProvider {
+    let mut p = ClusterKeyProvider::new(name, ClusterKeyProviderSpec { inner: spec });
+    p.metadata.uid = Some(format!("uid-ckp-{name}"));
+    p.metadata.generation = Some(1);
+    p
+}
+
+pub fn apikey(name: &str, provider: &str, spec: ApiKeySpec) -> ApiKey {
+    let mut spec = spec;
+    spec.provider_ref = ProviderRef {
+        kind: Default::default(),
+        name: provider.into(),
+    };
+    let mut ak = ApiKey::new(name, spec);
+    ak.metadata.namespace = Some(NS.into());
+    ak
+}
+
+/// Short timeouts and backoff so failure tests stay fast.
+pub fn test_client_options() -> ClientOptions {
+    ClientOptions {
+        timeout: Duration::from_secs(2),
+        max_attempts: 3,
+        backoff_base: Duration::from_millis(10),
+        max_retry_after: Duration::from_secs(2),
+        ..ClientOptions::default()
+    }
+}
+
+impl Env {
+    pub async fn new(emulator: RunningEmulator, objects: Vec<Value>) -> Env {
+        let writes: Writes = Arc::default();
+        let kube_faults = Arc::new(KubeFaults::default());
+        let client = fake_client(objects, writes.clone(), kube_faults.clone()).await;
+        let metrics = Arc::new(Metrics::new());
+        let mut ctx = Context::new(
+            client.clone(),
+            metrics.clone(),
+            OPERATOR_NS.into(),
+            "keysmith-test",
+        );
+        ctx.client_options = ClientOptions {
+            metrics: Some(metrics.provider.clone()),
+            ..test_client_options()
+        };
+        Env {
+            client,
+            ctx: Arc::new(ctx),
+            emulator,
+            writes,
+            kube_faults,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn apikeys(&self) -> Api<ApiKey> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    pub fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    pub async fn create(&self, ak: &ApiKey) -> ApiKey {
+        self.apikeys()
+            .create(&PostParams::default(), ak)
+            .await
+            .expect("ApiKey created in the fake API")
+    }
+
+    pub async fn get(&self, name: &str) -> ApiKey {
+        self.apikeys().get(name).await.expect("ApiKey exists")
+    }
+
+    /// One reconcile of the current state of `name`.
+    pub async fn reconcile(&self, name: &str) -> Result<Action, apikey::Error> {
+        let ak = self.get(name).await;
+        apikey::reconcile(Arc::new(ak), self.ctx.clone()).await
+    }
+
+    /// Reconcile until Ready=True (or `max` passes); returns the last ApiKey.
+    pub async fn converge(&self, name: &str, max: usize) -> ApiKey {
+        for _ in 0..max {
+            let _ = self.reconcile(name).await;
+            let ak = self.get(name).await;
+            if ready(&ak).0 == "True" {
+                return ak;
+            }
+        }
+        self.get(name).await
+    }
+
+    pub fn take_writes(&self) -> Vec<String> {
+        std::mem::take(&mut *self.writes.lock().unwrap())
+    }
+
+    /// Provider calls the emulator served since the last reset, by route.
+    pub async fn provider_calls(&self) -> Value {
+        self.http
+            .get(format!("{}/_emulator/stats", self.emulator.url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn reset_provider_calls(&self) {
+        self.http
+            .delete(format!("{}/_emulator/stats", self.emulator.url()))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// The keys the emulator holds (no plaintext).
+    pub async fn emulator_keys(&self) -> Vec<Value> {
+        let v: Value = self
+            .http
+            .get(format!("{}/_emulator/keys", self.emulator.url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        match v {
+            Value::Array(a) => a,
+            Value::Object(mut o) => o
+                .remove("keys")
+                .and_then(|k| k.as_array().cloned())
+                .unwrap_or_default(),
+            _ => vec![],
+        }
+    }
+
+    /// The plaintext the Secret holds under `key`.
+    pub async fn secret_value(&self, name: &str, key: &str) -> Option<String> {
+        let s = self.secrets().get_opt(name).await.unwrap()?;
+        s.data?
+            .get(key)
+            .map(|b| String::from_utf8(b.0.clone()).unwrap())
+    }
+
+    pub async fn patch_spec(&self, name: &str, spec: Value) {
+        self.apikeys()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": spec })),
+            )
+            .await
+            .expect("spec patched");
+    }
+
+    pub async fn delete(&self, name: &str) {
+        self.apikeys()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete accepted");
+    }
+}
+
+/// (status, reason, message) of the Ready condition.
+pub fn ready(ak: &ApiKey) -> (String, String, String) {
+    ak.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+        .unwrap_or_default()
+}
