@@ -138,6 +138,10 @@ impl Faults {
 }
 
 async fn fault_middleware(State(faults): State<Arc<Faults>>, req: Request, next: Next) -> Response {
+    // A provider's own control endpoints (e.g. `/_emulator/keys`) are neither counted nor faulted.
+    if req.uri().path().starts_with("/_emulator/") {
+        return next.run(req).await;
+    }
     let route = req
         .extensions()
         .get::<MatchedPath>()
