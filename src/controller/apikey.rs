@@ -112,6 +112,21 @@ pub async fn reconcile(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Err
     let ns = ak.namespace().unwrap_or_default();
     let api: Api<ApiKey> = Api::namespaced(ctx.client.clone(), &ns);
     let started = std::time::Instant::now();
+    if ak.metadata.deletion_timestamp.is_none() && ak.finalizers().is_empty() {
+        // First sight: add the finalizer with a merge patch guarded by resourceVersion (a
+        // concurrent writer makes it fail with 409 and the object is reconciled again).
+        let patch = serde_json::json!({
+            "metadata": { "resourceVersion": ak.resource_version(), "finalizers": [FINALIZER] }
+        });
+        api.patch(
+            &ak.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+        ctx.metrics.kube_write("apikeys", "patch");
+        return Ok(Action::requeue(Duration::from_millis(100)));
+    }
     let result = finalizer(&api, FINALIZER, ak, |event| async {
         match event {
             FinalizerEvent::Apply(ak) => apply(ak, ctx.clone()).await,

@@ -549,11 +549,7 @@ async fn delete_key(
     if let Err(r) = management(&store, &headers) {
         return r;
     }
-    match store
-        .keys
-        .iter_mut()
-        .find(|k| k.hash == hash && k.live())
-    {
+    match store.keys.iter_mut().find(|k| k.hash == hash && k.live()) {
         Some(k) => {
             k.deleted_at = Some(Utc::now());
             Json(json!({ "deleted": true })).into_response()

@@ -42,6 +42,8 @@ pub struct Env {
     pub writes: Writes,
     pub kube_faults: Arc<KubeFaults>,
     pub http: reqwest::Client,
+    /// ApiKeys deleted while holding finalizers (see [`Env::delete`]).
+    terminating: Mutex<std::collections::HashSet<String>>,
 }
 
 fn describe_patch(kind: &str, v: &Value) -> String {
@@ -110,14 +112,72 @@ pub async fn fake_client(objects: Vec<Value>, writes: Writes, faults: Arc<KubeFa
         .with_resource::<ClusterKeyProvider>()
         .with_status_subresource::<ClusterKeyProvider>()
         .with_interceptor_funcs(funcs);
-    let mut all = vec![
-        serde_json::to_value(namespace(NS, &[("team", "ai")])).unwrap(),
-        serde_json::to_value(namespace(OPERATOR_NS, &[])).unwrap(),
-        serde_json::to_value(namespace("other", &[("team", "web")])).unwrap(),
-    ];
-    all.extend(objects);
-    b = b.with_runtime_objects(all);
-    b.build().await.expect("fake client builds")
+    b = b.with_runtime_objects(objects);
+    let fake = b.build().await.expect("fake client builds");
+    let client = with_namespaces(
+        fake,
+        vec![
+            namespace(NS, &[("team", "ai")]),
+            namespace(OPERATOR_NS, &[]),
+            namespace("other", &[("team", "web")]),
+        ],
+    );
+    writes.lock().unwrap().clear();
+    client
+}
+
+/// Two gaps of kube-fake-client 0.3 are bridged here, in front of it:
+/// - it cannot route `/api/v1/namespaces/{name}` (it reads "namespaces" as the start of a
+///   namespaced path), so Namespace reads are answered from `namespaces`;
+/// - it registers every custom resource as namespaced and files objects without a namespace
+///   under `default`, so requests for the cluster-scoped ClusterKeyProvider are rewritten to
+///   that namespace.
+///
+/// Every other request goes to the fake unchanged.
+fn with_namespaces(fake: Client, namespaces: Vec<Namespace>) -> Client {
+    let namespaces = Arc::new(namespaces);
+    let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+        let fake = fake.clone();
+        let namespaces = namespaces.clone();
+        async move {
+            let path = req.uri().path().to_string();
+            let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+            if req.method() == http::Method::GET
+                && parts.len() == 4
+                && parts[..3] == ["api", "v1", "namespaces"]
+            {
+                let (status, body) = match namespaces.iter().find(|n| n.metadata.name.as_deref() == Some(parts[3])) {
+                    Some(n) => (200, serde_json::to_vec(n).unwrap()),
+                    None => (
+                        404,
+                        serde_json::to_vec(&json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": format!("namespaces \"{}\" not found", parts[3])})).unwrap(),
+                    ),
+                };
+                let resp = http::Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(kube::client::Body::from(body))
+                    .unwrap();
+                return Ok::<_, kube::Error>(resp);
+            }
+            const CKP: &str = "/apis/keysmith.dev/v1alpha1/clusterkeyproviders";
+            if let Some(rest) = path.strip_prefix(CKP) {
+                let query = req
+                    .uri()
+                    .query()
+                    .map(|q| format!("?{q}"))
+                    .unwrap_or_default();
+                let uri: http::Uri = format!("/apis/keysmith.dev/v1alpha1/namespaces/default/clusterkeyproviders{rest}{query}")
+                    .parse()
+                    .unwrap();
+                let (mut parts, body) = req.into_parts();
+                parts.uri = uri;
+                return fake.send(http::Request::from_parts(parts, body)).await;
+            }
+            fake.send(req).await
+        }
+    });
+    Client::new(svc, "default")
 }
 
 pub fn namespace(name: &str, labels: &[(&str, &str)]) -> Namespace {
@@ -192,6 +252,7 @@ impl Env {
             writes,
             kube_faults,
             http: reqwest::Client::new(),
+            terminating: Mutex::default(),
         }
     }
 
@@ -216,14 +277,40 @@ impl Env {
 
     /// One reconcile of the current state of `name`.
     pub async fn reconcile(&self, name: &str) -> Result<Action, apikey::Error> {
-        let ak = self.get(name).await;
-        apikey::reconcile(Arc::new(ak), self.ctx.clone()).await
+        let mut ak = self.get(name).await;
+        let terminating = self.terminating.lock().unwrap().contains(name);
+        if terminating {
+            ak.metadata.deletion_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::now(),
+                ));
+        }
+        let result = apikey::reconcile(Arc::new(ak), self.ctx.clone()).await;
+        if terminating
+            && self
+                .get(name)
+                .await
+                .metadata
+                .finalizers
+                .as_ref()
+                .is_none_or(Vec::is_empty)
+        {
+            // The last finalizer is gone: the API server would remove the object now.
+            self.apikeys()
+                .delete(name, &DeleteParams::default())
+                .await
+                .expect("delete accepted");
+            self.terminating.lock().unwrap().remove(name);
+        }
+        result
     }
 
     /// Reconcile until Ready=True (or `max` passes); returns the last ApiKey.
     pub async fn converge(&self, name: &str, max: usize) -> ApiKey {
         for _ in 0..max {
-            let _ = self.reconcile(name).await;
+            if let Err(e) = self.reconcile(name).await {
+                eprintln!("reconcile {name}: {e}");
+            }
             let ak = self.get(name).await;
             if ready(&ak).0 == "True" {
                 return ak;
@@ -296,11 +383,21 @@ impl Env {
             .expect("spec patched");
     }
 
+    /// Delete as an API server does with finalizers present: the object stays, with
+    /// deletionTimestamp set, until its finalizers are removed. kube-fake-client removes objects
+    /// at once whatever their finalizers (and drops deletionTimestamp on create), so the harness
+    /// marks the ApiKey terminating and hands it to the reconciler with deletionTimestamp set;
+    /// once the reconciler has removed the finalizer, the object is deleted from the fake.
     pub async fn delete(&self, name: &str) {
-        self.apikeys()
-            .delete(name, &DeleteParams::default())
-            .await
-            .expect("delete accepted");
+        let ak = self.get(name).await;
+        if ak.metadata.finalizers.as_ref().is_none_or(Vec::is_empty) {
+            self.apikeys()
+                .delete(name, &DeleteParams::default())
+                .await
+                .expect("delete accepted");
+            return;
+        }
+        self.terminating.lock().unwrap().insert(name.to_string());
     }
 }
 

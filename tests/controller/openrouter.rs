@@ -74,9 +74,7 @@ async fn key_works(env: &Env, value: &str) -> bool {
 }
 
 fn live_keys(keys: &[Value]) -> usize {
-    keys.iter()
-        .filter(|k| k.get("deleted").and_then(Value::as_bool) != Some(true))
-        .count()
+    keys.iter().filter(|k| k["active"] == true).count()
 }
 
 fn route_count(stats: &Value, route: &str) -> u64 {
@@ -141,7 +139,7 @@ async fn creates_the_key_writes_the_secret_and_reports_status() {
     let keys = env.emulator_keys().await;
     assert_eq!(live_keys(&keys), 1);
     assert_eq!(keys[0]["name"], "team-a/chat");
-    assert_eq!(keys[0]["limit"].as_f64(), Some(75.0));
+    assert_eq!(keys[0]["settings"]["limit"].as_f64(), Some(75.0));
 }
 
 #[tokio::test]
@@ -250,9 +248,9 @@ async fn a_limit_change_is_patched_at_the_provider() {
     assert_eq!(ready(&ak).0, "True", "{:?}", ak.status);
     assert_eq!(ak.status.unwrap().key_id, before, "an update keeps the key");
     let keys = env.emulator_keys().await;
-    assert_eq!(keys[0]["limit"].as_f64(), Some(20.5));
-    assert_eq!(keys[0]["limit_reset"], "weekly");
-    assert_eq!(keys[0]["disabled"], true);
+    assert_eq!(keys[0]["settings"]["limit"].as_f64(), Some(20.5));
+    assert_eq!(keys[0]["settings"]["limitReset"], "weekly");
+    assert_eq!(keys[0]["settings"]["disabled"], true);
     let calls = env.provider_calls().await;
     assert_eq!(
         route_count(&calls, "PATCH /api/v1/keys/{hash}"),
