@@ -283,7 +283,14 @@ impl KeyBackend for OpenRouterClient {
             query.push(("workspace_id", w.clone()));
         }
         let resp = self
-            .call("list", Idempotency::Safe, Method::GET, "/keys", &query, None)
+            .call(
+                "list",
+                Idempotency::Safe,
+                Method::GET,
+                "/keys",
+                &query,
+                None,
+            )
             .await?;
         let env: DataEnvelope<Vec<KeyObject>> = decode(&resp)?;
         let n = env.data.len();
@@ -322,8 +329,15 @@ impl KeyBackend for OpenRouterClient {
 
     async fn revoke(&self, _scope: &KeyScope, id: &str) -> Result<(), ProviderError> {
         let path = key_path(id)?;
-        self.call("revoke", Idempotency::Safe, Method::DELETE, &path, &[], None)
-            .await?;
+        self.call(
+            "revoke",
+            Idempotency::Safe,
+            Method::DELETE,
+            &path,
+            &[],
+            None,
+        )
+        .await?;
         Ok(())
     }
 
@@ -436,7 +450,11 @@ pub fn format_utc(at: DateTime<Utc>) -> String {
 
 /// `/keys/{hash}`. A hash is hex; anything that could change the path is refused before a call.
 fn key_path(id: &str) -> Result<String, ProviderError> {
-    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    if id.is_empty()
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
         return Err(ProviderError::Rejected(format!(
             "{:?} is not an OpenRouter key hash",
             http::snippet(id)
@@ -785,7 +803,10 @@ mod tests {
         assert_eq!(u.weekly.as_deref(), Some("1"));
         assert_eq!(u.limit_remaining.as_deref(), Some("74.5"));
         assert_eq!(u.unit.as_deref(), Some("USD"));
-        assert_eq!(k.extras.get(EXTRA_INCLUDE_BYOK).map(String::as_str), Some("false"));
+        assert_eq!(
+            k.extras.get(EXTRA_INCLUDE_BYOK).map(String::as_str),
+            Some("false")
+        );
         assert!(k.created_at.is_some());
         assert!(k.last_used_at.is_none());
 
