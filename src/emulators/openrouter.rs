@@ -48,8 +48,8 @@ pub const PAGE_SIZE: usize = 100;
 pub struct Args {
     #[command(flatten)]
     pub faults: FaultArgs,
-    /// Management key accepted by the emulator (repeatable; comma-separated in the environment
-    /// variable). Any string works; real ones look like `sk-or-v1-<64 hex>`.
+    /// Management key accepted by the emulator (repeatable, or several separated by commas).
+    /// Any string without a comma works; real ones look like `sk-or-v1-<64 hex>`.
     #[arg(
         long = "management-key",
         env = "KEYSMITH_EMULATOR_MANAGEMENT_KEY",

@@ -1213,3 +1213,80 @@ fn emulator_flags() {
         assert!(Cli::try_parse_from(["emulate"]).is_err());
     }
 }
+
+/// `examples/openrouter/` works as written against the emulator started as its comment says
+/// (only the port differs: the test binds an ephemeral one).
+#[tokio::test]
+async fn examples_work_against_the_emulator() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/openrouter");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let secret: k8s_openapi::api::core::v1::Secret =
+        serde_yaml::from_str(&read("credentials.yaml")).unwrap();
+    let token = secret.string_data.as_ref().unwrap()["token"].clone();
+    let provider_text = read("provider.yaml");
+    assert!(
+        provider_text.contains(&format!("--management-key {token}")),
+        "provider.yaml must start the emulator with the Secret's management key"
+    );
+    let provider: keysmith::api::ClusterKeyProvider = serde_yaml::from_str(&provider_text).unwrap();
+    let mut spec = provider.spec.inner.clone();
+    assert_eq!(
+        spec.openrouter.as_ref().unwrap().base_url.as_deref(),
+        Some("http://127.0.0.1:8080/api/v1")
+    );
+    let refs = keysmith::providers::credential_refs(&spec);
+    assert_eq!(
+        refs,
+        vec![(
+            "token".to_string(),
+            secret.metadata.namespace.clone(),
+            secret.metadata.name.clone().unwrap(),
+            "token".to_string()
+        )]
+    );
+
+    let (router, faults) = emu::build(&emu::Args::with_management_keys(&[&token]));
+    let e = emulators::spawn(router, faults).await.unwrap();
+    spec.openrouter.as_mut().unwrap().base_url = Some(format!("{}/api/v1", e.url()));
+    let backend = build_backend(&spec, creds(&token), opts()).unwrap();
+    backend.verify().await.unwrap();
+
+    let apikey: keysmith::api::ApiKey = serde_yaml::from_str(&read("apikey.yaml")).unwrap();
+    let now = Utc::now();
+    let want = KeySettings::from_spec(&apikey.spec, apikey.display_name(), now).unwrap();
+    for f in [
+        Field::DisplayName,
+        Field::Ttl,
+        Field::LimitAmount,
+        Field::LimitReset,
+        Field::Extras,
+    ] {
+        assert!(backend.capabilities().supports(f), "{f:?}");
+    }
+    assert!(backend.validate(&want).is_empty());
+    let created = backend.create(&want).await.unwrap();
+    assert_eq!(created.key.name, "default/chat-backend");
+    assert_eq!(
+        created.key.observed.limit,
+        Some(Some(Limit {
+            amount: "25".into(),
+            reset: Some(LimitReset::Monthly)
+        }))
+    );
+    let expires = created.key.observed.expires_at.unwrap().unwrap();
+    assert!(
+        (expires - (now + chrono::Duration::hours(2160)))
+            .num_seconds()
+            .abs()
+            <= 1
+    );
+    assert!(drift(backend.as_ref(), &created.key, &want).is_empty());
+    let (s, _, _) = raw(
+        "GET",
+        api(&e, "/key"),
+        Some(created.secret.expose_secret()),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+}
