@@ -48,8 +48,8 @@ pub const PAGE_SIZE: usize = 100;
 pub struct Args {
     #[command(flatten)]
     pub faults: FaultArgs,
-    /// Management key accepted by the emulator (repeatable; comma-separated in the environment
-    /// variable). Any string works; real ones look like `sk-or-v1-<64 hex>`.
+    /// Management key accepted by the emulator (repeatable, or several separated by commas).
+    /// Any string without a comma works; real ones look like `sk-or-v1-<64 hex>`.
     #[arg(
         long = "management-key",
         env = "KEYSMITH_EMULATOR_MANAGEMENT_KEY",
@@ -105,12 +105,24 @@ pub fn render_error(status: StatusCode, message: &str) -> Response {
     )
 }
 
-fn bad_request(message: impl AsRef<str>) -> Response {
-    render_error(StatusCode::BAD_REQUEST, message.as_ref())
+/// An error answer, rendered in OpenRouter's envelope.
+#[derive(Debug)]
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        render_error(self.0, &self.1)
+    }
 }
 
-fn not_found() -> Response {
-    render_error(StatusCode::NOT_FOUND, "Resource not found")
+type Answer = Result<Response, ApiError>;
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, message.into())
+}
+
+fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "Resource not found".into())
 }
 
 struct StoredKey {
@@ -249,8 +261,8 @@ enum Caller {
     Minted { hash: String },
 }
 
-fn authenticate(store: &Store, headers: &HeaderMap) -> Result<Caller, Response> {
-    let unauthorized = |m: &str| render_error(StatusCode::UNAUTHORIZED, m);
+fn authenticate(store: &Store, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let unauthorized = |m: &str| ApiError(StatusCode::UNAUTHORIZED, m.into());
     let Some(value) = headers.get(AUTHORIZATION) else {
         return Err(unauthorized("Missing Authentication header"));
     };
@@ -279,17 +291,17 @@ fn authenticate(store: &Store, headers: &HeaderMap) -> Result<Caller, Response> 
 }
 
 /// `/keys*` take management keys only.
-fn management(store: &Store, headers: &HeaderMap) -> Result<(), Response> {
+fn management(store: &Store, headers: &HeaderMap) -> Result<(), ApiError> {
     match authenticate(store, headers)? {
         Caller::Management { .. } => Ok(()),
-        Caller::Minted { .. } => Err(render_error(
+        Caller::Minted { .. } => Err(ApiError(
             StatusCode::FORBIDDEN,
-            "Only management keys can perform this operation",
+            "Only management keys can perform this operation".into(),
         )),
     }
 }
 
-fn json_body(body: &Bytes) -> Result<Map<String, Value>, Response> {
+fn json_body(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(bad_request("Request body must be a JSON object")),
@@ -297,7 +309,7 @@ fn json_body(body: &Bytes) -> Result<Map<String, Value>, Response> {
     }
 }
 
-fn opt_limit(v: &Value) -> Result<Option<f64>, Response> {
+fn opt_limit(v: &Value) -> Result<Option<f64>, ApiError> {
     match v {
         Value::Null => Ok(None),
         Value::Number(n) => match n.as_f64() {
@@ -308,7 +320,7 @@ fn opt_limit(v: &Value) -> Result<Option<f64>, Response> {
     }
 }
 
-fn opt_limit_reset(v: &Value) -> Result<Option<String>, Response> {
+fn opt_limit_reset(v: &Value) -> Result<Option<String>, ApiError> {
     match v {
         Value::Null => Ok(None),
         Value::String(s) if matches!(s.as_str(), "daily" | "weekly" | "monthly") => {
@@ -320,12 +332,12 @@ fn opt_limit_reset(v: &Value) -> Result<Option<String>, Response> {
     }
 }
 
-fn boolean(field: &str, v: &Value) -> Result<bool, Response> {
+fn boolean(field: &str, v: &Value) -> Result<bool, ApiError> {
     v.as_bool()
         .ok_or_else(|| bad_request(format!("{field} must be a boolean")))
 }
 
-fn name(v: &Value) -> Result<String, Response> {
+fn name(v: &Value) -> Result<String, ApiError> {
     match v {
         Value::String(s) if !s.is_empty() => Ok(s.clone()),
         _ => Err(bad_request("name must be a non-empty string")),
@@ -333,7 +345,7 @@ fn name(v: &Value) -> Result<String, Response> {
 }
 
 /// `expires_at`: ISO 8601 in UTC; other offsets are rejected like OpenRouter does.
-fn opt_expires_at(v: &Value) -> Result<Option<DateTime<Utc>>, Response> {
+fn opt_expires_at(v: &Value) -> Result<Option<DateTime<Utc>>, ApiError> {
     let s = match v {
         Value::Null => return Ok(None),
         Value::String(s) => s,
@@ -349,108 +361,92 @@ fn opt_expires_at(v: &Value) -> Result<Option<DateTime<Utc>>, Response> {
     Ok(Some(t.with_timezone(&Utc)))
 }
 
-fn workspace(v: &str) -> Result<String, Response> {
+fn workspace(v: &str) -> Result<String, ApiError> {
     parse_workspace(v).map_err(|_| bad_request("workspace_id must be a UUID"))
 }
 
-async fn create_key(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+async fn create_key(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Answer {
     let mut store = s.lock().unwrap();
-    if let Err(r) = management(&store, &headers) {
-        return r;
-    }
-    let body = match json_body(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
+    management(&store, &headers)?;
+    let body = json_body(&body)?;
+    let field = |k: &str| body.get(k).unwrap_or(&Value::Null);
+    let name = name(field("name"))?;
+    let limit = opt_limit(field("limit"))?;
+    let limit_reset = opt_limit_reset(field("limit_reset"))?;
+    let include_byok_in_limit = match body.get("include_byok_in_limit") {
+        None => false,
+        Some(v) => boolean("include_byok_in_limit", v)?,
     };
-    let parsed = (|| -> Result<StoredKey, Response> {
-        let name = name(body.get("name").unwrap_or(&Value::Null))?;
-        let limit = opt_limit(body.get("limit").unwrap_or(&Value::Null))?;
-        let limit_reset = opt_limit_reset(body.get("limit_reset").unwrap_or(&Value::Null))?;
-        let include_byok_in_limit = match body.get("include_byok_in_limit") {
-            None => false,
-            Some(v) => boolean("include_byok_in_limit", v)?,
-        };
-        let expires_at = opt_expires_at(body.get("expires_at").unwrap_or(&Value::Null))?;
-        let workspace_id = match body.get("workspace_id") {
-            None | Some(Value::Null) => store.default_workspace.clone(),
-            Some(Value::String(w)) => workspace(w)?,
-            Some(_) => return Err(bad_request("workspace_id must be a UUID")),
-        };
-        match body.get("creator_user_id") {
-            None | Some(Value::Null) => {}
-            Some(Value::String(u)) if !u.is_empty() => {}
-            Some(_) => {
-                return Err(bad_request(
-                    "creator_user_id must be a non-empty string or null",
-                ))
-            }
+    let expires_at = opt_expires_at(field("expires_at"))?;
+    let workspace_id = match field("workspace_id") {
+        Value::Null => store.default_workspace.clone(),
+        Value::String(w) => workspace(w)?,
+        _ => return Err(bad_request("workspace_id must be a UUID")),
+    };
+    match field("creator_user_id") {
+        Value::Null => {}
+        Value::String(u) if !u.is_empty() => {}
+        _ => {
+            return Err(bad_request(
+                "creator_user_id must be a non-empty string or null",
+            ))
         }
-        Ok(StoredKey {
-            hash: String::new(),
-            digest: [0; 32],
-            label: String::new(),
-            name,
-            disabled: false,
-            limit,
-            limit_reset,
-            include_byok_in_limit,
-            usage: [0.0; 4],
-            byok_usage: [0.0; 4],
-            created_at: Utc::now(),
-            updated_at: None,
-            expires_at,
-            workspace_id,
-            seq: 0,
-            deleted_at: None,
-        })
-    })();
-    let mut key = match parsed {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
+    }
     let plaintext = format!("sk-or-v1-{}", random_hex(64));
     store.seq += 1;
-    key.seq = store.seq;
-    key.hash = random_hex(64);
-    key.digest = digest(&plaintext);
-    key.label = mask(&plaintext);
+    let key = StoredKey {
+        hash: random_hex(64),
+        digest: digest(&plaintext),
+        label: mask(&plaintext),
+        name,
+        disabled: false,
+        limit,
+        limit_reset,
+        include_byok_in_limit,
+        usage: [0.0; 4],
+        byok_usage: [0.0; 4],
+        created_at: Utc::now(),
+        updated_at: None,
+        expires_at,
+        workspace_id,
+        seq: store.seq,
+        deleted_at: None,
+    };
     let data = key.to_json();
     store.keys.push(key);
-    (
+    Ok((
         StatusCode::CREATED,
         Json(json!({ "data": data, "key": plaintext })),
     )
-        .into_response()
+        .into_response())
 }
 
 async fn list_keys(
     State(s): State<Shared>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-) -> Response {
+) -> Answer {
     let store = s.lock().unwrap();
-    if let Err(r) = management(&store, &headers) {
-        return r;
-    }
+    management(&store, &headers)?;
     let mut offset = 0usize;
     let mut include_disabled = false;
     let mut workspace_id = store.default_workspace.clone();
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match k.as_ref() {
             "offset" if v.is_empty() || v == "null" => offset = 0,
-            "offset" => match v.parse() {
-                Ok(n) => offset = n,
-                Err(_) => return bad_request("offset must be a non-negative integer"),
-            },
-            "include_disabled" => match v.as_ref() {
-                "true" | "1" => include_disabled = true,
-                "false" | "0" | "" => include_disabled = false,
-                _ => return bad_request("include_disabled must be true or false"),
-            },
-            "workspace_id" => match workspace(&v) {
-                Ok(w) => workspace_id = w,
-                Err(r) => return r,
-            },
+            "offset" => {
+                offset = v
+                    .parse()
+                    .map_err(|_| bad_request("offset must be a non-negative integer"))?
+            }
+            "include_disabled" => {
+                include_disabled = match v.as_ref() {
+                    "true" | "1" => true,
+                    "false" | "0" | "" => false,
+                    _ => return Err(bad_request("include_disabled must be true or false")),
+                }
+            }
+            "workspace_id" => workspace_id = workspace(&v)?,
             _ => {}
         }
     }
@@ -460,29 +456,26 @@ async fn list_keys(
         .filter(|k| k.live() && k.workspace_id == workspace_id)
         .filter(|k| include_disabled || !k.disabled)
         .collect();
-    keys.sort_by(|a, b| b.seq.cmp(&a.seq));
+    // Newest first.
+    keys.sort_by_key(|k| std::cmp::Reverse(k.seq));
     let page: Vec<Value> = keys
         .into_iter()
         .skip(offset)
         .take(PAGE_SIZE)
         .map(StoredKey::to_json)
         .collect();
-    Json(json!({ "data": page })).into_response()
+    Ok(Json(json!({ "data": page })).into_response())
 }
 
-async fn get_key(
-    State(s): State<Shared>,
-    headers: HeaderMap,
-    Path(hash): Path<String>,
-) -> Response {
+async fn get_key(State(s): State<Shared>, headers: HeaderMap, Path(hash): Path<String>) -> Answer {
     let store = s.lock().unwrap();
-    if let Err(r) = management(&store, &headers) {
-        return r;
-    }
-    match store.keys.iter().find(|k| k.hash == hash && k.live()) {
-        Some(k) => Json(json!({ "data": k.to_json() })).into_response(),
-        None => not_found(),
-    }
+    management(&store, &headers)?;
+    let k = store
+        .keys
+        .iter()
+        .find(|k| k.hash == hash && k.live())
+        .ok_or_else(not_found)?;
+    Ok(Json(json!({ "data": k.to_json() })).into_response())
 }
 
 async fn update_key(
@@ -490,38 +483,29 @@ async fn update_key(
     headers: HeaderMap,
     Path(hash): Path<String>,
     body: Bytes,
-) -> Response {
+) -> Answer {
     let mut store = s.lock().unwrap();
-    if let Err(r) = management(&store, &headers) {
-        return r;
-    }
-    let Some(idx) = store.keys.iter().position(|k| k.hash == hash && k.live()) else {
-        return not_found();
-    };
-    let body = match json_body(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    management(&store, &headers)?;
+    let idx = store
+        .keys
+        .iter()
+        .position(|k| k.hash == hash && k.live())
+        .ok_or_else(not_found)?;
+    let body = json_body(&body)?;
     // Validate everything before changing anything.
-    let patch = (|| -> Result<_, Response> {
-        Ok((
-            body.get("name").map(name).transpose()?,
-            body.get("disabled")
-                .map(|v| boolean("disabled", v))
-                .transpose()?,
-            body.get("limit").map(opt_limit).transpose()?,
-            body.get("limit_reset").map(opt_limit_reset).transpose()?,
-            body.get("include_byok_in_limit")
-                .map(|v| boolean("include_byok_in_limit", v))
-                .transpose()?,
-        ))
-    })();
-    let (name, disabled, limit, limit_reset, byok) = match patch {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
+    let new_name = body.get("name").map(name).transpose()?;
+    let disabled = body
+        .get("disabled")
+        .map(|v| boolean("disabled", v))
+        .transpose()?;
+    let limit = body.get("limit").map(opt_limit).transpose()?;
+    let limit_reset = body.get("limit_reset").map(opt_limit_reset).transpose()?;
+    let byok = body
+        .get("include_byok_in_limit")
+        .map(|v| boolean("include_byok_in_limit", v))
+        .transpose()?;
     let k = &mut store.keys[idx];
-    if let Some(v) = name {
+    if let Some(v) = new_name {
         k.name = v;
     }
     if let Some(v) = disabled {
@@ -537,32 +521,29 @@ async fn update_key(
         k.include_byok_in_limit = v;
     }
     k.updated_at = Some(Utc::now());
-    Json(json!({ "data": k.to_json() })).into_response()
+    Ok(Json(json!({ "data": k.to_json() })).into_response())
 }
 
 async fn delete_key(
     State(s): State<Shared>,
     headers: HeaderMap,
     Path(hash): Path<String>,
-) -> Response {
+) -> Answer {
     let mut store = s.lock().unwrap();
-    if let Err(r) = management(&store, &headers) {
-        return r;
-    }
-    match store.keys.iter_mut().find(|k| k.hash == hash && k.live()) {
-        Some(k) => {
-            k.deleted_at = Some(Utc::now());
-            Json(json!({ "deleted": true })).into_response()
-        }
-        None => not_found(),
-    }
+    management(&store, &headers)?;
+    let k = store
+        .keys
+        .iter_mut()
+        .find(|k| k.hash == hash && k.live())
+        .ok_or_else(not_found)?;
+    k.deleted_at = Some(Utc::now());
+    Ok(Json(json!({ "deleted": true })).into_response())
 }
 
-async fn current_key(State(s): State<Shared>, headers: HeaderMap) -> Response {
+async fn current_key(State(s): State<Shared>, headers: HeaderMap) -> Answer {
     let store = s.lock().unwrap();
-    let data = match authenticate(&store, &headers) {
-        Err(r) => return r,
-        Ok(Caller::Management { label }) => json!({
+    let data = match authenticate(&store, &headers)? {
+        Caller::Management { label } => json!({
             "label": label,
             "limit": null,
             "limit_remaining": null,
@@ -578,12 +559,14 @@ async fn current_key(State(s): State<Shared>, headers: HeaderMap) -> Response {
             "expires_at": null,
             "rate_limit": legacy_rate_limit(),
         }),
-        Ok(Caller::Minted { hash }) => match store.keys.iter().find(|k| k.hash == hash) {
-            Some(k) => k.current_json(),
-            None => return render_error(StatusCode::UNAUTHORIZED, "User not found."),
-        },
+        Caller::Minted { hash } => store
+            .keys
+            .iter()
+            .find(|k| k.hash == hash)
+            .map(StoredKey::current_json)
+            .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "User not found.".into()))?,
     };
-    Json(json!({ "data": data })).into_response()
+    Ok(Json(json!({ "data": data })).into_response())
 }
 
 /// `GET /_emulator/keys`: every key, deleted ones included, without plaintext.
@@ -625,23 +608,24 @@ async fn control_keys(State(s): State<Shared>) -> Response {
 }
 
 /// `POST /_emulator/usage {"hash", "amount", "byok"?}`: spend on a key (all four periods).
-async fn control_usage(State(s): State<Shared>, body: Bytes) -> Response {
-    let body = match json_body(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let Some(hash) = body.get("hash").and_then(Value::as_str) else {
-        return bad_request("hash is required");
-    };
-    let amount = match body.get("amount").and_then(Value::as_f64) {
-        Some(a) if a.is_finite() && a >= 0.0 => a,
-        _ => return bad_request("amount must be a non-negative number"),
-    };
+async fn control_usage(State(s): State<Shared>, body: Bytes) -> Answer {
+    let body = json_body(&body)?;
+    let hash = body
+        .get("hash")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad_request("hash is required"))?;
+    let amount = body
+        .get("amount")
+        .and_then(Value::as_f64)
+        .filter(|a| a.is_finite() && *a >= 0.0)
+        .ok_or_else(|| bad_request("amount must be a non-negative number"))?;
     let byok = body.get("byok").and_then(Value::as_bool).unwrap_or(false);
     let mut store = s.lock().unwrap();
-    let Some(k) = store.keys.iter_mut().find(|k| k.hash == hash && k.live()) else {
-        return not_found();
-    };
+    let k = store
+        .keys
+        .iter_mut()
+        .find(|k| k.hash == hash && k.live())
+        .ok_or_else(not_found)?;
     let counters = if byok {
         &mut k.byok_usage
     } else {
@@ -650,7 +634,7 @@ async fn control_usage(State(s): State<Shared>, body: Bytes) -> Response {
     for c in counters.iter_mut() {
         *c += amount;
     }
-    Json(json!({ "data": k.to_json() })).into_response()
+    Ok(Json(json!({ "data": k.to_json() })).into_response())
 }
 
 pub fn build(args: &Args) -> (Router, Arc<Faults>) {
@@ -675,7 +659,7 @@ pub fn build(args: &Args) -> (Router, Arc<Faults>) {
         )
         .route("/_emulator/keys", get(control_keys))
         .route("/_emulator/usage", axum::routing::post(control_usage))
-        .fallback(|| async { render_error(StatusCode::NOT_FOUND, "Not Found") })
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "Not Found".into()) })
         .with_state(store);
     (router, Faults::new(args.faults.clone(), render_error))
 }
