@@ -19,4 +19,4 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 echo "== cargo test"
 # The e2e suite runs too: it skips itself with a message unless KEYSMITH_E2E=1 and KUBECONFIG are set.
-cargo test --all-targets -- --test-threads="${KEYSMITH_TEST_THREADS:-4}"
+cargo test -- --test-threads="${KEYSMITH_TEST_THREADS:-4}"
