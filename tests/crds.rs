@@ -6,8 +6,20 @@ use kube::core::cel;
 use serde_json::{json, Value};
 
 fn schema_of(kind: &str) -> Value {
-    let crd = keysmith::api::crds().into_iter().find(|c| c.spec.names.kind == kind).expect("CRD exists");
-    serde_json::to_value(crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap()).unwrap()
+    let crd = keysmith::api::crds()
+        .into_iter()
+        .find(|c| c.spec.names.kind == kind)
+        .expect("CRD exists");
+    serde_json::to_value(
+        crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema
+            .as_ref()
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 fn check(kind: &str, obj: Value, old: Option<Value>) -> Result<(), Vec<String>> {
@@ -31,28 +43,56 @@ fn openrouter() -> Value {
 #[test]
 fn a_provider_needs_exactly_one_provider_block() {
     for kind in ["KeyProvider", "ClusterKeyProvider"] {
-        assert!(check(kind, provider(kind, json!({"openrouter": openrouter()})), None).is_ok());
+        assert!(check(
+            kind,
+            provider(kind, json!({"openrouter": openrouter()})),
+            None
+        )
+        .is_ok());
         let none = check(kind, provider(kind, json!({})), None).unwrap_err();
-        assert!(none.iter().any(|m| m.contains("exactly one provider block")), "{none:?}");
+        assert!(
+            none.iter()
+                .any(|m| m.contains("exactly one provider block")),
+            "{none:?}"
+        );
         let two = json!({"openrouter": openrouter(), "digitalocean": {"tokenSecretRef": {"name": "t", "key": "token"}}});
-        assert!(check(kind, provider(kind, two), None).unwrap_err().iter().any(|m| m.contains("exactly one")));
+        assert!(check(kind, provider(kind, two), None)
+            .unwrap_err()
+            .iter()
+            .any(|m| m.contains("exactly one")));
     }
 }
 
 #[test]
 fn only_a_cluster_provider_takes_a_namespace_selector() {
-    let spec = json!({"openrouter": openrouter(), "namespaceSelector": {"matchLabels": {"team": "ai"}}});
-    assert!(check("ClusterKeyProvider", provider("ClusterKeyProvider", spec.clone()), None).is_ok());
+    let spec =
+        json!({"openrouter": openrouter(), "namespaceSelector": {"matchLabels": {"team": "ai"}}});
+    assert!(check(
+        "ClusterKeyProvider",
+        provider("ClusterKeyProvider", spec.clone()),
+        None
+    )
+    .is_ok());
     let err = check("KeyProvider", provider("KeyProvider", spec), None).unwrap_err();
-    assert!(err.iter().any(|m| m.contains("namespaceSelector is for ClusterKeyProvider")), "{err:?}");
+    assert!(
+        err.iter()
+            .any(|m| m.contains("namespaceSelector is for ClusterKeyProvider")),
+        "{err:?}"
+    );
 }
 
 #[test]
 fn refresh_interval_and_rate_limit_are_checked() {
     let spec = json!({"openrouter": openrouter(), "refreshInterval": "1s"});
-    assert!(check("KeyProvider", provider("KeyProvider", spec), None).unwrap_err().iter().any(|m| m.contains("at least 10s")));
+    assert!(check("KeyProvider", provider("KeyProvider", spec), None)
+        .unwrap_err()
+        .iter()
+        .any(|m| m.contains("at least 10s")));
     let spec = json!({"openrouter": openrouter(), "refreshInterval": "5m", "rateLimit": {"requestsPerSecond": 0.0}});
-    assert!(check("KeyProvider", provider("KeyProvider", spec), None).unwrap_err().iter().any(|m| m.contains("positive")));
+    assert!(check("KeyProvider", provider("KeyProvider", spec), None)
+        .unwrap_err()
+        .iter()
+        .any(|m| m.contains("positive")));
     let spec = json!({"openrouter": openrouter(), "refreshInterval": "5m", "rateLimit": {"requestsPerSecond": 0.5, "burst": 2}});
     assert!(check("KeyProvider", provider("KeyProvider", spec), None).is_ok());
 }
@@ -62,17 +102,30 @@ fn apikey_field_rules() {
     let base = json!({"providerRef": {"name": "openrouter"}});
     assert!(check("ApiKey", apikey(base.clone()), None).is_ok());
 
-    let both = json!({"providerRef": {"name": "o"}, "expiresAt": "2027-01-01T00:00:00Z", "ttl": "720h"});
-    assert!(check("ApiKey", apikey(both), None).unwrap_err().iter().any(|m| m.contains("expiresAt or ttl")));
+    let both =
+        json!({"providerRef": {"name": "o"}, "expiresAt": "2027-01-01T00:00:00Z", "ttl": "720h"});
+    assert!(check("ApiKey", apikey(both), None)
+        .unwrap_err()
+        .iter()
+        .any(|m| m.contains("expiresAt or ttl")));
 
     let bad_ttl = json!({"providerRef": {"name": "o"}, "ttl": "-5m"});
-    assert!(check("ApiKey", apikey(bad_ttl), None).unwrap_err().iter().any(|m| m.contains("ttl must be a positive")));
+    assert!(check("ApiKey", apikey(bad_ttl), None)
+        .unwrap_err()
+        .iter()
+        .any(|m| m.contains("ttl must be a positive")));
 
     let adopt_and_push = json!({"providerRef": {"name": "o"}, "keyRef": {"id": "x"}, "source": {"secretRef": {"name": "s", "key": "k"}}});
-    assert!(check("ApiKey", apikey(adopt_and_push), None).unwrap_err().iter().any(|m| m.contains("exclude each other")));
+    assert!(check("ApiKey", apikey(adopt_and_push), None)
+        .unwrap_err()
+        .iter()
+        .any(|m| m.contains("exclude each other")));
 
     let two_blocks = json!({"providerRef": {"name": "o"}, "openrouter": {}, "boltz": {}});
-    assert!(check("ApiKey", apikey(two_blocks), None).unwrap_err().iter().any(|m| m.contains("at most one provider-specific block")));
+    assert!(check("ApiKey", apikey(two_blocks), None)
+        .unwrap_err()
+        .iter()
+        .any(|m| m.contains("at most one provider-specific block")));
 
     for amount in ["75", "12.50", "0.05"] {
         let ok = json!({"providerRef": {"name": "o"}, "limit": {"amount": amount}});
@@ -80,27 +133,53 @@ fn apikey_field_rules() {
     }
     for amount in ["-1", "1e3", "ten", "1."] {
         let bad = json!({"providerRef": {"name": "o"}, "limit": {"amount": amount}});
-        assert!(check("ApiKey", apikey(bad), None).unwrap_err().iter().any(|m| m.contains("non-negative decimal")), "{amount}");
+        assert!(
+            check("ApiKey", apikey(bad), None)
+                .unwrap_err()
+                .iter()
+                .any(|m| m.contains("non-negative decimal")),
+            "{amount}"
+        );
     }
 }
 
 #[test]
 fn apikey_transition_rules() {
-    let old = apikey(json!({"providerRef": {"name": "openrouter"}, "keyRef": {"id": "a"}, "secret": {"name": "s"}}));
+    let old = apikey(
+        json!({"providerRef": {"name": "openrouter"}, "keyRef": {"id": "a"}, "secret": {"name": "s"}}),
+    );
     let same = old.clone();
     assert!(check("ApiKey", same, Some(old.clone())).is_ok());
 
-    let moved = apikey(json!({"providerRef": {"name": "other"}, "keyRef": {"id": "a"}, "secret": {"name": "s"}}));
-    assert!(check("ApiKey", moved, Some(old.clone())).unwrap_err().iter().any(|m| m.contains("providerRef is immutable")));
+    let moved = apikey(
+        json!({"providerRef": {"name": "other"}, "keyRef": {"id": "a"}, "secret": {"name": "s"}}),
+    );
+    assert!(check("ApiKey", moved, Some(old.clone()))
+        .unwrap_err()
+        .iter()
+        .any(|m| m.contains("providerRef is immutable")));
 
-    let rekeyed = apikey(json!({"providerRef": {"name": "openrouter"}, "keyRef": {"id": "b"}, "secret": {"name": "s"}}));
-    assert!(check("ApiKey", rekeyed, Some(old.clone())).unwrap_err().iter().any(|m| m.contains("keyRef is immutable")));
+    let rekeyed = apikey(
+        json!({"providerRef": {"name": "openrouter"}, "keyRef": {"id": "b"}, "secret": {"name": "s"}}),
+    );
+    assert!(check("ApiKey", rekeyed, Some(old.clone()))
+        .unwrap_err()
+        .iter()
+        .any(|m| m.contains("keyRef is immutable")));
 
     let unadopted = apikey(json!({"providerRef": {"name": "openrouter"}, "secret": {"name": "s"}}));
-    assert!(check("ApiKey", unadopted, Some(old.clone())).unwrap_err().iter().any(|m| m.contains("keyRef is immutable")));
+    assert!(check("ApiKey", unadopted, Some(old.clone()))
+        .unwrap_err()
+        .iter()
+        .any(|m| m.contains("keyRef is immutable")));
 
-    let renamed = apikey(json!({"providerRef": {"name": "openrouter"}, "keyRef": {"id": "a"}, "secret": {"name": "t"}}));
-    assert!(check("ApiKey", renamed, Some(old)).unwrap_err().iter().any(|m| m.contains("secret.name is immutable")));
+    let renamed = apikey(
+        json!({"providerRef": {"name": "openrouter"}, "keyRef": {"id": "a"}, "secret": {"name": "t"}}),
+    );
+    assert!(check("ApiKey", renamed, Some(old))
+        .unwrap_err()
+        .iter()
+        .any(|m| m.contains("secret.name is immutable")));
 }
 
 #[test]
@@ -110,7 +189,11 @@ fn every_field_is_described_for_kubectl_explain() {
             for (k, p) in props {
                 let here = format!("{path}.{k}");
                 let structural = matches!(k.as_str(), "apiVersion" | "kind" | "metadata");
-                if !structural && p.get("description").is_none() && !path.contains("conditions") && !path.contains("Selector") {
+                if !structural
+                    && p.get("description").is_none()
+                    && !path.contains("conditions")
+                    && !path.contains("Selector")
+                {
                     missing.push(here.clone());
                 }
                 walk(&here, p, missing);
@@ -123,19 +206,36 @@ fn every_field_is_described_for_kubectl_explain() {
     for kind in ["ApiKey", "KeyProvider", "ClusterKeyProvider"] {
         let mut missing = Vec::new();
         walk(kind, &schema_of(kind)["properties"]["spec"], &mut missing);
-        assert!(missing.is_empty(), "{kind} fields without a description: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "{kind} fields without a description: {missing:?}"
+        );
     }
 }
 
 #[test]
 fn kubectl_get_shows_provider_ready_key_last_used_and_age() {
-    let crd = keysmith::api::crds().into_iter().find(|c| c.spec.names.kind == "ApiKey").unwrap();
+    let crd = keysmith::api::crds()
+        .into_iter()
+        .find(|c| c.spec.names.kind == "ApiKey")
+        .unwrap();
     let v = &crd.spec.versions[0];
-    let cols: Vec<String> = v.additional_printer_columns.iter().flatten().map(|c| c.name.clone()).collect();
+    let cols: Vec<String> = v
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| c.name.clone())
+        .collect();
     for want in ["Provider", "Ready", "Key", "Last Used", "Age"] {
         assert!(cols.contains(&want.to_string()), "{cols:?}");
     }
-    assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "status subresource");
+    assert!(
+        v.subresources
+            .as_ref()
+            .and_then(|s| s.status.as_ref())
+            .is_some(),
+        "status subresource"
+    );
     for c in keysmith::api::crds() {
         assert_eq!(c.spec.group, "keysmith.dev");
         assert_eq!(c.spec.versions[0].name, "v1alpha1");

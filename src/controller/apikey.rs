@@ -226,6 +226,23 @@ async fn apply(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
         }
     };
     st.observed_generation = ak.metadata.generation;
+    let expiry = st
+        .expires_at
+        .as_deref()
+        .and_then(|e| DateTime::parse_from_rfc3339(e).ok())
+        .map(|e| e.timestamp());
+    let ready_now = st
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    ctx.track(
+        &key,
+        Some((
+            st.provider_type.clone().unwrap_or_else(|| "unknown".into()),
+            ready_now,
+            expiry,
+        )),
+    );
     if st != before {
         write_status(&ctx, &ak, &st).await?;
     }
@@ -1106,6 +1123,7 @@ async fn cleanup(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
             )
             .await;
         }
+        ctx.track(&format!("{ns}/{}", ak.name_any()), None);
         return Ok(Action::await_change());
     }
     let mut st2 = st.clone();
@@ -1134,7 +1152,10 @@ async fn cleanup(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
     }
     .await;
     match result {
-        Ok(()) => Ok(Action::await_change()),
+        Ok(()) => {
+            ctx.track(&format!("{ns}/{}", ak.name_any()), None);
+            Ok(Action::await_change())
+        }
         Err(f) => {
             let mut after = st2.clone();
             let msg = format!(

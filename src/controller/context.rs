@@ -37,6 +37,8 @@ pub struct Context {
     /// process had been killed there (crash-safety tests).
     pub crash_after_create: std::sync::atomic::AtomicBool,
     failures: Mutex<HashMap<String, u32>>,
+    /// Per ApiKey: (provider type, ready, expiry in Unix seconds), for the gauges.
+    tracked: Mutex<HashMap<String, (String, bool, Option<i64>)>>,
     backends: Mutex<HashMap<String, Arc<BackendEntry>>>,
     snapshots: Mutex<HashMap<(String, KeyScope), SnapshotSlot>>,
 }
@@ -128,6 +130,7 @@ impl Context {
             client_options,
             crash_after_create: Default::default(),
             failures: Mutex::new(HashMap::new()),
+            tracked: Mutex::new(HashMap::new()),
             backends: Mutex::new(HashMap::new()),
             snapshots: Mutex::new(HashMap::new()),
         }
@@ -144,6 +147,45 @@ impl Context {
     /// An object reconciled fine: its backoff starts over.
     pub fn clear_failures(&self, key: &str) {
         self.failures.lock().unwrap().remove(key);
+    }
+
+    /// Record an ApiKey's provider, readiness and expiry (None: forget it, it was deleted) and
+    /// refresh the `keysmith_apikeys` and `keysmith_key_expiry_timestamp_seconds` gauges.
+    pub fn track(&self, key: &str, state: Option<(String, bool, Option<i64>)>) {
+        let mut t = self.tracked.lock().unwrap();
+        let changed = match state {
+            Some(s) => t.insert(key.to_string(), s.clone()) != Some(s),
+            None => t.remove(key).is_some(),
+        };
+        if !changed {
+            return;
+        }
+        let mut counts: BTreeMap<(String, bool), i64> = BTreeMap::new();
+        let mut soonest: BTreeMap<String, i64> = BTreeMap::new();
+        for (provider, ready, expiry) in t.values() {
+            *counts.entry((provider.clone(), *ready)).or_default() += 1;
+            if let Some(e) = expiry {
+                let s = soonest.entry(provider.clone()).or_insert(*e);
+                *s = (*s).min(*e);
+            }
+        }
+        self.metrics.apikeys.clear();
+        for ((provider, ready), n) in counts {
+            self.metrics
+                .apikeys
+                .get_or_create(&crate::metrics::ReadyLabels {
+                    provider,
+                    ready: ready.to_string(),
+                })
+                .set(n);
+        }
+        self.metrics.key_expiry.clear();
+        for (provider, e) in soonest {
+            self.metrics
+                .key_expiry
+                .get_or_create(&crate::metrics::ProviderLabel { provider })
+                .set(e);
+        }
     }
 
     pub(crate) fn fault_crash_after_create(&self) -> bool {
