@@ -36,7 +36,11 @@ fn parse_admin_key(s: &str) -> Result<String, String> {
     {
         Ok(s.to_string())
     } else {
-        Err("an admin key starts with sk_bc_admin_live_ or sk_bc_admin_test_ followed by more characters".into())
+        Err(
+            "an admin key starts with sk_bc_admin_live_ or sk_bc_admin_test_ followed by more \
+             characters"
+                .into(),
+        )
     }
 }
 
@@ -201,47 +205,52 @@ fn authenticate(
     headers: &HeaderMap,
     peer: Option<&ConnectInfo<SocketAddr>>,
     admin: bool,
-) -> Result<Key, Response> {
+) -> Result<Key, (StatusCode, String)> {
     let Some(presented) = headers
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty())
     else {
-        return Err(err(
+        return Err((
             StatusCode::UNAUTHORIZED,
-            "Missing API key. Send your key in the x-api-key header.",
+            "Missing API key. Send your key in the x-api-key header.".to_string(),
         ));
     };
     let h = hash(presented);
     let now = Utc::now();
     let mut s = store.lock().unwrap();
     let Some(key) = s.keys.iter_mut().find(|k| k.hash == h) else {
-        return Err(err(StatusCode::UNAUTHORIZED, "Invalid API key."));
+        return Err((StatusCode::UNAUTHORIZED, "Invalid API key.".to_string()));
     };
     if !key.is_active {
-        return Err(err(
+        return Err((
             StatusCode::UNAUTHORIZED,
-            "This API key has been revoked.",
+            "This API key has been revoked.".to_string(),
         ));
     }
     if key.expired(now) {
-        return Err(err(StatusCode::UNAUTHORIZED, "This API key has expired."));
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            "This API key has expired.".to_string(),
+        ));
     }
     let ip = caller_ip(headers, peer);
     if !ip_allowed(&key.allowed_ips, ip) {
         let who = ip
             .map(|i| i.to_string())
             .unwrap_or_else(|| "unknown".into());
-        return Err(err(
+        return Err((
             StatusCode::FORBIDDEN,
             format!("Requests from IP address {who} are not allowed for this API key."),
         ));
     }
     if admin && key.key_type != KeyType::Admin {
-        return Err(err(
+        return Err((
             StatusCode::FORBIDDEN,
-            "Workspace API keys cannot access admin endpoints. Use an admin API key (sk_bc_admin_...).",
+            "Workspace API keys cannot access admin endpoints. Use an admin API key \
+             (sk_bc_admin_...)."
+                .to_string(),
         ));
     }
     key.last_used_at = Some(now);
@@ -251,7 +260,7 @@ fn authenticate(
 async fn me(State(store): State<Shared>, peer: Peer, headers: HeaderMap) -> Response {
     let key = match authenticate(&store, &headers, peer.as_ref().map(|Extension(c)| c), false) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err((st, m)) => return err(st, m),
     };
     Json(json!({
         "principal_type": "api_key",
@@ -278,7 +287,7 @@ async fn create(
 ) -> Response {
     let caller = match authenticate(&store, &headers, peer.as_ref().map(|Extension(c)| c), true) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err((st, m)) => return err(st, m),
     };
     let body: Value = match serde_json::from_slice(&body) {
         Ok(v @ Value::Object(_)) => v,
@@ -300,9 +309,11 @@ async fn create(
                     Some(s) if crate::providers::boltz::valid_ip_or_cidr(s.trim()) => {
                         out.push(s.trim().to_string())
                     }
-                    _ => return bad(format!(
+                    _ => {
+                        return bad(format!(
                         "allowed_ips[{i}]: {item} is not a valid IPv4/IPv6 address or CIDR range."
-                    )),
+                    ))
+                    }
                 }
             }
             out
@@ -379,8 +390,9 @@ async fn list(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = authenticate(&store, &headers, peer.as_ref().map(|Extension(c)| c), true) {
-        return r;
+    if let Err((st, m)) = authenticate(&store, &headers, peer.as_ref().map(|Extension(c)| c), true)
+    {
+        return err(st, m);
     }
     let limit = match q.get("limit") {
         None => 20,
@@ -405,7 +417,7 @@ async fn list(
             None => true,
         })
         .collect();
-    all.sort_by(|a, b| b.seq.cmp(&a.seq));
+    all.sort_by_key(|k| std::cmp::Reverse(k.seq));
     let (data, has_more): (Vec<&Key>, bool) = if let Some(a) = after {
         let Some(cut) = seq_of(a) else {
             return bad(format!("after_id: API key {a} not found."));
@@ -440,8 +452,9 @@ async fn revoke(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = authenticate(&store, &headers, peer.as_ref().map(|Extension(c)| c), true) {
-        return r;
+    if let Err((st, m)) = authenticate(&store, &headers, peer.as_ref().map(|Extension(c)| c), true)
+    {
+        return err(st, m);
     }
     let mut s = store.lock().unwrap();
     match s.keys.iter_mut().find(|k| k.id == id) {
