@@ -792,3 +792,79 @@ async fn emulator_validation_and_pagination() {
     let b: Value = resp.json().await.unwrap();
     assert_eq!(b["error"]["type"], "rate_limit_error");
 }
+
+/// The manifests in examples/boltz/ work as written against the emulator started with the flags
+/// in keyprovider.yaml's comment.
+#[tokio::test]
+async fn examples_work_against_the_emulator() {
+    use clap::Parser;
+    use keysmith::api::{ApiKey, KeyProvider};
+    use keysmith::providers::build_backend;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/boltz");
+    let read = |f: &str| std::fs::read_to_string(format!("{dir}/{f}")).unwrap();
+    let provider_yaml = read("keyprovider.yaml");
+    let line = provider_yaml
+        .lines()
+        .find(|l| l.contains("keysmith emulate boltz"))
+        .expect("emulator command in a comment");
+    let mut argv = vec!["emulate".to_string()];
+    let mut words = line
+        .split_whitespace()
+        .skip_while(|w| *w != "boltz")
+        .skip(1);
+    while let Some(w) = words.next() {
+        if w == "--listen" {
+            words.next();
+            continue;
+        }
+        argv.push(w.to_string());
+    }
+    let cli = Cli::try_parse_from(argv).unwrap();
+    let (router, faults) = build(&cli.args);
+    let emu = spawn(router, faults).await.unwrap();
+
+    let secret: Value = serde_yaml::from_str(&read("secret.yaml")).unwrap();
+    let token = secret["stringData"]["token"].as_str().unwrap().to_string();
+    let mut provider: KeyProvider = serde_yaml::from_str(&provider_yaml).unwrap();
+    let boltz = provider.spec.boltz.as_mut().unwrap();
+    assert_eq!(boltz.base_url.as_deref(), Some("http://127.0.0.1:8080"));
+    boltz.base_url = Some(emu.url()); // the test's emulator listens on a free port
+    let mut creds = BTreeMap::new();
+    creds.insert("token".to_string(), SecretString::from(token));
+    let backend = build_backend(&provider.spec, Credentials(creds), opts(&emu.url())).unwrap();
+    backend.verify().await.unwrap();
+
+    for (file, prefix, workspace) in [
+        ("apikey.yaml", "sk_bc_ws_live_", "ws_research"),
+        ("apikey-test-mode.yaml", "sk_bc_ws_test_", "ws_sandbox"),
+    ] {
+        let key: ApiKey = serde_yaml::from_str(&read(file)).unwrap();
+        let name = key.spec.display_name.clone().unwrap();
+        let s = KeySettings::from_spec(&key.spec, name, Utc::now()).unwrap();
+        assert!(backend.validate(&s).is_empty(), "{file}");
+        let caps = backend.capabilities();
+        if s.expires_at.is_some() {
+            assert!(caps.supports(Field::Ttl) && caps.supports(Field::ExpiresAt));
+        }
+        let created = backend.create(&s).await.unwrap();
+        assert!(created.secret.expose_secret().starts_with(prefix), "{file}");
+        assert_eq!(created.key.extras["workspace_id"], workspace, "{file}");
+        assert!(
+            drift(backend.as_ref(), &created.key, &s).is_empty(),
+            "{file}"
+        );
+        assert_eq!(me(&emu, created.secret.expose_secret(), None).await.0, 200);
+        let listed = backend
+            .get(&backend.scope(&s), &created.key.id)
+            .await
+            .unwrap();
+        assert_eq!(listed.name, s.name);
+    }
+}
