@@ -626,6 +626,9 @@ fn fill_from_key(st: &mut ApiKeyStatus, k: &ProviderKey) {
     if let Some(e) = &k.observed.expires_at {
         st.expires_at = e.as_ref().map(ts);
     }
+    if let Some(e) = &k.expires_at {
+        st.expires_at = Some(ts(e));
+    }
     if k.last_used_at.is_some() {
         st.last_used_at = k.last_used_at.as_ref().map(ts);
     }

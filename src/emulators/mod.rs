@@ -257,11 +257,14 @@ pub async fn spawn(router: Router, faults: Arc<Faults>) -> std::io::Result<Runni
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let app = with_faults(router, faults.clone());
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.await;
-            })
-            .await;
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = rx.await;
+        })
+        .await;
     });
     Ok(RunningEmulator {
         addr,
@@ -282,9 +285,12 @@ pub async fn serve(
     // The one line scripts wait for; it names the address actually bound (port 0 works).
     println!("keysmith emulator for {provider} listening on http://{addr}");
     tracing::info!(%addr, provider, "emulator listening");
-    axum::serve(listener, with_faults(router, faults))
-        .with_graceful_shutdown(crate::shutdown_signal())
-        .await?;
+    axum::serve(
+        listener,
+        with_faults(router, faults).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(crate::shutdown_signal())
+    .await?;
     Ok(())
 }
 

@@ -280,6 +280,10 @@ pub struct ProviderKey {
     /// Prefix or masked rendering (`sk-or-v1-0e6...1c96`), never the secret.
     pub hint: Option<String>,
     pub created_at: Option<DateTime<Utc>>,
+    /// The expiry the provider reports, for the status, also where it is left out of
+    /// `observed` because it cannot be compared with the spec exactly (Boltz sets expiry in
+    /// whole days from creation).
+    pub expires_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub usage: Option<Usage>,
     /// False once revoked (providers that keep revoked keys listed).

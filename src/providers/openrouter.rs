@@ -597,6 +597,7 @@ impl KeyObject {
         }
         ProviderKey {
             hint: self.label.as_deref().and_then(hint_from_label),
+            expires_at: expires_at.flatten(),
             created_at: self.created_at.as_deref().and_then(parse_time),
             last_used_at: None,
             usage: Some(usage),
