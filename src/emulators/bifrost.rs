@@ -355,11 +355,11 @@ fn opt_bool(v: Option<&Value>, field: &str) -> Result<Option<bool>, String> {
     }
 }
 
-fn parse_body(body: &Bytes) -> Result<Map<String, Value>, Response> {
+fn parse_body(body: &Bytes) -> Result<Map<String, Value>, String> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(o)) => Ok(o),
-        Ok(_) => Err(bad("Invalid request payload: expected a JSON object")),
-        Err(e) => Err(bad(format!("Invalid JSON: {e}"))),
+        Ok(_) => Err("Invalid request payload: expected a JSON object".into()),
+        Err(e) => Err(format!("Invalid JSON: {e}")),
     }
 }
 
@@ -884,7 +884,7 @@ async fn admin_auth(State(emu): State<Arc<Emu>>, req: Request, next: Next) -> Re
 async fn login(State(emu): State<Arc<Emu>>, body: Bytes) -> Response {
     let o = match parse_body(&body) {
         Ok(o) => o,
-        Err(r) => return r,
+        Err(e) => return bad(e),
     };
     let Some((u, p)) = &emu.basic else {
         return bad("authentication is not enabled on this gateway");
@@ -924,7 +924,7 @@ async fn list_providers(State(emu): State<Arc<Emu>>) -> Response {
 async fn add_provider(State(emu): State<Arc<Emu>>, body: Bytes) -> Response {
     let o = match parse_body(&body) {
         Ok(o) => o,
-        Err(r) => return r,
+        Err(e) => return bad(e),
     };
     if keys_in_payload(&o) {
         return bad(KEYS_REJECTED);
@@ -960,7 +960,7 @@ async fn update_provider(
 ) -> Response {
     let o = match parse_body(&body) {
         Ok(o) => o,
-        Err(r) => return r,
+        Err(e) => return bad(e),
     };
     if !emu.db.lock().unwrap().providers.contains(&p) {
         return no_provider(&p);
@@ -1095,7 +1095,7 @@ async fn get_pkey(State(emu): State<Arc<Emu>>, Path((p, id)): Path<(String, Stri
 async fn create_pkey(State(emu): State<Arc<Emu>>, Path(p): Path<String>, body: Bytes) -> Response {
     let o = match parse_body(&body) {
         Ok(o) => o,
-        Err(r) => return r,
+        Err(e) => return bad(e),
     };
     let mut db = emu.db.lock().unwrap();
     if !db.providers.contains(&p) {
@@ -1131,7 +1131,7 @@ async fn update_pkey(
 ) -> Response {
     let o = match parse_body(&body) {
         Ok(o) => o,
-        Err(r) => return r,
+        Err(e) => return bad(e),
     };
     let mut db = emu.db.lock().unwrap();
     if !db.providers.contains(&p) {
@@ -1218,15 +1218,14 @@ async fn list_vks(State(emu): State<Arc<Emu>>, RawQuery(q): RawQuery) -> Respons
         let all: Vec<Value> = db.vks.iter().map(|v| v.json(with_value)).collect();
         return ok(json!({ "virtual_keys": all, "count": all.len() }));
     }
-    let num = |k: &str| -> Result<Option<usize>, Response> {
+    let num = |k: &str| -> Result<Option<usize>, String> {
         match param(k) {
             None => Ok(None),
             Some(v) if v.is_empty() => Ok(None),
-            Some(v) => v.parse::<usize>().map(Some).map_err(|_| {
-                bad(format!(
-                    "Invalid {k} parameter: must be a non-negative integer"
-                ))
-            }),
+            Some(v) => v
+                .parse::<usize>()
+                .map(Some)
+                .map_err(|_| format!("Invalid {k} parameter: must be a non-negative integer")),
         }
     };
     let limit = match num("limit") {
@@ -1234,11 +1233,11 @@ async fn list_vks(State(emu): State<Arc<Emu>>, RawQuery(q): RawQuery) -> Respons
             .filter(|l| *l > 0)
             .unwrap_or(DEFAULT_PAGE)
             .min(emu.max_page.max(1)),
-        Err(r) => return r,
+        Err(e) => return bad(e),
     };
     let offset = match num("offset") {
         Ok(o) => o.unwrap_or(0),
-        Err(r) => return r,
+        Err(e) => return bad(e),
     };
     let mut matching: Vec<&Vk> = match param("search").filter(|s| !s.is_empty()) {
         Some(s) => {
@@ -1282,7 +1281,7 @@ async fn list_vks(State(emu): State<Arc<Emu>>, RawQuery(q): RawQuery) -> Respons
 async fn create_vk(State(emu): State<Arc<Emu>>, body: Bytes) -> Response {
     let o = match parse_body(&body) {
         Ok(o) => o,
-        Err(r) => return r,
+        Err(e) => return bad(e),
     };
     let mut db = emu.db.lock().unwrap();
     let vk = match (|| -> Result<Vk, String> {
@@ -1337,7 +1336,7 @@ async fn get_vk(State(emu): State<Arc<Emu>>, Path(id): Path<String>) -> Response
 async fn update_vk(State(emu): State<Arc<Emu>>, Path(id): Path<String>, body: Bytes) -> Response {
     let o = match parse_body(&body) {
         Ok(o) => o,
-        Err(r) => return r,
+        Err(e) => return bad(e),
     };
     let mut db = emu.db.lock().unwrap();
     let Some(pos) = db.vks.iter().position(|v| v.id == id) else {
@@ -1423,7 +1422,7 @@ async fn rotate_vk(State(emu): State<Arc<Emu>>, Path(id): Path<String>) -> Respo
 async fn rotate_vks(State(emu): State<Arc<Emu>>, body: Bytes) -> Response {
     let o = match parse_body(&body) {
         Ok(o) => o,
-        Err(r) => return r,
+        Err(e) => return bad(e),
     };
     let ids = match strings(o.get("ids"), "ids") {
         Ok(ids) if !ids.is_empty() => ids,
@@ -1582,7 +1581,7 @@ async fn control_keys(State(emu): State<Arc<Emu>>) -> Response {
 async fn control_usage(State(emu): State<Arc<Emu>>, body: Bytes) -> Response {
     let o = match parse_body(&body) {
         Ok(o) => o,
-        Err(r) => return r,
+        Err(e) => return bad(e),
     };
     let Some(id) = o.get("vkId").and_then(Value::as_str) else {
         return bad("vkId is required");
@@ -1611,7 +1610,7 @@ async fn control_usage(State(emu): State<Arc<Emu>>, body: Bytes) -> Response {
 async fn control_check(State(emu): State<Arc<Emu>>, body: Bytes) -> Response {
     let o = match parse_body(&body) {
         Ok(o) => o,
-        Err(r) => return r,
+        Err(e) => return bad(e),
     };
     let field = |k: &str| o.get(k).and_then(Value::as_str).unwrap_or("");
     let db = emu.db.lock().unwrap();

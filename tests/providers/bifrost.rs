@@ -935,3 +935,109 @@ async fn emulator_reproduces_the_gateway() {
     assert_eq!(emu.faults.requests(), before);
     assert_eq!(call(M::GET, "/api/keys", None).await.0, 500);
 }
+
+/// The manifests in examples/bifrost/ work as written against the emulator started with the
+/// flags in 01-keyprovider.yaml.
+#[tokio::test]
+async fn examples_work_against_the_emulator() {
+    use k8s_openapi::api::core::v1::Secret;
+    use keysmith::api::{ApiKey, KeyProvider};
+    use keysmith::providers::{build_backend, credential_refs};
+
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bifrost");
+    let read = |f: &str| std::fs::read_to_string(format!("{dir}/{f}")).expect(f);
+    let provider_yaml = read("01-keyprovider.yaml");
+    let flags = provider_yaml
+        .lines()
+        .find_map(|l| {
+            l.trim_start_matches('#')
+                .trim()
+                .strip_prefix("keysmith emulate bifrost ")
+        })
+        .expect("emulator command in a comment");
+    let flag = |name: &str| {
+        let words: Vec<&str> = flags.split_whitespace().collect();
+        words
+            .iter()
+            .position(|w| *w == name)
+            .map(|i| words[i + 1].to_string())
+    };
+    let emu_args = bifrost::Args {
+        username: flag("--username"),
+        password: flag("--password"),
+        ..Default::default()
+    };
+    let emu = start(emu_args).await;
+    assert_eq!(flag("--listen").as_deref(), Some("127.0.0.1:8080"));
+
+    let mut provider: KeyProvider = serde_yaml::from_str(&provider_yaml).unwrap();
+    provider.spec.bifrost.as_mut().unwrap().base_url = emu.url(); // the test's own port
+    let creds_secret: Secret = serde_yaml::from_str(&read("00-credentials.yaml")).unwrap();
+    let data = creds_secret.string_data.unwrap();
+    let mut creds = BTreeMap::new();
+    for (role, _, name, key) in credential_refs(&provider.spec) {
+        assert_eq!(name, "bifrost-admin");
+        creds.insert(role, SecretString::from(data[&key].clone()));
+    }
+    let backend = build_backend(&provider.spec, Credentials(creds), opts()).expect("backend");
+    backend
+        .verify()
+        .await
+        .expect("credentials of the example are accepted");
+
+    // The virtual key.
+    let vk: ApiKey = serde_yaml::from_str(&read("02-virtual-key.yaml")).unwrap();
+    let mut s = KeySettings::from_spec(&vk.spec, vk.display_name(), chrono::Utc::now()).unwrap();
+    s.uid = "example-vk-uid".into();
+    s.attempt = Some("example".into());
+    assert!(
+        backend.validate(&s).is_empty(),
+        "{:?}",
+        backend.validate(&s)
+    );
+    assert_eq!(backend.scope(&s).family, FAMILY_VIRTUAL);
+    for f in [
+        Field::DisplayName,
+        Field::LimitAmount,
+        Field::LimitReset,
+        Field::Models,
+        Field::Extras,
+    ] {
+        assert!(backend.capabilities().supports(f));
+    }
+    let created = backend.create(&s).await.expect("virtual key");
+    assert_eq!(inference(&emu, created.secret.expose_secret()).await, 200);
+    let got = backend
+        .get(&backend.scope(&s), &created.key.id)
+        .await
+        .unwrap();
+    assert!(drift(backend.as_ref(), &got, &s).is_empty());
+    let shown = control_keys(&emu).await["virtualKeys"][0].clone();
+    assert_eq!(shown["budgets"][0]["resetDuration"], json!("1M"));
+    assert_eq!(shown["providerConfigs"].as_array().unwrap().len(), 2);
+
+    // The provider key pushed from the user's Secret.
+    let pk: ApiKey = serde_yaml::from_str(&read("04-provider-key.yaml")).unwrap();
+    let upstream: Secret = serde_yaml::from_str(&read("03-upstream-secret.yaml")).unwrap();
+    let source = pk.spec.source.clone().unwrap().secret_ref;
+    assert_eq!(
+        upstream.metadata.name.as_deref(),
+        Some(source.name.as_str())
+    );
+    let value = upstream.string_data.unwrap()[&source.key].clone();
+    let mut s = KeySettings::from_spec(&pk.spec, pk.display_name(), chrono::Utc::now()).unwrap();
+    s.uid = "example-pk-uid".into();
+    assert!(
+        backend.validate(&s).is_empty(),
+        "{:?}",
+        backend.validate(&s)
+    );
+    assert_eq!(backend.scope(&s), provider_scope("openai"));
+    let pushed = backend
+        .push(&s, &SecretString::from(value.clone()), None)
+        .await
+        .expect("provider key");
+    assert_eq!(pushed.name, "openai-prod");
+    assert!(value_matches(&emu, "openai", &pushed.id, &value).await);
+    assert!(drift(backend.as_ref(), &pushed, &s).is_empty());
+}
