@@ -1497,6 +1497,7 @@ impl VirtualKey {
             }
         }
         ProviderKey {
+            expires_at: None,
             id: self.id,
             name: self.name,
             hint,
@@ -1580,6 +1581,7 @@ impl ProviderKeyJson {
             self.description.unwrap_or_default(),
         );
         ProviderKey {
+            expires_at: None,
             id: self.id,
             name: self.name,
             hint,
