@@ -226,7 +226,8 @@ impl UCloudSettings {
             name: s.name.clone(),
             modelverse_disabled: s.disabled || block.modelverse_disabled == Some(true),
             sandbox_disabled: block.sandbox_disabled,
-            daily_limit: neutral(LimitReset::Daily).or_else(|| block_amount(&block.daily_limit_amount)),
+            daily_limit: neutral(LimitReset::Daily)
+                .or_else(|| block_amount(&block.daily_limit_amount)),
             monthly_limit: neutral(LimitReset::Monthly)
                 .or_else(|| block_amount(&block.monthly_limit_amount)),
             grant_all_models: s.models.is_empty(),
@@ -267,10 +268,7 @@ impl UCloudSettings {
         }
     }
     fn put_models(&self, p: &mut Params) {
-        p.insert(
-            "GrantAllModels".into(),
-            encode_bool(self.grant_all_models),
-        );
+        p.insert("GrantAllModels".into(), encode_bool(self.grant_all_models));
         if !self.grant_all_models {
             p.insert(
                 "GrantedModels".into(),
@@ -438,17 +436,18 @@ fn provider_key(v: &Value) -> Result<ProviderKey, ProviderError> {
     .into_iter()
     .flatten()
     .reduce(f64::min);
-    let usage = (daily_used.is_some() || monthly_used.is_some() || remaining.is_some()).then(|| {
-        Usage {
-            total: None,
-            daily: daily_used.clone(),
-            weekly: None,
-            monthly: monthly_used.clone(),
-            limit_remaining: remaining.map(decimal_from_f64),
-            // UCloud: "the unit depends on the user's channel; for channel 126 it is USD".
-            unit: (channel == Some(126)).then(|| "USD".to_string()),
-        }
-    });
+    let usage =
+        (daily_used.is_some() || monthly_used.is_some() || remaining.is_some()).then(|| {
+            Usage {
+                total: None,
+                daily: daily_used.clone(),
+                weekly: None,
+                monthly: monthly_used.clone(),
+                limit_remaining: remaining.map(decimal_from_f64),
+                // UCloud: "the unit depends on the user's channel; for channel 126 it is USD".
+                unit: (channel == Some(126)).then(|| "USD".to_string()),
+            }
+        });
 
     let mut extras = BTreeMap::new();
     extras.insert(
@@ -669,11 +668,7 @@ impl UCloudClient {
                      sync; use spec.disabled: true to stop the key"
                 )),
                 Some(d) => {
-                    if let Some(l) = settings
-                        .limit
-                        .as_ref()
-                        .filter(|l| l.reset == Some(reset))
-                    {
+                    if let Some(l) = settings.limit.as_ref().filter(|l| l.reset == Some(reset)) {
                         if l.amount != d {
                             out.push(format!(
                                 "{field} ({d}) and spec.limit ({} {}) set the same UCloud cap to \
@@ -759,10 +754,9 @@ impl KeyBackend for UCloudClient {
         let v = self
             .call("create", Idempotency::Unsafe, "CreateUMInferAPIKey", p)
             .await?;
-        let data = v
-            .get("Data")
-            .filter(|d| d.is_object())
-            .ok_or_else(|| ProviderError::Malformed("CreateUMInferAPIKey answer has no Data object".into()))?;
+        let data = v.get("Data").filter(|d| d.is_object()).ok_or_else(|| {
+            ProviderError::Malformed("CreateUMInferAPIKey answer has no Data object".into())
+        })?;
         let mut key = provider_key(data)?;
         let secret = key.secret.take().ok_or_else(|| {
             ProviderError::Malformed("CreateUMInferAPIKey answer holds no Key".into())
@@ -994,31 +988,65 @@ mod tests {
     #[test]
     fn retcodes_map_to_typed_errors() {
         let e = |c, m| retcode_error(c, m, None);
-        assert!(matches!(e(171, "Signature VerifyAC Error"), ProviderError::Auth(_)));
+        assert!(matches!(
+            e(171, "Signature VerifyAC Error"),
+            ProviderError::Auth(_)
+        ));
         assert!(matches!(e(172, "User Not Exists"), ProviderError::Auth(_)));
-        assert!(matches!(e(170, "Missing signature"), ProviderError::Auth(_)));
-        assert!(matches!(e(220, "Missing params [Name]"), ProviderError::Rejected(_)));
-        assert!(matches!(e(230, "Params [X] not available"), ProviderError::Rejected(_)));
-        assert!(matches!(e(240, "Params [X] too large"), ProviderError::Rejected(_)));
+        assert!(matches!(
+            e(170, "Missing signature"),
+            ProviderError::Auth(_)
+        ));
+        assert!(matches!(
+            e(220, "Missing params [Name]"),
+            ProviderError::Rejected(_)
+        ));
+        assert!(matches!(
+            e(230, "Params [X] not available"),
+            ProviderError::Rejected(_)
+        ));
+        assert!(matches!(
+            e(240, "Params [X] too large"),
+            ProviderError::Rejected(_)
+        ));
         assert!(matches!(e(1404, "gone"), ProviderError::NotFound(_)));
         assert!(matches!(
             retcode_error(1429, "slow down", Some(Duration::from_secs(3))),
             ProviderError::RateLimited { retry_after: Some(d) } if d == Duration::from_secs(3)
         ));
-        assert!(matches!(e(161, "Action [X] not available"), ProviderError::Unsupported(_)));
+        assert!(matches!(
+            e(161, "Action [X] not available"),
+            ProviderError::Unsupported(_)
+        ));
         assert!(matches!(e(2000, "busy"), ProviderError::Unavailable(_)));
         assert!(matches!(e(5001, "db"), ProviderError::Unavailable(_)));
         // Unknown codes: the message decides, else a rejection.
-        assert!(matches!(e(8001, "Request too frequent"), ProviderError::Unavailable(_)));
-        assert!(matches!(e(401, "Request too frequent"), ProviderError::RateLimited { .. }));
-        assert!(matches!(e(402, "resource does not exist"), ProviderError::NotFound(_)));
+        assert!(matches!(
+            e(8001, "Request too frequent"),
+            ProviderError::Unavailable(_)
+        ));
+        assert!(matches!(
+            e(401, "Request too frequent"),
+            ProviderError::RateLimited { .. }
+        ));
+        assert!(matches!(
+            e(402, "resource does not exist"),
+            ProviderError::NotFound(_)
+        ));
         assert!(matches!(e(403, "quota"), ProviderError::Rejected(_)));
-        assert!(e(220, "Missing params [Name]").to_string().contains("RetCode 220"));
+        assert!(e(220, "Missing params [Name]")
+            .to_string()
+            .contains("RetCode 220"));
     }
 
     #[test]
     fn whitelist_entries() {
-        for ok in ["10.0.0.1", "192.168.1.10-192.168.1.100", "192.168.1.10/24", "0.0.0.0/0"] {
+        for ok in [
+            "10.0.0.1",
+            "192.168.1.10-192.168.1.100",
+            "192.168.1.10/24",
+            "0.0.0.0/0",
+        ] {
             assert!(valid_whitelist_entry(ok), "{ok}");
         }
         for bad in [
@@ -1058,7 +1086,10 @@ mod tests {
         });
         let p = UCloudClient::problems(&s);
         assert_eq!(p.len(), 1);
-        assert!(p[0].contains("spec.limit.reset") && p[0].contains("daily"), "{p:?}");
+        assert!(
+            p[0].contains("spec.limit.reset") && p[0].contains("daily"),
+            "{p:?}"
+        );
 
         s.limit = Some(Limit {
             amount: "10".into(),
@@ -1078,7 +1109,10 @@ mod tests {
         assert!(UCloudClient::problems(&s).is_empty());
         s.ucloud.as_mut().unwrap().daily_limit_amount = Some("12".into());
         let p = UCloudClient::problems(&s);
-        assert!(p[0].contains("spec.ucloud.dailyLimitAmount") && p[0].contains("different"), "{p:?}");
+        assert!(
+            p[0].contains("spec.ucloud.dailyLimitAmount") && p[0].contains("different"),
+            "{p:?}"
+        );
 
         s.ucloud = Some(UCloudKeySpec {
             monthly_limit_amount: Some("lots".into()),
@@ -1262,7 +1296,9 @@ mod tests {
             ..Default::default()
         };
         let mut creds = Credentials::default();
-        creds.0.insert("privateKey".into(), SecretString::from("sk"));
+        creds
+            .0
+            .insert("privateKey".into(), SecretString::from("sk"));
         let c = UCloudClient::new(&spec, creds, ClientOptions::default()).unwrap();
         let k = provider_key(&listed()).unwrap();
         let mut d = settings();
