@@ -207,39 +207,44 @@ fn answer(action: &str, mut body: Value) -> Response {
     json_response(StatusCode::OK, body)
 }
 
-fn failure(action: &str, code: i64, message: impl Into<String>) -> Response {
-    json_response(
-        StatusCode::OK,
-        json!({
-            "Action": format!("{action}Response"),
-            "RetCode": code,
-            "Message": message.into(),
-        }),
-    )
+/// A business error: HTTP 200 with `RetCode != 0`.
+struct Fail {
+    code: i64,
+    message: String,
 }
 
-fn missing(action: &str, name: &str) -> Response {
-    failure(
-        action,
-        retcode::MISSING_PARAMS,
-        format!("Missing params [{name}]"),
-    )
-}
-
-fn not_available(action: &str, name: &str) -> Response {
-    failure(
-        action,
-        retcode::PARAMS_NOT_AVAILABLE,
-        format!("Params [{name}] not available"),
-    )
-}
-
-fn not_found(action: &str, id: &str) -> Response {
-    failure(
-        action,
-        retcode::KEY_NOT_FOUND,
-        format!("UMInfer API key [{id}] does not exist"),
-    )
+impl Fail {
+    fn new(code: i64, message: impl Into<String>) -> Self {
+        Fail {
+            code,
+            message: message.into(),
+        }
+    }
+    fn missing(name: &str) -> Self {
+        Fail::new(retcode::MISSING_PARAMS, format!("Missing params [{name}]"))
+    }
+    fn not_available(name: &str) -> Self {
+        Fail::new(
+            retcode::PARAMS_NOT_AVAILABLE,
+            format!("Params [{name}] not available"),
+        )
+    }
+    fn not_found(id: &str) -> Self {
+        Fail::new(
+            retcode::KEY_NOT_FOUND,
+            format!("UMInfer API key [{id}] does not exist"),
+        )
+    }
+    fn respond(self, action: &str) -> Response {
+        json_response(
+            StatusCode::OK,
+            json!({
+                "Action": format!("{action}Response"),
+                "RetCode": self.code,
+                "Message": self.message,
+            }),
+        )
+    }
 }
 
 /// How injected faults look: UCloud's envelope with a matching RetCode. A 429 stays HTTP 429
@@ -293,6 +298,28 @@ fn collect_params(uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Params {
     p
 }
 
+/// A 0/1 switch parameter (absent or, for filters, empty: `None`).
+fn switch(p: &Params, name: &str, empty_is_absent: bool) -> Result<Option<u8>, Fail> {
+    match p.get(name).map(String::as_str) {
+        None => Ok(None),
+        Some("") if empty_is_absent => Ok(None),
+        Some("0") => Ok(Some(0)),
+        Some("1") => Ok(Some(1)),
+        Some(_) => Err(Fail::not_available(name)),
+    }
+}
+
+/// A cap: absent `None`, empty or zero `Some("")` (no cap), else the normalised decimal.
+fn amount(p: &Params, name: &str) -> Result<Option<String>, Fail> {
+    match p.get(name) {
+        None => Ok(None),
+        Some(v) if v.trim().is_empty() => Ok(Some(String::new())),
+        Some(v) => normalize_decimal(v)
+            .map(|d| Some(if d == "0" { String::new() } else { d }))
+            .ok_or_else(|| Fail::not_available(name)),
+    }
+}
+
 /// Validated values of the settings parameters shared by create and update.
 #[derive(Default)]
 struct SettingsParams {
@@ -306,40 +333,23 @@ struct SettingsParams {
     whitelist: Option<Vec<String>>,
 }
 
-fn read_settings(action: &str, p: &Params) -> Result<SettingsParams, Response> {
+fn read_settings(p: &Params) -> Result<SettingsParams, Fail> {
     let mut s = SettingsParams::default();
     if let Some(n) = p.get("Name") {
         if n.trim().is_empty() {
-            return Err(not_available(action, "Name"));
+            return Err(Fail::not_available("Name"));
         }
         s.name = Some(n.clone());
     }
-    let flag = |name: &str| -> Result<Option<u8>, Response> {
-        match p.get(name).map(String::as_str) {
-            None => Ok(None),
-            Some("0") => Ok(Some(0)),
-            Some("1") => Ok(Some(1)),
-            Some(_) => Err(not_available(action, name)),
-        }
-    };
-    s.modelverse_disabled = flag("ModelverseDisabled")?;
-    s.sandbox_disabled = flag("SandBoxDisabled")?;
-    let amount = |name: &str| -> Result<Option<String>, Response> {
-        match p.get(name) {
-            None => Ok(None),
-            Some(v) if v.trim().is_empty() => Ok(Some(String::new())),
-            Some(v) => normalize_decimal(v)
-                .map(|d| Some(if d == "0" { String::new() } else { d }))
-                .ok_or_else(|| not_available(action, name)),
-        }
-    };
-    s.daily_limit = amount("DailyLimitAmount")?;
-    s.monthly_limit = amount("MonthlyLimitAmount")?;
+    s.modelverse_disabled = switch(p, "ModelverseDisabled", false)?;
+    s.sandbox_disabled = switch(p, "SandBoxDisabled", false)?;
+    s.daily_limit = amount(p, "DailyLimitAmount")?;
+    s.monthly_limit = amount(p, "MonthlyLimitAmount")?;
     if let Some(g) = p.get("GrantAllModels") {
         s.grant_all = Some(match g.to_ascii_lowercase().as_str() {
             "true" | "1" => true,
             "false" | "0" => false,
-            _ => return Err(not_available(action, "GrantAllModels")),
+            _ => return Err(Fail::not_available("GrantAllModels")),
         });
     }
     if let Some(g) = p.get("GrantedModels") {
@@ -347,24 +357,23 @@ fn read_settings(action: &str, p: &Params) -> Result<SettingsParams, Response> {
             Vec::new()
         } else {
             serde_json::from_str::<Vec<String>>(g)
-                .map_err(|_| not_available(action, "GrantedModels"))?
+                .map_err(|_| Fail::not_available("GrantedModels"))?
         };
         if models.iter().any(|m| m.trim().is_empty()) {
-            return Err(not_available(action, "GrantedModels"));
+            return Err(Fail::not_available("GrantedModels"));
         }
         s.granted = Some(models);
     }
     if let Some(w) = p.get("IPWhitelist") {
         let entries = split_whitelist(w);
         if entries.len() > MAX_WHITELIST {
-            return Err(failure(
-                action,
+            return Err(Fail::new(
                 retcode::PARAMS_TOO_LARGE,
                 "Params [IPWhitelist] too large",
             ));
         }
         if !entries.iter().all(|e| valid_whitelist_entry(e)) {
-            return Err(not_available(action, "IPWhitelist"));
+            return Err(Fail::not_available("IPWhitelist"));
         }
         s.whitelist = Some(entries);
     }
@@ -379,9 +388,16 @@ async fn api(
 ) -> Response {
     let p = collect_params(&uri, &headers, &body);
     let Some(action) = p.get("Action").filter(|a| !a.is_empty()).cloned() else {
-        return failure("", retcode::MISSING_ACTION, "Missing Action");
+        return Fail::new(retcode::MISSING_ACTION, "Missing Action").respond("");
     };
-    let action = action.as_str();
+    match call(&emu, &action, &p) {
+        Ok(body) => answer(&action, body),
+        Err(f) => f.respond(&action),
+    }
+}
+
+/// One action, after its name is known: throttling, signature, public key, project, dispatch.
+fn call(emu: &Emulator, action: &str, p: &Params) -> Result<Value, Fail> {
     {
         let mut store = emu.store.lock().unwrap();
         if let Some(n) = store.throttle {
@@ -390,49 +406,47 @@ async fn api(
                 1 => None,
                 n => Some(n - 1),
             };
-            return failure(
-                action,
+            return Err(Fail::new(
                 retcode::THROTTLED,
                 "Request too frequent, please try again later",
-            );
+            ));
         }
     }
     let Some(sig) = p.get("Signature") else {
-        return failure(action, retcode::MISSING_SIGNATURE, "Missing signature");
+        return Err(Fail::new(retcode::MISSING_SIGNATURE, "Missing signature"));
     };
     if p.get("PublicKey") != Some(&emu.public_key) {
-        return failure(action, retcode::USER_NOT_EXISTS, "User Not Exists");
+        return Err(Fail::new(retcode::USER_NOT_EXISTS, "User Not Exists"));
     }
-    if !sig.eq_ignore_ascii_case(&signature(&p, &emu.private_key)) {
-        return failure(action, retcode::SIGNATURE_ERROR, "Signature VerifyAC Error");
+    if !sig.eq_ignore_ascii_case(&signature(p, &emu.private_key)) {
+        return Err(Fail::new(
+            retcode::SIGNATURE_ERROR,
+            "Signature VerifyAC Error",
+        ));
     }
     let project = match p.get("ProjectId").filter(|v| !v.is_empty()) {
-        None if emu.require_project_id => return missing(action, "ProjectId"),
-        None => emu.projects[0].clone(),
-        Some(id) if emu.projects.contains(id) => id.clone(),
-        Some(_) => return not_available(action, "ProjectId"),
+        None if emu.require_project_id => return Err(Fail::missing("ProjectId")),
+        None => emu.projects[0].as_str(),
+        Some(id) if emu.projects.contains(id) => id.as_str(),
+        Some(_) => return Err(Fail::not_available("ProjectId")),
     };
     match action {
-        "CreateUMInferAPIKey" => create(&emu, action, &project, &p),
-        "ListUMInferAPIKey" => list(&emu, action, &project, &p),
-        "UpdateUMInferAPIKey" => update(&emu, action, &project, &p),
-        "DeleteUMInferAPIKey" => delete(&emu, action, &project, &p),
-        other => failure(
-            action,
+        "CreateUMInferAPIKey" => create(emu, project, p),
+        "ListUMInferAPIKey" => list(emu, project, p),
+        "UpdateUMInferAPIKey" => update(emu, project, p),
+        "DeleteUMInferAPIKey" => delete(emu, project, p),
+        other => Err(Fail::new(
             retcode::ACTION_NOT_AVAILABLE,
             format!("Action [{other}] not available"),
-        ),
+        )),
     }
 }
 
-fn create(emu: &Emulator, action: &str, project: &str, p: &Params) -> Response {
+fn create(emu: &Emulator, project: &str, p: &Params) -> Result<Value, Fail> {
     if !p.contains_key("Name") {
-        return missing(action, "Name");
+        return Err(Fail::missing("Name"));
     }
-    let s = match read_settings(action, p) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+    let s = read_settings(p)?;
     let key = StoredKey {
         id: new_key_id(),
         project: project.to_string(),
@@ -459,38 +473,24 @@ fn create(emu: &Emulator, action: &str, project: &str, p: &Params) -> Response {
         .iter()
         .filter(|k| !k.deleted && k.project == project)
         .count();
-    answer(action, json!({ "Data": data, "TotalCount": total }))
+    Ok(json!({ "Data": data, "TotalCount": total }))
 }
 
-fn list(emu: &Emulator, action: &str, project: &str, p: &Params) -> Response {
-    let int = |name: &str, default: usize| -> Result<usize, Response> {
+fn list(emu: &Emulator, project: &str, p: &Params) -> Result<Value, Fail> {
+    let int = |name: &str, default: usize| -> Result<usize, Fail> {
         match p.get(name) {
             None => Ok(default),
             Some(v) if v.is_empty() => Ok(default),
-            Some(v) => v.parse().map_err(|_| not_available(action, name)),
+            Some(v) => v.parse().map_err(|_| Fail::not_available(name)),
         }
     };
-    let offset = match int("Offset", 0) {
-        Ok(o) => o,
-        Err(r) => return r,
+    let offset = int("Offset", 0)?;
+    let limit = match int("Limit", 20)? {
+        0 => 20,
+        l => l.min(100),
     };
-    let limit = match int("Limit", 20) {
-        Ok(0) => 20,
-        Ok(l) => l.min(100),
-        Err(r) => return r,
-    };
-    let filter = |name: &str| -> Result<Option<u8>, Response> {
-        match p.get(name).map(String::as_str) {
-            None | Some("") => Ok(None),
-            Some("0") => Ok(Some(0)),
-            Some("1") => Ok(Some(1)),
-            Some(_) => Err(not_available(action, name)),
-        }
-    };
-    let (mv, sb) = match (filter("ModelverseDisabled"), filter("SandBoxDisabled")) {
-        (Ok(mv), Ok(sb)) => (mv, sb),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
+    let mv = switch(p, "ModelverseDisabled", true)?;
+    let sb = switch(p, "SandBoxDisabled", true)?;
     let store = emu.store.lock().unwrap();
     let data: Vec<Value> = store
         .keys
@@ -503,25 +503,20 @@ fn list(emu: &Emulator, action: &str, project: &str, p: &Params) -> Response {
         .map(|k| k.api_json(emu))
         .collect();
     // Like the SDK's response type: no TotalCount for this action.
-    answer(action, json!({ "Data": data }))
+    Ok(json!({ "Data": data }))
 }
 
-fn update(emu: &Emulator, action: &str, project: &str, p: &Params) -> Response {
+fn update(emu: &Emulator, project: &str, p: &Params) -> Result<Value, Fail> {
     let Some(id) = p.get("KeyId").filter(|v| !v.is_empty()) else {
-        return missing(action, "KeyId");
+        return Err(Fail::missing("KeyId"));
     };
-    let s = match read_settings(action, p) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+    let s = read_settings(p)?;
     let mut store = emu.store.lock().unwrap();
-    let Some(k) = store
+    let k = store
         .keys
         .iter_mut()
         .find(|k| !k.deleted && k.project == project && &k.id == id)
-    else {
-        return not_found(action, id);
-    };
+        .ok_or_else(|| Fail::not_found(id))?;
     // Omitted parameters leave the setting as it is.
     if let Some(v) = s.name {
         k.name = v;
@@ -547,25 +542,21 @@ fn update(emu: &Emulator, action: &str, project: &str, p: &Params) -> Response {
     if let Some(v) = s.whitelist {
         k.whitelist = v;
     }
-    answer(action, json!({ "UminferID": id }))
+    Ok(json!({ "UminferID": id }))
 }
 
-fn delete(emu: &Emulator, action: &str, project: &str, p: &Params) -> Response {
+fn delete(emu: &Emulator, project: &str, p: &Params) -> Result<Value, Fail> {
     let Some(id) = p.get("KeyId").filter(|v| !v.is_empty()) else {
-        return missing(action, "KeyId");
+        return Err(Fail::missing("KeyId"));
     };
     let mut store = emu.store.lock().unwrap();
-    match store
+    let k = store
         .keys
         .iter_mut()
         .find(|k| !k.deleted && k.project == project && &k.id == id)
-    {
-        Some(k) => {
-            k.deleted = true;
-            answer(action, json!({ "UminferID": id }))
-        }
-        None => not_found(action, id),
-    }
+        .ok_or_else(|| Fail::not_found(id))?;
+    k.deleted = true;
+    Ok(json!({ "UminferID": id }))
 }
 
 fn openai_error(status: StatusCode, code: &str, message: &str) -> Response {

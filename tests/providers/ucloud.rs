@@ -118,6 +118,11 @@ async fn raw(e: &RunningEmulator, get: bool, pairs: &[(&str, &str)], sign_with: 
     resp.json().await.unwrap()
 }
 
+/// Which typed error an HTTP status must become.
+type ErrorCheck = fn(&ProviderError) -> bool;
+/// Parameters, the private key to sign with, the RetCode expected.
+type RawCase = (Vec<(&'static str, &'static str)>, &'static str, i64);
+
 fn retcode(v: &Value) -> i64 {
     v["RetCode"].as_i64().expect("RetCode")
 }
@@ -427,7 +432,7 @@ async fn projects_and_sub_accounts() {
 async fn http_errors_map_by_status() {
     let e = start(args()).await;
     let c = client(&e);
-    let cases: [(u16, fn(&ProviderError) -> bool); 6] = [
+    let cases: [(u16, ErrorCheck); 6] = [
         (401, |e| matches!(e, ProviderError::Auth(_))),
         (403, |e| matches!(e, ProviderError::Auth(_))),
         (404, |e| matches!(e, ProviderError::NotFound(_))),
@@ -511,7 +516,7 @@ async fn emulator_validates_like_ucloud() {
     let id = data["KeyId"].as_str().unwrap().to_string();
     assert!(data["Key"].as_str().unwrap().len() >= 32);
 
-    let cases: Vec<(Vec<(&str, &str)>, &str, i64)> = vec![
+    let cases: Vec<RawCase> = vec![
         (vec![("Name", "x")], PRIVATE, 160),
         (
             vec![("Action", "CreateUMInferAPIKey"), ("Name", "x")],
@@ -829,4 +834,87 @@ async fn no_secret_in_errors() {
     }
     let dbg = format!("{:?} {:?} {c:?}", created, created.key);
     assert!(!dbg.contains(&secret) && !dbg.contains(PRIVATE), "{dbg}");
+}
+
+/// The manifests in examples/ucloud work as written against the emulator started with the
+/// flags in provider.yaml's header comment.
+#[tokio::test]
+async fn examples_work_against_the_emulator() {
+    use k8s_openapi::api::core::v1::Secret;
+    use keysmith::api::{ApiKey, KeyProvider};
+
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ucloud");
+    let read = |f: &str| std::fs::read_to_string(format!("{dir}/{f}")).unwrap();
+    let provider_yaml = read("provider.yaml");
+    let command = provider_yaml
+        .lines()
+        .find(|l| l.contains("keysmith emulate ucloud"))
+        .expect("provider.yaml names the emulator command");
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let flag = |name: &str| -> Vec<String> {
+        words
+            .windows(2)
+            .filter(|w| w[0] == name)
+            .map(|w| w[1].to_string())
+            .collect()
+    };
+    let e = start(emu::Args {
+        public_key: flag("--public-key")[0].clone(),
+        private_key: flag("--private-key")[0].clone(),
+        project_ids: flag("--project-id"),
+        ..Default::default()
+    })
+    .await;
+
+    let mut kp: KeyProvider = serde_yaml::from_str(&provider_yaml).unwrap();
+    let spec = kp.spec.ucloud.as_mut().expect("a ucloud block");
+    assert_eq!(spec.base_url.as_deref(), Some("http://127.0.0.1:8080"));
+    spec.base_url = Some(e.url());
+    let secret: Secret = serde_yaml::from_str(&read("secret.yaml")).unwrap();
+    assert_eq!(
+        secret.metadata.name.as_deref(),
+        Some(spec.private_key_secret_ref.name.as_str())
+    );
+    let value = secret.string_data.unwrap()[&spec.private_key_secret_ref.key].clone();
+    let mut creds = Credentials::default();
+    creds
+        .0
+        .insert("privateKey".into(), SecretString::from(value));
+    let backend = keysmith::providers::build_backend(&kp.spec, creds, opts(&e)).unwrap();
+    backend.verify().await.unwrap();
+
+    let ak: ApiKey = serde_yaml::from_str(&read("apikey.yaml")).unwrap();
+    assert_eq!(ak.spec.provider_ref.name, "ucloud");
+    let s = KeySettings::from_spec(&ak.spec, ak.display_name(), chrono::Utc::now()).unwrap();
+    assert!(
+        backend.validate(&s).is_empty(),
+        "{:?}",
+        backend.validate(&s)
+    );
+    let caps = backend.capabilities();
+    for f in [
+        Field::DisplayName,
+        Field::LimitAmount,
+        Field::LimitReset,
+        Field::AllowedIps,
+        Field::Models,
+        Field::Extras,
+    ] {
+        assert!(caps.supports(f), "{f:?}");
+    }
+    let created = backend.create(&s).await.unwrap();
+    assert!(drift(backend.as_ref(), &created.key, &s).is_empty());
+    let models: Value = reqwest::Client::new()
+        .get(format!("{}/v1/models", e.url()))
+        .bearer_auth(created.secret.expose_secret())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"].as_array().unwrap().len(), 2);
+    let keys = control_keys(&e).await;
+    assert_eq!(keys[0]["projectId"], "org-example");
+    assert_eq!(keys[0]["settings"]["monthlyLimitAmount"], "200");
 }
