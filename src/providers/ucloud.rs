@@ -116,6 +116,9 @@ pub fn retcode_error(code: i64, message: &str, retry_after: Option<Duration>) ->
     match code {
         MISSING_SIGNATURE | SIGNATURE_ERROR | USER_NOT_EXISTS => ProviderError::Auth(msg),
         ACTION_NOT_AVAILABLE => ProviderError::Unsupported(msg),
+        // UCloud's usual answer to an id that does not resolve is "Params [X] not available";
+        // for KeyId that means the key does not exist (a malformed id names no key either).
+        PARAMS_NOT_AVAILABLE if message.contains("[KeyId]") => ProviderError::NotFound(msg),
         MISSING_ACTION | MISSING_PARAMS | PARAMS_NOT_AVAILABLE | PARAMS_TOO_LARGE => {
             ProviderError::Rejected(msg)
         }
@@ -123,7 +126,9 @@ pub fn retcode_error(code: i64, message: &str, retry_after: Option<Duration>) ->
         THROTTLED => ProviderError::RateLimited { retry_after },
         c if c >= SERVER_ERROR_FLOOR => ProviderError::Unavailable(msg),
         // Codes keysmith does not know: read the message before calling it a rejection, so a
-        // real throttling or not-found code with another number still lands right.
+        // real throttling or key-not-found code with another number still lands right. Only a
+        // message about a *key* counts as not found: NotFound on a delete means "already gone",
+        // and reading e.g. a missing project that way would orphan the key.
         _ if lower.contains("too frequent")
             || lower.contains("too many request")
             || lower.contains("rate limit")
@@ -131,9 +136,8 @@ pub fn retcode_error(code: i64, message: &str, retry_after: Option<Duration>) ->
         {
             ProviderError::RateLimited { retry_after }
         }
-        _ if lower.contains("not found")
-            || lower.contains("not exist")
-            || lower.contains("does not exist") =>
+        _ if lower.contains("key")
+            && (lower.contains("not found") || lower.contains("not exist")) =>
         {
             ProviderError::NotFound(msg)
         }
@@ -1030,7 +1034,15 @@ mod tests {
             ProviderError::RateLimited { .. }
         ));
         assert!(matches!(
-            e(402, "resource does not exist"),
+            e(402, "APIKey [x] does not exist"),
+            ProviderError::NotFound(_)
+        ));
+        assert!(matches!(
+            e(402, "Project not exists"),
+            ProviderError::Rejected(_)
+        ));
+        assert!(matches!(
+            e(230, "Params [KeyId] not available"),
             ProviderError::NotFound(_)
         ));
         assert!(matches!(e(403, "quota"), ProviderError::Rejected(_)));
