@@ -14,9 +14,9 @@ WORKDIR /build
 # Strip symbols from the release binary without changing Cargo.toml's release profile.
 ENV CARGO_PROFILE_RELEASE_STRIP=symbols \
     CARGO_TERM_COLOR=never
-COPY Cargo.toml Cargo.lock ./
-COPY src ./src
-COPY tests ./tests
+# The whole source tree minus .dockerignore (target/, .git, charts, docs, ...): cargo needs
+# every target Cargo.toml declares, even those it does not build.
+COPY . .
 # Cache mounts keep the registry and build artefacts between builds (BuildKit); the binary is
 # copied out of the cached target dir in the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
