@@ -411,6 +411,10 @@ fn default_values_render_cluster_mode_ha() {
         "name": "POD_NAMESPACE",
         "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}
     })));
+    assert!(c["env"].as_array().unwrap().contains(&json!({
+        "name": "POD_NAME",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}
+    })));
     assert_eq!(
         c["ports"],
         json!([{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}])
