@@ -343,6 +343,75 @@ fn crds_match_rust_types() {
     assert_eq!(keysmith::api::crds_yaml(), joined.join("---\n"));
 }
 
+/// Every value in values.yaml has a row in docs/values.md, and values.yaml and
+/// values.schema.json know the same top-level keys.
+#[test]
+fn values_are_documented() {
+    // objects passed through to Kubernetes as a whole: documented as one row
+    const WHOLE: &[&str] = &[
+        "resources",
+        "podSecurityContext",
+        "securityContext",
+        "livenessProbe",
+        "readinessProbe",
+    ];
+    fn walk(prefix: &str, v: &serde_yaml::Value, out: &mut Vec<String>) {
+        let serde_yaml::Value::Mapping(map) = v else {
+            return;
+        };
+        for (k, v) in map {
+            let key = k.as_str().unwrap();
+            let path = if prefix.is_empty() {
+                key.to_string()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            match v {
+                serde_yaml::Value::Mapping(m) if !m.is_empty() && !WHOLE.contains(&key) => {
+                    walk(&path, v, out)
+                }
+                _ => out.push(path),
+            }
+        }
+    }
+    let chart = root().join(CHART);
+    let values: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart.join("values.yaml")).unwrap()).unwrap();
+    let docs = std::fs::read_to_string(root().join("docs/values.md")).unwrap();
+    let mut paths = Vec::new();
+    walk("", &values, &mut paths);
+    assert!(paths.len() > 50, "{paths:?}");
+    let missing: Vec<&String> = paths
+        .iter()
+        .filter(|p| {
+            !docs.contains(&format!("| `{p}` |")) && !docs.contains(&format!("| `{p}.*` |"))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "values missing from docs/values.md: {missing:?}"
+    );
+
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(chart.join("values.schema.json")).unwrap())
+            .unwrap();
+    assert_eq!(schema["additionalProperties"], false);
+    let mut in_schema: BTreeSet<String> = schema["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert!(in_schema.remove("global"));
+    let in_values: BTreeSet<String> = values
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(in_schema, in_values);
+}
+
 #[test]
 fn helm_lint_passes() {
     let Some(helm) = helm() else { return };
