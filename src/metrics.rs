@@ -36,6 +36,12 @@ impl std::fmt::Debug for ProviderMetrics {
     }
 }
 
+impl Default for ProviderMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ProviderMetrics {
     pub fn new() -> Self {
         ProviderMetrics {

@@ -1,4 +1,5 @@
 //! `ApiKey`: one key at one provider, delivered into one Secret.
+#![allow(clippy::duplicated_attributes)] // kube printcolumn(...) repeats `type_ =` by design
 
 use std::collections::BTreeMap;
 

@@ -1,5 +1,6 @@
 //! `KeyProvider` (namespaced) and `ClusterKeyProvider` (cluster-scoped): how to reach one
 //! provider account. Both share [`KeyProviderSpec`].
+#![allow(clippy::duplicated_attributes)] // kube printcolumn(...) repeats `type_ =` by design
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
