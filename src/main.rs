@@ -23,7 +23,12 @@ enum Command {
     /// Run the controller (in-cluster config or KUBECONFIG).
     Run(keysmith::controller::RunArgs),
     /// Print the CustomResourceDefinitions as YAML (the source of crds/).
-    Crds,
+    Crds {
+        /// Write one file per CRD (`<plural>.<group>.yaml`) into this directory instead of
+        /// printing the stream.
+        #[arg(long, value_name = "DIR")]
+        output_dir: Option<std::path::PathBuf>,
+    },
     /// Run a stateful emulator of a provider's key API.
     Emulate {
         /// Address to listen on (port 0 picks a free port; the bound address is printed).
@@ -57,8 +62,19 @@ async fn main() -> anyhow::Result<()> {
     init_logging(&cli.log_format);
     match cli.command {
         Command::Run(args) => keysmith::controller::run(args).await,
-        Command::Crds => {
+        Command::Crds { output_dir: None } => {
             print!("{}", keysmith::api::crds_yaml());
+            Ok(())
+        }
+        Command::Crds {
+            output_dir: Some(dir),
+        } => {
+            std::fs::create_dir_all(&dir)?;
+            for (file, yaml) in keysmith::api::crd_files() {
+                let path = dir.join(file);
+                std::fs::write(&path, yaml)?;
+                eprintln!("wrote {}", path.display());
+            }
             Ok(())
         }
         Command::Emulate { listen, provider } => keysmith::emulators::run(listen, provider).await,

@@ -123,11 +123,27 @@ pub fn crds(
     vec![ApiKey::crd(), KeyProvider::crd(), ClusterKeyProvider::crd()]
 }
 
-/// The CRDs as one multi-document YAML stream (the content of `crds/`).
+/// The CRDs as one multi-document YAML stream (what `keysmith crds` prints).
 pub fn crds_yaml() -> String {
-    crds()
-        .iter()
-        .map(|crd| serde_yaml::to_string(crd).expect("a CRD serializes to YAML"))
+    crd_files()
+        .into_iter()
+        .map(|(_, yaml)| yaml)
         .collect::<Vec<_>>()
         .join("---\n")
+}
+
+const CRD_HEADER: &str =
+    "# Generated from the Rust types by `keysmith crds`; do not edit (tests/chart.rs checks drift).\n";
+
+/// One `(file name, YAML)` pair per CRD, named `<plural>.<group>.yaml` (the files of `crds/`
+/// and `charts/keysmith/crds/`, written by `keysmith crds --output-dir DIR`).
+pub fn crd_files() -> Vec<(String, String)> {
+    crds()
+        .iter()
+        .map(|crd| {
+            let name = crd.metadata.name.as_deref().expect("a CRD has a name");
+            let yaml = serde_yaml::to_string(crd).expect("a CRD serializes to YAML");
+            (format!("{name}.yaml"), format!("{CRD_HEADER}{yaml}"))
+        })
+        .collect()
 }
