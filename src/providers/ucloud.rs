@@ -474,6 +474,7 @@ fn provider_key(v: &Value) -> Result<ProviderKey, ProviderError> {
     }
 
     Ok(ProviderKey {
+        expires_at: None,
         id,
         name,
         hint: secret.and_then(hint),
