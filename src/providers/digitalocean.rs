@@ -120,9 +120,9 @@ impl DigitalOceanClient {
     /// One key from an `{"api_key_info": …}` answer that must carry a fresh secret.
     fn created(resp: &HttpResponse, scope: &KeyScope) -> Result<CreatedKey, ProviderError> {
         let env: InfoEnvelope = decode(resp)?;
-        let mut info = env.api_key_info.ok_or_else(|| {
-            ProviderError::Malformed("the answer has no api_key_info".into())
-        })?;
+        let mut info = env
+            .api_key_info
+            .ok_or_else(|| ProviderError::Malformed("the answer has no api_key_info".into()))?;
         let secret = info
             .secret_key
             .take()
@@ -758,11 +758,15 @@ mod tests {
 
     #[test]
     fn errors_map_to_types() {
-        let body = r#"{"id":"unauthorized","message":"Unable to authenticate you.","request_id":"r-1"}"#;
+        let body =
+            r#"{"id":"unauthorized","message":"Unable to authenticate you.","request_id":"r-1"}"#;
         match error_for(&resp(401, body), "listing") {
             ProviderError::Auth(m) => {
                 assert!(m.contains("Unable to authenticate you."), "{m}");
-                assert!(m.contains("unauthorized") && m.contains("request_id r-1"), "{m}");
+                assert!(
+                    m.contains("unauthorized") && m.contains("request_id r-1"),
+                    "{m}"
+                );
             }
             e => panic!("{e:?}"),
         }
@@ -781,14 +785,20 @@ mod tests {
             ));
         }
         assert!(matches!(
-            error_for(&resp(410, r#"{"id":"gone","message":"resource retired"}"#), "x"),
+            error_for(
+                &resp(410, r#"{"id":"gone","message":"resource retired"}"#),
+                "x"
+            ),
             ProviderError::Unsupported(_)
         ));
         assert!(matches!(
             error_for(&resp(502, "<html>bad gateway</html>"), "x"),
             ProviderError::Unavailable(m) if m.contains("bad gateway")
         ));
-        let mut r = resp(429, r#"{"id":"too_many_requests","message":"API rate limit exceeded."}"#);
+        let mut r = resp(
+            429,
+            r#"{"id":"too_many_requests","message":"API rate limit exceeded."}"#,
+        );
         r.headers.insert("retry-after", "7".parse().unwrap());
         assert_eq!(
             error_for(&r, "x"),
@@ -804,7 +814,10 @@ mod tests {
 
     #[test]
     fn decode_errors_never_quote_the_body() {
-        let r = resp(200, r#"{"api_key_info":{"uuid":"u","secret_key":12345678987654321}}"#);
+        let r = resp(
+            200,
+            r#"{"api_key_info":{"uuid":"u","secret_key":12345678987654321}}"#,
+        );
         let err = decode::<InfoEnvelope>(&r).err().unwrap();
         let text = format!("{err} {err:?}");
         assert!(matches!(err, ProviderError::Malformed(_)));
@@ -814,7 +827,10 @@ mod tests {
     #[test]
     fn created_key_needs_a_secret() {
         let scope = KeyScope::default();
-        let r = resp(200, r#"{"api_key_info":{"uuid":"u","name":"n","secret_key":""}}"#);
+        let r = resp(
+            200,
+            r#"{"api_key_info":{"uuid":"u","name":"n","secret_key":""}}"#,
+        );
         assert!(matches!(
             DigitalOceanClient::created(&r, &scope),
             Err(ProviderError::Malformed(_))
@@ -883,7 +899,8 @@ mod tests {
         let e = env(r#"{"meta":{"page":1,"pages":2,"total":300}}"#);
         assert_eq!(next_page(1, &e).unwrap(), Some(2));
         // Last page, single page, empty body.
-        let e = env(r#"{"links":{"pages":{"first":"a","previous":"b"}},"meta":{"page":3,"pages":3}}"#);
+        let e =
+            env(r#"{"links":{"pages":{"first":"a","previous":"b"}},"meta":{"page":3,"pages":3}}"#);
         assert_eq!(next_page(3, &e).unwrap(), None);
         assert_eq!(next_page(1, &env(r#"{"links":{}}"#)).unwrap(), None);
         assert_eq!(next_page(1, &env("{}")).unwrap(), None);

@@ -3,5 +3,6 @@
 mod bifrost;
 mod boltz;
 mod digitalocean;
+mod openapi;
 mod openrouter;
 mod ucloud;
