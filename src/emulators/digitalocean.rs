@@ -28,6 +28,9 @@
 //! `POST /_emulator/model-keys {"name", "uuid"?}` → `{"uuid", "secret_key"}` (a key created in the
 //! control panel, which shows its secret once), `POST /_emulator/agents {"uuid"?}` → `{"uuid"}`.
 
+// Helpers return the axum `Response` to send as their error, as handlers do.
+#![allow(clippy::result_large_err)]
+
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -1364,3 +1364,91 @@ fn the_spec_check_catches_wrong_shapes() {
         assert!(e.contains(needle), "{e}");
     }
 }
+
+/// The manifests in examples/digitalocean work against the emulator started as their comment
+/// says: the flags parse, the ApiKeys pass validation, and the keys they name exist.
+#[tokio::test]
+async fn examples_work_as_written() {
+    #[derive(Parser)]
+    struct Cli {
+        #[arg(long)]
+        listen: String,
+        #[command(flatten)]
+        args: Args,
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/digitalocean");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+
+    // The emulator command in the provider manifest's comment.
+    let provider_yaml = read("01-keyprovider.yaml");
+    let command: String = provider_yaml
+        .lines()
+        .filter_map(|l| l.strip_prefix("#   "))
+        .map(|l| l.trim_end_matches('\\').trim())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let words: Vec<String> = command
+        .split_whitespace()
+        .map(|w| w.trim_matches('\'').to_string())
+        .collect();
+    assert_eq!(words[..3], ["keysmith", "emulate", "digitalocean"]);
+    let cli = Cli::try_parse_from(
+        std::iter::once("emulate".to_string()).chain(words[3..].iter().cloned()),
+    )
+    .unwrap();
+    let emu = start(cli.args).await;
+
+    // The provider points at the emulator's address and reads the token from the Secret.
+    let provider: keysmith::api::KeyProvider = serde_yaml::from_str(&provider_yaml).unwrap();
+    let spec = provider.spec.digitalocean.clone().unwrap();
+    assert_eq!(
+        spec.base_url.as_deref(),
+        Some(format!("http://{}", cli.listen).as_str())
+    );
+    let secret: Value = serde_yaml::from_str(&read("00-credentials.yaml")).unwrap();
+    let token = secret["stringData"][spec.token_secret_ref.key.as_str()]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut creds = BTreeMap::new();
+    creds.insert("token".to_string(), SecretString::from(token));
+    let c = DigitalOceanClient::new(
+        &DigitalOceanProvider {
+            base_url: Some(emu.url()),
+            ..spec
+        },
+        Credentials(creds),
+        opts(),
+    )
+    .unwrap();
+    c.verify().await.unwrap();
+
+    // The adopted model key exists and regenerates; the agent key mints.
+    for (file, adopt) in [
+        ("02-apikey-model-adopted.yaml", true),
+        ("03-apikey-agent.yaml", false),
+    ] {
+        let ak: keysmith::api::ApiKey = serde_yaml::from_str(&read(file)).unwrap();
+        let name = ak.spec.display_name.clone().unwrap();
+        let settings = KeySettings::from_spec(&ak.spec, name, chrono::Utc::now()).unwrap();
+        assert!(c.validate(&settings).is_empty(), "{file}");
+        let scope = c.scope(&settings);
+        let value = if adopt {
+            let id = settings.key_ref.clone().unwrap();
+            assert_eq!(scope, model_scope());
+            c.get(&scope, &id).await.unwrap();
+            let v = c.regenerate(&scope, &id).await.unwrap();
+            assert!(model_key_works(&emu, v.secret.expose_secret()).await);
+            v
+        } else {
+            let v = c.create(&settings).await.unwrap();
+            assert!(agent_key_works(&emu, &scope.parent, v.secret.expose_secret()).await);
+            v
+        };
+        assert_eq!(
+            c.get(&scope, &value.key.id).await.unwrap().id,
+            value.key.id,
+            "{file}"
+        );
+    }
+}
