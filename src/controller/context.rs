@@ -38,7 +38,7 @@ pub struct Context {
     pub crash_after_create: std::sync::atomic::AtomicBool,
     failures: Mutex<HashMap<String, u32>>,
     /// Per ApiKey: (provider type, ready, expiry in Unix seconds), for the gauges.
-    tracked: Mutex<HashMap<String, (String, bool, Option<i64>)>>,
+    tracked: Mutex<HashMap<String, Tracked>>,
     backends: Mutex<HashMap<String, Arc<BackendEntry>>>,
     snapshots: Mutex<HashMap<(String, KeyScope), SnapshotSlot>>,
 }
@@ -57,6 +57,9 @@ struct BackendEntry {
     checked: Mutex<Instant>,
     backend: Arc<dyn KeyBackend>,
 }
+
+/// What the gauges know of one ApiKey: provider type, ready, expiry (Unix seconds).
+pub type Tracked = (String, bool, Option<i64>);
 
 /// One listing, shared by the reconciles of a provider object and scope.
 pub type SnapshotSlot = Arc<tokio::sync::Mutex<Snapshot>>;
@@ -151,7 +154,7 @@ impl Context {
 
     /// Record an ApiKey's provider, readiness and expiry (None: forget it, it was deleted) and
     /// refresh the `keysmith_apikeys` and `keysmith_key_expiry_timestamp_seconds` gauges.
-    pub fn track(&self, key: &str, state: Option<(String, bool, Option<i64>)>) {
+    pub fn track(&self, key: &str, state: Option<Tracked>) {
         let mut t = self.tracked.lock().unwrap();
         let changed = match state {
             Some(s) => t.insert(key.to_string(), s.clone()) != Some(s),
