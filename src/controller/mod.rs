@@ -27,6 +27,10 @@ use crate::api::{
 use crate::metrics::Metrics;
 pub use context::Context;
 
+/// Label (any value) on a user's Secret used as `spec.source`: keysmith watches such Secrets and
+/// re-pushes the key as soon as the value changes.
+pub const SOURCE_LABEL: &str = "keysmith.dev/source";
+
 /// Flags of `keysmith run`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
@@ -228,8 +232,32 @@ pub async fn run_controllers(
         let ctl = Controller::new(apikeys, apikey_wc.clone());
         let store = ctl.store();
         let store2 = store.clone();
+        let store3 = store.clone();
         let ctl = ctl
-            .owns(secrets, secret_wc.clone())
+            .owns(secrets.clone(), secret_wc.clone())
+            // Source Secrets of pushed keys, when labelled keysmith.dev/source: a change re-pushes
+            // at once (unlabelled ones are checked every refresh interval).
+            .watches(
+                secrets,
+                watcher::Config::default().labels(SOURCE_LABEL),
+                move |s: Secret| {
+                    let ns = s.namespace();
+                    let name = s.name_any();
+                    store3
+                        .state()
+                        .into_iter()
+                        .filter(|ak| {
+                            ak.namespace() == ns
+                                && ak
+                                    .spec
+                                    .source
+                                    .as_ref()
+                                    .is_some_and(|src| src.secret_ref.name == name)
+                        })
+                        .map(|ak| ObjectRef::from_obj(ak.as_ref()))
+                        .collect::<Vec<_>>()
+                },
+            )
             .watches(
                 kps.clone(),
                 watcher::Config::default(),
