@@ -106,6 +106,12 @@ pub struct ReadyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KubeWriteLabels {
+    pub resource: String,
+    pub verb: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProviderLabel {
     pub provider: String,
 }
@@ -123,7 +129,7 @@ pub struct Metrics {
     pub orphans_revoked: Family<ProviderLabel, Counter>,
     pub keys_created: Family<ProviderLabel, Counter>,
     pub keys_revoked: Family<ProviderLabel, Counter>,
-    pub kube_writes: Family<ProviderOpLabels, Counter>,
+    pub kube_writes: Family<KubeWriteLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -208,9 +214,9 @@ impl Metrics {
     /// Count one write to the Kubernetes API (`resource` e.g. `secrets`, `operation` e.g. `apply`).
     pub fn kube_write(&self, resource: &str, operation: &str) {
         self.kube_writes
-            .get_or_create(&ProviderOpLabels {
-                provider: resource.into(),
-                operation: operation.into(),
+            .get_or_create(&KubeWriteLabels {
+                resource: resource.into(),
+                verb: operation.into(),
             })
             .inc();
     }
