@@ -160,7 +160,10 @@ pub fn render(args: &RenderArgs) -> anyhow::Result<String> {
             ));
         }
         if let Some(e) = &settings.expires_at {
-            details.push(format!("expires {}", e.to_rfc3339()));
+            details.push(format!(
+                "expires {}",
+                e.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ));
         }
         if !settings.allowed_ips.is_empty() {
             details.push(format!("allowed IPs {}", settings.allowed_ips.join(",")));
