@@ -598,6 +598,10 @@ concurrency: 4
         a.contains(&"--label-selector=keysmith.dev/shard in (a,b)".to_string()),
         "{a:?}"
     );
+    assert!(
+        a.contains(&"--cluster-providers=false".to_string()),
+        "namespace mode without the cluster grant must not watch ClusterKeyProviders: {a:?}"
+    );
     assert!(a.contains(&"--leader-elect".to_string()));
     assert!(a.contains(&"--log-format=text".to_string()));
     assert!(a.contains(&"--concurrency=4".to_string()));
@@ -664,6 +668,7 @@ fn namespace_mode_with_cluster_providers() {
         "watchNamespaces: [team-a]\nclusterProviders: {enabled: true}\n",
     );
     assert_valid_kubernetes_objects(&objs);
+    assert!(!args(&objs).contains(&"--cluster-providers=false".to_string()));
     let cluster_roles = operator_roles(&objs, "ClusterRole");
     assert_eq!(cluster_roles.len(), 1);
     assert_eq!(grants(cluster_roles[0]), expected_cluster_grants());

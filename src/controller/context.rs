@@ -33,6 +33,8 @@ pub struct Context {
     pub operator_namespace: String,
     /// HTTP options applied to every provider client (tests shorten timeouts).
     pub client_options: ClientOptions,
+    /// ClusterKeyProviders are served (see `keysmith run --cluster-providers`).
+    pub cluster_providers: bool,
     /// Test hook: make the next creates stop right after the provider answered, as if the
     /// process had been killed there (crash-safety tests).
     pub crash_after_create: std::sync::atomic::AtomicBool,
@@ -131,6 +133,7 @@ impl Context {
             recorder,
             operator_namespace,
             client_options,
+            cluster_providers: true,
             crash_after_create: Default::default(),
             failures: Mutex::new(HashMap::new()),
             tracked: Mutex::new(HashMap::new()),
@@ -238,6 +241,10 @@ impl Context {
                 self.resolve_spec(id, &p.spec, p.metadata.generation, Some(&ns))
                     .await
             }
+            ProviderKind::ClusterKeyProvider if !self.cluster_providers => Err(ResolveError::ProviderNotAllowed(format!(
+                "this keysmith installation serves only KeyProviders of the ApiKey's namespace (--cluster-providers=false); ClusterKeyProvider {} cannot be used",
+                r.name
+            ))),
             ProviderKind::ClusterKeyProvider => {
                 let api: Api<ClusterKeyProvider> = Api::all(self.client.clone());
                 let p = api.get_opt(&r.name).await?.ok_or_else(|| {

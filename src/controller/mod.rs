@@ -56,6 +56,11 @@ pub struct RunArgs {
     /// Reconcile only ApiKeys matching this label selector (sharding across releases).
     #[arg(long, env = "KEYSMITH_LABEL_SELECTOR")]
     pub label_selector: Option<String>,
+    /// Serve ClusterKeyProviders (needs cluster-wide read access to them and to Namespaces).
+    /// `--cluster-providers=false` for a namespace-scoped install without that access: ApiKeys
+    /// referring to a ClusterKeyProvider then report ProviderNotAllowed.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "KEYSMITH_CLUSTER_PROVIDERS")]
+    pub cluster_providers: bool,
     /// ApiKeys reconciled at once.
     #[arg(long, default_value_t = 16, env = "KEYSMITH_CONCURRENCY")]
     pub concurrency: u16,
@@ -81,12 +86,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.clone(),
         health.clone(),
     ));
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        metrics,
-        args.namespace.clone(),
-        "keysmith",
-    ));
+    let mut ctx = Context::new(client.clone(), metrics, args.namespace.clone(), "keysmith");
+    ctx.cluster_providers = args.cluster_providers;
+    let ctx = Arc::new(ctx);
 
     if args.leader_elect {
         run_with_leader_election(client, ctx, &args, health).await?;
@@ -233,6 +235,26 @@ pub async fn run_controllers(
         let store = ctl.store();
         let store2 = store.clone();
         let store3 = store.clone();
+        let ctl = if args.cluster_providers {
+            ctl.watches(
+                Api::<ClusterKeyProvider>::all(client.clone()),
+                watcher::Config::default(),
+                move |ckp: ClusterKeyProvider| {
+                    let name = ckp.name_any();
+                    store2
+                        .state()
+                        .into_iter()
+                        .filter(|ak| {
+                            ak.spec.provider_ref.kind == ProviderKind::ClusterKeyProvider
+                                && ak.spec.provider_ref.name == name
+                        })
+                        .map(|ak| ObjectRef::from_obj(ak.as_ref()))
+                        .collect::<Vec<_>>()
+                },
+            )
+        } else {
+            ctl
+        };
         let ctl = ctl
             .owns(secrets.clone(), secret_wc.clone())
             // Source Secrets of pushed keys, when labelled keysmith.dev/source: a change re-pushes
@@ -276,22 +298,6 @@ pub async fn run_controllers(
                         .collect::<Vec<_>>()
                 },
             )
-            .watches(
-                Api::<ClusterKeyProvider>::all(client.clone()),
-                watcher::Config::default(),
-                move |ckp: ClusterKeyProvider| {
-                    let name = ckp.name_any();
-                    store2
-                        .state()
-                        .into_iter()
-                        .filter(|ak| {
-                            ak.spec.provider_ref.kind == ProviderKind::ClusterKeyProvider
-                                && ak.spec.provider_ref.name == name
-                        })
-                        .map(|ak| ObjectRef::from_obj(ak.as_ref()))
-                        .collect::<Vec<_>>()
-                },
-            )
             .with_config(cfg.clone())
             .graceful_shutdown_on(stop.clone())
             .run(apikey::reconcile, apikey::error_policy, ctx.clone())
@@ -308,18 +314,20 @@ pub async fn run_controllers(
             .for_each(|_| futures::future::ready(()));
         tasks.push(tokio::spawn(kp_ctl));
     }
-    let ckp_ctl = Controller::new(
-        Api::<ClusterKeyProvider>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .graceful_shutdown_on(stop.clone())
-    .run(
-        provider::reconcile_cluster_key_provider,
-        provider::error_policy,
-        ctx.clone(),
-    )
-    .for_each(|_| futures::future::ready(()));
-    tasks.push(tokio::spawn(ckp_ctl));
+    if args.cluster_providers {
+        let ckp_ctl = Controller::new(
+            Api::<ClusterKeyProvider>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .graceful_shutdown_on(stop.clone())
+        .run(
+            provider::reconcile_cluster_key_provider,
+            provider::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
+        tasks.push(tokio::spawn(ckp_ctl));
+    }
     health.started.store(true, Ordering::SeqCst);
     tracing::info!(namespaces = ?args.watch_namespaces, selector = ?args.label_selector, "controllers running");
     for t in tasks {
