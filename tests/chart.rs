@@ -1031,3 +1031,37 @@ fn chart_installs_on_a_cluster() {
         panic!("{e}");
     }
 }
+
+/// The operator's grants cover every permission the controller uses (`keysmith::controller::rbac`,
+/// which the controller tests hold the controller's real requests against), in cluster mode and
+/// in namespace mode with ClusterKeyProviders.
+#[test]
+fn rendered_rbac_covers_what_the_controller_uses() {
+    let Some(helm) = helm() else { return };
+    for values in [
+        "{}",
+        "watchNamespaces: [team-a, team-b]\nclusterProviders: {enabled: true}\n",
+    ] {
+        let objs = render(&helm, values);
+        let mut have = Grants::new();
+        for kind in ["ClusterRole", "Role"] {
+            for role in operator_roles(&objs, kind) {
+                for (k, v) in grants(role) {
+                    have.entry(k).or_default().extend(v);
+                }
+            }
+        }
+        for p in keysmith::controller::rbac::PERMISSIONS {
+            for verb in p.verbs {
+                let granted = have
+                    .get(&(p.group.to_string(), p.resource.to_string()))
+                    .is_some_and(|v| v.contains(*verb));
+                assert!(
+                    granted,
+                    "values {values:?}: the chart does not grant {verb} on {}/{}",
+                    p.group, p.resource
+                );
+            }
+        }
+    }
+}

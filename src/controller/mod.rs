@@ -4,6 +4,7 @@
 pub mod apikey;
 pub mod context;
 pub mod provider;
+pub mod rbac;
 pub mod secret;
 pub mod validate;
 

@@ -1,0 +1,153 @@
+//! The Kubernetes API permissions the controller uses: the one list both the Helm chart's RBAC
+//! (checked in `tests/chart.rs`) and the controller's actual requests (every request the
+//! controller tests make is classified with [`classify`] and must be in [`PERMISSIONS`]) are
+//! held against.
+
+/// One resource and the verbs used on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Permission {
+    /// API group (`""` for the core group).
+    pub group: &'static str,
+    /// Resource, with `/subresource` where one is used.
+    pub resource: &'static str,
+    pub verbs: &'static [&'static str],
+}
+
+const fn p(
+    group: &'static str,
+    resource: &'static str,
+    verbs: &'static [&'static str],
+) -> Permission {
+    Permission {
+        group,
+        resource,
+        verbs,
+    }
+}
+
+/// Everything `keysmith run` does against the API server.
+pub const PERMISSIONS: &[Permission] = &[
+    // ApiKeys: watched; finalizer added/removed with patches; status written with merge patches.
+    p(
+        "keysmith.dev",
+        "apikeys",
+        &["get", "list", "watch", "patch"],
+    ),
+    p("keysmith.dev", "apikeys/status", &["patch"]),
+    // Owner references with blockOwnerDeletion on the Secrets need update on the finalizers subresource.
+    p("keysmith.dev", "apikeys/finalizers", &["update"]),
+    p("keysmith.dev", "keyproviders", &["get", "list", "watch"]),
+    p("keysmith.dev", "keyproviders/status", &["patch"]),
+    p(
+        "keysmith.dev",
+        "clusterkeyproviders",
+        &["get", "list", "watch"],
+    ),
+    p("keysmith.dev", "clusterkeyproviders/status", &["patch"]),
+    // Secrets: written by server-side apply (patch); a type change replaces (delete + create);
+    // credentials and source Secrets are read; labelled ones watched.
+    p(
+        "",
+        "secrets",
+        &["get", "list", "watch", "create", "patch", "delete"],
+    ),
+    // ClusterKeyProvider namespaceSelector.
+    p("", "namespaces", &["get"]),
+    p("events.k8s.io", "events", &["create", "patch"]),
+    // Leader election (kube-leader-election: read, create, merge-patch to acquire and renew).
+    p("coordination.k8s.io", "leases", &["get", "create", "patch"]),
+];
+
+/// Whether `verb` on `group`/`resource` is in [`PERMISSIONS`].
+pub fn allowed(group: &str, resource: &str, verb: &str) -> bool {
+    PERMISSIONS
+        .iter()
+        .any(|p| p.group == group && p.resource == resource && p.verbs.contains(&verb))
+}
+
+/// The (group, resource, verb) of an API request, as RBAC sees it.
+pub fn classify(method: &str, path: &str, query: &str) -> Option<(String, String, String)> {
+    let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => return None,
+    };
+    let rest: Vec<&str> = match rest {
+        ["namespaces", _ns, tail @ ..] if !tail.is_empty() => tail.to_vec(),
+        other => other.to_vec(),
+    };
+    let (resource, named) = match rest.as_slice() {
+        [res] => (res.to_string(), false),
+        [res, _name] => (res.to_string(), true),
+        [res, _name, sub] => (format!("{res}/{sub}"), true),
+        _ => return None,
+    };
+    let watch = query
+        .split('&')
+        .any(|kv| kv == "watch=true" || kv == "watch=1");
+    let verb = match (method, named) {
+        ("GET", true) => "get",
+        ("GET", false) if watch => "watch",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => return None,
+    };
+    Some((group.to_string(), resource, verb.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_classified_like_rbac() {
+        let c = |m, p, q| classify(m, p, q).unwrap();
+        assert_eq!(
+            c("GET", "/api/v1/namespaces/a/secrets/s", ""),
+            ("".into(), "secrets".into(), "get".into())
+        );
+        assert_eq!(
+            c("GET", "/api/v1/namespaces/a/secrets", "watch=true"),
+            ("".into(), "secrets".into(), "watch".into())
+        );
+        assert_eq!(
+            c("GET", "/api/v1/namespaces/team-a", ""),
+            ("".into(), "namespaces".into(), "get".into())
+        );
+        assert_eq!(
+            c(
+                "PATCH",
+                "/apis/keysmith.dev/v1alpha1/namespaces/a/apikeys/k/status",
+                ""
+            ),
+            (
+                "keysmith.dev".into(),
+                "apikeys/status".into(),
+                "patch".into()
+            )
+        );
+        assert_eq!(
+            c(
+                "GET",
+                "/apis/keysmith.dev/v1alpha1/clusterkeyproviders/p",
+                ""
+            ),
+            (
+                "keysmith.dev".into(),
+                "clusterkeyproviders".into(),
+                "get".into()
+            )
+        );
+        assert_eq!(
+            c("POST", "/apis/events.k8s.io/v1/namespaces/a/events", ""),
+            ("events.k8s.io".into(), "events".into(), "create".into())
+        );
+        assert!(allowed("", "secrets", "patch"));
+        assert!(!allowed("", "secrets", "deletecollection"));
+    }
+}
