@@ -87,7 +87,7 @@ pub struct ApiKeySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<SpendLimit>,
     /// Source addresses (IPs, ranges or CIDRs) allowed to use the key. Empty: any.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, rename = "allowedIPs", skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100))]
     pub allowed_ips: Vec<String>,
     /// Models the key may call. Empty: the provider's default (usually all).
