@@ -107,6 +107,8 @@ async fn a_virtual_key_is_minted_and_kept_in_sync() {
     assert_eq!(vks[0]["active"], true);
     assert!(vks[0]["budgets"].as_array().unwrap().is_empty());
 
+    env.assert_quiet("vk").await;
+
     // A limit becomes a budget; disabled turns the key off; both in place.
     env.patch_spec(
         "vk",
@@ -162,7 +164,10 @@ async fn a_virtual_key_is_minted_and_kept_in_sync() {
 
     env.delete("vk").await;
     env.reconcile("vk").await.unwrap();
-    assert!(virtual_keys(&env).await.is_empty(), "deleted at the gateway");
+    assert!(
+        virtual_keys(&env).await.is_empty(),
+        "deleted at the gateway"
+    );
     assert_eq!(models(&env, &value).await.0, 401);
 }
 
@@ -233,10 +238,15 @@ async fn a_provider_key_is_pushed_from_the_users_secret() {
             .collect::<Vec<_>>()
     );
     for w in &writes {
-        assert!(!w.contains(UPSTREAM_V1), "the pushed value appeared in a write");
+        assert!(
+            !w.contains(UPSTREAM_V1),
+            "the pushed value appeared in a write"
+        );
     }
     assert_eq!(
-        env.secret_value("openai-upstream", "api-key").await.as_deref(),
+        env.secret_value("openai-upstream", "api-key")
+            .await
+            .as_deref(),
         Some(UPSTREAM_V1)
     );
 
@@ -286,8 +296,136 @@ async fn a_provider_key_is_pushed_from_the_users_secret() {
     );
     assert!(env.apikeys().get_opt("openai").await.unwrap().is_none());
     assert_eq!(
-        env.secret_value("openai-upstream", "api-key").await.as_deref(),
+        env.secret_value("openai-upstream", "api-key")
+            .await
+            .as_deref(),
         Some(UPSTREAM_V2),
         "the user's Secret is never touched"
     );
+}
+
+#[tokio::test]
+async fn a_virtual_key_secret_is_restored_and_a_crash_leaves_no_orphan() {
+    let env = env_with(vec![]).await;
+    env.create(&apikey("vk", "bifrost", ApiKeySpec::default()))
+        .await;
+    env.reconcile("vk").await.unwrap(); // finalizer
+    env.ctx
+        .crash_after_create
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = env.reconcile("vk").await;
+    env.ctx
+        .crash_after_create
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let vks = virtual_keys(&env).await;
+    assert_eq!(vks.len(), 1);
+    let orphan = vks[0]["id"].as_str().unwrap().to_string();
+    assert!(
+        vks[0]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("managed by keysmith (attempt ")),
+        "{}",
+        vks[0]
+    );
+
+    let ak = env.converge("vk", 4).await;
+    assert_eq!(ready(&ak).0, "True", "{:?}", ak.status);
+    let id = ak.status.unwrap().key_id.unwrap();
+    assert_ne!(id, orphan, "the orphan's value was lost: it is not reused");
+    let vks = virtual_keys(&env).await;
+    assert_eq!(vks.len(), 1, "the orphan was deleted: {vks:?}");
+    assert_eq!(vks[0]["id"], id.as_str());
+    let value = env.secret_value("vk", "api-key").await.unwrap();
+    assert_eq!(models(&env, &value).await.0, 200);
+
+    // The gateway returns virtual-key values: a deleted Secret gets the same value back.
+    env.secrets()
+        .delete("vk", &Default::default())
+        .await
+        .unwrap();
+    let ak = env.converge("vk", 3).await;
+    assert_eq!(ready(&ak).1, "KeyActive", "{:?}", ak.status);
+    assert_eq!(ak.status.unwrap().key_id.as_deref(), Some(id.as_str()));
+    assert_eq!(
+        env.secret_value("vk", "api-key").await.as_deref(),
+        Some(value.as_str())
+    );
+    assert_eq!(virtual_keys(&env).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_provider_key_deleted_at_the_gateway_is_registered_again() {
+    let env = env_with(vec![
+        serde_json::to_value(upstream_secret(UPSTREAM_V1)).unwrap()
+    ])
+    .await;
+    env.create(&apikey("openai", "bifrost", provider_key_spec()))
+        .await;
+    let id = env
+        .converge("openai", 4)
+        .await
+        .status
+        .unwrap()
+        .key_id
+        .unwrap();
+    let r = env
+        .http
+        .delete(format!(
+            "{}/api/providers/openai/keys/{id}",
+            env.emulator.url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert!(provider_keys(&env).await.is_empty());
+
+    env.touch("openai", "1").await;
+    env.reconcile("openai").await.unwrap();
+    let ak = env.get("openai").await;
+    assert_eq!(ready(&ak).1, "KeyActive", "{:?}", ak.status);
+    assert_eq!(ak.status.unwrap().key_id.as_deref(), Some(id.as_str()));
+    let pks = provider_keys(&env).await;
+    assert_eq!(pks.len(), 1, "{pks:?}");
+    assert_eq!(pks[0]["id"], id.as_str(), "under the same id");
+    assert!(holds(&env, "openai", &id, UPSTREAM_V1).await);
+}
+
+#[tokio::test]
+async fn moving_a_provider_key_to_another_upstream_removes_the_old_one() {
+    let env = env_with(vec![
+        serde_json::to_value(upstream_secret(UPSTREAM_V1)).unwrap()
+    ])
+    .await;
+    env.create(&apikey("mover", "bifrost", provider_key_spec()))
+        .await;
+    let old = env
+        .converge("mover", 4)
+        .await
+        .status
+        .unwrap()
+        .key_id
+        .unwrap();
+    // Another upstream and another name (names are unique across a gateway's providers).
+    env.patch_spec(
+        "mover",
+        json!({"displayName": "anthropic-prod", "models": [], "bifrost": {"provider": "anthropic"}}),
+    )
+    .await;
+    env.reconcile("mover").await.unwrap();
+    let ak = env.get("mover").await;
+    assert_eq!(ready(&ak).1, "KeyActive", "{:?}", ak.status);
+    let st = ak.status.unwrap();
+    let new = st.key_id.clone().unwrap();
+    assert_ne!(new, old, "a key of the other upstream provider");
+    assert!(st.previous_keys.is_empty(), "{:?}", st.previous_keys);
+    let pks = provider_keys(&env).await;
+    assert_eq!(pks.len(), 1, "the openai key was removed: {pks:?}");
+    assert_eq!(pks[0]["provider"], "anthropic");
+    assert_eq!(pks[0]["name"], "anthropic-prod");
+    assert!(holds(&env, "anthropic", &new, UPSTREAM_V1).await);
+
+    env.delete("mover").await;
+    env.reconcile("mover").await.unwrap();
+    assert!(provider_keys(&env).await.is_empty());
 }

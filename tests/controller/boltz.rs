@@ -17,7 +17,14 @@ struct EmuArgs {
 }
 
 async fn env() -> Env {
-    let a = EmuArgs::try_parse_from(["emulate", "--admin-key", ADMIN])
+    env_with(&[]).await
+}
+
+/// With extra emulator flags (e.g. workspaces).
+async fn env_with(flags: &[&str]) -> Env {
+    let mut argv = vec!["emulate", "--admin-key", ADMIN];
+    argv.extend_from_slice(flags);
+    let a = EmuArgs::try_parse_from(argv)
         .expect("emulator flags parse")
         .args;
     let (router, faults) = emulators::boltz::build(&a);
@@ -107,6 +114,9 @@ async fn creates_a_workspace_key_and_reports_prefix_and_last_use() {
         "keyHint is Boltz's key_prefix"
     );
     assert!(!st.key_hint.as_deref().unwrap().contains(&value));
+
+    env.assert_quiet("jobs").await;
+    assert!(env.get("jobs").await.status.unwrap().last_used_at.is_none());
 
     let (code, body) = me(&env, &value, None).await;
     assert_eq!(code, 200, "{body}");
@@ -215,7 +225,10 @@ async fn an_ip_change_is_reported_then_replaced_on_request() {
     );
     assert!(message.contains("spec.allowedIPs"), "{message}");
     let st = ak.status.unwrap();
-    assert_eq!(st.fields_needing_new_key, vec!["spec.allowedIPs".to_string()]);
+    assert_eq!(
+        st.fields_needing_new_key,
+        vec!["spec.allowedIPs".to_string()]
+    );
     assert_eq!(st.key_id.as_deref(), Some(old_id.as_str()), "key unchanged");
     assert_eq!(
         env.secret_value("ips", "api-key").await.as_deref(),
@@ -290,20 +303,17 @@ async fn deleting_the_apikey_revokes_the_key() {
     let env = env().await;
     env.create(&apikey("bye", "boltz", ApiKeySpec::default()))
         .await;
-    let id = env
-        .converge("bye", 4)
-        .await
-        .status
-        .unwrap()
-        .key_id
-        .unwrap();
+    let id = env.converge("bye", 4).await.status.unwrap().key_id.unwrap();
     let value = env.secret_value("bye", "api-key").await.unwrap();
     env.reset_provider_calls().await;
     env.delete("bye").await;
     env.reconcile("bye").await.unwrap();
     let calls = env.provider_calls().await;
     assert_eq!(
-        route_count(&calls, "POST /compute/v1/admin/api-keys/{api_key_id}/revoke"),
+        route_count(
+            &calls,
+            "POST /compute/v1/admin/api-keys/{api_key_id}/revoke"
+        ),
         1,
         "{calls}"
     );
@@ -314,4 +324,197 @@ async fn deleting_the_apikey_revokes_the_key() {
         env.apikeys().get_opt("bye").await.unwrap().is_none(),
         "the finalizer was released and the ApiKey is gone"
     );
+}
+
+#[tokio::test]
+async fn a_crash_after_create_is_recovered_by_name_and_time() {
+    // Boltz keys have no free-text field: the orphan is found by name and creation time only.
+    let env = env().await;
+    env.create(&apikey("crash", "boltz", ApiKeySpec::default()))
+        .await;
+    env.reconcile("crash").await.unwrap(); // finalizer
+    env.ctx
+        .crash_after_create
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = env.reconcile("crash").await;
+    env.ctx
+        .crash_after_create
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let keys = workspace_keys(&env).await;
+    assert_eq!(
+        keys.len(),
+        1,
+        "the provider created a key whose value was lost"
+    );
+    let orphan = keys[0]["id"].as_str().unwrap().to_string();
+    assert!(env.secrets().get_opt("crash").await.unwrap().is_none());
+
+    let ak = env.converge("crash", 4).await;
+    assert_eq!(ready(&ak).0, "True", "{:?}", ak.status);
+    let st = ak.status.unwrap();
+    assert!(st.pending_create.is_none());
+    assert_ne!(st.key_id.as_deref(), Some(orphan.as_str()));
+    assert_eq!(
+        key_by_id(&env, &orphan).await["is_active"],
+        false,
+        "orphan revoked"
+    );
+    let live: Vec<Value> = workspace_keys(&env)
+        .await
+        .into_iter()
+        .filter(|k| k["is_active"] == true)
+        .collect();
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0]["id"], st.key_id.unwrap().as_str());
+    let value = env.secret_value("crash", "api-key").await.unwrap();
+    assert_eq!(me(&env, &value, None).await.0, 200);
+    // The admin key keysmith runs on is never taken for an orphan.
+    assert_eq!(me(&env, ADMIN, None).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_ttl_becomes_whole_days_and_the_expiry_is_reported() {
+    let env = env().await;
+    let spec = ApiKeySpec {
+        ttl: Some("25h".into()),
+        ..Default::default()
+    };
+    env.create(&apikey("short", "boltz", spec)).await;
+    let ak = env.converge("short", 4).await;
+    assert_eq!(ready(&ak).1, "KeyActive", "{:?}", ak.status);
+    let st = ak.status.unwrap();
+    let k = key_by_id(&env, st.key_id.as_deref().unwrap()).await;
+    let at_boltz = chrono::DateTime::parse_from_rfc3339(k["expires_at"].as_str().unwrap()).unwrap();
+    let created = chrono::DateTime::parse_from_rfc3339(k["created_at"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (at_boltz - created).num_hours(),
+        48,
+        "25h rounds up to 2 days"
+    );
+    let reported =
+        chrono::DateTime::parse_from_rfc3339(st.expires_at.as_deref().expect("expiresAt")).unwrap();
+    assert!((reported - at_boltz).num_seconds().abs() <= 1);
+
+    // Expiry is not compared (days vs instant): the next passes keep the key.
+    env.touch("short", "1").await;
+    env.reconcile("short").await.unwrap();
+    let ak = env.get("short").await;
+    assert_eq!(ready(&ak).1, "KeyActive", "{:?}", ak.status);
+    assert_eq!(ak.status.unwrap().key_id, st.key_id);
+}
+
+#[tokio::test]
+async fn a_failed_revoke_of_the_replaced_key_is_retried_not_forgotten() {
+    let env = env().await;
+    env.create(&apikey("swap", "boltz", ApiKeySpec::default()))
+        .await;
+    let old = env
+        .converge("swap", 4)
+        .await
+        .status
+        .unwrap()
+        .key_id
+        .unwrap();
+    env.patch_spec(
+        "swap",
+        json!({"allowedIPs": ["10.0.0.0/8"], "onImmutableChange": "Replace"}),
+    )
+    .await;
+    // The fresh read and the create go through; every attempt at revoking the old key fails.
+    let pass = emulators::ScriptedFault {
+        status: None,
+        retry_after: None,
+        malformed: false,
+        delay_ms: None,
+    };
+    let down = emulators::ScriptedFault {
+        status: Some(503),
+        ..pass.clone()
+    };
+    env.emulator
+        .faults
+        .push([pass.clone(), pass, down.clone(), down.clone(), down]);
+    let _ = env.reconcile("swap").await;
+    let ak = env.get("swap").await;
+    assert_eq!(ready(&ak).1, "ProviderUnavailable", "{:?}", ak.status);
+    let st = ak.status.clone().unwrap();
+    let new = st.key_id.clone().unwrap();
+    assert_ne!(new, old, "the new key is in place: {:?}", ak.status);
+    assert_eq!(
+        st.previous_keys
+            .iter()
+            .map(|k| k.key_id.as_str())
+            .collect::<Vec<_>>(),
+        vec![old.as_str()],
+        "the old key is remembered for revocation"
+    );
+    assert_eq!(
+        key_by_id(&env, &old).await["is_active"],
+        true,
+        "not revoked yet"
+    );
+    let value = env.secret_value("swap", "api-key").await.unwrap();
+    assert_eq!(me(&env, &value, Some("10.9.9.9")).await.0, 200);
+
+    // The provider is back: the old key is revoked on a later pass, not leaked.
+    let ak = env.converge("swap", 4).await;
+    assert_eq!(ready(&ak).1, "KeyActive", "{:?}", ak.status);
+    env.reconcile("swap").await.unwrap();
+    assert_eq!(
+        key_by_id(&env, &old).await["is_active"],
+        false,
+        "the replaced key must not outlive the replacement"
+    );
+    let live = workspace_keys(&env)
+        .await
+        .into_iter()
+        .filter(|k| k["is_active"] == true)
+        .count();
+    assert_eq!(live, 1);
+    let st = env.get("swap").await.status.unwrap();
+    assert_eq!(st.key_id.as_deref(), Some(new.as_str()));
+    assert!(st.previous_keys.is_empty());
+}
+
+#[tokio::test]
+async fn a_workspace_change_needs_a_new_key_in_the_new_workspace() {
+    let env = env_with(&["--workspace", "ws_a", "--workspace", "ws_b"]).await;
+    let spec = ApiKeySpec {
+        boltz: Some(keysmith::api::BoltzKeySpec {
+            workspace_id: Some("ws_a".into()),
+            mode: None,
+        }),
+        ..Default::default()
+    };
+    env.create(&apikey("ws", "boltz", spec)).await;
+    let old = env.converge("ws", 4).await.status.unwrap().key_id.unwrap();
+    assert_eq!(key_by_id(&env, &old).await["workspace_id"], "ws_a");
+
+    env.patch_spec("ws", json!({"boltz": {"workspaceID": "ws_b"}}))
+        .await;
+    env.reconcile("ws").await.unwrap();
+    let ak = env.get("ws").await;
+    let (status, reason, message) = ready(&ak);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "NewKeyNeeded"),
+        "{message}"
+    );
+    let st = ak.status.unwrap();
+    assert_eq!(st.key_id.as_deref(), Some(old.as_str()), "the key stays");
+    assert_eq!(st.fields_needing_new_key, vec!["spec.boltz".to_string()]);
+    assert_eq!(workspace_keys(&env).await.len(), 1, "nothing minted");
+
+    env.patch_spec("ws", json!({"onImmutableChange": "Replace"}))
+        .await;
+    env.reconcile("ws").await.unwrap();
+    let ak = env.get("ws").await;
+    assert_eq!(ready(&ak).1, "KeyActive", "{:?}", ak.status);
+    let new = ak.status.unwrap().key_id.unwrap();
+    assert_ne!(new, old);
+    assert_eq!(key_by_id(&env, &new).await["workspace_id"], "ws_b");
+    assert_eq!(key_by_id(&env, &old).await["is_active"], false);
+    let value = env.secret_value("ws", "api-key").await.unwrap();
+    assert_eq!(me(&env, &value, None).await.1["workspace_id"], "ws_b");
+    env.assert_quiet("ws").await;
 }

@@ -138,7 +138,11 @@ async fn adopting_a_model_key_regenerates_it_then_renames_follow_the_spec() {
         .await
         .expect("Secret");
     assert_ne!(value, original, "a fresh value from regenerate");
-    assert_eq!(inference(&env, &value).await, 200, "the Secret's value works");
+    assert_eq!(
+        inference(&env, &value).await,
+        200,
+        "the Secret's value works"
+    );
     assert_eq!(
         inference(&env, &original).await,
         401,
@@ -169,6 +173,8 @@ async fn adopting_a_model_key_regenerates_it_then_renames_follow_the_spec() {
     // The adopted key takes the ApiKey's name (default <namespace>/<name>).
     env.converge("inference", 2).await;
     assert_eq!(key_by_id(&env, &uuid).await["name"], "team-a/inference");
+
+    env.assert_quiet("inference").await;
 
     // A displayName change is a rename, in place.
     env.patch_spec("inference", json!({"displayName": "chat-inference"}))
@@ -223,6 +229,8 @@ async fn an_agent_key_is_minted_and_deleted_with_the_apikey() {
     assert_eq!(k["agentUUID"], AGENT);
     assert_eq!(k["name"], "team-a/agent");
 
+    env.assert_quiet("agent").await;
+
     env.delete("agent").await;
     env.reconcile("agent").await.unwrap();
     let k = key_by_id(&env, &id).await;
@@ -250,4 +258,119 @@ async fn deleting_an_adopted_model_key_deletes_it_at_digitalocean() {
     assert_eq!(k["active"], false, "{k}");
     assert_eq!(inference(&env, &value).await, 401);
     assert!(env.apikeys().get_opt("gone").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_lost_secret_of_an_adopted_key_is_refilled_by_regenerating_the_same_key() {
+    let env = env().await;
+    let (uuid, _) = seed_model_key(&env, "team-a/refill").await;
+    let spec = ApiKeySpec {
+        key_ref: Some(KeyRef { id: uuid.clone() }),
+        ..Default::default()
+    };
+    env.create(&apikey("refill", "digitalocean", spec)).await;
+    env.converge("refill", 4).await;
+    let first = env.secret_value("refill", "api-key").await.unwrap();
+    env.secrets()
+        .delete("refill", &Default::default())
+        .await
+        .unwrap();
+    let ak = env.converge("refill", 4).await;
+    let (status, reason, message) = ready(&ak);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "KeyActive"),
+        "{message}"
+    );
+    assert_eq!(
+        ak.status.unwrap().key_id.as_deref(),
+        Some(uuid.as_str()),
+        "the adopted key stays"
+    );
+    let second = env.secret_value("refill", "api-key").await.unwrap();
+    assert_ne!(second, first);
+    assert_eq!(inference(&env, &second).await, 200);
+    assert_eq!(inference(&env, &first).await, 401);
+    let keys = env.emulator_keys().await;
+    assert_eq!(keys.len(), 1, "no other key: {keys:?}");
+    assert_eq!(keys[0]["regenerations"], 2);
+    assert_eq!(keys[0]["active"], true);
+}
+
+const AGENT_B: &str = "2c529342-c8e7-11ef-bf8f-4e013e2ddde4";
+
+fn live(keys: &[Value]) -> Vec<&Value> {
+    keys.iter().filter(|k| k["active"] == true).collect()
+}
+
+/// A key lives under one agent for good: a new agentUUID needs a new key, and the key under the
+/// old agent is never lost track of (it is still read there, then revoked).
+#[tokio::test]
+async fn moving_an_agent_key_to_another_agent_needs_a_new_key_and_leaks_nothing() {
+    let env = env().await;
+    let (code, _) = env
+        .emulator_post("/_emulator/agents", json!({"uuid": AGENT_B}))
+        .await;
+    assert_eq!(code, 201);
+    let spec = ApiKeySpec {
+        digitalocean: Some(DigitalOceanKeySpec {
+            agent_uuid: Some(AGENT.into()),
+        }),
+        ..Default::default()
+    };
+    env.create(&apikey("mover", "digitalocean", spec)).await;
+    let old = env
+        .converge("mover", 4)
+        .await
+        .status
+        .unwrap()
+        .key_id
+        .unwrap();
+    let old_value = env.secret_value("mover", "api-key").await.unwrap();
+
+    // Report (default): the key under the old agent stays; the status says why.
+    env.patch_spec("mover", json!({"digitalocean": {"agentUUID": AGENT_B}}))
+        .await;
+    env.reconcile("mover").await.unwrap();
+    let ak = env.get("mover").await;
+    let (status, reason, message) = ready(&ak);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "NewKeyNeeded"),
+        "{message}"
+    );
+    let st = ak.status.unwrap();
+    assert_eq!(st.key_id.as_deref(), Some(old.as_str()));
+    assert_eq!(
+        st.fields_needing_new_key,
+        vec!["spec.digitalocean".to_string()]
+    );
+    let keys = env.emulator_keys().await;
+    assert_eq!(live(&keys).len(), 1, "no key minted under Report: {keys:?}");
+    assert_eq!(agent_check(&env, AGENT, &old_value).await, 200);
+
+    // Replace: a key under the new agent, the old agent's key deleted.
+    env.patch_spec("mover", json!({"onImmutableChange": "Replace"}))
+        .await;
+    env.reconcile("mover").await.unwrap();
+    let ak = env.get("mover").await;
+    assert_eq!(ready(&ak).1, "KeyActive", "{:?}", ak.status);
+    let new = ak.status.unwrap().key_id.unwrap();
+    assert_ne!(new, old);
+    let keys = env.emulator_keys().await;
+    let live_keys = live(&keys);
+    assert_eq!(live_keys.len(), 1, "{keys:?}");
+    assert_eq!(live_keys[0]["id"], new.as_str());
+    assert_eq!(live_keys[0]["agentUUID"], AGENT_B);
+    let value = env.secret_value("mover", "api-key").await.unwrap();
+    assert_eq!(agent_check(&env, AGENT_B, &value).await, 200);
+    assert_eq!(agent_check(&env, AGENT, &old_value).await, 401);
+    env.assert_quiet("mover").await;
+
+    env.delete("mover").await;
+    env.reconcile("mover").await.unwrap();
+    assert!(
+        live(&env.emulator_keys().await).is_empty(),
+        "deleting the ApiKey leaves no key behind"
+    );
 }

@@ -439,6 +439,32 @@ impl Env {
         .await;
     }
 
+    /// Invariant 4: once converged, reconciles write nothing and call the provider not at all
+    /// (after one pass that takes the shared listing used by the periodic refresh).
+    pub async fn assert_quiet(&self, name: &str) {
+        self.reconcile(name).await.expect("reconcile");
+        self.take_writes();
+        self.reset_provider_calls().await;
+        for _ in 0..2 {
+            self.reconcile(name).await.expect("reconcile");
+        }
+        let writes: Vec<String> = self
+            .take_writes()
+            .iter()
+            .map(|w| w.split(' ').take(3).collect::<Vec<_>>().join(" "))
+            .collect();
+        assert_eq!(
+            writes,
+            Vec::<String>::new(),
+            "{name}: steady state writes nothing"
+        );
+        let calls = self.provider_calls().await;
+        assert_eq!(
+            calls["requests"], 0,
+            "{name}: steady state calls nothing: {calls}"
+        );
+    }
+
     /// The plaintext the Secret holds under `key`.
     pub async fn secret_value(&self, name: &str, key: &str) -> Option<String> {
         let s = self.secrets().get_opt(name).await.unwrap()?;

@@ -220,10 +220,7 @@ async fn a_deleted_secret_is_restored_with_the_same_key() {
     let s = env.secrets().get("keep").await.unwrap();
     assert_eq!(s.metadata.annotations.unwrap()["keysmith.dev/key-id"], id);
     assert_eq!(s.metadata.owner_references.unwrap()[0].name, "keep");
-    assert!(env
-        .events()
-        .iter()
-        .any(|(_, r, _)| r == "SecretRestored"));
+    assert!(env.events().iter().any(|(_, r, _)| r == "SecretRestored"));
 }
 
 #[tokio::test]
@@ -231,10 +228,9 @@ async fn adopts_an_existing_key_by_reading_its_value_back() {
     let env = env().await;
     // A key made outside keysmith (the console, another tool).
     let mut creds = Credentials::default();
-    creds.0.insert(
-        "privateKey".into(),
-        SecretString::from(PRIVATE.to_string()),
-    );
+    creds
+        .0
+        .insert("privateKey".into(), SecretString::from(PRIVATE.to_string()));
     let backend = providers::build_backend(
         &provider_spec(&env.emulator.url()),
         creds,
@@ -281,7 +277,10 @@ async fn adopts_an_existing_key_by_reading_its_value_back() {
     assert_eq!(models(&env, &original).await.0, 200, "and keeps working");
     let keys = env.emulator_keys().await;
     assert_eq!(keys.len(), 1, "adoption creates nothing: {keys:?}");
-    assert_eq!(key_by_id(&keys, &id)["settings"]["monthlyLimitAmount"], "30");
+    assert_eq!(
+        key_by_id(&keys, &id)["settings"]["monthlyLimitAmount"],
+        "30"
+    );
     assert!(env.events().iter().any(|(_, r, _)| r == "KeyAdopted"));
 
     // Steady: nothing to update.
@@ -295,13 +294,7 @@ async fn deleting_the_apikey_deletes_the_key() {
     let env = env().await;
     env.create(&apikey("bye", "ucloud", ApiKeySpec::default()))
         .await;
-    let id = env
-        .converge("bye", 4)
-        .await
-        .status
-        .unwrap()
-        .key_id
-        .unwrap();
+    let id = env.converge("bye", 4).await.status.unwrap().key_id.unwrap();
     let value = env.secret_value("bye", "api-key").await.unwrap();
     env.delete("bye").await;
     env.reconcile("bye").await.unwrap();
@@ -311,4 +304,24 @@ async fn deleting_the_apikey_deletes_the_key() {
     assert!(live(&keys).is_empty());
     assert_eq!(models(&env, &value).await.0, 401);
     assert!(env.apikeys().get_opt("bye").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn disabling_the_key_stops_it_without_a_new_key() {
+    let env = env().await;
+    env.create(&apikey("off", "ucloud", ApiKeySpec::default()))
+        .await;
+    let id = env.converge("off", 4).await.status.unwrap().key_id.unwrap();
+    let value = env.secret_value("off", "api-key").await.unwrap();
+    env.patch_spec("off", json!({"disabled": true})).await;
+    env.reconcile("off").await.unwrap();
+    let ak = env.get("off").await;
+    assert_eq!(ready(&ak).1, "KeyActive", "{:?}", ak.status);
+    let keys = env.emulator_keys().await;
+    assert_eq!(keys.len(), 1);
+    assert_eq!(key_by_id(&keys, &id)["settings"]["modelverseDisabled"], 1);
+    assert_eq!(models(&env, &value).await.0, 403);
+    env.patch_spec("off", json!({"disabled": false})).await;
+    env.reconcile("off").await.unwrap();
+    assert_eq!(models(&env, &value).await.0, 200);
 }
