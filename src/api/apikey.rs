@@ -87,7 +87,7 @@ pub struct ApiKeySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<SpendLimit>,
     /// Source addresses (IPs, ranges or CIDRs) allowed to use the key. Empty: any.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, rename = "allowedIPs", skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100))]
     pub allowed_ips: Vec<String>,
     /// Models the key may call. Empty: the provider's default (usually all).
@@ -448,6 +448,41 @@ pub struct ApiKeyStatus {
     /// answered but whose value never reached the Secret (e.g. the operator was killed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_create: Option<PendingCreate>,
+    /// Where the key lives at the provider when keys are grouped below the account (a
+    /// DigitalOcean agent, a Boltz workspace, a Bifrost upstream provider). The key is read,
+    /// updated and revoked there even after the spec names another place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_scope: Option<KeyLocation>,
+    /// Keys replaced by a newer one that keysmith still has to revoke at the provider (the
+    /// revoke failed, or is not due yet). Retried on every reconcile and on deletion.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_keys: Vec<PreviousKey>,
+}
+
+/// Where a key lives below the provider account.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyLocation {
+    /// The family of keys (DigitalOcean `model`/`agent`, Bifrost `virtual`/`provider`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub family: String,
+    /// The parent the key lives under (an agent uuid, a workspace, an upstream provider).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub parent: String,
+}
+
+/// A replaced key waiting to be revoked.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviousKey {
+    /// The provider's id of the key.
+    #[serde(rename = "keyID")]
+    pub key_id: String,
+    /// When keysmith revokes it (RFC 3339); it retries until the provider confirms.
+    pub delete_after: String,
+    /// Where the key lives, if not where the current key does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<KeyLocation>,
 }
 
 /// Marker of a create call in flight.

@@ -31,8 +31,8 @@ use super::context::{Context, ResolveError, ResolvedProvider};
 use super::secret::{self, SecretOwnership};
 use super::validate::unsupported_fields;
 use crate::api::{
-    ApiKey, ApiKeyStatus, DeletionPolicy, ImmutableChangePolicy, PendingCreate, FIELD_MANAGER,
-    FINALIZER,
+    ApiKey, ApiKeyStatus, DeletionPolicy, ImmutableChangePolicy, KeyLocation, PendingCreate,
+    PreviousKey, FIELD_MANAGER, FINALIZER,
 };
 use crate::providers::{self, AdoptMode, Field, KeyScope, KeySettings, ProviderError, ProviderKey};
 
@@ -174,6 +174,31 @@ fn now_rfc3339() -> String {
 
 fn ts(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// How a scope is recorded in the status (`{}` for the provider's only family).
+fn location(scope: &KeyScope) -> Option<KeyLocation> {
+    Some(KeyLocation {
+        family: scope.family.clone(),
+        parent: scope.parent.clone(),
+    })
+}
+
+/// The scope a recorded location names; `fallback` when none was recorded (a status written
+/// before keysmith recorded locations: the key lives where the spec says).
+fn scope_at(loc: Option<&KeyLocation>, fallback: &KeyScope) -> KeyScope {
+    match loc {
+        Some(l) => KeyScope {
+            family: l.family.clone(),
+            parent: l.parent.clone(),
+        },
+        None => fallback.clone(),
+    }
+}
+
+/// Where the current key lives.
+fn key_scope(st: &ApiKeyStatus, desired: &KeyScope) -> KeyScope {
+    scope_at(st.key_scope.as_ref(), desired)
 }
 
 /// Create, sync and report.
@@ -397,6 +422,7 @@ async fn drive_with(
     let scope = p.backend.scope(&settings);
     let ns = ak.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    retire_previous(ak, ctx, st, p, &scope).await?;
 
     if ak.spec.source.is_some() {
         return push(ak, ctx, st, p, &settings).await;
@@ -427,11 +453,14 @@ async fn drive_with(
         }
         return create_key(ak, ctx, st, p, &scope, &settings, existing.as_ref(), None).await;
     };
+    // The key is read, updated and revoked where it lives, which a spec edit (another agent,
+    // workspace…) does not change: that is a difference only a new key resolves.
+    let at = key_scope(st, &scope);
 
     // What the provider knows about the key: a fresh GET after a spec change, otherwise the
     // shared listing (one paged listing per provider object and refresh interval).
     let spec_changed = st.observed_generation != ak.metadata.generation;
-    let current = observe(ctx, p, &scope, &id, spec_changed).await?;
+    let current = observe(ctx, p, &at, &id, spec_changed).await?;
     let current = match current {
         Some(k) if k.active => k,
         _ => {
@@ -460,6 +489,7 @@ async fn drive_with(
         }
     };
     fill_from_key(st, &current);
+    st.key_scope = location(&at);
 
     // The Secret must hold this key's value.
     let held = existing
@@ -470,7 +500,7 @@ async fn drive_with(
         Some(v) => v,
         None => {
             if caps.secret_readable {
-                if let Some(v) = p.backend.get(&scope, &id).await?.secret {
+                if let Some(v) = p.backend.get(&at, &id).await?.secret {
                     ctx.event(
                         ak,
                         false,
@@ -489,6 +519,7 @@ async fn drive_with(
                         st,
                         p,
                         &scope,
+                        &at,
                         &settings,
                         existing.as_ref(),
                         &id,
@@ -502,6 +533,7 @@ async fn drive_with(
                     st,
                     p,
                     &scope,
+                    &at,
                     &settings,
                     existing.as_ref(),
                     &id,
@@ -516,10 +548,10 @@ async fn drive_with(
     let (mutable, immutable): (Vec<Field>, Vec<Field>) =
         drifted.into_iter().partition(|f| caps.can_update(*f));
     if !mutable.is_empty() {
-        let updated = p.backend.update(&scope, &id, &settings, &mutable).await?;
+        let updated = p.backend.update(&at, &id, &settings, &mutable).await?;
         fill_from_key(st, &updated);
-        ctx.remember(p, &scope, &updated).await;
-        let fields: Vec<&str> = mutable.iter().map(|f| f.path()).collect();
+        ctx.remember(p, &at, &updated).await;
+        let fields: Vec<String> = mutable.iter().map(|f| field_path(*f, p)).collect();
         ctx.event(
             ak,
             false,
@@ -541,11 +573,11 @@ async fn drive_with(
             &scope,
             &settings,
             existing.as_ref(),
-            Some(id),
+            Some((id, at)),
         )
         .await;
     }
-    st.fields_needing_new_key = immutable.iter().map(|f| f.path().to_string()).collect();
+    st.fields_needing_new_key = immutable.iter().map(|f| field_path(*f, p)).collect();
 
     ensure_secret(
         ctx,
@@ -573,6 +605,14 @@ async fn drive_with(
             ),
             requeue: p.refresh_interval,
         })
+    }
+}
+
+/// A field as a person finds it in the manifest (`spec.digitalocean`, not `spec.<provider block>`).
+fn field_path(f: Field, p: &ResolvedProvider) -> String {
+    match f {
+        Field::Extras => format!("spec.{}", p.provider_type),
+        other => other.path().to_string(),
     }
 }
 
@@ -637,7 +677,8 @@ fn fill_from_key(st: &mut ApiKeyStatus, k: &ProviderKey) {
     }
 }
 
-/// Create a key (a replacement of `replacing` if given) and deliver its value.
+/// Create a key in `scope` (a replacement of `replacing`, a key id and where it lives, if given)
+/// and deliver its value.
 #[allow(clippy::too_many_arguments)]
 async fn create_key(
     ak: &ApiKey,
@@ -647,7 +688,7 @@ async fn create_key(
     scope: &KeyScope,
     settings: &KeySettings,
     existing: Option<&Secret>,
-    replacing: Option<String>,
+    replacing: Option<(String, KeyScope)>,
 ) -> Result<Ready, Failure> {
     let attempt = crate::emulators::random_hex(16);
     let mut marked = st.clone();
@@ -714,11 +755,21 @@ async fn create_key(
     *st = hinted;
     st.pending_create = None;
     st.fields_needing_new_key.clear();
+    st.key_scope = location(scope);
     ctx.remember(p, scope, &created.key).await;
     let secret_name = ak.secret_name();
     match replacing {
-        Some(old) => {
-            revoke_quietly(ctx, p, scope, &old).await?;
+        Some((old, old_scope)) => {
+            // The Secret holds the new key: the old one must go. If the provider refuses now,
+            // the status keeps it in previousKeys and later reconciles (or deletion) revoke it.
+            if let Err(e) = revoke_quietly(ctx, p, &old_scope, &old).await {
+                st.previous_keys.push(PreviousKey {
+                    key_id: old.clone(),
+                    delete_after: now_rfc3339(),
+                    scope: location(&old_scope),
+                });
+                return Err(e.into());
+            }
             ctx.event(
                 ak,
                 false,
@@ -750,6 +801,7 @@ async fn create_key(
 }
 
 /// The Secret lost the value of key `id`: adopted keys are re-adopted, minted ones replaced.
+/// `scope`: where a new key goes; `at`: where key `id` lives.
 #[allow(clippy::too_many_arguments)]
 async fn replace_or_readopt(
     ak: &ApiKey,
@@ -757,6 +809,7 @@ async fn replace_or_readopt(
     st: &mut ApiKeyStatus,
     p: &ResolvedProvider,
     scope: &KeyScope,
+    at: &KeyScope,
     settings: &KeySettings,
     existing: Option<&Secret>,
     id: &str,
@@ -764,7 +817,7 @@ async fn replace_or_readopt(
     ctx.event(ak, true, "SecretLost", "Recreate", format!("Secret {} no longer holds the value of key {id}; the value cannot be read back from {}", ak.secret_name(), p.provider_type)).await;
     if settings.key_ref.is_some() {
         st.key_id = None;
-        return adopt(ak, ctx, st, p, scope, id, existing).await;
+        return adopt(ak, ctx, st, p, at, id, existing).await;
     }
     create_key(
         ak,
@@ -774,7 +827,7 @@ async fn replace_or_readopt(
         scope,
         settings,
         existing,
-        Some(id.to_string()),
+        Some((id.to_string(), at.clone())),
     )
     .await
 }
@@ -801,6 +854,55 @@ async fn revoke_quietly(
     }
     ctx.forget_key(p, scope, id).await;
     Ok(())
+}
+
+/// Revoke the replaced keys that are due (`status.previousKeys`); those the provider refuses now
+/// stay listed and the reconcile fails with the provider's error, to be retried.
+async fn retire_previous(
+    ak: &ApiKey,
+    ctx: &Context,
+    st: &mut ApiKeyStatus,
+    p: &ResolvedProvider,
+    scope: &KeyScope,
+) -> Result<(), Failure> {
+    if st.previous_keys.is_empty() {
+        return Ok(());
+    }
+    let now = Utc::now();
+    let mut keep = Vec::new();
+    let mut failed = None;
+    for prev in std::mem::take(&mut st.previous_keys) {
+        let due = DateTime::parse_from_rfc3339(&prev.delete_after).map_or(true, |t| t <= now);
+        if !due || failed.is_some() {
+            keep.push(prev);
+            continue;
+        }
+        let at = scope_at(prev.scope.as_ref(), scope);
+        match revoke_quietly(ctx, p, &at, &prev.key_id).await {
+            Ok(()) => {
+                ctx.event(
+                    ak,
+                    false,
+                    "KeyRevoked",
+                    "Replace",
+                    format!(
+                        "revoked replaced key {} at {}",
+                        prev.key_id, p.provider_type
+                    ),
+                )
+                .await
+            }
+            Err(e) => {
+                failed = Some(e);
+                keep.push(prev);
+            }
+        }
+    }
+    st.previous_keys = keep;
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 /// Finish an interrupted create (see the module doc).
@@ -844,9 +946,14 @@ async fn recover(
     if let Some(new) = delivered {
         // The Secret already holds the new key: keep it; a key it superseded is revoked.
         if let Some(old) = st.key_id.take() {
-            revoke_quietly(ctx, p, scope, &old).await?;
+            let old_scope = key_scope(st, scope);
+            if let Err(e) = revoke_quietly(ctx, p, &old_scope, &old).await {
+                st.key_id = Some(old);
+                return Err(e.into());
+            }
         }
         st.key_id = Some(new);
+        st.key_scope = location(scope);
     }
     st.pending_create = None;
     Ok(())
@@ -908,6 +1015,7 @@ async fn adopt(
     };
     fill_from_key(st, &key);
     st.key_id = Some(id.to_string());
+    st.key_scope = location(scope);
     ensure_secret(
         ctx,
         ak,
@@ -978,8 +1086,12 @@ async fn push(
         })?;
     let version = secret.resource_version();
     let scope = p.backend.scope(settings);
-    let mut needs_push = st.key_id.is_none() || st.source_version != version;
-    if let Some(id) = st.key_id.clone() {
+    let before = st.key_id.clone().map(|id| (id, key_scope(st, &scope)));
+    // The spec names another place (e.g. another upstream provider): a new key is pushed there
+    // and the old one revoked.
+    let moved = before.as_ref().is_some_and(|(_, at)| at != &scope);
+    let mut needs_push = st.key_id.is_none() || st.source_version != version || moved;
+    if let Some(id) = st.key_id.clone().filter(|_| !moved) {
         let spec_changed = st.observed_generation != ak.metadata.generation;
         match observe(ctx, p, &scope, &id, spec_changed).await? {
             Some(current) => {
@@ -993,14 +1105,22 @@ async fn push(
     }
     st.secret_name = None;
     if needs_push {
-        let key = p
-            .backend
-            .push(settings, &value, st.key_id.as_deref())
-            .await?;
+        let existing = st.key_id.as_deref().filter(|_| !moved);
+        let key = p.backend.push(settings, &value, existing).await?;
         let first = st.key_id.is_none();
         fill_from_key(st, &key);
         st.source_version = version;
+        st.key_scope = location(&scope);
         ctx.remember(p, &scope, &key).await;
+        if let Some((old, old_scope)) = before.filter(|(old, at)| old != &key.id || at != &scope) {
+            // The value now lives in another key (e.g. another upstream provider): the old one
+            // is revoked, now or by a later reconcile.
+            st.previous_keys.push(PreviousKey {
+                key_id: old,
+                delete_after: now_rfc3339(),
+                scope: location(&old_scope),
+            });
+        }
         let what = if first { "registered" } else { "updated" };
         ctx.event(
             ak,
@@ -1013,6 +1133,7 @@ async fn push(
             ),
         )
         .await;
+        retire_previous(ak, ctx, st, p, &scope).await?;
     }
     Ok(Ready {
         reason: "KeyActive",
@@ -1140,8 +1261,14 @@ async fn cleanup(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
                 .await?;
             recover(&ak, &ctx, &mut st2, &p, &scope, pending, existing.as_ref()).await?;
         }
+        // Replaced keys still waiting for their revoke go now, whatever their grace period.
+        let now = now_rfc3339();
+        for prev in &mut st2.previous_keys {
+            prev.delete_after = now.clone();
+        }
+        retire_previous(&ak, &ctx, &mut st2, &p, &scope).await?;
         if let Some(id) = &st2.key_id {
-            revoke_quietly(&ctx, &p, &scope, id).await?;
+            revoke_quietly(&ctx, &p, &key_scope(&st2, &scope), id).await?;
             ctx.event(
                 ak.as_ref(),
                 false,

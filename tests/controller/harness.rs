@@ -218,6 +218,25 @@ pub fn apikey(name: &str, provider: &str, spec: ApiKeySpec) -> ApiKey {
     ak
 }
 
+/// A provider-agnostic environment: `emulator`, a ClusterKeyProvider `provider` with `spec`, the
+/// credential Secrets it reads (`credentials`, each in the namespace it names, normally
+/// [`OPERATOR_NS`]) and any `extra` objects (user Secrets, KeyProviders…).
+pub async fn env_for(
+    emulator: RunningEmulator,
+    provider: &str,
+    spec: KeyProviderSpec,
+    credentials: Vec<Secret>,
+    extra: Vec<Value>,
+) -> Env {
+    let mut objects: Vec<Value> = credentials
+        .into_iter()
+        .map(|s| serde_json::to_value(s).expect("Secret serializes"))
+        .collect();
+    objects.push(serde_json::to_value(cluster_provider(provider, spec)).unwrap());
+    objects.extend(extra);
+    Env::new(emulator, objects).await
+}
+
 /// Short timeouts and backoff so failure tests stay fast.
 pub fn test_client_options() -> ClientOptions {
     ClientOptions {
@@ -362,6 +381,88 @@ impl Env {
                 .unwrap_or_default(),
             _ => vec![],
         }
+    }
+
+    /// `GET <emulator><path>` as JSON (control endpoints such as `/_emulator/keys`).
+    pub async fn emulator_get(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}{path}", self.emulator.url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// `POST <emulator><path>` with a JSON body; (status, JSON body or Null).
+    pub async fn emulator_post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.emulator.url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The Events published so far (recorded writes, not consumed), as
+    /// `(type, reason, note)`. A repeat of an Event with the same type, action and reason is a
+    /// patch of the first one (an event series: kube's Recorder keeps the first note).
+    pub fn events(&self) -> Vec<(String, String, String)> {
+        self.writes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|w| {
+                w.strip_prefix("create Event ")
+                    .or_else(|| w.strip_prefix("patch Event "))
+            })
+            .filter_map(|body| serde_json::from_str::<Value>(body).ok())
+            .map(|e| {
+                let field = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+                (field("type"), field("reason"), field("note"))
+            })
+            .collect()
+    }
+
+    /// A spec edit that changes nothing at the provider (a label on the written Secret): the
+    /// generation moves, so the next reconcile reads the key fresh from the provider instead of
+    /// the shared listing.
+    pub async fn touch(&self, name: &str, label: &str) {
+        self.patch_spec(
+            name,
+            json!({"secret": {"template": {"labels": {"keysmith-test/touched": label}}}}),
+        )
+        .await;
+    }
+
+    /// Invariant 4: once converged, reconciles write nothing and call the provider not at all
+    /// (after one pass that takes the shared listing used by the periodic refresh).
+    pub async fn assert_quiet(&self, name: &str) {
+        self.reconcile(name).await.expect("reconcile");
+        self.take_writes();
+        self.reset_provider_calls().await;
+        for _ in 0..2 {
+            self.reconcile(name).await.expect("reconcile");
+        }
+        let writes: Vec<String> = self
+            .take_writes()
+            .iter()
+            .map(|w| w.split(' ').take(3).collect::<Vec<_>>().join(" "))
+            .collect();
+        assert_eq!(
+            writes,
+            Vec::<String>::new(),
+            "{name}: steady state writes nothing"
+        );
+        let calls = self.provider_calls().await;
+        assert_eq!(
+            calls["requests"], 0,
+            "{name}: steady state calls nothing: {calls}"
+        );
     }
 
     /// The plaintext the Secret holds under `key`.

@@ -49,12 +49,8 @@ async fn env_with(spec_mut: impl FnOnce(&mut KeyProviderSpec), extra: Vec<Value>
     let emu = emulator().await;
     let mut spec = provider_spec(&emu.url(), "token");
     spec_mut(&mut spec);
-    let mut objects = vec![
-        serde_json::to_value(secret(OPERATOR_NS, "openrouter-mgmt", "token", MGMT)).unwrap(),
-        serde_json::to_value(cluster_provider("openrouter", spec)).unwrap(),
-    ];
-    objects.extend(extra);
-    Env::new(emu, objects).await
+    let creds = vec![secret(OPERATOR_NS, "openrouter-mgmt", "token", MGMT)];
+    env_for(emu, "openrouter", spec, creds, extra).await
 }
 
 async fn env() -> Env {
