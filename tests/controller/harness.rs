@@ -42,6 +42,9 @@ pub struct Env {
     pub writes: Writes,
     pub kube_faults: Arc<KubeFaults>,
     pub http: reqwest::Client,
+    /// Requests the controller made that `keysmith::controller::rbac::PERMISSIONS` (and so the
+    /// chart's RBAC) does not cover; checked when the Env is dropped.
+    rbac_violations: Arc<Mutex<Vec<String>>>,
     /// ApiKeys deleted while holding finalizers (see [`Env::delete`]).
     terminating: Mutex<std::collections::HashSet<String>>,
 }
@@ -124,6 +127,43 @@ pub async fn fake_client(objects: Vec<Value>, writes: Writes, faults: Arc<KubeFa
     );
     writes.lock().unwrap().clear();
     client
+}
+
+/// The controller's client: every request is classified as RBAC sees it and must be covered by
+/// `keysmith::controller::rbac::PERMISSIONS`, the list the chart's RBAC is checked against.
+fn rbac_checked(inner: Client, violations: Arc<Mutex<Vec<String>>>) -> Client {
+    let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+        let inner = inner.clone();
+        let violations = violations.clone();
+        async move {
+            let method = req.method().as_str().to_string();
+            let path = req.uri().path().to_string();
+            let query = req.uri().query().unwrap_or("").to_string();
+            match keysmith::controller::rbac::classify(&method, &path, &query) {
+                Some((group, resource, verb))
+                    if keysmith::controller::rbac::allowed(&group, &resource, &verb) => {}
+                other => violations
+                    .lock()
+                    .unwrap()
+                    .push(format!("{method} {path} -> {other:?}")),
+            }
+            inner.send(req).await
+        }
+    });
+    Client::new(svc, "default")
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let v = self.rbac_violations.lock().unwrap();
+        assert!(
+            v.is_empty(),
+            "the controller made requests its RBAC does not cover: {v:?}"
+        );
+    }
 }
 
 /// Two gaps of kube-fake-client 0.3 are bridged here, in front of it:
@@ -254,8 +294,9 @@ impl Env {
         let kube_faults = Arc::new(KubeFaults::default());
         let client = fake_client(objects, writes.clone(), kube_faults.clone()).await;
         let metrics = Arc::new(Metrics::new());
+        let rbac_violations: Arc<Mutex<Vec<String>>> = Arc::default();
         let mut ctx = Context::new(
-            client.clone(),
+            rbac_checked(client.clone(), rbac_violations.clone()),
             metrics.clone(),
             OPERATOR_NS.into(),
             "keysmith-test",
@@ -272,6 +313,7 @@ impl Env {
             kube_faults,
             http: reqwest::Client::new(),
             terminating: Mutex::default(),
+            rbac_violations,
         }
     }
 

@@ -656,3 +656,93 @@ async fn the_minted_secret_never_leaves_the_secret() {
     let metrics = env.ctx.metrics.encode();
     assert!(!metrics.contains(&value));
 }
+
+/// After a scenario, `/metrics` serves every documented series (docs/operations.md), `/healthz`
+/// and `/readyz` answer, and no label carries an object name or a value.
+#[tokio::test]
+async fn metrics_endpoint_serves_the_documented_series() {
+    let env = env().await;
+    env.create(&apikey(
+        "metered",
+        "openrouter",
+        ApiKeySpec {
+            ttl: Some("720h".into()),
+            ..Default::default()
+        },
+    ))
+    .await;
+    env.converge("metered", 4).await;
+    env.create(&apikey(
+        "rejected",
+        "openrouter",
+        ApiKeySpec {
+            allowed_ips: vec!["10.0.0.0/8".into()],
+            ..Default::default()
+        },
+    ))
+    .await;
+    env.reconcile("rejected").await.unwrap();
+    env.reconcile("rejected").await.unwrap();
+    let value = env.secret_value("metered", "api-key").await.unwrap();
+    env.create(&apikey("gone", "openrouter", ApiKeySpec::default())).await;
+    env.converge("gone", 4).await;
+    env.delete("gone").await;
+    let _ = env.reconcile("gone").await;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let health = std::sync::Arc::new(keysmith::controller::Health::default());
+    health.started.store(true, Ordering::SeqCst);
+    health.leader.store(true, Ordering::SeqCst);
+    let server = tokio::spawn(keysmith::controller::serve_http(
+        addr,
+        env.ctx.metrics.clone(),
+        health,
+    ));
+    let base = format!("http://{addr}");
+    let mut body = String::new();
+    for _ in 0..50 {
+        if let Ok(r) = env.http.get(format!("{base}/metrics")).send().await {
+            body = r.text().await.unwrap();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for series in [
+        "controller_runtime_reconcile_total{controller=\"apikey\",result=\"success\"}",
+        "controller_runtime_reconcile_errors_total{controller=\"apikey\",reason=\"UnsupportedField\"}",
+        "controller_runtime_reconcile_time_seconds_bucket",
+        "keysmith_provider_requests_total{provider=\"openrouter\",operation=",
+        "keysmith_provider_request_duration_seconds_bucket",
+        "keysmith_apikeys{provider=\"openrouter\",ready=\"true\"} 1",
+        "keysmith_apikeys{provider=\"openrouter\",ready=\"false\"} 1",
+        "keysmith_key_expiry_timestamp_seconds{provider=\"openrouter\"}",
+        "keysmith_keys_created_total{provider=\"openrouter\"} 2",
+        "keysmith_kubernetes_writes_total{resource=\"secrets\",verb=\"apply\"} 2",
+        "keysmith_keys_revoked_total{provider=\"openrouter\"} 1",
+    ] {
+        assert!(body.contains(series), "missing {series} in\n{body}");
+    }
+    assert!(
+        !body.contains("metered") && !body.contains("team-a"),
+        "object names are not labels"
+    );
+    assert!(!body.contains(&value));
+    assert_eq!(
+        env.http
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let ready = env.http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(ready.text().await.unwrap(), "leader");
+    server.abort();
+}
