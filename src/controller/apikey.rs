@@ -11,6 +11,11 @@
 //! lists the provider's keys, revokes every key of that name created since startedAt, and
 //! creates again. A crash between 3 and 4 leaves a Secret naming the new key: the next reconcile
 //! keeps that key and revokes any other.
+//!
+//! The ApiKey a reconcile receives comes from the watch cache and may be older than the server's
+//! copy; every status write is therefore conditional on the resourceVersion the reconcile started
+//! from (see [`SeenVersion`]), so a stale copy can neither clobber a recorded keyID nor lead to a
+//! second create.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,12 +83,26 @@ impl Failure {
     }
     fn kube(e: kube::Error) -> Self {
         Failure {
-            reason: "KubernetesError",
+            reason: if is_conflict(&e) {
+                STALE
+            } else {
+                "KubernetesError"
+            },
             message: format!("Kubernetes API error: {e}"),
             transient: true,
             retry_after: None,
         }
     }
+}
+
+/// Reason of a [`Failure`] caused by a conditional write that found a newer ApiKey (see
+/// [`SeenVersion`]): not a condition anyone needs to see.
+const STALE: &str = "Conflict";
+
+/// A write refused because the object changed since it was read (not a create that found the
+/// object existing, which is also a 409).
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409 && s.reason == "Conflict")
 }
 
 impl From<ProviderError> for Failure {
@@ -182,7 +201,8 @@ async fn apply(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
     let span = tracing::info_span!("reconcile", apikey = %key);
     let mut st = ak.status.clone().unwrap_or_default();
     let before = st.clone();
-    let outcome = drive(&ak, &ctx, &mut st).instrument(span).await;
+    let seen = SeenVersion::of(&ak);
+    let outcome = drive(&ak, &ctx, &mut st, &seen).instrument(span).await;
     let (requeue, result_label) = match outcome {
         Ok(ready) => {
             ctx.clear_failures(&key);
@@ -194,6 +214,12 @@ async fn apply(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
                 ready.message,
             );
             (jitter(ready.requeue), "success")
+        }
+        Err(f) if f.reason == STALE => {
+            // This reconcile worked from a copy older than the server's (nothing was created):
+            // the watch delivers the newer object, which is reconciled instead.
+            tracing::debug!(apikey = %key, "ApiKey changed since it was read; reconciling the newer version");
+            return Ok(Action::requeue(jitter(Duration::from_secs(1))));
         }
         Err(f) => {
             let changed = set_ready(
@@ -227,7 +253,15 @@ async fn apply(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
     };
     st.observed_generation = ak.metadata.generation;
     if st != before {
-        write_status(&ctx, &ak, &st).await?;
+        match write_status(&ctx, &ak, &st, &seen).await {
+            Ok(()) => {}
+            Err(e) if is_conflict(&e) => {
+                // As above: what this reconcile concluded from a stale copy is dropped.
+                tracing::debug!(apikey = %key, "ApiKey changed since it was read; reconciling the newer version");
+                return Ok(Action::requeue(jitter(Duration::from_secs(1))));
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     ctx.metrics
         .reconcile_total
@@ -301,12 +335,38 @@ fn status_fields() -> &'static [String] {
     })
 }
 
+/// The resourceVersion of the ApiKey as one reconcile last read or wrote it.
+///
+/// The controller hands `reconcile` the object from its watch cache, which can lag behind the
+/// API server: a reconcile triggered by the Secret watch may run before the ApiKey watch has
+/// delivered the status written by the previous reconcile. Writing from such a stale copy would
+/// overwrite a newer `keyID` or `pendingCreate` (losing track of a live key), and creating from
+/// it would mint a second key for the same ApiKey (invariant 1). So every status write of a
+/// reconcile is conditional on this version (409 Conflict otherwise) and advances it.
+pub struct SeenVersion(std::sync::Mutex<Option<String>>);
+
+impl SeenVersion {
+    pub fn of(ak: &ApiKey) -> Self {
+        SeenVersion(std::sync::Mutex::new(ak.resource_version()))
+    }
+
+    fn get(&self) -> Option<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn set(&self, rv: Option<String>) {
+        *self.0.lock().unwrap() = rv;
+    }
+}
+
 /// Write the whole status as a JSON merge patch; absent fields are sent as null so that what
-/// the server holds is exactly `after`.
+/// the server holds is exactly `after`. Fails with 409 Conflict if the ApiKey is no longer at
+/// the version `seen` holds (see [`SeenVersion`]).
 pub async fn write_status(
     ctx: &Context,
     ak: &ApiKey,
     after: &ApiKeyStatus,
+    seen: &SeenVersion,
 ) -> Result<(), kube::Error> {
     let mut new = serde_json::to_value(after).expect("status serializes");
     if let Value::Object(m) = &mut new {
@@ -314,13 +374,19 @@ pub async fn write_status(
             m.entry(k.clone()).or_insert(Value::Null);
         }
     }
+    let mut patch = serde_json::json!({ "status": new });
+    if let Some(rv) = seen.get() {
+        patch["metadata"] = serde_json::json!({ "resourceVersion": rv });
+    }
     let api: Api<ApiKey> = Api::namespaced(ctx.client.clone(), &ak.namespace().unwrap_or_default());
-    api.patch_status(
-        &ak.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({ "status": new })),
-    )
-    .await?;
+    let written = api
+        .patch_status(
+            &ak.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await?;
+    seen.set(written.resource_version());
     ctx.metrics.kube_write("apikeys/status", "patch");
     Ok(())
 }
@@ -340,10 +406,15 @@ fn settings_for(ak: &ApiKey, st: &ApiKeyStatus) -> Result<KeySettings, Failure> 
 }
 
 /// Everything between "resolve the provider" and "the Secret holds a live key".
-async fn drive(ak: &ApiKey, ctx: &Context, st: &mut ApiKeyStatus) -> Result<Ready, Failure> {
+async fn drive(
+    ak: &ApiKey,
+    ctx: &Context,
+    st: &mut ApiKeyStatus,
+    seen: &SeenVersion,
+) -> Result<Ready, Failure> {
     let p = ctx.resolve(ak).await?;
     st.provider_type = Some(p.provider_type.to_string());
-    let result = drive_with(ak, ctx, st, &p).await;
+    let result = drive_with(ak, ctx, st, &p, seen).await;
     if let Err(f) = &result {
         if f.reason == "ProviderAuthFailed" {
             // Credentials may have been rotated: read them again next time.
@@ -358,6 +429,7 @@ async fn drive_with(
     ctx: &Context,
     st: &mut ApiKeyStatus,
     p: &ResolvedProvider,
+    seen: &SeenVersion,
 ) -> Result<Ready, Failure> {
     let caps = p.backend.capabilities().clone();
     let bad = unsupported_fields(ak, p.provider_type, &caps);
@@ -401,14 +473,25 @@ async fn drive_with(
 
     if let Some(pending) = st.pending_create.clone() {
         recover(ak, ctx, st, p, &scope, &pending, existing.as_ref()).await?;
-        write_status(ctx, ak, st).await?;
+        write_status(ctx, ak, st, seen).await?;
     }
 
     let Some(id) = st.key_id.clone() else {
         if let Some(id) = &settings.key_ref {
             return adopt(ak, ctx, st, p, &scope, id, existing.as_ref()).await;
         }
-        return create_key(ak, ctx, st, p, &scope, &settings, existing.as_ref(), None).await;
+        return create_key(
+            ak,
+            ctx,
+            st,
+            p,
+            &scope,
+            &settings,
+            existing.as_ref(),
+            None,
+            seen,
+        )
+        .await;
     };
 
     // What the provider knows about the key: a fresh GET after a spec change, otherwise the
@@ -439,7 +522,18 @@ async fn drive_with(
                 ));
             }
             st.key_id = None;
-            return create_key(ak, ctx, st, p, &scope, &settings, existing.as_ref(), None).await;
+            return create_key(
+                ak,
+                ctx,
+                st,
+                p,
+                &scope,
+                &settings,
+                existing.as_ref(),
+                None,
+                seen,
+            )
+            .await;
         }
     };
     fill_from_key(st, &current);
@@ -475,6 +569,7 @@ async fn drive_with(
                         &settings,
                         existing.as_ref(),
                         &id,
+                        seen,
                     )
                     .await;
                 }
@@ -488,6 +583,7 @@ async fn drive_with(
                     &settings,
                     existing.as_ref(),
                     &id,
+                    seen,
                 )
                 .await;
             }
@@ -525,6 +621,7 @@ async fn drive_with(
             &settings,
             existing.as_ref(),
             Some(id),
+            seen,
         )
         .await;
     }
@@ -628,6 +725,7 @@ async fn create_key(
     settings: &KeySettings,
     existing: Option<&Secret>,
     replacing: Option<String>,
+    seen: &SeenVersion,
 ) -> Result<Ready, Failure> {
     let attempt = crate::emulators::random_hex(16);
     let mut marked = st.clone();
@@ -636,8 +734,10 @@ async fn create_key(
         started_at: now_rfc3339(),
         attempt: attempt.clone(),
     });
-    // Invariant 1: the marker is durable before the provider is asked to create anything.
-    write_status(ctx, ak, &marked).await?;
+    // Invariant 1: the marker is durable before the provider is asked to create anything. The
+    // write is conditional (SeenVersion): a reconcile working from a stale copy, which may not
+    // show a key created moments ago, stops here instead of creating a second one.
+    write_status(ctx, ak, &marked, seen).await?;
     *st = marked;
 
     let mut settings = settings.clone();
@@ -740,6 +840,7 @@ async fn replace_or_readopt(
     settings: &KeySettings,
     existing: Option<&Secret>,
     id: &str,
+    seen: &SeenVersion,
 ) -> Result<Ready, Failure> {
     ctx.event(ak, true, "SecretLost", "Recreate", format!("Secret {} no longer holds the value of key {id}; the value cannot be read back from {}", ak.secret_name(), p.provider_type)).await;
     if settings.key_ref.is_some() {
@@ -755,6 +856,7 @@ async fn replace_or_readopt(
         settings,
         existing,
         Some(id.to_string()),
+        seen,
     )
     .await
 }
@@ -1151,7 +1253,7 @@ async fn cleanup(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
                 ctx.event(ak.as_ref(), true, f.reason, "Delete", msg).await;
             }
             if after != st {
-                write_status(&ctx, &ak, &after).await?;
+                write_status(&ctx, &ak, &after, &SeenVersion::of(&ak)).await?;
             }
             // Err keeps the finalizer; the error policy retries.
             Err(Error::Finalizer(format!("revoke failed: {}", f.reason)))

@@ -483,6 +483,42 @@ async fn a_crash_between_create_and_secret_write_leaves_no_orphan() {
     );
 }
 
+/// The controller hands reconcile the ApiKey from its watch cache, which can lag: a reconcile
+/// triggered by the Secret watch may see the object as it was before the key was recorded.
+#[tokio::test]
+async fn a_reconcile_from_a_stale_copy_neither_creates_a_second_key_nor_forgets_the_first() {
+    let env = env().await;
+    env.create(&apikey("lagging", "openrouter", ApiKeySpec::default()))
+        .await;
+    env.reconcile("lagging").await.unwrap(); // finalizer
+    let stale = env.get("lagging").await; // what a lagging cache still holds: no status yet
+    let ak = env.converge("lagging", 4).await;
+    let id = ak.status.unwrap().key_id.expect("key recorded");
+    let value = env.secret_value("lagging", "api-key").await.unwrap();
+
+    let _ =
+        keysmith::controller::apikey::reconcile(std::sync::Arc::new(stale), env.ctx.clone()).await;
+
+    let ak = env.get("lagging").await;
+    assert_eq!(
+        ak.status.as_ref().and_then(|s| s.key_id.as_deref()),
+        Some(id.as_str()),
+        "the recorded keyID survives: {:?}",
+        ak.status
+    );
+    assert_eq!(
+        live_keys(&env.emulator_keys().await),
+        1,
+        "no second key was created"
+    );
+    assert_eq!(
+        env.secret_value("lagging", "api-key").await.as_deref(),
+        Some(value.as_str())
+    );
+    let ak = env.converge("lagging", 2).await;
+    assert_eq!(ready(&ak).0, "True", "{:?}", ak.status);
+}
+
 #[tokio::test]
 async fn a_failed_secret_write_revokes_the_new_key() {
     let env = env().await;
