@@ -753,8 +753,14 @@ async fn create_key(
     let created = match p.backend.create(&settings).await {
         Ok(c) => c,
         Err(e) => {
-            if !e.is_transient() {
-                // A definite refusal: nothing was created, so nothing to recover.
+            let may_have_created = matches!(
+                e,
+                ProviderError::Unavailable(_) | ProviderError::Malformed(_)
+            );
+            if !may_have_created {
+                // A definite refusal, or a 429 (the provider did not act on it): nothing was
+                // created, so nothing to recover. Leaving the marker would make the next
+                // reconcile list every key of the provider, for each rate-limited create.
                 st.pending_create = None;
             }
             return Err(e.into());
