@@ -14,7 +14,7 @@
 //!
 //! The ApiKey a reconcile receives comes from the watch cache and may be older than the server's
 //! copy; every status write is therefore conditional on the resourceVersion the reconcile started
-//! from (see [`SeenVersion`]), so a stale copy can neither clobber a recorded keyID nor lead to a
+//! from (see [`ServerCopy`]), so a stale copy can neither clobber a recorded keyID nor lead to a
 //! second create.
 
 use std::sync::Arc;
@@ -96,7 +96,7 @@ impl Failure {
 }
 
 /// Reason of a [`Failure`] caused by a conditional write that found a newer ApiKey (see
-/// [`SeenVersion`]): not a condition anyone needs to see.
+/// [`ServerCopy`]): not a condition anyone needs to see.
 const STALE: &str = "Conflict";
 
 /// A write refused because the object changed since it was read (not a create that found the
@@ -201,7 +201,7 @@ async fn apply(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
     let span = tracing::info_span!("reconcile", apikey = %key);
     let mut st = ak.status.clone().unwrap_or_default();
     let before = st.clone();
-    let seen = SeenVersion::of(&ak);
+    let seen = ServerCopy::of(&ak);
     let outcome = drive(&ak, &ctx, &mut st, &seen).instrument(span).await;
     let (requeue, result_label) = match outcome {
         Ok(ready) => {
@@ -252,7 +252,7 @@ async fn apply(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
         }
     };
     st.observed_generation = ak.metadata.generation;
-    if st != before {
+    if seen.differs(&st, &before) {
         match write_status(&ctx, &ak, &st, &seen).await {
             Ok(()) => {}
             Err(e) if is_conflict(&e) => {
@@ -335,7 +335,8 @@ fn status_fields() -> &'static [String] {
     })
 }
 
-/// The resourceVersion of the ApiKey as one reconcile last read or wrote it.
+/// What one reconcile knows of the server's copy of its ApiKey: the resourceVersion it read or
+/// last wrote, and the status it last wrote.
 ///
 /// The controller hands `reconcile` the object from its watch cache, which can lag behind the
 /// API server: a reconcile triggered by the Secret watch may run before the ApiKey watch has
@@ -343,30 +344,39 @@ fn status_fields() -> &'static [String] {
 /// overwrite a newer `keyID` or `pendingCreate` (losing track of a live key), and creating from
 /// it would mint a second key for the same ApiKey (invariant 1). So every status write of a
 /// reconcile is conditional on this version (409 Conflict otherwise) and advances it.
-pub struct SeenVersion(std::sync::Mutex<Option<String>>);
+///
+/// The status last written is what the final write of the reconcile must be compared with: a
+/// reconcile that wrote the pendingCreate marker and then cleared it again (a refused create)
+/// ends with the status it read, yet the server holds the marker.
+pub struct ServerCopy(std::sync::Mutex<(Option<String>, Option<ApiKeyStatus>)>);
 
-impl SeenVersion {
+impl ServerCopy {
     pub fn of(ak: &ApiKey) -> Self {
-        SeenVersion(std::sync::Mutex::new(ak.resource_version()))
+        ServerCopy(std::sync::Mutex::new((ak.resource_version(), None)))
     }
 
-    fn get(&self) -> Option<String> {
-        self.0.lock().unwrap().clone()
+    fn resource_version(&self) -> Option<String> {
+        self.0.lock().unwrap().0.clone()
     }
 
-    fn set(&self, rv: Option<String>) {
-        *self.0.lock().unwrap() = rv;
+    fn wrote(&self, resource_version: Option<String>, status: &ApiKeyStatus) {
+        *self.0.lock().unwrap() = (resource_version, Some(status.clone()));
+    }
+
+    /// Whether the server's status differs from `st`; `read` is the status the reconcile began with.
+    fn differs(&self, st: &ApiKeyStatus, read: &ApiKeyStatus) -> bool {
+        self.0.lock().unwrap().1.as_ref().unwrap_or(read) != st
     }
 }
 
 /// Write the whole status as a JSON merge patch; absent fields are sent as null so that what
 /// the server holds is exactly `after`. Fails with 409 Conflict if the ApiKey is no longer at
-/// the version `seen` holds (see [`SeenVersion`]).
+/// the version `seen` holds (see [`ServerCopy`]).
 pub async fn write_status(
     ctx: &Context,
     ak: &ApiKey,
     after: &ApiKeyStatus,
-    seen: &SeenVersion,
+    seen: &ServerCopy,
 ) -> Result<(), kube::Error> {
     let mut new = serde_json::to_value(after).expect("status serializes");
     if let Value::Object(m) = &mut new {
@@ -375,7 +385,7 @@ pub async fn write_status(
         }
     }
     let mut patch = serde_json::json!({ "status": new });
-    if let Some(rv) = seen.get() {
+    if let Some(rv) = seen.resource_version() {
         patch["metadata"] = serde_json::json!({ "resourceVersion": rv });
     }
     let api: Api<ApiKey> = Api::namespaced(ctx.client.clone(), &ak.namespace().unwrap_or_default());
@@ -386,7 +396,7 @@ pub async fn write_status(
             &Patch::Merge(patch),
         )
         .await?;
-    seen.set(written.resource_version());
+    seen.wrote(written.resource_version(), after);
     ctx.metrics.kube_write("apikeys/status", "patch");
     Ok(())
 }
@@ -410,7 +420,7 @@ async fn drive(
     ak: &ApiKey,
     ctx: &Context,
     st: &mut ApiKeyStatus,
-    seen: &SeenVersion,
+    seen: &ServerCopy,
 ) -> Result<Ready, Failure> {
     let p = ctx.resolve(ak).await?;
     st.provider_type = Some(p.provider_type.to_string());
@@ -429,7 +439,7 @@ async fn drive_with(
     ctx: &Context,
     st: &mut ApiKeyStatus,
     p: &ResolvedProvider,
-    seen: &SeenVersion,
+    seen: &ServerCopy,
 ) -> Result<Ready, Failure> {
     let caps = p.backend.capabilities().clone();
     let bad = unsupported_fields(ak, p.provider_type, &caps);
@@ -725,7 +735,7 @@ async fn create_key(
     settings: &KeySettings,
     existing: Option<&Secret>,
     replacing: Option<String>,
-    seen: &SeenVersion,
+    seen: &ServerCopy,
 ) -> Result<Ready, Failure> {
     let attempt = crate::emulators::random_hex(16);
     let mut marked = st.clone();
@@ -735,7 +745,7 @@ async fn create_key(
         attempt: attempt.clone(),
     });
     // Invariant 1: the marker is durable before the provider is asked to create anything. The
-    // write is conditional (SeenVersion): a reconcile working from a stale copy, which may not
+    // write is conditional (ServerCopy): a reconcile working from a stale copy, which may not
     // show a key created moments ago, stops here instead of creating a second one.
     write_status(ctx, ak, &marked, seen).await?;
     *st = marked;
@@ -846,7 +856,7 @@ async fn replace_or_readopt(
     settings: &KeySettings,
     existing: Option<&Secret>,
     id: &str,
-    seen: &SeenVersion,
+    seen: &ServerCopy,
 ) -> Result<Ready, Failure> {
     ctx.event(ak, true, "SecretLost", "Recreate", format!("Secret {} no longer holds the value of key {id}; the value cannot be read back from {}", ak.secret_name(), p.provider_type)).await;
     if settings.key_ref.is_some() {
@@ -1259,7 +1269,7 @@ async fn cleanup(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
                 ctx.event(ak.as_ref(), true, f.reason, "Delete", msg).await;
             }
             if after != st {
-                write_status(&ctx, &ak, &after, &SeenVersion::of(&ak)).await?;
+                write_status(&ctx, &ak, &after, &ServerCopy::of(&ak)).await?;
             }
             // Err keeps the finalizer; the error policy retries.
             Err(Error::Finalizer(format!("revoke failed: {}", f.reason)))

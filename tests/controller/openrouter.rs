@@ -483,6 +483,41 @@ async fn a_crash_between_create_and_secret_write_leaves_no_orphan() {
     );
 }
 
+#[tokio::test]
+async fn a_rate_limited_create_leaves_nothing_to_recover() {
+    let env = env().await;
+    env.create(&apikey("busy", "openrouter", ApiKeySpec::default()))
+        .await;
+    env.reconcile("busy").await.unwrap(); // finalizer
+                                          // Twice: the second time the Ready condition does not change, so only the pendingCreate
+                                          // marker written before the create distinguishes the server's status from the one read.
+    for round in 0..2 {
+        env.emulator.faults.push((0..3).map(|_| ScriptedFault {
+            status: Some(429),
+            retry_after: Some(0),
+            malformed: false,
+            delay_ms: None,
+        }));
+        env.reconcile("busy").await.unwrap();
+        let ak = env.get("busy").await;
+        assert_eq!(ready(&ak).1, "RateLimited", "round {round}");
+        assert!(
+            ak.status.unwrap().pending_create.is_none(),
+            "round {round}: a 429 means nothing was created, yet pendingCreate is still set"
+        );
+    }
+    env.reset_provider_calls().await;
+    let ak = env.converge("busy", 3).await;
+    assert_eq!(ready(&ak).0, "True", "{:?}", ak.status);
+    let calls = env.provider_calls().await;
+    assert_eq!(
+        route_count(&calls, "GET /api/v1/keys"),
+        0,
+        "no recovery listing after a refused create: {calls}"
+    );
+    assert_eq!(live_keys(&env.emulator_keys().await), 1);
+}
+
 /// The controller hands reconcile the ApiKey from its watch cache, which can lag: a reconcile
 /// triggered by the Secret watch may see the object as it was before the key was recorded.
 #[tokio::test]
