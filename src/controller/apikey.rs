@@ -737,6 +737,17 @@ async fn create_key(
     replacing: Option<String>,
     seen: &ServerCopy,
 ) -> Result<Ready, Failure> {
+    if let Some((wait, message)) = ctx.creates_held(&p.id) {
+        // The provider asked to wait (429 + Retry-After). Writing the marker anyway would be a
+        // watch event that reconciles this ApiKey again at once, ignoring the requeue: a loop of
+        // creates and status writes for as long as the provider keeps answering 429.
+        return Err(Failure {
+            reason: "RateLimited",
+            message,
+            transient: true,
+            retry_after: Some(wait),
+        });
+    }
     let attempt = crate::emulators::random_hex(16);
     let mut marked = st.clone();
     marked.pending_create = Some(PendingCreate {
@@ -763,6 +774,12 @@ async fn create_key(
     let created = match p.backend.create(&settings).await {
         Ok(c) => c,
         Err(e) => {
+            if let ProviderError::RateLimited {
+                retry_after: Some(wait),
+            } = &e
+            {
+                ctx.hold_creates(&p.id, *wait, e.to_string());
+            }
             let may_have_created = matches!(
                 e,
                 ProviderError::Unavailable(_) | ProviderError::Malformed(_)

@@ -37,6 +37,8 @@ pub struct Context {
     /// process had been killed there (crash-safety tests).
     pub crash_after_create: std::sync::atomic::AtomicBool,
     failures: Mutex<HashMap<String, u32>>,
+    /// Per provider object: no create before this instant, and the message of the 429 that said so.
+    create_holds: Mutex<HashMap<String, (Instant, String)>>,
     backends: Mutex<HashMap<String, Arc<BackendEntry>>>,
     snapshots: Mutex<HashMap<(String, KeyScope), SnapshotSlot>>,
 }
@@ -128,6 +130,7 @@ impl Context {
             client_options,
             crash_after_create: Default::default(),
             failures: Mutex::new(HashMap::new()),
+            create_holds: Mutex::new(HashMap::new()),
             backends: Mutex::new(HashMap::new()),
             snapshots: Mutex::new(HashMap::new()),
         }
@@ -144,6 +147,29 @@ impl Context {
     /// An object reconciled fine: its backoff starts over.
     pub fn clear_failures(&self, key: &str) {
         self.failures.lock().unwrap().remove(key);
+    }
+
+    /// The provider answered a create through `provider` (a provider object id) with 429 and
+    /// Retry-After `wait`: hold every create through that provider object until then. The limit
+    /// is the account's, not one key's.
+    pub fn hold_creates(&self, provider: &str, wait: Duration, message: String) {
+        self.create_holds
+            .lock()
+            .unwrap()
+            .insert(provider.to_string(), (Instant::now() + wait, message));
+    }
+
+    /// What is left of a hold on creates through `provider`, with the message of the 429.
+    pub fn creates_held(&self, provider: &str) -> Option<(Duration, String)> {
+        let mut holds = self.create_holds.lock().unwrap();
+        let (until, message) = holds.get(provider)?;
+        match until.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Some((left, message.clone())),
+            _ => {
+                holds.remove(provider);
+                None
+            }
+        }
     }
 
     pub(crate) fn fault_crash_after_create(&self) -> bool {

@@ -518,6 +518,51 @@ async fn a_rate_limited_create_leaves_nothing_to_recover() {
     assert_eq!(live_keys(&env.emulator_keys().await), 1);
 }
 
+/// Invariant 5: 429 honours Retry-After, also when it is longer than the client waits inside a
+/// call. Each reconcile's status write is a watch event that reconciles the ApiKey again at once;
+/// the requeue delay alone would not hold the next create back.
+#[tokio::test]
+async fn a_long_retry_after_holds_every_create_of_the_provider_until_it_has_passed() {
+    let env = env().await;
+    for name in ["later", "also"] {
+        env.create(&apikey(name, "openrouter", ApiKeySpec::default()))
+            .await;
+        env.reconcile(name).await.unwrap(); // finalizer
+    }
+    // 3 s: more than the test client waits inside a call (max_retry_after 2 s).
+    env.emulator.faults.push([ScriptedFault {
+        status: Some(429),
+        retry_after: Some(3),
+        malformed: false,
+        delay_ms: None,
+    }]);
+    env.reconcile("later").await.unwrap();
+    assert_eq!(ready(&env.get("later").await).1, "RateLimited");
+    env.reset_provider_calls().await;
+    env.take_writes();
+    for _ in 0..3 {
+        env.reconcile("later").await.unwrap(); // as the watch event of its own write would
+    }
+    env.reconcile("also").await.unwrap(); // the limit is the account's
+    assert_eq!(
+        env.provider_calls().await["requests"],
+        0,
+        "no create before Retry-After has passed"
+    );
+    let writes = env.take_writes();
+    assert!(
+        !writes.iter().any(|w| w.starts_with("patch status later")),
+        "waiting writes nothing: {writes:?}"
+    );
+    assert_eq!(ready(&env.get("also").await).1, "RateLimited");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    for name in ["later", "also"] {
+        let ak = env.converge(name, 3).await;
+        assert_eq!(ready(&ak).0, "True", "{name}: {:?}", ak.status);
+    }
+    assert_eq!(live_keys(&env.emulator_keys().await), 2);
+}
+
 /// The controller hands reconcile the ApiKey from its watch cache, which can lag: a reconcile
 /// triggered by the Secret watch may see the object as it was before the key was recorded.
 #[tokio::test]
