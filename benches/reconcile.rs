@@ -260,6 +260,11 @@ fn per_key(x: u64, n: usize) -> String {
 
 #[tokio::main]
 async fn main() {
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it.
+    if !std::env::args().any(|a| a == "--bench") && std::env::var_os("BENCH_N").is_none() {
+        println!("reconcile benchmark: not run under cargo test; use `cargo bench --bench reconcile` (or set BENCH_N)");
+        return;
+    }
     let cfg = Config::from_env();
     let n = cfg.n;
     println!(
