@@ -7,13 +7,14 @@
 //! BENCH_N=200 BENCH_RATE=50 BENCH_LATENCY=5ms cargo bench --bench reconcile
 //! ```
 //!
-//! Knobs (environment): `BENCH_N` (1000), `BENCH_RATE` requests/s the emulator serves before
-//! answering 429 + Retry-After (50), `BENCH_LATENCY` added to every emulator answer (5ms),
-//! `BENCH_CONCURRENCY` reconciles in flight, like `keysmith run --concurrency` (16),
-//! `BENCH_REFRESH` the ClusterKeyProvider's refreshInterval (10s), `BENCH_CLIENT_RPS` the
-//! ClusterKeyProvider's client-side `rateLimit.requestsPerSecond` (unset: none),
-//! `BENCH_RETRY_AFTER` seconds the emulator's 429 answers ask for (1; keysmith waits inside a
-//! call for at most 10 s, longer ones end the reconcile with RateLimited).
+//! Knobs (environment, shared with tests/e2e_bench.rs: tests/common/bench.rs): `BENCH_N` (1000),
+//! `BENCH_RATE` requests/s the emulator serves before answering 429 + Retry-After (50),
+//! `BENCH_LATENCY` added to every emulator answer (5ms), `BENCH_CONCURRENCY` reconciles in
+//! flight, like `keysmith run --concurrency` (16), `BENCH_REFRESH` the ClusterKeyProvider's
+//! refreshInterval (10s here), `BENCH_CLIENT_RPS` the ClusterKeyProvider's client-side
+//! `rateLimit.requestsPerSecond` (unset: none), `BENCH_RETRY_AFTER` seconds the emulator's 429
+//! answers ask for (1; keysmith waits inside a call for at most 10 s, longer ones end the
+//! reconcile with RateLimited).
 //!
 //! The driver stands in for kube-runtime's Controller: at most BENCH_CONCURRENCY reconciles run
 //! at once; a reconcile that wrote the ApiKey is followed at once by another (the watch event of
@@ -22,6 +23,10 @@
 //!
 //! Figures are printed, nothing is asserted; docs/performance.md records them.
 
+#[path = "../tests/common/apikey_status.rs"]
+mod apikey_status;
+#[path = "../tests/common/bench.rs"]
+mod bench;
 #[path = "../tests/common/fake_kube.rs"]
 mod fake_kube;
 
@@ -41,50 +46,13 @@ use keysmith::controller::{apikey, Context};
 use keysmith::emulators::{self, openrouter};
 use keysmith::metrics::Metrics;
 
+use apikey_status::is_ready;
+use bench::{mib, route, vm_hwm_kib, BenchConfig};
+
 const NS: &str = "team-a";
 const OPERATOR_NS: &str = "keysmith-system";
 const MGMT: &str = "sk-or-v1-mgmt-bench-0000";
 const PROVIDER: &str = "openrouter";
-
-struct Config {
-    n: usize,
-    rate: f64,
-    latency: Duration,
-    concurrency: usize,
-    refresh: Duration,
-    client_rps: Option<f64>,
-    retry_after: u64,
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not valid")),
-        Err(_) => default,
-    }
-}
-
-fn env_duration(name: &str, default: &str) -> Duration {
-    let v = std::env::var(name).unwrap_or_else(|_| default.to_string());
-    humantime::parse_duration(&v).unwrap_or_else(|e| panic!("{name}={v:?}: {e}"))
-}
-
-impl Config {
-    fn from_env() -> Self {
-        Config {
-            n: env_or("BENCH_N", 1000),
-            rate: env_or("BENCH_RATE", 50.0),
-            latency: env_duration("BENCH_LATENCY", "5ms"),
-            concurrency: env_or("BENCH_CONCURRENCY", 16),
-            refresh: env_duration("BENCH_REFRESH", "10s"),
-            retry_after: env_or("BENCH_RETRY_AFTER", 1),
-            client_rps: std::env::var("BENCH_CLIENT_RPS")
-                .ok()
-                .map(|v| v.parse().expect("BENCH_CLIENT_RPS is a number")),
-        }
-    }
-}
 
 /// kube's `Action` keeps its delay private; its Debug form is `Action { requeue_after: Some(1.5s) }`.
 fn requeue_of(a: &Action) -> Option<Duration> {
@@ -101,13 +69,6 @@ fn requeue_of(a: &Action) -> Option<Duration> {
         _ => return None,
     };
     Some(Duration::from_secs_f64(secs))
-}
-
-fn ready(ak: &ApiKey) -> bool {
-    ak.status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
-        .is_some_and(|c| c.status == "True")
 }
 
 /// What one ApiKey went through until it was Ready and settled.
@@ -138,7 +99,7 @@ async fn drive_until_ready(
             Err(e) => apikey::error_policy(ak.clone(), &e, ctx.clone()),
         };
         let after = api.get(&name).await.expect("ApiKey exists");
-        if ready(&after) && ready_at.is_none() {
+        if is_ready(&after) && ready_at.is_none() {
             ready_at = Some(start.elapsed());
         }
         if after.resource_version() != ak.resource_version() {
@@ -197,17 +158,6 @@ fn classify(writes: Vec<String>) -> BTreeMap<&'static str, usize> {
     out
 }
 
-fn vm_hwm_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 struct Emulator {
     running: emulators::RunningEmulator,
     http: reqwest::Client,
@@ -250,10 +200,6 @@ impl Emulator {
     }
 }
 
-fn route(stats: &Value, r: &str) -> u64 {
-    stats["byRoute"][r].as_u64().unwrap_or(0)
-}
-
 fn per_key(x: u64, n: usize) -> String {
     format!("{:.2}", x as f64 / n as f64)
 }
@@ -265,22 +211,12 @@ async fn main() {
         println!("reconcile benchmark: not run under cargo test; use `cargo bench --bench reconcile` (or set BENCH_N)");
         return;
     }
-    let cfg = Config::from_env();
+    let cfg = BenchConfig::from_env("10s");
     let n = cfg.n;
     println!(
         "keysmith reconcile benchmark (offline: kube-fake-client + in-process OpenRouter emulator)"
     );
-    println!(
-        "N={n} ApiKeys, emulator rate limit {} rps (429 + Retry-After: {} beyond it), latency {:?}, concurrency {}, refreshInterval {:?}, client-side rateLimit {}",
-        cfg.rate,
-        cfg.retry_after,
-        cfg.latency,
-        cfg.concurrency,
-        cfg.refresh,
-        cfg.client_rps
-            .map(|r| format!("{r} rps"))
-            .unwrap_or_else(|| "none".into()),
-    );
+    println!("{}", cfg.describe());
 
     let mut args = openrouter::Args::with_management_keys(&[MGMT]);
     args.faults.rate_limit = Some(cfg.rate);
@@ -357,7 +293,7 @@ async fn main() {
     emu.reset_stats().await;
 
     // Phase 1: creation, until every ApiKey is Ready.
-    let sem = Arc::new(Semaphore::new(cfg.concurrency));
+    let sem = Arc::new(Semaphore::new(cfg.concurrency.into()));
     let start = Instant::now();
     let drivers = names.iter().map(|name| {
         tokio::spawn(drive_until_ready(
@@ -379,7 +315,7 @@ async fn main() {
         .map(|o| o.ready_at)
         .max()
         .unwrap_or_default();
-    let bound = Duration::from_secs_f64(n as f64 / cfg.rate);
+    let bound = cfg.bound();
     let stats = emu.stats().await;
     let results = provider_results(&metrics);
     let created = classify(std::mem::take(&mut *writes.lock().unwrap()));
@@ -431,10 +367,10 @@ async fn main() {
                     eprintln!("reconcile {name}: {e}");
                 }
                 let after = api.get(&name).await.expect("ApiKey exists");
-                usize::from(!ready(&after))
+                usize::from(!is_ready(&after))
             }
         })
-        .buffer_unordered(cfg.concurrency)
+        .buffer_unordered(cfg.concurrency.into())
         .collect::<Vec<_>>()
         .await
         .into_iter()
@@ -461,11 +397,8 @@ async fn main() {
     );
 
     println!();
-    match vm_hwm_kib() {
-        Some(kib) => println!(
-            "peak RSS (VmHWM) of this process: {:.1} MiB (fake API server + emulator + controller context + driver)",
-            kib as f64 / 1024.0
-        ),
-        None => println!("peak RSS: /proc/self/status not readable"),
-    }
+    println!(
+        "peak RSS (VmHWM) of this process: {} (fake API server + emulator + controller context + driver)",
+        mib(vm_hwm_kib(std::process::id()))
+    );
 }

@@ -9,11 +9,14 @@
 //! BENCH_N=10000 … (the ≤ 64 MiB target is stated for 10,000 ApiKeys)
 //! ```
 //!
-//! Knobs: `BENCH_N` (1000), `BENCH_RATE` emulator requests/s before 429 (50), `BENCH_LATENCY`
-//! (5ms), `BENCH_CONCURRENCY` (`keysmith run --concurrency`, 16), `BENCH_REFRESH` the
-//! ClusterKeyProvider's refreshInterval (30s), `BENCH_CLIENT_RPS` its client-side rate limit
-//! (unset: none). See docs/performance.md.
+//! Knobs (shared with benches/reconcile.rs, see tests/common/bench.rs and docs/performance.md):
+//! `BENCH_N` (1000), `BENCH_RATE` emulator requests/s before 429 (50), `BENCH_LATENCY` (5ms),
+//! `BENCH_CONCURRENCY` (`keysmith run --concurrency`, 16), `BENCH_REFRESH` the
+//! ClusterKeyProvider's refreshInterval (30s here), `BENCH_CLIENT_RPS` its client-side rate limit
+//! (unset: none), `BENCH_RETRY_AFTER` the emulator's Retry-After (1).
 
+#[path = "common/bench.rs"]
+mod bench;
 #[path = "common/cluster.rs"]
 mod cluster;
 
@@ -25,65 +28,36 @@ use futures::StreamExt;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
-use serde_json::{json, Value};
+use serde_json::json;
 
+use bench::{mib, route, vm_hwm_kib, BenchConfig};
 use cluster::{is_ready, Cluster, EmulatorOptions, ProviderOptions, RUN_LABEL};
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not valid")),
-        Err(_) => default,
-    }
-}
-
-fn route(stats: &Value, r: &str) -> u64 {
-    stats["byRoute"][r].as_u64().unwrap_or(0)
-}
-
-fn mib(kib: Option<u64>) -> String {
-    kib.map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
-        .unwrap_or_else(|| "unknown".into())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apikeys_at_scale() {
     if !cluster::enabled("the cluster benchmark", &["KEYSMITH_E2E", "KEYSMITH_BENCH"]) {
         return;
     }
-    let n: usize = env_or("BENCH_N", 1000);
-    let rate: f64 = env_or("BENCH_RATE", 50.0);
-    let latency =
-        humantime::parse_duration(&std::env::var("BENCH_LATENCY").unwrap_or_else(|_| "5ms".into()))
-            .expect("BENCH_LATENCY is a duration");
-    let concurrency: u16 = env_or("BENCH_CONCURRENCY", 16);
-    let refresh =
-        humantime::parse_duration(&std::env::var("BENCH_REFRESH").unwrap_or_else(|_| "30s".into()))
-            .expect("BENCH_REFRESH is a duration");
-    let client_rps: Option<f64> = std::env::var("BENCH_CLIENT_RPS")
-        .ok()
-        .map(|v| v.parse().expect("BENCH_CLIENT_RPS is a number"));
-    println!(
-        "keysmith cluster benchmark: N={n}, emulator {rate} rps (429 + Retry-After: 1 beyond), latency {latency:?}, --concurrency {concurrency}, refreshInterval {refresh:?}, client-side rateLimit {}",
-        client_rps.map(|r| format!("{r} rps")).unwrap_or_else(|| "none".into())
-    );
+    let cfg = BenchConfig::from_env("30s");
+    let n = cfg.n;
+    println!("keysmith cluster benchmark: {}", cfg.describe());
 
     let cluster = Cluster::start(
         "bench",
         EmulatorOptions {
-            latency: Some(latency),
-            rate_limit: Some(rate),
+            latency: Some(cfg.latency),
+            rate_limit: Some(cfg.rate),
+            retry_after: Some(cfg.retry_after),
         },
         ProviderOptions {
-            refresh_interval: Some(format!("{}s", refresh.as_secs())),
-            client_rps,
+            refresh_interval: Some(format!("{}s", cfg.refresh.as_secs())),
+            client_rps: cfg.client_rps,
         },
     )
     .await;
     let c = &cluster;
     let op = c
-        .start_operator("op", &["--concurrency", &concurrency.to_string()])
+        .start_operator("op", &["--concurrency", &cfg.concurrency.to_string()])
         .await;
     let writes_metric = "keysmith_kubernetes_writes_total";
 
@@ -125,7 +99,7 @@ async fn apikeys_at_scale() {
         })
         .await;
     let submitted = start.elapsed();
-    let bound = Duration::from_secs_f64(n as f64 / rate);
+    let bound = cfg.bound();
     let ready_at_ref = &ready_at;
     c.eventually(
         "every ApiKey Ready",
@@ -170,13 +144,13 @@ async fn apikeys_at_scale() {
         "Kubernetes writes (keysmith_kubernetes_writes_total; Events not counted): {writes} = {:.2} per key",
         writes / n as f64
     );
-    println!("operator peak RSS so far: {}", mib(op.vm_hwm_kib()));
+    println!("operator peak RSS so far: {}", mib(vm_hwm_kib(op.pid)));
 
     // One refresh interval of idling, measured after the creation has settled.
-    tokio::time::sleep(refresh).await;
+    tokio::time::sleep(cfg.refresh).await;
     c.reset_emulator_stats().await;
     let writes_before = op.metric_sum(&c.http, writes_metric).await;
-    let window = refresh.mul_f64(1.2);
+    let window = cfg.refresh.mul_f64(1.2);
     tokio::time::sleep(window).await;
     let stats = c.emulator_stats().await;
     let writes = op.metric_sum(&c.http, writes_metric).await - writes_before;
@@ -189,7 +163,7 @@ async fn apikeys_at_scale() {
         route(&stats, "GET /api/v1/keys") as f64 / pages as f64,
         route(&stats, "GET /api/v1/keys/{hash}"),
     );
-    let peak = op.vm_hwm_kib();
+    let peak = vm_hwm_kib(op.pid);
     println!("operator peak RSS (VmHWM of pid {}): {}", op.pid, mib(peak));
     match (n, peak) {
         (10_000.., Some(kib)) => println!(
@@ -203,16 +177,7 @@ async fn apikeys_at_scale() {
     }
 
     // Every ApiKey has its key, and nothing else is live.
-    let prefix = format!("{}/", c.ns);
-    let live = c
-        .emulator_keys()
-        .await
-        .into_iter()
-        .filter(|k| {
-            k["active"] == true && k["name"].as_str().is_some_and(|s| s.starts_with(&prefix))
-        })
-        .count();
-    assert_eq!(live, n, "one live key per ApiKey");
+    assert_eq!(c.live_keys().await.len(), n, "one live key per ApiKey");
 
     // Deleting them all goes through the operator: each key is revoked at the provider.
     c.reset_emulator_stats().await;
@@ -252,7 +217,7 @@ async fn apikeys_at_scale() {
         "== deletion ==\nall {n} deleted after {:.1}s (DELETE /keys/{{hash}} {}); operator peak RSS {}",
         deleting.elapsed().as_secs_f64(),
         route(&stats, "DELETE /api/v1/keys/{hash}"),
-        mib(op.vm_hwm_kib())
+        mib(vm_hwm_kib(op.pid))
     );
     follower.abort();
     drop(op);

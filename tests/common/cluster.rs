@@ -40,6 +40,10 @@ use tokio::process::{Child, Command};
 use keysmith::api::{ApiKey, ClusterKeyProvider};
 use keysmith::emulators::random_hex;
 
+#[path = "apikey_status.rs"]
+mod apikey_status;
+pub use apikey_status::{is_ready, ready};
+
 /// Label on every object of a run; the run's operators reconcile only ApiKeys carrying it.
 pub const RUN_LABEL: &str = "e2e.keysmith.dev/run";
 const FIELD_MANAGER: &str = "keysmith-e2e";
@@ -71,6 +75,8 @@ pub fn enabled(what: &str, flags: &[&str]) -> bool {
 pub struct EmulatorOptions {
     pub latency: Option<Duration>,
     pub rate_limit: Option<f64>,
+    /// Seconds asked for in 429 answers (the emulator's default: 1).
+    pub retry_after: Option<u64>,
 }
 
 /// Settings of the run's ClusterKeyProvider.
@@ -189,33 +195,6 @@ pub fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// `VmHWM` (peak resident set size) of a process, in KiB.
-pub fn vm_hwm_kib(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-/// (status, reason, message) of the Ready condition.
-pub fn ready(ak: &ApiKey) -> (String, String, String) {
-    ak.status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-        .unwrap_or_default()
-}
-
-/// Ready=True for the current generation.
-pub fn is_ready(ak: &ApiKey) -> bool {
-    ready(ak).0 == "True"
-        && ak.status.as_ref().and_then(|s| s.observed_generation) == ak.metadata.generation
-}
-
 impl Emulator {
     async fn start(dir: &Path, opts: &EmulatorOptions, management_key: &str) -> Emulator {
         let log = dir.join("emulator.log");
@@ -227,6 +206,9 @@ impl Emulator {
         }
         if let Some(r) = opts.rate_limit {
             cmd.args(["--rate-limit", &r.to_string()]);
+        }
+        if let Some(r) = opts.retry_after {
+            cmd.args(["--retry-after", &r.to_string()]);
         }
         // Through the environment, so the key is not on the command line (`ps`).
         cmd.env("KEYSMITH_EMULATOR_MANAGEMENT_KEY", management_key)
@@ -311,11 +293,6 @@ impl Operator {
             .filter(|l| l.contains(filter))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
-    }
-
-    /// Peak RSS of the process so far, in KiB (while it runs).
-    pub fn vm_hwm_kib(&self) -> Option<u64> {
-        vm_hwm_kib(self.pid)
     }
 }
 
@@ -583,14 +560,25 @@ impl Cluster {
         v["keys"].as_array().cloned().unwrap_or_default()
     }
 
-    /// The emulator's live keys named `<ns>/<name>` (keysmith's default display name).
-    pub async fn live_keys_named(&self, name: &str) -> Vec<Value> {
-        let want = format!("{}/{name}", self.ns);
+    /// The emulator's live keys of the run's ApiKeys: named `<ns>/<name>` (keysmith's default
+    /// display name).
+    pub async fn live_keys(&self) -> Vec<Value> {
+        let prefix = format!("{}/", self.ns);
         self.emulator_keys()
             .await
             .into_iter()
-            .filter(|k| k["active"] == true && k["name"] == want.as_str())
+            .filter(|k| {
+                k["active"] == true && k["name"].as_str().is_some_and(|n| n.starts_with(&prefix))
+            })
             .collect()
+    }
+
+    /// The emulator's live keys of ApiKey `name`.
+    pub async fn live_keys_named(&self, name: &str) -> Vec<Value> {
+        let want = format!("{}/{name}", self.ns);
+        let mut keys = self.live_keys().await;
+        keys.retain(|k| k["name"] == want.as_str());
+        keys
     }
 
     /// Does the emulator accept `value` on `GET /api/v1/key` (a live key)?

@@ -20,6 +20,9 @@ use keysmith::providers::ClientOptions;
 #[path = "../common/fake_kube.rs"]
 mod fake_kube;
 pub use fake_kube::{cluster_provider, namespace, secret, KubeFaults, Writes};
+#[path = "../common/apikey_status.rs"]
+mod apikey_status;
+pub use apikey_status::ready;
 
 pub const NS: &str = "team-a";
 pub const OPERATOR_NS: &str = "keysmith-system";
@@ -237,13 +240,4 @@ impl Env {
         }
         self.terminating.lock().unwrap().insert(name.to_string());
     }
-}
-
-/// (status, reason, message) of the Ready condition.
-pub fn ready(ak: &ApiKey) -> (String, String, String) {
-    ak.status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-        .unwrap_or_default()
 }
