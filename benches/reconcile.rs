@@ -27,6 +27,8 @@
 mod apikey_status;
 #[path = "../tests/common/bench.rs"]
 mod bench;
+#[path = "../tests/common/emulator_control.rs"]
+mod emulator_control;
 #[path = "../tests/common/fake_kube.rs"]
 mod fake_kube;
 
@@ -38,7 +40,7 @@ use futures::StreamExt;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::Semaphore;
 
 use keysmith::api::{ApiKey, KeyProviderSpec};
@@ -48,6 +50,7 @@ use keysmith::metrics::Metrics;
 
 use apikey_status::is_ready;
 use bench::{mib, route, vm_hwm_kib, BenchConfig};
+use emulator_control::EmulatorControl;
 
 const NS: &str = "team-a";
 const OPERATOR_NS: &str = "keysmith-system";
@@ -158,48 +161,6 @@ fn classify(writes: Vec<String>) -> BTreeMap<&'static str, usize> {
     out
 }
 
-struct Emulator {
-    running: emulators::RunningEmulator,
-    http: reqwest::Client,
-}
-
-impl Emulator {
-    async fn stats(&self) -> Value {
-        self.http
-            .get(format!("{}/_emulator/stats", self.running.url()))
-            .send()
-            .await
-            .expect("emulator answers")
-            .json()
-            .await
-            .expect("stats are JSON")
-    }
-
-    async fn reset_stats(&self) {
-        self.http
-            .delete(format!("{}/_emulator/stats", self.running.url()))
-            .send()
-            .await
-            .expect("emulator answers");
-    }
-
-    async fn active_keys(&self) -> usize {
-        let v: Value = self
-            .http
-            .get(format!("{}/_emulator/keys", self.running.url()))
-            .send()
-            .await
-            .expect("emulator answers")
-            .json()
-            .await
-            .expect("keys are JSON");
-        v["keys"]
-            .as_array()
-            .map(|a| a.iter().filter(|k| k["active"] == true).count())
-            .unwrap_or(0)
-    }
-}
-
 fn per_key(x: u64, n: usize) -> String {
     format!("{:.2}", x as f64 / n as f64)
 }
@@ -224,16 +185,14 @@ async fn main() {
     // FaultArgs::default() has retry_after 0; `keysmith emulate` defaults to 1 (as does this).
     args.faults.retry_after = cfg.retry_after;
     let (router, faults) = openrouter::build(&args);
-    let emu = Emulator {
-        running: emulators::spawn(router, faults)
-            .await
-            .expect("emulator starts"),
-        http: reqwest::Client::new(),
-    };
+    let running = emulators::spawn(router, faults)
+        .await
+        .expect("emulator starts");
+    let emu = EmulatorControl::new(running.url());
 
     let mut spec: KeyProviderSpec = serde_json::from_value(json!({
         "openrouter": {
-            "baseURL": format!("{}/api/v1", emu.running.url()),
+            "baseURL": format!("{}/api/v1", emu.url),
             "managementKeySecretRef": { "name": "openrouter-mgmt", "key": "token" },
         },
         "refreshInterval": format!("{}s", cfg.refresh.as_secs()),
@@ -349,7 +308,11 @@ async fn main() {
     println!(
         "reconciles: {reconciles} = {} per key; live keys at the emulator: {} (want {n})",
         per_key(reconciles as u64, n),
-        emu.active_keys().await
+        emu.keys()
+            .await
+            .iter()
+            .filter(|k| k["active"] == true)
+            .count()
     );
 
     // Phase 2: one idle refresh pass, once the refresh interval has passed.

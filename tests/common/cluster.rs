@@ -43,6 +43,9 @@ use keysmith::emulators::random_hex;
 #[path = "apikey_status.rs"]
 mod apikey_status;
 pub use apikey_status::{is_ready, ready};
+#[path = "emulator_control.rs"]
+mod emulator_control;
+use emulator_control::EmulatorControl;
 
 /// Label on every object of a run; the run's operators reconcile only ApiKeys carrying it.
 pub const RUN_LABEL: &str = "e2e.keysmith.dev/run";
@@ -93,6 +96,7 @@ pub struct Emulator {
     child: Child,
     /// `http://127.0.0.1:PORT` as printed by the emulator.
     pub url: String,
+    pub control: EmulatorControl,
 }
 
 /// One `keysmith run` child process.
@@ -240,7 +244,11 @@ impl Emulator {
         });
         // Keep reading so that the emulator never writes to a closed pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Emulator { child, url }
+        Emulator {
+            child,
+            control: EmulatorControl::new(url.clone()),
+            url,
+        }
     }
 }
 
@@ -548,16 +556,7 @@ impl Cluster {
 
     /// Every key the emulator ever held (`GET /_emulator/keys`), deleted ones with `active: false`.
     pub async fn emulator_keys(&self) -> Vec<Value> {
-        let v: Value = self
-            .http
-            .get(format!("{}/_emulator/keys", self.emulator.url))
-            .send()
-            .await
-            .expect("emulator answers")
-            .json()
-            .await
-            .expect("emulator keys are JSON");
-        v["keys"].as_array().cloned().unwrap_or_default()
+        self.emulator.control.keys().await
     }
 
     /// The emulator's live keys of the run's ApiKeys: named `<ns>/<name>` (keysmith's default
@@ -583,34 +582,16 @@ impl Cluster {
 
     /// Does the emulator accept `value` on `GET /api/v1/key` (a live key)?
     pub async fn key_works(&self, value: &str) -> bool {
-        self.http
-            .get(format!("{}/api/v1/key", self.emulator.url))
-            .bearer_auth(value)
-            .send()
-            .await
-            .expect("emulator answers")
-            .status()
-            .is_success()
+        self.emulator.control.openrouter_key_works(value).await
     }
 
     /// `GET /_emulator/stats`: `{"requests": n, "byRoute": {...}}`.
     pub async fn emulator_stats(&self) -> Value {
-        self.http
-            .get(format!("{}/_emulator/stats", self.emulator.url))
-            .send()
-            .await
-            .expect("emulator answers")
-            .json()
-            .await
-            .expect("stats are JSON")
+        self.emulator.control.stats().await
     }
 
     pub async fn reset_emulator_stats(&self) {
-        self.http
-            .delete(format!("{}/_emulator/stats", self.emulator.url))
-            .send()
-            .await
-            .expect("emulator answers");
+        self.emulator.control.reset_stats().await
     }
 
     /// The Lease `name` in the operator namespace.

@@ -23,6 +23,9 @@ pub use fake_kube::{cluster_provider, namespace, secret, KubeFaults, Writes};
 #[path = "../common/apikey_status.rs"]
 mod apikey_status;
 pub use apikey_status::ready;
+#[path = "../common/emulator_control.rs"]
+mod emulator_control;
+pub use emulator_control::EmulatorControl;
 
 pub const NS: &str = "team-a";
 pub const OPERATOR_NS: &str = "keysmith-system";
@@ -34,6 +37,8 @@ pub struct Env {
     pub writes: Writes,
     pub kube_faults: Arc<KubeFaults>,
     pub http: reqwest::Client,
+    /// The emulator's control endpoints.
+    pub control: EmulatorControl,
     /// ApiKeys deleted while holding finalizers (see [`Env::delete`]).
     terminating: Mutex<std::collections::HashSet<String>>,
 }
@@ -89,6 +94,7 @@ impl Env {
         Env {
             client,
             ctx: Arc::new(ctx),
+            control: EmulatorControl::new(emulator.url()),
             emulator,
             writes,
             kube_faults,
@@ -166,43 +172,16 @@ impl Env {
 
     /// Provider calls the emulator served since the last reset, by route.
     pub async fn provider_calls(&self) -> Value {
-        self.http
-            .get(format!("{}/_emulator/stats", self.emulator.url()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.control.stats().await
     }
 
     pub async fn reset_provider_calls(&self) {
-        self.http
-            .delete(format!("{}/_emulator/stats", self.emulator.url()))
-            .send()
-            .await
-            .unwrap();
+        self.control.reset_stats().await
     }
 
     /// The keys the emulator holds (no plaintext).
     pub async fn emulator_keys(&self) -> Vec<Value> {
-        let v: Value = self
-            .http
-            .get(format!("{}/_emulator/keys", self.emulator.url()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        match v {
-            Value::Array(a) => a,
-            Value::Object(mut o) => o
-                .remove("keys")
-                .and_then(|k| k.as_array().cloned())
-                .unwrap_or_default(),
-            _ => vec![],
-        }
+        self.control.keys().await
     }
 
     /// The plaintext the Secret holds under `key`.

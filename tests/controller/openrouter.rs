@@ -63,14 +63,7 @@ async fn env() -> Env {
 
 /// Does the emulator accept `value` on `GET /key` (i.e. is it a live key)?
 async fn key_works(env: &Env, value: &str) -> bool {
-    env.http
-        .get(format!("{}/api/v1/key", env.emulator.url()))
-        .bearer_auth(value)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .is_success()
+    env.control.openrouter_key_works(value).await
 }
 
 fn live_keys(keys: &[Value]) -> usize {
