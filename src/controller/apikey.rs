@@ -11,6 +11,11 @@
 //! lists the provider's keys, revokes every key of that name created since startedAt, and
 //! creates again. A crash between 3 and 4 leaves a Secret naming the new key: the next reconcile
 //! keeps that key and revokes any other.
+//!
+//! The ApiKey a reconcile receives comes from the watch cache and may be older than the server's
+//! copy; every status write is therefore conditional on the resourceVersion the reconcile started
+//! from (see [`ServerCopy`]), so a stale copy can neither clobber a recorded keyID nor lead to a
+//! second create.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,12 +83,26 @@ impl Failure {
     }
     fn kube(e: kube::Error) -> Self {
         Failure {
-            reason: "KubernetesError",
+            reason: if is_conflict(&e) {
+                STALE
+            } else {
+                "KubernetesError"
+            },
             message: format!("Kubernetes API error: {e}"),
             transient: true,
             retry_after: None,
         }
     }
+}
+
+/// Reason of a [`Failure`] caused by a conditional write that found a newer ApiKey (see
+/// [`ServerCopy`]): not a condition anyone needs to see.
+const STALE: &str = "Conflict";
+
+/// A write refused because the object changed since it was read (not a create that found the
+/// object existing, which is also a 409).
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409 && s.reason == "Conflict")
 }
 
 impl From<ProviderError> for Failure {
@@ -207,7 +226,8 @@ async fn apply(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
     let span = tracing::info_span!("reconcile", apikey = %key);
     let mut st = ak.status.clone().unwrap_or_default();
     let before = st.clone();
-    let outcome = drive(&ak, &ctx, &mut st).instrument(span).await;
+    let seen = ServerCopy::of(&ak);
+    let outcome = drive(&ak, &ctx, &mut st, &seen).instrument(span).await;
     let (requeue, result_label) = match outcome {
         Ok(ready) => {
             ctx.clear_failures(&key);
@@ -219,6 +239,12 @@ async fn apply(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
                 ready.message,
             );
             (jitter(ready.requeue), "success")
+        }
+        Err(f) if f.reason == STALE => {
+            // This reconcile worked from a copy older than the server's (nothing was created):
+            // the watch delivers the newer object, which is reconciled instead.
+            tracing::debug!(apikey = %key, "ApiKey changed since it was read; reconciling the newer version");
+            return Ok(Action::requeue(jitter(Duration::from_secs(1))));
         }
         Err(f) => {
             let changed = set_ready(
@@ -268,8 +294,16 @@ async fn apply(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
             expiry,
         )),
     );
-    if st != before {
-        write_status(&ctx, &ak, &st).await?;
+    if seen.differs(&st, &before) {
+        match write_status(&ctx, &ak, &st, &seen).await {
+            Ok(()) => {}
+            Err(e) if is_conflict(&e) => {
+                // As above: what this reconcile concluded from a stale copy is dropped.
+                tracing::debug!(apikey = %key, "ApiKey changed since it was read; reconciling the newer version");
+                return Ok(Action::requeue(jitter(Duration::from_secs(1))));
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     ctx.metrics
         .reconcile_total
@@ -343,12 +377,48 @@ fn status_fields() -> &'static [String] {
     })
 }
 
+/// What one reconcile knows of the server's copy of its ApiKey: the resourceVersion it read or
+/// last wrote, and the status it last wrote.
+///
+/// The controller hands `reconcile` the object from its watch cache, which can lag behind the
+/// API server: a reconcile triggered by the Secret watch may run before the ApiKey watch has
+/// delivered the status written by the previous reconcile. Writing from such a stale copy would
+/// overwrite a newer `keyID` or `pendingCreate` (losing track of a live key), and creating from
+/// it would mint a second key for the same ApiKey (invariant 1). So every status write of a
+/// reconcile is conditional on this version (409 Conflict otherwise) and advances it.
+///
+/// The status last written is what the final write of the reconcile must be compared with: a
+/// reconcile that wrote the pendingCreate marker and then cleared it again (a refused create)
+/// ends with the status it read, yet the server holds the marker.
+pub struct ServerCopy(std::sync::Mutex<(Option<String>, Option<ApiKeyStatus>)>);
+
+impl ServerCopy {
+    pub fn of(ak: &ApiKey) -> Self {
+        ServerCopy(std::sync::Mutex::new((ak.resource_version(), None)))
+    }
+
+    fn resource_version(&self) -> Option<String> {
+        self.0.lock().unwrap().0.clone()
+    }
+
+    fn wrote(&self, resource_version: Option<String>, status: &ApiKeyStatus) {
+        *self.0.lock().unwrap() = (resource_version, Some(status.clone()));
+    }
+
+    /// Whether the server's status differs from `st`; `read` is the status the reconcile began with.
+    fn differs(&self, st: &ApiKeyStatus, read: &ApiKeyStatus) -> bool {
+        self.0.lock().unwrap().1.as_ref().unwrap_or(read) != st
+    }
+}
+
 /// Write the whole status as a JSON merge patch; absent fields are sent as null so that what
-/// the server holds is exactly `after`.
+/// the server holds is exactly `after`. Fails with 409 Conflict if the ApiKey is no longer at
+/// the version `seen` holds (see [`ServerCopy`]).
 pub async fn write_status(
     ctx: &Context,
     ak: &ApiKey,
     after: &ApiKeyStatus,
+    seen: &ServerCopy,
 ) -> Result<(), kube::Error> {
     let mut new = serde_json::to_value(after).expect("status serializes");
     if let Value::Object(m) = &mut new {
@@ -356,13 +426,19 @@ pub async fn write_status(
             m.entry(k.clone()).or_insert(Value::Null);
         }
     }
+    let mut patch = serde_json::json!({ "status": new });
+    if let Some(rv) = seen.resource_version() {
+        patch["metadata"] = serde_json::json!({ "resourceVersion": rv });
+    }
     let api: Api<ApiKey> = Api::namespaced(ctx.client.clone(), &ak.namespace().unwrap_or_default());
-    api.patch_status(
-        &ak.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({ "status": new })),
-    )
-    .await?;
+    let written = api
+        .patch_status(
+            &ak.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await?;
+    seen.wrote(written.resource_version(), after);
     ctx.metrics.kube_write("apikeys/status", "patch");
     Ok(())
 }
@@ -382,10 +458,15 @@ fn settings_for(ak: &ApiKey, st: &ApiKeyStatus) -> Result<KeySettings, Failure> 
 }
 
 /// Everything between "resolve the provider" and "the Secret holds a live key".
-async fn drive(ak: &ApiKey, ctx: &Context, st: &mut ApiKeyStatus) -> Result<Ready, Failure> {
+async fn drive(
+    ak: &ApiKey,
+    ctx: &Context,
+    st: &mut ApiKeyStatus,
+    seen: &ServerCopy,
+) -> Result<Ready, Failure> {
     let p = ctx.resolve(ak).await?;
     st.provider_type = Some(p.provider_type.to_string());
-    let result = drive_with(ak, ctx, st, &p).await;
+    let result = drive_with(ak, ctx, st, &p, seen).await;
     if let Err(f) = &result {
         if f.reason == "ProviderAuthFailed" {
             // Credentials may have been rotated: read them again next time.
@@ -400,6 +481,7 @@ async fn drive_with(
     ctx: &Context,
     st: &mut ApiKeyStatus,
     p: &ResolvedProvider,
+    seen: &ServerCopy,
 ) -> Result<Ready, Failure> {
     let caps = p.backend.capabilities().clone();
     let bad = unsupported_fields(ak, p.provider_type, &caps);
@@ -444,14 +526,25 @@ async fn drive_with(
 
     if let Some(pending) = st.pending_create.clone() {
         recover(ak, ctx, st, p, &scope, &pending, existing.as_ref()).await?;
-        write_status(ctx, ak, st).await?;
+        write_status(ctx, ak, st, seen).await?;
     }
 
     let Some(id) = st.key_id.clone() else {
         if let Some(id) = &settings.key_ref {
             return adopt(ak, ctx, st, p, &scope, id, existing.as_ref()).await;
         }
-        return create_key(ak, ctx, st, p, &scope, &settings, existing.as_ref(), None).await;
+        return create_key(
+            ak,
+            ctx,
+            st,
+            p,
+            &scope,
+            &settings,
+            existing.as_ref(),
+            None,
+            seen,
+        )
+        .await;
     };
     // The key is read, updated and revoked where it lives, which a spec edit (another agent,
     // workspace…) does not change: that is a difference only a new key resolves.
@@ -485,7 +578,18 @@ async fn drive_with(
                 ));
             }
             st.key_id = None;
-            return create_key(ak, ctx, st, p, &scope, &settings, existing.as_ref(), None).await;
+            return create_key(
+                ak,
+                ctx,
+                st,
+                p,
+                &scope,
+                &settings,
+                existing.as_ref(),
+                None,
+                seen,
+            )
+            .await;
         }
     };
     fill_from_key(st, &current);
@@ -523,6 +627,7 @@ async fn drive_with(
                         &settings,
                         existing.as_ref(),
                         &id,
+                        seen,
                     )
                     .await;
                 }
@@ -537,6 +642,7 @@ async fn drive_with(
                     &settings,
                     existing.as_ref(),
                     &id,
+                    seen,
                 )
                 .await;
             }
@@ -574,6 +680,7 @@ async fn drive_with(
             &settings,
             existing.as_ref(),
             Some((id, at)),
+            seen,
         )
         .await;
     }
@@ -689,7 +796,19 @@ async fn create_key(
     settings: &KeySettings,
     existing: Option<&Secret>,
     replacing: Option<(String, KeyScope)>,
+    seen: &ServerCopy,
 ) -> Result<Ready, Failure> {
+    if let Some((wait, message)) = ctx.creates_held(&p.id) {
+        // The provider asked to wait (429 + Retry-After). Writing the marker anyway would be a
+        // watch event that reconciles this ApiKey again at once, ignoring the requeue: a loop of
+        // creates and status writes for as long as the provider keeps answering 429.
+        return Err(Failure {
+            reason: "RateLimited",
+            message,
+            transient: true,
+            retry_after: Some(wait),
+        });
+    }
     let attempt = crate::emulators::random_hex(16);
     let mut marked = st.clone();
     marked.pending_create = Some(PendingCreate {
@@ -697,8 +816,10 @@ async fn create_key(
         started_at: now_rfc3339(),
         attempt: attempt.clone(),
     });
-    // Invariant 1: the marker is durable before the provider is asked to create anything.
-    write_status(ctx, ak, &marked).await?;
+    // Invariant 1: the marker is durable before the provider is asked to create anything. The
+    // write is conditional (ServerCopy): a reconcile working from a stale copy, which may not
+    // show a key created moments ago, stops here instead of creating a second one.
+    write_status(ctx, ak, &marked, seen).await?;
     *st = marked;
 
     let mut settings = settings.clone();
@@ -714,8 +835,20 @@ async fn create_key(
     let created = match p.backend.create(&settings).await {
         Ok(c) => c,
         Err(e) => {
-            if !e.is_transient() {
-                // A definite refusal: nothing was created, so nothing to recover.
+            if let ProviderError::RateLimited {
+                retry_after: Some(wait),
+            } = &e
+            {
+                ctx.hold_creates(&p.id, *wait, e.to_string());
+            }
+            let may_have_created = matches!(
+                e,
+                ProviderError::Unavailable(_) | ProviderError::Malformed(_)
+            );
+            if !may_have_created {
+                // A definite refusal, or a 429 (the provider did not act on it): nothing was
+                // created, so nothing to recover. Leaving the marker would make the next
+                // reconcile list every key of the provider, for each rate-limited create.
                 st.pending_create = None;
             }
             return Err(e.into());
@@ -813,6 +946,7 @@ async fn replace_or_readopt(
     settings: &KeySettings,
     existing: Option<&Secret>,
     id: &str,
+    seen: &ServerCopy,
 ) -> Result<Ready, Failure> {
     ctx.event(ak, true, "SecretLost", "Recreate", format!("Secret {} no longer holds the value of key {id}; the value cannot be read back from {}", ak.secret_name(), p.provider_type)).await;
     if settings.key_ref.is_some() {
@@ -828,6 +962,7 @@ async fn replace_or_readopt(
         settings,
         existing,
         Some((id.to_string(), at.clone())),
+        seen,
     )
     .await
 }
@@ -1302,7 +1437,7 @@ async fn cleanup(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
                 ctx.event(ak.as_ref(), true, f.reason, "Delete", msg).await;
             }
             if after != st {
-                write_status(&ctx, &ak, &after).await?;
+                write_status(&ctx, &ak, &after, &ServerCopy::of(&ak)).await?;
             }
             // Err keeps the finalizer; the error policy retries.
             Err(Error::Finalizer(format!("revoke failed: {}", f.reason)))

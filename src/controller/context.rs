@@ -41,6 +41,8 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Per ApiKey: (provider type, ready, expiry in Unix seconds), for the gauges.
     tracked: Mutex<HashMap<String, Tracked>>,
+    /// Per provider object: no create before this instant, and the message of the 429 that said so.
+    create_holds: Mutex<HashMap<String, (Instant, String)>>,
     backends: Mutex<HashMap<String, Arc<BackendEntry>>>,
     snapshots: Mutex<HashMap<(String, KeyScope), SnapshotSlot>>,
 }
@@ -137,6 +139,7 @@ impl Context {
             crash_after_create: Default::default(),
             failures: Mutex::new(HashMap::new()),
             tracked: Mutex::new(HashMap::new()),
+            create_holds: Mutex::new(HashMap::new()),
             backends: Mutex::new(HashMap::new()),
             snapshots: Mutex::new(HashMap::new()),
         }
@@ -191,6 +194,29 @@ impl Context {
                 .key_expiry
                 .get_or_create(&crate::metrics::ProviderLabel { provider })
                 .set(e);
+        }
+    }
+
+    /// The provider answered a create through `provider` (a provider object id) with 429 and
+    /// Retry-After `wait`: hold every create through that provider object until then. The limit
+    /// is the account's, not one key's.
+    pub fn hold_creates(&self, provider: &str, wait: Duration, message: String) {
+        self.create_holds
+            .lock()
+            .unwrap()
+            .insert(provider.to_string(), (Instant::now() + wait, message));
+    }
+
+    /// What is left of a hold on creates through `provider`, with the message of the 429.
+    pub fn creates_held(&self, provider: &str) -> Option<(Duration, String)> {
+        let mut holds = self.create_holds.lock().unwrap();
+        let (until, message) = holds.get(provider)?;
+        match until.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Some((left, message.clone())),
+            _ => {
+                holds.remove(provider);
+                None
+            }
         }
     }
 

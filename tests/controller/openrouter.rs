@@ -59,14 +59,7 @@ async fn env() -> Env {
 
 /// Does the emulator accept `value` on `GET /key` (i.e. is it a live key)?
 async fn key_works(env: &Env, value: &str) -> bool {
-    env.http
-        .get(format!("{}/api/v1/key", env.emulator.url()))
-        .bearer_auth(value)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .is_success()
+    env.control.openrouter_key_works(value).await
 }
 
 fn live_keys(keys: &[Value]) -> usize {
@@ -480,6 +473,122 @@ async fn a_crash_between_create_and_secret_write_leaves_no_orphan() {
 }
 
 #[tokio::test]
+async fn a_rate_limited_create_leaves_nothing_to_recover() {
+    let env = env().await;
+    env.create(&apikey("busy", "openrouter", ApiKeySpec::default()))
+        .await;
+    env.reconcile("busy").await.unwrap(); // finalizer
+                                          // Twice: the second time the Ready condition does not change, so only the pendingCreate
+                                          // marker written before the create distinguishes the server's status from the one read.
+    for round in 0..2 {
+        env.emulator.faults.push((0..3).map(|_| ScriptedFault {
+            status: Some(429),
+            retry_after: Some(0),
+            malformed: false,
+            delay_ms: None,
+        }));
+        env.reconcile("busy").await.unwrap();
+        let ak = env.get("busy").await;
+        assert_eq!(ready(&ak).1, "RateLimited", "round {round}");
+        assert!(
+            ak.status.unwrap().pending_create.is_none(),
+            "round {round}: a 429 means nothing was created, yet pendingCreate is still set"
+        );
+    }
+    env.reset_provider_calls().await;
+    let ak = env.converge("busy", 3).await;
+    assert_eq!(ready(&ak).0, "True", "{:?}", ak.status);
+    let calls = env.provider_calls().await;
+    assert_eq!(
+        route_count(&calls, "GET /api/v1/keys"),
+        0,
+        "no recovery listing after a refused create: {calls}"
+    );
+    assert_eq!(live_keys(&env.emulator_keys().await), 1);
+}
+
+/// Invariant 5: 429 honours Retry-After, also when it is longer than the client waits inside a
+/// call. Each reconcile's status write is a watch event that reconciles the ApiKey again at once;
+/// the requeue delay alone would not hold the next create back.
+#[tokio::test]
+async fn a_long_retry_after_holds_every_create_of_the_provider_until_it_has_passed() {
+    let env = env().await;
+    for name in ["later", "also"] {
+        env.create(&apikey(name, "openrouter", ApiKeySpec::default()))
+            .await;
+        env.reconcile(name).await.unwrap(); // finalizer
+    }
+    // 3 s: more than the test client waits inside a call (max_retry_after 2 s).
+    env.emulator.faults.push([ScriptedFault {
+        status: Some(429),
+        retry_after: Some(3),
+        malformed: false,
+        delay_ms: None,
+    }]);
+    env.reconcile("later").await.unwrap();
+    assert_eq!(ready(&env.get("later").await).1, "RateLimited");
+    env.reset_provider_calls().await;
+    env.take_writes();
+    for _ in 0..3 {
+        env.reconcile("later").await.unwrap(); // as the watch event of its own write would
+    }
+    env.reconcile("also").await.unwrap(); // the limit is the account's
+    assert_eq!(
+        env.provider_calls().await["requests"],
+        0,
+        "no create before Retry-After has passed"
+    );
+    let writes = env.take_writes();
+    assert!(
+        !writes.iter().any(|w| w.starts_with("patch status later")),
+        "waiting writes nothing: {writes:?}"
+    );
+    assert_eq!(ready(&env.get("also").await).1, "RateLimited");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    for name in ["later", "also"] {
+        let ak = env.converge(name, 3).await;
+        assert_eq!(ready(&ak).0, "True", "{name}: {:?}", ak.status);
+    }
+    assert_eq!(live_keys(&env.emulator_keys().await), 2);
+}
+
+/// The controller hands reconcile the ApiKey from its watch cache, which can lag: a reconcile
+/// triggered by the Secret watch may see the object as it was before the key was recorded.
+#[tokio::test]
+async fn a_reconcile_from_a_stale_copy_neither_creates_a_second_key_nor_forgets_the_first() {
+    let env = env().await;
+    env.create(&apikey("lagging", "openrouter", ApiKeySpec::default()))
+        .await;
+    env.reconcile("lagging").await.unwrap(); // finalizer
+    let stale = env.get("lagging").await; // what a lagging cache still holds: no status yet
+    let ak = env.converge("lagging", 4).await;
+    let id = ak.status.unwrap().key_id.expect("key recorded");
+    let value = env.secret_value("lagging", "api-key").await.unwrap();
+
+    let _ =
+        keysmith::controller::apikey::reconcile(std::sync::Arc::new(stale), env.ctx.clone()).await;
+
+    let ak = env.get("lagging").await;
+    assert_eq!(
+        ak.status.as_ref().and_then(|s| s.key_id.as_deref()),
+        Some(id.as_str()),
+        "the recorded keyID survives: {:?}",
+        ak.status
+    );
+    assert_eq!(
+        live_keys(&env.emulator_keys().await),
+        1,
+        "no second key was created"
+    );
+    assert_eq!(
+        env.secret_value("lagging", "api-key").await.as_deref(),
+        Some(value.as_str())
+    );
+    let ak = env.converge("lagging", 2).await;
+    assert_eq!(ready(&ak).0, "True", "{:?}", ak.status);
+}
+
+#[tokio::test]
 async fn a_failed_secret_write_revokes_the_new_key() {
     let env = env().await;
     env.create(&apikey("nowrite", "openrouter", ApiKeySpec::default()))
@@ -684,7 +793,8 @@ async fn metrics_endpoint_serves_the_documented_series() {
     env.reconcile("rejected").await.unwrap();
     env.reconcile("rejected").await.unwrap();
     let value = env.secret_value("metered", "api-key").await.unwrap();
-    env.create(&apikey("gone", "openrouter", ApiKeySpec::default())).await;
+    env.create(&apikey("gone", "openrouter", ApiKeySpec::default()))
+        .await;
     env.converge("gone", 4).await;
     env.delete("gone").await;
     let _ = env.reconcile("gone").await;

@@ -1,0 +1,691 @@
+//! A real Kubernetes cluster for the end-to-end tests (`tests/e2e.rs`) and the cluster benchmark
+//! (`tests/e2e_bench.rs`), which include this file with `#[path]`.
+//!
+//! Each [`Cluster`] is one run: the CRDs applied (server-side, left installed), a test namespace
+//! and an operator namespace of its own, the OpenRouter emulator started as a child process on
+//! loopback, its management key in a Secret of the operator namespace, and a ClusterKeyProvider
+//! admitting only the test namespace. `keysmith run` is started as child processes
+//! ([`Cluster::start_operator`]) outside the cluster, with the test's KUBECONFIG: it reaches the
+//! API server like kubectl does and the emulator on loopback directly.
+//!
+//! Isolation: every operator of a run reconciles only ApiKeys labelled with the run
+//! (`--label-selector`), so runs (and tests run in parallel) do not reconcile each other's
+//! ApiKeys; the ClusterKeyProvider and namespaces carry the run's name.
+//!
+//! Cleanup (also on panic, from `Drop`): child processes are killed (SIGKILL, `kill_on_drop`),
+//! the namespaces and the ClusterKeyProvider are deleted, and finalizers left on the run's
+//! ApiKeys are removed so that the namespace can go (their keys lived only in the emulator).
+//! `KEYSMITH_E2E_KEEP=1` leaves everything in place for inspection.
+#![allow(dead_code)] // the e2e tests and the benchmark use different parts
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, ResourceExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use keysmith::api::{ApiKey, ClusterKeyProvider};
+use keysmith::emulators::random_hex;
+
+#[path = "apikey_status.rs"]
+mod apikey_status;
+pub use apikey_status::{is_ready, ready};
+#[path = "emulator_control.rs"]
+mod emulator_control;
+use emulator_control::EmulatorControl;
+
+/// Label on every object of a run; the run's operators reconcile only ApiKeys carrying it.
+pub const RUN_LABEL: &str = "e2e.keysmith.dev/run";
+const FIELD_MANAGER: &str = "keysmith-e2e";
+const MGMT_SECRET: &str = "openrouter-mgmt";
+const BIN: &str = env!("CARGO_BIN_EXE_keysmith");
+
+/// Whether the cluster tests may run. Prints why not (`skipping e2e: …`) when they may not.
+pub fn enabled(what: &str, flags: &[&str]) -> bool {
+    let mut missing: Vec<String> = flags
+        .iter()
+        .filter(|f| std::env::var(f).as_deref() != Ok("1"))
+        .map(|f| format!("{f}=1"))
+        .collect();
+    if std::env::var_os("KUBECONFIG").is_none_or(|k| k.is_empty()) {
+        missing.push("KUBECONFIG".into());
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    eprintln!(
+        "skipping e2e: {what} needs a Kubernetes cluster; set {} (see docs/e2e.md)",
+        missing.join(" and ")
+    );
+    false
+}
+
+/// Faults of the emulator (`keysmith emulate openrouter --latency … --rate-limit …`).
+#[derive(Clone, Default)]
+pub struct EmulatorOptions {
+    pub latency: Option<Duration>,
+    pub rate_limit: Option<f64>,
+    /// Seconds asked for in 429 answers (the emulator's default: 1).
+    pub retry_after: Option<u64>,
+}
+
+/// Settings of the run's ClusterKeyProvider.
+#[derive(Clone, Default)]
+pub struct ProviderOptions {
+    /// `spec.refreshInterval` (default: the operator's, 5m).
+    pub refresh_interval: Option<String>,
+    /// `spec.rateLimit.requestsPerSecond` (client side).
+    pub client_rps: Option<f64>,
+}
+
+/// The emulator child process.
+pub struct Emulator {
+    child: Child,
+    /// `http://127.0.0.1:PORT` as printed by the emulator.
+    pub url: String,
+    pub control: EmulatorControl,
+}
+
+/// One `keysmith run` child process.
+pub struct Operator {
+    child: Child,
+    /// `POD_NAME` given to it: its Lease holder identity.
+    pub name: String,
+    pub pid: u32,
+    pub metrics_addr: SocketAddr,
+    pub log: PathBuf,
+}
+
+pub struct Cluster {
+    pub client: Client,
+    /// Random id of the run (label value, part of every name).
+    pub run: String,
+    /// Namespace of the ApiKeys.
+    pub ns: String,
+    /// Namespace of the operator: its Lease and the management-key Secret.
+    pub operator_ns: String,
+    /// Name of the ClusterKeyProvider.
+    pub provider: String,
+    pub emulator: Emulator,
+    pub http: reqwest::Client,
+    /// Logs of the child processes.
+    pub log_dir: PathBuf,
+    operator_logs: Mutex<Vec<PathBuf>>,
+}
+
+fn run_labels(run: &str) -> Value {
+    json!({ RUN_LABEL: run, "app.kubernetes.io/part-of": "keysmith-e2e" })
+}
+
+/// Apply the CRDs (from `crds/*.yaml` if the directory exists, else from the Rust types, which is
+/// what `keysmith crds` prints) with server-side apply, and wait until each is Established.
+pub async fn install_crds(client: &Client) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    let crds: Vec<CustomResourceDefinition> = if dir.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .expect("crds/ is readable")
+            .map(|e| e.expect("crds/ entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+            .collect();
+        files.sort();
+        let mut out = Vec::new();
+        for f in files {
+            let text = std::fs::read_to_string(&f).expect("CRD file is readable");
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let v = serde_yaml::Value::deserialize(doc)
+                    .unwrap_or_else(|e| panic!("{}: not YAML: {e}", f.display()));
+                if v.is_null() {
+                    continue;
+                }
+                out.push(serde_yaml::from_value(v).unwrap_or_else(|e| {
+                    panic!("{}: not a CustomResourceDefinition: {e}", f.display())
+                }));
+            }
+        }
+        out
+    } else {
+        keysmith::api::crds()
+    };
+    assert!(!crds.is_empty(), "no CRDs to install");
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in &crds {
+        let name = crd.name_any();
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the API server refused CRD {name}: {e}"));
+    }
+    for crd in &crds {
+        let name = crd.name_any();
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            await_condition(api.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("CRD {name} not Established after 60s"))
+        .unwrap_or_else(|e| panic!("watching CRD {name}: {e}"));
+    }
+}
+
+/// A free loopback port (bound and released; another process could take it in between, which is
+/// unlikely on a test machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// The last `n` lines of a log file.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl Emulator {
+    async fn start(dir: &Path, opts: &EmulatorOptions, management_key: &str) -> Emulator {
+        let log = dir.join("emulator.log");
+        let file = std::fs::File::create(&log).expect("emulator log file");
+        let mut cmd = Command::new(BIN);
+        cmd.args(["emulate", "--listen", "127.0.0.1:0", "openrouter"]);
+        if let Some(l) = opts.latency {
+            cmd.args(["--latency", &format!("{}ms", l.as_millis())]);
+        }
+        if let Some(r) = opts.rate_limit {
+            cmd.args(["--rate-limit", &r.to_string()]);
+        }
+        if let Some(r) = opts.retry_after {
+            cmd.args(["--retry-after", &r.to_string()]);
+        }
+        // Through the environment, so the key is not on the command line (`ps`).
+        cmd.env("KEYSMITH_EMULATOR_MANAGEMENT_KEY", management_key)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(file)
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BIN} emulate: {e}"));
+        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let url = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some((_, url)) = line.split_once("listening on ") {
+                    return Some(url.trim().to_string());
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| {
+            panic!(
+                "the emulator did not print its address; {}:\n{}",
+                log.display(),
+                tail(&log, 20)
+            )
+        });
+        // Keep reading so that the emulator never writes to a closed pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Emulator {
+            child,
+            control: EmulatorControl::new(url.clone()),
+            url,
+        }
+    }
+}
+
+impl Operator {
+    /// SIGKILL, as a node failure or an OOM kill would: no cleanup, no Lease release.
+    pub async fn kill(&mut self) {
+        self.child.start_kill().expect("SIGKILL delivered");
+        let _ = self.child.wait().await;
+    }
+
+    /// Body of `/readyz` (`leader`, `standby`, `starting`), if it answers 200.
+    pub async fn readyz(&self, http: &reqwest::Client) -> Option<String> {
+        let r = http
+            .get(format!("http://{}/readyz", self.metrics_addr))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        r.text().await.ok()
+    }
+
+    /// Sum of every sample of a counter family on `/metrics` (e.g. `keysmith_kubernetes_writes_total`).
+    pub async fn metric_sum(&self, http: &reqwest::Client, family: &str) -> f64 {
+        self.metric_sum_where(http, family, "").await
+    }
+
+    /// Like [`Operator::metric_sum`], over the samples whose line contains `filter`
+    /// (e.g. `result="rate_limited"`).
+    pub async fn metric_sum_where(
+        &self,
+        http: &reqwest::Client,
+        family: &str,
+        filter: &str,
+    ) -> f64 {
+        let text = http
+            .get(format!("http://{}/metrics", self.metrics_addr))
+            .send()
+            .await
+            .expect("/metrics answers")
+            .text()
+            .await
+            .expect("/metrics body");
+        text.lines()
+            .filter(|l| {
+                l.starts_with(&format!("{family}{{")) || l.starts_with(&format!("{family} "))
+            })
+            .filter(|l| l.contains(filter))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Cluster {
+    /// Set up a run named `test` (a few lowercase letters: it is part of the namespace names).
+    pub async fn start(test: &str, emu: EmulatorOptions, provider: ProviderOptions) -> Cluster {
+        let client = Client::try_default()
+            .await
+            .expect("cannot build a Kubernetes client from KUBECONFIG");
+        install_crds(&client).await;
+        let run = random_hex(6);
+        let ns = format!("ks-e2e-{test}-{run}");
+        let operator_ns = format!("ks-e2e-{test}-{run}-op");
+        let log_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("e2e-{test}-{run}"));
+        std::fs::create_dir_all(&log_dir).expect("log directory");
+        eprintln!(
+            "e2e run {run}: namespaces {ns} and {operator_ns}; logs in {}",
+            log_dir.display()
+        );
+
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        for name in [&ns, &operator_ns] {
+            let n: Namespace = serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": { "name": name, "labels": run_labels(&run) },
+            }))
+            .unwrap();
+            namespaces
+                .create(&PostParams::default(), &n)
+                .await
+                .unwrap_or_else(|e| panic!("cannot create namespace {name}: {e}"));
+        }
+
+        let management_key = format!("sk-or-v1-e2e-{}", random_hex(48));
+        let emulator = Emulator::start(&log_dir, &emu, &management_key).await;
+        let secret: Secret = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": { "name": MGMT_SECRET, "namespace": operator_ns, "labels": run_labels(&run) },
+            "type": "Opaque",
+            "stringData": { "token": management_key },
+        }))
+        .unwrap();
+        Api::<Secret>::namespaced(client.clone(), &operator_ns)
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("management-key Secret created");
+
+        let provider_name = format!("ks-e2e-{run}");
+        let mut spec = json!({
+            "openrouter": {
+                "baseURL": format!("{}/api/v1", emulator.url),
+                "managementKeySecretRef": { "name": MGMT_SECRET, "key": "token", "namespace": operator_ns },
+            },
+            "namespaceSelector": { "matchLabels": { RUN_LABEL: run } },
+        });
+        if let Some(r) = &provider.refresh_interval {
+            spec["refreshInterval"] = json!(r);
+        }
+        if let Some(rps) = provider.client_rps {
+            spec["rateLimit"] =
+                json!({ "requestsPerSecond": rps, "burst": rps.ceil().max(1.0) as u32 });
+        }
+        let ckp: ClusterKeyProvider = serde_json::from_value(json!({
+            "apiVersion": "keysmith.dev/v1alpha1", "kind": "ClusterKeyProvider",
+            "metadata": { "name": provider_name, "labels": run_labels(&run) },
+            "spec": spec,
+        }))
+        .expect("ClusterKeyProvider manifest");
+        Api::<ClusterKeyProvider>::all(client.clone())
+            .create(&PostParams::default(), &ckp)
+            .await
+            .expect("ClusterKeyProvider created");
+
+        Cluster {
+            client,
+            run,
+            ns,
+            operator_ns,
+            provider: provider_name,
+            emulator,
+            http: reqwest::Client::new(),
+            log_dir,
+            operator_logs: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Start `keysmith run` named `name` (its POD_NAME, hence its Lease holder identity) with
+    /// `extra` flags, and wait until `/readyz` answers. Declare the returned value after the
+    /// Cluster so that it is dropped (killed) first.
+    pub async fn start_operator(&self, name: &str, extra: &[&str]) -> Operator {
+        let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = self.log_dir.join(format!("operator-{name}.log"));
+        let file = std::fs::File::create(&log).expect("operator log file");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run")
+            .args(["--metrics-addr", &metrics_addr.to_string()])
+            .args(["--namespace", &self.operator_ns])
+            .args(["--label-selector", &format!("{RUN_LABEL}={}", self.run)])
+            .args(extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("KEYSMITH_E2E_LOG").unwrap_or_else(|_| "info,keysmith=debug".into()),
+            )
+            .env("POD_NAME", name)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file handle"))
+            .stderr(file)
+            .kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BIN} run: {e}"));
+        let pid = child.id().expect("a running child has a pid");
+        self.operator_logs.lock().unwrap().push(log.clone());
+        let mut op = Operator {
+            child,
+            name: name.to_string(),
+            pid,
+            metrics_addr,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = op.child.try_wait() {
+                panic!(
+                    "operator {name} exited ({status}) before it was ready; {}:\n{}",
+                    op.log.display(),
+                    tail(&op.log, 40)
+                );
+            }
+            if op.readyz(&self.http).await.is_some() {
+                return op;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "operator {name}: /readyz not answering after 60s; {}:\n{}",
+                    op.log.display(),
+                    tail(&op.log, 40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Poll `check` every 250 ms until it returns Ok, or panic after `timeout` with `what`, the
+    /// last state `check` described, and the end of every operator log.
+    pub async fn eventually<T, F, Fut>(&self, what: &str, timeout: Duration, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, String>>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match check().await {
+                Ok(v) => return v,
+                Err(state) if Instant::now() > deadline => {
+                    let logs: Vec<String> = self
+                        .operator_logs
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .map(|l| format!("--- {} (last 30 lines)\n{}", l.display(), tail(l, 30)))
+                        .collect();
+                    panic!(
+                        "timed out after {timeout:?} waiting for {what}; last seen: {state}\n{}",
+                        logs.join("\n")
+                    );
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+    }
+
+    pub fn apikeys(&self) -> Api<ApiKey> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// An ApiKey of the run using its ClusterKeyProvider; `spec` adds to `providerRef`.
+    pub fn apikey(&self, name: &str, spec: Value) -> ApiKey {
+        let mut s =
+            json!({ "providerRef": { "kind": "ClusterKeyProvider", "name": self.provider } });
+        if let (Some(s), Value::Object(extra)) = (s.as_object_mut(), spec) {
+            s.extend(extra);
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "keysmith.dev/v1alpha1", "kind": "ApiKey",
+            "metadata": { "name": name, "namespace": self.ns, "labels": run_labels(&self.run) },
+            "spec": s,
+        }))
+        .expect("ApiKey manifest")
+    }
+
+    pub async fn create_apikey(&self, name: &str, spec: Value) -> ApiKey {
+        self.apikeys()
+            .create(&PostParams::default(), &self.apikey(name, spec))
+            .await
+            .unwrap_or_else(|e| panic!("the API server refused ApiKey {name}: {e}"))
+    }
+
+    /// Wait until `name` is Ready=True for its current generation.
+    pub async fn wait_ready(&self, name: &str, timeout: Duration) -> ApiKey {
+        let api = self.apikeys();
+        self.eventually(&format!("ApiKey {}/{name} Ready", self.ns), timeout, || {
+            let api = api.clone();
+            async move {
+                match api.get_opt(name).await {
+                    Ok(Some(ak)) if is_ready(&ak) => Ok(ak),
+                    Ok(Some(ak)) => Err(format!(
+                        "Ready={:?}, generation {:?}, observedGeneration {:?}",
+                        ready(&ak),
+                        ak.metadata.generation,
+                        ak.status.as_ref().and_then(|s| s.observed_generation)
+                    )),
+                    Ok(None) => Err("the ApiKey does not exist".into()),
+                    Err(e) => Err(format!("GET failed: {e}")),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Wait until `name` no longer exists (its finalizer released).
+    pub async fn wait_gone(&self, name: &str, timeout: Duration) {
+        let api = self.apikeys();
+        self.eventually(&format!("ApiKey {}/{name} gone", self.ns), timeout, || {
+            let api = api.clone();
+            async move {
+                match api.get_opt(name).await {
+                    Ok(None) => Ok(()),
+                    Ok(Some(ak)) => Err(format!(
+                        "still there: deletionTimestamp {:?}, finalizers {:?}, Ready={:?}",
+                        ak.metadata.deletion_timestamp,
+                        ak.metadata.finalizers,
+                        ready(&ak)
+                    )),
+                    Err(e) => Err(format!("GET failed: {e}")),
+                }
+            }
+        })
+        .await
+    }
+
+    /// The value the Secret `name` holds under `key`.
+    pub async fn secret_value(&self, name: &str, key: &str) -> Option<String> {
+        let s = self.secrets().get_opt(name).await.expect("GET Secret")?;
+        s.data?
+            .get(key)
+            .map(|b| String::from_utf8(b.0.clone()).expect("UTF-8 value"))
+    }
+
+    /// Every key the emulator ever held (`GET /_emulator/keys`), deleted ones with `active: false`.
+    pub async fn emulator_keys(&self) -> Vec<Value> {
+        self.emulator.control.keys().await
+    }
+
+    /// The emulator's live keys of the run's ApiKeys: named `<ns>/<name>` (keysmith's default
+    /// display name).
+    pub async fn live_keys(&self) -> Vec<Value> {
+        let prefix = format!("{}/", self.ns);
+        self.emulator_keys()
+            .await
+            .into_iter()
+            .filter(|k| {
+                k["active"] == true && k["name"].as_str().is_some_and(|n| n.starts_with(&prefix))
+            })
+            .collect()
+    }
+
+    /// The emulator's live keys of ApiKey `name`.
+    pub async fn live_keys_named(&self, name: &str) -> Vec<Value> {
+        let want = format!("{}/{name}", self.ns);
+        let mut keys = self.live_keys().await;
+        keys.retain(|k| k["name"] == want.as_str());
+        keys
+    }
+
+    /// Does the emulator accept `value` on `GET /api/v1/key` (a live key)?
+    pub async fn key_works(&self, value: &str) -> bool {
+        self.emulator.control.openrouter_key_works(value).await
+    }
+
+    /// `GET /_emulator/stats`: `{"requests": n, "byRoute": {...}}`.
+    pub async fn emulator_stats(&self) -> Value {
+        self.emulator.control.stats().await
+    }
+
+    pub async fn reset_emulator_stats(&self) {
+        self.emulator.control.reset_stats().await
+    }
+
+    /// The Lease `name` in the operator namespace.
+    pub async fn lease(&self, name: &str) -> Option<Lease> {
+        Api::<Lease>::namespaced(self.client.clone(), &self.operator_ns)
+            .get_opt(name)
+            .await
+            .expect("GET Lease")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.emulator.child.start_kill();
+        if std::env::var("KEYSMITH_E2E_KEEP").as_deref() == Ok("1") {
+            eprintln!(
+                "KEYSMITH_E2E_KEEP=1: left namespaces {} and {} and ClusterKeyProvider {}; logs in {}",
+                self.ns,
+                self.operator_ns,
+                self.provider,
+                self.log_dir.display()
+            );
+            return;
+        }
+        let (ns, operator_ns, provider) = (
+            self.ns.clone(),
+            self.operator_ns.clone(),
+            self.provider.clone(),
+        );
+        // The test's runtime may be unwinding (or single-threaded and blocked here): clean up on
+        // a runtime and a client of our own.
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            rt.block_on(async move {
+                match Client::try_default().await {
+                    Ok(client) => cleanup(client, &ns, &operator_ns, &provider).await,
+                    Err(e) => eprintln!("e2e cleanup: no Kubernetes client ({e}); delete namespaces {ns}, {operator_ns} and ClusterKeyProvider {provider} by hand"),
+                }
+            })
+        });
+        let _ = cleanup.join();
+    }
+}
+
+async fn cleanup(client: Client, ns: &str, operator_ns: &str, provider: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for name in [ns, operator_ns] {
+        if let Err(e) = namespaces.delete(name, &DeleteParams::default()).await {
+            eprintln!("e2e cleanup: deleting namespace {name}: {e}");
+        }
+    }
+    if let Err(e) = Api::<ClusterKeyProvider>::all(client.clone())
+        .delete(provider, &DeleteParams::default())
+        .await
+    {
+        eprintln!("e2e cleanup: deleting ClusterKeyProvider {provider}: {e}");
+    }
+    // The namespace is terminating, so no operator adds a finalizer again; the ones left (the
+    // operator was killed, or could not revoke) would keep the namespace forever.
+    let apikeys: Api<ApiKey> = Api::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = match apikeys.list(&ListParams::default()).await {
+            Ok(l) => l.items,
+            Err(e) => {
+                eprintln!("e2e cleanup: listing ApiKeys in {ns}: {e}");
+                break;
+            }
+        };
+        if left.is_empty() {
+            break;
+        }
+        let patch = Patch::Merge(json!({ "metadata": { "finalizers": null } }));
+        futures::stream::iter(left.iter().filter(|ak| !ak.finalizers().is_empty()))
+            .for_each_concurrent(32, |ak| {
+                let apikeys = apikeys.clone();
+                let patch = &patch;
+                async move {
+                    let _ = apikeys
+                        .patch(&ak.name_any(), &PatchParams::default(), patch)
+                        .await;
+                }
+            })
+            .await;
+        if Instant::now() > deadline {
+            eprintln!(
+                "e2e cleanup: {} ApiKeys still in {ns} after 120s",
+                left.len()
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

@@ -1,0 +1,452 @@
+//! End-to-end tests against a real Kubernetes API server (KUBECONFIG), with `keysmith run` and
+//! `keysmith emulate openrouter` as child processes. Skipped (with a message) unless
+//! `KEYSMITH_E2E=1` and `KUBECONFIG` are set:
+//!
+//! ```text
+//! KEYSMITH_E2E=1 KUBECONFIG=~/.kube/config cargo test --test e2e -- --test-threads=1
+//! ```
+//!
+//! See docs/e2e.md for what each test checks and what the cluster needs.
+
+#[path = "common/cluster.rs"]
+mod cluster;
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::ResourceExt;
+use serde_json::{json, Value};
+
+use cluster::{is_ready, Cluster, EmulatorOptions, Operator, ProviderOptions};
+use keysmith::api::ClusterKeyProvider;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn holder_of(lease: Option<Lease>) -> Option<String> {
+    lease.and_then(|l| l.spec).and_then(|s| s.holder_identity)
+}
+
+fn limit_of(key: &Value) -> Option<f64> {
+    key["settings"]["limit"].as_f64()
+}
+
+/// Create, deliver, verify at the provider, update, stay quiet, revoke on delete, orphan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apikey_lifecycle() {
+    if !cluster::enabled("apikey_lifecycle", &["KEYSMITH_E2E"]) {
+        return;
+    }
+    let cluster = Cluster::start(
+        "life",
+        EmulatorOptions::default(),
+        ProviderOptions::default(),
+    )
+    .await;
+    let c = &cluster;
+    let op = c.start_operator("op", &[]).await;
+
+    // The provider object is verified against the emulator.
+    let ckps: Api<ClusterKeyProvider> = Api::all(c.client.clone());
+    c.eventually("ClusterKeyProvider Ready", MINUTE, || {
+        let ckps = ckps.clone();
+        let name = c.provider.clone();
+        async move {
+            let p = ckps.get(&name).await.map_err(|e| e.to_string())?;
+            let cond = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready").cloned());
+            match cond {
+                Some(c) if c.status == "True" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+
+    // Create: a live key whose value is in the Secret.
+    c.create_apikey("chat", json!({ "limit": { "amount": "10" } }))
+        .await;
+    let ak = c.wait_ready("chat", MINUTE).await;
+    let st = ak.status.clone().expect("status");
+    let id = st.key_id.clone().expect("status.keyID");
+    assert_eq!(st.secret_name.as_deref(), Some("chat"));
+    assert!(st.pending_create.is_none(), "{st:?}");
+    assert!(
+        ak.finalizers().iter().any(|f| f == "keysmith.dev/revoke"),
+        "{:?}",
+        ak.finalizers()
+    );
+    let value = c
+        .secret_value("chat", "api-key")
+        .await
+        .expect("Secret chat holds api-key");
+    assert!(
+        c.key_works(&value).await,
+        "the Secret's value authenticates at the emulator (GET /api/v1/key)"
+    );
+    let secret = c.secrets().get("chat").await.expect("Secret chat");
+    assert_eq!(
+        secret
+            .labels()
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str),
+        Some("keysmith")
+    );
+    assert_eq!(
+        secret.annotations().get("keysmith.dev/key-id"),
+        Some(&id),
+        "the Secret names the key it holds"
+    );
+    assert!(
+        secret
+            .owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == ak.uid().as_ref() && o.controller == Some(true)),
+        "the Secret is owned by the ApiKey: {:?}",
+        secret.owner_references()
+    );
+    let live = c.live_keys_named("chat").await;
+    assert_eq!(live.len(), 1, "one live key named {}/chat: {live:?}", c.ns);
+    assert_eq!(live[0]["hash"], id.as_str());
+    assert_eq!(limit_of(&live[0]), Some(10.0));
+
+    // Steady state: nothing is written, the provider is not called.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ak_rv = c.apikeys().get("chat").await.unwrap().resource_version();
+    let secret_rv = c.secrets().get("chat").await.unwrap().resource_version();
+    let writes = op
+        .metric_sum(&c.http, "keysmith_kubernetes_writes_total")
+        .await;
+    c.reset_emulator_stats().await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        c.apikeys().get("chat").await.unwrap().resource_version(),
+        ak_rv,
+        "a Ready ApiKey is not rewritten"
+    );
+    assert_eq!(
+        c.secrets().get("chat").await.unwrap().resource_version(),
+        secret_rv,
+        "its Secret is not rewritten"
+    );
+    assert_eq!(
+        op.metric_sum(&c.http, "keysmith_kubernetes_writes_total")
+            .await,
+        writes,
+        "no Kubernetes writes in steady state"
+    );
+    let stats = c.emulator_stats().await;
+    assert_eq!(
+        stats["requests"], 0,
+        "no provider calls within the refresh interval: {stats}"
+    );
+
+    // Update: a new limit reaches the provider; the key and the Secret stay.
+    c.apikeys()
+        .patch(
+            "chat",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "limit": { "amount": "25" } } })),
+        )
+        .await
+        .expect("spec.limit patched");
+    c.eventually("limit 25 at the emulator", MINUTE, || async move {
+        let live = c.live_keys_named("chat").await;
+        match live.first().and_then(limit_of) {
+            Some(25.0) => Ok(()),
+            other => Err(format!("limit {other:?}, {} live keys", live.len())),
+        }
+    })
+    .await;
+    let ak = c.wait_ready("chat", MINUTE).await;
+    assert_eq!(
+        ak.status.as_ref().and_then(|s| s.key_id.as_deref()),
+        Some(id.as_str()),
+        "an update keeps the key"
+    );
+    assert_eq!(
+        c.secret_value("chat", "api-key").await.as_deref(),
+        Some(value.as_str())
+    );
+
+    // Delete (deletionPolicy Delete, the default): revoked, then the finalizer is released.
+    c.apikeys()
+        .delete("chat", &DeleteParams::default())
+        .await
+        .expect("delete accepted");
+    c.wait_gone("chat", MINUTE).await;
+    let key = c
+        .emulator_keys()
+        .await
+        .into_iter()
+        .find(|k| k["hash"] == id.as_str())
+        .expect("the emulator remembers the key");
+    assert_eq!(key["active"], false, "revoked at the provider: {key}");
+    assert!(!c.key_works(&value).await, "the revoked value is refused");
+    c.eventually("Secret chat garbage-collected", 2 * MINUTE, || async move {
+        match c.secrets().get_opt("chat").await {
+            Ok(None) => Ok(()),
+            Ok(Some(s)) => Err(format!("still there, owners {:?}", s.owner_references())),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+
+    // deletionPolicy Orphan: the key and the Secret outlive the ApiKey.
+    c.create_apikey("kept", json!({ "deletionPolicy": "Orphan" }))
+        .await;
+    let ak = c.wait_ready("kept", MINUTE).await;
+    let kept_id = ak.status.and_then(|s| s.key_id).expect("status.keyID");
+    let kept_uid = ak.metadata.uid.clone().expect("uid");
+    let kept_value = c
+        .secret_value("kept", "api-key")
+        .await
+        .expect("Secret kept holds api-key");
+    c.apikeys()
+        .delete("kept", &DeleteParams::default())
+        .await
+        .expect("delete accepted");
+    c.wait_gone("kept", MINUTE).await;
+    tokio::time::sleep(Duration::from_secs(5)).await; // time for garbage collection to act
+    let live = c.live_keys_named("kept").await;
+    assert_eq!(live.len(), 1, "the key is left at the provider: {live:?}");
+    assert_eq!(live[0]["hash"], kept_id.as_str());
+    assert!(c.key_works(&kept_value).await);
+    let secret = c
+        .secrets()
+        .get_opt("kept")
+        .await
+        .unwrap()
+        .expect("the Secret outlives an Orphan ApiKey");
+    assert!(
+        !secret.owner_references().iter().any(|o| o.uid == kept_uid),
+        "{:?}",
+        secret.owner_references()
+    );
+    drop(op); // killed before the cluster objects are cleaned up
+}
+
+/// Invariant 1 on a real API server: SIGKILL the operator while 20 ApiKeys are being created;
+/// after a restart every ApiKey is Ready with exactly one live key, the one its Secret holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_burst_of_creates_leaves_no_orphan() {
+    if !cluster::enabled(
+        "sigkill_during_a_burst_of_creates_leaves_no_orphan",
+        &["KEYSMITH_E2E"],
+    ) {
+        return;
+    }
+    const N: usize = 20;
+    // 300 ms per provider answer and 2 reconciles at a time: the burst lasts seconds, so the
+    // kill lands in the middle of it, with creates in flight at the provider.
+    let cluster = Cluster::start(
+        "crash",
+        EmulatorOptions {
+            latency: Some(Duration::from_millis(300)),
+            ..Default::default()
+        },
+        ProviderOptions::default(),
+    )
+    .await;
+    let c = &cluster;
+    let mut first = c.start_operator("first", &["--concurrency", "2"]).await;
+    let names: Vec<String> = (0..N).map(|i| format!("burst-{i:02}")).collect();
+    futures::future::join_all(names.iter().map(|n| c.create_apikey(n, json!({})))).await;
+    let posts = c
+        .eventually("creates reaching the emulator", MINUTE, || async move {
+            let stats = c.emulator_stats().await;
+            let posts = stats["byRoute"]["POST /api/v1/keys"].as_u64().unwrap_or(0);
+            if posts >= 3 {
+                Ok(posts)
+            } else {
+                Err(format!("{posts} creates"))
+            }
+        })
+        .await;
+    first.kill().await;
+    let ready_at_kill = c
+        .apikeys()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|a| is_ready(a))
+        .count();
+    eprintln!(
+        "SIGKILL after {posts} creates at the emulator, {ready_at_kill} of {N} ApiKeys Ready"
+    );
+    assert!(
+        ready_at_kill < N,
+        "the kill came after the burst: nothing was interrupted (the machine is too fast for this test's timing)"
+    );
+
+    let second = c.start_operator("second", &[]).await;
+    for n in &names {
+        c.wait_ready(n, 2 * MINUTE).await;
+    }
+
+    let created = c.emulator_keys().await.len();
+    let live = c.live_keys().await;
+    assert_eq!(
+        live.len(),
+        N,
+        "one live key per ApiKey, no orphan: {} live of {created} created",
+        live.len(),
+    );
+    for n in &names {
+        let ak = c.apikeys().get(n).await.unwrap();
+        let id = ak
+            .status
+            .as_ref()
+            .and_then(|s| s.key_id.clone())
+            .expect("status.keyID");
+        let name = format!("{}/{n}", c.ns);
+        let mine: Vec<&Value> = live.iter().filter(|k| k["name"] == name.as_str()).collect();
+        assert_eq!(mine.len(), 1, "{n}: {mine:?}");
+        assert_eq!(
+            mine[0]["hash"],
+            id.as_str(),
+            "{n}: status.keyID is the live key"
+        );
+        let secret = c.secrets().get(n).await.expect("Secret");
+        assert_eq!(secret.annotations().get("keysmith.dev/key-id"), Some(&id));
+        let value = c.secret_value(n, "api-key").await.expect("value");
+        assert!(c.key_works(&value).await, "{n}: the Secret's value is live");
+    }
+    let revoked = second
+        .metric_sum(&c.http, "keysmith_orphans_revoked_total")
+        .await;
+    eprintln!(
+        "{created} keys created at the emulator for {N} ApiKeys; orphans revoked after the restart: {revoked}"
+    );
+}
+
+/// Two operators with --leader-elect: one holds the Lease and reconciles; SIGKILL it and the
+/// other takes the Lease once it expires and reconciles a new ApiKey.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_election_fails_over() {
+    if !cluster::enabled("leader_election_fails_over", &["KEYSMITH_E2E"]) {
+        return;
+    }
+    const LEASE_SECONDS: u64 = 6;
+    let cluster = Cluster::start(
+        "leader",
+        EmulatorOptions::default(),
+        ProviderOptions::default(),
+    )
+    .await;
+    let c = &cluster;
+    let lease = format!("keysmith-e2e-{}", c.run);
+    let seconds = LEASE_SECONDS.to_string();
+    let flags = [
+        "--leader-elect",
+        "--lease-name",
+        &lease,
+        "--lease-duration",
+        &seconds,
+    ];
+    let names = [format!("e2e-{}-a", c.run), format!("e2e-{}-b", c.run)];
+    let mut a = c.start_operator(&names[0], &flags).await;
+    let mut b = c.start_operator(&names[1], &flags).await;
+
+    let lease = lease.as_str();
+    let names = &names;
+    let holder = c
+        .eventually("a Lease holder", MINUTE, || async move {
+            match holder_of(c.lease(lease).await) {
+                Some(h) if names.contains(&h) => Ok(h),
+                other => Err(format!("holderIdentity {other:?}")),
+            }
+        })
+        .await;
+    let (leader, standby) = if holder == a.name {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    let l: &Operator = leader;
+    c.eventually(
+        "the holder reporting leader on /readyz",
+        MINUTE,
+        || async move {
+            match l.readyz(&c.http).await.as_deref() {
+                Some("leader") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    // One holder, and it keeps the Lease: watch it for two lease durations.
+    let until = Instant::now() + Duration::from_secs(2 * LEASE_SECONDS);
+    while Instant::now() < until {
+        assert_eq!(
+            holder_of(c.lease(lease).await).as_deref(),
+            Some(holder.as_str()),
+            "the Lease changed hands while its holder was alive"
+        );
+        assert_eq!(
+            standby.readyz(&c.http).await.as_deref(),
+            Some("standby"),
+            "{} must stand by while {holder} leads",
+            standby.name
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    c.create_apikey("before", json!({})).await;
+    let before = c.wait_ready("before", MINUTE).await;
+
+    leader.kill().await;
+    let killed = Instant::now();
+    let s: &Operator = standby;
+    let new_holder = s.name.as_str();
+    c.eventually(
+        "the standby taking over the Lease",
+        Duration::from_secs(4 * LEASE_SECONDS),
+        || async move {
+            match holder_of(c.lease(lease).await) {
+                Some(h) if h == new_holder => Ok(()),
+                other => Err(format!("holderIdentity {other:?}")),
+            }
+        },
+    )
+    .await;
+    let took = killed.elapsed();
+    // Worst case: the leader renewed just before dying (the Lease then expires a full duration
+    // later) and the standby polls every duration/3.
+    let bound = Duration::from_secs(LEASE_SECONDS + LEASE_SECONDS / 3 + 2);
+    eprintln!(
+        "{new_holder} took the Lease {:.1}s after {holder} was killed (lease duration {LEASE_SECONDS}s)",
+        took.as_secs_f64()
+    );
+    assert!(took <= bound, "takeover took {took:?}, more than {bound:?}");
+    c.eventually(
+        "the new leader reporting leader on /readyz",
+        MINUTE,
+        || async move {
+            match s.readyz(&c.http).await.as_deref() {
+                Some("leader") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+
+    c.create_apikey("after", json!({})).await;
+    c.wait_ready("after", MINUTE).await;
+    let value = c.secret_value("after", "api-key").await.expect("value");
+    assert!(c.key_works(&value).await);
+    let again = c.wait_ready("before", MINUTE).await;
+    assert_eq!(
+        again.status.and_then(|s| s.key_id),
+        before.status.and_then(|s| s.key_id),
+        "the new leader keeps the existing key"
+    );
+    assert_eq!(
+        c.live_keys().await.len(),
+        2,
+        "one key per ApiKey across the failover"
+    );
+}

@@ -1,0 +1,224 @@
+//! Cluster benchmark: N ApiKeys against a real API server, the real operator (`keysmith run`,
+//! a child process) and the OpenRouter emulator with a rate limit and latency. Prints figures;
+//! asserts only that every ApiKey gets Ready with one live key. Skipped unless
+//! `KEYSMITH_E2E=1 KEYSMITH_BENCH=1` and `KUBECONFIG` are set:
+//!
+//! ```text
+//! KEYSMITH_E2E=1 KEYSMITH_BENCH=1 KUBECONFIG=~/.kube/config \
+//!   cargo test --release --test e2e_bench -- --nocapture
+//! BENCH_N=10000 … (the ≤ 64 MiB target is stated for 10,000 ApiKeys)
+//! ```
+//!
+//! Knobs (shared with benches/reconcile.rs, see tests/common/bench.rs and docs/performance.md):
+//! `BENCH_N` (1000), `BENCH_RATE` emulator requests/s before 429 (50), `BENCH_LATENCY` (5ms),
+//! `BENCH_CONCURRENCY` (`keysmith run --concurrency`, 16), `BENCH_REFRESH` the
+//! ClusterKeyProvider's refreshInterval (30s here), `BENCH_CLIENT_RPS` its client-side rate limit
+//! (unset: none), `BENCH_RETRY_AFTER` the emulator's Retry-After (1).
+
+#[path = "common/bench.rs"]
+mod bench;
+#[path = "common/cluster.rs"]
+mod cluster;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::ResourceExt;
+use serde_json::json;
+
+use bench::{mib, route, vm_hwm_kib, BenchConfig};
+use cluster::{is_ready, Cluster, EmulatorOptions, ProviderOptions, RUN_LABEL};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apikeys_at_scale() {
+    if !cluster::enabled("the cluster benchmark", &["KEYSMITH_E2E", "KEYSMITH_BENCH"]) {
+        return;
+    }
+    let cfg = BenchConfig::from_env("30s");
+    let n = cfg.n;
+    println!("keysmith cluster benchmark: {}", cfg.describe());
+
+    let cluster = Cluster::start(
+        "bench",
+        EmulatorOptions {
+            latency: Some(cfg.latency),
+            rate_limit: Some(cfg.rate),
+            retry_after: Some(cfg.retry_after),
+        },
+        ProviderOptions {
+            refresh_interval: Some(format!("{}s", cfg.refresh.as_secs())),
+            client_rps: cfg.client_rps,
+        },
+    )
+    .await;
+    let c = &cluster;
+    let op = c
+        .start_operator("op", &["--concurrency", &cfg.concurrency.to_string()])
+        .await;
+    let writes_metric = "keysmith_kubernetes_writes_total";
+
+    // Readiness is followed with a watch of the run's ApiKeys, not by polling N objects.
+    let start = Instant::now();
+    let ready_at: Arc<Mutex<HashMap<String, Duration>>> = Arc::default();
+    let follower = {
+        let ready_at = ready_at.clone();
+        let wc = watcher::Config::default().labels(&format!("{RUN_LABEL}={}", c.run));
+        let stream = watcher(c.apikeys(), wc).default_backoff().applied_objects();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(ev) = stream.next().await {
+                if let Ok(ak) = ev {
+                    if is_ready(&ak) {
+                        ready_at
+                            .lock()
+                            .unwrap()
+                            .entry(ak.name_any())
+                            .or_insert_with(|| start.elapsed());
+                    }
+                }
+            }
+        })
+    };
+
+    c.reset_emulator_stats().await;
+    let writes_before = op.metric_sum(&c.http, writes_metric).await;
+    let api = c.apikeys();
+    futures::stream::iter(0..n)
+        .for_each_concurrent(32, |i| {
+            let api = api.clone();
+            async move {
+                let ak = c.apikey(&format!("bench-{i:05}"), json!({}));
+                api.create(&PostParams::default(), &ak)
+                    .await
+                    .unwrap_or_else(|e| panic!("create bench-{i:05}: {e}"));
+            }
+        })
+        .await;
+    let submitted = start.elapsed();
+    let bound = cfg.bound();
+    let ready_at_ref = &ready_at;
+    c.eventually(
+        "every ApiKey Ready",
+        (bound * 20).max(Duration::from_secs(600)),
+        || async move {
+            let k = ready_at_ref.lock().unwrap().len();
+            if k >= n {
+                Ok(())
+            } else {
+                Err(format!("{k} of {n} Ready"))
+            }
+        },
+    )
+    .await;
+    let all_ready = ready_at.lock().unwrap().values().max().copied().unwrap();
+    let stats = c.emulator_stats().await;
+    let requests = stats["requests"].as_u64().unwrap_or(0);
+    let writes = op.metric_sum(&c.http, writes_metric).await - writes_before;
+    let limited = op
+        .metric_sum_where(
+            &c.http,
+            "keysmith_provider_requests_total",
+            "result=\"rate_limited\"",
+        )
+        .await;
+    println!("== creation ==");
+    println!(
+        "{n} ApiKeys submitted in {:.1}s; all Ready after {:.1}s; bound N/R = {:.1}s; ratio {:.2}",
+        submitted.as_secs_f64(),
+        all_ready.as_secs_f64(),
+        bound.as_secs_f64(),
+        all_ready.as_secs_f64() / bound.as_secs_f64()
+    );
+    println!(
+        "provider requests: {requests} = {:.2} per key (POST /keys {}, GET /keys {}, GET /keys/{{hash}} {}; 429s seen by keysmith {limited})",
+        requests as f64 / n as f64,
+        route(&stats, "POST /api/v1/keys"),
+        route(&stats, "GET /api/v1/keys"),
+        route(&stats, "GET /api/v1/keys/{hash}"),
+    );
+    println!(
+        "Kubernetes writes (keysmith_kubernetes_writes_total; Events not counted): {writes} = {:.2} per key",
+        writes / n as f64
+    );
+    println!("operator peak RSS so far: {}", mib(vm_hwm_kib(op.pid)));
+
+    // One refresh interval of idling, measured after the creation has settled.
+    tokio::time::sleep(cfg.refresh).await;
+    c.reset_emulator_stats().await;
+    let writes_before = op.metric_sum(&c.http, writes_metric).await;
+    let window = cfg.refresh.mul_f64(1.2);
+    tokio::time::sleep(window).await;
+    let stats = c.emulator_stats().await;
+    let writes = op.metric_sum(&c.http, writes_metric).await - writes_before;
+    let pages = n / 100 + 1;
+    println!("== idle, over {window:?} (every key's refresh comes due once; its requeue is refreshInterval ±10%) ==");
+    println!(
+        "Kubernetes writes: {writes} (target 0); provider requests: {} (GET /keys {}: {:.1} listings of {pages} pages; GET /keys/{{hash}} {}; target: list pages only)",
+        stats["requests"].as_u64().unwrap_or(0),
+        route(&stats, "GET /api/v1/keys"),
+        route(&stats, "GET /api/v1/keys") as f64 / pages as f64,
+        route(&stats, "GET /api/v1/keys/{hash}"),
+    );
+    let peak = vm_hwm_kib(op.pid);
+    println!("operator peak RSS (VmHWM of pid {}): {}", op.pid, mib(peak));
+    match (n, peak) {
+        (10_000.., Some(kib)) => println!(
+            "target: ≤ 64 MiB operator peak RSS with 10,000 ApiKeys: {} at N={n}: {}",
+            mib(Some(kib)),
+            if kib <= 64 * 1024 { "met" } else { "NOT met" }
+        ),
+        _ => println!(
+            "target: ≤ 64 MiB operator peak RSS with 10,000 ApiKeys: not checked at N={n} (run with BENCH_N=10000)"
+        ),
+    }
+
+    // Every ApiKey has its key, and nothing else is live.
+    assert_eq!(c.live_keys().await.len(), n, "one live key per ApiKey");
+
+    // Deleting them all goes through the operator: each key is revoked at the provider.
+    c.reset_emulator_stats().await;
+    let deleting = Instant::now();
+    let selector = format!("{RUN_LABEL}={}", c.run);
+    api.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels(&selector),
+    )
+    .await
+    .expect("delete_collection accepted");
+    c.eventually(
+        "every ApiKey deleted (keys revoked, finalizers released)",
+        (bound * 20).max(Duration::from_secs(600)),
+        || {
+            let api = api.clone();
+            let selector = selector.clone();
+            async move {
+                let l = api
+                    .list(&ListParams::default().labels(&selector).limit(1))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if l.items.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "about {} left",
+                        l.metadata.remaining_item_count.unwrap_or(0) + 1
+                    ))
+                }
+            }
+        },
+    )
+    .await;
+    let stats = c.emulator_stats().await;
+    println!(
+        "== deletion ==\nall {n} deleted after {:.1}s (DELETE /keys/{{hash}} {}); operator peak RSS {}",
+        deleting.elapsed().as_secs_f64(),
+        route(&stats, "DELETE /api/v1/keys/{hash}"),
+        mib(vm_hwm_kib(op.pid))
+    );
+    follower.abort();
+    drop(op);
+}
