@@ -450,3 +450,204 @@ async fn leader_election_fails_over() {
         "one key per ApiKey across the failover"
     );
 }
+
+/// `helm uninstall` when dropped (also on panic).
+struct HelmRelease {
+    helm: std::path::PathBuf,
+    name: String,
+    namespace: String,
+}
+
+impl Drop for HelmRelease {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(&self.helm)
+            .args([
+                "uninstall",
+                &self.name,
+                "--namespace",
+                &self.namespace,
+                "--wait",
+            ])
+            .status();
+    }
+}
+
+fn helm_binary() -> Option<std::path::PathBuf> {
+    if let Ok(h) = std::env::var("HELM") {
+        return Some(h.into());
+    }
+    let local = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/helm");
+    if local.exists() {
+        return Some(local);
+    }
+    std::process::Command::new("helm")
+        .arg("version")
+        .output()
+        .ok()
+        .map(|_| "helm".into())
+}
+
+/// The chart's RBAC is enough: the chart is installed (no pods: `replicas: 0`, so no image is
+/// needed), a token of its ServiceAccount is obtained with the TokenRequest API, and the
+/// operator binary runs outside the cluster with only that identity, with leader election on the
+/// chart's Lease, through the create → update → delete scenario.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_charts_rbac_is_sufficient() {
+    if !cluster::enabled("the_charts_rbac_is_sufficient", &["KEYSMITH_E2E"]) {
+        return;
+    }
+    let Some(helm) = helm_binary() else {
+        eprintln!("skipping e2e the_charts_rbac_is_sufficient: no helm (run scripts/install-tools.sh or set HELM)");
+        return;
+    };
+    let cluster = Cluster::start(
+        "rbac",
+        EmulatorOptions::default(),
+        ProviderOptions::default(),
+    )
+    .await;
+    let c = &cluster;
+    let release = format!("keysmith-e2e-{}", c.run);
+    let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/keysmith");
+    let out = std::process::Command::new(&helm)
+        .args(["install", &release])
+        .arg(&chart)
+        .args([
+            "--namespace",
+            &c.operator_ns,
+            "--skip-crds",
+            "--wait",
+            "--timeout",
+            "2m",
+        ])
+        .args([
+            "--set",
+            "replicas=0",
+            "--set",
+            "leaderElection.enabled=true",
+        ])
+        .output()
+        .expect("helm runs");
+    assert!(
+        out.status.success(),
+        "helm install failed (the API server must accept every object of the chart):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _release = HelmRelease {
+        helm: helm.clone(),
+        name: release.clone(),
+        namespace: c.operator_ns.clone(),
+    };
+
+    // A token of the chart's ServiceAccount (fullname == release name, as it contains "keysmith").
+    let sa = release.clone();
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(c.client.clone(), &c.operator_ns);
+    let tr: k8s_openapi::api::authentication::v1::TokenRequest = serde_json::from_value(json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": { "expirationSeconds": 3600 }
+    }))
+    .unwrap();
+    let tr = sas
+        .create_subresource::<_, k8s_openapi::api::authentication::v1::TokenRequest>(
+            "token",
+            &sa,
+            &Default::default(),
+            &tr,
+        )
+        .await
+        .expect("TokenRequest for the chart's ServiceAccount");
+    let token = tr.status.expect("token issued").token;
+
+    // A kubeconfig for the same API server that authenticates only with that token.
+    let current = kube::config::Kubeconfig::read().expect("KUBECONFIG readable");
+    let ctx_name = current.current_context.clone().expect("a current context");
+    let context = current
+        .contexts
+        .iter()
+        .find(|x| x.name == ctx_name)
+        .and_then(|x| x.context.clone())
+        .expect("context");
+    let named_cluster = current
+        .clusters
+        .iter()
+        .find(|x| x.name == context.cluster)
+        .cloned()
+        .expect("cluster");
+    let sa_config = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [ serde_json::to_value(&named_cluster).unwrap() ],
+        "users": [ { "name": "keysmith-sa", "user": { "token": token } } ],
+        "contexts": [ { "name": "keysmith-sa", "context": { "cluster": named_cluster.name, "user": "keysmith-sa", "namespace": c.operator_ns } } ],
+        "current-context": "keysmith-sa",
+    });
+    let kubeconfig = c.log_dir.join("kubeconfig-serviceaccount.yaml");
+    std::fs::write(&kubeconfig, serde_yaml::to_string(&sa_config).unwrap())
+        .expect("kubeconfig written");
+    let kubeconfig = kubeconfig.to_string_lossy().to_string();
+
+    let lease = format!("{release}-leader");
+    let op = c
+        .start_operator_env(
+            "rbac",
+            &["--leader-elect", "--lease-name", &lease],
+            &[("KUBECONFIG", &kubeconfig)],
+        )
+        .await;
+    c.eventually("the operator holds the chart's Lease", MINUTE, || async {
+        match holder_of(c.lease(&lease).await) {
+            Some(h) if h == op.name => Ok(()),
+            other => Err(format!("holder {other:?}")),
+        }
+    })
+    .await;
+
+    c.create_apikey("sa", json!({ "limit": { "amount": "5" } }))
+        .await;
+    let ak = c.wait_ready("sa", MINUTE).await;
+    let value = c
+        .secret_value("sa", "api-key")
+        .await
+        .expect("Secret sa holds api-key");
+    assert!(
+        c.key_works(&value).await,
+        "the Secret's value is a live key"
+    );
+    let id = ak.status.and_then(|s| s.key_id).expect("keyID");
+
+    c.apikeys()
+        .patch(
+            "sa",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "limit": { "amount": "7" } } })),
+        )
+        .await
+        .expect("limit edited");
+    c.eventually("limit 7 at the emulator", MINUTE, || async {
+        let live = c.live_keys_named("sa").await;
+        match live.first().and_then(limit_of) {
+            Some(7.0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    c.apikeys()
+        .delete("sa", &DeleteParams::default())
+        .await
+        .expect("delete accepted");
+    c.wait_gone("sa", MINUTE).await;
+    let live = c.live_keys_named("sa").await;
+    assert!(live.is_empty(), "key {id} revoked: {live:?}");
+    let forbidden = std::fs::read_to_string(&op.log)
+        .unwrap_or_default()
+        .matches("forbidden")
+        .count();
+    assert_eq!(
+        forbidden,
+        0,
+        "the operator logged Forbidden errors with the chart's RBAC; {}",
+        op.log.display()
+    );
+    drop(op);
+}

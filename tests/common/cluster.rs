@@ -391,6 +391,16 @@ impl Cluster {
     /// `extra` flags, and wait until `/readyz` answers. Declare the returned value after the
     /// Cluster so that it is dropped (killed) first.
     pub async fn start_operator(&self, name: &str, extra: &[&str]) -> Operator {
+        self.start_operator_env(name, extra, &[]).await
+    }
+
+    /// [`Cluster::start_operator`] with extra environment variables (e.g. another KUBECONFIG).
+    pub async fn start_operator_env(
+        &self,
+        name: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Operator {
         let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = self.log_dir.join(format!("operator-{name}.log"));
         let file = std::fs::File::create(&log).expect("operator log file");
@@ -405,6 +415,7 @@ impl Cluster {
                 std::env::var("KEYSMITH_E2E_LOG").unwrap_or_else(|_| "info,keysmith=debug".into()),
             )
             .env("POD_NAME", name)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file handle"))
             .stderr(file)
