@@ -1089,6 +1089,30 @@ async fn recover(
         }
         st.key_id = Some(new);
         st.key_scope = location(scope);
+    } else {
+        // The interrupted create may still be on its way: a request sent just before the
+        // process died can be handled by the provider after the listing above. Only once it can
+        // no longer arrive (the client timeout, plus a margin) is the attempt concluded.
+        let started = DateTime::parse_from_rfc3339(&pending.started_at)
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_else(|_| Utc::now());
+        let settle = started
+            + chrono::Duration::from_std(ctx.client_options.timeout + Duration::from_secs(5))
+                .unwrap_or_default();
+        if let Ok(wait) = (settle - Utc::now()).to_std() {
+            if !wait.is_zero() {
+                return Err(Failure {
+                    reason: "RecoveringCreate",
+                    message: format!(
+                        "an interrupted create may still reach {}; keysmith looks for its key again at {} before creating a new one",
+                        p.provider_type,
+                        ts(&settle)
+                    ),
+                    transient: true,
+                    retry_after: Some(wait),
+                });
+            }
+        }
     }
     st.pending_create = None;
     Ok(())

@@ -157,16 +157,26 @@ async fn run_with_leader_election(
     let renew = {
         let lost = lost.clone();
         tokio::spawn(async move {
+            let mut renewed = std::time::Instant::now();
             loop {
                 tokio::time::sleep(ttl / 3).await;
                 match lock.try_acquire_or_renew().await {
-                    Ok(LeaseLockResult::Acquired(_)) => {}
+                    Ok(LeaseLockResult::Acquired(_)) => renewed = std::time::Instant::now(),
                     Ok(LeaseLockResult::NotAcquired(_)) => {
                         tracing::error!("lost the leader Lease");
                         lost.notify_one();
                         return lock;
                     }
-                    Err(e) => tracing::warn!(error = %e, "leader election: renew failed"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "leader election: renew failed");
+                        // Past the lease duration a standby may have taken over: stop
+                        // reconciling rather than risk two leaders.
+                        if renewed.elapsed() >= ttl {
+                            tracing::error!("could not renew the leader Lease within its duration; stepping down");
+                            lost.notify_one();
+                            return lock;
+                        }
+                    }
                 }
             }
         })

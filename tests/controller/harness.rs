@@ -214,15 +214,25 @@ impl Env {
     }
 
     /// Reconcile until Ready=True (or `max` passes); returns the last ApiKey.
+    /// Passes that only wait for an interrupted create to settle (reason `RecoveringCreate`,
+    /// for up to the client timeout plus 5 s) do not count against `max`.
     pub async fn converge(&self, name: &str, max: usize) -> ApiKey {
-        for _ in 0..max {
+        let mut passes = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while passes < max {
             if let Err(e) = self.reconcile(name).await {
                 eprintln!("reconcile {name}: {e}");
             }
             let ak = self.get(name).await;
-            if ready(&ak).0 == "True" {
+            let (status, reason, _) = ready(&ak);
+            if status == "True" {
                 return ak;
             }
+            if reason == "RecoveringCreate" && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+            passes += 1;
         }
         self.get(name).await
     }

@@ -448,6 +448,14 @@ async fn a_crash_between_create_and_secret_write_leaves_no_orphan() {
     let orphan = keys[0]["hash"].as_str().unwrap().to_string();
     assert!(env.secrets().get_opt("crash").await.unwrap().is_none());
 
+    // Right after the crash the orphan is revoked, but no new key is created while the
+    // interrupted create could still reach the provider (client timeout + 5 s).
+    env.reconcile("crash").await.unwrap();
+    let ak = env.get("crash").await;
+    assert_eq!(ready(&ak).1, "RecoveringCreate", "{:?}", ak.status);
+    assert!(ak.status.as_ref().unwrap().pending_create.is_some());
+    assert_eq!(live_keys(&env.emulator_keys().await), 0, "the orphan is revoked at once");
+
     let ak = env.converge("crash", 4).await;
     assert_eq!(ready(&ak).0, "True", "{:?}", ak.status);
     let st = ak.status.unwrap();
