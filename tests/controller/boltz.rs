@@ -78,10 +78,6 @@ async fn key_by_id(env: &Env, id: &str) -> Value {
         .unwrap_or_else(|| panic!("key {id} at the emulator"))
 }
 
-fn route_count(stats: &Value, route: &str) -> u64 {
-    stats["byRoute"][route].as_u64().unwrap_or(0)
-}
-
 #[tokio::test]
 async fn creates_a_workspace_key_and_reports_prefix_and_last_use() {
     let env = env().await;

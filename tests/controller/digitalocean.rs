@@ -85,10 +85,6 @@ async fn key_by_id(env: &Env, id: &str) -> Value {
         .unwrap_or_else(|| panic!("key {id} at the emulator"))
 }
 
-fn route_count(stats: &Value, route: &str) -> u64 {
-    stats["byRoute"][route].as_u64().unwrap_or(0)
-}
-
 #[tokio::test]
 async fn a_model_key_without_key_ref_is_refused_before_any_call() {
     let env = env().await;

@@ -373,3 +373,8 @@ impl Env {
         self.terminating.lock().unwrap().insert(name.to_string());
     }
 }
+
+/// Requests the emulator counted for `route` (`"METHOD /path/{param}"`) in `GET /_emulator/stats`.
+pub fn route_count(stats: &Value, route: &str) -> u64 {
+    stats["byRoute"][route].as_u64().unwrap_or(0)
+}

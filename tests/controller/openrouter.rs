@@ -66,10 +66,6 @@ fn live_keys(keys: &[Value]) -> usize {
     keys.iter().filter(|k| k["active"] == true).count()
 }
 
-fn route_count(stats: &Value, route: &str) -> u64 {
-    stats["byRoute"][route].as_u64().unwrap_or(0)
-}
-
 #[tokio::test]
 async fn creates_the_key_writes_the_secret_and_reports_status() {
     let env = env().await;
@@ -454,7 +450,11 @@ async fn a_crash_between_create_and_secret_write_leaves_no_orphan() {
     let ak = env.get("crash").await;
     assert_eq!(ready(&ak).1, "RecoveringCreate", "{:?}", ak.status);
     assert!(ak.status.as_ref().unwrap().pending_create.is_some());
-    assert_eq!(live_keys(&env.emulator_keys().await), 0, "the orphan is revoked at once");
+    assert_eq!(
+        live_keys(&env.emulator_keys().await),
+        0,
+        "the orphan is revoked at once"
+    );
 
     let ak = env.converge("crash", 4).await;
     assert_eq!(ready(&ak).0, "True", "{:?}", ak.status);

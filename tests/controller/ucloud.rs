@@ -83,10 +83,6 @@ fn key_by_id<'a>(keys: &'a [Value], id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("key {id} at the emulator: {keys:?}"))
 }
 
-fn route_count(stats: &Value, route: &str) -> u64 {
-    stats["byRoute"][route].as_u64().unwrap_or(0)
-}
-
 #[tokio::test]
 async fn creates_the_key_and_pushes_updates() {
     let env = env().await;
