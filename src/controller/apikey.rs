@@ -603,8 +603,14 @@ async fn drive_with(
     let value = match held {
         Some(v) => v,
         None => {
-            if caps.secret_readable {
-                if let Some(v) = p.backend.get(&at, &id).await?.secret {
+            // Providers that return the plaintext give it back; otherwise the value is lost.
+            let restored = if caps.secret_readable {
+                p.backend.get(&at, &id).await?.secret
+            } else {
+                None
+            };
+            match restored {
+                Some(v) => {
                     ctx.event(
                         ak,
                         false,
@@ -616,7 +622,8 @@ async fn drive_with(
                     )
                     .await;
                     v
-                } else {
+                }
+                None => {
                     return replace_or_readopt(
                         ak,
                         ctx,
@@ -629,22 +636,8 @@ async fn drive_with(
                         &id,
                         seen,
                     )
-                    .await;
+                    .await
                 }
-            } else {
-                return replace_or_readopt(
-                    ak,
-                    ctx,
-                    st,
-                    p,
-                    &scope,
-                    &at,
-                    &settings,
-                    existing.as_ref(),
-                    &id,
-                    seen,
-                )
-                .await;
             }
         }
     };

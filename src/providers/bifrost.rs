@@ -586,15 +586,7 @@ impl BifrostClient {
                     if let Some(desc) = &b.description {
                         body["description"] = json!(desc);
                     }
-                    for (k, v) in [
-                        ("azure_key_config", &b.azure_key_config),
-                        ("vertex_key_config", &b.vertex_key_config),
-                        ("bedrock_key_config", &b.bedrock_key_config),
-                    ] {
-                        if let Some(v) = v {
-                            body[k] = v.clone();
-                        }
-                    }
+                    copy_cloud_configs(&mut body, &b);
                 }
                 _ => {}
             }
@@ -1012,15 +1004,7 @@ fn provider_key_body(s: &KeySettings, b: &BifrostKeySpec, id: &str, value: &Secr
     if let Some(d) = &b.description {
         body["description"] = json!(d);
     }
-    for (k, v) in [
-        ("azure_key_config", &b.azure_key_config),
-        ("vertex_key_config", &b.vertex_key_config),
-        ("bedrock_key_config", &b.bedrock_key_config),
-    ] {
-        if let Some(v) = v {
-            body[k] = v.clone();
-        }
-    }
+    copy_cloud_configs(&mut body, b);
     body
 }
 
@@ -1643,6 +1627,19 @@ impl FlatKeyRow {
             created_at: None,
         }
         .into_key(&provider)
+    }
+}
+
+/// The Azure/Vertex/Bedrock configurations of the ApiKey's bifrost block, as the gateway takes them.
+fn copy_cloud_configs(body: &mut serde_json::Value, b: &BifrostKeySpec) {
+    for (k, v) in [
+        ("azure_key_config", &b.azure_key_config),
+        ("vertex_key_config", &b.vertex_key_config),
+        ("bedrock_key_config", &b.bedrock_key_config),
+    ] {
+        if let Some(v) = v {
+            body[k] = v.clone();
+        }
     }
 }
 
