@@ -171,12 +171,10 @@ impl StoredKey {
         self.limit.map(|l| (l - spent).max(0.0))
     }
 
-    fn to_json(&self) -> Value {
-        json!({
-            "hash": self.hash,
-            "name": self.name,
+    /// The fields the key object and `GET /key` share: label, limit and spend.
+    fn limit_and_usage(&self) -> serde_json::Map<String, Value> {
+        let v = json!({
             "label": self.label,
-            "disabled": self.disabled,
             "limit": self.limit,
             "limit_remaining": self.limit_remaining(),
             "limit_reset": self.limit_reset,
@@ -189,37 +187,38 @@ impl StoredKey {
             "byok_usage_daily": self.byok_usage[1],
             "byok_usage_weekly": self.byok_usage[2],
             "byok_usage_monthly": self.byok_usage[3],
-            "created_at": ts(self.created_at),
-            "updated_at": self.updated_at.map(ts),
-            "expires_at": self.expires_at.map(ts),
             "creator_user_id": CREATOR_USER_ID,
-            "workspace_id": self.workspace_id,
-        })
+            "expires_at": self.expires_at.map(ts),
+        });
+        match v {
+            Value::Object(m) => m,
+            _ => unreachable!("a json! object literal"),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        let mut m = self.limit_and_usage();
+        m.extend([
+            ("hash".to_string(), json!(self.hash)),
+            ("name".to_string(), json!(self.name)),
+            ("disabled".to_string(), json!(self.disabled)),
+            ("created_at".to_string(), json!(ts(self.created_at))),
+            ("updated_at".to_string(), json!(self.updated_at.map(ts))),
+            ("workspace_id".to_string(), json!(self.workspace_id)),
+        ]);
+        Value::Object(m)
     }
 
     /// `GET /key` for this key.
     fn current_json(&self) -> Value {
-        json!({
-            "label": self.label,
-            "limit": self.limit,
-            "limit_remaining": self.limit_remaining(),
-            "limit_reset": self.limit_reset,
-            "include_byok_in_limit": self.include_byok_in_limit,
-            "usage": self.usage[0],
-            "usage_daily": self.usage[1],
-            "usage_weekly": self.usage[2],
-            "usage_monthly": self.usage[3],
-            "byok_usage": self.byok_usage[0],
-            "byok_usage_daily": self.byok_usage[1],
-            "byok_usage_weekly": self.byok_usage[2],
-            "byok_usage_monthly": self.byok_usage[3],
-            "is_free_tier": false,
-            "is_management_key": false,
-            "is_provisioning_key": false,
-            "creator_user_id": CREATOR_USER_ID,
-            "expires_at": self.expires_at.map(ts),
-            "rate_limit": legacy_rate_limit(),
-        })
+        let mut m = self.limit_and_usage();
+        m.extend([
+            ("is_free_tier".to_string(), json!(false)),
+            ("is_management_key".to_string(), json!(false)),
+            ("is_provisioning_key".to_string(), json!(false)),
+            ("rate_limit".to_string(), legacy_rate_limit()),
+        ]);
+        Value::Object(m)
     }
 }
 

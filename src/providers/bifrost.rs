@@ -389,16 +389,25 @@ impl BifrostClient {
     // ---- provider keys ------------------------------------------------------------------------
 
     async fn pk_get(&self, provider: &str, id: &str) -> Result<ProviderKeyJson, ProviderError> {
-        let resp = self
-            .call(
-                "get_provider_key",
-                Idempotency::Safe,
-                Method::GET,
-                &pk_path(provider, Some(id)),
-                None,
-            )
-            .await?;
-        resp.json()
+        self.pk_get_json(provider, id).await
+    }
+
+    /// `GET /api/providers/{provider}/keys/{id}`, decoded as `T` (the typed key, or the raw
+    /// object an update starts from).
+    async fn pk_get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        provider: &str,
+        id: &str,
+    ) -> Result<T, ProviderError> {
+        self.call(
+            "get_provider_key",
+            Idempotency::Safe,
+            Method::GET,
+            &pk_path(provider, Some(id)),
+            None,
+        )
+        .await?
+        .json()
     }
 
     async fn pk_list(&self, provider: &str) -> Result<Vec<ProviderKey>, ProviderError> {
@@ -558,16 +567,7 @@ impl BifrostClient {
     ) -> Result<ProviderKey, ProviderError> {
         // A provider-key PUT is a full object: start from what the gateway has. The redacted
         // value (and redacted config secrets) sent back are kept by the gateway.
-        let cur = self
-            .call(
-                "get_provider_key",
-                Idempotency::Safe,
-                Method::GET,
-                &pk_path(provider, Some(id)),
-                None,
-            )
-            .await?;
-        let mut body: Value = cur.json()?;
+        let mut body: Value = self.pk_get_json(provider, id).await?;
         if !body.is_object() {
             return Err(ProviderError::Malformed(
                 "provider key is not a JSON object".into(),
