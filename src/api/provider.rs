@@ -175,12 +175,14 @@ pub enum BifrostAuthScheme {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimit {
-    /// Sustained requests per second (may be fractional, e.g. 0.5).
+    /// Sustained requests per second (may be fractional, e.g. 0.5), from 0.001 to 10000.
     #[x_kube(validation = Rule::new("self > 0.0").message("requestsPerSecond must be positive"))]
+    #[schemars(range(min = 0.001, max = 10000.0))]
     pub requests_per_second: f64,
-    /// Largest burst above the sustained rate. Default: max(1, requestsPerSecond).
+    /// Largest burst above the sustained rate, from 1 to 10000. Default: max(1,
+    /// requestsPerSecond).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 10000))]
     pub burst: Option<u32>,
 }
 

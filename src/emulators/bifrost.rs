@@ -211,6 +211,7 @@ struct Budget {
     reset_duration: String,
     current_usage: f64,
     last_reset: DateTime<Utc>,
+    created_at: DateTime<Utc>,
 }
 
 #[derive(Clone, Default)]
@@ -224,6 +225,7 @@ struct RateLimit {
     request_reset_duration: Option<String>,
     request_current_usage: i64,
     request_last_reset: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
 }
 
 #[derive(Clone)]
@@ -502,6 +504,22 @@ impl PKey {
         v
     }
 
+    /// A `TableKey` row as a virtual key's provider config lists it (no value).
+    fn table_row(&self) -> Value {
+        json!({
+            "key_id": self.id,
+            "name": self.name,
+            "provider": self.provider,
+            "models": self.models,
+            "weight": self.weight,
+            "enabled": self.enabled,
+            "use_for_batch_api": self.use_for_batch_api,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "config_hash": config_hash(&[&self.id, &self.name, &self.models.join(","), &self.weight.to_string()]),
+        })
+    }
+
     fn flat_row(&self) -> Value {
         json!({
             "key_id": self.id,
@@ -525,6 +543,9 @@ impl Budget {
             "current_usage": self.current_usage,
             "last_reset": self.last_reset.to_rfc3339_opts(SecondsFormat::Nanos, true),
             "calendar_aligned": false,
+            "config_hash": config_hash(&[&self.id, &self.max_limit.to_string(), &self.reset_duration]),
+            "created_at": self.created_at.to_rfc3339_opts(SecondsFormat::Nanos, true),
+            "updated_at": self.created_at.to_rfc3339_opts(SecondsFormat::Nanos, true),
         })
     }
 
@@ -540,20 +561,40 @@ impl Budget {
 }
 
 impl RateLimit {
+    /// As Bifrost's `RateLimit` schema has it: the token limit and window are integer and
+    /// string when set and left out otherwise (not null); the request ones may be null; the
+    /// last-reset times are always times (the creation time before the first reset).
     fn json(&self) -> Value {
-        let t =
-            |d: &Option<DateTime<Utc>>| d.map(|d| d.to_rfc3339_opts(SecondsFormat::Nanos, true));
-        json!({
+        let t = |d: &Option<DateTime<Utc>>| {
+            d.unwrap_or(self.created_at)
+                .to_rfc3339_opts(SecondsFormat::Nanos, true)
+        };
+        let created = self.created_at.to_rfc3339_opts(SecondsFormat::Nanos, true);
+        let mut v = json!({
             "id": self.id,
-            "token_max_limit": self.token_max_limit,
-            "token_reset_duration": self.token_reset_duration,
             "token_current_usage": self.token_current_usage,
             "token_last_reset": t(&self.token_last_reset),
             "request_max_limit": self.request_max_limit,
             "request_reset_duration": self.request_reset_duration,
             "request_current_usage": self.request_current_usage,
             "request_last_reset": t(&self.request_last_reset),
-        })
+            "config_hash": config_hash(&[
+                &self.id,
+                &format!("{:?}", self.token_max_limit),
+                self.token_reset_duration.as_deref().unwrap_or(""),
+                &format!("{:?}", self.request_max_limit),
+                self.request_reset_duration.as_deref().unwrap_or(""),
+            ]),
+            "created_at": created,
+            "updated_at": created,
+        });
+        if let Some(m) = self.token_max_limit {
+            v["token_max_limit"] = json!(m);
+        }
+        if let Some(d) = &self.token_reset_duration {
+            v["token_reset_duration"] = json!(d);
+        }
+        v
     }
 
     fn refresh(&mut self, at: DateTime<Utc>) {
@@ -576,22 +617,38 @@ impl RateLimit {
 }
 
 impl Vk {
-    fn json(&self, with_value: bool) -> Value {
+    /// The `VirtualKey` object. Provider configs name their keys as Bifrost does: `key_ids` is
+    /// request-only; answers carry `allow_all_keys` and `keys` (the provider keys' table rows).
+    fn json(&self, with_value: bool, pkeys: &[PKey]) -> Value {
         let pcs: Vec<Value> = self
             .provider_configs
             .iter()
             .map(|c| {
-                json!({
+                let all = c.key_ids.iter().any(|k| k == "*");
+                let keys: Vec<Value> = if all {
+                    Vec::new()
+                } else {
+                    pkeys
+                        .iter()
+                        .filter(|k| k.provider == c.provider && c.key_ids.contains(&k.id))
+                        .map(PKey::table_row)
+                        .collect()
+                };
+                let mut v = json!({
                     "id": c.id,
                     "virtual_key_id": self.id,
                     "provider": c.provider,
                     "weight": c.weight,
                     "allowed_models": c.allowed_models,
                     "blacklisted_models": c.blacklisted_models,
-                    "key_ids": c.key_ids,
+                    "allow_all_keys": all,
+                    "keys": keys,
                     "budgets": c.budgets.iter().map(Budget::json).collect::<Vec<_>>(),
-                    "rate_limit": c.rate_limit.as_ref().map(RateLimit::json),
-                })
+                });
+                if let Some(rl) = &c.rate_limit {
+                    v["rate_limit"] = rl.json();
+                }
+                v
             })
             .collect();
         let mut v = json!({
@@ -601,8 +658,6 @@ impl Vk {
             "is_active": self.is_active,
             "provider_configs": pcs,
             "mcp_configs": [],
-            "team_id": self.team_id,
-            "customer_id": self.customer_id,
             "budgets": self.budgets.iter().map(Budget::json).collect::<Vec<_>>(),
             "calendar_aligned": self.calendar_aligned,
             "config_hash": config_hash(&[&self.id, &self.name, &self.description, &self.is_active.to_string()]),
@@ -611,6 +666,13 @@ impl Vk {
         });
         if let Some(rl) = &self.rate_limit {
             v["rate_limit"] = rl.json();
+        }
+        // Strings when set, left out otherwise (the schema has no null here).
+        if let Some(t) = &self.team_id {
+            v["team_id"] = json!(t);
+        }
+        if let Some(c) = &self.customer_id {
+            v["customer_id"] = json!(c);
         }
         if with_value {
             v["value"] = json!(self.value);
@@ -658,6 +720,7 @@ fn parse_budget(v: &Value, field: &str, next_id: &mut u64) -> Result<Budget, Str
         reset_duration: reset,
         current_usage: 0.0,
         last_reset: Utc::now(),
+        created_at: Utc::now(),
     })
 }
 
@@ -743,6 +806,7 @@ fn parse_rate_limit(v: Option<&Value>, field: &str) -> Result<Option<Option<Rate
         request_max_limit: rm,
         request_last_reset: rd.as_ref().map(|_| at),
         request_reset_duration: rd,
+        created_at: at,
         ..Default::default()
     })))
 }
@@ -1215,8 +1279,19 @@ async fn list_vks(State(emu): State<Arc<Emu>>, RawQuery(q): RawQuery) -> Respons
     }
     let with_value = !emu.hide_vk_values;
     if !paginated {
-        let all: Vec<Value> = db.vks.iter().map(|v| v.json(with_value)).collect();
-        return ok(json!({ "virtual_keys": all, "count": all.len() }));
+        let all: Vec<Value> = db
+            .vks
+            .iter()
+            .map(|v| v.json(with_value, &db.pkeys))
+            .collect();
+        // Unpaginated: the whole list is one page.
+        return ok(json!({
+            "virtual_keys": all,
+            "count": all.len(),
+            "total_count": all.len(),
+            "limit": all.len(),
+            "offset": 0,
+        }));
     }
     let num = |k: &str| -> Result<Option<usize>, String> {
         match param(k) {
@@ -1267,7 +1342,7 @@ async fn list_vks(State(emu): State<Arc<Emu>>, RawQuery(q): RawQuery) -> Respons
         .into_iter()
         .skip(offset)
         .take(limit)
-        .map(|v| v.json(with_value))
+        .map(|v| v.json(with_value, &db.pkeys))
         .collect();
     ok(json!({
         "virtual_keys": page,
@@ -1319,18 +1394,19 @@ async fn create_vk(State(emu): State<Arc<Emu>>, body: Bytes) -> Response {
         Ok(vk) => vk,
         Err(e) => return bad(e),
     };
-    let out = vk.json(true);
+    let out = vk.json(true, &db.pkeys);
     db.vks.push(vk);
     ok(json!({ "message": "Virtual key created successfully", "virtual_key": out }))
 }
 
 async fn get_vk(State(emu): State<Arc<Emu>>, Path(id): Path<String>) -> Response {
-    let mut db = emu.db.lock().unwrap();
+    let mut guard = emu.db.lock().unwrap();
+    let db = &mut *guard;
     let Some(vk) = db.vks.iter_mut().find(|v| v.id == id) else {
         return no_vk();
     };
     vk.refresh(Utc::now());
-    ok(json!({ "virtual_key": vk.json(!emu.hide_vk_values) }))
+    ok(json!({ "virtual_key": vk.json(!emu.hide_vk_values, &db.pkeys) }))
 }
 
 async fn update_vk(State(emu): State<Arc<Emu>>, Path(id): Path<String>, body: Bytes) -> Response {
@@ -1395,7 +1471,7 @@ async fn update_vk(State(emu): State<Arc<Emu>>, Path(id): Path<String>, body: By
         return bad(e);
     }
     vk.updated_at = now();
-    let out = vk.json(true);
+    let out = vk.json(true, &db.pkeys);
     db.vks[pos] = vk;
     ok(json!({ "message": "Virtual key updated successfully", "virtual_key": out }))
 }
@@ -1410,13 +1486,16 @@ async fn delete_vk(State(emu): State<Arc<Emu>>, Path(id): Path<String>) -> Respo
 }
 
 async fn rotate_vk(State(emu): State<Arc<Emu>>, Path(id): Path<String>) -> Response {
-    let mut db = emu.db.lock().unwrap();
+    let mut guard = emu.db.lock().unwrap();
+    let db = &mut *guard;
     let Some(vk) = db.vks.iter_mut().find(|v| v.id == id) else {
         return no_vk();
     };
     vk.value = new_vk_value();
     vk.updated_at = now();
-    ok(json!({ "message": "Virtual key rotated successfully", "virtual_key": vk.json(true) }))
+    ok(
+        json!({ "message": "Virtual key rotated successfully", "virtual_key": vk.json(true, &db.pkeys) }),
+    )
 }
 
 async fn rotate_vks(State(emu): State<Arc<Emu>>, body: Bytes) -> Response {
@@ -1436,11 +1515,12 @@ async fn rotate_vks(State(emu): State<Arc<Emu>>, body: Bytes) -> Response {
             &format!("Virtual key not found: {missing}"),
         );
     }
+    let db = &mut *db;
     let mut out = Vec::new();
     for vk in db.vks.iter_mut().filter(|v| ids.contains(&v.id)) {
         vk.value = new_vk_value();
         vk.updated_at = now();
-        out.push(vk.json(true));
+        out.push(vk.json(true, &db.pkeys));
     }
     ok(json!({ "message": "Virtual keys rotated successfully", "virtual_keys": out }))
 }

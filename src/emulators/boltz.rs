@@ -5,7 +5,8 @@
 //! admin keys given by flag, workspace keys minted with a one-time `key`, cursor pagination with
 //! `first_id`/`last_id`/`has_more`, revoke, `allowed_ips` enforced on use, `livemode` on
 //! everything. Where Boltz is silent the emulator's choices are documented there too: the error
-//! body `{"error": {"type", "message"}}`, newest-first listing order, idempotent revoke.
+//! body `{"error": {"type", "message"}}`, newest-first listing order, and a repeated revoke
+//! answering 409 (the reference allows "idempotent or 409"; `--idempotent-revoke` gives 200).
 //!
 //! Control endpoints (no credentials): `GET /_emulator/keys` (every key, never the plaintext)
 //! and `POST /_emulator/keys/{id}/expire` (make a key expired now).
@@ -56,6 +57,9 @@ pub struct Args {
     /// A workspace id (repeatable). The first is the default workspace. Default: `ws_default`.
     #[arg(long = "workspace")]
     pub workspaces: Vec<String>,
+    /// Answer a repeated revoke with 200 and the key (default: 409 Conflict).
+    #[arg(long)]
+    pub idempotent_revoke: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,6 +127,7 @@ struct Store {
     keys: Vec<Key>,
     next_seq: u64,
     workspaces: Vec<String>,
+    idempotent_revoke: bool,
 }
 
 type Shared = Arc<Mutex<Store>>;
@@ -457,10 +462,14 @@ async fn revoke(
         return err(st, m);
     }
     let mut s = store.lock().unwrap();
+    let idempotent = s.idempotent_revoke;
     match s.keys.iter_mut().find(|k| k.id == id) {
         None => err(StatusCode::NOT_FOUND, format!("API key {id} not found.")),
+        Some(k) if !k.is_active && !idempotent => err(
+            StatusCode::CONFLICT,
+            format!("API key {id} is already revoked."),
+        ),
         Some(k) => {
-            // Revoking a revoked key is idempotent: 200 with the key as it is.
             k.is_active = false;
             Json(k.to_json()).into_response()
         }
@@ -506,6 +515,7 @@ pub fn build(args: &Args) -> (Router, Arc<Faults>) {
         } else {
             args.workspaces.clone()
         },
+        idempotent_revoke: args.idempotent_revoke,
         ..Default::default()
     };
     let started = Utc::now();

@@ -33,7 +33,7 @@ use serde_json::{json, Value};
 
 use super::{json_response, FaultArgs, Faults};
 use crate::providers::ucloud::{
-    retcode, signature, split_whitelist, valid_whitelist_entry, Params, MAX_WHITELIST,
+    retcode, split_whitelist, valid_whitelist_entry, Params, MAX_WHITELIST,
 };
 use crate::providers::{decimal_from_f64, normalize_decimal};
 
@@ -71,6 +71,10 @@ pub struct Args {
     /// ChannelId reported on keys (126: amounts are USD).
     #[arg(long, default_value_t = 126)]
     pub channel_id: i64,
+    /// RetCode of a delete (or update) of a key that does not exist. UCloud's reference says
+    /// only "non-zero (code unconfirmed)"; keysmith's assumed code is the default.
+    #[arg(long, default_value_t = retcode::KEY_NOT_FOUND)]
+    pub missing_key_retcode: i64,
     #[command(flatten)]
     pub faults: FaultArgs,
 }
@@ -83,6 +87,7 @@ impl std::fmt::Debug for Args {
             .field("project_ids", &self.project_ids)
             .field("require_project_id", &self.require_project_id)
             .field("channel_id", &self.channel_id)
+            .field("missing_key_retcode", &self.missing_key_retcode)
             .field("faults", &self.faults)
             .finish()
     }
@@ -96,6 +101,7 @@ impl Default for Args {
             project_ids: Vec::new(),
             require_project_id: false,
             channel_id: 126,
+            missing_key_retcode: retcode::KEY_NOT_FOUND,
             faults: FaultArgs::default(),
         }
     }
@@ -127,7 +133,9 @@ impl StoredKey {
             "KeyId": self.id,
             "Name": self.name,
             "Key": self.secret,
-            "Status": 1,
+            // The reference documents only "1 = normal"; a disabled key answers 0 here, the
+            // reading least convenient for a client (which must not take it as "gone").
+            "Status": if self.modelverse_disabled == 0 { 1 } else { 0 },
             "CreateTime": self.create_time,
             "ExpireTime": self.expire_time,
             "ModelverseDisabled": self.modelverse_disabled,
@@ -191,6 +199,7 @@ struct Emulator {
     projects: Vec<String>,
     require_project_id: bool,
     channel_id: i64,
+    missing_key_retcode: i64,
     store: Mutex<Store>,
 }
 
@@ -229,9 +238,9 @@ impl Fail {
             format!("Params [{name}] not available"),
         )
     }
-    fn not_found(id: &str) -> Self {
+    fn not_found(emu: &Emulator, id: &str) -> Self {
         Fail::new(
-            retcode::KEY_NOT_FOUND,
+            emu.missing_key_retcode,
             format!("UMInfer API key [{id}] does not exist"),
         )
     }
@@ -396,6 +405,24 @@ async fn api(
     }
 }
 
+/// The emulator's own check of UCloud's request signature (independent of the client's signing
+/// code): SHA-1 over `name` `value` of every other parameter in byte order of the names, then
+/// the private key; compared as hex, case-insensitively.
+fn signature_valid(p: &Params, given: &str, private_key: &str) -> bool {
+    use sha1::Digest;
+    let mut names: Vec<&String> = p.keys().filter(|n| n.as_str() != "Signature").collect();
+    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    let mut text = Vec::new();
+    for n in names {
+        text.extend_from_slice(n.as_bytes());
+        text.extend_from_slice(p[n].as_bytes());
+    }
+    text.extend_from_slice(private_key.as_bytes());
+    let digest = sha1::Sha1::digest(&text);
+    let expected: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    given.len() == expected.len() && given.to_ascii_lowercase() == expected
+}
+
 /// One action, after its name is known: throttling, signature, public key, project, dispatch.
 fn call(emu: &Emulator, action: &str, p: &Params) -> Result<Value, Fail> {
     {
@@ -418,7 +445,7 @@ fn call(emu: &Emulator, action: &str, p: &Params) -> Result<Value, Fail> {
     if p.get("PublicKey") != Some(&emu.public_key) {
         return Err(Fail::new(retcode::USER_NOT_EXISTS, "User Not Exists"));
     }
-    if !sig.eq_ignore_ascii_case(&signature(p, &emu.private_key)) {
+    if !signature_valid(p, sig, &emu.private_key) {
         return Err(Fail::new(
             retcode::SIGNATURE_ERROR,
             "Signature VerifyAC Error",
@@ -502,7 +529,11 @@ fn list(emu: &Emulator, project: &str, p: &Params) -> Result<Value, Fail> {
         .take(limit)
         .map(|k| k.api_json(emu))
         .collect();
-    // Like the SDK's response type: no TotalCount for this action.
+    // Like the SDK's response type: no TotalCount for this action. An empty listing is
+    // `"Data": {}`, as in the published example.
+    if data.is_empty() {
+        return Ok(json!({ "Data": {} }));
+    }
     Ok(json!({ "Data": data }))
 }
 
@@ -516,7 +547,7 @@ fn update(emu: &Emulator, project: &str, p: &Params) -> Result<Value, Fail> {
         .keys
         .iter_mut()
         .find(|k| !k.deleted && k.project == project && &k.id == id)
-        .ok_or_else(|| Fail::not_found(id))?;
+        .ok_or_else(|| Fail::not_found(emu, id))?;
     // Omitted parameters leave the setting as it is.
     if let Some(v) = s.name {
         k.name = v;
@@ -554,7 +585,7 @@ fn delete(emu: &Emulator, project: &str, p: &Params) -> Result<Value, Fail> {
         .keys
         .iter_mut()
         .find(|k| !k.deleted && k.project == project && &k.id == id)
-        .ok_or_else(|| Fail::not_found(id))?;
+        .ok_or_else(|| Fail::not_found(emu, id))?;
     k.deleted = true;
     Ok(json!({ "UminferID": id }))
 }
@@ -708,6 +739,7 @@ pub fn build(args: &Args) -> (Router, Arc<Faults>) {
         projects,
         require_project_id: args.require_project_id,
         channel_id: args.channel_id,
+        missing_key_retcode: args.missing_key_retcode,
         store: Mutex::new(Store::default()),
     });
     // The control endpoints are served as the fallback: the shared fault layer wraps routes
@@ -726,4 +758,77 @@ pub fn build(args: &Args) -> (Router, Arc<Faults>) {
         .with_state(emu)
         .fallback_service(control);
     (router, Faults::new(args.faults.clone(), render_error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The key pair of UCloud's published signature examples (docs/providers/ucloud.md).
+    const DOC_PRIVATE: &str = "46f09bb9fab4f12dfc160dae12273d5332b5debe";
+    const DOC_PUBLIC: &str = "ucloudsomeone@example.com1296235120854146120";
+
+    fn params(pairs: &[(&str, &str)]) -> Params {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_official_example_verifies() {
+        let p = params(&[
+            ("Action", "CreateUHostInstance"),
+            ("Region", "cn-bj2"),
+            ("Zone", "cn-bj2-04"),
+            ("ImageId", "f43736e1-65a5-4bea-ad2e-8a46e18883c2"),
+            ("CPU", "2"),
+            ("Memory", "2048"),
+            ("DiskSpace", "10"),
+            ("LoginMode", "Password"),
+            ("Password", "VUNsb3VkLmNu"),
+            ("Name", "Host01"),
+            ("ChargeType", "Month"),
+            ("Quantity", "1"),
+            ("PublicKey", DOC_PUBLIC),
+        ]);
+        let sig = "4f9ef5df2abab2c6fccd1e9515cb7e2df8c6bb65";
+        assert!(signature_valid(&p, sig, DOC_PRIVATE));
+        assert!(signature_valid(&p, &sig.to_ascii_uppercase(), DOC_PRIVATE));
+        assert!(!signature_valid(&p, sig, "another-private-key"));
+        let mut changed = p.clone();
+        changed.insert("Quantity".into(), "2".into());
+        assert!(!signature_valid(&changed, sig, DOC_PRIVATE));
+    }
+
+    #[test]
+    fn the_second_published_example_verifies() {
+        let p = params(&[
+            ("Action", "DescribeUHostInstance"),
+            ("Region", "cn-bj2"),
+            ("Limit", "10"),
+            ("PublicKey", "someone@example.com1296235120854146120"),
+        ]);
+        assert!(signature_valid(
+            &p,
+            "4201919d267504385deb93af19e0197870fed36b",
+            DOC_PRIVATE
+        ));
+    }
+
+    #[test]
+    fn the_signature_parameter_itself_is_not_signed() {
+        let mut p = params(&[
+            ("Action", "ListUMInferAPIKey"),
+            ("ProjectId", "org-abc123"),
+            ("Offset", "0"),
+            ("Limit", "20"),
+            ("PublicKey", DOC_PUBLIC),
+        ]);
+        let sig = "86ccbbc62fe4c95e465f6dfa1fe17b82d1451fbb";
+        p.insert("Signature".into(), sig.into());
+        assert!(signature_valid(&p, sig, DOC_PRIVATE));
+        assert!(!signature_valid(&p, "", DOC_PRIVATE));
+        assert!(!signature_valid(&p, &sig[..39], DOC_PRIVATE));
+    }
 }

@@ -351,7 +351,8 @@ impl BifrostClient {
                 Idempotency::Safe,
                 Method::POST,
                 &format!("{VK_PATH}/{}/rotate", seg(id)),
-                Some(&json!({})),
+                // The published operation takes no request body.
+                None,
             )
             .await;
         let resp = match result {
@@ -983,7 +984,11 @@ fn provider_configs_json(pc: &[ProviderConfigView]) -> Value {
     )
 }
 
-/// Models of a provider key: empty (the neutral "provider default") means all, `["*"]`.
+/// How a provider key that allows no model (`"models": []`, Bifrost v1.5+) is observed.
+pub const DENY_ALL_MODELS: &str = "(no models: Bifrost v1.5+ reads [] as deny-all)";
+
+/// Models of a provider key: empty (the neutral "every model") is sent as `["*"]`, never as
+/// `[]`, which Bifrost v1.5+ reads as "no model".
 fn provider_key_models(models: &[String]) -> Vec<String> {
     if models.is_empty() {
         vec!["*".into()]
@@ -1022,6 +1027,7 @@ fn scrub(e: ProviderError, value: &SecretString) -> ProviderError {
         ProviderError::Unavailable(m) => ProviderError::Unavailable(clean(m)),
         ProviderError::Malformed(m) => ProviderError::Malformed(clean(m)),
         ProviderError::Unsupported(m) => ProviderError::Unsupported(clean(m)),
+        ProviderError::Unconfirmed(m) => ProviderError::Unconfirmed(clean(m)),
         e @ ProviderError::RateLimited { .. } => e,
     }
 }
@@ -1270,7 +1276,7 @@ fn error_from(resp: &HttpResponse) -> ProviderError {
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ProviderError::Auth(msg),
         StatusCode::NOT_FOUND => ProviderError::NotFound(msg),
         StatusCode::TOO_MANY_REQUESTS => ProviderError::RateLimited {
-            retry_after: http::retry_after(&resp.headers),
+            retry_after: http::rate_limit_wait(&resp.headers),
         },
         StatusCode::METHOD_NOT_ALLOWED | StatusCode::GONE | StatusCode::NOT_IMPLEMENTED => {
             ProviderError::Unsupported(msg)
@@ -1382,8 +1388,37 @@ struct VkProviderConfig {
     weight: Option<f64>,
     #[serde(default)]
     allowed_models: Option<Vec<String>>,
+    /// Older gateways echo the request's `key_ids`; the published schema answers with
+    /// `allow_all_keys` and `keys` (table rows) instead.
     #[serde(default)]
     key_ids: Option<Vec<String>>,
+    #[serde(default)]
+    allow_all_keys: Option<bool>,
+    #[serde(default)]
+    keys: Option<Vec<TableKeyRef>>,
+}
+
+#[derive(Deserialize)]
+struct TableKeyRef {
+    #[serde(default)]
+    key_id: Option<String>,
+}
+
+impl VkProviderConfig {
+    /// The key ids the config allows, as a request spells them (`["*"]`: all).
+    fn key_ids(&self) -> Option<Vec<String>> {
+        if let Some(ids) = &self.key_ids {
+            return Some(ids.clone());
+        }
+        if self.allow_all_keys == Some(true) {
+            return Some(vec!["*".to_string()]);
+        }
+        match (&self.keys, self.allow_all_keys) {
+            (Some(keys), _) => Some(keys.iter().filter_map(|k| k.key_id.clone()).collect()),
+            (None, Some(false)) => Some(Vec::new()),
+            (None, _) => None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -1459,10 +1494,10 @@ impl VirtualKey {
             let views: Vec<ProviderConfigView> = pcs
                 .into_iter()
                 .map(|c| ProviderConfigView {
+                    key_ids: c.key_ids(),
                     provider: c.provider,
                     weight: c.weight,
                     allowed_models: c.allowed_models,
-                    key_ids: c.key_ids,
                 })
                 .collect();
             if let Ok(s) = serde_json::to_string(&views) {
@@ -1531,9 +1566,14 @@ struct ProviderKeyJson {
 
 impl ProviderKeyJson {
     fn into_key(self, provider: &str) -> ProviderKey {
+        // `["*"]` is every model (the neutral empty list). Since Bifrost v1.5 `[]` is *no*
+        // model, which no ApiKey spec asks for: it is observed as [`DENY_ALL_MODELS`], which
+        // differs from every desired list, so the key is corrected rather than taken as "all".
         let models = self.models.map(|m| {
-            if m.len() == 1 && m[0] == "*" {
+            if m.iter().any(|x| x == "*") {
                 Vec::new()
+            } else if m.is_empty() {
+                vec![DENY_ALL_MODELS.to_string()]
             } else {
                 m
             }

@@ -292,8 +292,8 @@ pub fn valid_ip_or_cidr(s: &str) -> bool {
     s.parse::<std::net::IpAddr>().is_ok() || s.parse::<ipnet::IpNet>().is_ok()
 }
 
-/// The message of a Boltz error body, read leniently; the raw body (cut) when it is not JSON
-/// of a known shape.
+/// The message of a Boltz error body, read leniently; a body that is not JSON of a known shape
+/// is described (its size), never quoted.
 pub fn error_message(body: &[u8]) -> String {
     fn text(v: &serde_json::Value) -> Option<String> {
         match v {
@@ -315,11 +315,18 @@ pub fn error_message(body: &[u8]) -> String {
             _ => None,
         }
     }
-    let raw = String::from_utf8_lossy(body);
+    // Only the provider's JSON error shape is quoted: any other body (a proxy's HTML page, a
+    // redirect target's answer) is described, never copied into a status or an Event.
     let msg = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|v| text(&v))
-        .unwrap_or_else(|| raw.to_string());
+        .unwrap_or_else(|| {
+            if body.iter().all(u8::is_ascii_whitespace) {
+                String::new()
+            } else {
+                format!("a non-JSON body of {} bytes, not shown", body.len())
+            }
+        });
     let msg = http::snippet(&msg);
     if msg.is_empty() {
         "(empty body)".to_string()
@@ -336,7 +343,7 @@ fn error_from(resp: &HttpResponse) -> ProviderError {
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ProviderError::Auth(msg),
         StatusCode::NOT_FOUND => ProviderError::NotFound(msg),
         StatusCode::TOO_MANY_REQUESTS => ProviderError::RateLimited {
-            retry_after: http::retry_after(&resp.headers),
+            retry_after: http::rate_limit_wait(&resp.headers),
         },
         StatusCode::GONE => ProviderError::Unsupported(msg),
         s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT => {
@@ -531,12 +538,21 @@ impl KeyBackend for BoltzClient {
         )))
     }
 
-    async fn revoke(&self, _scope: &KeyScope, id: &str) -> Result<(), ProviderError> {
+    async fn revoke(&self, scope: &KeyScope, id: &str) -> Result<(), ProviderError> {
         let path = format!("{KEYS_PATH}/{}/revoke", segment(id));
-        // Revoke moves the key to a fixed final state: safe to repeat.
-        self.call("revoke", Idempotency::Safe, Method::POST, &path, &[], None)
-            .await?;
-        Ok(())
+        // Revoke moves the key to a fixed final state: safe to repeat. A repeated revoke may
+        // answer 409 ("idempotent or 409" per the reference): read it as "already revoked" once
+        // a listing shows the key inactive or gone.
+        match self
+            .call("revoke", Idempotency::Safe, Method::POST, &path, &[], None)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(ProviderError::Rejected(m)) if m.starts_with("HTTP 409") => {
+                super::confirm_revoked(self, scope, id, &m).await
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The workspace and the mode cannot change on an existing key; a difference needs a new key.
@@ -611,9 +627,10 @@ mod tests {
             error_message(br#"{"detail":[{"loc":["body","name"],"msg":"field required"}]}"#),
             "field required"
         );
+        // Not Boltz's error JSON (a proxy's page): described, never quoted.
         assert_eq!(
             error_message(b"<html>502 Bad Gateway</html>"),
-            "<html>502 Bad Gateway</html>"
+            "a non-JSON body of 28 bytes, not shown"
         );
         assert_eq!(error_message(b""), "(empty body)");
         assert!(error_message("x".repeat(5000).as_bytes()).chars().count() <= 301);

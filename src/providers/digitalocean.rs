@@ -484,7 +484,7 @@ fn error_for(resp: &HttpResponse, what: &str) -> ProviderError {
         404 => ProviderError::NotFound(msg),
         410 => ProviderError::Unsupported(msg),
         429 => ProviderError::RateLimited {
-            retry_after: http::retry_after(&resp.headers),
+            retry_after: http::rate_limit_wait(&resp.headers),
         },
         500..=599 => ProviderError::Unavailable(msg),
         400..=499 => ProviderError::Rejected(msg),
@@ -794,7 +794,8 @@ mod tests {
         ));
         assert!(matches!(
             error_for(&resp(502, "<html>bad gateway</html>"), "x"),
-            ProviderError::Unavailable(m) if m.contains("bad gateway")
+            // A body that is not DigitalOcean's error JSON is described, never quoted.
+            ProviderError::Unavailable(m) if !m.contains("bad gateway") && m.contains("not shown")
         ));
         let mut r = resp(
             429,

@@ -2,6 +2,14 @@
 //! with full-jitter exponential backoff on 5xx, timeouts and connection failures, 429 honouring
 //! `Retry-After`, a client-side token bucket per provider object, and request metrics.
 //!
+//! Every value that comes from outside is bounded here: the client-side rate limit is clamped
+//! to [`MIN_REQUESTS_PER_SECOND`, `MAX_REQUESTS_PER_SECOND`] and [`MAX_BURST`], a provider's
+//! `Retry-After`/`Retry-After-Ms`/`ratelimit-reset` to [`MAX_RETRY_AFTER`], a response body to
+//! [`MAX_BODY_BYTES`] (read as a stream, an error beyond), the wait for the client-side bucket or
+//! an in-flight slot to [`ClientOptions::max_wait`]; redirects are never followed (a provider
+//! credential must not travel to another host), and at most [`ClientOptions::max_in_flight`]
+//! calls of one provider object run at once.
+//!
 //! Requests that are not safe to repeat (a key create) are retried only when the provider cannot
 //! have acted on them (connection refused, 429): a 5xx or a timeout on a create may have created a
 //! key, and that case is left to the controller's crash recovery (see `docs/crash-safety.md`).
@@ -10,7 +18,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng;
 use reqwest::{header::HeaderMap, Method, RequestBuilder, StatusCode};
@@ -47,15 +55,43 @@ impl HttpResponse {
         })
     }
 
-    /// The body as text, cut to a length fit for a condition message.
+    /// What an error answer whose body is not the provider's JSON error shape may say about
+    /// its body. The body itself is never shown: it may come from a proxy or another host (an
+    /// HTML error page), and status conditions and Events are no place for it.
     pub fn text_snippet(&self) -> String {
-        snippet(&String::from_utf8_lossy(&self.body))
+        if self.body.iter().all(u8::is_ascii_whitespace) {
+            String::new()
+        } else {
+            format!("a non-JSON body of {} bytes, not shown", self.body.len())
+        }
     }
 }
 
-/// Cut a provider message to something readable in `kubectl describe`.
+/// Longest provider message (in characters) copied into an error, and so into a status
+/// condition or an Event.
+pub const MAX_MESSAGE_CHARS: usize = 200;
+
+/// Largest response body read from a provider; a larger one is an error
+/// ([`ProviderError::Malformed`]) and is not read to its end.
+pub const MAX_BODY_BYTES: usize = 4 << 20;
+
+/// Longest wait a provider can ask for (`Retry-After`, `Retry-After-Ms`, `ratelimit-reset`);
+/// longer, infinite or far-future values are read as this.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// Bounds of the client-side rate limit (`spec.rateLimit`), also enforced by the CRD.
+pub const MIN_REQUESTS_PER_SECOND: f64 = 0.001;
+pub const MAX_REQUESTS_PER_SECOND: f64 = 10_000.0;
+pub const MAX_BURST: u32 = 10_000;
+
+/// Pages one listing may take before keysmith gives up on it (a provider that never ends its
+/// pagination, or repeats a cursor, must not hold a reconcile forever).
+pub const MAX_PAGES: usize = 1000;
+
+/// Cut a provider message to something readable in `kubectl describe` (at most
+/// [`MAX_MESSAGE_CHARS`] characters, cut on a character boundary).
 pub fn snippet(s: &str) -> String {
-    const MAX: usize = 300;
+    const MAX: usize = MAX_MESSAGE_CHARS;
     let s = s.trim();
     if s.chars().count() <= MAX {
         s.to_string()
@@ -65,28 +101,92 @@ pub fn snippet(s: &str) -> String {
     }
 }
 
-/// Parse `Retry-After` (delta-seconds or an HTTP date) and `Retry-After-Ms`.
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    if let Some(ms) = headers
-        .get("retry-after-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-    {
-        if ms >= 0.0 {
-            return Some(Duration::from_secs_f64(ms / 1000.0));
-        }
+/// A wait in seconds from a provider as a [`Duration`] no longer than [`MAX_RETRY_AFTER`].
+/// `None` for NaN and negative values (no usable hint); infinity is the maximum.
+pub fn clamped_secs(secs: f64) -> Option<Duration> {
+    if secs.is_nan() || secs < 0.0 {
+        return None;
     }
-    let v = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
+    let max = MAX_RETRY_AFTER.as_secs_f64();
+    // `min` keeps infinity and 1e300 in range; `try_from` guards what remains.
+    Duration::try_from_secs_f64(secs.min(max)).ok()
+}
+
+/// Parse `Retry-After` (delta-seconds or an HTTP date) and `Retry-After-Ms`, clamped to
+/// [`MAX_RETRY_AFTER`]. Unreadable, negative and NaN values are ignored (`None`).
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(d) = text("retry-after-ms")
+        .and_then(|v| v.parse::<f64>().ok())
+        .and_then(|ms| clamped_secs(ms / 1000.0))
+    {
+        return Some(d);
+    }
+    let v = text("retry-after")?;
     if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
+    }
+    if v.bytes().all(|b| b.is_ascii_digit()) && !v.is_empty() {
+        // More digits than a u64 holds: as long as it gets.
+        return Some(MAX_RETRY_AFTER);
     }
     let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-    let delta = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
-    Some(delta.to_std().unwrap_or(Duration::ZERO))
+    let delta = when
+        .with_timezone(&chrono::Utc)
+        .signed_duration_since(chrono::Utc::now());
+    Some(
+        delta
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
+}
+
+/// Parse `ratelimit-reset`, clamped to [`MAX_RETRY_AFTER`]. DigitalOcean sends Unix epoch
+/// seconds (when the oldest counted request expires); the IETF RateLimit draft sends
+/// delta-seconds. A value from 10^9 up (2001 onwards as a date, 31 years as a delay) is read as
+/// a time, a smaller one as a delay. Negative or unreadable: `None`.
+pub fn ratelimit_reset(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get("ratelimit-reset")?.to_str().ok()?.trim();
+    let n: i64 = match v.parse() {
+        Ok(n) => n,
+        // Digits beyond i64: as far away as it gets.
+        Err(_) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => i64::MAX,
+        Err(_) => return None,
+    };
+    if n < 0 {
+        return None;
+    }
+    let secs = if n >= 1_000_000_000 {
+        n.saturating_sub(chrono::Utc::now().timestamp()).max(0)
+    } else {
+        n
+    };
+    Some(Duration::from_secs(secs.unsigned_abs()).min(MAX_RETRY_AFTER))
+}
+
+/// How long a 429 asks the client to wait: `Retry-After-Ms`/`Retry-After`, else
+/// `ratelimit-reset`; clamped to [`MAX_RETRY_AFTER`].
+pub fn rate_limit_wait(headers: &HeaderMap) -> Option<Duration> {
+    retry_after(headers).or_else(|| ratelimit_reset(headers))
+}
+
+/// The client-side token bucket for `(requests per second, burst)`, with both clamped to the
+/// documented bounds. `None` (no client-side limit) for a rate that is NaN, zero or negative.
+pub fn rate_limiter(rps: f64, burst: u32) -> Option<DefaultDirectRateLimiter> {
+    if rps.is_nan() || rps <= 0.0 {
+        return None;
+    }
+    let rps = rps.clamp(MIN_REQUESTS_PER_SECOND, MAX_REQUESTS_PER_SECOND);
+    // rps in [1e-3, 1e4]: the period is in [100 µs, 1000 s], never zero, never out of range.
+    let period = Duration::try_from_secs_f64(1.0 / rps).ok()?;
+    let burst = NonZeroU32::new(burst.clamp(1, MAX_BURST))?;
+    Quota::with_period(period).map(|q| RateLimiter::direct(q.allow_burst(burst)))
 }
 
 /// The shared HTTP client of one provider object.
@@ -96,6 +196,7 @@ pub struct HttpClient {
     provider: ProviderType,
     base_url: String,
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
+    in_flight: Arc<tokio::sync::Semaphore>,
     opts: ClientOptions,
 }
 
@@ -126,23 +227,21 @@ impl HttpClient {
             .timeout(opts.timeout)
             .connect_timeout(opts.timeout.min(Duration::from_secs(5)))
             .user_agent(concat!("keysmith/", env!("CARGO_PKG_VERSION")))
+            // A redirect would carry the credential header to wherever the answer points.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("cannot build HTTP client: {e}"))?;
-        let limiter = match opts.rate_limit {
-            Some((rps, burst)) if rps > 0.0 => {
-                let period = Duration::from_secs_f64(1.0 / rps);
-                let quota = Quota::with_period(period)
-                    .ok_or("rate limit period is zero")?
-                    .allow_burst(NonZeroU32::new(burst.max(1)).expect("burst >= 1"));
-                Some(Arc::new(RateLimiter::direct(quota)))
-            }
-            _ => None,
-        };
+        let limiter = opts
+            .rate_limit
+            .and_then(|(rps, burst)| rate_limiter(rps, burst))
+            .map(Arc::new);
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(opts.max_in_flight.max(1)));
         Ok(HttpClient {
             inner,
             provider,
             base_url,
             limiter,
+            in_flight,
             opts,
         })
     }
@@ -169,26 +268,37 @@ impl HttpClient {
         idempotency: Idempotency,
         build: impl Fn() -> RequestBuilder,
     ) -> Result<HttpResponse, ProviderError> {
+        // One slot of this provider object's in-flight limit for the whole call, retries
+        // included; waiting for it is bounded like the wait for the token bucket.
+        let _permit = match tokio::time::timeout(
+            self.opts.max_wait,
+            self.in_flight.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(p)) => p,
+            _ => {
+                tracing::debug!(provider = %self.provider, operation, "every in-flight slot of this provider object is taken");
+                return Err(ProviderError::RateLimited { retry_after: None });
+            }
+        };
         let mut attempt: u32 = 0;
         loop {
-            attempt += 1;
+            attempt = attempt.saturating_add(1);
             if let Some(l) = &self.limiter {
-                l.until_ready().await;
+                if tokio::time::timeout(self.opts.max_wait, l.until_ready())
+                    .await
+                    .is_err()
+                {
+                    // Nothing was sent: the caller may retry later.
+                    return Err(ProviderError::RateLimited {
+                        retry_after: Some(self.opts.max_wait),
+                    });
+                }
             }
             let started = Instant::now();
             let outcome = match build().send().await {
-                Ok(resp) => {
-                    let status = resp.status();
-                    let headers = resp.headers().clone();
-                    match resp.bytes().await {
-                        Ok(body) => Ok(HttpResponse {
-                            status,
-                            headers,
-                            body,
-                        }),
-                        Err(e) => Err(transport_error(&e)),
-                    }
-                }
+                Ok(resp) => read_capped(resp).await,
                 Err(e) => Err(transport_error(&e)),
             };
             let elapsed = started.elapsed();
@@ -198,7 +308,7 @@ impl HttpClient {
                     self.observe(operation, result_label(resp.status), elapsed);
                     let status = resp.status;
                     if status == StatusCode::TOO_MANY_REQUESTS {
-                        let wait = retry_after(&resp.headers);
+                        let wait = rate_limit_wait(&resp.headers);
                         // The provider did not act on a 429: safe to retry any request.
                         let can_wait = wait.is_none_or(|w| w <= self.opts.max_retry_after);
                         if !last && can_wait {
@@ -221,6 +331,9 @@ impl HttpClient {
                 }
                 Err(err) => {
                     self.observe(operation, err.label(), elapsed);
+                    if err.too_large {
+                        return Err(ProviderError::Malformed(err.message));
+                    }
                     let retry =
                         !last && (idempotency == Idempotency::Safe || err.certainly_not_sent());
                     if retry {
@@ -237,14 +350,7 @@ impl HttpClient {
 
     /// Full-jitter exponential backoff: uniform in [0, base·2^(attempt-1)], capped at 10 s.
     fn backoff(&self, attempt: u32) -> Duration {
-        let cap = Duration::from_secs(10);
-        let exp = self
-            .opts
-            .backoff_base
-            .saturating_mul(1u32 << (attempt - 1).min(16))
-            .min(cap);
-        let ms = rand::rng().random_range(0..=exp.as_millis().max(1) as u64);
-        Duration::from_millis(ms)
+        backoff(self.opts.backoff_base, attempt)
     }
 
     fn observe(&self, operation: &'static str, result: &'static str, elapsed: Duration) {
@@ -252,6 +358,54 @@ impl HttpClient {
             m.observe(self.provider.as_str(), operation, result, elapsed);
         }
     }
+}
+
+/// Full-jitter exponential backoff: uniform in [0, min(base·2^(attempt-1), 10 s)]. Saturating
+/// throughout: any base and attempt give a delay of at most 10 s.
+pub fn backoff(base: Duration, attempt: u32) -> Duration {
+    let cap = Duration::from_secs(10);
+    let exp = base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(cap);
+    let ms = u64::try_from(exp.as_millis()).unwrap_or(u64::MAX).max(1);
+    Duration::from_millis(rand::rng().random_range(0..=ms))
+}
+
+/// Read a response body to its end, refusing one over [`MAX_BODY_BYTES`] (by its
+/// Content-Length up front, or as the chunks arrive).
+async fn read_capped(mut resp: reqwest::Response) -> Result<HttpResponse, TransportError> {
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let too_large = || TransportError {
+        message: format!("the response body exceeds {} MiB", MAX_BODY_BYTES >> 20),
+        connect: false,
+        timeout: false,
+        too_large: true,
+    };
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_BODY_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len().saturating_add(chunk.len()) > MAX_BODY_BYTES {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => return Err(transport_error(&e)),
+        }
+    }
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: body.freeze(),
+    })
 }
 
 fn result_label(status: StatusCode) -> &'static str {
@@ -271,6 +425,8 @@ struct TransportError {
     message: String,
     connect: bool,
     timeout: bool,
+    /// The body was over [`MAX_BODY_BYTES`]: the provider answered, so not retried.
+    too_large: bool,
 }
 
 impl TransportError {
@@ -278,7 +434,9 @@ impl TransportError {
         self.connect && !self.timeout
     }
     fn label(&self) -> &'static str {
-        if self.timeout {
+        if self.too_large {
+            "too_large"
+        } else if self.timeout {
             "timeout"
         } else {
             "transport_error"
@@ -299,6 +457,7 @@ fn transport_error(e: &reqwest::Error) -> TransportError {
         message,
         connect: e.is_connect(),
         timeout: e.is_timeout(),
+        too_large: false,
     }
 }
 
@@ -344,7 +503,187 @@ mod tests {
     #[test]
     fn snippets_are_cut() {
         let long = "x".repeat(1000);
-        assert!(snippet(&long).chars().count() <= 301);
+        assert!(snippet(&long).chars().count() <= MAX_MESSAGE_CHARS + 1);
         assert_eq!(snippet(" short "), "short");
+        // Multi-byte characters are cut on a character boundary.
+        let wide = "é語🦀".repeat(200);
+        let cut = snippet(&wide);
+        assert_eq!(cut.chars().count(), MAX_MESSAGE_CHARS + 1);
+        assert!(cut.ends_with('…'));
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn hostile_retry_after_values_are_clamped_or_ignored() {
+        let ra = |k: &'static str, v: &str| retry_after(&headers(&[(k, v)]));
+        // Retry-After-Ms: the values of the issue.
+        assert_eq!(ra("retry-after-ms", "inf"), Some(MAX_RETRY_AFTER));
+        assert_eq!(ra("retry-after-ms", "infinity"), Some(MAX_RETRY_AFTER));
+        assert_eq!(ra("retry-after-ms", "1e300"), Some(MAX_RETRY_AFTER));
+        assert_eq!(ra("retry-after-ms", "NaN"), None);
+        assert_eq!(ra("retry-after-ms", "-inf"), None);
+        assert_eq!(ra("retry-after-ms", "-5"), None);
+        assert_eq!(ra("retry-after-ms", "1e-300"), Some(Duration::ZERO));
+        // Retry-After: u64::MAX, beyond u64, negative, HTTP dates far away either way.
+        assert_eq!(
+            ra("retry-after", "18446744073709551615"),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(
+            ra("retry-after", "99999999999999999999999999999"),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(ra("retry-after", "-1"), None);
+        assert_eq!(ra("retry-after", "7200"), Some(MAX_RETRY_AFTER));
+        assert_eq!(ra("retry-after", "120"), Some(Duration::from_secs(120)));
+        assert_eq!(
+            ra("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT"),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(
+            ra("retry-after", "Mon, 01 Jan 0001 00:00:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(ra("retry-after", "soon"), None);
+        // A NaN Retry-After-Ms falls back to Retry-After.
+        assert_eq!(
+            retry_after(&headers(&[("retry-after-ms", "NaN"), ("retry-after", "2")])),
+            Some(Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    fn ratelimit_reset_is_an_epoch_or_a_delay_and_clamped() {
+        let rr = |v: &str| ratelimit_reset(&headers(&[("ratelimit-reset", v)]));
+        let now = chrono::Utc::now().timestamp();
+        let in_a_minute = rr(&(now + 60).to_string()).unwrap();
+        assert!(in_a_minute <= Duration::from_secs(60) && in_a_minute >= Duration::from_secs(58));
+        assert_eq!(rr(&(now - 60).to_string()), Some(Duration::ZERO));
+        assert_eq!(rr("30"), Some(Duration::from_secs(30)));
+        assert_eq!(rr(&i64::MAX.to_string()), Some(MAX_RETRY_AFTER));
+        assert_eq!(rr("184467440737095516150"), Some(MAX_RETRY_AFTER));
+        assert_eq!(rr("-5"), None);
+        assert_eq!(rr("tomorrow"), None);
+        // Retry-After wins over ratelimit-reset.
+        let h = headers(&[("retry-after", "3"), ("ratelimit-reset", "30")]);
+        assert_eq!(rate_limit_wait(&h), Some(Duration::from_secs(3)));
+        let h = headers(&[("ratelimit-reset", "30")]);
+        assert_eq!(rate_limit_wait(&h), Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn rate_limits_are_clamped_not_panicking() {
+        // The value of the issue: 1e-20 requests per second panicked in from_secs_f64.
+        for rps in [
+            1e-20,
+            f64::MIN_POSITIVE,
+            5e-324,
+            1e-3,
+            0.5,
+            1e300,
+            f64::INFINITY,
+        ] {
+            assert!(rate_limiter(rps, 1).is_some(), "{rps}");
+        }
+        for rps in [0.0, -0.0, -1.0, f64::NAN, f64::NEG_INFINITY] {
+            assert!(rate_limiter(rps, 1).is_none(), "{rps}");
+        }
+        assert!(rate_limiter(1.0, 0).is_some());
+        assert!(rate_limiter(1.0, u32::MAX).is_some());
+        // The slowest rate admits its burst at once, then refuses.
+        let slow = rate_limiter(1e-20, 2).unwrap();
+        assert!(slow.check().is_ok());
+        assert!(slow.check().is_ok());
+        assert!(slow.check().is_err());
+    }
+
+    #[test]
+    fn a_client_with_any_rate_limit_builds() {
+        for rps in [1e-20, 0.0, f64::NAN, f64::INFINITY, -3.0, 1e300] {
+            let opts = ClientOptions {
+                rate_limit: Some((rps, u32::MAX)),
+                ..Default::default()
+            };
+            HttpClient::new(ProviderType::OpenRouter, "http://127.0.0.1:9", opts).unwrap();
+        }
+    }
+
+    #[test]
+    fn backoff_is_bounded_for_any_base_and_attempt() {
+        for base in [Duration::ZERO, Duration::from_millis(1), Duration::MAX] {
+            for attempt in [0, 1, 2, 17, 64, u32::MAX] {
+                assert!(backoff(base, attempt) <= Duration::from_secs(10));
+            }
+        }
+    }
+
+    #[test]
+    fn bodies_that_are_not_the_providers_json_are_not_quoted() {
+        let r = HttpResponse {
+            status: StatusCode::BAD_GATEWAY,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"<html><body>proxy of evil.example: token abc</body></html>"),
+        };
+        let t = r.text_snippet();
+        assert!(!t.contains("evil") && !t.contains("abc"), "{t}");
+        assert!(t.contains("not shown"));
+    }
+
+    mod fuzz {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn header_value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<u64>().prop_map(|n| n.to_string()),
+                any::<i64>().prop_map(|n| n.to_string()),
+                any::<f64>().prop_map(|f| f.to_string()),
+                "[0-9]{15,40}",
+                "-?[0-9]{0,5}(\\.[0-9]{0,5})?(e[+-]?[0-9]{1,4})?",
+                "(Mon|Fri|Sun), [0-9]{2} (Jan|Dec|Feb) [0-9]{1,5} [0-9]{2}:[0-9]{2}:[0-9]{2} (GMT|\\+9999|-0000)",
+                "[ -~]{0,40}",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn wait_headers_never_panic_and_stay_bounded(a in header_value(), b in header_value(), c in header_value()) {
+                let mut h = HeaderMap::new();
+                for (k, v) in [("retry-after", &a), ("retry-after-ms", &b), ("ratelimit-reset", &c)] {
+                    if let Ok(v) = v.parse() {
+                        h.insert(k, v);
+                    }
+                }
+                for w in [retry_after(&h), ratelimit_reset(&h), rate_limit_wait(&h)].into_iter().flatten() {
+                    prop_assert!(w <= MAX_RETRY_AFTER);
+                    // What callers do with it: add it to now.
+                    prop_assert!(std::time::Instant::now().checked_add(w).is_some());
+                }
+            }
+
+            #[test]
+            fn any_rate_limit_and_backoff_is_safe(rps in any::<f64>(), burst in any::<u32>(), ms in any::<u64>(), attempt in any::<u32>()) {
+                let _ = rate_limiter(rps, burst);
+                prop_assert!(backoff(Duration::from_millis(ms), attempt) <= Duration::from_secs(10));
+                if let Some(d) = clamped_secs(rps) {
+                    prop_assert!(d <= MAX_RETRY_AFTER);
+                }
+            }
+
+            #[test]
+            fn snippets_never_split_a_character(s in "\\PC{0,400}") {
+                let cut = snippet(&s);
+                prop_assert!(cut.chars().count() <= MAX_MESSAGE_CHARS + 1);
+            }
+        }
     }
 }

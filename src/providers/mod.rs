@@ -50,6 +50,12 @@ pub enum ProviderError {
     /// The operation does not exist at this provider (or was retired, e.g. HTTP 410).
     #[error("not supported by the provider: {0}")]
     Unsupported(String),
+    /// A revoke got an answer keysmith cannot read as success or failure (e.g. an unknown UCloud
+    /// RetCode), and a listing still shows the key (or could not be taken). Transient: try again.
+    #[error(
+        "the provider's answer to the revoke was not understood and the key is still listed: {0}"
+    )]
+    Unconfirmed(String),
 }
 
 impl ProviderError {
@@ -62,6 +68,7 @@ impl ProviderError {
             ProviderError::RateLimited { .. } => "RateLimited",
             ProviderError::Unavailable(_) | ProviderError::Malformed(_) => "ProviderUnavailable",
             ProviderError::Unsupported(_) => "UnsupportedOperation",
+            ProviderError::Unconfirmed(_) => "RevokeUnconfirmed",
         }
     }
 
@@ -72,6 +79,7 @@ impl ProviderError {
             ProviderError::RateLimited { .. }
                 | ProviderError::Unavailable(_)
                 | ProviderError::Malformed(_)
+                | ProviderError::Unconfirmed(_)
         )
     }
 
@@ -85,6 +93,7 @@ impl ProviderError {
             ProviderError::Unavailable(_) => "unavailable",
             ProviderError::Malformed(_) => "malformed",
             ProviderError::Unsupported(_) => "unsupported",
+            ProviderError::Unconfirmed(_) => "unconfirmed",
         }
     }
 }
@@ -342,13 +351,14 @@ pub trait KeyBackend: Send + Sync {
     ) -> Result<KeyPage, ProviderError>;
     /// One key. `Err(NotFound)` when it does not exist.
     async fn get(&self, scope: &KeyScope, id: &str) -> Result<ProviderKey, ProviderError> {
+        let mut pages = Pages::default();
         let mut cursor: Option<String> = None;
         loop {
             let page = self.list_page(scope, cursor.as_deref()).await?;
             if let Some(k) = page.keys.into_iter().find(|k| k.id == id) {
                 return Ok(k);
             }
-            match page.next {
+            match pages.next(page.next)? {
                 Some(n) => cursor = Some(n),
                 None => return Err(ProviderError::NotFound(format!("key {id}"))),
             }
@@ -387,6 +397,56 @@ pub trait KeyBackend: Send + Sync {
     /// settings (default: the provider reports none of them).
     fn extras_drift(&self, _current: &ProviderKey, _desired: &KeySettings) -> bool {
         false
+    }
+}
+
+/// Guards a pagination loop: at most [`http::MAX_PAGES`] pages, and a cursor the provider
+/// already gave is an error, not a loop.
+#[derive(Debug, Default)]
+pub struct Pages {
+    seen: std::collections::HashSet<String>,
+    count: usize,
+}
+
+impl Pages {
+    /// The cursor to fetch next (`None`: the listing is complete), or an error when the
+    /// provider repeats a cursor or the listing runs past the page cap.
+    pub fn next(&mut self, cursor: Option<String>) -> Result<Option<String>, ProviderError> {
+        let Some(c) = cursor else {
+            return Ok(None);
+        };
+        self.count += 1;
+        if self.count >= http::MAX_PAGES {
+            return Err(ProviderError::Malformed(format!(
+                "the listing did not end within {} pages",
+                http::MAX_PAGES
+            )));
+        }
+        if !self.seen.insert(c.clone()) {
+            return Err(ProviderError::Malformed(
+                "the listing repeated a page cursor".into(),
+            ));
+        }
+        Ok(Some(c))
+    }
+}
+
+/// Confirm a revoke whose answer could not be read (an unknown RetCode, a 409 on a repeated
+/// revoke): look the key up. Listed as inactive: `Ok(())` (revoked); not there at all:
+/// `Err(NotFound)` (already gone, what a revoke of a missing key answers); still live:
+/// `Err(Unconfirmed)`, transient; the lookup's own error when it cannot be made. Providers call
+/// this for answers they cannot classify; a controller may call it too before giving up on a key.
+pub async fn confirm_revoked(
+    backend: &dyn KeyBackend,
+    scope: &KeyScope,
+    id: &str,
+    answer: &str,
+) -> Result<(), ProviderError> {
+    match backend.get(scope, id).await {
+        Err(ProviderError::NotFound(_)) => Err(ProviderError::NotFound(http::snippet(answer))),
+        Ok(k) if !k.active => Ok(()),
+        Ok(_) => Err(ProviderError::Unconfirmed(http::snippet(answer))),
+        Err(e) => Err(e),
     }
 }
 
@@ -505,6 +565,12 @@ pub struct ClientOptions {
     pub max_retry_after: Duration,
     /// Where request metrics go.
     pub metrics: Option<Arc<crate::metrics::ProviderMetrics>>,
+    /// Calls of one provider object that may run at once; more wait (up to `max_wait`) for a
+    /// slot, so a slow provider object holds at most this many reconciles.
+    pub max_in_flight: usize,
+    /// Longest wait for the client-side token bucket or an in-flight slot; beyond it the call
+    /// fails with `RateLimited` (nothing was sent) and the reconcile is requeued.
+    pub max_wait: Duration,
 }
 
 impl Default for ClientOptions {
@@ -517,6 +583,8 @@ impl Default for ClientOptions {
             backoff_base: Duration::from_millis(200),
             max_retry_after: Duration::from_secs(10),
             metrics: None,
+            max_in_flight: 4,
+            max_wait: Duration::from_secs(10),
         }
     }
 }
@@ -597,6 +665,7 @@ pub fn build_backend(
     mut opts: ClientOptions,
 ) -> Result<Arc<dyn KeyBackend>, String> {
     if let Some(rl) = &spec.rate_limit {
+        // `as` saturates (NaN → 0); http::rate_limiter clamps both to their bounds.
         let burst = rl
             .burst
             .unwrap_or_else(|| rl.requests_per_second.ceil().max(1.0) as u32);

@@ -506,7 +506,7 @@ pub fn error_from_response(resp: &HttpResponse) -> ProviderError {
         404 => ProviderError::NotFound(message),
         410 => ProviderError::Unsupported(message),
         429 => ProviderError::RateLimited {
-            retry_after: http::retry_after(&resp.headers),
+            retry_after: http::rate_limit_wait(&resp.headers),
         },
         500..=599 => ProviderError::Unavailable(message),
         _ => ProviderError::Rejected(message),
@@ -939,7 +939,7 @@ mod tests {
         );
         assert_eq!(
             error_from_response(&resp(502, "<html>bad gateway</html>")),
-            ProviderError::Unavailable("HTTP 502: <html>bad gateway</html>".into())
+            ProviderError::Unavailable("HTTP 502: a non-JSON body of 24 bytes, not shown".into())
         );
     }
 }

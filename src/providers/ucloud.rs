@@ -145,6 +145,24 @@ pub fn retcode_error(code: i64, message: &str, retry_after: Option<Duration>) ->
     }
 }
 
+/// Whether UCloud documents `code` (the common codes of its API reference and the server-error
+/// range). The key-specific codes ([`retcode::KEY_NOT_FOUND`], [`retcode::THROTTLED`]) are
+/// keysmith's assumptions and do not count.
+pub fn retcode_is_documented(code: i64) -> bool {
+    use retcode::*;
+    matches!(
+        code,
+        MISSING_ACTION
+            | ACTION_NOT_AVAILABLE
+            | MISSING_SIGNATURE
+            | SIGNATURE_ERROR
+            | USER_NOT_EXISTS
+            | MISSING_PARAMS
+            | PARAMS_NOT_AVAILABLE
+            | PARAMS_TOO_LARGE
+    ) || code >= SERVER_ERROR_FLOOR
+}
+
 /// The typed error for an HTTP error status (UCloud answers HTTP >= 400 only for
 /// transport-level failures; the body may still be the usual envelope).
 fn http_error(resp: &HttpResponse) -> ProviderError {
@@ -166,7 +184,7 @@ fn http_error(resp: &HttpResponse) -> ProviderError {
         404 => ProviderError::NotFound(msg),
         410 => ProviderError::Unsupported(msg),
         429 => ProviderError::RateLimited {
-            retry_after: retry_after(&resp.headers),
+            retry_after: super::http::rate_limit_wait(&resp.headers),
         },
         500..=599 => ProviderError::Unavailable(msg),
         _ => ProviderError::Rejected(msg),
@@ -482,9 +500,11 @@ fn provider_key(v: &Value) -> Result<ProviderKey, ProviderError> {
         // UCloud reports no last use.
         last_used_at: None,
         usage,
-        // Status 1 is "normal"; a missing Status is taken as normal too. An expired key is
-        // no longer live.
-        active: status.is_none_or(|s| s == 1) && !expired,
+        // A deleted key is not listed, so a listed key exists. `Status` is documented only as
+        // "1 = normal"; a disabled key may report another value, and reading that as "gone"
+        // would make `disabled: true` recreate the key. So Status does not decide liveness (it
+        // is kept in the extras for the status); an expired key is no longer live.
+        active: !expired,
         observed: ObservedSettings {
             disabled: modelverse_disabled,
             // ExpireTime is read-only at UCloud (-1: never); reported so that status shows it.
@@ -598,6 +618,19 @@ impl UCloudClient {
         action: &'static str,
         params: Params,
     ) -> Result<Value, ProviderError> {
+        self.call_coded(operation, idempotency, action, params)
+            .await
+            .map_err(|(e, _)| e)
+    }
+
+    /// [`Self::call`], with the RetCode of a business error alongside the typed error.
+    async fn call_coded(
+        &self,
+        operation: &'static str,
+        idempotency: Idempotency,
+        action: &'static str,
+        params: Params,
+    ) -> Result<Value, (ProviderError, Option<i64>)> {
         let params = self.signed(action, params);
         let body = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(params.iter())
@@ -611,17 +644,24 @@ impl UCloudClient {
                     .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
                     .body(body.clone())
             })
-            .await?;
+            .await
+            .map_err(|e| (e, None))?;
         if !resp.status.is_success() {
-            return Err(http_error(&resp));
+            return Err((http_error(&resp), None));
         }
-        let v: Value = resp.json()?;
+        let v: Value = resp.json().map_err(|e| (e, None))?;
         let code = v.get("RetCode").and_then(Value::as_i64).ok_or_else(|| {
-            ProviderError::Malformed(format!("{action} answer has no numeric RetCode"))
+            (
+                ProviderError::Malformed(format!("{action} answer has no numeric RetCode")),
+                None,
+            )
         })?;
         if code != 0 {
             let message = v.get("Message").and_then(Value::as_str).unwrap_or("");
-            return Err(retcode_error(code, message, retry_after(&resp.headers)));
+            return Err((
+                retcode_error(code, message, retry_after(&resp.headers)),
+                Some(code),
+            ));
         }
         Ok(v)
     }
@@ -790,6 +830,8 @@ impl KeyBackend for UCloudClient {
         let items = match v.get("Data") {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(a)) => a.clone(),
+            // The published example answers an empty listing with `"Data": {}`.
+            Some(Value::Object(o)) if o.is_empty() => Vec::new(),
             Some(_) => {
                 return Err(ProviderError::Malformed(
                     "ListUMInferAPIKey Data is not an array".into(),
@@ -850,12 +892,37 @@ impl KeyBackend for UCloudClient {
         self.get(scope, id).await
     }
 
-    async fn revoke(&self, _scope: &KeyScope, id: &str) -> Result<(), ProviderError> {
+    /// A delete answered with a RetCode keysmith cannot be sure of (anything but the documented
+    /// codes, [`retcode::KEY_NOT_FOUND`] included: that number is an assumption) is confirmed
+    /// against a listing: the key gone is success, the key still listed is
+    /// [`ProviderError::Unconfirmed`]. Throttling and server errors stay what they are.
+    async fn revoke(&self, scope: &KeyScope, id: &str) -> Result<(), ProviderError> {
         let mut p = Params::new();
         p.insert("KeyId".into(), id.to_string());
-        self.call("revoke", Idempotency::Safe, "DeleteUMInferAPIKey", p)
+        match self
+            .call_coded("revoke", Idempotency::Safe, "DeleteUMInferAPIKey", p)
             .await
-            .map(|_| ())
+        {
+            Ok(_) => Ok(()),
+            // Server-side codes (from 2000) are confirmed too: a key that is gone is gone
+            // whatever the code says, and a listing that fails reports its own error.
+            Err((e, Some(code)))
+                if !retcode_is_documented(code) || code >= retcode::SERVER_ERROR_FLOOR =>
+            {
+                if matches!(
+                    e,
+                    ProviderError::RateLimited { .. } | ProviderError::Auth(_)
+                ) {
+                    return Err(e);
+                }
+                tracing::debug!(
+                    retcode = code,
+                    "delete answered with an unconfirmed RetCode; checking the listing"
+                );
+                super::confirm_revoked(self, scope, id, &e.to_string()).await
+            }
+            Err((e, _)) => Err(e),
+        }
     }
 
     fn extras_drift(&self, current: &ProviderKey, desired: &KeySettings) -> bool {
@@ -1286,7 +1353,13 @@ mod tests {
         );
         assert_eq!(k.usage.as_ref().unwrap().daily.as_deref(), Some("1.5"));
         assert_eq!(k.usage.as_ref().unwrap().unit, None);
-        assert!(!k.active);
+        // A Status other than 1 (e.g. a disabled key) is not "gone": the key is still listed.
+        assert!(k.active);
+        assert_eq!(k.extras.get(extra::STATUS).map(String::as_str), Some("2"));
+        // An expired key is no longer live.
+        let mut expired = v.clone();
+        expired["ExpireTime"] = json!(1_000_000_000i64);
+        assert!(!provider_key(&expired).unwrap().active);
         v["GrantedModels"] = json!("a/b, c/d");
         v["GrantAllModels"] = json!(0);
         assert_eq!(

@@ -845,7 +845,11 @@ async fn emulator_reproduces_the_gateway() {
     }
     let (_, all) = call(M::GET, "/api/governance/virtual-keys", None).await;
     assert_eq!(all["count"], json!(3));
-    assert!(all.get("limit").is_none());
+    // Unpaginated: one page holding everything, with the fields the spec requires.
+    assert_eq!(
+        (&all["total_count"], &all["limit"], &all["offset"]),
+        (&json!(3), &json!(3), &json!(0))
+    );
     let (_, page) = call(
         M::GET,
         "/api/governance/virtual-keys?limit=2&offset=2",
@@ -1040,4 +1044,48 @@ async fn examples_work_against_the_emulator() {
     assert_eq!(pushed.name, "openai-prod");
     assert!(value_matches(&emu, "openai", &pushed.id, &value).await);
     assert!(drift(backend.as_ref(), &pushed, &s).is_empty());
+}
+
+#[tokio::test]
+async fn provider_key_models_empty_is_deny_all_both_ways() {
+    use keysmith::providers::bifrost::DENY_ALL_MODELS;
+    let emu = start(bifrost::Args::default()).await;
+    let c = open(&emu, opts());
+    let uid = uuid::Uuid::new_v4().to_string();
+    let mut s = pushed("openai-all", &uid, "openai");
+    // No models in the spec: every model, sent as ["*"], never as [] (deny-all since v1.5).
+    s.models.clear();
+    let scope = c.scope(&s);
+    let k = c
+        .push(&s, &SecretString::from("sk-proj-upstream-value-0002"), None)
+        .await
+        .unwrap();
+    let stored = &control_keys(&emu).await["providerKeys"];
+    let row = stored
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == json!(k.id))
+        .unwrap();
+    assert_eq!(row["models"], json!(["*"]), "{row}");
+    assert!(drift(&c, &k, &s).is_empty());
+
+    // Someone sets models: [] at the gateway: that key now serves no model. It must not read
+    // as "every model" (no drift); it reads as deny-all, which differs from the spec.
+    let url = format!("{}/api/providers/openai/keys/{}", emu.url(), k.id);
+    let mut body: Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    body["models"] = json!([]);
+    let resp = reqwest::Client::new()
+        .put(&url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let now = c.get(&scope, &k.id).await.unwrap();
+    assert_eq!(now.observed.models, Some(vec![DENY_ALL_MODELS.to_string()]));
+    assert_eq!(drift(&c, &now, &s), vec![Field::Models]);
+    // The correction writes ["*"] back.
+    let fixed = c.update(&scope, &k.id, &s, &[Field::Models]).await.unwrap();
+    assert_eq!(fixed.observed.models, Some(vec![]));
 }

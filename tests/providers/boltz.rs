@@ -22,6 +22,7 @@ async fn emulator() -> RunningEmulator {
         faults: FaultArgs::default(),
         admin_keys: vec![ADMIN.into(), ADMIN_TEST.into()],
         workspaces: vec!["ws_main".into(), "ws_other".into()],
+        idempotent_revoke: false,
     };
     let (router, faults) = build(&args);
     spawn(router, faults).await.unwrap()
@@ -195,8 +196,13 @@ async fn lifecycle_create_use_list_get_update_revoke() {
     assert_eq!(c.update(&scope, &ids[0], &s, &[]).await.unwrap().id, ids[0]);
 
     c.revoke(&scope, &ids[0]).await.unwrap();
-    // Revoke is idempotent at Boltz (emulator choice, documented).
+    // A repeated revoke answers 409 ("idempotent or 409"); the client confirms the key is
+    // inactive and reads it as revoked.
     c.revoke(&scope, &ids[0]).await.unwrap();
+    assert_eq!(
+        route_count(&emu, "POST /compute/v1/admin/api-keys/{api_key_id}/revoke"),
+        2
+    );
     let gone = c.get(&scope, &ids[0]).await.unwrap();
     assert!(!gone.active, "revoked keys stay listed, inactive");
     let (st, body) = me(&emu, &secret, None).await;
@@ -732,13 +738,17 @@ async fn emulator_validation_and_pagination() {
         assert_eq!(st, 400, "{q}: {b}");
     }
 
-    // Revoke: 404 for unknown ids, 200 twice (idempotent), key inactive.
+    // Revoke: 404 for unknown ids, 200 then 409 on a repeat, key inactive.
     let id = data[0]["id"].as_str().unwrap();
     let path = format!("/compute/v1/admin/api-keys/{id}/revoke");
     let (st, r) = raw(&emu, reqwest::Method::POST, &path, Some(ADMIN), None).await;
     assert_eq!((st, r["is_active"].as_bool()), (200, Some(false)));
-    let (st, _) = raw(&emu, reqwest::Method::POST, &path, Some(ADMIN), None).await;
-    assert_eq!(st, 200);
+    let (st, b) = raw(&emu, reqwest::Method::POST, &path, Some(ADMIN), None).await;
+    assert_eq!(st, 409, "{b}");
+    assert!(b["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("already revoked"));
     let (st, b) = raw(
         &emu,
         reqwest::Method::POST,
@@ -867,4 +877,35 @@ async fn examples_work_against_the_emulator() {
             .unwrap();
         assert_eq!(listed.name, s.name);
     }
+}
+
+#[tokio::test]
+async fn a_repeated_revoke_answering_409_is_confirmed() {
+    // --idempotent-revoke: the other reading of the reference, 200 twice.
+    let args = Args {
+        faults: FaultArgs::default(),
+        admin_keys: vec![ADMIN.into()],
+        workspaces: vec![],
+        idempotent_revoke: true,
+    };
+    let (router, faults) = build(&args);
+    let idem = spawn(router, faults).await.unwrap();
+    let c = client(&idem);
+    let id = c.create(&settings("idem")).await.unwrap().key.id;
+    let path = format!("/compute/v1/admin/api-keys/{id}/revoke");
+    for _ in 0..2 {
+        let (st, _) = raw(&idem, reqwest::Method::POST, &path, Some(ADMIN), None).await;
+        assert_eq!(st, 200);
+    }
+
+    // 409 for a key that is revoked: confirmed by the listing, success.
+    let emu = emulator().await;
+    let c = client(&emu);
+    let scope = KeyScope::default();
+    let id = c.create(&settings("twice")).await.unwrap().key.id;
+    c.revoke(&scope, &id).await.unwrap();
+    c.revoke(&scope, &id)
+        .await
+        .expect("409 on a revoked key is success");
+    assert!(!c.get(&scope, &id).await.unwrap().active);
 }

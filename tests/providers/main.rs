@@ -1,7 +1,9 @@
 //! Provider clients against their emulators, over real HTTP on loopback.
 
 mod bifrost;
+mod bifrost_spec;
 mod boltz;
+mod bounds;
 mod digitalocean;
 mod openapi;
 mod openrouter;

@@ -296,7 +296,8 @@ async fn provider_block_settings_round_trip() {
     )
     .await;
     assert_eq!(retcode(&on), 0);
-    assert_eq!(on["Data"].as_array().unwrap().len(), 0);
+    // Nothing matches: `"Data": {}`, as UCloud's published example answers.
+    assert_eq!(on["Data"], json!({}));
     let off = raw(
         &e,
         true,
@@ -917,4 +918,103 @@ async fn examples_work_against_the_emulator() {
     let keys = control_keys(&e).await;
     assert_eq!(keys[0]["projectId"], "org-example");
     assert_eq!(keys[0]["settings"]["monthlyLimitAmount"], "200");
+}
+
+#[tokio::test]
+async fn an_empty_listing_is_data_object_and_reads_as_no_keys() {
+    let e = start(args()).await;
+    // The published example: `"Data": {}` when there is nothing to list.
+    let v = raw(&e, false, &[("Action", "ListUMInferAPIKey")], PRIVATE).await;
+    assert_eq!(retcode(&v), 0);
+    assert_eq!(v["Data"], json!({}));
+    let c = client(&e);
+    let page = c
+        .list_page(&scope(), None)
+        .await
+        .expect("an empty listing parses");
+    assert!(page.keys.is_empty() && page.next.is_none());
+    c.verify().await.expect("verify lists too");
+}
+
+#[tokio::test]
+async fn a_disabled_key_is_still_a_live_key() {
+    let e = start(args()).await;
+    let c = client(&e);
+    let mut s = settings("team-a/disabled");
+    s.disabled = true;
+    let k = c.create(&s).await.unwrap();
+    // The emulator reports a disabled key with Status 0 ("1 = normal" is all UCloud says).
+    let listed = c.get(&scope(), &k.key.id).await.unwrap();
+    assert_eq!(listed.extras.get("status").map(String::as_str), Some("0"));
+    assert!(listed.active, "a disabled key must not read as gone");
+    assert_eq!(listed.observed.disabled, Some(true));
+    assert!(
+        drift(&c, &listed, &s).is_empty(),
+        "{:?}",
+        drift(&c, &listed, &s)
+    );
+}
+
+#[tokio::test]
+async fn a_delete_with_an_unknown_retcode_is_confirmed_against_the_listing() {
+    // The second delete of a key answers a RetCode keysmith has never seen: the listing shows
+    // the key gone, so the revoke succeeds instead of blocking deletion.
+    let e = start(emu::Args {
+        missing_key_retcode: 1046,
+        ..args()
+    })
+    .await;
+    let c = client(&e);
+    let k = c.create(&settings("team-a/gone")).await.unwrap();
+    c.revoke(&scope(), &k.key.id).await.unwrap();
+    // Confirmed gone: the answer a revoke of a missing key gives (the controller's "done").
+    let again = c.revoke(&scope(), &k.key.id).await;
+    assert!(
+        matches!(again, Err(ProviderError::NotFound(_))),
+        "{again:?}"
+    );
+    assert!(c.list_page(&scope(), None).await.unwrap().keys.is_empty());
+}
+
+#[tokio::test]
+async fn a_delete_with_an_unknown_retcode_for_a_listed_key_is_unconfirmed() {
+    use axum::routing::post;
+    // A gateway that answers every delete with an unknown code but keeps listing the key.
+    let app = axum::Router::new().route(
+        "/",
+        post(|body: String| async move {
+            if body.contains("DeleteUMInferAPIKey") {
+                axum::Json(json!({"RetCode": 8046, "Action": "DeleteUMInferAPIKeyResponse",
+                                  "Message": "something new"}))
+            } else {
+                axum::Json(json!({"RetCode": 0, "Action": "ListUMInferAPIKeyResponse",
+                                  "Data": [{"KeyId": "uminferapikey-still", "Name": "x", "Status": 1}]}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let spec = UCloudProvider {
+        base_url: Some(url.clone()),
+        public_key: PUBLIC.into(),
+        ..Default::default()
+    };
+    let mut creds = Credentials::default();
+    creds
+        .0
+        .insert("privateKey".into(), SecretString::from(PRIVATE.to_string()));
+    let c = UCloudClient::new(
+        &spec,
+        creds,
+        ClientOptions {
+            base_url: Some(url),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let e = c.revoke(&scope(), "uminferapikey-still").await.unwrap_err();
+    assert!(matches!(e, ProviderError::Unconfirmed(_)), "{e}");
+    assert!(e.is_transient());
+    assert!(e.to_string().contains("8046"), "{e}");
 }
