@@ -225,3 +225,42 @@ pub struct ClusterKeyProviderSpec {
     #[serde(flatten)]
     pub inner: KeyProviderSpec,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    /// `spec.rateLimit` is bounded in the CRD (the API server refuses 1e-20 requests per second
+    /// before the operator ever sees it); the client clamps to the same bounds.
+    #[test]
+    fn rate_limit_bounds_are_in_both_crds() {
+        for crd in [KeyProvider::crd(), ClusterKeyProvider::crd()] {
+            let schema = serde_json::to_value(
+                crd.spec.versions[0]
+                    .schema
+                    .as_ref()
+                    .unwrap()
+                    .open_api_v3_schema
+                    .as_ref()
+                    .unwrap(),
+            )
+            .unwrap();
+            let rl = &schema["properties"]["spec"]["properties"]["rateLimit"]["properties"];
+            let rps = &rl["requestsPerSecond"];
+            assert_eq!(
+                rps["minimum"].as_f64(),
+                Some(crate::providers::http::MIN_REQUESTS_PER_SECOND)
+            );
+            assert_eq!(
+                rps["maximum"].as_f64(),
+                Some(crate::providers::http::MAX_REQUESTS_PER_SECOND)
+            );
+            assert_eq!(rl["burst"]["minimum"].as_f64(), Some(1.0));
+            assert_eq!(
+                rl["burst"]["maximum"].as_f64(),
+                Some(f64::from(crate::providers::http::MAX_BURST))
+            );
+        }
+    }
+}
