@@ -48,10 +48,11 @@ impl HttpResponse {
     /// Decode the body as JSON, mapping failure to [`ProviderError::Malformed`].
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, ProviderError> {
         serde_json::from_slice(&self.body).map_err(|e| {
-            ProviderError::Malformed(format!(
+            // serde's message may quote a value of the body: cut like any provider text.
+            ProviderError::Malformed(snippet(&format!(
                 "HTTP {} body is not the expected JSON: {e}",
                 self.status.as_u16()
-            ))
+            )))
         })
     }
 

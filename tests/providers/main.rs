@@ -5,6 +5,7 @@ mod bifrost_spec;
 mod boltz;
 mod bounds;
 mod digitalocean;
+mod fuzz;
 mod openapi;
 mod openrouter;
 mod ucloud;
