@@ -1584,17 +1584,37 @@ async fn quota(State(emu): State<Arc<Emu>>, headers: HeaderMap) -> Response {
     let Some(value) = presented_vk(&headers) else {
         return render_error(StatusCode::UNAUTHORIZED, "virtual key is required");
     };
-    let mut db = emu.db.lock().unwrap();
+    let mut guard = emu.db.lock().unwrap();
+    let db = &mut *guard;
     let Some(vk) = db.vks.iter_mut().find(|v| v.value == value) else {
         return render_error(StatusCode::UNAUTHORIZED, "invalid virtual key");
     };
     vk.refresh(Utc::now());
+    // As the published `VirtualKeyQuotaResponse`: budgets with their per-model spend (none
+    // here: no logging plugin), provider configs with `keys` always null, model configs [].
+    let budgets: Vec<Value> = vk
+        .budgets
+        .iter()
+        .map(|b| {
+            let mut v = b.json();
+            v["per_model_usage"] = json!([]);
+            v
+        })
+        .collect();
+    let mut pcs = vk.json(false, &db.pkeys)["provider_configs"].take();
+    if let Some(list) = pcs.as_array_mut() {
+        for c in list {
+            c["keys"] = Value::Null;
+        }
+    }
     ok(json!({
         "virtual_key_id": vk.id,
         "virtual_key_name": vk.name,
         "is_active": vk.is_active,
-        "budgets": vk.budgets.iter().map(Budget::json).collect::<Vec<_>>(),
+        "budgets": budgets,
         "rate_limit": vk.rate_limit.as_ref().map(RateLimit::json),
+        "provider_configs": pcs,
+        "model_configs": [],
     }))
 }
 

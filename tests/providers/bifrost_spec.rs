@@ -159,7 +159,7 @@ async fn client_requests_and_emulator_answers_follow_bifrost_openapi() {
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let spec = BifrostProvider {
-        base_url: url,
+        base_url: url.clone(),
         auth_secret_ref: None,
     };
     let opts = ClientOptions {
@@ -177,15 +177,20 @@ async fn client_requests_and_emulator_answers_follow_bifrost_openapi() {
     // rotate, revoke, and the 404 of a second revoke.
     c.verify().await.expect("verify");
     let mut ids = Vec::new();
+    let mut values = Vec::new();
     for i in 0..3 {
-        ids.push(
-            c.create(&settings(&format!("vk-{i}")))
-                .await
-                .unwrap()
-                .key
-                .id,
-        );
+        let created = c.create(&settings(&format!("vk-{i}"))).await.unwrap();
+        ids.push(created.key.id);
+        values.push(created.secret);
     }
+    // The self-service quota answer, asked with a key's own value.
+    let quota = reqwest::Client::new()
+        .get(format!("{url}/api/governance/virtual-keys/quota"))
+        .bearer_auth(secrecy::ExposeSecret::expose_secret(&values[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(quota.status(), 200);
     let first = c.list_page(&vk, None).await.unwrap();
     assert!(first.next.is_some());
     c.get(&vk, &ids[2]).await.unwrap();
