@@ -32,10 +32,75 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{json_response, FaultArgs, Faults};
-use crate::providers::ucloud::{
-    retcode, split_whitelist, valid_whitelist_entry, Params, MAX_WHITELIST,
-};
-use crate::providers::{decimal_from_f64, normalize_decimal};
+// Only the wire vocabulary is shared with the client (RetCode numbers, the parameter map type);
+// every check of a request (signature, amounts, whitelist) is the emulator's own.
+use crate::providers::ucloud::{retcode, Params};
+
+/// Most `IPWhitelist` entries UCloud takes.
+const MAX_WHITELIST_ENTRIES: usize = 100;
+
+/// An amount as UCloud renders it: a plain decimal, no exponent, at most 6 decimals, no
+/// trailing zeros (`1.5`, `10`).
+fn render_amount(v: f64) -> String {
+    let s = format!("{:.6}", v.max(0.0));
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s.is_empty() {
+        "0".to_string()
+    } else {
+        s.to_string()
+    }
+}
+
+/// A decimal parameter (`"75.50"`) in canonical form (`"75.5"`); `None` unless it is digits
+/// with at most one point and digits on both sides of it.
+fn canonical_amount(v: &str) -> Option<String> {
+    let v = v.trim();
+    let mut parts = v.splitn(2, '.');
+    let int = parts.next().unwrap_or("");
+    let frac = parts.next();
+    let digits = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
+    if !digits(int) || frac.is_some_and(|f| !digits(f)) {
+        return None;
+    }
+    let int = match int.trim_start_matches('0') {
+        "" => "0",
+        i => i,
+    };
+    match frac
+        .map(|f| f.trim_end_matches('0'))
+        .filter(|f| !f.is_empty())
+    {
+        Some(f) => Some(format!("{int}.{f}")),
+        None => Some(int.to_string()),
+    }
+}
+
+/// `IPWhitelist` is newline separated; blank lines are ignored.
+fn whitelist_entries(v: &str) -> Vec<String> {
+    v.split('\n')
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// An IPv4 address, a range `a-b` with a <= b, or a CIDR block `a/n` (n <= 32, host bits
+/// allowed as in UCloud's own example `192.168.1.10/24`).
+fn whitelist_entry_ok(e: &str) -> bool {
+    use std::net::Ipv4Addr;
+    if let Some((a, b)) = e.split_once('-') {
+        return matches!(
+            (a.trim().parse::<Ipv4Addr>(), b.trim().parse::<Ipv4Addr>()),
+            (Ok(a), Ok(b)) if u32::from(a) <= u32::from(b)
+        );
+    }
+    if let Some((addr, bits)) = e.split_once('/') {
+        return addr.parse::<Ipv4Addr>().is_ok()
+            && bits.bytes().all(|b| b.is_ascii_digit())
+            && bits.parse::<u8>().is_ok_and(|n| n <= 32);
+    }
+    e.parse::<Ipv4Addr>().is_ok()
+}
 
 /// Public key accepted when `--public-key` is not given.
 pub const DEFAULT_PUBLIC_KEY: &str = "emulator-public-key";
@@ -142,8 +207,8 @@ impl StoredKey {
             "SandBoxDisabled": self.sandbox_disabled,
             "DailyLimitAmount": self.daily_limit,
             "MonthlyLimitAmount": self.monthly_limit,
-            "DailyUsedAmount": decimal_from_f64(self.daily_used),
-            "MonthlyUsedAmount": decimal_from_f64(self.monthly_used),
+            "DailyUsedAmount": render_amount(self.daily_used),
+            "MonthlyUsedAmount": render_amount(self.monthly_used),
             "GrantAllModels": self.grant_all,
             "GrantedModels": self.granted,
             "IPWhitelist": self.whitelist.join("\n"),
@@ -170,8 +235,8 @@ impl StoredKey {
                 "sandboxDisabled": self.sandbox_disabled,
                 "dailyLimitAmount": self.daily_limit,
                 "monthlyLimitAmount": self.monthly_limit,
-                "dailyUsedAmount": decimal_from_f64(self.daily_used),
-                "monthlyUsedAmount": decimal_from_f64(self.monthly_used),
+                "dailyUsedAmount": render_amount(self.daily_used),
+                "monthlyUsedAmount": render_amount(self.monthly_used),
                 "grantAllModels": self.grant_all,
                 "grantedModels": self.granted,
                 "ipWhitelist": self.whitelist,
@@ -323,7 +388,7 @@ fn amount(p: &Params, name: &str) -> Result<Option<String>, Fail> {
     match p.get(name) {
         None => Ok(None),
         Some(v) if v.trim().is_empty() => Ok(Some(String::new())),
-        Some(v) => normalize_decimal(v)
+        Some(v) => canonical_amount(v)
             .map(|d| Some(if d == "0" { String::new() } else { d }))
             .ok_or_else(|| Fail::not_available(name)),
     }
@@ -374,14 +439,14 @@ fn read_settings(p: &Params) -> Result<SettingsParams, Fail> {
         s.granted = Some(models);
     }
     if let Some(w) = p.get("IPWhitelist") {
-        let entries = split_whitelist(w);
-        if entries.len() > MAX_WHITELIST {
+        let entries = whitelist_entries(w);
+        if entries.len() > MAX_WHITELIST_ENTRIES {
             return Err(Fail::new(
                 retcode::PARAMS_TOO_LARGE,
                 "Params [IPWhitelist] too large",
             ));
         }
-        if !entries.iter().all(|e| valid_whitelist_entry(e)) {
+        if !entries.iter().all(|e| whitelist_entry_ok(e)) {
             return Err(Fail::not_available("IPWhitelist"));
         }
         s.whitelist = Some(entries);
@@ -661,7 +726,7 @@ struct UsageBump {
 
 async fn control_usage(State(emu): State<Arc<Emulator>>, Json(bump): Json<UsageBump>) -> Response {
     let amount = match &bump.amount {
-        Value::String(s) => normalize_decimal(s).and_then(|d| d.parse::<f64>().ok()),
+        Value::String(s) => canonical_amount(s).and_then(|d| d.parse::<f64>().ok()),
         Value::Number(n) => n.as_f64().filter(|f| *f >= 0.0),
         _ => None,
     };
@@ -684,8 +749,8 @@ async fn control_usage(State(emu): State<Arc<Emulator>>, Json(bump): Json<UsageB
         StatusCode::OK,
         json!({
             "keyId": k.id,
-            "dailyUsedAmount": decimal_from_f64(k.daily_used),
-            "monthlyUsedAmount": decimal_from_f64(k.monthly_used),
+            "dailyUsedAmount": render_amount(k.daily_used),
+            "monthlyUsedAmount": render_amount(k.monthly_used),
         }),
     )
 }
@@ -773,6 +838,41 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn amounts_and_whitelists_are_checked_here() {
+        assert_eq!(canonical_amount("75.50").as_deref(), Some("75.5"));
+        assert_eq!(canonical_amount("007").as_deref(), Some("7"));
+        assert_eq!(canonical_amount("0.0").as_deref(), Some("0"));
+        for bad in ["", "1.", ".5", "-1", "1e3", "1.2.3", "ten"] {
+            assert_eq!(canonical_amount(bad), None, "{bad}");
+        }
+        assert_eq!(render_amount(1.5), "1.5");
+        assert_eq!(render_amount(10.0), "10");
+        assert_eq!(render_amount(0.0), "0");
+        assert_eq!(
+            whitelist_entries("10.0.0.1\n\n 10.0.0.0/8 \n"),
+            vec!["10.0.0.1", "10.0.0.0/8"]
+        );
+        for ok in [
+            "10.0.0.1",
+            "10.0.0.1-10.0.0.9",
+            "192.168.1.10/24",
+            "0.0.0.0/0",
+        ] {
+            assert!(whitelist_entry_ok(ok), "{ok}");
+        }
+        for bad in [
+            "10.0.0.9-10.0.0.1",
+            "10.0.0.0/33",
+            "::1",
+            "10.0.0",
+            "host",
+            "10.0.0.0/x",
+        ] {
+            assert!(!whitelist_entry_ok(bad), "{bad}");
+        }
     }
 
     #[test]
