@@ -50,7 +50,7 @@ use serde::{Deserialize, Serialize};
     ),
     printcolumn(
         name = "Next Rotation",
-        type_ = "date",
+        type_ = "string",
         json_path = ".status.nextRotationAt",
         description = "When keysmith next rotates the key on schedule (spec.rotation)"
     ),

@@ -122,9 +122,9 @@ impl Plan {
 /// A duration as Go prints it (`1h0m0s` style is noisy; this gives `1h`, `90m`, `45s`).
 pub fn human(d: Duration) -> String {
     let s = d.as_secs();
-    if s > 0 && s % 3600 == 0 {
+    if s > 0 && s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
-    } else if s > 0 && s % 60 == 0 {
+    } else if s > 0 && s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")
