@@ -258,6 +258,9 @@ pub enum Due {
     Now(Trigger),
     /// A rotation is due but must wait (a message for the condition, and when to look again).
     Held(Trigger, String, Option<DateTime<Utc>>),
+    /// An on-demand request that cannot be honoured (a pushed key: its value is the user's).
+    /// The driver records it in `handledRequest` and says why in a Warning Event, once.
+    Ignored(String, String),
 }
 
 /// Inputs of [`due`] beyond the plan and the clock.
@@ -301,6 +304,11 @@ pub fn due(plan: &Plan, clock: &Clock, s: &State<'_>, now: DateTime<Utc>) -> Due
     if s.pushed {
         return if s.source_changed {
             Due::Now(Trigger::SourceChanged)
+        } else if let Some(v) = new_request(s.request, s.handled_request) {
+            Due::Ignored(
+                v.to_string(),
+                "this key's value comes from spec.source: change that Secret to rotate it (keysmith pushes the new value and keeps the old one for the grace period)".into(),
+            )
         } else {
             Due::No(None)
         };
@@ -809,6 +817,17 @@ mod tests {
             due(&p, &c, &s, t("2026-03-02T00:00:00Z")),
             Due::Now(Trigger::SourceChanged)
         );
+        s.source_changed = false;
+        s.request = Some("now");
+        match due(&p, &c, &s, t("2026-03-02T00:00:00Z")) {
+            Due::Ignored(v, m) => {
+                assert_eq!(v, "now");
+                assert!(m.contains("spec.source"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+        s.handled_request = Some("now");
+        assert_eq!(due(&p, &c, &s, t("2026-03-02T00:00:00Z")), Due::No(None));
     }
 
     #[test]
