@@ -185,6 +185,14 @@ pub fn render(args: &RenderArgs) -> anyhow::Result<String> {
         crate::api::DeletionPolicy::Orphan => "leave the key (deletionPolicy: Orphan)",
     };
     out.push_str(&format!("#  on deletion: {delete}\n"));
+    if ak.spec.rotation.is_some() || !ak.spec.rollout_restart_targets.is_empty() {
+        out.push_str(&rotation_plan(
+            &ak,
+            provider,
+            &scope.family,
+            settings.key_ref.is_some(),
+        ));
+    }
     if ak.spec.source.is_some() {
         return Ok(out);
     }
@@ -215,6 +223,87 @@ pub fn render(args: &RenderArgs) -> anyhow::Result<String> {
     out.push_str("---\n");
     out.push_str(&serde_yaml::to_string(&v)?);
     Ok(out)
+}
+
+/// The rotation lines of `keysmith render`: strategy, schedule, grace period, restart targets.
+fn rotation_plan(ak: &ApiKey, provider: ProviderType, family: &str, adopted: bool) -> String {
+    use crate::rotation::{self, KeyKind, NativeRotate, Plan, Strategy};
+    let mut out = String::from("# rotation:\n");
+    let plan = match Plan::of(&ak.spec) {
+        Ok(p) => p,
+        Err(m) => {
+            out.push_str(&format!("#  Ready=False reason=InvalidSpec: {m}\n"));
+            return out;
+        }
+    };
+    let kind = KeyKind {
+        family,
+        adopted,
+        pushed: ak.spec.source.is_some(),
+    };
+    match rotation::strategy(provider, &kind, &plan, NativeRotate::Unavailable) {
+        Err(m) => out.push_str(&format!("#  Ready=False reason=UnsupportedField: {m}\n")),
+        Ok(s) => {
+            out.push_str(&format!("#  strategy: {}\n", s.as_str()));
+            if provider == ProviderType::Bifrost && family == "virtual" {
+                out.push_str(&format!(
+                    "#  (the gateway's own rotate is used instead when its vk_rotation_cooldown covers the grace period of {})\n",
+                    rotation::human(plan.grace)
+                ));
+            }
+            let when = match (plan.every, plan.renew_before) {
+                _ if kind.pushed => "when the source Secret changes".to_string(),
+                (Some(e), Some(r)) => format!(
+                    "every {} after creation, or {} before expiry, whichever comes first",
+                    rotation::human(e),
+                    rotation::human(r)
+                ),
+                (Some(e), None) => format!("every {} after creation", rotation::human(e)),
+                (None, Some(r)) => format!("{} before the key expires", rotation::human(r)),
+                (None, None) => "no schedule".to_string(),
+            };
+            out.push_str(&format!(
+                "#  next: {when}; status.nextRotationAt shows the moment\n"
+            ));
+            if !kind.pushed {
+                out.push_str(&format!(
+                    "#  on demand: kubectl annotate apikey {} {}=$(date +%s) --overwrite\n",
+                    ak.name_any(),
+                    crate::api::ROTATE_ANNOTATION
+                ));
+            }
+            if s.keeps_previous_key() {
+                let start = if ak.spec.rollout_restart_targets.is_empty() {
+                    "once the Secret holds the new value".to_string()
+                } else {
+                    format!(
+                        "once the restarted workloads have rolled out (at most {} after the restart)",
+                        rotation::human(rotation::ROLLOUT_BOUND)
+                    )
+                };
+                out.push_str(&format!(
+                    "#  grace: the old key stays live for {} {start}, then it is revoked\n",
+                    rotation::human(plan.grace)
+                ));
+            } else if s == Strategy::Regenerate {
+                out.push_str("#  grace: none, the old value stops at once (allowDowntime)\n");
+            }
+        }
+    }
+    if !ak.spec.rollout_restart_targets.is_empty() {
+        let targets: Vec<String> = ak
+            .spec
+            .rollout_restart_targets
+            .iter()
+            .map(|t| format!("{}/{}", t.kind, t.name))
+            .collect();
+        out.push_str(&format!(
+            "#  restart after each new value: {} (pod template annotation {})\n",
+            targets.join(", "),
+            crate::api::RESTARTED_AT_ANNOTATION
+        ));
+    }
+    out
 }
 
 pub fn run(args: RenderArgs) -> anyhow::Result<()> {

@@ -1041,6 +1041,8 @@ fn rendered_rbac_covers_what_the_controller_uses() {
     for values in [
         "{}",
         "watchNamespaces: [team-a, team-b]\nclusterProviders: {enabled: true}\n",
+        "rolloutRestart: {enabled: true}\n",
+        "rolloutRestart: {enabled: true}\nwatchNamespaces: [team-a]\nclusterProviders: {enabled: true}\n",
     ] {
         let objs = render(&helm, values);
         let mut have = Grants::new();
@@ -1051,7 +1053,13 @@ fn rendered_rbac_covers_what_the_controller_uses() {
                 }
             }
         }
-        for p in keysmith::controller::rbac::PERMISSIONS {
+        let restarts = values.contains("rolloutRestart: {enabled: true}");
+        let optional: &[keysmith::controller::rbac::Permission] = if restarts {
+            keysmith::controller::rbac::ROLLOUT_RESTART_PERMISSIONS
+        } else {
+            &[]
+        };
+        for p in keysmith::controller::rbac::PERMISSIONS.iter().chain(optional) {
             for verb in p.verbs {
                 let granted = have
                     .get(&(p.group.to_string(), p.resource.to_string()))

@@ -226,7 +226,14 @@ fn kubectl_get_shows_provider_ready_key_last_used_and_age() {
         .flatten()
         .map(|c| c.name.clone())
         .collect();
-    for want in ["Provider", "Ready", "Key", "Last Used", "Age"] {
+    for want in [
+        "Provider",
+        "Ready",
+        "Key",
+        "Last Used",
+        "Next Rotation",
+        "Age",
+    ] {
         assert!(cols.contains(&want.to_string()), "{cols:?}");
     }
     assert!(
@@ -240,4 +247,100 @@ fn kubectl_get_shows_provider_ready_key_last_used_and_age() {
         assert_eq!(c.spec.group, "keysmith.dev");
         assert_eq!(c.spec.versions[0].name, "v1alpha1");
     }
+}
+
+fn rotation_errors(spec: Value) -> Vec<String> {
+    check("ApiKey", apikey(spec), None)
+        .err()
+        .unwrap_or_default()
+}
+
+fn rejects(spec: Value, message: &str) {
+    let errs = rotation_errors(spec.clone());
+    assert!(
+        errs.iter().any(|m| m.contains(message)),
+        "{spec}: expected {message:?}, got {errs:?}"
+    );
+}
+
+#[test]
+fn rotation_rules() {
+    let ok = [
+        json!({"providerRef": {"name": "o"}, "rotation": {}}),
+        json!({"providerRef": {"name": "o"}, "rotation": {"every": "720h", "renewBefore": "72h", "gracePeriod": "1h"}}),
+        json!({"providerRef": {"name": "o"}, "rotation": {"every": "2h"}}),
+        json!({"providerRef": {"name": "o"}, "ttl": "720h", "rotation": {"renewBefore": "72h", "gracePeriod": "0s"}}),
+        json!({"providerRef": {"name": "d"}, "keyRef": {"id": "x"}, "rotation": {"allowDowntime": true}}),
+        json!({"providerRef": {"name": "b"}, "source": {"secretRef": {"name": "s", "key": "k"}}, "rotation": {"gracePeriod": "10m"}}),
+    ];
+    for spec in ok {
+        assert!(
+            rotation_errors(spec.clone()).is_empty(),
+            "{spec}: {:?}",
+            rotation_errors(spec.clone())
+        );
+    }
+    let o = |rotation: Value| json!({"providerRef": {"name": "o"}, "rotation": rotation});
+    rejects(
+        o(json!({"every": "30m"})),
+        "gracePeriod (default 1h) must be shorter than rotation.every",
+    );
+    rejects(
+        o(json!({"every": "2h", "gracePeriod": "2h"})),
+        "must be shorter than rotation.every",
+    );
+    rejects(
+        o(json!({"every": "2h", "renewBefore": "3h", "gracePeriod": "1m"})),
+        "renewBefore must be shorter than rotation.every",
+    );
+    rejects(
+        o(json!({"every": "30s", "gracePeriod": "0s"})),
+        "between 1m and 8760h",
+    );
+    rejects(o(json!({"every": "9000h"})), "between 1m and 8760h");
+    rejects(o(json!({"renewBefore": "10s"})), "between 1m and 8760h");
+    rejects(o(json!({"gracePeriod": "-1m"})), "between 0s and 720h");
+    rejects(o(json!({"gracePeriod": "721h"})), "between 0s and 720h");
+    rejects(
+        json!({"providerRef": {"name": "o"}, "ttl": "24h", "rotation": {"renewBefore": "48h"}}),
+        "renewBefore must be shorter than ttl",
+    );
+    rejects(
+        json!({"providerRef": {"name": "b"}, "source": {"secretRef": {"name": "s", "key": "k"}}, "rotation": {"every": "720h"}}),
+        "rotates when its source Secret changes",
+    );
+}
+
+#[test]
+fn rollout_restart_target_rules() {
+    let with =
+        |targets: Value| json!({"providerRef": {"name": "o"}, "rolloutRestartTargets": targets});
+    assert!(rotation_errors(with(json!([
+        {"kind": "Deployment", "name": "chat"},
+        {"kind": "StatefulSet", "name": "chat"},
+        {"kind": "DaemonSet", "name": "agent.v2"}
+    ])))
+    .is_empty());
+    rejects(
+        with(
+            json!([{"kind": "Deployment", "name": "chat"}, {"kind": "Deployment", "name": "chat"}]),
+        ),
+        "must not list a workload twice",
+    );
+    for bad in ["Chat", "-chat", "chat_1", "chat.", "a..b"] {
+        rejects(
+            with(json!([{"kind": "Deployment", "name": bad}])),
+            "DNS-1123 subdomain",
+        );
+    }
+    // The schema limits the kind to the three workloads and the list to 16 entries.
+    let schema = schema_of("ApiKey");
+    let targets = &schema["properties"]["spec"]["properties"]["rolloutRestartTargets"];
+    assert_eq!(targets["maxItems"], json!(16));
+    let kinds = &targets["items"]["properties"]["kind"]["enum"];
+    assert_eq!(kinds, &json!(["Deployment", "StatefulSet", "DaemonSet"]));
+    assert_eq!(
+        targets["items"]["properties"]["name"]["maxLength"],
+        json!(253)
+    );
 }

@@ -107,3 +107,56 @@ fn a_model_key_without_key_ref_is_explained() {
         "{out}"
     );
 }
+
+fn run_spec(spec: &str, provider: &str) -> String {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let file = std::env::temp_dir().join(format!(
+        "keysmith-render-rotation-{}-{n}.yaml",
+        std::process::id()
+    ));
+    std::fs::write(&file, spec).unwrap();
+    let out = render(&RenderArgs {
+        file: file.clone(),
+        provider: Some(ex(provider)),
+        provider_type: None,
+    });
+    let _ = std::fs::remove_file(&file);
+    out.unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+#[test]
+fn the_rotation_plan_is_shown() {
+    let out = run_spec(
+        "apiVersion: keysmith.dev/v1alpha1\nkind: ApiKey\nmetadata: {name: chat, namespace: team-a}\nspec:\n  providerRef: {name: openrouter}\n  rotation: {every: 720h, renewBefore: 72h, gracePeriod: 30m}\n  rolloutRestartTargets: [{kind: Deployment, name: chat}, {kind: StatefulSet, name: worker}]\n",
+        "openrouter/provider.yaml",
+    );
+    for want in [
+        "# rotation:",
+        "strategy: mint a new key, then revoke the old one",
+        "every 720h after creation, or 72h before expiry",
+        "kubectl annotate apikey chat keysmith.dev/rotate=$(date +%s) --overwrite",
+        "grace: the old key stays live for 30m once the restarted workloads have rolled out (at most 10m after the restart)",
+        "restart after each new value: Deployment/chat, StatefulSet/worker",
+    ] {
+        assert!(out.contains(want), "expected {want:?} in\n{out}");
+    }
+}
+
+#[test]
+fn a_digitalocean_rotation_needs_allow_downtime() {
+    let model = |rotation: &str| {
+        format!("apiVersion: keysmith.dev/v1alpha1\nkind: ApiKey\nmetadata: {{name: m, namespace: team-a}}\nspec:\n  providerRef: {{name: digitalocean}}\n  keyRef: {{id: 6c1f2b0e-0000-4000-8000-000000000001}}\n  rotation: {rotation}\n")
+    };
+    let out = run_spec(&model("{every: 720h}"), "digitalocean/01-keyprovider.yaml");
+    assert!(
+        out.contains("Ready=False reason=UnsupportedField") && out.contains("allowDowntime: true"),
+        "{out}"
+    );
+    let out = run_spec(
+        &model("{every: 720h, allowDowntime: true}"),
+        "digitalocean/01-keyprovider.yaml",
+    );
+    assert!(out.contains("strategy: regenerate in place"), "{out}");
+    assert!(out.contains("grace: none"), "{out}");
+}

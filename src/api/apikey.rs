@@ -49,6 +49,12 @@ use serde::{Deserialize, Serialize};
         description = "When the provider last saw the key used (where it reports this)"
     ),
     printcolumn(
+        name = "Next Rotation",
+        type_ = "string",
+        json_path = ".status.nextRotationAt",
+        description = "When keysmith next rotates the key on schedule (spec.rotation)"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -61,7 +67,9 @@ use serde::{Deserialize, Serialize};
     validation = Rule::new("!(has(self.keyRef) && has(self.source))").message("keyRef (adopt an existing key) and source (push a value) exclude each other"),
     validation = Rule::new("[has(self.openrouter), has(self.boltz), has(self.ucloud), has(self.digitalocean), has(self.bifrost)].filter(x, x).size() <= 1").message("set at most one provider-specific block"),
     validation = Rule::new("has(self.keyRef) == has(oldSelf.keyRef) && (!has(self.keyRef) || self.keyRef == oldSelf.keyRef)").message("keyRef is immutable: create a new ApiKey to manage another key"),
-    validation = Rule::new("(has(self.secret) && has(self.secret.name) ? self.secret.name : '') == (has(oldSelf.secret) && has(oldSelf.secret.name) ? oldSelf.secret.name : '')").message("secret.name is immutable")
+    validation = Rule::new("(has(self.secret) && has(self.secret.name) ? self.secret.name : '') == (has(oldSelf.secret) && has(oldSelf.secret.name) ? oldSelf.secret.name : '')").message("secret.name is immutable"),
+    validation = Rule::new("!has(self.source) || !has(self.rotation) || (!has(self.rotation.every) && !has(self.rotation.renewBefore))").message("a pushed key (source) rotates when its source Secret changes: spec.rotation takes only gracePeriod here, not every or renewBefore"),
+    validation = Rule::new("!has(self.rotation) || !has(self.rotation.renewBefore) || !has(self.ttl) || duration(self.rotation.renewBefore) < duration(self.ttl)").message("rotation.renewBefore must be shorter than ttl, or every new key would be due at once")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ApiKeySpec {
@@ -128,6 +136,118 @@ pub struct ApiKeySpec {
     /// revokes the old one.
     #[serde(default)]
     pub on_immutable_change: ImmutableChangePolicy,
+    /// When keysmith replaces the key with a new one: on a schedule (`every`), ahead of its
+    /// expiry (`renewBefore`), and always on demand when the `keysmith.dev/rotate` annotation
+    /// gets a new value. The old key stays live for `gracePeriod`, then it is revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationSpec>,
+    /// Workloads in this namespace restarted after each new key value, the way
+    /// `kubectl rollout restart` does (pod template annotation `keysmith.dev/restartedAt`).
+    /// A missing workload is reported in an Event and a condition; the key still works.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(t, self.exists_one(u, u.kind == t.kind && u.name == t.name))").message("rolloutRestartTargets must not list a workload twice"))]
+    pub rollout_restart_targets: Vec<RestartTarget>,
+}
+
+/// Annotation on an ApiKey: each new value rotates the key once (`kubectl annotate apikey NAME
+/// keysmith.dev/rotate=$(date +%s) --overwrite`).
+pub const ROTATE_ANNOTATION: &str = "keysmith.dev/rotate";
+/// Pod template annotation keysmith sets on `rolloutRestartTargets` after a new key value.
+pub const RESTARTED_AT_ANNOTATION: &str = "keysmith.dev/restartedAt";
+/// Annotation on a written Secret: sha256 (hex) of the id of the key it holds and of when that
+/// value was issued, for Reloader-style tools and `checksum/` pod annotations. Never a hash of
+/// the value.
+pub const KEY_HASH_ANNOTATION: &str = "keysmith.dev/key-hash";
+
+/// Rotation of a key (`spec.rotation`). Durations are Go-style (`90m`, `720h`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.every) || duration(has(self.gracePeriod) ? self.gracePeriod : '1h') < duration(self.every)").message("rotation.gracePeriod (default 1h) must be shorter than rotation.every: the old key must be gone before the next rotation"),
+    validation = Rule::new("!has(self.every) || !has(self.renewBefore) || duration(self.renewBefore) < duration(self.every)").message("rotation.renewBefore must be shorter than rotation.every")
+)]
+pub struct RotationSpec {
+    /// Rotate this often: the first rotation is this long after the key was created, the next
+    /// ones this long after the last rotation. Between 1m and 8760h. Absent: no schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1m') && duration(self) <= duration('8760h')").message("rotation.every must be a duration between 1m and 8760h, such as 720h"))]
+    pub every: Option<String>,
+    /// For keys that expire (expiresAt, ttl, or an expiry set at the provider): rotate this long
+    /// before the expiry, as cert-manager renews certificates. Between 1m and 8760h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1m') && duration(self) <= duration('8760h')").message("rotation.renewBefore must be a duration between 1m and 8760h, such as 72h"))]
+    pub renew_before: Option<String>,
+    /// How long the old key stays live after the new value is in the Secret (with
+    /// rolloutRestartTargets: after the restarted workloads have rolled out, or at the latest
+    /// 10m after the restart). Between 0s and 720h; default 1h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('0s') && duration(self) <= duration('720h')").message("rotation.gracePeriod must be a duration between 0s and 720h, such as 1h"))]
+    pub grace_period: Option<String>,
+    /// Allow a rotation that stops the old value at once (DigitalOcean's regenerate has no
+    /// grace period): workloads fail until they restart with the new value. Required to rotate
+    /// DigitalOcean keys; other providers never need it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_downtime: bool,
+}
+
+/// A workload restarted after each new key value.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartTarget {
+    /// `Deployment`, `StatefulSet` or `DaemonSet` (group apps).
+    pub kind: RestartKind,
+    /// Name of the workload in the ApiKey's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("name must be a DNS-1123 subdomain (lowercase letters, digits, '-' and '.')"))]
+    pub name: String,
+}
+
+/// Kind of a workload keysmith restarts.
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    schemars::JsonSchema,
+)]
+pub enum RestartKind {
+    /// apps/v1 Deployment.
+    Deployment,
+    /// apps/v1 StatefulSet.
+    StatefulSet,
+    /// apps/v1 DaemonSet.
+    DaemonSet,
+}
+
+impl RestartKind {
+    /// The resource name (plural, lowercase) as RBAC and the API paths spell it.
+    pub fn resource(self) -> &'static str {
+        match self {
+            RestartKind::Deployment => "deployments",
+            RestartKind::StatefulSet => "statefulsets",
+            RestartKind::DaemonSet => "daemonsets",
+        }
+    }
+}
+
+impl std::fmt::Display for RestartKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RestartKind::Deployment => "Deployment",
+            RestartKind::StatefulSet => "StatefulSet",
+            RestartKind::DaemonSet => "DaemonSet",
+        })
+    }
 }
 
 /// Which provider object serves an ApiKey.
@@ -457,6 +577,87 @@ pub struct ApiKeyStatus {
     /// revoke failed, or is not due yet). Retried on every reconcile and on deletion.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previous_keys: Vec<PreviousKey>,
+    /// When the key was last rotated (replaced by a new value on schedule, before expiry, on
+    /// demand or after its source changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotated_at: Option<String>,
+    /// The next scheduled rotation (spec.rotation.every or renewBefore); absent without a
+    /// schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_at: Option<String>,
+    /// Rotation bookkeeping: the last on-demand request handled, a rotation in flight, and
+    /// the workload restarts the grace period waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationStatus>,
+}
+
+/// Rotation bookkeeping in the status.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationStatus {
+    /// The value of the `keysmith.dev/rotate` annotation last acted on: a different value
+    /// rotates once more, the same value never again (not even after an operator restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_request: Option<String>,
+    /// A rotation whose new key may exist but is not yet the recorded one. Written together
+    /// with `pendingCreate`, before the provider is asked for the new key: after a crash the
+    /// replaced key still gets its grace period instead of an immediate revoke.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_progress: Option<RotationInProgress>,
+    /// Workloads restarted after the last new value; the grace period of the replaced key
+    /// starts when all of them have rolled out, or at `graceStartsBy` at the latest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// A rotation in flight.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationInProgress {
+    /// What started it: `Schedule`, `BeforeExpiry`, `OnDemand` or `SourceChanged`.
+    pub trigger: String,
+    /// The `keysmith.dev/rotate` value being handled (OnDemand only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// The key being replaced.
+    #[serde(rename = "keyID")]
+    pub key_id: String,
+    /// Where the replaced key lives, if below the account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<KeyLocation>,
+    /// When the rotation started (RFC 3339).
+    pub started_at: String,
+}
+
+/// Restarts the grace period of the replaced key waits for.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The `keysmith.dev/restartedAt` value written to the pod templates.
+    pub restarted_at: String,
+    /// The restarted workloads and the generation the restart produced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<RolloutTarget>,
+    /// The grace period starts at this moment at the latest, rolled out or not (Pods that
+    /// never become ready must not keep an old key alive forever).
+    pub grace_starts_by: String,
+}
+
+/// One restarted workload.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutTarget {
+    /// Deployment, StatefulSet or DaemonSet.
+    pub kind: RestartKind,
+    /// Name of the workload.
+    pub name: String,
+    /// metadata.generation after the restart patch; rolled out once the workload's status
+    /// reports this generation observed and every replica updated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// The workload has rolled out the restarted template.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rolled_out: bool,
 }
 
 /// Where a key lives below the provider account.

@@ -58,10 +58,22 @@ pub const PERMISSIONS: &[Permission] = &[
     p("coordination.k8s.io", "leases", &["get", "create", "patch"]),
 ];
 
-/// Whether `verb` on `group`/`resource` is in [`PERMISSIONS`].
+/// What `spec.rolloutRestartTargets` needs, granted only with the chart's
+/// `rolloutRestart.enabled` (patching a pod template is a strong permission: it is opt-in).
+/// `patch` sets the restart annotation; `get` reads the rollout status the grace period of a
+/// replaced key waits for. Without them restarts are reported as refused and keys still work.
+pub const ROLLOUT_RESTART_PERMISSIONS: &[Permission] = &[
+    p("apps", "deployments", &["get", "patch"]),
+    p("apps", "statefulsets", &["get", "patch"]),
+    p("apps", "daemonsets", &["get", "patch"]),
+];
+
+/// Whether `verb` on `group`/`resource` is in [`PERMISSIONS`] or
+/// [`ROLLOUT_RESTART_PERMISSIONS`].
 pub fn allowed(group: &str, resource: &str, verb: &str) -> bool {
     PERMISSIONS
         .iter()
+        .chain(ROLLOUT_RESTART_PERMISSIONS)
         .any(|p| p.group == group && p.resource == resource && p.verbs.contains(&verb))
 }
 
@@ -147,6 +159,14 @@ mod tests {
             c("POST", "/apis/events.k8s.io/v1/namespaces/a/events", ""),
             ("events.k8s.io".into(), "events".into(), "create".into())
         );
+        assert_eq!(
+            c("PATCH", "/apis/apps/v1/namespaces/a/deployments/web", ""),
+            ("apps".into(), "deployments".into(), "patch".into())
+        );
+        assert!(allowed("apps", "deployments", "patch"));
+        assert!(allowed("apps", "daemonsets", "get"));
+        assert!(!allowed("apps", "deployments", "update"));
+        assert!(!allowed("apps", "replicasets", "patch"));
         assert!(allowed("", "secrets", "patch"));
         assert!(!allowed("", "secrets", "deletecollection"));
     }

@@ -1,0 +1,1126 @@
+//! Rotation decisions, without IO: the rotation plan of an ApiKey (`spec.rotation`), the next
+//! scheduled moment, which trigger is due now, how each provider rotates, when the grace period
+//! of a replaced key starts and which replaced keys are due for revocation.
+//!
+//! The reconcile driver asks these functions and performs the calls; every decision here is a
+//! function of the spec, the status, the annotations and `now`, so the same inputs after an
+//! operator restart give the same answer (a handled `keysmith.dev/rotate` value is recorded in
+//! `status.rotation.handledRequest` and never rotates twice).
+//!
+//! Crash safety of a rotation (invariant 1): a rotation is a create with a `pendingCreate`
+//! marker. The same status write that records the marker records `status.rotation.inProgress`
+//! (the key being replaced and the trigger). A crash before the Secret holds the new value is an
+//! ordinary interrupted create: the orphan is revoked and, the trigger still being due (nothing
+//! recorded it as handled), the rotation runs again. A crash after the Secret was written leaves a
+//! Secret naming the new key: recovery keeps it and, because `inProgress` names the replaced key,
+//! moves that key to `previousKeys` with its grace period ([`retire_on_recovery`]) instead of
+//! revoking it at once.
+
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::api::{
+    ApiKeySpec, ApiKeyStatus, KeyLocation, PreviousKey, ProviderType, RolloutStatus,
+    RotationInProgress,
+};
+use crate::providers::parse_duration;
+
+/// Grace period when `spec.rotation.gracePeriod` is not set.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
+/// Longest wait for restarted workloads to roll out before the grace period starts anyway
+/// (Pods that never become ready must not keep an old key alive forever).
+pub const ROLLOUT_BOUND: Duration = Duration::from_secs(600);
+/// Replaced keys an ApiKey may hold in their grace period; more on-demand requests wait until
+/// the oldest is revoked (a loop annotating the ApiKey cannot pile up keys at the provider).
+pub const MAX_PREVIOUS_KEYS: usize = 5;
+
+/// Event reason: the key was replaced by a new value.
+pub const EVENT_KEY_ROTATED: &str = "KeyRotated";
+/// Event reason: a replaced key was revoked after its grace period.
+pub const EVENT_PREVIOUS_KEY_REVOKED: &str = "PreviousKeyRevoked";
+/// Event reason: rolloutRestartTargets were restarted after a new value.
+pub const EVENT_RESTART_TRIGGERED: &str = "RestartTriggered";
+/// Event reason (Warning): a rolloutRestartTarget does not exist or cannot be patched.
+pub const EVENT_RESTART_TARGET_MISSING: &str = "RestartTargetMissing";
+
+/// The rotation settings of an ApiKey, parsed. On-demand rotation works without
+/// `spec.rotation` (defaults: no schedule, the default grace period).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub every: Option<Duration>,
+    pub renew_before: Option<Duration>,
+    pub grace: Duration,
+    pub allow_downtime: bool,
+}
+
+impl Default for Plan {
+    fn default() -> Self {
+        Plan {
+            every: None,
+            renew_before: None,
+            grace: DEFAULT_GRACE,
+            allow_downtime: false,
+        }
+    }
+}
+
+fn field(name: &str, v: &Option<String>) -> Result<Option<Duration>, String> {
+    v.as_deref()
+        .map(|s| parse_duration(s).map_err(|e| format!("spec.rotation.{name}: {e}")))
+        .transpose()
+}
+
+impl Plan {
+    /// Parse and check `spec.rotation` (the CRD's CEL rules say the same; this also serves
+    /// `keysmith render` and objects admitted before the rules existed).
+    pub fn of(spec: &ApiKeySpec) -> Result<Plan, String> {
+        let Some(r) = &spec.rotation else {
+            return Ok(Plan::default());
+        };
+        let every = field("every", &r.every)?;
+        let renew_before = field("renewBefore", &r.renew_before)?;
+        let grace = field("gracePeriod", &r.grace_period)?.unwrap_or(DEFAULT_GRACE);
+        let min = Duration::from_secs(60);
+        if every.is_some_and(|e| e < min) {
+            return Err("spec.rotation.every must be at least 1m".into());
+        }
+        if renew_before.is_some_and(|e| e < min) {
+            return Err("spec.rotation.renewBefore must be at least 1m".into());
+        }
+        if let Some(e) = every {
+            if grace >= e {
+                return Err(format!(
+                    "spec.rotation.gracePeriod ({}) must be shorter than spec.rotation.every ({})",
+                    human(grace),
+                    human(e)
+                ));
+            }
+            if renew_before.is_some_and(|r| r >= e) {
+                return Err(
+                    "spec.rotation.renewBefore must be shorter than spec.rotation.every".into(),
+                );
+            }
+        }
+        if spec.source.is_some() && (every.is_some() || renew_before.is_some()) {
+            return Err("a pushed key (spec.source) rotates when its source Secret changes: spec.rotation takes only gracePeriod here".into());
+        }
+        Ok(Plan {
+            every,
+            renew_before,
+            grace,
+            allow_downtime: r.allow_downtime,
+        })
+    }
+
+    /// Whether the key rotates on its own (a schedule or ahead of expiry).
+    pub fn scheduled(&self) -> bool {
+        self.every.is_some() || self.renew_before.is_some()
+    }
+}
+
+/// A duration as Go prints it (`1h0m0s` style is noisy; this gives `1h`, `90m`, `45s`).
+pub fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    if s > 0 && s.is_multiple_of(3600) {
+        format!("{}h", s / 3600)
+    } else if s > 0 && s.is_multiple_of(60) {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn chrono(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    t.checked_add_signed(chrono(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+fn sub(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    t.checked_sub_signed(chrono(d))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// Parse an RFC 3339 moment from the status; anything else is `None` (never a panic).
+pub fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
+    s.and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// RFC 3339 with seconds, UTC (`2026-12-02T03:00:00Z`), as the status writes moments.
+pub fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// Why a key rotates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// `spec.rotation.every` has passed since the key was created or last rotated.
+    Schedule,
+    /// The key expires within `spec.rotation.renewBefore`.
+    BeforeExpiry,
+    /// A new value of the `keysmith.dev/rotate` annotation (the value).
+    OnDemand(String),
+    /// A pushed key's source Secret changed.
+    SourceChanged,
+}
+
+impl Trigger {
+    /// The metric label and the `status.rotation.inProgress.trigger` value.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Trigger::Schedule => "Schedule",
+            Trigger::BeforeExpiry => "BeforeExpiry",
+            Trigger::OnDemand(_) => "OnDemand",
+            Trigger::SourceChanged => "SourceChanged",
+        }
+    }
+
+    /// The trigger of a rotation recorded in flight (a crash interrupted it).
+    pub fn of_in_progress(p: &RotationInProgress) -> Trigger {
+        match p.trigger.as_str() {
+            "OnDemand" => Trigger::OnDemand(p.request.clone().unwrap_or_default()),
+            "BeforeExpiry" => Trigger::BeforeExpiry,
+            "SourceChanged" => Trigger::SourceChanged,
+            _ => Trigger::Schedule,
+        }
+    }
+
+    /// A sentence for Events and conditions.
+    pub fn describe(&self) -> String {
+        match self {
+            Trigger::Schedule => "on schedule (spec.rotation.every)".into(),
+            Trigger::BeforeExpiry => "ahead of its expiry (spec.rotation.renewBefore)".into(),
+            Trigger::OnDemand(v) => format!("on demand (keysmith.dev/rotate={v})"),
+            Trigger::SourceChanged => "after its source Secret changed".into(),
+        }
+    }
+}
+
+/// What the schedule is measured from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Clock {
+    /// When the current key was created (status.createdAt; the driver falls back to the
+    /// ApiKey's creationTimestamp when the provider does not say).
+    pub created_at: Option<DateTime<Utc>>,
+    /// status.lastRotatedAt.
+    pub last_rotated_at: Option<DateTime<Utc>>,
+    /// When the current key expires (status.expiresAt).
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl Clock {
+    /// From the status, with `fallback_created` for a provider that reports no creation time.
+    pub fn of(st: &ApiKeyStatus, fallback_created: Option<DateTime<Utc>>) -> Clock {
+        Clock {
+            created_at: parse_time(st.created_at.as_deref()).or(fallback_created),
+            last_rotated_at: parse_time(st.last_rotated_at.as_deref()),
+            expires_at: parse_time(st.expires_at.as_deref()),
+        }
+    }
+
+    /// The start of the renewal window of the current expiry, unless the key was already
+    /// rotated inside it. With a fixed `spec.expiresAt` every new key gets the same expiry:
+    /// one rotation inside the window is all a rotation can do, and another would loop.
+    fn renewal(&self, plan: &Plan) -> Option<DateTime<Utc>> {
+        let window = sub(self.expires_at?, plan.renew_before?);
+        match self.last_rotated_at {
+            Some(r) if r >= window => None,
+            _ => Some(window),
+        }
+    }
+
+    fn schedule(&self, plan: &Plan) -> Option<DateTime<Utc>> {
+        let base = self.last_rotated_at.or(self.created_at)?;
+        Some(add(base, plan.every?))
+    }
+
+    /// `status.nextRotationAt`: the next scheduled moment (every, or renewBefore ahead of
+    /// expiry, whichever comes first), `None` without a schedule.
+    pub fn next(&self, plan: &Plan) -> Option<DateTime<Utc>> {
+        match (self.schedule(plan), self.renewal(plan)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// What the driver should do about rotation now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Due {
+    /// Nothing; the next scheduled moment, if any (requeue then).
+    No(Option<DateTime<Utc>>),
+    /// Rotate now.
+    Now(Trigger),
+    /// A rotation is due but must wait (a message for the condition, and when to look again).
+    Held(Trigger, String, Option<DateTime<Utc>>),
+    /// An on-demand request that cannot be honoured (a pushed key: its value is the user's).
+    /// The driver records it in `handledRequest` and says why in a Warning Event, once.
+    Ignored(String, String),
+}
+
+/// Inputs of [`due`] beyond the plan and the clock.
+#[derive(Clone, Debug, Default)]
+pub struct State<'a> {
+    /// A current key exists (nothing to rotate before the first create).
+    pub has_key: bool,
+    /// The key's value comes from a Secret of the user (push).
+    pub pushed: bool,
+    /// The source Secret changed since the last push (pushed keys).
+    pub source_changed: bool,
+    /// The `keysmith.dev/rotate` annotation of the ApiKey.
+    pub request: Option<&'a str>,
+    /// `status.rotation.handledRequest`.
+    pub handled_request: Option<&'a str>,
+    /// `status.rotation.inProgress`: a rotation a crash interrupted resumes first.
+    pub in_progress: Option<&'a RotationInProgress>,
+    /// `status.previousKeys.len()`.
+    pub previous_keys: usize,
+    /// The earliest `deleteAfter` of the previous keys (when a held request may go).
+    pub earliest_delete_after: Option<DateTime<Utc>>,
+}
+
+/// An on-demand request not handled yet.
+pub fn new_request<'a>(request: Option<&'a str>, handled: Option<&str>) -> Option<&'a str> {
+    request
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .filter(|v| Some(*v) != handled.map(str::trim))
+}
+
+/// Which trigger is due at `now`, in this order: an interrupted rotation, an on-demand request,
+/// renewal before expiry, the schedule; for pushed keys, a changed source.
+pub fn due(plan: &Plan, clock: &Clock, s: &State<'_>, now: DateTime<Utc>) -> Due {
+    if let Some(p) = s.in_progress {
+        return Due::Now(Trigger::of_in_progress(p));
+    }
+    if !s.has_key {
+        return Due::No(None);
+    }
+    if s.pushed {
+        return if s.source_changed {
+            Due::Now(Trigger::SourceChanged)
+        } else if let Some(v) = new_request(s.request, s.handled_request) {
+            Due::Ignored(
+                v.to_string(),
+                "this key's value comes from spec.source: change that Secret to rotate it (keysmith pushes the new value and keeps the old one for the grace period)".into(),
+            )
+        } else {
+            Due::No(None)
+        };
+    }
+    let next = clock.next(plan);
+    let trigger = if let Some(v) = new_request(s.request, s.handled_request) {
+        Trigger::OnDemand(v.to_string())
+    } else if clock.renewal(plan).is_some_and(|t| t <= now) {
+        Trigger::BeforeExpiry
+    } else if clock.schedule(plan).is_some_and(|t| t <= now) {
+        Trigger::Schedule
+    } else {
+        return Due::No(next);
+    };
+    if s.previous_keys >= MAX_PREVIOUS_KEYS {
+        let when = s.earliest_delete_after;
+        return Due::Held(
+            trigger,
+            format!(
+                "{} replaced keys are still in their grace period; the rotation waits until the oldest is revoked{}",
+                s.previous_keys,
+                when.map(|t| format!(" at {}", ts(t))).unwrap_or_default()
+            ),
+            when,
+        );
+    }
+    Due::Now(trigger)
+}
+
+/// How a provider rotates a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// Create a new key (with a `pendingCreate` marker), write it to the Secret, keep the old
+    /// key live for the grace period, then revoke it.
+    MintNewThenRevoke,
+    /// The provider's own rotate call (Bifrost virtual keys): same key id, new value; the
+    /// gateway keeps the previous value valid for its own cooldown.
+    NativeRotate,
+    /// Regenerate in place (DigitalOcean): the old value dies at once, no grace period.
+    Regenerate,
+    /// Pushed keys (Bifrost provider keys): register the new value as a new key next to the
+    /// old one, which is deleted after the grace period.
+    RepushWithGrace,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::MintNewThenRevoke => "mint a new key, then revoke the old one",
+            Strategy::NativeRotate => "the provider's rotate call",
+            Strategy::Regenerate => "regenerate in place (the old value stops at once)",
+            Strategy::RepushWithGrace => "push the new value as a new key, then delete the old one",
+        }
+    }
+
+    /// Whether the old value outlives the rotation under keysmith's control (a previous key
+    /// with `deleteAfter`).
+    pub fn keeps_previous_key(self) -> bool {
+        matches!(
+            self,
+            Strategy::MintNewThenRevoke | Strategy::RepushWithGrace
+        )
+    }
+}
+
+/// What a Bifrost gateway offers for virtual-key rotation (the driver learns it from the
+/// gateway; `Unknown` until it does).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NativeRotate {
+    /// Not known, or no rotate route.
+    #[default]
+    Unavailable,
+    /// A rotate route whose old value stops at once (`vk_rotation_cooldown` 0).
+    Immediate,
+    /// A rotate route keeping the previous value valid this long.
+    WithGrace(Duration),
+}
+
+/// Where the key is and how it came to be, for [`strategy`].
+#[derive(Clone, Debug, Default)]
+pub struct KeyKind<'a> {
+    /// The key family (`status.keyScope.family`: DigitalOcean `model`/`agent`, Bifrost
+    /// `virtual`/`provider`).
+    pub family: &'a str,
+    /// Adopted with `spec.keyRef`: a rotation must keep the key id the spec names.
+    pub adopted: bool,
+    /// Pushed from `spec.source`.
+    pub pushed: bool,
+}
+
+/// How `provider` rotates this key, or the message of a `Ready=False, reason=UnsupportedField`
+/// condition saying why it cannot.
+pub fn strategy(
+    provider: ProviderType,
+    key: &KeyKind<'_>,
+    plan: &Plan,
+    native: NativeRotate,
+) -> Result<Strategy, String> {
+    if key.pushed {
+        return if provider == ProviderType::Bifrost {
+            Ok(Strategy::RepushWithGrace)
+        } else {
+            Err(format!(
+                "{provider} keys do not take a pushed value, so they cannot rotate from one"
+            ))
+        };
+    }
+    let adopted_elsewhere = || {
+        Err(format!(
+            "rotating an adopted key at {provider} would create a new key that spec.keyRef does not name: create an ApiKey without keyRef to have keysmith rotate it"
+        ))
+    };
+    match provider {
+        ProviderType::OpenRouter | ProviderType::Boltz | ProviderType::UCloud => {
+            if key.adopted {
+                adopted_elsewhere()
+            } else {
+                Ok(Strategy::MintNewThenRevoke)
+            }
+        }
+        ProviderType::DigitalOcean => {
+            if key.family == "agent" && !key.adopted {
+                // Agent keys can still be minted: a new key and a grace period beat a regenerate.
+                Ok(Strategy::MintNewThenRevoke)
+            } else if plan.allow_downtime {
+                Ok(Strategy::Regenerate)
+            } else {
+                Err("DigitalOcean can only rotate this key with regenerate, which stops the old value at once (no grace period): set spec.rotation.allowDowntime: true to rotate it anyway; rolloutRestartTargets restart right after".into())
+            }
+        }
+        ProviderType::Bifrost => match native {
+            NativeRotate::WithGrace(g) if g >= plan.grace => Ok(Strategy::NativeRotate),
+            NativeRotate::WithGrace(_) | NativeRotate::Immediate if plan.allow_downtime => {
+                Ok(Strategy::NativeRotate)
+            }
+            _ if !key.adopted => Ok(Strategy::MintNewThenRevoke),
+            NativeRotate::Unavailable => Err("this Bifrost gateway has no virtual-key rotate route, and rotating an adopted key by minting a new one would leave spec.keyRef naming the old key".into()),
+            _ => Err(format!(
+                "this Bifrost gateway's rotate keeps the old value for less than spec.rotation.gracePeriod ({}): raise the gateway's vk_rotation_cooldown, or set spec.rotation.allowDowntime: true",
+                human(plan.grace)
+            )),
+        },
+    }
+}
+
+/// The status record written with `pendingCreate` before the new key is asked for.
+pub fn in_progress(
+    trigger: &Trigger,
+    key_id: &str,
+    scope: Option<KeyLocation>,
+    now: DateTime<Utc>,
+) -> RotationInProgress {
+    RotationInProgress {
+        trigger: trigger.as_str().to_string(),
+        request: match trigger {
+            Trigger::OnDemand(v) => Some(v.clone()),
+            _ => None,
+        },
+        key_id: key_id.to_string(),
+        scope,
+        started_at: ts(now),
+    }
+}
+
+/// When the grace period of a key replaced at `now` may end, before any rollout is seen: with
+/// restart targets the grace starts after the rollout, at the latest [`ROLLOUT_BOUND`] after
+/// the restart, so this is the upper bound ([`settle_after_rollout`] brings it forward).
+pub fn delete_after(plan: &Plan, restarts: bool, now: DateTime<Utc>) -> DateTime<Utc> {
+    let start = if restarts {
+        add(now, ROLLOUT_BOUND)
+    } else {
+        now
+    };
+    add(start, plan.grace)
+}
+
+/// The previous-key entry for a key replaced at `now`.
+pub fn previous_key(
+    key_id: &str,
+    scope: Option<KeyLocation>,
+    plan: &Plan,
+    restarts: bool,
+    now: DateTime<Utc>,
+) -> PreviousKey {
+    PreviousKey {
+        key_id: key_id.to_string(),
+        delete_after: ts(delete_after(plan, restarts, now)),
+        scope,
+    }
+}
+
+/// Everything a finished rotation writes into the status (the caller has already set the new
+/// key's id and pushed the replaced key to `previousKeys` where the strategy keeps one).
+pub fn record_done(
+    st: &mut ApiKeyStatus,
+    plan: &Plan,
+    trigger: &Trigger,
+    fallback_created: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) {
+    st.last_rotated_at = Some(ts(now));
+    let r = st.rotation.get_or_insert_with(Default::default);
+    r.in_progress = None;
+    if let Trigger::OnDemand(v) = trigger {
+        r.handled_request = Some(v.clone());
+    }
+    st.next_rotation_at = Clock::of(st, fallback_created).next(plan).map(ts);
+}
+
+/// A crash interrupted a rotation after the Secret received the new key `new_id`: the
+/// replaced key (named by `inProgress`) gets its grace period from `now`, and the rotation is
+/// recorded as done. Returns the entry for `previousKeys` (none when the key kept its id).
+pub fn retire_on_recovery(
+    st: &mut ApiKeyStatus,
+    plan: &Plan,
+    restarts: bool,
+    new_id: &str,
+    fallback_created: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Option<PreviousKey> {
+    let p = st.rotation.as_ref()?.in_progress.clone()?;
+    let prev =
+        (p.key_id != new_id).then(|| previous_key(&p.key_id, p.scope.clone(), plan, restarts, now));
+    record_done(
+        st,
+        plan,
+        &Trigger::of_in_progress(&p),
+        fallback_created,
+        now,
+    );
+    prev
+}
+
+/// Where the grace period of the last rotation stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GraceStart {
+    /// No restart to wait for.
+    NoRollout,
+    /// The grace period runs from this moment.
+    At(DateTime<Utc>),
+    /// Still waiting for these workloads (kind/name) until the bound.
+    Waiting {
+        pending: Vec<String>,
+        until: DateTime<Utc>,
+    },
+}
+
+/// When the grace period starts after restarts: when every target has rolled out (observed at
+/// `now`), or at `graceStartsBy`, whichever comes first.
+pub fn grace_start(rollout: Option<&RolloutStatus>, now: DateTime<Utc>) -> GraceStart {
+    let Some(r) = rollout else {
+        return GraceStart::NoRollout;
+    };
+    let bound = parse_time(Some(&r.grace_starts_by)).unwrap_or(now);
+    let pending: Vec<String> = r
+        .targets
+        .iter()
+        .filter(|t| !t.rolled_out)
+        .map(|t| format!("{}/{}", t.kind, t.name))
+        .collect();
+    if pending.is_empty() {
+        GraceStart::At(now.min(bound))
+    } else if now >= bound {
+        GraceStart::At(bound)
+    } else {
+        GraceStart::Waiting {
+            pending,
+            until: bound,
+        }
+    }
+}
+
+/// The rollout finished (or its bound passed) at `start`: previous keys whose `deleteAfter`
+/// was the upper bound now end their grace period at `start + grace`. Keys already due earlier
+/// keep their moment. Returns whether anything changed.
+pub fn settle_after_rollout(prev: &mut [PreviousKey], plan: &Plan, start: DateTime<Utc>) -> bool {
+    let end = add(start, plan.grace);
+    let mut changed = false;
+    for p in prev {
+        if parse_time(Some(&p.delete_after)).is_none_or(|t| t > end) {
+            p.delete_after = ts(end);
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// The previous keys due for revocation at `now` (indices into `prev`), and the next moment one
+/// becomes due (to requeue then). A `deleteAfter` that does not parse is due (it cannot be
+/// honoured, and a key must not live forever because of it).
+pub fn revocations_due(
+    prev: &[PreviousKey],
+    now: DateTime<Utc>,
+) -> (Vec<usize>, Option<DateTime<Utc>>) {
+    let mut due = Vec::new();
+    let mut next: Option<DateTime<Utc>> = None;
+    for (i, p) in prev.iter().enumerate() {
+        match parse_time(Some(&p.delete_after)) {
+            Some(t) if t > now => next = Some(next.map_or(t, |n| n.min(t))),
+            _ => due.push(i),
+        }
+    }
+    (due, next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{RestartKind, RolloutTarget, RotationSpec};
+
+    fn t(s: &str) -> DateTime<Utc> {
+        parse_time(Some(s)).unwrap()
+    }
+
+    fn spec(r: RotationSpec) -> ApiKeySpec {
+        ApiKeySpec {
+            rotation: Some(r),
+            ..Default::default()
+        }
+    }
+
+    fn plan(every: Option<&str>, renew: Option<&str>, grace: Option<&str>) -> Plan {
+        Plan::of(&spec(RotationSpec {
+            every: every.map(Into::into),
+            renew_before: renew.map(Into::into),
+            grace_period: grace.map(Into::into),
+            allow_downtime: false,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn plan_defaults_and_checks() {
+        let p = Plan::of(&ApiKeySpec::default()).unwrap();
+        assert_eq!(p, Plan::default());
+        assert_eq!(p.grace, DEFAULT_GRACE);
+        assert!(!p.scheduled());
+        let p = plan(Some("720h"), Some("72h"), Some("30m"));
+        assert_eq!(p.every, Some(Duration::from_secs(720 * 3600)));
+        assert_eq!(p.grace, Duration::from_secs(1800));
+        assert!(p.scheduled());
+
+        let err = |r: RotationSpec| Plan::of(&spec(r)).unwrap_err();
+        let e = err(RotationSpec {
+            every: Some("30m".into()),
+            ..Default::default()
+        });
+        assert!(
+            e.contains("gracePeriod (1h) must be shorter than spec.rotation.every (30m)"),
+            "{e}"
+        );
+        let e = err(RotationSpec {
+            every: Some("2h".into()),
+            renew_before: Some("3h".into()),
+            grace_period: Some("0s".into()),
+            ..Default::default()
+        });
+        assert!(e.contains("renewBefore must be shorter"), "{e}");
+        let e = err(RotationSpec {
+            every: Some("often".into()),
+            ..Default::default()
+        });
+        assert!(e.starts_with("spec.rotation.every:"), "{e}");
+        let e = err(RotationSpec {
+            every: Some("10s".into()),
+            grace_period: Some("0s".into()),
+            ..Default::default()
+        });
+        assert!(e.contains("at least 1m"), "{e}");
+        let mut pushed = spec(RotationSpec {
+            every: Some("720h".into()),
+            ..Default::default()
+        });
+        pushed.source = Some(Default::default());
+        assert!(Plan::of(&pushed)
+            .unwrap_err()
+            .contains("source Secret changes"));
+    }
+
+    #[test]
+    fn next_rotation_from_creation_then_from_last_rotation() {
+        let p = plan(Some("720h"), None, None);
+        let mut c = Clock {
+            created_at: Some(t("2026-01-01T00:00:00Z")),
+            ..Default::default()
+        };
+        assert_eq!(c.next(&p), Some(t("2026-01-31T00:00:00Z")));
+        c.last_rotated_at = Some(t("2026-01-20T12:00:00Z"));
+        assert_eq!(c.next(&p), Some(t("2026-02-19T12:00:00Z")));
+        // No creation time and no rotation: nothing to measure from.
+        assert_eq!(Clock::default().next(&p), None);
+        assert_eq!(c.next(&Plan::default()), None);
+    }
+
+    #[test]
+    fn renew_before_expiry_comes_first_and_rotates_once_per_expiry() {
+        let p = plan(Some("720h"), Some("72h"), None);
+        let mut c = Clock {
+            created_at: Some(t("2026-01-01T00:00:00Z")),
+            last_rotated_at: None,
+            expires_at: Some(t("2026-01-10T00:00:00Z")),
+        };
+        assert_eq!(c.next(&p), Some(t("2026-01-07T00:00:00Z")));
+        let s = State {
+            has_key: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            due(&p, &c, &s, t("2026-01-06T23:59:59Z")),
+            Due::No(Some(t("2026-01-07T00:00:00Z")))
+        );
+        assert_eq!(
+            due(&p, &c, &s, t("2026-01-07T00:00:00Z")),
+            Due::Now(Trigger::BeforeExpiry)
+        );
+        // A fixed spec.expiresAt gives the new key the same expiry: rotated inside the window,
+        // the key is not rotated again for it (no loop); the schedule still applies.
+        c.last_rotated_at = Some(t("2026-01-07T00:00:05Z"));
+        assert_eq!(
+            due(&p, &c, &s, t("2026-01-08T00:00:00Z")),
+            Due::No(Some(t("2026-02-06T00:00:05Z")))
+        );
+        // A ttl gives the new key a later expiry: its own window applies.
+        c.expires_at = Some(t("2026-02-06T00:00:05Z"));
+        assert_eq!(c.next(&p), Some(t("2026-02-03T00:00:05Z")));
+    }
+
+    #[test]
+    fn on_demand_rotates_once_per_new_value() {
+        let p = Plan::default();
+        let c = Clock::default();
+        let now = t("2026-03-01T00:00:00Z");
+        let mut s = State {
+            has_key: true,
+            request: Some("1700000000"),
+            ..Default::default()
+        };
+        assert_eq!(
+            due(&p, &c, &s, now),
+            Due::Now(Trigger::OnDemand("1700000000".into()))
+        );
+        s.handled_request = Some("1700000000");
+        assert_eq!(due(&p, &c, &s, now), Due::No(None));
+        s.request = Some("  ");
+        assert_eq!(due(&p, &c, &s, now), Due::No(None));
+        s.request = Some("1700000099");
+        assert_eq!(
+            due(&p, &c, &s, now),
+            Due::Now(Trigger::OnDemand("1700000099".into()))
+        );
+        // No key yet: the first create is not a rotation.
+        s.has_key = false;
+        assert_eq!(due(&p, &c, &s, now), Due::No(None));
+    }
+
+    #[test]
+    fn an_interrupted_rotation_resumes_with_its_trigger() {
+        let ip = in_progress(
+            &Trigger::OnDemand("x".into()),
+            "old",
+            None,
+            t("2026-03-01T00:00:00Z"),
+        );
+        assert_eq!(ip.trigger, "OnDemand");
+        assert_eq!(ip.request.as_deref(), Some("x"));
+        let s = State {
+            in_progress: Some(&ip),
+            ..Default::default()
+        };
+        assert_eq!(
+            due(
+                &Plan::default(),
+                &Clock::default(),
+                &s,
+                t("2026-03-01T00:00:01Z")
+            ),
+            Due::Now(Trigger::OnDemand("x".into()))
+        );
+        let sched = in_progress(&Trigger::Schedule, "old", None, t("2026-03-01T00:00:00Z"));
+        assert_eq!(Trigger::of_in_progress(&sched), Trigger::Schedule);
+        for tr in [Trigger::BeforeExpiry, Trigger::SourceChanged] {
+            let ip = in_progress(&tr, "k", None, t("2026-03-01T00:00:00Z"));
+            assert_eq!(Trigger::of_in_progress(&ip), tr);
+        }
+    }
+
+    #[test]
+    fn schedule_is_due_and_pushed_keys_follow_their_source() {
+        let p = plan(Some("24h"), None, Some("1h"));
+        let c = Clock {
+            created_at: Some(t("2026-03-01T00:00:00Z")),
+            ..Default::default()
+        };
+        let mut s = State {
+            has_key: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            due(&p, &c, &s, t("2026-03-02T00:00:00Z")),
+            Due::Now(Trigger::Schedule)
+        );
+        s.pushed = true;
+        assert_eq!(due(&p, &c, &s, t("2026-03-02T00:00:00Z")), Due::No(None));
+        s.source_changed = true;
+        assert_eq!(
+            due(&p, &c, &s, t("2026-03-02T00:00:00Z")),
+            Due::Now(Trigger::SourceChanged)
+        );
+        s.source_changed = false;
+        s.request = Some("now");
+        match due(&p, &c, &s, t("2026-03-02T00:00:00Z")) {
+            Due::Ignored(v, m) => {
+                assert_eq!(v, "now");
+                assert!(m.contains("spec.source"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+        s.handled_request = Some("now");
+        assert_eq!(due(&p, &c, &s, t("2026-03-02T00:00:00Z")), Due::No(None));
+    }
+
+    #[test]
+    fn too_many_keys_in_grace_hold_a_rotation() {
+        let s = State {
+            has_key: true,
+            request: Some("again"),
+            previous_keys: MAX_PREVIOUS_KEYS,
+            earliest_delete_after: Some(t("2026-03-01T01:00:00Z")),
+            ..Default::default()
+        };
+        match due(
+            &Plan::default(),
+            &Clock::default(),
+            &s,
+            t("2026-03-01T00:00:00Z"),
+        ) {
+            Due::Held(Trigger::OnDemand(v), m, when) => {
+                assert_eq!(v, "again");
+                assert!(m.contains("2026-03-01T01:00:00Z"), "{m}");
+                assert_eq!(when, Some(t("2026-03-01T01:00:00Z")));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn strategy_per_provider() {
+        let p = Plan::default();
+        let minted = KeyKind::default();
+        let adopted = KeyKind {
+            adopted: true,
+            ..Default::default()
+        };
+        for prov in [
+            ProviderType::OpenRouter,
+            ProviderType::Boltz,
+            ProviderType::UCloud,
+        ] {
+            assert_eq!(
+                strategy(prov, &minted, &p, NativeRotate::Unavailable),
+                Ok(Strategy::MintNewThenRevoke)
+            );
+            assert!(strategy(prov, &adopted, &p, NativeRotate::Unavailable)
+                .unwrap_err()
+                .contains("spec.keyRef"));
+        }
+        // DigitalOcean: regenerate only with allowDowntime; minted agent keys get a grace period.
+        let model = KeyKind {
+            family: "model",
+            adopted: true,
+            pushed: false,
+        };
+        let e = strategy(
+            ProviderType::DigitalOcean,
+            &model,
+            &p,
+            NativeRotate::Unavailable,
+        )
+        .unwrap_err();
+        assert!(e.contains("allowDowntime: true"), "{e}");
+        let down = Plan {
+            allow_downtime: true,
+            ..Plan::default()
+        };
+        assert_eq!(
+            strategy(
+                ProviderType::DigitalOcean,
+                &model,
+                &down,
+                NativeRotate::Unavailable
+            ),
+            Ok(Strategy::Regenerate)
+        );
+        let agent = KeyKind {
+            family: "agent",
+            ..Default::default()
+        };
+        assert_eq!(
+            strategy(
+                ProviderType::DigitalOcean,
+                &agent,
+                &p,
+                NativeRotate::Unavailable
+            ),
+            Ok(Strategy::MintNewThenRevoke)
+        );
+        // Bifrost virtual keys: native rotate when its grace covers ours, else mint new.
+        let vk = KeyKind {
+            family: "virtual",
+            ..Default::default()
+        };
+        let b = ProviderType::Bifrost;
+        assert_eq!(
+            strategy(
+                b,
+                &vk,
+                &p,
+                NativeRotate::WithGrace(Duration::from_secs(7200))
+            ),
+            Ok(Strategy::NativeRotate)
+        );
+        assert_eq!(
+            strategy(b, &vk, &p, NativeRotate::WithGrace(Duration::from_secs(60))),
+            Ok(Strategy::MintNewThenRevoke)
+        );
+        assert_eq!(
+            strategy(b, &vk, &p, NativeRotate::Immediate),
+            Ok(Strategy::MintNewThenRevoke)
+        );
+        assert_eq!(
+            strategy(b, &vk, &down, NativeRotate::Immediate),
+            Ok(Strategy::NativeRotate)
+        );
+        assert_eq!(
+            strategy(b, &vk, &p, NativeRotate::Unavailable),
+            Ok(Strategy::MintNewThenRevoke)
+        );
+        let avk = KeyKind {
+            family: "virtual",
+            adopted: true,
+            pushed: false,
+        };
+        assert!(strategy(b, &avk, &p, NativeRotate::Immediate)
+            .unwrap_err()
+            .contains("vk_rotation_cooldown"));
+        assert!(strategy(b, &avk, &p, NativeRotate::Unavailable)
+            .unwrap_err()
+            .contains("no virtual-key rotate route"));
+        // Bifrost provider keys (pushed): re-push with grace.
+        let pk = KeyKind {
+            family: "provider",
+            pushed: true,
+            adopted: false,
+        };
+        assert_eq!(
+            strategy(b, &pk, &p, NativeRotate::Unavailable),
+            Ok(Strategy::RepushWithGrace)
+        );
+        assert!(Strategy::RepushWithGrace.keeps_previous_key());
+        assert!(!Strategy::Regenerate.keeps_previous_key());
+    }
+
+    #[test]
+    fn grace_waits_for_the_rollout_within_a_bound() {
+        let p = plan(None, None, Some("30m"));
+        let now = t("2026-03-01T00:00:00Z");
+        // Without restarts the grace runs from the rotation.
+        assert_eq!(delete_after(&p, false, now), t("2026-03-01T00:30:00Z"));
+        // With restarts: the upper bound first.
+        let mut prev = vec![
+            previous_key("old", None, &p, true, now),
+            PreviousKey {
+                key_id: "lost".into(),
+                delete_after: ts(now),
+                scope: None,
+            },
+        ];
+        assert_eq!(prev[0].delete_after, "2026-03-01T00:40:00Z");
+        let mut r = RolloutStatus {
+            restarted_at: ts(now),
+            targets: vec![
+                RolloutTarget {
+                    kind: RestartKind::Deployment,
+                    name: "api".into(),
+                    generation: Some(4),
+                    rolled_out: true,
+                },
+                RolloutTarget {
+                    kind: RestartKind::StatefulSet,
+                    name: "worker".into(),
+                    generation: Some(2),
+                    rolled_out: false,
+                },
+            ],
+            grace_starts_by: ts(add(now, ROLLOUT_BOUND)),
+        };
+        let two_min = t("2026-03-01T00:02:00Z");
+        assert_eq!(
+            grace_start(Some(&r), two_min),
+            GraceStart::Waiting {
+                pending: vec!["StatefulSet/worker".into()],
+                until: t("2026-03-01T00:10:00Z")
+            }
+        );
+        // The bound passed without a rollout: the grace starts at the bound.
+        assert_eq!(
+            grace_start(Some(&r), t("2026-03-01T00:11:00Z")),
+            GraceStart::At(t("2026-03-01T00:10:00Z"))
+        );
+        r.targets[1].rolled_out = true;
+        assert_eq!(grace_start(Some(&r), two_min), GraceStart::At(two_min));
+        assert_eq!(grace_start(None, two_min), GraceStart::NoRollout);
+        assert!(settle_after_rollout(&mut prev, &p, two_min));
+        assert_eq!(prev[0].delete_after, "2026-03-01T00:32:00Z");
+        assert_eq!(
+            prev[1].delete_after,
+            ts(now),
+            "an already due key stays due"
+        );
+        assert!(!settle_after_rollout(&mut prev, &p, two_min));
+    }
+
+    #[test]
+    fn previous_keys_are_revoked_when_due_and_not_before() {
+        let prev = vec![
+            PreviousKey {
+                key_id: "a".into(),
+                delete_after: "2026-03-01T01:00:00Z".into(),
+                scope: None,
+            },
+            PreviousKey {
+                key_id: "b".into(),
+                delete_after: "2026-03-01T00:30:00Z".into(),
+                scope: None,
+            },
+            PreviousKey {
+                key_id: "c".into(),
+                delete_after: "garbage".into(),
+                scope: None,
+            },
+        ];
+        let (due, next) = revocations_due(&prev, t("2026-03-01T00:29:59Z"));
+        assert_eq!(due, vec![2]);
+        assert_eq!(next, Some(t("2026-03-01T00:30:00Z")));
+        let (due, next) = revocations_due(&prev, t("2026-03-01T00:30:00Z"));
+        assert_eq!(due, vec![1, 2]);
+        assert_eq!(next, Some(t("2026-03-01T01:00:00Z")));
+        let (due, next) = revocations_due(&prev, t("2026-03-01T01:00:00Z"));
+        assert_eq!(due, vec![0, 1, 2]);
+        assert_eq!(next, None);
+    }
+
+    #[test]
+    fn recovery_keeps_the_grace_period_of_the_replaced_key() {
+        let p = plan(Some("24h"), None, Some("1h"));
+        let started = t("2026-03-01T00:00:00Z");
+        let mut st = ApiKeyStatus {
+            key_id: Some("new".into()),
+            created_at: Some("2026-03-01T00:00:01Z".into()),
+            rotation: Some(crate::api::RotationStatus {
+                in_progress: Some(in_progress(
+                    &Trigger::OnDemand("r1".into()),
+                    "old",
+                    None,
+                    started,
+                )),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let now = t("2026-03-01T00:05:00Z");
+        let prev = retire_on_recovery(&mut st, &p, false, "new", None, now).unwrap();
+        assert_eq!(prev.key_id, "old");
+        assert_eq!(prev.delete_after, "2026-03-01T01:05:00Z");
+        let r = st.rotation.as_ref().unwrap();
+        assert_eq!(r.in_progress, None);
+        assert_eq!(r.handled_request.as_deref(), Some("r1"));
+        assert_eq!(st.last_rotated_at.as_deref(), Some("2026-03-01T00:05:00Z"));
+        assert_eq!(st.next_rotation_at.as_deref(), Some("2026-03-02T00:05:00Z"));
+        // Nothing in flight: nothing to retire.
+        assert_eq!(
+            retire_on_recovery(&mut st, &p, false, "new", None, now),
+            None
+        );
+        // An in-place rotation (same id) leaves no previous key.
+        st.rotation.as_mut().unwrap().in_progress =
+            Some(in_progress(&Trigger::Schedule, "same", None, started));
+        assert_eq!(
+            retire_on_recovery(&mut st, &p, false, "same", None, now),
+            None
+        );
+        assert_eq!(st.rotation.as_ref().unwrap().in_progress, None);
+    }
+
+    #[test]
+    fn odd_inputs_do_not_panic() {
+        let huge = plan(Some("8760h"), Some("8759h"), Some("720h"));
+        let c = Clock {
+            created_at: Some(DateTime::<Utc>::MAX_UTC),
+            last_rotated_at: None,
+            expires_at: Some(DateTime::<Utc>::MIN_UTC),
+        };
+        let _ = c.next(&huge);
+        let _ = delete_after(&huge, true, DateTime::<Utc>::MAX_UTC);
+        let st = ApiKeyStatus {
+            created_at: Some("not a time".into()),
+            expires_at: Some("".into()),
+            ..Default::default()
+        };
+        assert_eq!(Clock::of(&st, None), Clock::default());
+        assert_eq!(human(Duration::from_secs(5400)), "90m");
+        assert_eq!(human(Duration::from_secs(7200)), "2h");
+        assert_eq!(human(Duration::from_secs(0)), "0s");
+    }
+}
