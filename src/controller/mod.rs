@@ -115,6 +115,75 @@ async fn check_crds(client: &Client) -> anyhow::Result<()> {
     }
 }
 
+/// Where the namespaced controllers watch: every namespace, or each of `--watch-namespaces`.
+fn watched_namespaces(args: &RunArgs) -> Vec<Option<String>> {
+    if args.watch_namespaces.is_empty() {
+        vec![None]
+    } else {
+        args.watch_namespaces.iter().cloned().map(Some).collect()
+    }
+}
+
+/// An Api of `K` in `ns`, or across all namespaces.
+fn api_in<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The ApiKey controller of one namespace (or all), with its watches: the Secrets it owns,
+/// labelled source Secrets, and the provider objects the ApiKeys use.
+fn apikey_controller(
+    client: &Client,
+    ctx: Arc<Context>,
+    args: &RunArgs,
+    ns: Option<&str>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let mut apikey_wc = watcher::Config::default();
+    if let Some(sel) = &args.label_selector {
+        apikey_wc = apikey_wc.labels(sel);
+    }
+    let secret_wc = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    let secrets: Api<Secret> = api_in(client, ns);
+    let ctl = Controller::new(api_in::<ApiKey>(client, ns), apikey_wc);
+    let store = ctl.store();
+    let ctl = if args.cluster_providers {
+        let store = store.clone();
+        ctl.watches(
+            Api::<ClusterKeyProvider>::all(client.clone()),
+            watcher::Config::default(),
+            move |ckp| watches::apikeys_using_cluster_provider(&store, &ckp),
+        )
+    } else {
+        ctl
+    };
+    let source_store = store.clone();
+    let ctl = ctl
+        .owns(secrets.clone(), secret_wc)
+        // Source Secrets of pushed keys, when labelled keysmith.dev/source: a change re-pushes
+        // at once (unlabelled ones are checked every refresh interval).
+        .watches(
+            secrets,
+            watcher::Config::default().labels(SOURCE_LABEL),
+            move |s| watches::apikeys_using_source_secret(&source_store, &s),
+        )
+        .watches(
+            api_in::<KeyProvider>(client, ns),
+            watcher::Config::default(),
+            move |kp| watches::apikeys_using_key_provider(&store, &kp),
+        )
+        .with_config(controller::Config::default().concurrency(args.concurrency))
+        .graceful_shutdown_on(stop)
+        .run(apikey::reconcile, apikey::error_policy, ctx)
+        .for_each(|_| futures::future::ready(()));
+    tokio::spawn(ctl)
+}
+
 /// Run every controller until `stop` resolves; in-flight reconciles finish first.
 pub async fn run_controllers(
     client: Client,
@@ -124,71 +193,27 @@ pub async fn run_controllers(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let stop = futures::future::FutureExt::shared(Box::pin(stop));
-    let mut apikey_wc = watcher::Config::default();
-    if let Some(sel) = &args.label_selector {
-        apikey_wc = apikey_wc.labels(sel);
-    }
-    let secret_wc = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let cfg = controller::Config::default().concurrency(args.concurrency);
-
-    let namespaces: Vec<Option<String>> = if args.watch_namespaces.is_empty() {
-        vec![None]
-    } else {
-        args.watch_namespaces.iter().cloned().map(Some).collect()
-    };
     let mut tasks = Vec::new();
-    for ns in &namespaces {
-        let (apikeys, secrets, kps): (Api<ApiKey>, Api<Secret>, Api<KeyProvider>) = match ns {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-            ),
-        };
-        let ctl = Controller::new(apikeys, apikey_wc.clone());
-        let store = ctl.store();
-        let ctl = if args.cluster_providers {
-            let store = store.clone();
-            ctl.watches(
-                Api::<ClusterKeyProvider>::all(client.clone()),
-                watcher::Config::default(),
-                move |ckp| watches::apikeys_using_cluster_provider(&store, &ckp),
-            )
-        } else {
-            ctl
-        };
-        let source_store = store.clone();
-        let ctl = ctl
-            .owns(secrets.clone(), secret_wc.clone())
-            // Source Secrets of pushed keys, when labelled keysmith.dev/source: a change re-pushes
-            // at once (unlabelled ones are checked every refresh interval).
-            .watches(
-                secrets,
-                watcher::Config::default().labels(SOURCE_LABEL),
-                move |s| watches::apikeys_using_source_secret(&source_store, &s),
-            )
-            .watches(kps.clone(), watcher::Config::default(), move |kp| {
-                watches::apikeys_using_key_provider(&store, &kp)
-            })
-            .with_config(cfg.clone())
-            .graceful_shutdown_on(stop.clone())
-            .run(apikey::reconcile, apikey::error_policy, ctx.clone())
-            .for_each(|_| futures::future::ready(()));
-        tasks.push(tokio::spawn(ctl));
-
-        let kp_ctl = Controller::new(kps, watcher::Config::default())
-            .graceful_shutdown_on(stop.clone())
-            .run(
-                provider::reconcile_key_provider,
-                provider::error_policy,
-                ctx.clone(),
-            )
-            .for_each(|_| futures::future::ready(()));
+    for ns in watched_namespaces(args) {
+        let ns = ns.as_deref();
+        tasks.push(apikey_controller(
+            &client,
+            ctx.clone(),
+            args,
+            ns,
+            stop.clone(),
+        ));
+        let kp_ctl = Controller::new(
+            api_in::<KeyProvider>(&client, ns),
+            watcher::Config::default(),
+        )
+        .graceful_shutdown_on(stop.clone())
+        .run(
+            provider::reconcile_key_provider,
+            provider::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
         tasks.push(tokio::spawn(kp_ctl));
     }
     if args.cluster_providers {

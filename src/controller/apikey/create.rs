@@ -11,8 +11,8 @@ use super::revoke::revoke_quietly;
 use super::status::{fill_from_key, location, now_rfc3339, write_status, Ready};
 use super::validate::ValidatedApiKey;
 use super::{Failure, LocatedKey, Reconciler};
-use crate::api::{ApiKey, ApiKeyStatus, PendingCreate, PreviousKey};
-use crate::providers::{self, CreatedKey, KeySettings, ProviderError};
+use crate::api::{ApiKey, ApiKeyStatus, Expiry, PendingCreate, PreviousKey};
+use crate::providers::{CreatedKey, KeySettings, ProviderError};
 
 /// The marker written before a create call.
 pub fn marker(settings: &KeySettings, attempt: &str) -> PendingCreate {
@@ -31,10 +31,12 @@ pub fn settings_for_attempt(
 ) -> Result<KeySettings, Failure> {
     let mut settings = settings.clone();
     settings.attempt = Some(attempt);
-    if let (Some(ttl), None) = (&ak.spec.ttl, &ak.spec.expires_at) {
-        let d = providers::parse_duration(ttl)
-            .map_err(|m| Failure::permanent(Reason::InvalidSpec, m))?;
-        settings.expires_at = Some(Utc::now() + chrono::Duration::from_std(d).unwrap_or_default());
+    let expiry = ak
+        .spec
+        .expiry()
+        .map_err(|m| Failure::permanent(Reason::InvalidSpec, m))?;
+    if let Some(ttl @ Expiry::After(_)) = expiry {
+        settings.expires_at = Some(ttl.for_key_created(Utc::now()));
     }
     Ok(settings)
 }
