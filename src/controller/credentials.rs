@@ -82,6 +82,76 @@ pub async fn read_credentials(
 mod tests {
     use super::*;
 
+    /// `providers::credential_refs` (used by `build_backend`'s callers outside the controller)
+    /// and `ProviderConfig::credential_refs` (used here) must name the same credentials until
+    /// the provider layer uses the latter.
+    #[test]
+    fn both_credential_lists_agree_for_every_provider() {
+        use crate::api::*;
+        let sel = |n: &str| SecretKeySelector {
+            name: n.into(),
+            key: format!("{n}-key"),
+            namespace: Some("ops".into()),
+        };
+        let bifrost = |scheme| BifrostProvider {
+            base_url: "http://b".into(),
+            auth_secret_ref: Some(BifrostAuth {
+                scheme,
+                name: "bf".into(),
+                namespace: None,
+                key: None,
+            }),
+        };
+        let specs = [
+            KeyProviderSpec {
+                openrouter: Some(OpenRouterProvider {
+                    management_key_secret_ref: sel("or"),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            KeyProviderSpec {
+                boltz: Some(BoltzProvider {
+                    api_key_secret_ref: sel("bz"),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            KeyProviderSpec {
+                ucloud: Some(UCloudProvider {
+                    private_key_secret_ref: sel("uc"),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            KeyProviderSpec {
+                digitalocean: Some(DigitalOceanProvider {
+                    token_secret_ref: sel("do"),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            KeyProviderSpec {
+                bifrost: Some(bifrost(BifrostAuthScheme::Basic)),
+                ..Default::default()
+            },
+            KeyProviderSpec {
+                bifrost: Some(bifrost(BifrostAuthScheme::Bearer)),
+                ..Default::default()
+            },
+        ];
+        for spec in specs {
+            let ours: Vec<_> = spec
+                .provider()
+                .unwrap()
+                .credential_refs()
+                .into_iter()
+                .map(|r| (r.role.to_string(), r.namespace, r.name, r.key))
+                .collect();
+            assert_eq!(ours, crate::providers::credential_refs(&spec));
+        }
+    }
+
     #[test]
     fn a_key_provider_reads_only_its_namespace() {
         let ns = |own, named| credential_namespace("p", own, named, "keysmith-system");
