@@ -5,6 +5,7 @@
 pub mod api;
 pub mod controller;
 pub mod emulators;
+pub mod ids;
 pub mod metrics;
 pub mod providers;
 pub mod render;

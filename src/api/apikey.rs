@@ -758,3 +758,96 @@ impl ApiKey {
             .unwrap_or_else(|| "api-key".to_string())
     }
 }
+
+/// When a key expires, as its spec says: parsed once from `expiresAt` (wins) or `ttl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// `spec.expiresAt`: a fixed time.
+    At(chrono::DateTime<chrono::Utc>),
+    /// `spec.ttl`: this long after the key is created.
+    After(std::time::Duration),
+}
+
+impl Expiry {
+    /// The expiry of a key created at `created`.
+    pub fn for_key_created(
+        &self,
+        created: chrono::DateTime<chrono::Utc>,
+    ) -> chrono::DateTime<chrono::Utc> {
+        match self {
+            Expiry::At(t) => *t,
+            // A ttl too long to represent means "never" in practice, never a panic.
+            Expiry::After(d) => chrono::Duration::from_std(*d)
+                .ok()
+                .and_then(|d| created.checked_add_signed(d))
+                .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC),
+        }
+    }
+}
+
+impl ApiKeySpec {
+    /// The expiry the spec asks for, if any; an error names the field and never panics.
+    pub fn expiry(&self) -> Result<Option<Expiry>, String> {
+        if let Some(at) = &self.expires_at {
+            let t = chrono::DateTime::parse_from_rfc3339(at)
+                .map_err(|e| format!("spec.expiresAt {at:?} is not an RFC 3339 time: {e}"))?;
+            return Ok(Some(Expiry::At(t.with_timezone(&chrono::Utc))));
+        }
+        let Some(ttl) = &self.ttl else {
+            return Ok(None);
+        };
+        let d: kube::core::Duration = ttl
+            .parse()
+            .map_err(|e| format!("spec.ttl: {ttl:?} is not a duration like 5m or 720h: {e}"))?;
+        if d.is_negative() {
+            return Err(format!("spec.ttl: {ttl:?} is negative"));
+        }
+        Ok(Some(Expiry::After(d.into())))
+    }
+}
+
+#[cfg(test)]
+mod expiry_tests {
+    use super::*;
+
+    #[test]
+    fn expires_at_wins_over_ttl_and_bad_values_are_errors() {
+        let spec = |ttl: Option<&str>, at: Option<&str>| ApiKeySpec {
+            ttl: ttl.map(Into::into),
+            expires_at: at.map(Into::into),
+            ..Default::default()
+        };
+        assert_eq!(spec(None, None).expiry(), Ok(None));
+        let created = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let ttl = spec(Some("90m"), None).expiry().unwrap().unwrap();
+        assert_eq!(ttl, Expiry::After(std::time::Duration::from_secs(5400)));
+        assert_eq!(
+            ttl.for_key_created(created).to_rfc3339(),
+            "2026-01-01T01:30:00+00:00"
+        );
+        let at = spec(Some("1h"), Some("2027-01-01T00:00:00Z"))
+            .expiry()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            at.for_key_created(created).to_rfc3339(),
+            "2027-01-01T00:00:00+00:00"
+        );
+        assert!(spec(Some("soon"), None)
+            .expiry()
+            .unwrap_err()
+            .contains("spec.ttl"));
+        assert!(spec(Some("-5m"), None).expiry().is_err());
+        let huge = Expiry::After(std::time::Duration::from_secs(u64::MAX));
+        assert_eq!(
+            huge.for_key_created(created),
+            chrono::DateTime::<chrono::Utc>::MAX_UTC
+        );
+        assert!(spec(None, Some("tomorrow"))
+            .expiry()
+            .unwrap_err()
+            .contains("spec.expiresAt"));
+    }
+}

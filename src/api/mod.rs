@@ -91,19 +91,99 @@ impl std::str::FromStr for ProviderType {
     }
 }
 
+/// The provider block of a [`KeyProviderSpec`], borrowed: the one place that decides "which
+/// provider is this". Match on it instead of testing the five `Option`s.
+#[derive(Debug, Clone, Copy)]
+pub enum ProviderConfig<'a> {
+    OpenRouter(&'a OpenRouterProvider),
+    Boltz(&'a BoltzProvider),
+    UCloud(&'a UCloudProvider),
+    DigitalOcean(&'a DigitalOceanProvider),
+    Bifrost(&'a BifrostProvider),
+}
+
+/// One credential a provider object reads from a Secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialRef {
+    /// What the provider client calls it (`token`, `privateKey`, `username`, `password`).
+    pub role: &'static str,
+    /// Namespace of the Secret, if the spec names one (ClusterKeyProviders only).
+    pub namespace: Option<String>,
+    /// Name of the Secret.
+    pub name: String,
+    /// Key within the Secret's data.
+    pub key: String,
+}
+
+impl CredentialRef {
+    fn of(role: &'static str, s: &SecretKeySelector) -> Self {
+        CredentialRef {
+            role,
+            namespace: s.namespace.clone(),
+            name: s.name.clone(),
+            key: s.key.clone(),
+        }
+    }
+}
+
+impl ProviderConfig<'_> {
+    /// Which provider this is.
+    pub fn provider_type(&self) -> ProviderType {
+        match self {
+            ProviderConfig::OpenRouter(_) => ProviderType::OpenRouter,
+            ProviderConfig::Boltz(_) => ProviderType::Boltz,
+            ProviderConfig::UCloud(_) => ProviderType::UCloud,
+            ProviderConfig::DigitalOcean(_) => ProviderType::DigitalOcean,
+            ProviderConfig::Bifrost(_) => ProviderType::Bifrost,
+        }
+    }
+
+    /// The credentials the provider object reads, in the order the client expects them.
+    pub fn credential_refs(&self) -> Vec<CredentialRef> {
+        match self {
+            ProviderConfig::OpenRouter(p) => {
+                vec![CredentialRef::of("token", &p.management_key_secret_ref)]
+            }
+            ProviderConfig::Boltz(p) => vec![CredentialRef::of("token", &p.api_key_secret_ref)],
+            ProviderConfig::UCloud(p) => {
+                vec![CredentialRef::of("privateKey", &p.private_key_secret_ref)]
+            }
+            ProviderConfig::DigitalOcean(p) => {
+                vec![CredentialRef::of("token", &p.token_secret_ref)]
+            }
+            ProviderConfig::Bifrost(p) => match &p.auth_secret_ref {
+                None => vec![],
+                Some(a) => {
+                    let r = |role: &'static str, key: String| CredentialRef {
+                        role,
+                        namespace: a.namespace.clone(),
+                        name: a.name.clone(),
+                        key,
+                    };
+                    match a.scheme {
+                        BifrostAuthScheme::Basic => vec![
+                            r("username", "username".into()),
+                            r("password", "password".into()),
+                        ],
+                        BifrostAuthScheme::Bearer => {
+                            vec![r("token", a.key.clone().unwrap_or_else(|| "token".into()))]
+                        }
+                    }
+                }
+            },
+        }
+    }
+}
+
 impl KeyProviderSpec {
-    /// Which provider block is set, if exactly one is.
-    pub fn provider_type(&self) -> Option<ProviderType> {
-        let set: Vec<ProviderType> = [
-            self.openrouter
-                .is_some()
-                .then_some(ProviderType::OpenRouter),
-            self.boltz.is_some().then_some(ProviderType::Boltz),
-            self.ucloud.is_some().then_some(ProviderType::UCloud),
-            self.digitalocean
-                .is_some()
-                .then_some(ProviderType::DigitalOcean),
-            self.bifrost.is_some().then_some(ProviderType::Bifrost),
+    /// The provider block, if exactly one is set.
+    pub fn provider(&self) -> Option<ProviderConfig<'_>> {
+        let set: Vec<ProviderConfig<'_>> = [
+            self.openrouter.as_ref().map(ProviderConfig::OpenRouter),
+            self.boltz.as_ref().map(ProviderConfig::Boltz),
+            self.ucloud.as_ref().map(ProviderConfig::UCloud),
+            self.digitalocean.as_ref().map(ProviderConfig::DigitalOcean),
+            self.bifrost.as_ref().map(ProviderConfig::Bifrost),
         ]
         .into_iter()
         .flatten()
@@ -112,6 +192,11 @@ impl KeyProviderSpec {
             [one] => Some(*one),
             _ => None,
         }
+    }
+
+    /// Which provider block is set, if exactly one is.
+    pub fn provider_type(&self) -> Option<ProviderType> {
+        self.provider().map(|p| p.provider_type())
     }
 }
 
@@ -146,4 +231,67 @@ pub fn crd_files() -> Vec<(String, String)> {
             (format!("{name}.yaml"), format!("{CRD_HEADER}{yaml}"))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sel(name: &str, key: &str) -> SecretKeySelector {
+        SecretKeySelector {
+            name: name.into(),
+            key: key.into(),
+            namespace: None,
+        }
+    }
+
+    #[test]
+    fn exactly_one_block_is_a_provider() {
+        let mut spec = KeyProviderSpec::default();
+        assert!(spec.provider().is_none());
+        spec.boltz = Some(BoltzProvider {
+            api_key_secret_ref: sel("b", "k"),
+            ..Default::default()
+        });
+        assert_eq!(spec.provider_type(), Some(ProviderType::Boltz));
+        spec.openrouter = Some(Default::default());
+        assert!(spec.provider().is_none());
+    }
+
+    #[test]
+    fn credential_refs_follow_the_block() {
+        let spec = KeyProviderSpec {
+            bifrost: Some(BifrostProvider {
+                base_url: "http://b".into(),
+                auth_secret_ref: Some(BifrostAuth {
+                    scheme: BifrostAuthScheme::Basic,
+                    name: "admin".into(),
+                    namespace: Some("ops".into()),
+                    key: None,
+                }),
+            }),
+            ..Default::default()
+        };
+        let refs = spec.provider().unwrap().credential_refs();
+        let roles: Vec<_> = refs.iter().map(|r| (r.role, r.key.as_str())).collect();
+        assert_eq!(roles, [("username", "username"), ("password", "password")]);
+        assert!(refs.iter().all(|r| r.namespace.as_deref() == Some("ops")));
+        let spec = KeyProviderSpec {
+            ucloud: Some(UCloudProvider {
+                public_key: "pub".into(),
+                private_key_secret_ref: sel("uc", "pk"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            spec.provider().unwrap().credential_refs(),
+            [CredentialRef {
+                role: "privateKey",
+                namespace: None,
+                name: "uc".into(),
+                key: "pk".into()
+            }]
+        );
+    }
 }

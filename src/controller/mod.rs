@@ -1,31 +1,38 @@
 //! The controller (`keysmith run`): reconciles ApiKeys against providers and Secrets, and
 //! verifies provider objects. Only the Lease holder reconciles when leader election is on.
 
+pub mod admin;
 pub mod apikey;
+pub mod backends;
+pub mod conditions;
 pub mod context;
+pub mod credentials;
+pub mod error;
+mod leader;
+pub mod listing;
 pub mod provider;
 pub mod rbac;
+pub mod reasons;
 pub mod secret;
-pub mod validate;
+pub mod watches;
+
+pub use apikey::validate;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{self, Controller};
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
+use kube::Client;
 
-use crate::api::{
-    ApiKey, ClusterKeyProvider, KeyProvider, ProviderKind, MANAGED_BY, MANAGED_BY_LABEL,
-};
+use crate::api::{ApiKey, ClusterKeyProvider, KeyProvider, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::metrics::Metrics;
+pub use admin::{serve_http, Health};
 pub use context::Context;
 
 /// Label (any value) on a user's Secret used as `spec.source`: keysmith watches such Secrets and
@@ -67,13 +74,6 @@ pub struct RunArgs {
     pub concurrency: u16,
 }
 
-/// Liveness and readiness as served on `/healthz` and `/readyz`.
-#[derive(Default)]
-pub struct Health {
-    pub started: AtomicBool,
-    pub leader: AtomicBool,
-}
-
 /// Run the controller until SIGTERM/SIGINT.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = Client::try_default()
@@ -92,7 +92,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ctx = Arc::new(ctx);
 
     if args.leader_elect {
-        run_with_leader_election(client, ctx, &args, health).await?;
+        leader::run_with_leader_election(client, ctx, &args, health).await?;
     } else {
         health.leader.store(true, Ordering::SeqCst);
         run_controllers(client, ctx, &args, health, crate::shutdown_signal()).await;
@@ -115,96 +115,73 @@ async fn check_crds(client: &Client) -> anyhow::Result<()> {
     }
 }
 
-async fn run_with_leader_election(
-    client: Client,
+/// Where the namespaced controllers watch: every namespace, or each of `--watch-namespaces`.
+fn watched_namespaces(args: &RunArgs) -> Vec<Option<String>> {
+    if args.watch_namespaces.is_empty() {
+        vec![None]
+    } else {
+        args.watch_namespaces.iter().cloned().map(Some).collect()
+    }
+}
+
+/// An Api of `K` in `ns`, or across all namespaces.
+fn api_in<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The ApiKey controller of one namespace (or all), with its watches: the Secrets it owns,
+/// labelled source Secrets, and the provider objects the ApiKeys use.
+fn apikey_controller(
+    client: &Client,
     ctx: Arc<Context>,
     args: &RunArgs,
-    health: Arc<Health>,
-) -> anyhow::Result<()> {
-    use kube_leader_election::{LeaseLock, LeaseLockParams, LeaseLockResult};
-    let holder = std::env::var("POD_NAME")
-        .unwrap_or_else(|_| format!("keysmith-{}", crate::emulators::random_hex(8)));
-    let ttl = Duration::from_secs(args.lease_duration.max(3));
-    let lock = LeaseLock::new(
-        client.clone(),
-        &args.namespace,
-        LeaseLockParams {
-            lease_name: args.lease_name.clone(),
-            holder_id: holder.clone(),
-            lease_ttl: ttl,
-        },
-    );
-    let mut shutdown = Box::pin(crate::shutdown_signal());
-    health.started.store(true, Ordering::SeqCst);
-    tracing::info!(holder, lease = %args.lease_name, "waiting for leadership");
-    // Standby: try to take the Lease every ttl/3.
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            _ = tokio::time::sleep(ttl / 3) => {}
-        }
-        match lock.try_acquire_or_renew().await {
-            Ok(LeaseLockResult::Acquired(_)) => break,
-            Ok(LeaseLockResult::NotAcquired(_)) => {}
-            Err(e) => tracing::warn!(error = %e, "leader election: cannot read the Lease"),
-        }
+    ns: Option<&str>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let mut apikey_wc = watcher::Config::default();
+    if let Some(sel) = &args.label_selector {
+        apikey_wc = apikey_wc.labels(sel);
     }
-    tracing::info!(holder, "became leader");
-    health.leader.store(true, Ordering::SeqCst);
-    // Leader: renew every ttl/3; losing the Lease stops the controllers (and the process, so
-    // that it comes back as a clean standby).
-    let lost = Arc::new(tokio::sync::Notify::new());
-    let renew = {
-        let lost = lost.clone();
-        tokio::spawn(async move {
-            let mut renewed = std::time::Instant::now();
-            loop {
-                tokio::time::sleep(ttl / 3).await;
-                match lock.try_acquire_or_renew().await {
-                    Ok(LeaseLockResult::Acquired(_)) => renewed = std::time::Instant::now(),
-                    Ok(LeaseLockResult::NotAcquired(_)) => {
-                        tracing::error!("lost the leader Lease");
-                        lost.notify_one();
-                        return lock;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "leader election: renew failed");
-                        // Past the lease duration a standby may have taken over: stop
-                        // reconciling rather than risk two leaders.
-                        if renewed.elapsed() >= ttl {
-                            tracing::error!("could not renew the leader Lease within its duration; stepping down");
-                            lost.notify_one();
-                            return lock;
-                        }
-                    }
-                }
-            }
-        })
-    };
-    let stop = async move {
-        tokio::select! {
-            _ = shutdown => {},
-            _ = lost.notified() => {},
-        }
-    };
-    run_controllers(client.clone(), ctx, args, health.clone(), stop).await;
-    renew.abort();
-    if let Ok(lock) = renew.await {
-        let _ = lock.step_down().await;
+    let secret_wc = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    let secrets: Api<Secret> = api_in(client, ns);
+    let ctl = Controller::new(api_in::<ApiKey>(client, ns), apikey_wc);
+    let store = ctl.store();
+    let ctl = if args.cluster_providers {
+        let store = store.clone();
+        ctl.watches(
+            Api::<ClusterKeyProvider>::all(client.clone()),
+            watcher::Config::default(),
+            move |ckp| watches::apikeys_using_cluster_provider(&store, &ckp),
+        )
     } else {
-        // Released promptly so a standby takes over without waiting the full lease duration.
-        let lock = LeaseLock::new(
-            client,
-            &args.namespace,
-            LeaseLockParams {
-                lease_name: args.lease_name.clone(),
-                holder_id: holder,
-                lease_ttl: ttl,
-            },
-        );
-        let _ = lock.step_down().await;
-    }
-    Ok(())
+        ctl
+    };
+    let source_store = store.clone();
+    let ctl = ctl
+        .owns(secrets.clone(), secret_wc)
+        // Source Secrets of pushed keys, when labelled keysmith.dev/source: a change re-pushes
+        // at once (unlabelled ones are checked every refresh interval).
+        .watches(
+            secrets,
+            watcher::Config::default().labels(SOURCE_LABEL),
+            move |s| watches::apikeys_using_source_secret(&source_store, &s),
+        )
+        .watches(
+            api_in::<KeyProvider>(client, ns),
+            watcher::Config::default(),
+            move |kp| watches::apikeys_using_key_provider(&store, &kp),
+        )
+        .with_config(controller::Config::default().concurrency(args.concurrency))
+        .graceful_shutdown_on(stop)
+        .run(apikey::reconcile, apikey::error_policy, ctx)
+        .for_each(|_| futures::future::ready(()));
+    tokio::spawn(ctl)
 }
 
 /// Run every controller until `stop` resolves; in-flight reconciles finish first.
@@ -216,113 +193,27 @@ pub async fn run_controllers(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let stop = futures::future::FutureExt::shared(Box::pin(stop));
-    let mut apikey_wc = watcher::Config::default();
-    if let Some(sel) = &args.label_selector {
-        apikey_wc = apikey_wc.labels(sel);
-    }
-    let secret_wc = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let cfg = controller::Config::default().concurrency(args.concurrency);
-
-    let namespaces: Vec<Option<String>> = if args.watch_namespaces.is_empty() {
-        vec![None]
-    } else {
-        args.watch_namespaces.iter().cloned().map(Some).collect()
-    };
     let mut tasks = Vec::new();
-    for ns in &namespaces {
-        let (apikeys, secrets, kps): (Api<ApiKey>, Api<Secret>, Api<KeyProvider>) = match ns {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-            ),
-        };
-        let ctl = Controller::new(apikeys, apikey_wc.clone());
-        let store = ctl.store();
-        let store2 = store.clone();
-        let store3 = store.clone();
-        let ctl = if args.cluster_providers {
-            ctl.watches(
-                Api::<ClusterKeyProvider>::all(client.clone()),
-                watcher::Config::default(),
-                move |ckp: ClusterKeyProvider| {
-                    let name = ckp.name_any();
-                    store2
-                        .state()
-                        .into_iter()
-                        .filter(|ak| {
-                            ak.spec.provider_ref.kind == ProviderKind::ClusterKeyProvider
-                                && ak.spec.provider_ref.name == name
-                        })
-                        .map(|ak| ObjectRef::from_obj(ak.as_ref()))
-                        .collect::<Vec<_>>()
-                },
-            )
-        } else {
-            ctl
-        };
-        let ctl = ctl
-            .owns(secrets.clone(), secret_wc.clone())
-            // Source Secrets of pushed keys, when labelled keysmith.dev/source: a change re-pushes
-            // at once (unlabelled ones are checked every refresh interval).
-            .watches(
-                secrets,
-                watcher::Config::default().labels(SOURCE_LABEL),
-                move |s: Secret| {
-                    let ns = s.namespace();
-                    let name = s.name_any();
-                    store3
-                        .state()
-                        .into_iter()
-                        .filter(|ak| {
-                            ak.namespace() == ns
-                                && ak
-                                    .spec
-                                    .source
-                                    .as_ref()
-                                    .is_some_and(|src| src.secret_ref.name == name)
-                        })
-                        .map(|ak| ObjectRef::from_obj(ak.as_ref()))
-                        .collect::<Vec<_>>()
-                },
-            )
-            .watches(
-                kps.clone(),
-                watcher::Config::default(),
-                move |kp: KeyProvider| {
-                    let ns = kp.namespace();
-                    let name = kp.name_any();
-                    store
-                        .state()
-                        .into_iter()
-                        .filter(|ak| {
-                            ak.spec.provider_ref.kind == ProviderKind::KeyProvider
-                                && ak.spec.provider_ref.name == name
-                                && ak.namespace() == ns
-                        })
-                        .map(|ak| ObjectRef::from_obj(ak.as_ref()))
-                        .collect::<Vec<_>>()
-                },
-            )
-            .with_config(cfg.clone())
-            .graceful_shutdown_on(stop.clone())
-            .run(apikey::reconcile, apikey::error_policy, ctx.clone())
-            .for_each(|_| futures::future::ready(()));
-        tasks.push(tokio::spawn(ctl));
-
-        let kp_ctl = Controller::new(kps, watcher::Config::default())
-            .graceful_shutdown_on(stop.clone())
-            .run(
-                provider::reconcile_key_provider,
-                provider::error_policy,
-                ctx.clone(),
-            )
-            .for_each(|_| futures::future::ready(()));
+    for ns in watched_namespaces(args) {
+        let ns = ns.as_deref();
+        tasks.push(apikey_controller(
+            &client,
+            ctx.clone(),
+            args,
+            ns,
+            stop.clone(),
+        ));
+        let kp_ctl = Controller::new(
+            api_in::<KeyProvider>(&client, ns),
+            watcher::Config::default(),
+        )
+        .graceful_shutdown_on(stop.clone())
+        .run(
+            provider::reconcile_key_provider,
+            provider::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
         tasks.push(tokio::spawn(kp_ctl));
     }
     if args.cluster_providers {
@@ -345,57 +236,4 @@ pub async fn run_controllers(
         let _ = t.await;
     }
     tracing::info!("controllers stopped");
-}
-
-/// `/metrics`, `/healthz`, `/readyz`.
-pub async fn serve_http(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-) -> anyhow::Result<()> {
-    use axum::http::StatusCode;
-    use axum::routing::get;
-    let m = metrics.clone();
-    let h1 = health.clone();
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let m = m.clone();
-                async move {
-                    (
-                        [(
-                            "content-type",
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        m.encode(),
-                    )
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { (StatusCode::OK, "ok") }))
-        .route(
-            "/readyz",
-            get(move || {
-                let h = h1.clone();
-                async move {
-                    if h.started.load(Ordering::SeqCst) {
-                        let role = if h.leader.load(Ordering::SeqCst) {
-                            "leader"
-                        } else {
-                            "standby"
-                        };
-                        (StatusCode::OK, role)
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "starting")
-                    }
-                }
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
-    axum::serve(listener, app).await?;
-    Ok(())
 }

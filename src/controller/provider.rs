@@ -4,81 +4,77 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
 
+use super::backends::ProviderObject;
+use super::conditions::{set_ready, Readiness};
 use super::context::Context;
+use super::reasons::Reason;
 use crate::api::{ClusterKeyProvider, KeyProvider, KeyProviderSpec, KeyProviderStatus};
 
 /// Re-verify credentials this often even when nothing changes.
 const REVERIFY: Duration = Duration::from_secs(600);
 
-async fn verify(
-    ctx: &Context,
-    id: String,
-    spec: &KeyProviderSpec,
-    generation: Option<i64>,
-    ns: Option<&str>,
-) -> (bool, String, String) {
-    match ctx.resolve_spec(id.clone(), spec, generation, ns).await {
-        Err(e) => (false, e.reason().to_string(), e.to_string()),
+/// Resolve the provider object's backend and ask the provider to accept its credentials.
+async fn verify(ctx: &Context, obj: ProviderObject<'_>) -> Readiness {
+    let id = obj.id.clone();
+    match ctx.resolve_object(obj).await {
+        Err(e) => Readiness {
+            ready: false,
+            reason: e.reason(),
+            message: e.to_string(),
+        },
         Ok(p) => match p.backend.verify().await {
-            Ok(()) => (
-                true,
-                "CredentialsVerified".into(),
-                format!("{} accepted the credentials", p.provider_type),
-            ),
+            Ok(()) => Readiness {
+                ready: true,
+                reason: Reason::CredentialsVerified,
+                message: format!("{} accepted the credentials", p.provider_type),
+            },
             Err(e) => {
-                if e.reason() == "ProviderAuthFailed" {
+                let reason = Reason::of_provider(&e);
+                if reason == Reason::ProviderAuthFailed {
                     ctx.forget_backend(&id);
                 }
-                (false, e.reason().to_string(), e.to_string())
+                Readiness {
+                    ready: false,
+                    reason,
+                    message: e.to_string(),
+                }
             }
         },
     }
 }
 
+/// The status a provider object gets for `readiness` (pure): only the Ready condition, built by
+/// the one condition builder.
 fn next_status(
     old: Option<&KeyProviderStatus>,
     spec: &KeyProviderSpec,
     generation: Option<i64>,
-    ok: bool,
-    reason: String,
-    message: String,
+    readiness: &Readiness,
 ) -> KeyProviderStatus {
-    let status = if ok { "True" } else { "False" };
-    let prev = old.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
-    let transition = match prev {
-        Some(p) if p.status == status => p.last_transition_time.clone(),
-        _ => Time(k8s_openapi::jiff::Timestamp::now()),
-    };
+    let mut conditions: Vec<_> = old
+        .into_iter()
+        .flat_map(|s| s.conditions.iter())
+        .filter(|c| c.type_ == "Ready")
+        .cloned()
+        .collect();
+    set_ready(&mut conditions, generation, readiness);
     KeyProviderStatus {
         observed_generation: generation,
         provider_type: spec.provider_type().map(|p| p.to_string()),
-        conditions: vec![Condition {
-            type_: "Ready".into(),
-            status: status.into(),
-            reason,
-            message,
-            observed_generation: generation,
-            last_transition_time: transition,
-        }],
+        conditions,
     }
 }
 
-fn same(a: Option<&KeyProviderStatus>, b: &KeyProviderStatus) -> bool {
-    let Some(a) = a else { return false };
-    a.observed_generation == b.observed_generation
-        && a.provider_type == b.provider_type
-        && a.conditions.len() == b.conditions.len()
-        && a.conditions.iter().zip(&b.conditions).all(|(x, y)| {
-            x.type_ == y.type_
-                && x.status == y.status
-                && x.reason == y.reason
-                && x.message == y.message
-        })
+fn requeue(readiness: &Readiness) -> Action {
+    Action::requeue(if readiness.ready {
+        REVERIFY
+    } else {
+        Duration::from_secs(60)
+    })
 }
 
 /// Reconcile a namespaced KeyProvider.
@@ -87,17 +83,20 @@ pub async fn reconcile_key_provider(
     ctx: Arc<Context>,
 ) -> Result<Action, kube::Error> {
     let ns = p.namespace().unwrap_or_default();
-    let id = format!("KeyProvider/{ns}/{}", p.name_any());
-    let (ok, reason, message) = verify(&ctx, id, &p.spec, p.metadata.generation, Some(&ns)).await;
+    let obj = ProviderObject {
+        id: format!("KeyProvider/{ns}/{}", p.name_any()),
+        spec: &p.spec,
+        generation: p.metadata.generation,
+        namespace: Some(&ns),
+    };
+    let readiness = verify(&ctx, obj).await;
     let st = next_status(
         p.status.as_ref(),
         &p.spec,
         p.metadata.generation,
-        ok,
-        reason,
-        message,
+        &readiness,
     );
-    if !same(p.status.as_ref(), &st) {
+    if p.status.as_ref() != Some(&st) {
         let api: Api<KeyProvider> = Api::namespaced(ctx.client.clone(), &ns);
         api.patch_status(
             &p.name_any(),
@@ -107,11 +106,7 @@ pub async fn reconcile_key_provider(
         .await?;
         ctx.metrics.kube_write("keyproviders/status", "patch");
     }
-    Ok(Action::requeue(if ok {
-        REVERIFY
-    } else {
-        Duration::from_secs(60)
-    }))
+    Ok(requeue(&readiness))
 }
 
 /// Reconcile a ClusterKeyProvider.
@@ -119,17 +114,20 @@ pub async fn reconcile_cluster_key_provider(
     p: Arc<ClusterKeyProvider>,
     ctx: Arc<Context>,
 ) -> Result<Action, kube::Error> {
-    let id = format!("ClusterKeyProvider/{}", p.name_any());
-    let (ok, reason, message) = verify(&ctx, id, &p.spec.inner, p.metadata.generation, None).await;
+    let obj = ProviderObject {
+        id: format!("ClusterKeyProvider/{}", p.name_any()),
+        spec: &p.spec.inner,
+        generation: p.metadata.generation,
+        namespace: None,
+    };
+    let readiness = verify(&ctx, obj).await;
     let st = next_status(
         p.status.as_ref(),
         &p.spec.inner,
         p.metadata.generation,
-        ok,
-        reason,
-        message,
+        &readiness,
     );
-    if !same(p.status.as_ref(), &st) {
+    if p.status.as_ref() != Some(&st) {
         let api: Api<ClusterKeyProvider> = Api::all(ctx.client.clone());
         api.patch_status(
             &p.name_any(),
@@ -140,14 +138,43 @@ pub async fn reconcile_cluster_key_provider(
         ctx.metrics
             .kube_write("clusterkeyproviders/status", "patch");
     }
-    Ok(Action::requeue(if ok {
-        REVERIFY
-    } else {
-        Duration::from_secs(60)
-    }))
+    Ok(requeue(&readiness))
 }
 
 pub fn error_policy<K>(_: Arc<K>, err: &kube::Error, _: Arc<Context>) -> Action {
     tracing::warn!(error = %err, "provider reconcile failed");
     Action::requeue(Duration::from_secs(10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::BoltzProvider;
+
+    #[test]
+    fn status_is_rewritten_only_when_the_conclusion_changes() {
+        let spec = KeyProviderSpec {
+            boltz: Some(BoltzProvider::default()),
+            ..Default::default()
+        };
+        let ok = Readiness {
+            ready: true,
+            reason: Reason::CredentialsVerified,
+            message: "boltz accepted the credentials".into(),
+        };
+        let first = next_status(None, &spec, Some(1), &ok);
+        assert_eq!(first.provider_type.as_deref(), Some("boltz"));
+        assert_eq!(first.conditions.len(), 1);
+        assert_eq!(next_status(Some(&first), &spec, Some(1), &ok), first);
+        let bad = Readiness {
+            ready: false,
+            reason: Reason::ProviderAuthFailed,
+            message: "no".into(),
+        };
+        let second = next_status(Some(&first), &spec, Some(1), &bad);
+        assert_ne!(second, first);
+        assert_eq!(second.conditions[0].reason, "ProviderAuthFailed");
+        let third = next_status(Some(&second), &spec, Some(2), &bad);
+        assert_eq!(third.observed_generation, Some(2));
+    }
 }

@@ -338,13 +338,8 @@ pub async fn run(listen: SocketAddr, cmd: EmulateCommand) -> anyhow::Result<()> 
     }
 }
 
-/// Random lowercase hex of `n` characters.
-pub fn random_hex(n: usize) -> String {
-    let mut rng = rand::rng();
-    (0..n)
-        .map(|_| char::from_digit(rng.random_range(0..16), 16).unwrap())
-        .collect()
-}
+/// Random lowercase hex of `n` characters (kept here for the emulators and tests that use it).
+pub use crate::ids::random_hex;
 
 /// Body for a response (helper for error renderers).
 pub fn json_response(status: StatusCode, body: serde_json::Value) -> Response {

@@ -1,7 +1,65 @@
-//! Checking an ApiKey against what its provider can do, before any provider call.
+//! Checking an ApiKey against what its provider can do, before any provider call. Pure: the
+//! result is a [`ValidatedApiKey`] or the [`Failure`] to report.
 
-use crate::api::{ApiKey, ProviderType};
-use crate::providers::{AdoptMode, Capabilities, Field};
+use chrono::{DateTime, Utc};
+use kube::ResourceExt;
+
+use super::super::backends::ResolvedProvider;
+use super::super::reasons::Reason;
+use super::super::secret;
+use super::Failure;
+use crate::api::{ApiKey, ApiKeyStatus, ProviderType};
+use crate::providers::{AdoptMode, Capabilities, Field, KeyScope, KeySettings};
+
+/// An ApiKey its provider can honour: the key's desired settings and where a new key goes.
+#[derive(Debug)]
+pub struct ValidatedApiKey {
+    pub settings: KeySettings,
+    /// Where a new key is created (the current key may live elsewhere: see `status.keyScope`).
+    pub scope: KeyScope,
+}
+
+/// Check `ak` against the provider's capabilities, its template and the provider's own rules.
+pub fn validate(
+    ak: &ApiKey,
+    st: &ApiKeyStatus,
+    p: &ResolvedProvider,
+) -> Result<ValidatedApiKey, Failure> {
+    let caps = p.backend.capabilities();
+    let bad = unsupported_fields(ak, p.provider_type, caps);
+    if !bad.is_empty() {
+        return Err(Failure::permanent(
+            Reason::UnsupportedField,
+            format!(
+                "{} cannot honour {}; remove or change them",
+                p.provider_type,
+                bad.join(", ")
+            ),
+        ));
+    }
+    secret::check_template(ak).map_err(|m| Failure::permanent(Reason::InvalidSpec, m))?;
+    let settings = settings_for(ak, st)?;
+    let problems = p.backend.validate(&settings);
+    if !problems.is_empty() {
+        return Err(Failure::permanent(Reason::InvalidSpec, problems.join("; ")));
+    }
+    let scope = p.backend.scope(&settings);
+    Ok(ValidatedApiKey { settings, scope })
+}
+
+/// The desired settings of the key (a ttl counts from the key's creation, else from now).
+pub fn settings_for(ak: &ApiKey, st: &ApiKeyStatus) -> Result<KeySettings, Failure> {
+    let anchor = st
+        .created_at
+        .as_deref()
+        .and_then(|c| DateTime::parse_from_rfc3339(c).ok())
+        .map(|c| c.with_timezone(&Utc))
+        .unwrap_or_else(Utc::now);
+    let mut s = KeySettings::from_spec(&ak.spec, ak.display_name(), anchor)
+        .map_err(|m| Failure::permanent(Reason::InvalidSpec, m))?;
+    s.uid = ak.uid().unwrap_or_default();
+    Ok(s)
+}
 
 /// Spec fields the provider cannot honour, as paths a person can find in the manifest.
 pub fn unsupported_fields(ak: &ApiKey, provider: ProviderType, caps: &Capabilities) -> Vec<String> {
@@ -99,6 +157,36 @@ mod tests {
                 "spec.boltz (this ApiKey's provider is openrouter)".to_string(),
                 "spec.keyRef (openrouter cannot give a value for an existing key)".to_string(),
             ]
+        );
+    }
+
+    #[test]
+    fn malformed_values_are_invalid_spec() {
+        let ak = ApiKey::new(
+            "k",
+            ApiKeySpec {
+                ttl: Some("soon".into()),
+                ..Default::default()
+            },
+        );
+        let f = settings_for(&ak, &ApiKeyStatus::default()).unwrap_err();
+        assert_eq!(f.reason, Reason::InvalidSpec);
+        assert!(!f.transient);
+        let ok = ApiKey::new(
+            "k",
+            ApiKeySpec {
+                ttl: Some("1h".into()),
+                ..Default::default()
+            },
+        );
+        let st = ApiKeyStatus {
+            created_at: Some("2026-01-01T00:00:00Z".into()),
+            ..Default::default()
+        };
+        let s = settings_for(&ok, &st).unwrap();
+        assert_eq!(
+            s.expires_at.map(|t| t.to_rfc3339()),
+            Some("2026-01-01T01:00:00+00:00".to_string())
         );
     }
 

@@ -1,0 +1,140 @@
+//! Deletion (the finalizer's cleanup): revoke the key at the provider, or orphan it, then let
+//! the finalizer go. A revoke the provider refuses keeps the ApiKey, reported in its status.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::ResourceExt;
+
+use super::super::conditions::{set_ready, Readiness};
+use super::super::context::Context;
+use super::super::reasons::Reason;
+use super::super::secret::{self, SecretOwnership};
+use super::recover::recover;
+use super::revoke::{retire_previous, revoke_quietly};
+use super::status::{key_scope, now_rfc3339, write_status, ServerCopy};
+use super::validate::settings_for;
+use super::{object_key, Error, Failure, Reconciler};
+use crate::api::{ApiKey, ApiKeyStatus, DeletionPolicy};
+
+/// Deletion: revoke at the provider (or orphan), then let the finalizer go.
+pub async fn cleanup(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if ak.spec.deletion_policy == DeletionPolicy::Orphan {
+        orphan(&ak, &ctx).await?;
+        ctx.track(&object_key(&ak), None);
+        return Ok(Action::await_change());
+    }
+    let st = ak.status.clone().unwrap_or_default();
+    let mut after = st.clone();
+    match revoke_all(&ak, &ctx, &mut after).await {
+        Ok(()) => {
+            ctx.track(&object_key(&ak), None);
+            Ok(Action::await_change())
+        }
+        Err(f) => {
+            report_refused_revoke(&ak, &ctx, &st, after, &f).await?;
+            // Err keeps the finalizer; the error policy retries.
+            Err(Error::RevokeFailed(f.reason))
+        }
+    }
+}
+
+/// Keep the key and the Secret: drop the Secret's owner reference so garbage collection leaves it.
+async fn orphan(ak: &ApiKey, ctx: &Context) -> Result<(), kube::Error> {
+    let secrets: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &ak.namespace().unwrap_or_default());
+    if let Some(s) = secrets.get_opt(&ak.secret_name()).await? {
+        if secret::ownership(ak, &s) == SecretOwnership::Ours && !s.owner_references().is_empty() {
+            let keep: Vec<_> = s
+                .owner_references()
+                .iter()
+                .filter(|o| Some(&o.uid) != ak.uid().as_ref())
+                .cloned()
+                .collect();
+            secrets
+                .patch(
+                    &ak.secret_name(),
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({ "metadata": { "ownerReferences": keep } })),
+                )
+                .await?;
+            ctx.metrics.kube_write("secrets", "patch");
+        }
+    }
+    if let Some(id) = ak.status.as_ref().and_then(|s| s.key_id.as_ref()) {
+        let note = format!("left key {id} at the provider (deletionPolicy: Orphan)");
+        ctx.event(ak, EventType::Normal, Reason::KeyOrphaned, "Delete", note)
+            .await;
+    }
+    Ok(())
+}
+
+/// Revoke every key the ApiKey accounts for: an interrupted create's, the replaced ones (whatever
+/// their grace period), and the current one.
+async fn revoke_all(ak: &ApiKey, ctx: &Context, st: &mut ApiKeyStatus) -> Result<(), Failure> {
+    let p = ctx.resolve(ak).await?;
+    let seen = ServerCopy::of(ak);
+    let r = Reconciler {
+        ak,
+        ctx,
+        p: &p,
+        seen: &seen,
+    };
+    let settings = settings_for(ak, st)?;
+    let scope = p.backend.scope(&settings);
+    if let Some(pending) = st.pending_create.clone() {
+        let existing =
+            Api::<Secret>::namespaced(ctx.client.clone(), &ak.namespace().unwrap_or_default())
+                .get_opt(&ak.secret_name())
+                .await?;
+        recover(&r, st, &scope, &pending, existing.as_ref()).await?;
+    }
+    let now = now_rfc3339();
+    for prev in &mut st.previous_keys {
+        prev.delete_after = now.clone();
+    }
+    retire_previous(&r, st, &scope).await?;
+    if let Some(id) = st.key_id.clone() {
+        revoke_quietly(ctx, &p, &key_scope(st, &scope), &id).await?;
+        let note = format!("revoked key {id} at {}", p.provider_type);
+        r.event(EventType::Normal, Reason::KeyRevoked, "Delete", note)
+            .await;
+    }
+    Ok(())
+}
+
+/// Say in the status (and an Event) why the ApiKey stays: `read` is the status the cleanup
+/// began with, `after` what the attempt left.
+async fn report_refused_revoke(
+    ak: &ApiKey,
+    ctx: &Context,
+    read: &ApiKeyStatus,
+    mut after: ApiKeyStatus,
+    f: &Failure,
+) -> Result<(), kube::Error> {
+    let readiness = Readiness {
+        ready: false,
+        reason: f.reason,
+        message: format!(
+            "cannot revoke the key, so the ApiKey stays until it can: {}. To delete it without revoking, set spec.deletionPolicy: Orphan",
+            f.message
+        ),
+    };
+    if set_ready(&mut after.conditions, ak.metadata.generation, &readiness) {
+        ctx.event(
+            ak,
+            EventType::Warning,
+            f.reason,
+            "Delete",
+            readiness.message,
+        )
+        .await;
+    }
+    if &after != read {
+        write_status(ctx, ak, &after, &ServerCopy::of(ak)).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,341 @@
+//! Reconciling one ApiKey: resolve its provider, validate, recover an interrupted create, create
+//! (or adopt, or push) the key, write the Secret, keep the key's settings in sync, report what
+//! the provider knows, and revoke the key when the ApiKey is deleted.
+//!
+//! Ordering that keeps invariant 1 (a one-time secret is never lost, a key never leaked):
+//! 1. status.pendingCreate = {name, startedAt, attempt} is written BEFORE the create call;
+//! 2. the key is created; 3. the Secret is written (annotated with the key id);
+//! 4. status.keyID is written and pendingCreate cleared.
+//!
+//! A crash between 2 and 3 leaves pendingCreate set and no Secret for the key: the next reconcile
+//! lists the provider's keys, revokes every key of that name created since startedAt, and
+//! creates again. A crash between 3 and 4 leaves a Secret naming the new key: the next reconcile
+//! keeps that key and revokes any other.
+//!
+//! The ApiKey a reconcile receives comes from the watch cache and may be older than the server's
+//! copy; every status write is therefore conditional on the resourceVersion the reconcile started
+//! from (see [`ServerCopy`]), so a stale copy can neither clobber a recorded keyID nor lead to a
+//! second create.
+//!
+//! The steps, one module each: [`dereference`] (IO: provider, Secrets) → [`validate`] (pure) →
+//! [`recover`] / [`adopt`] / [`create`] / [`push`] / [`sync`] / [`restore`] (idempotent IO) →
+//! [`status`] (pure builder, guarded write). [`delete`] is the finalizer's cleanup.
+
+pub mod adopt;
+pub mod create;
+pub mod delete;
+pub mod deliver;
+pub mod dereference;
+pub mod push;
+pub mod recover;
+pub mod restore;
+pub mod revoke;
+pub mod status;
+pub mod sync;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
+use kube::ResourceExt;
+use rand::Rng;
+use tracing::Instrument;
+
+use super::backends::ResolvedProvider;
+use super::context::Context;
+use super::reasons::Reason;
+use crate::api::{ApiKey, ApiKeyStatus, FINALIZER};
+use crate::metrics::{ControllerLabels, ErrorLabels, ProviderLabel, ReconcileLabels};
+use crate::providers::KeyScope;
+
+pub use super::error::{Error, Failure};
+pub use status::{write_status, Ready, ServerCopy};
+pub use validate::ValidatedApiKey;
+
+/// The handles every step of one reconcile works with.
+pub struct Reconciler<'a> {
+    pub ak: &'a ApiKey,
+    pub ctx: &'a Context,
+    pub p: &'a ResolvedProvider,
+    /// The server's copy as this reconcile knows it (status writes are conditional on it).
+    pub seen: &'a ServerCopy,
+}
+
+impl Reconciler<'_> {
+    /// Publish an Event about the ApiKey.
+    pub async fn event(&self, type_: EventType, reason: Reason, action: &str, note: String) {
+        self.ctx.event(self.ak, type_, reason, action, note).await;
+    }
+
+    /// The metric label of the provider.
+    pub fn label(&self) -> ProviderLabel {
+        ProviderLabel {
+            provider: self.p.provider_type.to_string(),
+        }
+    }
+}
+
+/// A key at the provider and where it lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocatedKey {
+    pub id: String,
+    pub at: KeyScope,
+}
+
+/// `namespace/name` of an ApiKey.
+fn object_key(ak: &ApiKey) -> String {
+    format!("{}/{}", ak.namespace().unwrap_or_default(), ak.name_any())
+}
+
+/// Entry point for the controller.
+pub async fn reconcile(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = ak.namespace().unwrap_or_default();
+    let api: Api<ApiKey> = Api::namespaced(ctx.client.clone(), &ns);
+    let started = std::time::Instant::now();
+    if ak.metadata.deletion_timestamp.is_none() && ak.finalizers().is_empty() {
+        // First sight: add the finalizer with a merge patch guarded by resourceVersion (a
+        // concurrent writer makes it fail with 409 and the object is reconciled again).
+        let patch = serde_json::json!({
+            "metadata": { "resourceVersion": ak.resource_version(), "finalizers": [FINALIZER] }
+        });
+        api.patch(
+            &ak.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+        ctx.metrics.kube_write("apikeys", "patch");
+        return Ok(Action::requeue(Duration::from_millis(100)));
+    }
+    let result = finalizer(&api, FINALIZER, ak, |event| async {
+        match event {
+            FinalizerEvent::Apply(ak) => apply(ak, ctx.clone()).await,
+            FinalizerEvent::Cleanup(ak) => delete::cleanup(ak, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        kube::runtime::finalizer::Error::AddFinalizer(e)
+        | kube::runtime::finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
+        other => Error::Finalizer(other.to_string()),
+    });
+    ctx.metrics
+        .reconcile_time
+        .get_or_create(&ControllerLabels {
+            controller: "apikey".into(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// The error policy: errors are counted by category and retried with jittered backoff.
+pub fn error_policy(ak: Arc<ApiKey>, err: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(apikey = %object_key(&ak), category = err.category(), error = %err, "reconcile failed");
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&ErrorLabels {
+            controller: "apikey".into(),
+            reason: err.category().into(),
+        })
+        .inc();
+    Action::requeue(jitter(Duration::from_secs(5)))
+}
+
+fn jitter(d: Duration) -> Duration {
+    let f = rand::rng().random_range(0.9..1.1);
+    d.mul_f64(f)
+}
+
+fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.min(8)).min(Duration::from_secs(300))
+}
+
+/// The requeue of a reconcile that worked from a copy older than the server's: the watch
+/// delivers the newer object, which is reconciled instead.
+fn stale(key: &str) -> Action {
+    tracing::debug!(apikey = %key, "ApiKey changed since it was read; reconciling the newer version");
+    Action::requeue(jitter(Duration::from_secs(1)))
+}
+
+/// Create, sync and report.
+async fn apply(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let key = object_key(&ak);
+    let span = tracing::info_span!("reconcile", apikey = %key);
+    let before = ak.status.clone().unwrap_or_default();
+    let mut st = before.clone();
+    let seen = ServerCopy::of(&ak);
+    let outcome = drive(&ak, &ctx, &mut st, &seen).instrument(span).await;
+    if matches!(&outcome, Err(f) if f.is_stale()) {
+        // Nothing was created from the stale copy; what it concluded is dropped.
+        return Ok(stale(&key));
+    }
+    let changed = status::conclude(&mut st, ak.metadata.generation, &outcome);
+    let (requeue, result_label) = match &outcome {
+        Ok(ready) => {
+            ctx.clear_failures(&key);
+            (jitter(ready.requeue), "success")
+        }
+        Err(f) => (jitter(report_failure(&ak, &ctx, f, changed).await), "error"),
+    };
+    ctx.track(&key, Some(status::tracked(&st)));
+    if seen.differs(&st, &before) {
+        match write_status(&ctx, &ak, &st, &seen).await {
+            Ok(()) => {}
+            Err(e) if super::error::is_conflict(&e) => return Ok(stale(&key)),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    ctx.metrics
+        .reconcile_total
+        .get_or_create(&ReconcileLabels {
+            controller: "apikey".into(),
+            result: result_label.into(),
+        })
+        .inc();
+    Ok(Action::requeue(requeue))
+}
+
+/// Count, log and publish a failure (the latter two only when the condition changed); returns
+/// how long to wait before the next attempt.
+async fn report_failure(ak: &ApiKey, ctx: &Context, f: &Failure, changed: bool) -> Duration {
+    let key = object_key(ak);
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&ErrorLabels {
+            controller: "apikey".into(),
+            reason: f.reason.as_str().into(),
+        })
+        .inc();
+    if changed {
+        tracing::warn!(apikey = %key, reason = f.reason.as_str(), message = %f.message, "ApiKey not ready");
+        ctx.event(
+            ak,
+            EventType::Warning,
+            f.reason,
+            "Reconcile",
+            f.message.clone(),
+        )
+        .await;
+    }
+    if f.transient {
+        let n = ctx.record_failure(&key);
+        f.retry_after.unwrap_or_else(|| backoff(n))
+    } else {
+        // Fixed by an edit (which triggers a reconcile) or by the provider object changing.
+        Duration::from_secs(300)
+    }
+}
+
+/// Everything between "resolve the provider" and "the Secret holds a live key".
+async fn drive(
+    ak: &ApiKey,
+    ctx: &Context,
+    st: &mut ApiKeyStatus,
+    seen: &ServerCopy,
+) -> Result<Ready, Failure> {
+    let p = ctx.resolve(ak).await?;
+    st.provider_type = Some(p.provider_type.to_string());
+    let r = Reconciler {
+        ak,
+        ctx,
+        p: &p,
+        seen,
+    };
+    let result = drive_with(&r, st).await;
+    if let Err(f) = &result {
+        if f.reason == Reason::ProviderAuthFailed {
+            // Credentials may have been rotated: read them again next time.
+            ctx.forget_backend(&p.id);
+        }
+    }
+    result
+}
+
+/// The steps, in order.
+async fn drive_with(r: &Reconciler<'_>, st: &mut ApiKeyStatus) -> Result<Ready, Failure> {
+    let v = validate::validate(r.ak, st, r.p)?;
+    revoke::retire_previous(r, st, &v.scope).await?;
+    if r.ak.spec.source.is_some() {
+        return push::push(r, st, &v).await;
+    }
+    let existing = dereference::target_secret(r.ak, r.ctx).await?;
+    st.secret_name = Some(r.ak.secret_name());
+    if let Some(pending) = st.pending_create.clone() {
+        recover::recover(r, st, &v.scope, &pending, existing.as_ref()).await?;
+        write_status(r.ctx, r.ak, st, r.seen).await?;
+    }
+    let Some(id) = st.key_id.clone() else {
+        if let Some(id) = &v.settings.key_ref {
+            return adopt::adopt(r, st, &v.scope, id, existing.as_ref()).await;
+        }
+        return create::create(r, &v, st, existing.as_ref(), None).await;
+    };
+    sync::sync_existing(r, &v, st, existing.as_ref(), id).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    /// A client whose every request fails: error_policy never calls the API.
+    fn offline_client() -> kube::Client {
+        let svc = tower::service_fn(|_req: http::Request<kube::client::Body>| async {
+            Err::<http::Response<kube::client::Body>, std::io::Error>(std::io::Error::other(
+                "no API server in unit tests",
+            ))
+        });
+        kube::Client::new(svc, "default")
+    }
+
+    #[tokio::test]
+    async fn error_policy_counts_errors_by_category() {
+        let metrics = Arc::new(Metrics::new());
+        let ctx = Arc::new(Context::new(
+            offline_client(),
+            metrics.clone(),
+            "keysmith-system".into(),
+            "test",
+        ));
+        let mut ak = ApiKey::new("k", Default::default());
+        ak.metadata.namespace = Some("team-a".into());
+        let ak = Arc::new(ak);
+        error_policy(
+            ak.clone(),
+            &Error::RevokeFailed(Reason::ProviderUnavailable),
+            ctx.clone(),
+        );
+        let kube_err = kube::Error::Api(
+            kube::core::Status::failure("boom", "InternalError")
+                .with_code(500)
+                .boxed(),
+        );
+        error_policy(ak.clone(), &Error::Kube(kube_err), ctx.clone());
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                "controller_runtime_reconcile_errors_total{controller=\"apikey\",reason=\"ProviderUnavailable\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "controller_runtime_reconcile_errors_total{controller=\"apikey\",reason=\"KubernetesError\"} 1"
+        ));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        assert_eq!(backoff(1), Duration::from_secs(2));
+        assert_eq!(backoff(3), Duration::from_secs(8));
+        assert_eq!(
+            backoff(30),
+            Duration::from_secs(256).min(Duration::from_secs(300))
+        );
+    }
+}

@@ -1,0 +1,109 @@
+//! Pushing a user-owned value (`spec.source`) to the provider, again whenever the value or the
+//! settings change.
+
+use kube::runtime::events::EventType;
+
+use super::super::reasons::Reason;
+use super::dereference::source_value;
+use super::revoke::retire_previous;
+use super::status::{fill_from_key, key_scope, location, now_rfc3339, Ready};
+use super::sync::observe;
+use super::validate::ValidatedApiKey;
+use super::{Failure, LocatedKey, Reconciler};
+use crate::api::{ApiKeyStatus, PreviousKey};
+use crate::providers::{self, KeyScope};
+
+/// Whether the pushed key must move: the spec names another place (e.g. another upstream
+/// provider), so a new key is pushed there and the old one revoked.
+pub fn moved(before: Option<&LocatedKey>, scope: &KeyScope) -> bool {
+    before.is_some_and(|k| &k.at != scope)
+}
+
+/// Push the value of `spec.source` to the provider.
+pub async fn push(
+    r: &Reconciler<'_>,
+    st: &mut ApiKeyStatus,
+    v: &ValidatedApiKey,
+) -> Result<Ready, Failure> {
+    let src = source_value(r.ak, r.ctx).await?;
+    let scope = &v.scope;
+    let before = st.key_id.clone().map(|id| LocatedKey {
+        at: key_scope(st, scope),
+        id,
+    });
+    let moved = moved(before.as_ref(), scope);
+    let mut needs_push = st.key_id.is_none() || st.source_version != src.version || moved;
+    if let Some(id) = st.key_id.clone().filter(|_| !moved) {
+        let spec_changed = st.observed_generation != r.ak.metadata.generation;
+        match observe(r.ctx, r.p, scope, &id, spec_changed).await? {
+            Some(current) => {
+                fill_from_key(st, &current);
+                if !providers::drift(r.p.backend.as_ref(), &current, &v.settings).is_empty() {
+                    needs_push = true;
+                }
+            }
+            None => needs_push = true,
+        }
+    }
+    st.secret_name = None;
+    if needs_push {
+        let existing = st.key_id.as_deref().filter(|_| !moved);
+        let key = r.p.backend.push(&v.settings, &src.value, existing).await?;
+        let first = st.key_id.is_none();
+        fill_from_key(st, &key);
+        st.source_version = src.version.clone();
+        st.key_scope = location(scope);
+        r.ctx.remember(r.p, scope, &key).await;
+        if let Some(old) = before.filter(|old| old.id != key.id || &old.at != scope) {
+            // The value now lives in another key (e.g. another upstream provider): the old one
+            // is revoked, now or by a later reconcile.
+            st.previous_keys.push(PreviousKey {
+                key_id: old.id,
+                delete_after: now_rfc3339(),
+                scope: location(&old.at),
+            });
+        }
+        let what = if first { "registered" } else { "updated" };
+        let note = format!(
+            "{what} key {} at {} from Secret {}",
+            key.id, r.p.provider_type, src.name
+        );
+        r.event(EventType::Normal, Reason::KeyPushed, "Push", note)
+            .await;
+        retire_previous(r, st, scope).await?;
+    }
+    Ok(Ready {
+        reason: Reason::KeyActive,
+        message: format!(
+            "key {} at {} holds the value of Secret {}",
+            st.key_id.as_deref().unwrap_or("?"),
+            r.p.provider_type,
+            src.name
+        ),
+        requeue: r.p.refresh_interval,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_moves_when_the_spec_names_another_place() {
+        let here = KeyScope {
+            family: "provider".into(),
+            parent: "openai".into(),
+        };
+        let there = KeyScope {
+            family: "provider".into(),
+            parent: "anthropic".into(),
+        };
+        let key = LocatedKey {
+            id: "k".into(),
+            at: here.clone(),
+        };
+        assert!(!moved(None, &here));
+        assert!(!moved(Some(&key), &here));
+        assert!(moved(Some(&key), &there));
+    }
+}

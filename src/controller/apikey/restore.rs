@@ -1,0 +1,93 @@
+//! When the key or its value went missing: the Secret is restored from the provider's copy where
+//! the provider keeps one; otherwise an adopted key is re-adopted and a minted one replaced.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::events::EventType;
+use secrecy::SecretString;
+
+use super::super::reasons::Reason;
+use super::super::secret;
+use super::status::Ready;
+use super::validate::ValidatedApiKey;
+use super::{adopt, create, Failure, LocatedKey, Reconciler};
+use crate::api::ApiKeyStatus;
+
+/// The value the Secret must hold for `key`: the one it holds, else the provider's copy
+/// (providers that return the plaintext give it back). `None`: the value is lost.
+pub async fn value_to_deliver(
+    r: &Reconciler<'_>,
+    existing: Option<&Secret>,
+    key: &LocatedKey,
+) -> Result<Option<SecretString>, Failure> {
+    let held = existing
+        .filter(|s| secret::key_id_of(s).as_deref() == Some(key.id.as_str()))
+        .and_then(|s| secret::value_of(r.ak, s));
+    if held.is_some() {
+        return Ok(held);
+    }
+    if !r.p.backend.capabilities().secret_readable {
+        return Ok(None);
+    }
+    let restored = r.p.backend.get(&key.at, &key.id).await?.secret;
+    if restored.is_some() {
+        let note = format!(
+            "Secret {} restored from the provider's copy of key {}",
+            r.ak.secret_name(),
+            key.id
+        );
+        r.event(EventType::Normal, Reason::SecretRestored, "Restore", note)
+            .await;
+    }
+    Ok(restored)
+}
+
+/// The key no longer exists (or was revoked) at the provider: an adopted key cannot come back,
+/// a minted one is created again.
+pub async fn key_missing(
+    r: &Reconciler<'_>,
+    v: &ValidatedApiKey,
+    st: &mut ApiKeyStatus,
+    existing: Option<&Secret>,
+    id: &str,
+) -> Result<Ready, Failure> {
+    let note = format!(
+        "key {id} no longer exists (or was revoked) at {}",
+        r.p.provider_type
+    );
+    r.event(EventType::Warning, Reason::KeyMissing, "Recreate", note)
+        .await;
+    if v.settings.key_ref.is_some() {
+        return Err(Failure::permanent(
+            Reason::ProviderNotFound,
+            format!(
+                "the adopted key {id} no longer exists at {}",
+                r.p.provider_type
+            ),
+        ));
+    }
+    st.key_id = None;
+    create::create(r, v, st, existing, None).await
+}
+
+/// The Secret lost the value of `key`: adopted keys are re-adopted, minted ones replaced.
+pub async fn replace_or_readopt(
+    r: &Reconciler<'_>,
+    v: &ValidatedApiKey,
+    st: &mut ApiKeyStatus,
+    existing: Option<&Secret>,
+    key: LocatedKey,
+) -> Result<Ready, Failure> {
+    let note = format!(
+        "Secret {} no longer holds the value of key {}; the value cannot be read back from {}",
+        r.ak.secret_name(),
+        key.id,
+        r.p.provider_type
+    );
+    r.event(EventType::Warning, Reason::SecretLost, "Recreate", note)
+        .await;
+    if v.settings.key_ref.is_some() {
+        st.key_id = None;
+        return adopt::adopt(r, st, &key.at, &key.id, existing).await;
+    }
+    create::create(r, v, st, existing, Some(key)).await
+}

@@ -1,0 +1,103 @@
+//! Revoking keys at the provider: one key ("already gone" counts as done), and the replaced keys
+//! of `status.previousKeys` that are due.
+
+use chrono::{DateTime, Utc};
+use kube::runtime::events::EventType;
+
+use super::super::backends::ResolvedProvider;
+use super::super::context::Context;
+use super::super::reasons::Reason;
+use super::status::scope_at;
+use super::{Failure, Reconciler};
+use crate::api::{ApiKeyStatus, PreviousKey};
+use crate::metrics::ProviderLabel;
+use crate::providers::{KeyScope, ProviderError};
+
+/// Revoke a key, treating "already gone" as done.
+pub async fn revoke_quietly(
+    ctx: &Context,
+    p: &ResolvedProvider,
+    scope: &KeyScope,
+    id: &str,
+) -> Result<(), ProviderError> {
+    match p.backend.revoke(scope, id).await {
+        Ok(()) => {
+            let label = ProviderLabel {
+                provider: p.provider_type.to_string(),
+            };
+            ctx.metrics.keys_revoked.get_or_create(&label).inc();
+        }
+        Err(ProviderError::NotFound(_)) => {}
+        Err(e) => return Err(e),
+    }
+    ctx.forget_key(p, scope, id).await;
+    Ok(())
+}
+
+/// Whether a replaced key is due for its revoke (an unreadable time counts as due).
+pub fn is_due(prev: &PreviousKey, now: DateTime<Utc>) -> bool {
+    DateTime::parse_from_rfc3339(&prev.delete_after).map_or(true, |t| t <= now)
+}
+
+/// Revoke the replaced keys that are due (`status.previousKeys`); those the provider refuses now
+/// stay listed and the reconcile fails with the provider's error, to be retried. `scope`: where
+/// a key without a recorded location lives.
+pub async fn retire_previous(
+    r: &Reconciler<'_>,
+    st: &mut ApiKeyStatus,
+    scope: &KeyScope,
+) -> Result<(), Failure> {
+    if st.previous_keys.is_empty() {
+        return Ok(());
+    }
+    let now = Utc::now();
+    let mut keep = Vec::new();
+    let mut failed = None;
+    for prev in std::mem::take(&mut st.previous_keys) {
+        if !is_due(&prev, now) || failed.is_some() {
+            keep.push(prev);
+            continue;
+        }
+        let at = scope_at(prev.scope.as_ref(), scope);
+        match revoke_quietly(r.ctx, r.p, &at, &prev.key_id).await {
+            Ok(()) => {
+                let note = format!(
+                    "revoked replaced key {} at {}",
+                    prev.key_id, r.p.provider_type
+                );
+                r.event(EventType::Normal, Reason::KeyRevoked, "Replace", note)
+                    .await
+            }
+            Err(e) => {
+                failed = Some(e);
+                keep.push(prev);
+            }
+        }
+    }
+    st.previous_keys = keep;
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn due_when_the_time_has_come_or_cannot_be_read() {
+        let now = DateTime::parse_from_rfc3339("2026-06-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let prev = |at: &str| PreviousKey {
+            key_id: "k".into(),
+            delete_after: at.into(),
+            scope: None,
+        };
+        assert!(is_due(&prev("2026-06-01T11:59:59Z"), now));
+        assert!(is_due(&prev("2026-06-01T12:00:00Z"), now));
+        assert!(!is_due(&prev("2026-06-01T12:00:01Z"), now));
+        assert!(is_due(&prev("garbage"), now));
+    }
+}

@@ -1,0 +1,172 @@
+//! Keeping a key's settings in sync: what the provider knows of the key, which drift can be
+//! updated in place and which needs a new key.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::events::EventType;
+
+use super::super::backends::ResolvedProvider;
+use super::super::context::Context;
+use super::super::reasons::Reason;
+use super::deliver::{ensure_secret, Delivery};
+use super::status::{fill_from_key, key_scope, location, Ready};
+use super::validate::ValidatedApiKey;
+use super::{create, restore, Failure, LocatedKey, Reconciler};
+use crate::api::{ApiKeyStatus, ImmutableChangePolicy};
+use crate::providers::{self, Capabilities, Field, KeyScope, ProviderError, ProviderKey};
+
+/// The key as the provider reports it; `None` when it does not exist. `fresh`: ask the provider
+/// (after a spec change) instead of the shared listing.
+pub async fn observe(
+    ctx: &Context,
+    p: &ResolvedProvider,
+    scope: &KeyScope,
+    id: &str,
+    fresh: bool,
+) -> Result<Option<ProviderKey>, ProviderError> {
+    if !fresh {
+        let slot = ctx.listing(p, scope, p.refresh_interval).await?;
+        let found = slot.lock().await.keys.get(id).cloned();
+        if found.is_some() {
+            return Ok(found);
+        }
+        // Not in the listing: it may postdate it. Ask once before concluding it is gone.
+    }
+    match p.backend.get(scope, id).await {
+        Ok(mut k) => {
+            k.secret = None;
+            ctx.remember(p, scope, &k).await;
+            Ok(Some(k))
+        }
+        Err(ProviderError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Drifted fields split into those the provider updates in place and those that need a new key.
+pub fn split_drift(drifted: Vec<Field>, caps: &Capabilities) -> (Vec<Field>, Vec<Field>) {
+    drifted.into_iter().partition(|f| caps.can_update(*f))
+}
+
+/// A field as a person finds it in the manifest (`spec.digitalocean`, not `spec.<provider block>`).
+pub fn field_path(f: Field, p: &ResolvedProvider) -> String {
+    match f {
+        Field::Extras => format!("spec.{}", p.provider_type),
+        other => other.path().to_string(),
+    }
+}
+
+/// Update what can be updated in place on `key` (as `current` reports it); returns the drifted
+/// fields that need a new key.
+pub async fn update_in_place(
+    r: &Reconciler<'_>,
+    v: &ValidatedApiKey,
+    st: &mut ApiKeyStatus,
+    current: &ProviderKey,
+    key: &LocatedKey,
+) -> Result<Vec<Field>, Failure> {
+    let drifted = providers::drift(r.p.backend.as_ref(), current, &v.settings);
+    let (mutable, immutable) = split_drift(drifted, r.p.backend.capabilities());
+    if !mutable.is_empty() {
+        let updated =
+            r.p.backend
+                .update(&key.at, &key.id, &v.settings, &mutable)
+                .await?;
+        fill_from_key(st, &updated);
+        r.ctx.remember(r.p, &key.at, &updated).await;
+        let fields: Vec<String> = mutable.iter().map(|f| field_path(*f, r.p)).collect();
+        let note = format!("updated {} at {}", fields.join(", "), r.p.provider_type);
+        r.event(EventType::Normal, Reason::KeyUpdated, "Update", note)
+            .await;
+    }
+    Ok(immutable)
+}
+
+/// The ApiKey has key `id`: check it still exists, that the Secret holds its value, and that
+/// its settings match the spec; report it.
+pub async fn sync_existing(
+    r: &Reconciler<'_>,
+    v: &ValidatedApiKey,
+    st: &mut ApiKeyStatus,
+    existing: Option<&Secret>,
+    id: String,
+) -> Result<Ready, Failure> {
+    // The key is read, updated and revoked where it lives, which a spec edit (another agent,
+    // workspace…) does not change: that is a difference only a new key resolves.
+    let key = LocatedKey {
+        at: key_scope(st, &v.scope),
+        id,
+    };
+    // What the provider knows about the key: a fresh GET after a spec change, otherwise the
+    // shared listing (one paged listing per provider object and refresh interval).
+    let spec_changed = st.observed_generation != r.ak.metadata.generation;
+    let current = match observe(r.ctx, r.p, &key.at, &key.id, spec_changed).await? {
+        Some(k) if k.active => k,
+        _ => return restore::key_missing(r, v, st, existing, &key.id).await,
+    };
+    fill_from_key(st, &current);
+    st.key_scope = location(&key.at);
+
+    // The Secret must hold this key's value.
+    let Some(value) = restore::value_to_deliver(r, existing, &key).await? else {
+        return restore::replace_or_readopt(r, v, st, existing, key).await;
+    };
+
+    let immutable = update_in_place(r, v, st, &current, &key).await?;
+    if !immutable.is_empty()
+        && r.ak.spec.on_immutable_change == ImmutableChangePolicy::Replace
+        && v.settings.key_ref.is_none()
+    {
+        return create::create(r, v, st, existing, Some(key)).await;
+    }
+    st.fields_needing_new_key = immutable.iter().map(|f| field_path(*f, r.p)).collect();
+    let delivery = Delivery {
+        value: &value,
+        key_id: &key.id,
+        hint: st.key_hint.as_deref().unwrap_or(""),
+    };
+    ensure_secret(r.ctx, r.ak, existing, &delivery).await?;
+    Ok(after_sync(r.p, st, &r.ak.secret_name()))
+}
+
+/// What a reconcile of an existing key reports: active, or active but needing a new key.
+pub fn after_sync(p: &ResolvedProvider, st: &ApiKeyStatus, secret_name: &str) -> Ready {
+    if st.fields_needing_new_key.is_empty() {
+        return Ready::active(p, st, secret_name);
+    }
+    Ready {
+        reason: Reason::NewKeyNeeded,
+        message: format!(
+            "{} cannot change {} on an existing key; the current key stays active. Set spec.onImmutableChange: Replace to get a new key automatically, or rotate it",
+            p.provider_type,
+            st.fields_needing_new_key.join(", ")
+        ),
+        requeue: p.refresh_interval,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::AdoptMode;
+
+    #[test]
+    fn drift_splits_by_what_the_provider_can_update() {
+        let caps = Capabilities {
+            mint: true,
+            adopt: AdoptMode::No,
+            push: false,
+            supported: &[Field::DisplayName, Field::LimitAmount, Field::ExpiresAt],
+            mutable: &[Field::DisplayName, Field::LimitAmount],
+            secret_readable: false,
+            has_get: true,
+            page_size: 100,
+        };
+        let (m, i) = split_drift(
+            vec![Field::DisplayName, Field::ExpiresAt, Field::LimitAmount],
+            &caps,
+        );
+        assert_eq!(m, [Field::DisplayName, Field::LimitAmount]);
+        assert_eq!(i, [Field::ExpiresAt]);
+        assert_eq!(split_drift(vec![], &caps), (vec![], vec![]));
+    }
+}

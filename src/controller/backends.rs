@@ -1,0 +1,282 @@
+//! Resolving the provider object of an ApiKey (tenancy rule 6) and caching one backend per
+//! provider object, rebuilt when its generation or a credential Secret changes.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::Api;
+use kube::ResourceExt;
+
+use super::context::Context;
+use super::credentials::read_credentials;
+use super::reasons::Reason;
+use crate::api::{
+    ApiKey, ClusterKeyProvider, KeyProvider, KeyProviderSpec, ProviderKind, ProviderType,
+};
+use crate::providers::{self, KeyBackend};
+
+/// Default refresh interval of a provider object.
+pub const DEFAULT_REFRESH: Duration = Duration::from_secs(300);
+/// How long a built backend is trusted before its credential Secrets are checked again.
+const CREDENTIAL_RECHECK: Duration = Duration::from_secs(60);
+
+/// A cached backend and what it was built from.
+pub(crate) struct BackendEntry {
+    generation: Option<i64>,
+    secret_versions: Vec<Option<String>>,
+    checked: Mutex<Instant>,
+    backend: Arc<dyn KeyBackend>,
+}
+
+/// A provider object an ApiKey resolved to.
+pub struct ResolvedProvider {
+    /// `KeyProvider/ns/name` or `ClusterKeyProvider/name`: the cache key.
+    pub id: String,
+    pub provider_type: ProviderType,
+    pub backend: Arc<dyn KeyBackend>,
+    pub refresh_interval: Duration,
+}
+
+/// Why a provider could not be resolved; each maps to a condition reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("{0}")]
+    ProviderRefNotFound(String),
+    #[error("{0}")]
+    ProviderNotAllowed(String),
+    #[error("{0}")]
+    CredentialsNotFound(String),
+    #[error("{0}")]
+    InvalidProvider(String),
+    #[error("Kubernetes API error: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl ResolveError {
+    pub fn reason(&self) -> Reason {
+        match self {
+            ResolveError::ProviderRefNotFound(_) => Reason::ProviderRefNotFound,
+            ResolveError::ProviderNotAllowed(_) => Reason::ProviderNotAllowed,
+            ResolveError::CredentialsNotFound(_) => Reason::CredentialsNotFound,
+            ResolveError::InvalidProvider(_) => Reason::InvalidProvider,
+            ResolveError::Kube(_) => Reason::KubernetesError,
+        }
+    }
+}
+
+impl From<ResolveError> for super::error::Failure {
+    fn from(e: ResolveError) -> Self {
+        match e {
+            ResolveError::Kube(k) => k.into(),
+            other => super::error::Failure::permanent(other.reason(), other.to_string()),
+        }
+    }
+}
+
+/// A provider object to build a backend for.
+pub struct ProviderObject<'a> {
+    /// `KeyProvider/ns/name` or `ClusterKeyProvider/name`.
+    pub id: String,
+    pub spec: &'a KeyProviderSpec,
+    pub generation: Option<i64>,
+    /// Some for a namespaced KeyProvider (credentials only from there), None for a
+    /// ClusterKeyProvider.
+    pub namespace: Option<&'a str>,
+}
+
+impl Context {
+    /// Resolve the provider object of an ApiKey (tenancy rule 6) and its backend.
+    pub async fn resolve(&self, ak: &ApiKey) -> Result<ResolvedProvider, ResolveError> {
+        let ns = ak.namespace().unwrap_or_default();
+        let r = &ak.spec.provider_ref;
+        match r.kind {
+            ProviderKind::KeyProvider => {
+                let api: Api<KeyProvider> = Api::namespaced(self.client.clone(), &ns);
+                let p = api.get_opt(&r.name).await?.ok_or_else(|| {
+                    ResolveError::ProviderRefNotFound(format!(
+                        "KeyProvider {ns}/{} does not exist",
+                        r.name
+                    ))
+                })?;
+                self.resolve_object(ProviderObject {
+                    id: format!("KeyProvider/{ns}/{}", r.name),
+                    spec: &p.spec,
+                    generation: p.metadata.generation,
+                    namespace: Some(&ns),
+                })
+                .await
+            }
+            ProviderKind::ClusterKeyProvider if !self.cluster_providers => Err(ResolveError::ProviderNotAllowed(format!(
+                "this keysmith installation serves only KeyProviders of the ApiKey's namespace (--cluster-providers=false); ClusterKeyProvider {} cannot be used",
+                r.name
+            ))),
+            ProviderKind::ClusterKeyProvider => {
+                let api: Api<ClusterKeyProvider> = Api::all(self.client.clone());
+                let p = api.get_opt(&r.name).await?.ok_or_else(|| {
+                    ResolveError::ProviderRefNotFound(format!(
+                        "ClusterKeyProvider {} does not exist",
+                        r.name
+                    ))
+                })?;
+                if let Some(sel) = &p.spec.inner.namespace_selector {
+                    let nsobj = Api::<Namespace>::all(self.client.clone()).get(&ns).await?;
+                    if !selector_matches(sel, nsobj.labels()).map_err(|e| {
+                        ResolveError::InvalidProvider(format!("ClusterKeyProvider {}: {e}", r.name))
+                    })? {
+                        return Err(ResolveError::ProviderNotAllowed(format!(
+                            "ClusterKeyProvider {} does not admit namespace {ns} (spec.namespaceSelector)",
+                            r.name
+                        )));
+                    }
+                }
+                self.resolve_object(ProviderObject {
+                    id: format!("ClusterKeyProvider/{}", r.name),
+                    spec: &p.spec.inner,
+                    generation: p.metadata.generation,
+                    namespace: None,
+                })
+                .await
+            }
+        }
+    }
+
+    /// Build (or reuse) the backend of a provider spec. `namespace`: Some for a namespaced
+    /// KeyProvider (credentials only from there), None for a ClusterKeyProvider.
+    pub async fn resolve_spec(
+        &self,
+        id: String,
+        spec: &KeyProviderSpec,
+        generation: Option<i64>,
+        namespace: Option<&str>,
+    ) -> Result<ResolvedProvider, ResolveError> {
+        self.resolve_object(ProviderObject {
+            id,
+            spec,
+            generation,
+            namespace,
+        })
+        .await
+    }
+
+    /// Build (or reuse) the backend of a provider object.
+    pub async fn resolve_object(
+        &self,
+        obj: ProviderObject<'_>,
+    ) -> Result<ResolvedProvider, ResolveError> {
+        let ProviderObject {
+            id,
+            spec,
+            generation,
+            namespace,
+        } = obj;
+        let config = spec.provider().ok_or_else(|| {
+            ResolveError::InvalidProvider(format!("{id}: exactly one provider block must be set"))
+        })?;
+        let refresh_interval = match &spec.refresh_interval {
+            Some(s) => providers::parse_duration(s)
+                .map_err(|e| {
+                    ResolveError::InvalidProvider(format!("{id}: spec.refreshInterval {e}"))
+                })?
+                .max(Duration::from_secs(10)),
+            None => DEFAULT_REFRESH,
+        };
+        let resolved = |backend| ResolvedProvider {
+            id: id.clone(),
+            provider_type: config.provider_type(),
+            backend,
+            refresh_interval,
+        };
+        let cached = self.backends.lock().unwrap().get(&id).cloned();
+        if let Some(entry) = &cached {
+            if entry.generation == generation
+                && entry.checked.lock().unwrap().elapsed() < CREDENTIAL_RECHECK
+            {
+                return Ok(resolved(entry.backend.clone()));
+            }
+        }
+        let read = read_credentials(self, &id, config.credential_refs(), namespace).await?;
+        if let Some(entry) = &cached {
+            if entry.generation == generation && entry.secret_versions == read.versions {
+                *entry.checked.lock().unwrap() = Instant::now();
+                return Ok(resolved(entry.backend.clone()));
+            }
+        }
+        let backend = providers::build_backend(spec, read.credentials, self.client_options.clone())
+            .map_err(|e| ResolveError::InvalidProvider(format!("{id}: {e}")))?;
+        let entry = Arc::new(BackendEntry {
+            generation,
+            secret_versions: read.versions,
+            checked: Mutex::new(Instant::now()),
+            backend: backend.clone(),
+        });
+        self.backends.lock().unwrap().insert(id.clone(), entry);
+        // Settings or credentials changed: listings taken with the old ones are stale.
+        self.snapshots
+            .lock()
+            .unwrap()
+            .retain(|(pid, _), _| pid != &id);
+        Ok(resolved(backend))
+    }
+
+    /// Forget a backend (after the provider refused its credentials, so they are re-read).
+    pub fn forget_backend(&self, id: &str) {
+        self.backends.lock().unwrap().remove(id);
+    }
+}
+
+/// Evaluate a LabelSelector against labels.
+pub fn selector_matches(
+    sel: &LabelSelector,
+    labels: &BTreeMap<String, String>,
+) -> Result<bool, String> {
+    if let Some(ml) = &sel.match_labels {
+        if ml.iter().any(|(k, v)| labels.get(k) != Some(v)) {
+            return Ok(false);
+        }
+    }
+    for e in sel.match_expressions.iter().flatten() {
+        let values = e.values.clone().unwrap_or_default();
+        let have = labels.get(&e.key);
+        let ok = match e.operator.as_str() {
+            "In" => have.is_some_and(|v| values.contains(v)),
+            "NotIn" => have.is_none_or(|v| !values.contains(v)),
+            "Exists" => have.is_some(),
+            "DoesNotExist" => have.is_none(),
+            op => return Err(format!("unknown selector operator {op:?}")),
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    #[test]
+    fn selectors() {
+        let labels: BTreeMap<String, String> = [("team".to_string(), "ai".to_string())].into();
+        let sel = LabelSelector {
+            match_labels: Some(labels.clone()),
+            match_expressions: None,
+        };
+        assert!(selector_matches(&sel, &labels).unwrap());
+        assert!(!selector_matches(&sel, &BTreeMap::new()).unwrap());
+        let sel = LabelSelector {
+            match_labels: None,
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "team".into(),
+                operator: "NotIn".into(),
+                values: Some(vec!["ai".into()]),
+            }]),
+        };
+        assert!(!selector_matches(&sel, &labels).unwrap());
+        assert!(selector_matches(&LabelSelector::default(), &labels).unwrap());
+    }
+}

@@ -1,0 +1,200 @@
+//! Every reason keysmith puts in a `Ready` condition or an Event, in one place. The README's
+//! reason table is checked against [`Reason::CONDITIONS`] by a test below.
+
+use crate::providers::ProviderError;
+
+macro_rules! reasons {
+    ($($(#[$doc:meta])* $v:ident,)*) => {
+        /// A condition or Event reason.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Reason {
+            $($(#[$doc])* $v,)*
+        }
+
+        impl Reason {
+            /// Every reason.
+            pub const ALL: &'static [Reason] = &[$(Reason::$v,)*];
+
+            /// The CamelCase name written to conditions, Events and metric labels.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Reason::$v => stringify!($v),)*
+                }
+            }
+        }
+    };
+}
+
+reasons! {
+    // Ready conditions of ApiKeys.
+    /// The key is live and its value is in the Secret.
+    KeyActive,
+    /// A field changed that the provider cannot change on an existing key.
+    NewKeyNeeded,
+    /// The spec sets something the provider cannot honour.
+    UnsupportedField,
+    /// A value is malformed.
+    InvalidSpec,
+    /// The target Secret exists and keysmith did not create it.
+    SecretConflict,
+    /// The `spec.source` Secret (or its key) is missing.
+    SourceNotFound,
+    /// The provider object does not exist.
+    ProviderRefNotFound,
+    /// The provider object does not admit the namespace, or is not served.
+    ProviderNotAllowed,
+    /// A credentials Secret (or its key) is missing.
+    CredentialsNotFound,
+    /// The provider object is malformed.
+    InvalidProvider,
+    /// Provider objects: the provider accepted the credentials.
+    CredentialsVerified,
+    /// The provider refused the credentials.
+    ProviderAuthFailed,
+    /// The provider refused the request.
+    ProviderRejected,
+    /// The key does not exist at the provider.
+    ProviderNotFound,
+    /// The provider answered 429.
+    RateLimited,
+    /// The provider is down, slow or answered garbage.
+    ProviderUnavailable,
+    /// The operation does not exist at the provider.
+    UnsupportedOperation,
+    /// An interrupted create may still reach the provider; keysmith waits before creating again.
+    RecoveringCreate,
+    /// The Kubernetes API failed.
+    KubernetesError,
+    /// Internal: a conditional write found a newer ApiKey; never shown in a condition.
+    Conflict,
+    /// Test hook (`test-hooks` feature): a simulated crash right after a create.
+    Crashed,
+    // Events.
+    /// A key was created.
+    KeyCreated,
+    /// An existing key was taken over (`spec.keyRef`).
+    KeyAdopted,
+    /// An adopted key was regenerated to obtain its value.
+    KeyRegenerated,
+    /// A user-owned value was pushed (`spec.source`).
+    KeyPushed,
+    /// Settings of the key were updated in place.
+    KeyUpdated,
+    /// A new key replaced the old one.
+    KeyReplaced,
+    /// A key was revoked.
+    KeyRevoked,
+    /// A key was left at the provider (`deletionPolicy: Orphan`).
+    KeyOrphaned,
+    /// The key no longer exists at the provider.
+    KeyMissing,
+    /// A key created by an interrupted attempt was revoked.
+    OrphanRevoked,
+    /// The Secret lost the key's value and the provider cannot give it back.
+    SecretLost,
+    /// The Secret was restored from the provider's copy of the value.
+    SecretRestored,
+}
+
+impl Reason {
+    /// The reasons a `Ready` condition of an ApiKey or provider object can carry (the README table).
+    pub const CONDITIONS: &'static [Reason] = &[
+        Reason::KeyActive,
+        Reason::NewKeyNeeded,
+        Reason::UnsupportedField,
+        Reason::InvalidSpec,
+        Reason::SecretConflict,
+        Reason::SourceNotFound,
+        Reason::ProviderRefNotFound,
+        Reason::ProviderNotAllowed,
+        Reason::CredentialsNotFound,
+        Reason::InvalidProvider,
+        Reason::CredentialsVerified,
+        Reason::ProviderAuthFailed,
+        Reason::ProviderRejected,
+        Reason::ProviderNotFound,
+        Reason::RateLimited,
+        Reason::ProviderUnavailable,
+        Reason::UnsupportedOperation,
+        Reason::RecoveringCreate,
+        Reason::KubernetesError,
+    ];
+
+    /// The reason a provider error surfaces as (the provider layer names it; this types it).
+    pub fn of_provider(e: &ProviderError) -> Reason {
+        Reason::parse(e.reason()).unwrap_or(Reason::ProviderUnavailable)
+    }
+
+    /// The reason named `s`.
+    pub fn parse(s: &str) -> Option<Reason> {
+        Reason::ALL.iter().copied().find(|r| r.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn every_provider_error_has_its_own_reason() {
+        let errors = [
+            ProviderError::Auth(String::new()),
+            ProviderError::Rejected(String::new()),
+            ProviderError::NotFound(String::new()),
+            ProviderError::RateLimited { retry_after: None },
+            ProviderError::Unavailable(String::new()),
+            ProviderError::Malformed(String::new()),
+            ProviderError::Unsupported(String::new()),
+        ];
+        for e in errors {
+            let r = Reason::parse(e.reason());
+            assert!(r.is_some(), "{} is not a Reason", e.reason());
+            assert!(Reason::CONDITIONS.contains(&r.unwrap()));
+        }
+    }
+
+    #[test]
+    fn names_are_unique_and_round_trip() {
+        let names: BTreeSet<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names.len(), Reason::ALL.len());
+        for r in Reason::ALL {
+            assert_eq!(Reason::parse(r.as_str()), Some(*r));
+        }
+    }
+
+    /// The README's reason table lists exactly the condition reasons.
+    #[test]
+    fn readme_reason_table_matches_the_enum() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("| reason | meaning |")
+            .expect("README has a reason table");
+        let documented: BTreeSet<String> = readme[start..]
+            .lines()
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .flat_map(|l| {
+                let first = l.split('|').nth(1).unwrap_or_default();
+                first
+                    .split('/')
+                    .map(|s| s.trim().trim_matches('`').to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let wanted: BTreeSet<String> = Reason::CONDITIONS
+            .iter()
+            .map(|r| r.as_str().to_string())
+            .collect();
+        assert_eq!(
+            documented, wanted,
+            "README reason table and Reason::CONDITIONS differ"
+        );
+    }
+}
