@@ -10,13 +10,6 @@ pub mod metrics;
 pub mod providers;
 pub mod render;
 
-// Rotation building blocks (issue 12), declared here while controller/mod.rs is being split
-// (issue 9). Phase 2 moves them into `controller` (`pub mod restart; pub mod rotation;`).
-#[path = "controller/restart.rs"]
-pub mod restart;
-#[path = "controller/rotation.rs"]
-pub mod rotation;
-
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

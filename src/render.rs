@@ -227,7 +227,7 @@ pub fn render(args: &RenderArgs) -> anyhow::Result<String> {
 
 /// The rotation lines of `keysmith render`: strategy, schedule, grace period, restart targets.
 fn rotation_plan(ak: &ApiKey, provider: ProviderType, family: &str, adopted: bool) -> String {
-    use crate::rotation::{self, KeyKind, NativeRotate, Plan, Strategy};
+    use crate::controller::rotation::{self, KeyKind, NativeRotate, Plan, Strategy};
     let mut out = String::from("# rotation:\n");
     let plan = match Plan::of(&ak.spec) {
         Ok(p) => p,

@@ -12,7 +12,7 @@ use kube::Client;
 use serde_json::json;
 
 use keysmith::api::{RestartKind, RestartTarget, RESTARTED_AT_ANNOTATION};
-use keysmith::restart::{restart, rolled_out, Debouncer, Outcome};
+use keysmith::controller::restart::{restart, rolled_out, Debouncer, Outcome};
 
 fn enabled() -> bool {
     let on = std::env::var("KEYSMITH_E2E").as_deref() == Ok("1")
@@ -99,7 +99,7 @@ async fn a_restart_rolls_out_a_new_replicaset() {
         restart(&client, &debouncer, &ns, &target, now, now).await,
         Outcome::Covered
     );
-    let value = keysmith::rotation::ts(now);
+    let value = keysmith::controller::rotation::ts(now);
     eventually(
         "a second ReplicaSet with the restarted template",
         || async {

@@ -1,4 +1,4 @@
-//! Workload restarts (`keysmith::restart`) against a Kubernetes API test double: the pod
+//! Workload restarts (`keysmith::controller::restart`) against a Kubernetes API test double: the pod
 //! template annotation lands on the named workload only, a missing workload is reported, and a
 //! burst of Secret changes across ApiKeys restarts a workload once.
 
@@ -12,7 +12,7 @@ use kube_fake_client::ClientBuilder;
 use serde_json::json;
 
 use keysmith::api::{RestartKind, RestartTarget, RESTARTED_AT_ANNOTATION};
-use keysmith::restart::{restart, Debouncer, Outcome};
+use keysmith::controller::restart::{restart, Debouncer, Outcome};
 
 fn workload(kind: &str, name: &str) -> serde_json::Value {
     json!({

@@ -13,6 +13,8 @@ pub mod listing;
 pub mod provider;
 pub mod rbac;
 pub mod reasons;
+pub mod restart;
+pub mod rotation;
 pub mod secret;
 pub mod watches;
 

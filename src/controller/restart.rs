@@ -247,7 +247,7 @@ pub async fn restart(
         Claim::Wait(d) => return Outcome::Wait(d),
         Claim::Patch => {}
     }
-    let value = crate::rotation::ts(now);
+    let value = crate::controller::rotation::ts(now);
     match patch(client, namespace, target, &value).await {
         Ok(Some(generation)) => Outcome::Restarted(RolloutTarget {
             kind: target.kind,
