@@ -34,7 +34,7 @@ fn limit_of(key: &Value) -> Option<f64> {
 /// Create, deliver, verify at the provider, update, stay quiet, revoke on delete, orphan.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apikey_lifecycle() {
-    if !cluster::enabled("apikey_lifecycle", &["KEYSMITH_E2E"]) {
+    if !cluster::enabled("apikey_lifecycle", &[]) {
         return;
     }
     let cluster = Cluster::start(
@@ -232,10 +232,7 @@ async fn apikey_lifecycle() {
 /// after a restart every ApiKey is Ready with exactly one live key, the one its Secret holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_a_burst_of_creates_leaves_no_orphan() {
-    if !cluster::enabled(
-        "sigkill_during_a_burst_of_creates_leaves_no_orphan",
-        &["KEYSMITH_E2E"],
-    ) {
+    if !cluster::enabled("sigkill_during_a_burst_of_creates_leaves_no_orphan", &[]) {
         return;
     }
     const N: usize = 20;
@@ -328,7 +325,7 @@ async fn sigkill_during_a_burst_of_creates_leaves_no_orphan() {
 /// other takes the Lease once it expires and reconciles a new ApiKey.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_election_fails_over() {
-    if !cluster::enabled("leader_election_fails_over", &["KEYSMITH_E2E"]) {
+    if !cluster::enabled("leader_election_fails_over", &[]) {
         return;
     }
     const LEASE_SECONDS: u64 = 6;
@@ -461,6 +458,7 @@ struct HelmRelease {
 impl Drop for HelmRelease {
     fn drop(&mut self) {
         let _ = std::process::Command::new(&self.helm)
+            .env("KUBECONFIG", cluster::kubeconfig())
             .args([
                 "uninstall",
                 &self.name,
@@ -493,7 +491,7 @@ fn helm_binary() -> Option<std::path::PathBuf> {
 /// chart's Lease, through the create → update → delete scenario.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_charts_rbac_is_sufficient() {
-    if !cluster::enabled("the_charts_rbac_is_sufficient", &["KEYSMITH_E2E"]) {
+    if !cluster::enabled("the_charts_rbac_is_sufficient", &[]) {
         return;
     }
     let Some(helm) = helm_binary() else {
@@ -510,6 +508,7 @@ async fn the_charts_rbac_is_sufficient() {
     let release = format!("keysmith-e2e-{}", c.run);
     let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/keysmith");
     let out = std::process::Command::new(&helm)
+        .env("KUBECONFIG", cluster::kubeconfig())
         .args(["install", &release])
         .arg(&chart)
         .args([
@@ -560,7 +559,8 @@ async fn the_charts_rbac_is_sufficient() {
     let token = tr.status.expect("token issued").token;
 
     // A kubeconfig for the same API server that authenticates only with that token.
-    let current = kube::config::Kubeconfig::read().expect("KUBECONFIG readable");
+    let current =
+        kube::config::Kubeconfig::read_from(cluster::kubeconfig()).expect("kubeconfig readable");
     let ctx_name = current.current_context.clone().expect("a current context");
     let context = current
         .contexts

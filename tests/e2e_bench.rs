@@ -35,7 +35,7 @@ use cluster::{is_ready, Cluster, EmulatorOptions, ProviderOptions, RUN_LABEL};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apikeys_at_scale() {
-    if !cluster::enabled("the cluster benchmark", &["KEYSMITH_E2E", "KEYSMITH_BENCH"]) {
+    if !cluster::enabled("the cluster benchmark", &["KEYSMITH_BENCH"]) {
         return;
     }
     let cfg = BenchConfig::from_env("30s");
