@@ -302,6 +302,9 @@ impl Emulator {
     }
 }
 
+/// Builds a ClusterKeyProvider's provider block from the emulator's URL and the operator namespace.
+pub type ProviderSpecFn = Box<dyn Fn(&str, &str) -> Value + Send + Sync>;
+
 /// Which emulator a run starts and the ClusterKeyProvider that points at it.
 pub struct ProviderSetup {
     /// `keysmith emulate <emulator>`.
@@ -314,7 +317,7 @@ pub struct ProviderSetup {
     pub credentials: Option<(&'static str, Vec<(&'static str, String)>)>,
     /// The provider block of the ClusterKeyProvider's spec (e.g. `{"boltz": {…}}`), given the
     /// emulator's URL and the operator namespace (where the credentials are).
-    pub spec: Box<dyn Fn(&str, &str) -> Value + Send + Sync>,
+    pub spec: ProviderSpecFn,
 }
 
 impl ProviderSetup {
