@@ -390,7 +390,8 @@ impl Operator {
             })
             .filter(|l| l.contains(filter))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+            .sum::<f64>()
+            + 0.0 // an empty sum is -0.0
     }
 }
 

@@ -536,6 +536,32 @@ impl ControlPlane {
     }
 }
 
+/// Apply the CRDs (from the Rust types, what `keysmith crds` prints) and wait until each is
+/// Established. Idempotent: every test does it on its own client.
+pub async fn install_crds(client: &kube::Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, Patch, PatchParams};
+    use kube::runtime::wait::{await_condition, conditions};
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in keysmith::api::crds() {
+        let name = crd.metadata.name.clone().expect("CRD name");
+        api.patch(
+            &name,
+            &PatchParams::apply("keysmith-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the API server refused CRD {name}: {e}"));
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            await_condition(api.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("CRD {name} not Established after 60s"))
+        .unwrap_or_else(|e| panic!("watching CRD {name}: {e}"));
+    }
+}
+
 /// A client from the kubeconfig file at `path`.
 pub async fn client_from(path: &Path) -> kube::Client {
     install_crypto_provider();

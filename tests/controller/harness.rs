@@ -5,16 +5,13 @@
 //! the chart grants: a tower layer in front of the real client does all three.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::ByteString;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::wait::{await_condition, conditions};
 use kube::Client;
 use serde_json::{json, Value};
 
@@ -28,6 +25,10 @@ use keysmith::emulators::RunningEmulator;
 use keysmith::metrics::Metrics;
 use keysmith::providers::ClientOptions;
 
+#[path = "../common/kube_recorder.rs"]
+mod kube_recorder;
+use kube_recorder::instrumented;
+pub use kube_recorder::{KubeFaults, Writes};
 #[path = "../common/apikey_status.rs"]
 mod apikey_status;
 #[path = "../common/control_plane.rs"]
@@ -42,19 +43,6 @@ pub use emulator_control::EmulatorControl;
 pub const NS: &str = "team-a";
 pub const OPERATOR_NS: &str = "keysmith-system";
 pub const OTHER_NS: &str = "other";
-
-/// The writes the controller made: `"<verb> <what> <body>"`: `create <Kind> <body>`,
-/// `patch <Kind> <body>` (server-side apply carries the kind, e.g. `patch Secret`; other patches
-/// are `patch object`, Events `patch Event`), `patch status <name> <body>`, `delete <name>`,
-/// `update`.
-pub type Writes = Arc<Mutex<Vec<String>>>;
-
-/// Failures to inject in front of the API server.
-#[derive(Default)]
-pub struct KubeFaults {
-    /// Fail this many Secret writes (server-side apply of a Secret) with a 500.
-    pub fail_secret_writes: AtomicU32,
-}
 
 pub struct Env {
     /// An admin client (not recorded): what the test itself reads and writes.
@@ -100,121 +88,6 @@ pub fn secret(ns: &str, name: &str, key: &str, value: &str) -> Secret {
 
 pub fn cluster_provider(name: &str, spec: KeyProviderSpec) -> ClusterKeyProvider {
     ClusterKeyProvider::new(name, ClusterKeyProviderSpec { inner: spec })
-}
-
-/// `(resource, name, subresource)` of an API path.
-fn parse_path(path: &str) -> (String, Option<String>, Option<String>) {
-    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-    // /api/v1/... or /apis/<group>/<version>/...
-    let rest: &[&str] = match parts.first() {
-        Some(&"api") => parts.get(2..).unwrap_or(&[]),
-        Some(&"apis") => parts.get(3..).unwrap_or(&[]),
-        _ => &[],
-    };
-    let rest = if rest.len() > 2 && rest[0] == "namespaces" {
-        &rest[2..]
-    } else {
-        rest
-    };
-    (
-        rest.first().map(|s| s.to_string()).unwrap_or_default(),
-        rest.get(1).map(|s| s.to_string()),
-        rest.get(2).map(|s| s.to_string()),
-    )
-}
-
-fn status_response(code: u16, message: &str) -> http::Response<kube::client::Body> {
-    let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-        "reason": "InternalError", "code": code, "message": message});
-    http::Response::builder()
-        .status(code)
-        .header("content-type", "application/json")
-        .body(kube::client::Body::from(serde_json::to_vec(&body).unwrap()))
-        .unwrap()
-}
-
-/// The controller's client: every request is classified as RBAC sees it and must be covered by
-/// `keysmith::controller::rbac::PERMISSIONS` (the list the chart's RBAC is checked against),
-/// every write is recorded in `writes`, and Secret writes fail while `faults` says so.
-fn instrumented(
-    inner: Client,
-    violations: Arc<Mutex<Vec<String>>>,
-    writes: Writes,
-    faults: Arc<KubeFaults>,
-) -> Client {
-    let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
-        let inner = inner.clone();
-        let violations = violations.clone();
-        let writes = writes.clone();
-        let faults = faults.clone();
-        async move {
-            let method = req.method().as_str().to_string();
-            let path = req.uri().path().to_string();
-            let query = req.uri().query().unwrap_or("").to_string();
-            match keysmith::controller::rbac::classify(&method, &path, &query) {
-                Some((group, resource, verb))
-                    if keysmith::controller::rbac::allowed(&group, &resource, &verb) => {}
-                other => violations
-                    .lock()
-                    .unwrap()
-                    .push(format!("{method} {path} -> {other:?}")),
-            }
-            if !matches!(method.as_str(), "POST" | "PATCH" | "PUT" | "DELETE") {
-                return inner.send(req).await;
-            }
-            let (parts, body) = req.into_parts();
-            let bytes = body.collect_bytes().await?;
-            let text = String::from_utf8_lossy(&bytes).to_string();
-            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            let (resource, name, sub) = parse_path(&path);
-            let name = name.unwrap_or_default();
-            let kind_of_path = match resource.as_str() {
-                "events" => "Event",
-                "secrets" => "Secret",
-                _ => "object",
-            };
-            let kind = v
-                .get("kind")
-                .and_then(Value::as_str)
-                .unwrap_or(kind_of_path)
-                .to_string();
-            let record = match method.as_str() {
-                "POST" => format!("create {kind} {text}"),
-                "PATCH" if sub.as_deref() == Some("status") => {
-                    format!("patch status {name} {text}")
-                }
-                "PATCH" => {
-                    if resource == "secrets"
-                        && faults
-                            .fail_secret_writes
-                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                            .is_ok()
-                    {
-                        writes.lock().unwrap().push("patch Secret (failed)".into());
-                        return Ok(status_response(
-                            500,
-                            "injected: the API server is unavailable",
-                        ));
-                    }
-                    format!("patch {kind} {text}")
-                }
-                "DELETE" => format!("delete {name}"),
-                _ => "update".to_string(),
-            };
-            let resp = inner
-                .send(http::Request::from_parts(
-                    parts,
-                    kube::client::Body::from(bytes),
-                ))
-                .await?;
-            // Only writes the API server accepted (a conflict or an invalid object wrote nothing).
-            if resp.status().is_success() {
-                writes.lock().unwrap().push(record);
-            }
-            Ok::<_, kube::Error>(resp)
-        }
-    });
-    Client::new(svc, "default")
 }
 
 impl Drop for Env {
@@ -334,29 +207,6 @@ pub fn test_client_options() -> ClientOptions {
     }
 }
 
-/// Apply the CRDs (from the Rust types, what `keysmith crds` prints) and wait until each is
-/// Established. Idempotent: every test does it on its own client.
-async fn install_crds(client: &Client) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in keysmith::api::crds() {
-        let name = crd.metadata.name.clone().expect("CRD name");
-        api.patch(
-            &name,
-            &PatchParams::apply("keysmith-controller-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("the API server refused CRD {name}: {e}"));
-        tokio::time::timeout(
-            Duration::from_secs(60),
-            await_condition(api.clone(), &name, conditions::is_crd_established()),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("CRD {name} not Established after 60s"))
-        .unwrap_or_else(|e| panic!("watching CRD {name}: {e}"));
-    }
-}
-
 impl Env {
     /// An Env holding `objects` (Secrets, KeyProviders, ClusterKeyProviders, ApiKeys, in the
     /// namespaces [`NS`], [`OPERATOR_NS`], [`OTHER_NS`], mapped to the test's own).
@@ -365,7 +215,7 @@ impl Env {
             panic!("the controller tests need a Kubernetes API server (see docs/e2e.md): {e}")
         });
         let client = cp.client().await;
-        install_crds(&client).await;
+        control_plane::install_crds(&client).await;
         let run = keysmith::emulators::random_hex(6);
         let env_ns = |n: &str| format!("t{run}-{n}");
         let (ns, operator_ns, other_ns) = (env_ns(NS), env_ns(OPERATOR_NS), env_ns(OTHER_NS));
