@@ -20,7 +20,7 @@
 //! The driver stands in for kube-runtime's Controller: at most BENCH_CONCURRENCY reconciles run
 //! at once; a reconcile that wrote the ApiKey is followed at once by another (the watch event of
 //! its own write), otherwise the object waits for the requeue delay the reconcile returned. It
-//! reads the ApiKey fresh from the fake API each time (a watch cache that is never stale).
+//! reads the ApiKey fresh from the API server each time (a watch cache that is never stale).
 //!
 //! Figures are printed, nothing is asserted; docs/performance.md records them.
 
@@ -143,7 +143,7 @@ fn provider_results(metrics: &Metrics) -> BTreeMap<String, u64> {
     out
 }
 
-/// Writes recorded by the fake API, grouped by what was written.
+/// Writes recorded in front of the API server, grouped by what was written.
 fn classify(writes: Vec<String>) -> BTreeMap<&'static str, usize> {
     let mut out = BTreeMap::new();
     for w in writes {
