@@ -94,4 +94,4 @@ echo
 echo "Running. In another shell:  export KUBECONFIG=$KUBECONFIG"
 echo "  kubectl get apikeys -A    kubectl describe apikey chat-backend"
 echo "Logs in $DEMO_DIR. Ctrl-C stops the operator, the emulator and the local control plane."
-while true; do sleep 3600; done
+while true; do sleep 3600 & wait $!; done  # `wait` returns at once on a signal
