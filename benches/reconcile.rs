@@ -1,6 +1,7 @@
-//! Offline reconcile benchmark: N ApiKeys reconciled against the Kubernetes API test double
-//! (kube-fake-client, as in tests/controller) and the OpenRouter emulator, in-process, with the
-//! emulator's rate limit and latency. No cluster needed.
+//! Reconcile benchmark: N ApiKeys reconciled in-process against the local Kubernetes API server
+//! (tests/common/control_plane.rs, as in tests/controller; no cluster needed) and the OpenRouter
+//! emulator, with the emulator's rate limit and latency. Writes are recorded by the tower layer
+//! of tests/common/kube_recorder.rs.
 //!
 //! ```text
 //! cargo bench --bench reconcile                       # N=1000, 50 rps, 5ms
@@ -19,7 +20,7 @@
 //! The driver stands in for kube-runtime's Controller: at most BENCH_CONCURRENCY reconciles run
 //! at once; a reconcile that wrote the ApiKey is followed at once by another (the watch event of
 //! its own write), otherwise the object waits for the requeue delay the reconcile returned. It
-//! reads the ApiKey fresh from the fake API each time (a watch cache that is never stale).
+//! reads the ApiKey fresh from the API server each time (a watch cache that is never stale).
 //!
 //! Figures are printed, nothing is asserted; docs/performance.md records them.
 
@@ -27,10 +28,12 @@
 mod apikey_status;
 #[path = "../tests/common/bench.rs"]
 mod bench;
+#[path = "../tests/common/control_plane.rs"]
+mod control_plane;
 #[path = "../tests/common/emulator_control.rs"]
 mod emulator_control;
-#[path = "../tests/common/fake_kube.rs"]
-mod fake_kube;
+#[path = "../tests/common/kube_recorder.rs"]
+mod kube_recorder;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -43,7 +46,8 @@ use kube::ResourceExt;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use keysmith::api::{ApiKey, KeyProviderSpec};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use keysmith::api::{ApiKey, ClusterKeyProvider, ClusterKeyProviderSpec, KeyProviderSpec};
 use keysmith::controller::{apikey, Context};
 use keysmith::emulators::{self, openrouter};
 use keysmith::metrics::Metrics;
@@ -52,8 +56,6 @@ use apikey_status::is_ready;
 use bench::{mib, route, vm_hwm_kib, BenchConfig};
 use emulator_control::EmulatorControl;
 
-const NS: &str = "team-a";
-const OPERATOR_NS: &str = "keysmith-system";
 const MGMT: &str = "sk-or-v1-mgmt-bench-0000";
 const PROVIDER: &str = "openrouter";
 
@@ -141,7 +143,7 @@ fn provider_results(metrics: &Metrics) -> BTreeMap<String, u64> {
     out
 }
 
-/// Writes recorded by the fake API, grouped by what was written.
+/// Writes recorded in front of the API server, grouped by what was written.
 fn classify(writes: Vec<String>) -> BTreeMap<&'static str, usize> {
     let mut out = BTreeMap::new();
     for w in writes {
@@ -175,7 +177,7 @@ async fn main() {
     let cfg = BenchConfig::from_env("10s");
     let n = cfg.n;
     println!(
-        "keysmith reconcile benchmark (offline: kube-fake-client + in-process OpenRouter emulator)"
+        "keysmith reconcile benchmark (local kube-apiserver + in-process OpenRouter emulator)"
     );
     println!("{}", cfg.describe());
 
@@ -204,43 +206,67 @@ async fn main() {
         )
         .expect("rate limit");
     }
-    let objects = vec![
-        serde_json::to_value(fake_kube::secret(
-            OPERATOR_NS,
-            "openrouter-mgmt",
-            "token",
-            MGMT,
-        ))
-        .unwrap(),
-        serde_json::to_value(fake_kube::cluster_provider(PROVIDER, spec)).unwrap(),
-    ];
-    let namespaces = vec![
-        fake_kube::namespace(NS, &[("team", "ai")]),
-        fake_kube::namespace(OPERATOR_NS, &[]),
-    ];
-    let writes = fake_kube::Writes::default();
-    let client = fake_kube::fake_client(
-        objects,
-        namespaces,
+    let cp = match control_plane::shared() {
+        Ok(cp) => cp,
+        Err(e) => {
+            println!("reconcile benchmark: NOT RUN: no Kubernetes API server: {e}");
+            return;
+        }
+    };
+    let admin = cp.client().await;
+    control_plane::install_crds(&admin).await;
+    let run = emulators::random_hex(6);
+    let (ns, operator_ns) = (format!("bench-{run}"), format!("bench-{run}-op"));
+    let provider = format!("{PROVIDER}-{run}");
+    for (name, team) in [(&ns, "ai"), (&operator_ns, "")] {
+        let n: Namespace = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": { "name": name, "labels": { "team": team } },
+        }))
+        .unwrap();
+        Api::<Namespace>::all(admin.clone())
+            .create(&PostParams::default(), &n)
+            .await
+            .expect("namespace created");
+    }
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": "openrouter-mgmt", "namespace": operator_ns },
+        "stringData": { "token": MGMT },
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(admin.clone(), &operator_ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("management-key Secret created");
+    let ckp = ClusterKeyProvider::new(&provider, ClusterKeyProviderSpec { inner: spec });
+    Api::<ClusterKeyProvider>::all(admin.clone())
+        .create(&PostParams::default(), &ckp)
+        .await
+        .expect("ClusterKeyProvider created");
+    let writes = kube_recorder::Writes::default();
+    let client = kube_recorder::instrumented(
+        cp.client().await,
+        Arc::default(),
         writes.clone(),
-        Arc::new(fake_kube::KubeFaults::default()),
-    )
-    .await;
+        Arc::new(kube_recorder::KubeFaults::default()),
+    );
     let metrics = Arc::new(Metrics::new());
     let ctx = Arc::new(Context::new(
         client.clone(),
         metrics.clone(),
-        OPERATOR_NS.into(),
+        operator_ns.clone(),
         "keysmith-bench",
     ));
-    let api: Api<ApiKey> = Api::namespaced(client.clone(), NS);
+    // The driver reads with the admin client (not recorded), as a watch cache would.
+    let api: Api<ApiKey> = Api::namespaced(admin.clone(), &ns);
     let names: Vec<String> = (0..n).map(|i| format!("key-{i:05}")).collect();
     for name in &names {
         let ak: ApiKey = serde_json::from_value(json!({
             "apiVersion": "keysmith.dev/v1alpha1",
             "kind": "ApiKey",
-            "metadata": { "name": name, "namespace": NS },
-            "spec": { "providerRef": { "kind": "ClusterKeyProvider", "name": PROVIDER },
+            "metadata": { "name": name, "namespace": ns },
+            "spec": { "providerRef": { "kind": "ClusterKeyProvider", "name": provider },
                       "limit": { "amount": "10", "reset": "monthly" } },
         }))
         .expect("ApiKey");
@@ -361,7 +387,7 @@ async fn main() {
 
     println!();
     println!(
-        "peak RSS (VmHWM) of this process: {} (fake API server + emulator + controller context + driver)",
+        "peak RSS (VmHWM) of this process: {} (emulator + controller context + driver; kube-apiserver is another process)",
         mib(vm_hwm_kib(std::process::id()))
     );
 }

@@ -31,8 +31,9 @@ enum Command {
     },
     /// Run a stateful emulator of a provider's key API.
     Emulate {
-        /// Address to listen on (port 0 picks a free port; the bound address is printed).
-        #[arg(long, default_value = "127.0.0.1:8080", global = true)]
+        /// Address to listen on (port 0 picks a free port; the bound address is printed). The
+        /// default differs from `keysmith run --metrics-addr` (8080), so both run side by side.
+        #[arg(long, default_value = "127.0.0.1:8787", global = true)]
         listen: SocketAddr,
         #[command(subcommand)]
         provider: keysmith::emulators::EmulateCommand,
@@ -41,10 +42,15 @@ enum Command {
     Render(keysmith::render::RenderArgs),
 }
 
+/// Logs go to stderr; colour codes only when stderr is a terminal (never into log files).
 fn init_logging(format: &str) {
+    use std::io::IsTerminal;
     use tracing_subscriber::{fmt, EnvFilter};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if format == "json" {
         builder
             .json()
@@ -58,6 +64,14 @@ fn init_logging(format: &str) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // The one TLS crypto provider (ring), chosen explicitly: rustls cannot pick one by itself
+    // when a build compiles in more than one, and every Kubernetes and provider client needs it.
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
+        anyhow::bail!("a TLS crypto provider was already installed");
+    }
     let cli = Cli::parse();
     init_logging(&cli.log_format);
     match cli.command {

@@ -34,7 +34,7 @@ fn limit_of(key: &Value) -> Option<f64> {
 /// Create, deliver, verify at the provider, update, stay quiet, revoke on delete, orphan.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apikey_lifecycle() {
-    if !cluster::enabled("apikey_lifecycle", &["KEYSMITH_E2E"]) {
+    if !cluster::enabled("apikey_lifecycle", &[]) {
         return;
     }
     let cluster = Cluster::start(
@@ -116,9 +116,16 @@ async fn apikey_lifecycle() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let ak_rv = c.apikeys().get("chat").await.unwrap().resource_version();
     let secret_rv = c.secrets().get("chat").await.unwrap().resource_version();
-    let writes = op
-        .metric_sum(&c.http, "keysmith_kubernetes_writes_total")
-        .await;
+    // Writes for ApiKeys and Secrets only: the operator also verifies every ClusterKeyProvider
+    // of the cluster (its --label-selector filters ApiKeys only), including those of tests
+    // running in parallel, and writes their status.
+    let key_writes = || async {
+        op.metric_sum(&c.http, "keysmith_kubernetes_writes_total")
+            .await
+            - op.metric_sum_where(&c.http, "keysmith_kubernetes_writes_total", "keyproviders")
+                .await
+    };
+    let writes = key_writes().await;
     c.reset_emulator_stats().await;
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(
@@ -132,15 +139,18 @@ async fn apikey_lifecycle() {
         "its Secret is not rewritten"
     );
     assert_eq!(
-        op.metric_sum(&c.http, "keysmith_kubernetes_writes_total")
-            .await,
+        key_writes().await,
         writes,
-        "no Kubernetes writes in steady state"
+        "no Kubernetes writes for ApiKeys or Secrets in steady state"
     );
     let stats = c.emulator_stats().await;
+    // `GET /api/v1/key` (the management key's own record) is the ClusterKeyProvider's
+    // verification, which the operators of tests running in parallel also do (see above).
+    let key_calls = stats["requests"].as_u64().unwrap_or(0)
+        - stats["byRoute"]["GET /api/v1/key"].as_u64().unwrap_or(0);
     assert_eq!(
-        stats["requests"], 0,
-        "no provider calls within the refresh interval: {stats}"
+        key_calls, 0,
+        "no provider calls for keys within the refresh interval: {stats}"
     );
 
     // Update: a new limit reaches the provider; the key and the Secret stay.
@@ -232,10 +242,7 @@ async fn apikey_lifecycle() {
 /// after a restart every ApiKey is Ready with exactly one live key, the one its Secret holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_a_burst_of_creates_leaves_no_orphan() {
-    if !cluster::enabled(
-        "sigkill_during_a_burst_of_creates_leaves_no_orphan",
-        &["KEYSMITH_E2E"],
-    ) {
+    if !cluster::enabled("sigkill_during_a_burst_of_creates_leaves_no_orphan", &[]) {
         return;
     }
     const N: usize = 20;
@@ -328,7 +335,7 @@ async fn sigkill_during_a_burst_of_creates_leaves_no_orphan() {
 /// other takes the Lease once it expires and reconciles a new ApiKey.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_election_fails_over() {
-    if !cluster::enabled("leader_election_fails_over", &["KEYSMITH_E2E"]) {
+    if !cluster::enabled("leader_election_fails_over", &[]) {
         return;
     }
     const LEASE_SECONDS: u64 = 6;
@@ -461,6 +468,7 @@ struct HelmRelease {
 impl Drop for HelmRelease {
     fn drop(&mut self) {
         let _ = std::process::Command::new(&self.helm)
+            .env("KUBECONFIG", cluster::kubeconfig())
             .args([
                 "uninstall",
                 &self.name,
@@ -493,7 +501,7 @@ fn helm_binary() -> Option<std::path::PathBuf> {
 /// chart's Lease, through the create → update → delete scenario.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_charts_rbac_is_sufficient() {
-    if !cluster::enabled("the_charts_rbac_is_sufficient", &["KEYSMITH_E2E"]) {
+    if !cluster::enabled("the_charts_rbac_is_sufficient", &[]) {
         return;
     }
     let Some(helm) = helm_binary() else {
@@ -510,6 +518,7 @@ async fn the_charts_rbac_is_sufficient() {
     let release = format!("keysmith-e2e-{}", c.run);
     let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/keysmith");
     let out = std::process::Command::new(&helm)
+        .env("KUBECONFIG", cluster::kubeconfig())
         .args(["install", &release])
         .arg(&chart)
         .args([
@@ -560,7 +569,8 @@ async fn the_charts_rbac_is_sufficient() {
     let token = tr.status.expect("token issued").token;
 
     // A kubeconfig for the same API server that authenticates only with that token.
-    let current = kube::config::Kubeconfig::read().expect("KUBECONFIG readable");
+    let current =
+        kube::config::Kubeconfig::read_from(cluster::kubeconfig()).expect("kubeconfig readable");
     let ctx_name = current.current_context.clone().expect("a current context");
     let context = current
         .contexts
@@ -649,5 +659,709 @@ async fn the_charts_rbac_is_sufficient() {
         "the operator logged Forbidden errors with the chart's RBAC; {}",
         op.log.display()
     );
+    drop(op);
+}
+
+/// The binary built by this `cargo test` starts a Kubernetes client: `keysmith run` against the
+/// cluster reaches `/readyz`, lists ApiKeys and reconciles one (a build that cannot choose a TLS
+/// crypto provider panics before its first request, which fails here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_starts_a_kubernetes_client() {
+    if !cluster::enabled("the_binary_starts_a_kubernetes_client", &[]) {
+        return;
+    }
+    let cluster = Cluster::start(
+        "client",
+        EmulatorOptions::default(),
+        ProviderOptions::default(),
+    )
+    .await;
+    let c = &cluster;
+    let op = c.start_operator("op", &[]).await;
+    c.create_apikey("one", json!({})).await;
+    c.wait_ready("one", MINUTE).await;
+    let log = std::fs::read_to_string(&op.log).unwrap_or_default();
+    assert!(
+        !log.contains("CryptoProvider") && !log.contains("panicked"),
+        "{}",
+        cluster::tail(&op.log, 20)
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "no ANSI colour codes in a log file: {}",
+        op.log.display()
+    );
+    drop(op);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every provider: create → a live key at its emulator → update → delete, adoption where the
+// provider has it, and the push of a Bifrost provider key from a Secret.
+
+/// `(status, JSON body)` of a request to the run's emulator.
+async fn emu_call(c: &Cluster, req: reqwest::RequestBuilder) -> (u16, Value) {
+    let _ = c;
+    let r = req.send().await.expect("the emulator answers");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// The run's emulator keys (`/_emulator/keys`), for emulators answering `{"keys": [...]}` or a list.
+async fn keys_where(c: &Cluster, field: &str, value: &str) -> Vec<Value> {
+    c.emulator_keys()
+        .await
+        .into_iter()
+        .filter(|k| k[field] == value)
+        .collect()
+}
+
+fn key_id(ak: &keysmith::api::ApiKey) -> String {
+    ak.status
+        .as_ref()
+        .and_then(|s| s.key_id.clone())
+        .expect("status.keyID")
+}
+
+const BOLTZ_ADMIN: &str = "sk_bc_admin_live_e2e0123456789abcdef";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boltz_create_replace_delete() {
+    if !cluster::enabled("boltz_create_replace_delete", &[]) {
+        return;
+    }
+    let setup = cluster::ProviderSetup {
+        emulator: "boltz",
+        emulator_args: ["--admin-key", BOLTZ_ADMIN, "--workspace", "ws_e2e"]
+            .map(String::from)
+            .to_vec(),
+        emulator_env: vec![],
+        credentials: Some(("boltz-admin", vec![("token", BOLTZ_ADMIN.to_string())])),
+        spec: Box::new(
+            |url, ns| json!({ "boltz": { "baseURL": url, "apiKeySecretRef": { "name": "boltz-admin", "key": "token", "namespace": ns } } }),
+        ),
+    };
+    let cluster = Cluster::start_with(
+        "boltz",
+        setup,
+        EmulatorOptions::default(),
+        ProviderOptions::default(),
+    )
+    .await;
+    let c = &cluster;
+    let op = c.start_operator("op", &[]).await;
+    let me = |value: String| async move {
+        emu_call(
+            c,
+            c.http
+                .get(format!("{}/compute/v1/auth/me", c.emulator.url))
+                .header("x-api-key", value),
+        )
+        .await
+        .0
+    };
+
+    c.create_apikey(
+        "jobs",
+        json!({ "displayName": "e2e/jobs", "onImmutableChange": "Replace" }),
+    )
+    .await;
+    let ak = c.wait_ready("jobs", MINUTE).await;
+    let id = key_id(&ak);
+    let value = c.secret_value("jobs", "api-key").await.expect("Secret");
+    assert_eq!(me(value.clone()).await, 200, "the Secret's value is live");
+    let k = keys_where(c, "id", &id).await;
+    assert_eq!(k.len(), 1, "{k:?}");
+    assert_eq!(k[0]["name"], "e2e/jobs");
+    assert_eq!(k[0]["workspace_id"], "ws_e2e");
+
+    // Boltz keys are immutable: with Replace, a rename is a new key and the old one is revoked.
+    c.apikeys()
+        .patch(
+            "jobs",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "displayName": "e2e/jobs-2" } })),
+        )
+        .await
+        .expect("patched");
+    let old_id = id.as_str();
+    let new_id = c
+        .eventually("a replacement key", MINUTE, || async move {
+            let ak = c.apikeys().get("jobs").await.map_err(|e| e.to_string())?;
+            match ak.status.as_ref().and_then(|s| s.key_id.clone()) {
+                Some(n) if n != old_id && is_ready(&ak) => Ok(n),
+                other => Err(format!("keyID {other:?}")),
+            }
+        })
+        .await;
+    let new_value = c.secret_value("jobs", "api-key").await.expect("Secret");
+    assert_ne!(new_value, value);
+    assert_eq!(me(new_value.clone()).await, 200);
+    c.eventually("the old key revoked", MINUTE, || {
+        let value = value.clone();
+        async move {
+            match me(value).await {
+                401 | 403 => Ok(()),
+                s => Err(format!("old value answers {s}")),
+            }
+        }
+    })
+    .await;
+    assert_eq!(keys_where(c, "id", &new_id).await[0]["name"], "e2e/jobs-2");
+
+    c.apikeys()
+        .delete("jobs", &DeleteParams::default())
+        .await
+        .expect("deleted");
+    c.wait_gone("jobs", MINUTE).await;
+    assert_eq!(keys_where(c, "id", &new_id).await[0]["revoked"], true);
+    assert_ne!(me(new_value).await, 200, "revoked on delete");
+    drop(op);
+}
+
+const UCLOUD_PUBLIC: &str = "e2e-public-key";
+const UCLOUD_PRIVATE: &str = "e2e-private-key-0123456789";
+
+fn ucloud_spec(url: &str, ns: &str) -> Value {
+    json!({ "ucloud": {
+        "baseURL": url, "publicKey": UCLOUD_PUBLIC,
+        "privateKeySecretRef": { "name": "ucloud-credentials", "key": "privateKey", "namespace": ns },
+    }})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ucloud_create_update_delete_and_adopt() {
+    if !cluster::enabled("ucloud_create_update_delete_and_adopt", &[]) {
+        return;
+    }
+    let setup = cluster::ProviderSetup {
+        emulator: "ucloud",
+        emulator_args: [
+            "--public-key",
+            UCLOUD_PUBLIC,
+            "--private-key",
+            UCLOUD_PRIVATE,
+        ]
+        .map(String::from)
+        .to_vec(),
+        emulator_env: vec![],
+        credentials: Some((
+            "ucloud-credentials",
+            vec![("privateKey", UCLOUD_PRIVATE.to_string())],
+        )),
+        spec: Box::new(ucloud_spec),
+    };
+    let cluster = Cluster::start_with(
+        "ucloud",
+        setup,
+        EmulatorOptions::default(),
+        ProviderOptions::default(),
+    )
+    .await;
+    let c = &cluster;
+    let op = c.start_operator("op", &[]).await;
+    let models = |value: String| async move {
+        emu_call(
+            c,
+            c.http
+                .get(format!("{}/v1/models", c.emulator.url))
+                .bearer_auth(value),
+        )
+        .await
+    };
+
+    c.create_apikey("chat", json!({})).await;
+    let ak = c.wait_ready("chat", MINUTE).await;
+    let id = key_id(&ak);
+    let value = c.secret_value("chat", "api-key").await.expect("Secret");
+    assert_eq!(models(value.clone()).await.0, 200, "a live key");
+    let k = keys_where(c, "keyId", &id).await;
+    assert_eq!(k[0]["name"], format!("{}/chat", c.ns));
+
+    c.apikeys()
+        .patch(
+            "chat",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": {
+                "models": ["deepseek-ai/DeepSeek-R1"],
+                "limit": { "amount": "12.50", "reset": "daily" },
+            }})),
+        )
+        .await
+        .expect("patched");
+    c.eventually("the update at the emulator", MINUTE, || {
+        let id = id.clone();
+        async move {
+            let k = keys_where(c, "keyId", &id).await;
+            let s = &k[0]["settings"];
+            if s["dailyLimitAmount"] == "12.5"
+                && s["grantedModels"] == json!(["deepseek-ai/DeepSeek-R1"])
+            {
+                Ok(())
+            } else {
+                Err(s.to_string())
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        key_id(&c.wait_ready("chat", MINUTE).await),
+        id,
+        "an update keeps the key"
+    );
+    assert_eq!(
+        models(value.clone()).await.1["data"][0]["id"],
+        "deepseek-ai/DeepSeek-R1"
+    );
+
+    // Adoption: a key made outside keysmith is taken over by its id, its value read back.
+    let spec: keysmith::api::KeyProviderSpec =
+        serde_json::from_value(ucloud_spec(&c.emulator.url, &c.operator_ns)).unwrap();
+    let mut creds = keysmith::providers::Credentials::default();
+    creds.0.insert(
+        "privateKey".into(),
+        secrecy::SecretString::from(UCLOUD_PRIVATE.to_string()),
+    );
+    let backend =
+        keysmith::providers::build_backend(&spec, creds, Default::default()).expect("backend");
+    let made = backend
+        .create(&keysmith::providers::KeySettings {
+            name: "console-key".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("a key made outside keysmith");
+    let console_id = made.key.id.clone();
+    c.create_apikey(
+        "adopted",
+        json!({ "keyRef": { "id": console_id }, "displayName": "console-key" }),
+    )
+    .await;
+    let ak = c.wait_ready("adopted", MINUTE).await;
+    assert_eq!(key_id(&ak), console_id);
+    let adopted_value = c.secret_value("adopted", "api-key").await.expect("Secret");
+    assert_eq!(
+        Some(adopted_value.as_str()),
+        Some(secrecy::ExposeSecret::expose_secret(&made.secret)),
+        "adoption reads the value back"
+    );
+
+    for name in ["chat", "adopted"] {
+        c.apikeys()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("deleted");
+        c.wait_gone(name, MINUTE).await;
+    }
+    for k in [&id, &console_id] {
+        assert_eq!(
+            keys_where(c, "keyId", k).await[0]["active"],
+            false,
+            "{k} deleted"
+        );
+    }
+    assert_eq!(models(value).await.0, 401, "a deleted key is refused");
+    drop(op);
+}
+
+const DO_TOKEN: &str = "dop_v1_e2e_token";
+const DO_AGENT: &str = "1b418231-b7d6-11ef-bf8f-4e013e2ddde4";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digitalocean_agent_key_and_adopted_model_key() {
+    if !cluster::enabled("digitalocean_agent_key_and_adopted_model_key", &[]) {
+        return;
+    }
+    let setup = cluster::ProviderSetup {
+        emulator: "digitalocean",
+        emulator_args: ["--token", DO_TOKEN, "--agent", DO_AGENT]
+            .map(String::from)
+            .to_vec(),
+        emulator_env: vec![],
+        credentials: Some(("do-token", vec![("token", DO_TOKEN.to_string())])),
+        spec: Box::new(
+            |url, ns| json!({ "digitalocean": { "baseURL": url, "tokenSecretRef": { "name": "do-token", "key": "token", "namespace": ns } } }),
+        ),
+    };
+    let cluster = Cluster::start_with(
+        "do",
+        setup,
+        EmulatorOptions::default(),
+        ProviderOptions::default(),
+    )
+    .await;
+    let c = &cluster;
+    let op = c.start_operator("op", &[]).await;
+    let agent_check = |value: String| async move {
+        emu_call(
+            c,
+            c.http
+                .post(format!(
+                    "{}/_emulator/agents/{DO_AGENT}/check",
+                    c.emulator.url
+                ))
+                .bearer_auth(value),
+        )
+        .await
+        .0
+    };
+    let inference = |value: String| async move {
+        emu_call(
+            c,
+            c.http
+                .get(format!("{}/v1/models", c.emulator.url))
+                .bearer_auth(value),
+        )
+        .await
+        .0
+    };
+
+    // An agent key, minted.
+    c.create_apikey(
+        "agent",
+        json!({ "digitalocean": { "agentUUID": DO_AGENT } }),
+    )
+    .await;
+    let ak = c.wait_ready("agent", MINUTE).await;
+    let id = key_id(&ak);
+    let value = c.secret_value("agent", "api-key").await.expect("Secret");
+    assert_eq!(
+        agent_check(value.clone()).await,
+        200,
+        "the agent accepts the key"
+    );
+    c.apikeys()
+        .patch(
+            "agent",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "displayName": "e2e/renamed" } })),
+        )
+        .await
+        .expect("patched");
+    c.eventually("the rename at DigitalOcean", MINUTE, || {
+        let id = id.clone();
+        async move {
+            let k = keys_where(c, "id", &id).await;
+            match k[0]["name"].as_str() {
+                Some("e2e/renamed") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+
+    // A model key made in the control panel, adopted: regenerated, the console value dies.
+    let (code, made) = emu_call(
+        c,
+        c.http
+            .post(format!("{}/_emulator/model-keys", c.emulator.url))
+            .json(&json!({ "name": "console-inference-key" })),
+    )
+    .await;
+    assert_eq!(code, 201, "{made}");
+    let uuid = made["uuid"].as_str().expect("uuid").to_string();
+    let original = made["secret_key"].as_str().expect("secret_key").to_string();
+    c.create_apikey("inference", json!({ "keyRef": { "id": uuid } }))
+        .await;
+    let ak = c.wait_ready("inference", MINUTE).await;
+    assert_eq!(key_id(&ak), uuid);
+    let model_value = c
+        .secret_value("inference", "api-key")
+        .await
+        .expect("Secret");
+    assert_ne!(model_value, original, "a regenerated value");
+    assert_eq!(inference(model_value).await, 200);
+    assert_eq!(
+        inference(original).await,
+        401,
+        "the console value stopped working"
+    );
+
+    for name in ["agent", "inference"] {
+        c.apikeys()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("deleted");
+        c.wait_gone(name, MINUTE).await;
+    }
+    assert_ne!(agent_check(value).await, 200, "the agent key is deleted");
+    for k in [&id, &uuid] {
+        assert_eq!(
+            keys_where(c, "id", k).await[0]["active"],
+            false,
+            "{k} deleted"
+        );
+    }
+    drop(op);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bifrost_virtual_keys_adoption_and_provider_key_push() {
+    if !cluster::enabled("bifrost_virtual_keys_adoption_and_provider_key_push", &[]) {
+        return;
+    }
+    let setup = cluster::ProviderSetup {
+        emulator: "bifrost",
+        emulator_args: vec![],
+        emulator_env: vec![],
+        credentials: None,
+        spec: Box::new(|url, _| json!({ "bifrost": { "baseURL": url } })),
+    };
+    let cluster = Cluster::start_with(
+        "bifrost",
+        setup,
+        EmulatorOptions::default(),
+        ProviderOptions::default(),
+    )
+    .await;
+    let c = &cluster;
+    let op = c.start_operator("op", &[]).await;
+    let all = || async move {
+        c.http
+            .get(format!("{}/_emulator/keys", c.emulator.url))
+            .send()
+            .await
+            .expect("the emulator answers")
+            .json::<Value>()
+            .await
+            .expect("JSON")
+    };
+    let vk = |id: String| async move {
+        all().await["virtualKeys"]
+            .as_array()
+            .and_then(|a| a.iter().find(|v| v["id"] == id.as_str()).cloned())
+    };
+    let models = |value: String| async move {
+        emu_call(
+            c,
+            c.http
+                .get(format!("{}/v1/models", c.emulator.url))
+                .bearer_auth(value),
+        )
+        .await
+    };
+
+    // A virtual key, minted, then its models changed in place.
+    c.create_apikey(
+        "chat",
+        json!({ "limit": { "amount": "25", "reset": "monthly" }, "models": ["openai/gpt-4o"] }),
+    )
+    .await;
+    let ak = c.wait_ready("chat", MINUTE).await;
+    let id = key_id(&ak);
+    let value = c.secret_value("chat", "api-key").await.expect("Secret");
+    let (code, body) = models(value.clone()).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["data"][0]["id"], "openai/gpt-4o", "{body}");
+    c.apikeys()
+        .patch(
+            "chat",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "models": ["anthropic/*"] } })),
+        )
+        .await
+        .expect("patched");
+    c.eventually("the models at the gateway", MINUTE, || {
+        let id = id.clone();
+        async move {
+            let v = vk(id).await.ok_or("no such virtual key")?;
+            match v["providerConfigs"][0]["provider"].as_str() {
+                Some("anthropic") => Ok(()),
+                other => Err(format!("{other:?}: {v}")),
+            }
+        }
+    })
+    .await;
+    assert_eq!(key_id(&c.wait_ready("chat", MINUTE).await), id);
+
+    // Adoption of a virtual key made at the gateway: the value is read back.
+    let (code, made) = emu_call(
+        c,
+        c.http
+            .post(format!("{}/api/governance/virtual-keys", c.emulator.url))
+            .json(&json!({ "name": "made-in-the-ui" })),
+    )
+    .await;
+    assert_eq!(code, 200, "{made}");
+    let ui_id = made["virtual_key"]["id"].as_str().expect("id").to_string();
+    let ui_value = made["virtual_key"]["value"]
+        .as_str()
+        .expect("value")
+        .to_string();
+    c.create_apikey(
+        "adopted",
+        json!({ "keyRef": { "id": ui_id }, "displayName": "made-in-the-ui" }),
+    )
+    .await;
+    let ak = c.wait_ready("adopted", MINUTE).await;
+    assert_eq!(key_id(&ak), ui_id);
+    assert_eq!(
+        c.secret_value("adopted", "api-key").await.as_deref(),
+        Some(ui_value.as_str())
+    );
+
+    // A provider key pushed from a Secret the user owns; a new value is pushed to the same key.
+    const V1: &str = "sk-proj-e2e-upstream-one-0123456789";
+    const V2: &str = "sk-proj-e2e-upstream-two-9876543210";
+    c.put_secret(
+        "upstream",
+        &[("api-key", V1)],
+        &[("keysmith.dev/source", "")],
+    )
+    .await;
+    c.create_apikey(
+        "upstream",
+        json!({
+            "displayName": format!("openai-{}", c.run),
+            "source": { "secretRef": { "name": "upstream", "key": "api-key" } },
+            "bifrost": { "provider": "openai" },
+        }),
+    )
+    .await;
+    let ak = c.wait_ready("upstream", MINUTE).await;
+    let pk = key_id(&ak);
+    let holds = |v: &'static str| {
+        let pk = pk.clone();
+        async move {
+            let (code, body) = emu_call(
+                c,
+                c.http
+                    .post(format!("{}/_emulator/provider-key-check", c.emulator.url))
+                    .json(&json!({ "provider": "openai", "id": pk, "value": v })),
+            )
+            .await;
+            assert_eq!(code, 200, "{body}");
+            body["matches"] == true
+        }
+    };
+    assert!(holds(V1).await, "the gateway holds the Secret's value");
+    c.put_secret(
+        "upstream",
+        &[("api-key", V2)],
+        &[("keysmith.dev/source", "")],
+    )
+    .await;
+    c.eventually("the new value pushed", MINUTE, || async {
+        if holds(V2).await {
+            Ok(())
+        } else {
+            Err("the gateway still holds the old value".to_string())
+        }
+    })
+    .await;
+    assert_eq!(
+        key_id(&c.wait_ready("upstream", MINUTE).await),
+        pk,
+        "the same key"
+    );
+
+    for name in ["chat", "adopted", "upstream"] {
+        c.apikeys()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("deleted");
+        c.wait_gone(name, MINUTE).await;
+    }
+    assert!(vk(id).await.is_none(), "the virtual key is deleted");
+    assert!(
+        vk(ui_id).await.is_none(),
+        "the adopted virtual key is deleted"
+    );
+    assert_eq!(models(value).await.0, 401, "its value is refused");
+    let pks = all().await["providerKeys"].clone();
+    assert!(
+        !pks.as_array()
+            .is_some_and(|a| a.iter().any(|k| k["id"] == pk.as_str())),
+        "the provider key is removed from the gateway: {pks}"
+    );
+    drop(op);
+}
+
+/// Owner references: the Secret of an ApiKey is garbage-collected by Kubernetes (not by the
+/// operator) once the ApiKey is gone. The operator is stopped first and the finalizer removed by
+/// hand, so only kube-controller-manager's garbage collector can delete the Secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_garbage_collected_with_their_apikey() {
+    if !cluster::enabled("secrets_are_garbage_collected_with_their_apikey", &[]) {
+        return;
+    }
+    let cluster =
+        Cluster::start("gc", EmulatorOptions::default(), ProviderOptions::default()).await;
+    let c = &cluster;
+    let mut op = c.start_operator("op", &[]).await;
+    c.create_apikey("owned", json!({})).await;
+    c.wait_ready("owned", MINUTE).await;
+    assert!(c.secrets().get_opt("owned").await.unwrap().is_some());
+    op.kill().await;
+    c.apikeys()
+        .patch(
+            "owned",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "finalizers": null } })),
+        )
+        .await
+        .expect("finalizer removed");
+    c.apikeys()
+        .delete("owned", &DeleteParams::default())
+        .await
+        .expect("deleted");
+    c.wait_gone("owned", MINUTE).await;
+    c.eventually("the Secret garbage-collected", 2 * MINUTE, || async {
+        match c.secrets().get_opt("owned").await {
+            Ok(None) => Ok(()),
+            Ok(Some(s)) => Err(format!("still there, owners {:?}", s.owner_references())),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+}
+
+/// Deleting a namespace that holds ApiKeys: each key is revoked at the provider, the finalizers
+/// are released and the namespace goes away (kube-controller-manager's namespace controller).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_namespace_revokes_its_keys() {
+    if !cluster::enabled("deleting_a_namespace_revokes_its_keys", &[]) {
+        return;
+    }
+    let cluster = Cluster::start(
+        "nsdel",
+        EmulatorOptions::default(),
+        ProviderOptions::default(),
+    )
+    .await;
+    let c = &cluster;
+    let op = c.start_operator("op", &[]).await;
+    let names = ["a", "b", "c"];
+    for n in names {
+        c.create_apikey(n, json!({})).await;
+    }
+    for n in names {
+        c.wait_ready(n, MINUTE).await;
+    }
+    assert_eq!(c.live_keys().await.len(), 3);
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(c.client.clone())
+        .delete(&c.ns, &DeleteParams::default())
+        .await
+        .expect("namespace deletion accepted");
+    c.eventually("the namespace gone", 2 * MINUTE, || async {
+        match Api::<k8s_openapi::api::core::v1::Namespace>::all(c.client.clone())
+            .get_opt(&c.ns)
+            .await
+        {
+            Ok(None) => Ok(()),
+            Ok(Some(n)) => Err(format!(
+                "phase {:?}, ApiKeys left: {:?}",
+                n.status.and_then(|s| s.phase),
+                c.apikeys().list(&ListParams::default()).await.map(|l| l
+                    .items
+                    .iter()
+                    .map(|a| a.name_any())
+                    .collect::<Vec<_>>())
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+    let live = c.live_keys().await;
+    assert!(live.is_empty(), "every key revoked: {live:?}");
     drop(op);
 }

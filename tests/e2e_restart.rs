@@ -1,27 +1,21 @@
 //! Workload restarts on a real API server with kube-controller-manager: the restart annotation
 //! lands on a real Deployment, which rolls out a new ReplicaSet; without a kubelet the rollout
 //! never completes (why the grace period also starts after a bound); a missing workload is
-//! reported. Runs only with `KEYSMITH_E2E=1` and `KUBECONFIG` (see docs/e2e.md).
+//! reported. Runs on the local control plane (tests/common/control_plane.rs, see docs/e2e.md).
 
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use kube::Client;
 use serde_json::json;
 
 use keysmith::api::{RestartKind, RestartTarget, RESTARTED_AT_ANNOTATION};
 use keysmith::controller::restart::{restart, rolled_out, Debouncer, Outcome};
 
-fn enabled() -> bool {
-    let on = std::env::var("KEYSMITH_E2E").as_deref() == Ok("1")
-        && std::env::var_os("KUBECONFIG").is_some_and(|k| !k.is_empty());
-    if !on {
-        eprintln!("skipping e2e: restarts need a Kubernetes cluster; set KEYSMITH_E2E=1 and KUBECONFIG (see docs/e2e.md)");
-    }
-    on
-}
+#[path = "common/control_plane.rs"]
+#[allow(dead_code)]
+mod control_plane;
 
 async fn replicasets(api: &Api<ReplicaSet>) -> Vec<ReplicaSet> {
     api.list(&ListParams::default().labels("app=chat"))
@@ -46,12 +40,11 @@ where
 
 #[tokio::test]
 async fn a_restart_rolls_out_a_new_replicaset() {
-    if !enabled() {
-        return;
-    }
-    // Both of rustls' crypto providers are compiled into test binaries (see Cargo.toml).
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = Client::try_default().await.expect("KUBECONFIG works");
+    control_plane::install_crypto_provider();
+    let client = control_plane::shared()
+        .unwrap_or_else(|e| panic!("restarts need a Kubernetes API server (see docs/e2e.md): {e}"))
+        .client()
+        .await;
     let ns = format!("e2e-restart-{}", uuid::Uuid::new_v4().simple());
     let nss: Api<Namespace> = Api::all(client.clone());
     nss.create(

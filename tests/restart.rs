@@ -1,4 +1,4 @@
-//! Workload restarts (`keysmith::controller::restart`) against a Kubernetes API test double: the pod
+//! Workload restarts (`keysmith::controller::restart`) against the local kube-apiserver: the pod
 //! template annotation lands on the named workload only, a missing workload is reported, and a
 //! burst of Secret changes across ApiKeys restarts a workload once.
 
@@ -6,19 +6,24 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
+use kube::api::PostParams;
 use kube::Client;
-use kube_fake_client::ClientBuilder;
+
+#[path = "common/control_plane.rs"]
+#[allow(dead_code)]
+mod control_plane;
 use serde_json::json;
 
 use keysmith::api::{RestartKind, RestartTarget, RESTARTED_AT_ANNOTATION};
 use keysmith::controller::restart::{restart, Debouncer, Outcome};
 
-fn workload(kind: &str, name: &str) -> serde_json::Value {
+fn workload(kind: &str, name: &str, ns: &str) -> serde_json::Value {
     json!({
         "apiVersion": "apps/v1",
         "kind": kind,
-        "metadata": {"name": name, "namespace": "team-a", "generation": 1},
+        "metadata": {"name": name, "namespace": ns},
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": {"app": name}},
@@ -30,15 +35,38 @@ fn workload(kind: &str, name: &str) -> serde_json::Value {
     })
 }
 
-async fn client() -> Client {
-    ClientBuilder::new()
-        .with_runtime_objects(vec![
-            workload("Deployment", "chat"),
-            workload("StatefulSet", "worker"),
-        ])
-        .build()
+/// A client of the local control plane and a fresh namespace holding a Deployment `chat` and a
+/// StatefulSet `worker`.
+async fn client() -> (Client, String) {
+    control_plane::install_crypto_provider();
+    let cp = control_plane::shared().unwrap_or_else(|e| {
+        panic!("the restart tests need a Kubernetes API server (see docs/e2e.md): {e}")
+    });
+    let c = cp.client().await;
+    let ns = format!("restart-{}", keysmith::ids::random_hex(6));
+    Api::<Namespace>::all(c.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+        )
         .await
-        .expect("fake client builds")
+        .expect("namespace created");
+    let deployments: Api<Deployment> = Api::namespaced(c.clone(), &ns);
+    deployments
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(workload("Deployment", "chat", &ns)).unwrap(),
+        )
+        .await
+        .expect("Deployment created");
+    let sets: Api<StatefulSet> = Api::namespaced(c.clone(), &ns);
+    sets.create(
+        &PostParams::default(),
+        &serde_json::from_value(workload("StatefulSet", "worker", &ns)).unwrap(),
+    )
+    .await
+    .expect("StatefulSet created");
+    (c, ns)
 }
 
 fn t(s: &str) -> DateTime<Utc> {
@@ -60,13 +88,13 @@ fn annotation(
 
 #[tokio::test]
 async fn restart_patches_the_pod_template_like_kubectl_rollout_restart() {
-    let c = client().await;
+    let (c, ns) = client().await;
     let d = Debouncer::new(Duration::ZERO);
     let now = t("2026-03-01T00:00:00Z");
     let out = restart(
         &c,
         &d,
-        "team-a",
+        &ns,
         &target(RestartKind::Deployment, "chat"),
         now,
         now,
@@ -81,7 +109,7 @@ async fn restart_patches_the_pod_template_like_kubectl_rollout_restart() {
         }
         other => panic!("{other:?}"),
     }
-    let dep = Api::<Deployment>::namespaced(c.clone(), "team-a")
+    let dep = Api::<Deployment>::namespaced(c.clone(), &ns)
         .get("chat")
         .await
         .unwrap();
@@ -96,7 +124,7 @@ async fn restart_patches_the_pod_template_like_kubectl_rollout_restart() {
         Some("a")
     );
     // The StatefulSet of the namespace was not touched.
-    let sts = Api::<StatefulSet>::namespaced(c.clone(), "team-a")
+    let sts = Api::<StatefulSet>::namespaced(c.clone(), &ns)
         .get("worker")
         .await
         .unwrap();
@@ -116,12 +144,12 @@ async fn restart_patches_the_pod_template_like_kubectl_rollout_restart() {
 
 #[tokio::test]
 async fn a_missing_workload_is_reported_and_retried_later() {
-    let c = client().await;
+    let (c, ns) = client().await;
     let d = Debouncer::new(Duration::ZERO);
     let now = t("2026-03-01T00:00:00Z");
     let gone = target(RestartKind::DaemonSet, "chat");
     assert_eq!(
-        restart(&c, &d, "team-a", &gone, now, now).await,
+        restart(&c, &d, &ns, &gone, now, now).await,
         Outcome::Missing
     );
     // Another namespace is another workload: nothing named chat there.
@@ -132,14 +160,14 @@ async fn a_missing_workload_is_reported_and_retried_later() {
     );
     // A missing workload is not recorded as restarted: it is tried again.
     assert_eq!(
-        restart(&c, &d, "team-a", &gone, now, now).await,
+        restart(&c, &d, &ns, &gone, now, now).await,
         Outcome::Missing
     );
 }
 
 #[tokio::test]
 async fn a_burst_of_rotations_restarts_a_workload_once() {
-    let c = client().await;
+    let (c, ns) = client().await;
     let d = Debouncer::new(Duration::from_secs(5));
     let chat = target(RestartKind::Deployment, "chat");
     let t0 = t("2026-03-01T00:00:00Z");
@@ -147,20 +175,20 @@ async fn a_burst_of_rotations_restarts_a_workload_once() {
     // Three ApiKeys' Secrets change within two seconds.
     for s in 0..3 {
         assert!(matches!(
-            restart(&c, &d, "team-a", &chat, at(s), at(s)).await,
+            restart(&c, &d, &ns, &chat, at(s), at(s)).await,
             Outcome::Wait(_)
         ));
     }
     let mut restarted = 0;
     for s in 0..3 {
-        match restart(&c, &d, "team-a", &chat, at(s), at(6)).await {
+        match restart(&c, &d, &ns, &chat, at(s), at(6)).await {
             Outcome::Restarted(_) => restarted += 1,
             Outcome::Covered => {}
             other => panic!("{other:?}"),
         }
     }
     assert_eq!(restarted, 1);
-    let dep = Api::<Deployment>::namespaced(c.clone(), "team-a")
+    let dep = Api::<Deployment>::namespaced(c.clone(), &ns)
         .get("chat")
         .await
         .unwrap();

@@ -12,7 +12,8 @@
 //! (`--label-selector`), so runs (and tests run in parallel) do not reconcile each other's
 //! ApiKeys; the ClusterKeyProvider and namespaces carry the run's name.
 //!
-//! Cleanup (also on panic, from `Drop`): child processes are killed (SIGKILL, `kill_on_drop`),
+//! Cleanup (also on panic, from `Drop`): child processes are killed (SIGKILL, `kill_on_drop`, and
+//! `PR_SET_PDEATHSIG` for a test binary that is itself killed),
 //! the namespaces and the ClusterKeyProvider are deleted, and finalizers left on the run's
 //! ApiKeys are removed so that the namespace can go (their keys lived only in the emulator).
 //! `KEYSMITH_E2E_KEEP=1` leaves everything in place for inspection.
@@ -22,7 +23,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -42,6 +43,8 @@ use keysmith::emulators::random_hex;
 
 #[path = "apikey_status.rs"]
 mod apikey_status;
+#[path = "control_plane.rs"]
+pub mod control_plane;
 pub use apikey_status::{is_ready, ready};
 #[path = "emulator_control.rs"]
 mod emulator_control;
@@ -53,24 +56,61 @@ const FIELD_MANAGER: &str = "keysmith-e2e";
 const MGMT_SECRET: &str = "openrouter-mgmt";
 const BIN: &str = env!("CARGO_BIN_EXE_keysmith");
 
-/// Whether the cluster tests may run. Prints why not (`skipping e2e: …`) when they may not.
+/// The cluster of this test binary: an existing one when `KEYSMITH_E2E=1` and `KUBECONFIG` are
+/// set, else the local control plane (`control_plane.rs`), started on first use and shared by
+/// every test of the binary. `Err` says why there is none.
+fn target() -> &'static Result<PathBuf, String> {
+    static TARGET: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    TARGET.get_or_init(|| {
+        control_plane::install_crypto_provider();
+        let external = std::env::var_os("KUBECONFIG").filter(|k| !k.is_empty());
+        match external {
+            Some(k) if std::env::var("KEYSMITH_E2E").as_deref() == Ok("1") => {
+                eprintln!(
+                    "e2e: using the cluster of KUBECONFIG={}",
+                    k.to_string_lossy()
+                );
+                Ok(PathBuf::from(k))
+            }
+            _ => control_plane::shared().map(|cp| cp.kubeconfig.clone()),
+        }
+    })
+}
+
+/// The kubeconfig of the cluster the tests run against (after [`enabled`] returned true).
+pub fn kubeconfig() -> PathBuf {
+    target()
+        .clone()
+        .expect("kubeconfig() is called after enabled() returned true")
+}
+
+/// Whether the cluster tests may run: every variable of `flags` is `1` and a cluster is
+/// available (see [`target`]). When none is, this says so loudly on stderr, or panics when
+/// `KEYSMITH_REQUIRE_CLUSTER=1` (scripts/test.sh sets it when the binaries are there, so a
+/// cluster that does not start fails the run instead of skipping it).
 pub fn enabled(what: &str, flags: &[&str]) -> bool {
-    let mut missing: Vec<String> = flags
+    let missing: Vec<String> = flags
         .iter()
         .filter(|f| std::env::var(f).as_deref() != Ok("1"))
         .map(|f| format!("{f}=1"))
         .collect();
-    if std::env::var_os("KUBECONFIG").is_none_or(|k| k.is_empty()) {
-        missing.push("KUBECONFIG".into());
+    if !missing.is_empty() {
+        eprintln!(
+            "skipping {what}: set {} (see docs/e2e.md)",
+            missing.join(" and ")
+        );
+        return false;
     }
-    if missing.is_empty() {
-        return true;
+    match target() {
+        Ok(_) => true,
+        Err(why) if std::env::var("KEYSMITH_REQUIRE_CLUSTER").as_deref() == Ok("1") => {
+            panic!("KEYSMITH_REQUIRE_CLUSTER=1 but there is no cluster for {what}: {why}")
+        }
+        Err(why) => {
+            eprintln!("\n*** CLUSTER TEST NOT RUN: {what}: {why} (see docs/e2e.md) ***\n");
+            false
+        }
     }
-    eprintln!(
-        "skipping e2e: {what} needs a Kubernetes cluster; set {} (see docs/e2e.md)",
-        missing.join(" and ")
-    );
-    false
 }
 
 /// Faults of the emulator (`keysmith emulate openrouter --latency … --rate-limit …`).
@@ -126,7 +166,7 @@ pub struct Cluster {
     operator_logs: Mutex<Vec<PathBuf>>,
 }
 
-fn run_labels(run: &str) -> Value {
+pub fn run_labels(run: &str) -> Value {
     json!({ RUN_LABEL: run, "app.kubernetes.io/part-of": "keysmith-e2e" })
 }
 
@@ -200,11 +240,20 @@ pub fn tail(path: &Path, n: usize) -> String {
 }
 
 impl Emulator {
-    async fn start(dir: &Path, opts: &EmulatorOptions, management_key: &str) -> Emulator {
+    /// `keysmith emulate <provider> <args>` on a free loopback port, with `env` (credentials go
+    /// through the environment where the emulator reads them there, so they are not in `ps`).
+    async fn start(
+        dir: &Path,
+        provider: &str,
+        opts: &EmulatorOptions,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Emulator {
         let log = dir.join("emulator.log");
         let file = std::fs::File::create(&log).expect("emulator log file");
         let mut cmd = Command::new(BIN);
-        cmd.args(["emulate", "--listen", "127.0.0.1:0", "openrouter"]);
+        cmd.args(["emulate", "--listen", "127.0.0.1:0", provider]);
+        cmd.args(args);
         if let Some(l) = opts.latency {
             cmd.args(["--latency", &format!("{}ms", l.as_millis())]);
         }
@@ -214,12 +263,13 @@ impl Emulator {
         if let Some(r) = opts.retry_after {
             cmd.args(["--retry-after", &r.to_string()]);
         }
-        // Through the environment, so the key is not on the command line (`ps`).
-        cmd.env("KEYSMITH_EMULATOR_MANAGEMENT_KEY", management_key)
+        cmd.envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(file)
             .kill_on_drop(true);
+        // Also when the test binary is killed (kill_on_drop needs a Drop that then never runs).
+        control_plane::die_with_parent(cmd.as_std_mut());
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {BIN} emulate: {e}"));
@@ -248,6 +298,46 @@ impl Emulator {
             child,
             control: EmulatorControl::new(url.clone()),
             url,
+        }
+    }
+}
+
+/// Builds a ClusterKeyProvider's provider block from the emulator's URL and the operator namespace.
+pub type ProviderSpecFn = Box<dyn Fn(&str, &str) -> Value + Send + Sync>;
+
+/// Which emulator a run starts and the ClusterKeyProvider that points at it.
+pub struct ProviderSetup {
+    /// `keysmith emulate <emulator>`.
+    pub emulator: &'static str,
+    /// Flags after the provider name.
+    pub emulator_args: Vec<String>,
+    /// Environment of the emulator.
+    pub emulator_env: Vec<(String, String)>,
+    /// Credential Secret created in the operator namespace: name and string data.
+    pub credentials: Option<(&'static str, Vec<(&'static str, String)>)>,
+    /// The provider block of the ClusterKeyProvider's spec (e.g. `{"boltz": {…}}`), given the
+    /// emulator's URL and the operator namespace (where the credentials are).
+    pub spec: ProviderSpecFn,
+}
+
+impl ProviderSetup {
+    /// OpenRouter with a random management key.
+    pub fn openrouter() -> ProviderSetup {
+        let management_key = format!("sk-or-v1-e2e-{}", random_hex(48));
+        ProviderSetup {
+            emulator: "openrouter",
+            emulator_args: vec![],
+            emulator_env: vec![(
+                "KEYSMITH_EMULATOR_MANAGEMENT_KEY".into(),
+                management_key.clone(),
+            )],
+            credentials: Some((MGMT_SECRET, vec![("token", management_key)])),
+            spec: Box::new(|url, operator_ns| {
+                json!({ "openrouter": {
+                    "baseURL": format!("{url}/api/v1"),
+                    "managementKeySecretRef": { "name": MGMT_SECRET, "key": "token", "namespace": operator_ns },
+                }})
+            }),
         }
     }
 }
@@ -300,16 +390,27 @@ impl Operator {
             })
             .filter(|l| l.contains(filter))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+            .sum::<f64>()
+            + 0.0 // an empty sum is -0.0
     }
 }
 
 impl Cluster {
-    /// Set up a run named `test` (a few lowercase letters: it is part of the namespace names).
+    /// Set up an OpenRouter run named `test` (a few lowercase letters: it is part of the
+    /// namespace names).
     pub async fn start(test: &str, emu: EmulatorOptions, provider: ProviderOptions) -> Cluster {
-        let client = Client::try_default()
-            .await
-            .expect("cannot build a Kubernetes client from KUBECONFIG");
+        Self::start_with(test, ProviderSetup::openrouter(), emu, provider).await
+    }
+
+    /// Set up a run named `test` with the emulator and ClusterKeyProvider of `setup`.
+    pub async fn start_with(
+        test: &str,
+        setup: ProviderSetup,
+        emu: EmulatorOptions,
+        provider: ProviderOptions,
+    ) -> Cluster {
+        let kubeconfig = kubeconfig();
+        let client = control_plane::client_from(&kubeconfig).await;
         install_crds(&client).await;
         let run = random_hex(6);
         let ns = format!("ks-e2e-{test}-{run}");
@@ -334,28 +435,35 @@ impl Cluster {
                 .unwrap_or_else(|e| panic!("cannot create namespace {name}: {e}"));
         }
 
-        let management_key = format!("sk-or-v1-e2e-{}", random_hex(48));
-        let emulator = Emulator::start(&log_dir, &emu, &management_key).await;
-        let secret: Secret = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": { "name": MGMT_SECRET, "namespace": operator_ns, "labels": run_labels(&run) },
-            "type": "Opaque",
-            "stringData": { "token": management_key },
-        }))
-        .unwrap();
-        Api::<Secret>::namespaced(client.clone(), &operator_ns)
-            .create(&PostParams::default(), &secret)
-            .await
-            .expect("management-key Secret created");
+        let emulator = Emulator::start(
+            &log_dir,
+            setup.emulator,
+            &emu,
+            &setup.emulator_args,
+            &setup.emulator_env,
+        )
+        .await;
+        if let Some((name, data)) = &setup.credentials {
+            let data: serde_json::Map<String, Value> = data
+                .iter()
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect();
+            let secret: Secret = serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": { "name": name, "namespace": operator_ns, "labels": run_labels(&run) },
+                "type": "Opaque",
+                "stringData": data,
+            }))
+            .unwrap();
+            Api::<Secret>::namespaced(client.clone(), &operator_ns)
+                .create(&PostParams::default(), &secret)
+                .await
+                .expect("credentials Secret created");
+        }
 
         let provider_name = format!("ks-e2e-{run}");
-        let mut spec = json!({
-            "openrouter": {
-                "baseURL": format!("{}/api/v1", emulator.url),
-                "managementKeySecretRef": { "name": MGMT_SECRET, "key": "token", "namespace": operator_ns },
-            },
-            "namespaceSelector": { "matchLabels": { RUN_LABEL: run } },
-        });
+        let mut spec = (setup.spec)(&emulator.url, &operator_ns);
+        spec["namespaceSelector"] = json!({ "matchLabels": { RUN_LABEL: run } });
         if let Some(r) = &provider.refresh_interval {
             spec["refreshInterval"] = json!(r);
         }
@@ -414,12 +522,15 @@ impl Cluster {
                 "RUST_LOG",
                 std::env::var("KEYSMITH_E2E_LOG").unwrap_or_else(|_| "info,keysmith=debug".into()),
             )
+            .env("KUBECONFIG", kubeconfig())
             .env("POD_NAME", name)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file handle"))
             .stderr(file)
             .kill_on_drop(true);
+        // Also when the test binary is killed (kill_on_drop needs a Drop that then never runs).
+        control_plane::die_with_parent(cmd.as_std_mut());
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {BIN} run: {e}"));
@@ -557,6 +668,33 @@ impl Cluster {
         .await
     }
 
+    /// Create (or replace the data of) a Secret of the test namespace holding `data`, with the
+    /// run's labels and `labels`.
+    pub async fn put_secret(&self, name: &str, data: &[(&str, &str)], labels: &[(&str, &str)]) {
+        let mut l = run_labels(&self.run);
+        for (k, v) in labels {
+            l[*k] = json!(v);
+        }
+        let data: serde_json::Map<String, Value> = data
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        let secret = json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": { "name": name, "namespace": self.ns, "labels": l },
+            "type": "Opaque",
+            "stringData": data,
+        });
+        self.secrets()
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&secret),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("Secret {name} not applied: {e}"));
+    }
+
     /// The value the Secret `name` holds under `key`.
     pub async fn secret_value(&self, name: &str, key: &str) -> Option<String> {
         let s = self.secrets().get_opt(name).await.expect("GET Secret")?;
@@ -640,10 +778,8 @@ impl Drop for Cluster {
                 .build()
                 .expect("cleanup runtime");
             rt.block_on(async move {
-                match Client::try_default().await {
-                    Ok(client) => cleanup(client, &ns, &operator_ns, &provider).await,
-                    Err(e) => eprintln!("e2e cleanup: no Kubernetes client ({e}); delete namespaces {ns}, {operator_ns} and ClusterKeyProvider {provider} by hand"),
-                }
+                let client = control_plane::client_from(&kubeconfig()).await;
+                cleanup(client, &ns, &operator_ns, &provider).await
             })
         });
         let _ = cleanup.join();

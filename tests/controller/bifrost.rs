@@ -103,7 +103,7 @@ async fn a_virtual_key_is_minted_and_kept_in_sync() {
     let vks = virtual_keys(&env).await;
     assert_eq!(vks.len(), 1);
     assert_eq!(vks[0]["id"], id.as_str());
-    assert_eq!(vks[0]["name"], "team-a/vk");
+    assert_eq!(vks[0]["name"], format!("{}/vk", env.ns));
     assert_eq!(vks[0]["active"], true);
     assert!(vks[0]["budgets"].as_array().unwrap().is_empty());
 

@@ -121,7 +121,7 @@ async fn creates_a_workspace_key_and_reports_prefix_and_last_use() {
 
     let keys = workspace_keys(&env).await;
     assert_eq!(keys.len(), 1);
-    assert_eq!(keys[0]["name"], "team-a/jobs");
+    assert_eq!(keys[0]["name"], format!("{}/jobs", env.ns));
     assert_eq!(keys[0]["is_active"], true);
     assert_eq!(keys[0]["key_prefix"], prefix.as_str());
     let used_at = keys[0]["last_used_at"]

@@ -168,7 +168,10 @@ async fn adopting_a_model_key_regenerates_it_then_renames_follow_the_spec() {
 
     // The adopted key takes the ApiKey's name (default <namespace>/<name>).
     env.converge("inference", 2).await;
-    assert_eq!(key_by_id(&env, &uuid).await["name"], "team-a/inference");
+    assert_eq!(
+        key_by_id(&env, &uuid).await["name"],
+        format!("{}/inference", env.ns)
+    );
 
     env.assert_quiet("inference").await;
 
@@ -223,7 +226,7 @@ async fn an_agent_key_is_minted_and_deleted_with_the_apikey() {
     let k = key_by_id(&env, &id).await;
     assert_eq!(k["family"], "agent");
     assert_eq!(k["agentUUID"], AGENT);
-    assert_eq!(k["name"], "team-a/agent");
+    assert_eq!(k["name"], format!("{}/agent", env.ns));
 
     env.assert_quiet("agent").await;
 
@@ -259,7 +262,7 @@ async fn deleting_an_adopted_model_key_deletes_it_at_digitalocean() {
 #[tokio::test]
 async fn a_lost_secret_of_an_adopted_key_is_refilled_by_regenerating_the_same_key() {
     let env = env().await;
-    let (uuid, _) = seed_model_key(&env, "team-a/refill").await;
+    let (uuid, _) = seed_model_key(&env, &format!("{}/refill", env.ns)).await;
     let spec = ApiKeySpec {
         key_ref: Some(KeyRef { id: uuid.clone() }),
         ..Default::default()

@@ -1,36 +1,51 @@
-//! Test environment: a fake Kubernetes API holding the CRDs, a provider emulator on loopback,
-//! and a controller context pointed at both. Every write to the fake API is recorded.
+//! Test environment: the local Kubernetes API server of this test binary
+//! (tests/common/control_plane.rs) with the CRDs, namespaces of the test's own, a provider
+//! emulator on loopback, and a controller context pointed at both. Every write the controller
+//! makes is recorded, Secret writes can be failed, and every request is checked against the RBAC
+//! the chart grants: a tower layer in front of the real client does all three.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::ByteString;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::Client;
 use serde_json::{json, Value};
 
-use keysmith::api::{ApiKey, ApiKeySpec, KeyProviderSpec, ProviderRef};
+use keysmith::api::{
+    ApiKey, ApiKeySpec, ClusterKeyProvider, ClusterKeyProviderSpec, KeyProvider, KeyProviderSpec,
+    ProviderKind, ProviderRef,
+};
 use keysmith::controller::apikey;
 use keysmith::controller::Context;
 use keysmith::emulators::RunningEmulator;
 use keysmith::metrics::Metrics;
 use keysmith::providers::ClientOptions;
 
-#[path = "../common/fake_kube.rs"]
-mod fake_kube;
-pub use fake_kube::{cluster_provider, namespace, secret, KubeFaults, Writes};
+#[path = "../common/kube_recorder.rs"]
+mod kube_recorder;
+use kube_recorder::instrumented;
+pub use kube_recorder::{KubeFaults, Writes};
 #[path = "../common/apikey_status.rs"]
 mod apikey_status;
+#[path = "../common/control_plane.rs"]
+mod control_plane;
 pub use apikey_status::ready;
 #[path = "../common/emulator_control.rs"]
 mod emulator_control;
 pub use emulator_control::EmulatorControl;
 
+/// The namespaces tests name. Each test gets namespaces of its own (`<run>-team-a`, …): these
+/// names are mapped to them when objects are created (see [`Env::map_ns`]).
 pub const NS: &str = "team-a";
 pub const OPERATOR_NS: &str = "keysmith-system";
+pub const OTHER_NS: &str = "other";
 
 pub struct Env {
+    /// An admin client (not recorded): what the test itself reads and writes.
     pub client: Client,
     pub ctx: Arc<Context>,
     pub emulator: RunningEmulator,
@@ -42,46 +57,97 @@ pub struct Env {
     rbac_violations: Arc<Mutex<Vec<String>>>,
     /// The emulator's control endpoints.
     pub control: EmulatorControl,
-    /// ApiKeys deleted while holding finalizers (see [`Env::delete`]).
-    terminating: Mutex<std::collections::HashSet<String>>,
+    /// The test's namespaces: for [`NS`], [`OPERATOR_NS`] and [`OTHER_NS`].
+    pub ns: String,
+    pub operator_ns: String,
+    pub other_ns: String,
+    /// ClusterKeyProviders are cluster-scoped: each test's get a suffix (name → real name).
+    cluster_providers: Mutex<HashMap<String, String>>,
+    run: String,
 }
 
-/// Build the fake API with `objects` (plus the team-a, operator and "other" namespaces).
-pub async fn fake_client(objects: Vec<Value>, writes: Writes, faults: Arc<KubeFaults>) -> Client {
-    let namespaces = vec![
-        namespace(NS, &[("team", "ai")]),
-        namespace(OPERATOR_NS, &[]),
-        namespace("other", &[("team", "web")]),
-    ];
-    fake_kube::fake_client(objects, namespaces, writes, faults).await
+pub fn namespace(name: &str, labels: &[(&str, &str)]) -> Namespace {
+    let mut n = Namespace::default();
+    n.metadata.name = Some(name.into());
+    n.metadata.labels = Some(
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    n
 }
 
-/// The controller's client: every request is classified as RBAC sees it and must be covered by
-/// `keysmith::controller::rbac::PERMISSIONS`, the list the chart's RBAC is checked against.
-fn rbac_checked(inner: Client, violations: Arc<Mutex<Vec<String>>>) -> Client {
-    let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
-        let inner = inner.clone();
-        let violations = violations.clone();
-        async move {
-            let method = req.method().as_str().to_string();
-            let path = req.uri().path().to_string();
-            let query = req.uri().query().unwrap_or("").to_string();
-            match keysmith::controller::rbac::classify(&method, &path, &query) {
-                Some((group, resource, verb))
-                    if keysmith::controller::rbac::allowed(&group, &resource, &verb) => {}
-                other => violations
-                    .lock()
-                    .unwrap()
-                    .push(format!("{method} {path} -> {other:?}")),
-            }
-            inner.send(req).await
-        }
-    });
-    Client::new(svc, "default")
+pub fn secret(ns: &str, name: &str, key: &str, value: &str) -> Secret {
+    let mut s = Secret::default();
+    s.metadata.name = Some(name.into());
+    s.metadata.namespace = Some(ns.into());
+    s.data = Some([(key.to_string(), ByteString(value.as_bytes().to_vec()))].into());
+    s
+}
+
+pub fn cluster_provider(name: &str, spec: KeyProviderSpec) -> ClusterKeyProvider {
+    ClusterKeyProvider::new(name, ClusterKeyProviderSpec { inner: spec })
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
+        let (client_ns, run) = (
+            vec![
+                self.ns.clone(),
+                self.operator_ns.clone(),
+                self.other_ns.clone(),
+            ],
+            self.run.clone(),
+        );
+        let providers: Vec<String> = self
+            .cluster_providers
+            .lock()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect();
+        // The test's namespaces and ClusterKeyProviders go; finalizers left on its ApiKeys are
+        // removed first (no controller runs to release them).
+        let kubeconfig = self_kubeconfig();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            rt.block_on(async move {
+                let client = control_plane::client_from(&kubeconfig).await;
+                let apikeys: Api<ApiKey> = Api::namespaced(client.clone(), &client_ns[0]);
+                if let Ok(list) = apikeys.list(&Default::default()).await {
+                    for ak in list.items {
+                        if ak
+                            .metadata
+                            .finalizers
+                            .as_ref()
+                            .is_some_and(|f| !f.is_empty())
+                        {
+                            let _ = apikeys
+                                .patch(
+                                    ak.metadata.name.as_deref().unwrap_or_default(),
+                                    &PatchParams::default(),
+                                    &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                                )
+                                .await;
+                        }
+                    }
+                }
+                let namespaces: Api<Namespace> = Api::all(client.clone());
+                for n in &client_ns {
+                    let _ = namespaces.delete(n, &DeleteParams::background()).await;
+                }
+                let ckps: Api<ClusterKeyProvider> = Api::all(client);
+                for p in providers {
+                    let _ = ckps.delete(&p, &DeleteParams::background()).await;
+                }
+                let _ = run;
+            })
+        })
+        .join();
         if std::thread::panicking() {
             return;
         }
@@ -91,6 +157,13 @@ impl Drop for Env {
             "the controller made requests its RBAC does not cover: {v:?}"
         );
     }
+}
+
+fn self_kubeconfig() -> std::path::PathBuf {
+    control_plane::shared()
+        .expect("the local control plane")
+        .kubeconfig
+        .clone()
 }
 
 pub fn apikey(name: &str, provider: &str, spec: ApiKeySpec) -> ApiKey {
@@ -135,23 +208,49 @@ pub fn test_client_options() -> ClientOptions {
 }
 
 impl Env {
+    /// An Env holding `objects` (Secrets, KeyProviders, ClusterKeyProviders, ApiKeys, in the
+    /// namespaces [`NS`], [`OPERATOR_NS`], [`OTHER_NS`], mapped to the test's own).
     pub async fn new(emulator: RunningEmulator, objects: Vec<Value>) -> Env {
+        let cp = control_plane::shared().unwrap_or_else(|e| {
+            panic!("the controller tests need a Kubernetes API server (see docs/e2e.md): {e}")
+        });
+        let client = cp.client().await;
+        control_plane::install_crds(&client).await;
+        let run = keysmith::emulators::random_hex(6);
+        let env_ns = |n: &str| format!("t{run}-{n}");
+        let (ns, operator_ns, other_ns) = (env_ns(NS), env_ns(OPERATOR_NS), env_ns(OTHER_NS));
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        for n in [
+            namespace(&ns, &[("team", "ai")]),
+            namespace(&operator_ns, &[]),
+            namespace(&other_ns, &[("team", "web")]),
+        ] {
+            namespaces
+                .create(&PostParams::default(), &n)
+                .await
+                .expect("namespace created");
+        }
+
         let writes: Writes = Arc::default();
         let kube_faults = Arc::new(KubeFaults::default());
-        let client = fake_client(objects, writes.clone(), kube_faults.clone()).await;
         let metrics = Arc::new(Metrics::new());
         let rbac_violations: Arc<Mutex<Vec<String>>> = Arc::default();
         let mut ctx = Context::new(
-            rbac_checked(client.clone(), rbac_violations.clone()),
+            instrumented(
+                cp.client().await,
+                rbac_violations.clone(),
+                writes.clone(),
+                kube_faults.clone(),
+            ),
             metrics.clone(),
-            OPERATOR_NS.into(),
+            operator_ns.clone(),
             "keysmith-test",
         );
         ctx.client_options = ClientOptions {
             metrics: Some(metrics.provider.clone()),
             ..test_client_options()
         };
-        Env {
+        let env = Env {
             client,
             ctx: Arc::new(ctx),
             control: EmulatorControl::new(emulator.url()),
@@ -159,58 +258,118 @@ impl Env {
             writes,
             kube_faults,
             http: reqwest::Client::new(),
-            terminating: Mutex::default(),
             rbac_violations,
+            ns,
+            operator_ns,
+            other_ns,
+            cluster_providers: Mutex::default(),
+            run,
+        };
+        for o in objects {
+            env.seed(o).await;
+        }
+        env
+    }
+
+    /// The test's namespace for a namespace name used in the tests.
+    pub fn map_ns(&self, ns: &str) -> String {
+        match ns {
+            NS => self.ns.clone(),
+            OPERATOR_NS => self.operator_ns.clone(),
+            OTHER_NS => self.other_ns.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The real name of ClusterKeyProvider `name` (each test's carry a suffix).
+    pub fn cluster_provider_name(&self, name: &str) -> String {
+        self.cluster_providers
+            .lock()
+            .unwrap()
+            .entry(name.to_string())
+            .or_insert_with(|| format!("{name}-{}", self.run))
+            .clone()
+    }
+
+    /// Create one object given as the tests write it, in the test's namespaces.
+    async fn seed(&self, mut o: Value) {
+        let kind = o["kind"].as_str().unwrap_or_default().to_string();
+        let meta = &mut o["metadata"];
+        for f in ["uid", "resourceVersion", "creationTimestamp", "generation"] {
+            if let Some(m) = meta.as_object_mut() {
+                m.remove(f);
+            }
+        }
+        if let Some(ns) = meta["namespace"].as_str().map(str::to_string) {
+            meta["namespace"] = json!(self.map_ns(&ns));
+        }
+        let ns = meta["namespace"].as_str().map(str::to_string);
+        let pp = PostParams::default();
+        match kind.as_str() {
+            "Secret" => {
+                let s: Secret = serde_json::from_value(o).expect("a Secret");
+                Api::<Secret>::namespaced(self.client.clone(), &ns.expect("namespace"))
+                    .create(&pp, &s)
+                    .await
+                    .expect("Secret created");
+            }
+            "ClusterKeyProvider" => {
+                let mut p: ClusterKeyProvider =
+                    serde_json::from_value(o).expect("a ClusterKeyProvider");
+                p.metadata.name =
+                    Some(self.cluster_provider_name(p.metadata.name.as_deref().expect("a name")));
+                Api::<ClusterKeyProvider>::all(self.client.clone())
+                    .create(&pp, &p)
+                    .await
+                    .expect("ClusterKeyProvider created");
+            }
+            "KeyProvider" => {
+                let p: KeyProvider = serde_json::from_value(o).expect("a KeyProvider");
+                Api::<KeyProvider>::namespaced(self.client.clone(), &ns.expect("namespace"))
+                    .create(&pp, &p)
+                    .await
+                    .expect("KeyProvider created");
+            }
+            "ApiKey" => {
+                let ak: ApiKey = serde_json::from_value(o).expect("an ApiKey");
+                self.create(&ak).await;
+            }
+            other => panic!("the harness cannot seed a {other}"),
         }
     }
 
     pub fn apikeys(&self) -> Api<ApiKey> {
-        Api::namespaced(self.client.clone(), NS)
+        Api::namespaced(self.client.clone(), &self.ns)
     }
 
     pub fn secrets(&self) -> Api<Secret> {
-        Api::namespaced(self.client.clone(), NS)
+        Api::namespaced(self.client.clone(), &self.ns)
     }
 
+    /// Create `ak` in the test's namespace (its providerRef mapped to the test's provider).
     pub async fn create(&self, ak: &ApiKey) -> ApiKey {
-        self.apikeys()
-            .create(&PostParams::default(), ak)
-            .await
-            .expect("ApiKey created in the fake API")
+        let mut ak = ak.clone();
+        ak.metadata.namespace = Some(self.map_ns(ak.metadata.namespace.as_deref().unwrap_or(NS)));
+        if ak.spec.provider_ref.kind == ProviderKind::ClusterKeyProvider {
+            ak.spec.provider_ref.name = self.cluster_provider_name(&ak.spec.provider_ref.name);
+        }
+        Api::<ApiKey>::namespaced(
+            self.client.clone(),
+            ak.metadata.namespace.as_deref().unwrap(),
+        )
+        .create(&PostParams::default(), &ak)
+        .await
+        .expect("ApiKey created")
     }
 
     pub async fn get(&self, name: &str) -> ApiKey {
         self.apikeys().get(name).await.expect("ApiKey exists")
     }
 
-    /// One reconcile of the current state of `name`.
+    /// One reconcile of the current state of `name`, as the controller would run it.
     pub async fn reconcile(&self, name: &str) -> Result<Action, apikey::Error> {
-        let mut ak = self.get(name).await;
-        let terminating = self.terminating.lock().unwrap().contains(name);
-        if terminating {
-            ak.metadata.deletion_timestamp =
-                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                    k8s_openapi::jiff::Timestamp::now(),
-                ));
-        }
-        let result = apikey::reconcile(Arc::new(ak), self.ctx.clone()).await;
-        if terminating
-            && self
-                .get(name)
-                .await
-                .metadata
-                .finalizers
-                .as_ref()
-                .is_none_or(Vec::is_empty)
-        {
-            // The last finalizer is gone: the API server would remove the object now.
-            self.apikeys()
-                .delete(name, &DeleteParams::default())
-                .await
-                .expect("delete accepted");
-            self.terminating.lock().unwrap().remove(name);
-        }
-        result
+        let ak = self.get(name).await;
+        apikey::reconcile(Arc::new(ak), self.ctx.clone()).await
     }
 
     /// Reconcile until Ready=True (or `max` passes); returns the last ApiKey.
@@ -356,21 +515,13 @@ impl Env {
             .expect("spec patched");
     }
 
-    /// Delete as an API server does with finalizers present: the object stays, with
-    /// deletionTimestamp set, until its finalizers are removed. kube-fake-client removes objects
-    /// at once whatever their finalizers (and drops deletionTimestamp on create), so the harness
-    /// marks the ApiKey terminating and hands it to the reconciler with deletionTimestamp set;
-    /// once the reconciler has removed the finalizer, the object is deleted from the fake.
+    /// Delete `name`: with its finalizer, the API server keeps it (deletionTimestamp set)
+    /// until a reconcile releases the finalizer.
     pub async fn delete(&self, name: &str) {
-        let ak = self.get(name).await;
-        if ak.metadata.finalizers.as_ref().is_none_or(Vec::is_empty) {
-            self.apikeys()
-                .delete(name, &DeleteParams::default())
-                .await
-                .expect("delete accepted");
-            return;
-        }
-        self.terminating.lock().unwrap().insert(name.to_string());
+        self.apikeys()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete accepted");
     }
 }
 

@@ -1,4 +1,4 @@
-//! The ApiKey reconciler against a Kubernetes API test double (kube-fake-client) and a real
+//! The ApiKey reconciler against a real kube-apiserver (the local control plane) and a real
 //! provider emulator over HTTP.
 
 mod bifrost;

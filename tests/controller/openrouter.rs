@@ -123,7 +123,7 @@ async fn creates_the_key_writes_the_secret_and_reports_status() {
 
     let keys = env.emulator_keys().await;
     assert_eq!(live_keys(&keys), 1);
-    assert_eq!(keys[0]["name"], "team-a/chat");
+    assert_eq!(keys[0]["name"], format!("{}/chat", env.ns));
     assert_eq!(keys[0]["settings"]["limit"].as_f64(), Some(75.0));
 }
 
@@ -434,7 +434,7 @@ async fn a_crash_between_create_and_secret_write_leaves_no_orphan() {
         .as_ref()
         .and_then(|s| s.pending_create.clone())
         .expect("marker recorded before create");
-    assert_eq!(pending.name, "team-a/crash");
+    assert_eq!(pending.name, format!("{}/crash", env.ns));
     let keys = env.emulator_keys().await;
     assert_eq!(
         live_keys(&keys),

@@ -113,7 +113,7 @@ async fn creates_the_key_and_pushes_updates() {
     let keys = env.emulator_keys().await;
     assert_eq!(live(&keys).len(), 1);
     let k = key_by_id(&keys, &id);
-    assert_eq!(k["name"], "team-a/chat");
+    assert_eq!(k["name"], format!("{}/chat", env.ns));
     assert_eq!(k["settings"]["grantAllModels"], true);
     assert_eq!(k["settings"]["dailyLimitAmount"], "");
 

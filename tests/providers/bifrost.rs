@@ -972,7 +972,7 @@ async fn examples_work_against_the_emulator() {
         ..Default::default()
     };
     let emu = start(emu_args).await;
-    assert_eq!(flag("--listen").as_deref(), Some("127.0.0.1:8080"));
+    assert_eq!(flag("--listen").as_deref(), Some("127.0.0.1:8787"));
 
     let mut provider: KeyProvider = serde_yaml::from_str(&provider_yaml).unwrap();
     provider.spec.bifrost.as_mut().unwrap().base_url = emu.url(); // the test's own port

@@ -844,7 +844,7 @@ async fn examples_work_against_the_emulator() {
     let token = secret["stringData"]["token"].as_str().unwrap().to_string();
     let mut provider: KeyProvider = serde_yaml::from_str(&provider_yaml).unwrap();
     let boltz = provider.spec.boltz.as_mut().unwrap();
-    assert_eq!(boltz.base_url.as_deref(), Some("http://127.0.0.1:8080"));
+    assert_eq!(boltz.base_url.as_deref(), Some("http://127.0.0.1:8787"));
     boltz.base_url = Some(emu.url()); // the test's emulator listens on a free port
     let mut creds = BTreeMap::new();
     creds.insert("token".to_string(), SecretString::from(token));

@@ -1405,7 +1405,10 @@ async fn examples_work_as_written() {
         spec.base_url.as_deref(),
         Some(format!("http://{}", cli.listen).as_str())
     );
-    let secret: Value = serde_yaml::from_str(&read("00-credentials.yaml")).unwrap();
+    // The file creates the namespace first; the Secret is its last document.
+    let credentials = read("00-credentials.yaml");
+    let secret: Value =
+        serde_yaml::from_str(credentials.rsplit("\n---\n").next().unwrap()).unwrap();
     let token = secret["stringData"][spec.token_secret_ref.key.as_str()]
         .as_str()
         .unwrap()

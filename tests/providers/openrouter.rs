@@ -1221,7 +1221,8 @@ async fn examples_work_against_the_emulator() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/openrouter");
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
     let secret: k8s_openapi::api::core::v1::Secret =
-        serde_yaml::from_str(&read("credentials.yaml")).unwrap();
+        // The file creates the namespace first; the Secret is its last document.
+        serde_yaml::from_str(read("credentials.yaml").rsplit("\n---\n").next().unwrap()).unwrap();
     let token = secret.string_data.as_ref().unwrap()["token"].clone();
     let provider_text = read("provider.yaml");
     assert!(
@@ -1232,7 +1233,7 @@ async fn examples_work_against_the_emulator() {
     let mut spec = provider.spec.inner.clone();
     assert_eq!(
         spec.openrouter.as_ref().unwrap().base_url.as_deref(),
-        Some("http://127.0.0.1:8080/api/v1")
+        Some("http://127.0.0.1:8787/api/v1")
     );
     let refs = keysmith::providers::credential_refs(&spec);
     assert_eq!(

@@ -869,7 +869,7 @@ async fn examples_work_against_the_emulator() {
 
     let mut kp: KeyProvider = serde_yaml::from_str(&provider_yaml).unwrap();
     let spec = kp.spec.ucloud.as_mut().expect("a ucloud block");
-    assert_eq!(spec.base_url.as_deref(), Some("http://127.0.0.1:8080"));
+    assert_eq!(spec.base_url.as_deref(), Some("http://127.0.0.1:8787"));
     spec.base_url = Some(e.url());
     let secret: Secret = serde_yaml::from_str(&read("secret.yaml")).unwrap();
     assert_eq!(

@@ -1,0 +1,139 @@
+//! A tower layer in front of a real Kubernetes client, for the controller tests
+//! (`tests/controller/harness.rs`) and the reconcile benchmark (`benches/reconcile.rs`), which
+//! include this file with `#[path]`: it records every write the API server accepted, fails
+//! Secret writes on demand, and checks each request against the RBAC the chart grants.
+#![allow(dead_code)] // each includer uses a different part
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use kube::Client;
+use serde_json::{json, Value};
+
+/// The writes the controller made: `"<verb> <what> <body>"`: `create <Kind> <body>`,
+/// `patch <Kind> <body>` (server-side apply carries the kind, e.g. `patch Secret`; other patches
+/// are `patch object`, Events `patch Event`), `patch status <name> <body>`, `delete <name>`,
+/// `update`.
+pub type Writes = Arc<Mutex<Vec<String>>>;
+
+/// Failures to inject in front of the API server.
+#[derive(Default)]
+pub struct KubeFaults {
+    /// Fail this many Secret writes (server-side apply of a Secret) with a 500.
+    pub fail_secret_writes: AtomicU32,
+}
+
+/// `(resource, name, subresource)` of an API path.
+fn parse_path(path: &str) -> (String, Option<String>, Option<String>) {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    // /api/v1/... or /apis/<group>/<version>/...
+    let rest: &[&str] = match parts.first() {
+        Some(&"api") => parts.get(2..).unwrap_or(&[]),
+        Some(&"apis") => parts.get(3..).unwrap_or(&[]),
+        _ => &[],
+    };
+    let rest = if rest.len() > 2 && rest[0] == "namespaces" {
+        &rest[2..]
+    } else {
+        rest
+    };
+    (
+        rest.first().map(|s| s.to_string()).unwrap_or_default(),
+        rest.get(1).map(|s| s.to_string()),
+        rest.get(2).map(|s| s.to_string()),
+    )
+}
+
+fn status_response(code: u16, message: &str) -> http::Response<kube::client::Body> {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "reason": "InternalError", "code": code, "message": message});
+    http::Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(kube::client::Body::from(serde_json::to_vec(&body).unwrap()))
+        .unwrap()
+}
+
+/// The controller's client: every request is classified as RBAC sees it and must be covered by
+/// `keysmith::controller::rbac::PERMISSIONS` (the list the chart's RBAC is checked against),
+/// every write is recorded in `writes`, and Secret writes fail while `faults` says so.
+pub fn instrumented(
+    inner: Client,
+    violations: Arc<Mutex<Vec<String>>>,
+    writes: Writes,
+    faults: Arc<KubeFaults>,
+) -> Client {
+    let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+        let inner = inner.clone();
+        let violations = violations.clone();
+        let writes = writes.clone();
+        let faults = faults.clone();
+        async move {
+            let method = req.method().as_str().to_string();
+            let path = req.uri().path().to_string();
+            let query = req.uri().query().unwrap_or("").to_string();
+            match keysmith::controller::rbac::classify(&method, &path, &query) {
+                Some((group, resource, verb))
+                    if keysmith::controller::rbac::allowed(&group, &resource, &verb) => {}
+                other => violations
+                    .lock()
+                    .unwrap()
+                    .push(format!("{method} {path} -> {other:?}")),
+            }
+            if !matches!(method.as_str(), "POST" | "PATCH" | "PUT" | "DELETE") {
+                return inner.send(req).await;
+            }
+            let (parts, body) = req.into_parts();
+            let bytes = body.collect_bytes().await?;
+            let text = String::from_utf8_lossy(&bytes).to_string();
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let (resource, name, sub) = parse_path(&path);
+            let name = name.unwrap_or_default();
+            let kind_of_path = match resource.as_str() {
+                "events" => "Event",
+                "secrets" => "Secret",
+                _ => "object",
+            };
+            let kind = v
+                .get("kind")
+                .and_then(Value::as_str)
+                .unwrap_or(kind_of_path)
+                .to_string();
+            let record = match method.as_str() {
+                "POST" => format!("create {kind} {text}"),
+                "PATCH" if sub.as_deref() == Some("status") => {
+                    format!("patch status {name} {text}")
+                }
+                "PATCH" => {
+                    if resource == "secrets"
+                        && faults
+                            .fail_secret_writes
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                            .is_ok()
+                    {
+                        writes.lock().unwrap().push("patch Secret (failed)".into());
+                        return Ok(status_response(
+                            500,
+                            "injected: the API server is unavailable",
+                        ));
+                    }
+                    format!("patch {kind} {text}")
+                }
+                "DELETE" => format!("delete {name}"),
+                _ => "update".to_string(),
+            };
+            let resp = inner
+                .send(http::Request::from_parts(
+                    parts,
+                    kube::client::Body::from(bytes),
+                ))
+                .await?;
+            // Only writes the API server accepted (a conflict or an invalid object wrote nothing).
+            if resp.status().is_success() {
+                writes.lock().unwrap().push(record);
+            }
+            Ok::<_, kube::Error>(resp)
+        }
+    });
+    Client::new(svc, "default")
+}
