@@ -29,6 +29,8 @@ pub struct Context {
     pub client_options: ClientOptions,
     /// ClusterKeyProviders are served (see `keysmith run --cluster-providers`).
     pub cluster_providers: bool,
+    /// Workload restarts shared by every ApiKey (one restart per burst of new values).
+    pub debouncer: super::restart::Debouncer,
     /// Test hook: make the next creates stop right after the provider answered, as if the
     /// process had been killed there (crash-safety tests). Only with the `test-hooks` feature.
     #[cfg(feature = "test-hooks")]
@@ -78,6 +80,7 @@ impl Context {
             operator_namespace,
             client_options,
             cluster_providers: true,
+            debouncer: Default::default(),
             #[cfg(feature = "test-hooks")]
             crash_after_create: Default::default(),
             failures: Mutex::new(HashMap::new()),

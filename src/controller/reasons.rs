@@ -94,6 +94,16 @@ reasons! {
     SecretLost,
     /// The Secret was restored from the provider's copy of the value.
     SecretRestored,
+    /// The key was rotated: a new value is in the Secret.
+    KeyRotated,
+    /// A replaced key was revoked after its grace period.
+    PreviousKeyRevoked,
+    /// rolloutRestartTargets were restarted after a new value.
+    RestartTriggered,
+    /// A rolloutRestartTarget does not exist or could not be patched.
+    RestartTargetMissing,
+    /// A `keysmith.dev/rotate` request that cannot be honoured (a pushed key).
+    RotationIgnored,
 }
 
 impl Reason {

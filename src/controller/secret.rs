@@ -92,6 +92,12 @@ pub fn render_secret(
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
     let mut annotations: BTreeMap<String, String> = template.annotations.clone();
     annotations.insert(KEY_ID_ANNOTATION.into(), key_id.into());
+    // Changes with every new value (a new id, or a regenerate's new hint), never a hash of it.
+    let hint = (!key_hint.is_empty()).then_some(key_hint);
+    annotations.insert(
+        crate::api::KEY_HASH_ANNOTATION.into(),
+        super::restart::key_hash(key_id, hint),
+    );
     annotations.insert(OWNER_ANNOTATION.into(), format!("{ns}/{}", ak.name_any()));
 
     let mut data = BTreeMap::new();

@@ -105,6 +105,8 @@ pub async fn create(
     let id = created.key.id;
     match replacing {
         Some(old) => retire_replaced(r, st, old, &id).await?,
+        // A rotation: the rotate step records it and says so (KeyRotated).
+        None if super::rotate::in_flight(st) => {}
         None => {
             let note = format!(
                 "created key {id} at {}; value written to Secret {secret_name}",

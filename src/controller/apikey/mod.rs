@@ -30,6 +30,7 @@ pub mod push;
 pub mod recover;
 pub mod restore;
 pub mod revoke;
+pub mod rotate;
 pub mod status;
 pub mod sync;
 pub mod validate;
@@ -110,6 +111,9 @@ pub async fn reconcile(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Err
         .await?;
         ctx.metrics.kube_write("apikeys", "patch");
         return Ok(Action::requeue(Duration::from_millis(100)));
+    }
+    if ak.metadata.deletion_timestamp.is_some() {
+        ctx.metrics.track_rotation(&object_key(&ak), None);
     }
     let result = finalizer(&api, FINALIZER, ak, |event| async {
         match event {
@@ -257,8 +261,14 @@ async fn drive(
     result
 }
 
-/// The steps, in order.
+/// The steps, then what follows any new value (restarts, grace period, next rotation).
 async fn drive_with(r: &Reconciler<'_>, st: &mut ApiKeyStatus) -> Result<Ready, Failure> {
+    let ready = steps(r, st).await?;
+    Ok(rotate::finish(r, st, ready).await)
+}
+
+/// The steps, in order.
+async fn steps(r: &Reconciler<'_>, st: &mut ApiKeyStatus) -> Result<Ready, Failure> {
     let v = validate::validate(r.ak, st, r.p)?;
     revoke::retire_previous(r, st, &v.scope).await?;
     if r.ak.spec.source.is_some() {
@@ -276,6 +286,9 @@ async fn drive_with(r: &Reconciler<'_>, st: &mut ApiKeyStatus) -> Result<Ready, 
         }
         return create::create(r, &v, st, existing.as_ref(), None).await;
     };
+    if let Some(ready) = rotate::rotate(r, &v, st, existing.as_ref(), &id).await? {
+        return Ok(ready);
+    }
     sync::sync_existing(r, &v, st, existing.as_ref(), id).await
 }
 

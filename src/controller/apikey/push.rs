@@ -47,14 +47,25 @@ pub async fn push(
     }
     st.secret_name = None;
     if needs_push {
-        let existing = st.key_id.as_deref().filter(|_| !moved);
-        let key = r.p.backend.push(&v.settings, &src.value, existing).await?;
+        // A new source value on a key that stays where it is: a rotation with a grace period
+        // (the new value goes to a new key, the old one lives on until its deleteAfter).
+        let rotating = !moved && st.key_id.is_some() && st.source_version != src.version;
+        let existing = st.key_id.as_deref().filter(|_| !moved && !rotating);
+        let settings = if rotating {
+            super::rotate::repush_settings(&v.settings, src.version.as_deref())
+        } else {
+            v.settings.clone()
+        };
+        let key = r.p.backend.push(&settings, &src.value, existing).await?;
         let first = st.key_id.is_none();
         fill_from_key(st, &key);
         st.source_version = src.version.clone();
         st.key_scope = location(scope);
         r.ctx.remember(r.p, scope, &key).await;
-        if let Some(old) = before.filter(|old| old.id != key.id || &old.at != scope) {
+        let replaced = before.filter(|old| old.id != key.id || &old.at != scope);
+        if let Some(old) = replaced.clone().filter(|_| rotating) {
+            super::rotate::replaced_by_push(r, st, old).await?;
+        } else if let Some(old) = replaced {
             // The value now lives in another key (e.g. another upstream provider): the old one
             // is revoked, now or by a later reconcile.
             st.previous_keys.push(PreviousKey {

@@ -88,7 +88,12 @@ pub async fn recover(
     }
     if let Some(new) = delivered {
         // The Secret already holds the new key: keep it; a key it superseded is revoked.
-        if let Some(old) = st.key_id.take() {
+        if super::rotate::in_flight(st) {
+            // An interrupted rotation: the replaced key keeps its grace period.
+            let prev = super::rotate::recovered(r, st, &new).await?;
+            st.previous_keys.extend(prev);
+            st.key_id = None;
+        } else if let Some(old) = st.key_id.take() {
             let old_scope = key_scope(st, scope);
             if let Err(e) = revoke_quietly(r.ctx, r.p, &old_scope, &old).await {
                 st.key_id = Some(old);

@@ -50,11 +50,14 @@ pub async fn retire_previous(
     if st.previous_keys.is_empty() {
         return Ok(());
     }
-    let now = Utc::now();
+    let (due, _) = crate::controller::rotation::revocations_due(&st.previous_keys, Utc::now());
     let mut keep = Vec::new();
     let mut failed = None;
-    for prev in std::mem::take(&mut st.previous_keys) {
-        if !is_due(&prev, now) || failed.is_some() {
+    for (i, prev) in std::mem::take(&mut st.previous_keys)
+        .into_iter()
+        .enumerate()
+    {
+        if !due.contains(&i) || failed.is_some() {
             keep.push(prev);
             continue;
         }
@@ -62,11 +65,16 @@ pub async fn retire_previous(
         match revoke_quietly(r.ctx, r.p, &at, &prev.key_id).await {
             Ok(()) => {
                 let note = format!(
-                    "revoked replaced key {} at {}",
-                    prev.key_id, r.p.provider_type
+                    "revoked replaced key {} at {} (its grace period ended {})",
+                    prev.key_id, r.p.provider_type, prev.delete_after
                 );
-                r.event(EventType::Normal, Reason::KeyRevoked, "Replace", note)
-                    .await
+                r.event(
+                    EventType::Normal,
+                    Reason::PreviousKeyRevoked,
+                    "Revoke",
+                    note,
+                )
+                .await
             }
             Err(e) => {
                 failed = Some(e);
