@@ -30,9 +30,9 @@ use crate::api::{
 /// How long a restart waits for more Secrets of the same burst before it goes.
 pub const DEBOUNCE_WINDOW: Duration = Duration::from_secs(5);
 
-/// `keysmith.dev/key-hash` of a Secret: sha256 (hex) of the key id and of what tells its
-/// values apart (the key hint the status shows, which an in-place regenerate that keeps the id
-/// changes), so the hash changes with every new value. Never a hash of the value itself.
+/// `keysmith.dev/key-hash` of a Secret: sha256 (hex) of the key id and, for keys whose id
+/// survives a rotation (adopted with `spec.keyRef`: regenerate in place), of `lastRotatedAt`,
+/// so the hash changes with every new value. Never a hash of the value itself.
 pub fn key_hash(key_id: &str, issued_at: Option<&str>) -> String {
     let mut h = Sha256::new();
     h.update(key_id.as_bytes());

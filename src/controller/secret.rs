@@ -92,11 +92,16 @@ pub fn render_secret(
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
     let mut annotations: BTreeMap<String, String> = template.annotations.clone();
     annotations.insert(KEY_ID_ANNOTATION.into(), key_id.into());
-    // Changes with every new value (a new id, or a regenerate's new hint), never a hash of it.
-    let hint = (!key_hint.is_empty()).then_some(key_hint);
+    // Changes with every new value (a new id, or an in-place regenerate of an adopted key).
+    let issued = ak
+        .spec
+        .key_ref
+        .as_ref()
+        .and(ak.status.as_ref())
+        .and_then(|s| s.last_rotated_at.as_deref());
     annotations.insert(
         crate::api::KEY_HASH_ANNOTATION.into(),
-        super::restart::key_hash(key_id, hint),
+        super::restart::key_hash(key_id, issued),
     );
     annotations.insert(OWNER_ANNOTATION.into(), format!("{ns}/{}", ak.name_any()));
 

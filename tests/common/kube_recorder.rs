@@ -21,6 +21,9 @@ pub type Writes = Arc<Mutex<Vec<String>>>;
 pub struct KubeFaults {
     /// Fail this many Secret writes (server-side apply of a Secret) with a 500.
     pub fail_secret_writes: AtomicU32,
+    /// Fail this many ApiKey status writes that clear (or do not carry) `pendingCreate`, with a
+    /// 500: the process "dies" after the Secret was written, before the key was recorded.
+    pub fail_unmarked_status_writes: AtomicU32,
 }
 
 /// `(resource, name, subresource)` of an API path.
@@ -102,6 +105,18 @@ pub fn instrumented(
             let record = match method.as_str() {
                 "POST" => format!("create {kind} {text}"),
                 "PATCH" if sub.as_deref() == Some("status") => {
+                    if v["status"]["pendingCreate"].is_null()
+                        && faults
+                            .fail_unmarked_status_writes
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                            .is_ok()
+                    {
+                        writes.lock().unwrap().push("patch status (failed)".into());
+                        return Ok(status_response(
+                            500,
+                            "injected: the API server is unavailable",
+                        ));
+                    }
                     format!("patch status {name} {text}")
                 }
                 "PATCH" => {

@@ -11,10 +11,10 @@ use serde_json::{json, Value};
 
 use crate::harness::*;
 
-const UPSTREAM_V1: &str = "sk-proj-upstream-value-one-0123456789";
-const UPSTREAM_V2: &str = "sk-proj-upstream-value-two-9876543210";
+pub(crate) const UPSTREAM_V1: &str = "sk-proj-upstream-value-one-0123456789";
+pub(crate) const UPSTREAM_V2: &str = "sk-proj-upstream-value-two-9876543210";
 
-async fn env_with(extra: Vec<Value>) -> Env {
+pub(crate) async fn env_with(extra: Vec<Value>) -> Env {
     let (router, faults) = emu::build(&emu::Args::default());
     let e = emulators::spawn(router, faults)
         .await
@@ -51,14 +51,14 @@ async fn models(env: &Env, value: &str) -> (u16, Vec<String>) {
     (status, ids)
 }
 
-async fn virtual_keys(env: &Env) -> Vec<Value> {
+pub(crate) async fn virtual_keys(env: &Env) -> Vec<Value> {
     env.emulator_get("/_emulator/keys").await["virtualKeys"]
         .as_array()
         .cloned()
         .unwrap_or_default()
 }
 
-async fn provider_keys(env: &Env) -> Vec<Value> {
+pub(crate) async fn provider_keys(env: &Env) -> Vec<Value> {
     env.emulator_get("/_emulator/keys").await["providerKeys"]
         .as_array()
         .cloned()
@@ -66,7 +66,7 @@ async fn provider_keys(env: &Env) -> Vec<Value> {
 }
 
 /// Does the gateway hold `value` for provider key `id` of `provider`?
-async fn holds(env: &Env, provider: &str, id: &str, value: &str) -> bool {
+pub(crate) async fn holds(env: &Env, provider: &str, id: &str, value: &str) -> bool {
     let (code, body) = env
         .emulator_post(
             "/_emulator/provider-key-check",
@@ -171,11 +171,11 @@ async fn a_virtual_key_is_minted_and_kept_in_sync() {
     assert_eq!(models(&env, &value).await.0, 401);
 }
 
-fn upstream_secret(value: &str) -> Secret {
+pub(crate) fn upstream_secret(value: &str) -> Secret {
     secret(NS, "openai-upstream", "api-key", value)
 }
 
-fn provider_key_spec() -> ApiKeySpec {
+pub(crate) fn provider_key_spec() -> ApiKeySpec {
     ApiKeySpec {
         display_name: Some("openai-prod".into()),
         models: vec!["gpt-4o".into(), "gpt-4o-mini".into()],
@@ -257,7 +257,8 @@ async fn a_provider_key_is_pushed_from_the_users_secret() {
     let calls = env.provider_calls().await;
     assert_eq!(calls["requests"], 0, "{calls}");
 
-    // The user rotates the upstream value: the same key is pushed the new one.
+    // The user rotates the upstream value: the new value goes to a new provider key, the old
+    // key stays for the grace period (tests/controller/rotation.rs follows it to its end).
     env.secrets()
         .patch(
             "openai-upstream",
@@ -271,10 +272,20 @@ async fn a_provider_key_is_pushed_from_the_users_secret() {
     env.reconcile("openai").await.unwrap();
     let ak = env.get("openai").await;
     assert_eq!(ready(&ak).0, "True", "{:?}", ak.status);
-    assert_eq!(ak.status.unwrap().key_id.as_deref(), Some(id.as_str()));
-    assert!(holds(&env, "openai", &id, UPSTREAM_V2).await, "re-pushed");
-    assert!(!holds(&env, "openai", &id, UPSTREAM_V1).await);
-    assert_eq!(provider_keys(&env).await.len(), 1, "the same key, updated");
+    let st = ak.status.unwrap();
+    let new_id = st.key_id.clone().expect("keyID");
+    assert_ne!(new_id, id, "a new provider key");
+    assert!(
+        holds(&env, "openai", &new_id, UPSTREAM_V2).await,
+        "re-pushed"
+    );
+    assert!(
+        holds(&env, "openai", &id, UPSTREAM_V1).await,
+        "old key in grace"
+    );
+    assert_eq!(st.previous_keys.len(), 1, "{:?}", st.previous_keys);
+    assert_eq!(st.previous_keys[0].key_id, id);
+    assert_eq!(provider_keys(&env).await.len(), 2, "new key + old in grace");
     // The re-push is reported (writes were cleared after the first push; a repeated Event
     // reason is a patch of the first Event, whose note kube's Recorder keeps).
     let pushed: Vec<_> = env

@@ -16,7 +16,7 @@ struct EmuArgs {
     args: emulators::boltz::Args,
 }
 
-async fn env() -> Env {
+pub(crate) async fn env() -> Env {
     env_with(&[]).await
 }
 

@@ -11,9 +11,9 @@ use serde_json::{json, Value};
 use crate::harness::*;
 
 const TOKEN: &str = "dop_v1_controller_test_token";
-const AGENT: &str = "1b418231-b7d6-11ef-bf8f-4e013e2ddde4";
+pub(crate) const AGENT: &str = "1b418231-b7d6-11ef-bf8f-4e013e2ddde4";
 
-async fn env() -> Env {
+pub(crate) async fn env() -> Env {
     let args = emu::Args {
         tokens: vec![TOKEN.into()],
         agents: vec![AGENT.into()],
@@ -39,7 +39,7 @@ async fn env() -> Env {
 }
 
 /// A model key "created in the control panel": (uuid, its original value).
-async fn seed_model_key(env: &Env, name: &str) -> (String, String) {
+pub(crate) async fn seed_model_key(env: &Env, name: &str) -> (String, String) {
     let (code, body) = env
         .emulator_post("/_emulator/model-keys", json!({ "name": name }))
         .await;
@@ -51,7 +51,7 @@ async fn seed_model_key(env: &Env, name: &str) -> (String, String) {
 }
 
 /// Serverless inference's `GET /v1/models` with a model key: the status code.
-async fn inference(env: &Env, value: &str) -> u16 {
+pub(crate) async fn inference(env: &Env, value: &str) -> u16 {
     env.http
         .get(format!("{}/v1/models", env.emulator.url()))
         .bearer_auth(value)

@@ -53,12 +53,12 @@ async fn env_with(spec_mut: impl FnOnce(&mut KeyProviderSpec), extra: Vec<Value>
     env_for(emu, "openrouter", spec, creds, extra).await
 }
 
-async fn env() -> Env {
+pub(crate) async fn env() -> Env {
     env_with(|_| {}, vec![]).await
 }
 
 /// Does the emulator accept `value` on `GET /key` (i.e. is it a live key)?
-async fn key_works(env: &Env, value: &str) -> bool {
+pub(crate) async fn key_works(env: &Env, value: &str) -> bool {
     env.control.openrouter_key_works(value).await
 }
 

@@ -31,7 +31,7 @@ fn provider_spec(base: &str) -> KeyProviderSpec {
     }
 }
 
-async fn env() -> Env {
+pub(crate) async fn env() -> Env {
     let args = emu::Args {
         public_key: PUBLIC.into(),
         private_key: PRIVATE.into(),

@@ -38,7 +38,8 @@ pub async fn push(
         match observe(r.ctx, r.p, scope, &id, spec_changed).await? {
             Some(current) => {
                 fill_from_key(st, &current);
-                if !providers::drift(r.p.backend.as_ref(), &current, &v.settings).is_empty() {
+                let made_with = super::rotate::pushed_settings(&v.settings, st);
+                if !providers::drift(r.p.backend.as_ref(), &current, &made_with).is_empty() {
                     needs_push = true;
                 }
             }
@@ -54,7 +55,7 @@ pub async fn push(
         let settings = if rotating {
             super::rotate::repush_settings(&v.settings, src.version.as_deref())
         } else {
-            v.settings.clone()
+            super::rotate::pushed_settings(&v.settings, st)
         };
         let key = r.p.backend.push(&settings, &src.value, existing).await?;
         let first = st.key_id.is_none();

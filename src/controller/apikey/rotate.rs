@@ -167,12 +167,16 @@ pub async fn rotate(
             let created = r.p.backend.regenerate(&old.at, &old.id).await?;
             let mut next = st.clone();
             fill_from_key(&mut next, &created.key);
+            record_done(&mut next, &plan, &trigger, fallback_created(r.ak), now);
             let delivery = Delivery {
                 value: &created.secret,
                 key_id: &created.key.id,
                 hint: next.key_hint.as_deref().unwrap_or(""),
             };
-            ensure_secret(r.ctx, r.ak, existing, &delivery).await?;
+            // The Secret is rendered from the status after the rotation (its key-hash).
+            let mut rotated_ak = r.ak.clone();
+            rotated_ak.status = Some(next.clone());
+            ensure_secret(r.ctx, &rotated_ak, existing, &delivery).await?;
             *st = next;
             let new = created.key.id.clone();
             if new != old.id {
@@ -185,7 +189,6 @@ pub async fn rotate(
                     now,
                 ));
             }
-            record_done(st, &plan, &trigger, fallback_created(r.ak), now);
             rotated(r, &trigger, how, &old.id, &new).await;
             Ok(Some(Ready::active(r.p, st, &r.ak.secret_name())))
         }
@@ -235,12 +238,26 @@ pub async fn recovered(
     Ok(prev)
 }
 
-/// The settings of a push that rotates a pushed key: the new value goes to a new key whose id
-/// derives from the source version (a repeated push of the same version finds the same key).
+/// The settings of a pushed key that a rotation created: the new value goes to a new key whose
+/// id and name derive from the source version (a repeated push of the same version finds the
+/// same key; gateways such as Bifrost want names unique across keys, and the old key keeps its
+/// name until its grace period ends).
 pub fn repush_settings(settings: &KeySettings, source_version: Option<&str>) -> KeySettings {
+    let v = source_version.unwrap_or("0");
     let mut s = settings.clone();
-    s.uid = format!("{}/{}", s.uid, source_version.unwrap_or("0"));
+    s.uid = format!("{}/{v}", s.uid);
+    s.name = format!("{}-v{v}", s.name);
     s
+}
+
+/// The settings the current pushed key was made with: plain before its first rotation, those
+/// of [`repush_settings`] for its source version after.
+pub fn pushed_settings(settings: &KeySettings, st: &ApiKeyStatus) -> KeySettings {
+    if st.last_rotated_at.is_some() {
+        repush_settings(settings, st.source_version.as_deref())
+    } else {
+        settings.clone()
+    }
 }
 
 /// A pushed key was replaced by a new one after its source Secret changed: the old key stays

@@ -189,6 +189,24 @@ impl ServerCopy {
     }
 }
 
+/// A merge patch merges nested objects: the rotation bookkeeping's optional fields are sent as
+/// null when absent, so a finished rotation clears `inProgress` (and a settled rollout).
+fn null_absent_rotation(status: &mut Value) {
+    fn fill(v: Option<&mut Value>, keys: &[&str]) {
+        if let Some(Value::Object(m)) = v {
+            for k in keys {
+                m.entry(k.to_string()).or_insert(Value::Null);
+            }
+        }
+    }
+    let rotation = status.get_mut("rotation");
+    fill(rotation, &["handledRequest", "inProgress", "rollout"]);
+    if let Some(r) = status.get_mut("rotation") {
+        fill(r.get_mut("inProgress"), &["request", "scope"]);
+        fill(r.get_mut("rollout"), &["targets"]);
+    }
+}
+
 /// The merge patch that makes the server hold exactly `after` (absent fields sent as null),
 /// conditional on `resource_version` when known.
 fn status_patch(after: &ApiKeyStatus, resource_version: Option<String>) -> Value {
@@ -198,6 +216,7 @@ fn status_patch(after: &ApiKeyStatus, resource_version: Option<String>) -> Value
             m.entry(k.clone()).or_insert(Value::Null);
         }
     }
+    null_absent_rotation(&mut new);
     let mut patch = serde_json::json!({ "status": new });
     if let Some(rv) = resource_version {
         patch["metadata"] = serde_json::json!({ "resourceVersion": rv });
