@@ -19,7 +19,7 @@ use kube::ResourceExt;
 use serde_json::{json, Value};
 
 use cluster::{is_ready, Cluster, EmulatorOptions, Operator, ProviderOptions};
-use keysmith::api::ClusterKeyProvider;
+use keysmith::api::{ApiKey, ClusterKeyProvider};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -1364,4 +1364,136 @@ async fn deleting_a_namespace_revokes_its_keys() {
     let live = c.live_keys().await;
     assert!(live.is_empty(), "every key revoked: {live:?}");
     drop(op);
+}
+
+/// Issue 12: rotate every key after a "leak" (one annotation value for all) and SIGKILL the
+/// operator while the rotations are in flight at the provider. Another operator finishes them:
+/// every ApiKey ends with exactly one current key (the Secret's), its replaced key live only
+/// inside its grace period, no orphan, and the replaced keys revoked once the grace ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_rotation_keeps_one_current_key_and_revokes_the_old_on_time() {
+    if !cluster::enabled(
+        "sigkill_mid_rotation_keeps_one_current_key_and_revokes_the_old_on_time",
+        &[],
+    ) {
+        return;
+    }
+    const N: usize = 10;
+    const GRACE: u64 = 20;
+    let cluster = Cluster::start(
+        "rotkill",
+        EmulatorOptions {
+            latency: Some(Duration::from_millis(300)),
+            ..Default::default()
+        },
+        ProviderOptions::default(),
+    )
+    .await;
+    let c = &cluster;
+    let first = c.start_operator("first", &["--concurrency", "2"]).await;
+    let names: Vec<String> = (0..N).map(|i| format!("rot-{i:02}")).collect();
+    let spec = json!({"rotation": {"gracePeriod": format!("{GRACE}s")}});
+    futures::future::join_all(names.iter().map(|n| c.create_apikey(n, spec.clone()))).await;
+    let mut before = std::collections::HashMap::new();
+    for n in &names {
+        let ak = c.wait_ready(n, 2 * MINUTE).await;
+        before.insert(n.clone(), ak.status.unwrap().key_id.unwrap());
+    }
+    let mut first = first;
+    c.reset_emulator_stats().await;
+    let patch = json!({"metadata": {"annotations": {"keysmith.dev/rotate": "leak-1"}}});
+    for n in &names {
+        c.apikeys()
+            .patch(n, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    }
+    let posts = c
+        .eventually("rotations reaching the emulator", MINUTE, || async move {
+            let stats = c.emulator_stats().await;
+            let posts = stats["byRoute"]["POST /api/v1/keys"].as_u64().unwrap_or(0);
+            if posts >= 2 {
+                Ok(posts)
+            } else {
+                Err(format!("{posts} creates"))
+            }
+        })
+        .await;
+    first.kill().await;
+    eprintln!("SIGKILL after {posts} rotation creates at the emulator");
+
+    let second = c.start_operator("second", &[]).await;
+    let handled = |ak: &ApiKey| {
+        ak.status.as_ref().is_some_and(|s| {
+            s.rotation.as_ref().is_some_and(|r| {
+                r.handled_request.as_deref() == Some("leak-1") && r.in_progress.is_none()
+            }) && s.pending_create.is_none()
+        }) && is_ready(ak)
+    };
+    c.eventually("every rotation recorded", 2 * MINUTE, || async move {
+        let items = c
+            .apikeys()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items;
+        let done = items.iter().filter(|a| handled(a)).count();
+        if done == N {
+            Ok(())
+        } else {
+            Err(format!("{done} of {N} rotated"))
+        }
+    })
+    .await;
+    for n in &names {
+        let ak = c.apikeys().get(n).await.unwrap();
+        let s = ak.status.clone().unwrap();
+        let id = s.key_id.clone().unwrap();
+        assert_ne!(Some(&id), before.get(n), "{n}: rotated");
+        let secret = c.secrets().get(n).await.expect("Secret");
+        assert_eq!(secret.annotations().get("keysmith.dev/key-id"), Some(&id));
+        let value = c.secret_value(n, "api-key").await.unwrap();
+        assert!(c.key_works(&value).await, "{n}: the Secret's value is live");
+        let live: Vec<String> = c
+            .live_keys_named(n)
+            .await
+            .iter()
+            .filter_map(|k| k["hash"].as_str().map(str::to_string))
+            .collect();
+        let mut expected: Vec<String> = s.previous_keys.iter().map(|p| p.key_id.clone()).collect();
+        expected.push(id.clone());
+        let mut got = live.clone();
+        got.sort();
+        expected.sort();
+        assert_eq!(
+            got, expected,
+            "{n}: live keys are the current one and those in grace"
+        );
+        assert!(s.previous_keys.len() <= 1, "{n}: {:?}", s.previous_keys);
+    }
+    // Once the grace periods ended: one live key per ApiKey.
+    c.eventually(
+        "the replaced keys revoked after their grace period",
+        Duration::from_secs(GRACE) + MINUTE,
+        || async move {
+            let live = c.live_keys().await.len();
+            if live == N {
+                Ok(())
+            } else {
+                Err(format!("{live} live keys for {N} ApiKeys"))
+            }
+        },
+    )
+    .await;
+    // Keys ever created: N first keys, N rotated ones, plus the orphans of interrupted creates
+    // (each re-run once): never a second rotation for the same request.
+    let created = c.emulator_keys().await.len();
+    let rotated = second
+        .metric_sum_where(&c.http, "keysmith_rotations_total", "OnDemand")
+        .await;
+    eprintln!(
+        "{created} keys created for {N} ApiKeys rotated once; rotations counted by the second operator: {rotated}"
+    );
+    assert!(created <= 2 * N + posts as usize, "{created} keys created");
+    assert!(rotated <= N as f64, "each rotation counted once: {rotated}");
 }

@@ -277,8 +277,10 @@ async fn steps(r: &Reconciler<'_>, st: &mut ApiKeyStatus) -> Result<Ready, Failu
     let existing = dereference::target_secret(r.ak, r.ctx).await?;
     st.secret_name = Some(r.ak.secret_name());
     if let Some(pending) = st.pending_create.clone() {
+        let flight = rotate::flight(st);
         recover::recover(r, st, &v.scope, &pending, existing.as_ref()).await?;
         write_status(r.ctx, r.ak, st, r.seen).await?;
+        rotate::announce_recovered(r, flight, st).await;
     }
     let Some(id) = st.key_id.clone() else {
         if let Some(id) = &v.settings.key_ref {

@@ -90,7 +90,7 @@ pub async fn recover(
         // The Secret already holds the new key: keep it; a key it superseded is revoked.
         if super::rotate::in_flight(st) {
             // An interrupted rotation: the replaced key keeps its grace period.
-            let prev = super::rotate::recovered(r, st, &new).await?;
+            let prev = super::rotate::recovered(r, st, &new)?;
             st.previous_keys.extend(prev);
             st.key_id = None;
         } else if let Some(old) = st.key_id.take() {

@@ -208,34 +208,53 @@ pub fn in_flight(st: &ApiKeyStatus) -> bool {
 
 /// Recovery found the Secret holding `new_id`, the key of an interrupted rotation: the
 /// replaced key gets its grace period (it is not revoked at once) and the rotation is recorded.
-/// Returns the entry for `previousKeys`.
-pub async fn recovered(
+/// Returns the entry for `previousKeys`. The rotation is announced by [`announce_recovered`]
+/// once the status holding it is written (a reconcile from a stale copy recovers too, and its
+/// conclusions are dropped).
+pub fn recovered(
     r: &Reconciler<'_>,
     st: &mut ApiKeyStatus,
     new_id: &str,
 ) -> Result<Option<PreviousKey>, Failure> {
     let plan = plan(r.ak)?;
-    let Some(flight) = st.rotation.as_ref().and_then(|x| x.in_progress.clone()) else {
-        return Ok(None);
-    };
-    let now = Utc::now();
-    let prev = retire_on_recovery(
+    Ok(retire_on_recovery(
         st,
         &plan,
         has_targets(r.ak),
         new_id,
         fallback_created(r.ak),
-        now,
-    );
+        Utc::now(),
+    ))
+}
+
+/// The rotation in flight, if any (before recovery).
+pub fn flight(st: &ApiKeyStatus) -> Option<crate::api::RotationInProgress> {
+    st.rotation.as_ref().and_then(|r| r.in_progress.clone())
+}
+
+/// After the recovered status was written: count and announce the rotation it finished.
+pub async fn announce_recovered(
+    r: &Reconciler<'_>,
+    flight: Option<crate::api::RotationInProgress>,
+    st: &ApiKeyStatus,
+) {
+    let Some(f) = flight.filter(|_| !in_flight(st)) else {
+        return;
+    };
+    let Some(new) = st.key_id.as_deref().filter(|id| *id != f.key_id) else {
+        return;
+    };
+    if st.last_rotated_at.is_none() {
+        return;
+    }
     rotated(
         r,
-        &Trigger::of_in_progress(&flight),
+        &Trigger::of_in_progress(&f),
         Strategy::MintNewThenRevoke,
-        &flight.key_id,
-        new_id,
+        &f.key_id,
+        new,
     )
     .await;
-    Ok(prev)
 }
 
 /// The settings of a pushed key that a rotation created: the new value goes to a new key whose
