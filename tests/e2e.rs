@@ -1219,39 +1219,43 @@ async fn bifrost_virtual_keys_adoption_and_provider_key_push() {
     .await;
     let ak = c.wait_ready("upstream", MINUTE).await;
     let pk = key_id(&ak);
-    let holds = |v: &'static str| {
-        let pk = pk.clone();
-        async move {
-            let (code, body) = emu_call(
-                c,
-                c.http
-                    .post(format!("{}/_emulator/provider-key-check", c.emulator.url))
-                    .json(&json!({ "provider": "openai", "id": pk, "value": v })),
-            )
-            .await;
-            assert_eq!(code, 200, "{body}");
-            body["matches"] == true
-        }
+    let holds = |id: String, v: &'static str| async move {
+        let (code, body) = emu_call(
+            c,
+            c.http
+                .post(format!("{}/_emulator/provider-key-check", c.emulator.url))
+                .json(&json!({ "provider": "openai", "id": id, "value": v })),
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+        body["matches"] == true
     };
-    assert!(holds(V1).await, "the gateway holds the Secret's value");
+    assert!(
+        holds(pk.clone(), V1).await,
+        "the gateway holds the Secret's value"
+    );
     c.put_secret(
         "upstream",
         &[("api-key", V2)],
         &[("keysmith.dev/source", "")],
     )
     .await;
-    c.eventually("the new value pushed", MINUTE, || async {
-        if holds(V2).await {
-            Ok(())
-        } else {
-            Err("the gateway still holds the old value".to_string())
-        }
-    })
-    .await;
-    assert_eq!(
-        key_id(&c.wait_ready("upstream", MINUTE).await),
-        pk,
-        "the same key"
+    // A changed source is a rotation: the new value goes to a new provider key, the old key
+    // keeps the old value for the grace period (default 1h; deleted with the ApiKey below).
+    let new_pk = c
+        .eventually("the new value pushed", MINUTE, || async {
+            let ak = c.apikeys().get("upstream").await.unwrap();
+            let id = ak.status.and_then(|s| s.key_id).unwrap_or_default();
+            if id != pk && holds(id.clone(), V2).await {
+                Ok(id)
+            } else {
+                Err("the gateway does not hold the new value yet".to_string())
+            }
+        })
+        .await;
+    assert!(
+        holds(pk.clone(), V1).await,
+        "the old key lives on in its grace period"
     );
 
     for name in ["chat", "adopted", "upstream"] {
@@ -1269,9 +1273,10 @@ async fn bifrost_virtual_keys_adoption_and_provider_key_push() {
     assert_eq!(models(value).await.0, 401, "its value is refused");
     let pks = all().await["providerKeys"].clone();
     assert!(
-        !pks.as_array()
-            .is_some_and(|a| a.iter().any(|k| k["id"] == pk.as_str())),
-        "the provider key is removed from the gateway: {pks}"
+        !pks.as_array().is_some_and(|a| a
+            .iter()
+            .any(|k| k["id"] == pk.as_str() || k["id"] == new_pk.as_str())),
+        "the provider keys (current and in grace) are removed from the gateway: {pks}"
     );
     drop(op);
 }
