@@ -23,8 +23,10 @@ use crate::ucloud;
 const CREATE: &str = "POST /api/v1/keys";
 
 fn with_template(name: &str, template: Value) -> ApiKey {
-    let spec: ApiKeySpec =
-        serde_json::from_value(json!({ "secret": { "template": template } })).unwrap();
+    let spec: ApiKeySpec = serde_json::from_value(
+        json!({ "providerRef": { "name": "openrouter" }, "secret": { "template": template } }),
+    )
+    .unwrap();
     apikey(name, "openrouter", spec)
 }
 
