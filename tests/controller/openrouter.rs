@@ -851,7 +851,8 @@ async fn metrics_endpoint_serves_the_documented_series() {
         "keysmith_apikeys{provider=\"openrouter\",ready=\"false\"} 1",
         "keysmith_key_expiry_timestamp_seconds{provider=\"openrouter\"}",
         "keysmith_keys_created_total{provider=\"openrouter\"} 2",
-        "keysmith_kubernetes_writes_total{resource=\"secrets\",verb=\"apply\"} 2",
+        // A Secret that does not exist is created (never applied over one made in between).
+        "keysmith_kubernetes_writes_total{resource=\"secrets\",verb=\"create\"} 2",
         "keysmith_keys_revoked_total{provider=\"openrouter\"} 1",
     ] {
         assert!(body.contains(series), "missing {series} in\n{body}");
