@@ -161,3 +161,47 @@ async fn apply(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ApiKeySpec;
+
+    fn api_error(code: u16, reason: &str) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure("refused: exceeded quota", reason)
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn refused_writes_say_why_and_a_secret_made_in_between_is_a_conflict() {
+        let ak = ApiKey::new("k", ApiKeySpec::default());
+        let f = write_failure(&ak, api_error(409, "AlreadyExists"));
+        assert_eq!(f.reason, Reason::SecretConflict);
+        assert!(!f.is_stale(), "not mistaken for a stale ApiKey");
+        let f = write_failure(&ak, api_error(403, "Forbidden"));
+        assert_eq!(f.reason, Reason::SecretWriteRefused);
+        assert!(f.message.contains("quota"));
+        let f = write_failure(&ak, api_error(500, "InternalError"));
+        assert_eq!(f.reason, Reason::KubernetesError);
+    }
+
+    #[test]
+    fn a_type_change_is_refused_not_replaced() {
+        let mut have = Secret::default();
+        have.metadata.name = Some("k".into());
+        let mut want = have.clone();
+        assert!(check_type_unchanged(&have, &want).is_ok());
+        want.type_ = Some("Opaque".into());
+        assert!(
+            check_type_unchanged(&have, &want).is_ok(),
+            "absent is Opaque"
+        );
+        want.type_ = Some("example.com/key".into());
+        let f = check_type_unchanged(&have, &want).unwrap_err();
+        assert_eq!(f.reason, Reason::InvalidSpec);
+        assert!(f.message.contains("example.com/key"));
+    }
+}
