@@ -79,10 +79,13 @@ pub fn render(args: &RenderArgs) -> anyhow::Result<String> {
         .context("the provider manifest must set exactly one provider block")?;
     // Placeholder credentials: nothing is sent anywhere.
     let mut creds = Credentials::default();
-    for (role, ..) in providers::credential_refs(&spec) {
+    let config = spec
+        .provider()
+        .context("the provider manifest must set exactly one provider block")?;
+    for r in config.credential_refs() {
         creds
             .0
-            .insert(role, SecretString::from("render-placeholder"));
+            .insert(r.role.to_string(), SecretString::from("render-placeholder"));
     }
     let backend = providers::build_backend(&spec, creds, ClientOptions::default())
         .map_err(anyhow::Error::msg)?;

@@ -82,6 +82,26 @@ fn only_a_cluster_provider_takes_a_namespace_selector() {
 }
 
 #[test]
+fn only_a_cluster_provider_limits_adoption_to_namespaces() {
+    let spec = json!({"openrouter": openrouter(), "adoption": {"allowed": true,
+        "namespaceSelector": {"matchLabels": {"team": "ai"}}}});
+    assert!(check(
+        "ClusterKeyProvider",
+        provider("ClusterKeyProvider", spec.clone()),
+        None
+    )
+    .is_ok());
+    let err = check("KeyProvider", provider("KeyProvider", spec), None).unwrap_err();
+    assert!(
+        err.iter()
+            .any(|m| m.contains("adoption.namespaceSelector is for ClusterKeyProvider")),
+        "{err:?}"
+    );
+    let off = json!({"openrouter": openrouter(), "adoption": {"allowed": false}});
+    assert!(check("KeyProvider", provider("KeyProvider", off), None).is_ok());
+}
+
+#[test]
 fn refresh_interval_and_rate_limit_are_checked() {
     let spec = json!({"openrouter": openrouter(), "refreshInterval": "1s"});
     assert!(check("KeyProvider", provider("KeyProvider", spec), None)

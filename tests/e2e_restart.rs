@@ -14,7 +14,6 @@ use keysmith::api::{RestartKind, RestartTarget, RESTARTED_AT_ANNOTATION};
 use keysmith::controller::restart::{restart, rolled_out, Debouncer, Outcome};
 
 #[path = "common/control_plane.rs"]
-#[allow(dead_code)]
 mod control_plane;
 
 async fn replicasets(api: &Api<ReplicaSet>) -> Vec<ReplicaSet> {

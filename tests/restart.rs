@@ -12,7 +12,6 @@ use kube::api::PostParams;
 use kube::Client;
 
 #[path = "common/control_plane.rs"]
-#[allow(dead_code)]
 mod control_plane;
 use serde_json::json;
 

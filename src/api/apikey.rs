@@ -589,6 +589,27 @@ pub struct ApiKeyStatus {
     /// the workload restarts the grace period waits for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<RotationStatus>,
+    /// Backoff of creates that failed (provider refusal, a Secret that cannot be written): no
+    /// create is attempted before `notBefore`, across reconciles and restarts. Cleared by a
+    /// successful create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_backoff: Option<CreateBackoff>,
+}
+
+/// Failed creates in a row and when the next may be tried.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateBackoff {
+    /// Failed creates in a row.
+    pub failures: u32,
+    /// No create before this time (RFC 3339).
+    pub not_before: String,
+    /// The generation whose create failed: an edit of the spec may try once at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// Why the last create failed (never a secret value).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_failure: String,
 }
 
 /// Rotation bookkeeping in the status.
@@ -696,6 +717,10 @@ pub struct PendingCreate {
     pub started_at: String,
     /// Random id of the attempt, also sent to the provider where it has a field for it.
     pub attempt: String,
+    /// Where the key is created (agent, workspace, upstream provider), so that recovery looks
+    /// there even if the spec changed between the crash and the recovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<KeyLocation>,
 }
 
 /// Spend of a key as reported by the provider, as decimal strings.

@@ -26,7 +26,8 @@ use super::SecretKeySelector;
     derive = "PartialEq",
     derive = "Default",
     validation = Rule::new("[has(self.spec.openrouter), has(self.spec.boltz), has(self.spec.ucloud), has(self.spec.digitalocean), has(self.spec.bifrost)].filter(x, x).size() == 1").message("exactly one provider block (openrouter, boltz, ucloud, digitalocean, bifrost) must be set").field_path(".spec"),
-    validation = Rule::new("!has(self.spec.namespaceSelector)").message("namespaceSelector is for ClusterKeyProvider; a KeyProvider serves its own namespace only").field_path(".spec.namespaceSelector")
+    validation = Rule::new("!has(self.spec.namespaceSelector)").message("namespaceSelector is for ClusterKeyProvider; a KeyProvider serves its own namespace only").field_path(".spec.namespaceSelector"),
+    validation = Rule::new("!has(self.spec.adoption) || !has(self.spec.adoption.namespaceSelector)").message("adoption.namespaceSelector is for ClusterKeyProvider; a KeyProvider serves its own namespace only").field_path(".spec.adoption.namespaceSelector")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct KeyProviderSpec {
@@ -57,6 +58,36 @@ pub struct KeyProviderSpec {
     /// every namespace. Ignored (and rejected) on a namespaced KeyProvider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<LabelSelector>,
+    /// Whether ApiKeys may take over existing keys of this account (`spec.keyRef`). A
+    /// KeyProvider allows it unless `allowed: false`; a ClusterKeyProvider, shared by tenants,
+    /// only with `allowed: true`, and then only for the namespaces `namespaceSelector` admits.
+    /// A key another ApiKey manages is never adopted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adoption: Option<AdoptionPolicy>,
+}
+
+/// Who may adopt existing keys of a provider account.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdoptionPolicy {
+    /// Adoption through this provider object is allowed.
+    #[serde(default)]
+    pub allowed: bool,
+    /// ClusterKeyProvider only: the namespaces whose ApiKeys may adopt (absent: every
+    /// namespace the provider admits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+}
+
+impl KeyProviderSpec {
+    /// Whether adoption is allowed, and for which namespaces: `cluster` for a ClusterKeyProvider
+    /// (opt-in), else a KeyProvider (allowed unless turned off).
+    pub fn adoption_allowed(&self, cluster: bool) -> (bool, Option<&LabelSelector>) {
+        match &self.adoption {
+            Some(a) => (a.allowed, a.namespace_selector.as_ref()),
+            None => (!cluster, None),
+        }
+    }
 }
 
 /// OpenRouter: keys are created with a management key (created in the OpenRouter web UI).

@@ -65,6 +65,13 @@ reasons! {
     RecoveringCreate,
     /// The Kubernetes API failed.
     KubernetesError,
+    /// The API server refuses to write the Secret (quota, admission webhook, validation).
+    SecretWriteRefused,
+    /// Creates failed repeatedly; keysmith waits (`status.createBackoff`) before the next one.
+    CreateBackoff,
+    /// `spec.keyRef` names a key keysmith may not adopt (another ApiKey manages it, or the
+    /// provider object does not allow adoption for this namespace).
+    AdoptionRefused,
     /// Internal: a conditional write found a newer ApiKey; never shown in a condition.
     Conflict,
     /// Test hook (`test-hooks` feature): a simulated crash right after a create.
@@ -128,6 +135,9 @@ impl Reason {
         Reason::UnsupportedOperation,
         Reason::RecoveringCreate,
         Reason::KubernetesError,
+        Reason::SecretWriteRefused,
+        Reason::CreateBackoff,
+        Reason::AdoptionRefused,
     ];
 
     /// The reason a provider error surfaces as (the provider layer names it; this types it).

@@ -50,24 +50,143 @@ pub fn render_template(template: &str, v: &TemplateValues<'_>) -> Result<String,
     Ok(out)
 }
 
-/// Check a template without a value (validation before any provider call).
+/// The API server's limit on the total size of a Secret's data.
+pub const MAX_SECRET_DATA: usize = 1024 * 1024;
+/// The API server's limit on the total size of an object's annotations.
+const MAX_ANNOTATIONS: usize = 256 * 1024;
+/// Room left for values only known after the create (the key, its id, its hint): no provider's
+/// key, id or hint comes near it.
+const VALUE_ALLOWANCE: usize = 4096;
+
+/// Secret types whose required data keys keysmith can never provide (the API server demands
+/// annotations, or keys holding certificates or registry credentials).
+const UNWRITABLE_TYPES: &[(&str, &str)] = &[
+    (
+        "kubernetes.io/service-account-token",
+        "needs a service account annotation and is filled in by Kubernetes",
+    ),
+    (
+        "bootstrap.kubernetes.io/token",
+        "holds bootstrap tokens of a fixed format",
+    ),
+];
+
+/// Secret types that require certain data keys.
+const REQUIRED_KEYS: &[(&str, &[&str])] = &[
+    ("kubernetes.io/tls", &["tls.crt", "tls.key"]),
+    ("kubernetes.io/dockercfg", &[".dockercfg"]),
+    ("kubernetes.io/dockerconfigjson", &[".dockerconfigjson"]),
+    ("kubernetes.io/ssh-auth", &["ssh-privatekey"]),
+];
+
+/// A valid data key of a Secret (`[-._a-zA-Z0-9]+`, at most 253 characters, not `.` or `..`
+/// and not starting with `..`), as the API server checks it.
+pub fn check_data_key(k: &str) -> Result<(), String> {
+    let ok_chars = k
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if k.is_empty() || k.len() > 253 || !ok_chars || k == "." || k == ".." || k.starts_with("..") {
+        return Err(format!(
+            "{k:?} is not a valid Secret data key: use 1 to 253 characters of [-._a-zA-Z0-9], not . or .. and not starting with .."
+        ));
+    }
+    Ok(())
+}
+
+/// A DNS-1123 subdomain (names of Secrets and most objects).
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// A valid `type` of a Secret that keysmith can write: a qualified-name-like string, not one
+/// whose required contents keysmith cannot produce, and carrying the data keys its type needs.
+fn check_type(type_: &str, keys: &[&str]) -> Result<(), String> {
+    let ok_chars = type_
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'));
+    if type_.is_empty() || type_.len() > 253 || !ok_chars {
+        return Err(format!(
+            "secret.template.type {type_:?} is not a valid Secret type: use up to 253 characters of [-._/a-zA-Z0-9]"
+        ));
+    }
+    if let Some((_, why)) = UNWRITABLE_TYPES.iter().find(|(t, _)| *t == type_) {
+        return Err(format!(
+            "secret.template.type {type_} cannot be written by keysmith: it {why}"
+        ));
+    }
+    if let Some((_, need)) = REQUIRED_KEYS.iter().find(|(t, _)| *t == type_) {
+        let missing: Vec<&str> = need.iter().copied().filter(|n| !keys.contains(n)).collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "secret.template.type {type_} requires the data keys {}; add them to secret.template.data or secret.key",
+                missing.join(", ")
+            ));
+        }
+    }
+    if type_ == "kubernetes.io/basic-auth"
+        && !keys.iter().any(|k| *k == "username" || *k == "password")
+    {
+        return Err("secret.template.type kubernetes.io/basic-auth requires a username or password data key".into());
+    }
+    Ok(())
+}
+
+/// Check what the Secret of `ak` will be without a value (validation before any provider
+/// call): its name, its data keys, its type, the templates, and its size.
 pub fn check_template(ak: &ApiKey) -> Result<(), String> {
-    let dummy = SecretString::from("x");
+    let name = ak.secret_name();
+    if !is_dns1123_subdomain(&name) {
+        return Err(format!(
+            "secret.name {name:?} is not a valid Secret name (a DNS-1123 subdomain: lowercase letters, digits, '-' and '.', at most 253 characters)"
+        ));
+    }
+    let value_key = ak.secret_data_key();
+    check_data_key(&value_key).map_err(|m| format!("secret.key: {m}"))?;
+    let dummy = SecretString::from("x".repeat(VALUE_ALLOWANCE));
+    let filler = "x".repeat(VALUE_ALLOWANCE);
     let v = TemplateValues {
         key: &dummy,
-        key_id: "",
-        key_hint: "",
-        name: "",
+        key_id: &filler,
+        key_hint: &filler,
+        name: &ak.display_name(),
     };
-    if let Some(t) = ak.spec.secret.as_ref().and_then(|s| s.template.as_ref()) {
-        for (k, tpl) in &t.data {
-            if k == &ak.secret_data_key() {
-                return Err(format!(
-                    "secret.template.data.{k} collides with the data key holding the value (secret.key)"
-                ));
-            }
-            render_template(tpl, &v)?;
+    let Some(t) = ak.spec.secret.as_ref().and_then(|s| s.template.as_ref()) else {
+        return Ok(());
+    };
+    let mut size = VALUE_ALLOWANCE + value_key.len();
+    for (k, tpl) in &t.data {
+        check_data_key(k).map_err(|m| format!("secret.template.data: {m}"))?;
+        if k == &value_key {
+            return Err(format!(
+                "secret.template.data.{k} collides with the data key holding the value (secret.key)"
+            ));
         }
+        size += k.len() + render_template(tpl, &v)?.len();
+    }
+    if size > MAX_SECRET_DATA {
+        return Err(format!(
+            "the rendered Secret would hold about {size} bytes of data; Kubernetes accepts at most {MAX_SECRET_DATA}: shorten secret.template.data"
+        ));
+    }
+    let annotations: usize = t.annotations.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if annotations + 512 > MAX_ANNOTATIONS {
+        return Err(format!(
+            "secret.template.annotations total {annotations} bytes; Kubernetes accepts at most {MAX_ANNOTATIONS} with keysmith's own"
+        ));
+    }
+    if let Some(type_) = &t.type_ {
+        let mut keys: Vec<&str> = t.data.keys().map(String::as_str).collect();
+        keys.push(&value_key);
+        check_type(type_, &keys)?;
     }
     Ok(())
 }
@@ -204,8 +323,14 @@ pub fn is_up_to_date(existing: &Secret, desired: &Secret) -> bool {
             .flatten()
             .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
     };
+    // Only the data keys keysmith writes: a key someone else added is theirs (invariant 4).
+    let data = desired
+        .data
+        .iter()
+        .flatten()
+        .all(|(k, v)| existing.data.as_ref().and_then(|d| d.get(k)) == Some(v));
     existing.type_ == desired.type_
-        && existing.data == desired.data
+        && data
         && sub(&desired.metadata.labels, &existing.metadata.labels)
         && sub(
             &desired.metadata.annotations,
@@ -281,6 +406,72 @@ mod tests {
         assert!(err.contains(".token"));
         assert!(!err.contains("sk-very-secret"));
         assert!(render_template("{{ .key", &vals).is_err());
+    }
+
+    #[test]
+    fn templates_kubernetes_would_refuse_are_caught_before_any_call() {
+        let with = |f: &dyn Fn(&mut SecretSpec)| {
+            let mut ak = apikey();
+            f(ak.spec.secret.as_mut().unwrap());
+            check_template(&ak)
+        };
+        assert!(check_template(&apikey()).is_ok());
+        for (bad, why) in [
+            ("not a valid key!", "data key"),
+            ("..hidden", "data key"),
+            (".", "data key"),
+        ] {
+            let err = with(&|s: &mut SecretSpec| {
+                s.template
+                    .as_mut()
+                    .unwrap()
+                    .data
+                    .insert(bad.into(), "{{ .key }}".into());
+            })
+            .unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        assert!(with(&|s: &mut SecretSpec| s.key = Some("a/b".into())).is_err());
+        assert!(with(&|s: &mut SecretSpec| s.name = Some("Not_A_Name".into())).is_err());
+        assert!(with(&|s: &mut SecretSpec| s.name = Some("ok.name-1".into())).is_ok());
+        let typed = |ty: &str| {
+            with(&|s: &mut SecretSpec| s.template.as_mut().unwrap().type_ = Some(ty.into()))
+        };
+        assert!(typed("example.com/api-key").is_ok());
+        assert!(typed("Opaque").is_ok());
+        assert!(typed("not a type!").is_err());
+        assert!(typed("kubernetes.io/service-account-token").is_err());
+        let tls = typed("kubernetes.io/tls").unwrap_err();
+        assert!(tls.contains("tls.crt"), "{tls}");
+        let huge = with(&|s: &mut SecretSpec| {
+            s.template
+                .as_mut()
+                .unwrap()
+                .data
+                .insert("BLOB".into(), "x".repeat(MAX_SECRET_DATA));
+        })
+        .unwrap_err();
+        assert!(huge.contains("bytes"), "{huge}");
+    }
+
+    #[test]
+    fn only_the_data_keysmith_writes_is_compared() {
+        let ak = apikey();
+        let v = SecretString::from("sk-test-123");
+        let desired = render_secret(&ak, &v, "id-9", "h").unwrap();
+        let mut theirs = desired.clone();
+        theirs
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("EXTRA".into(), ByteString(b"x".to_vec()));
+        assert!(is_up_to_date(&theirs, &desired));
+        theirs
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("api-key".into(), ByteString(b"edited".to_vec()));
+        assert!(!is_up_to_date(&theirs, &desired));
     }
 
     #[test]

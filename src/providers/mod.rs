@@ -609,55 +609,6 @@ impl Credentials {
     }
 }
 
-/// The Secret keys a provider spec needs, by role: `(role, namespace or None, name, key)`.
-pub fn credential_refs(spec: &KeyProviderSpec) -> Vec<(String, Option<String>, String, String)> {
-    let r = |role: &str, s: &crate::api::SecretKeySelector| {
-        (
-            role.to_string(),
-            s.namespace.clone(),
-            s.name.clone(),
-            s.key.clone(),
-        )
-    };
-    if let Some(p) = &spec.openrouter {
-        vec![r("token", &p.management_key_secret_ref)]
-    } else if let Some(p) = &spec.boltz {
-        vec![r("token", &p.api_key_secret_ref)]
-    } else if let Some(p) = &spec.ucloud {
-        vec![r("privateKey", &p.private_key_secret_ref)]
-    } else if let Some(p) = &spec.digitalocean {
-        vec![r("token", &p.token_secret_ref)]
-    } else if let Some(p) = &spec.bifrost {
-        match &p.auth_secret_ref {
-            None => vec![],
-            Some(a) => match a.scheme {
-                crate::api::BifrostAuthScheme::Basic => vec![
-                    (
-                        "username".into(),
-                        a.namespace.clone(),
-                        a.name.clone(),
-                        "username".into(),
-                    ),
-                    (
-                        "password".into(),
-                        a.namespace.clone(),
-                        a.name.clone(),
-                        "password".into(),
-                    ),
-                ],
-                crate::api::BifrostAuthScheme::Bearer => vec![(
-                    "token".into(),
-                    a.namespace.clone(),
-                    a.name.clone(),
-                    a.key.clone().unwrap_or_else(|| "token".into()),
-                )],
-            },
-        }
-    } else {
-        vec![]
-    }
-}
-
 /// Build the backend for a provider spec.
 pub fn build_backend(
     spec: &KeyProviderSpec,
@@ -671,25 +622,33 @@ pub fn build_backend(
             .unwrap_or_else(|| rl.requests_per_second.ceil().max(1.0) as u32);
         opts.rate_limit = Some((rl.requests_per_second, burst.max(1)));
     }
-    if let Some(p) = &spec.openrouter {
-        opts.base_url = p.base_url.clone();
-        Ok(Arc::new(openrouter::OpenRouterClient::new(p, creds, opts)?))
-    } else if let Some(p) = &spec.boltz {
-        opts.base_url = p.base_url.clone();
-        Ok(Arc::new(boltz::BoltzClient::new(p, creds, opts)?))
-    } else if let Some(p) = &spec.ucloud {
-        opts.base_url = p.base_url.clone();
-        Ok(Arc::new(ucloud::UCloudClient::new(p, creds, opts)?))
-    } else if let Some(p) = &spec.digitalocean {
-        opts.base_url = p.base_url.clone();
-        Ok(Arc::new(digitalocean::DigitalOceanClient::new(
-            p, creds, opts,
-        )?))
-    } else if let Some(p) = &spec.bifrost {
-        opts.base_url = Some(p.base_url.clone());
-        Ok(Arc::new(bifrost::BifrostClient::new(p, creds, opts)?))
-    } else {
-        Err("no provider block is set".into())
+    use crate::api::ProviderConfig;
+    match spec
+        .provider()
+        .ok_or("exactly one provider block must be set")?
+    {
+        ProviderConfig::OpenRouter(p) => {
+            opts.base_url = p.base_url.clone();
+            Ok(Arc::new(openrouter::OpenRouterClient::new(p, creds, opts)?))
+        }
+        ProviderConfig::Boltz(p) => {
+            opts.base_url = p.base_url.clone();
+            Ok(Arc::new(boltz::BoltzClient::new(p, creds, opts)?))
+        }
+        ProviderConfig::UCloud(p) => {
+            opts.base_url = p.base_url.clone();
+            Ok(Arc::new(ucloud::UCloudClient::new(p, creds, opts)?))
+        }
+        ProviderConfig::DigitalOcean(p) => {
+            opts.base_url = p.base_url.clone();
+            Ok(Arc::new(digitalocean::DigitalOceanClient::new(
+                p, creds, opts,
+            )?))
+        }
+        ProviderConfig::Bifrost(p) => {
+            opts.base_url = Some(p.base_url.clone());
+            Ok(Arc::new(bifrost::BifrostClient::new(p, creds, opts)?))
+        }
     }
 }
 

@@ -83,7 +83,9 @@ pub fn instrumented(
                     .unwrap()
                     .push(format!("{method} {path} -> {other:?}")),
             }
-            if !matches!(method.as_str(), "POST" | "PATCH" | "PUT" | "DELETE") {
+            // A server-side dry run writes nothing: passed through, not recorded.
+            let dry_run = query.split('&').any(|q| q == "dryRun=All");
+            if dry_run || !matches!(method.as_str(), "POST" | "PATCH" | "PUT" | "DELETE") {
                 return inner.send(req).await;
             }
             let (parts, body) = req.into_parts();
@@ -102,6 +104,24 @@ pub fn instrumented(
                 .and_then(Value::as_str)
                 .unwrap_or(kind_of_path)
                 .to_string();
+            if matches!(method.as_str(), "POST" | "PATCH")
+                && sub.is_none()
+                && resource == "secrets"
+                && faults
+                    .fail_secret_writes
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+            {
+                let verb = if method == "POST" { "create" } else { "patch" };
+                writes
+                    .lock()
+                    .unwrap()
+                    .push(format!("{verb} Secret (failed)"));
+                return Ok(status_response(
+                    500,
+                    "injected: the API server is unavailable",
+                ));
+            }
             let record = match method.as_str() {
                 "POST" => format!("create {kind} {text}"),
                 "PATCH" if sub.as_deref() == Some("status") => {
@@ -119,21 +139,7 @@ pub fn instrumented(
                     }
                     format!("patch status {name} {text}")
                 }
-                "PATCH" => {
-                    if resource == "secrets"
-                        && faults
-                            .fail_secret_writes
-                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                            .is_ok()
-                    {
-                        writes.lock().unwrap().push("patch Secret (failed)".into());
-                        return Ok(status_response(
-                            500,
-                            "injected: the API server is unavailable",
-                        ));
-                    }
-                    format!("patch {kind} {text}")
-                }
+                "PATCH" => format!("patch {kind} {text}"),
                 "DELETE" => format!("delete {name}"),
                 _ => "update".to_string(),
             };

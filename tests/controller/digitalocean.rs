@@ -2,7 +2,7 @@
 //! 410 Gone) and adoption regenerates the key; agent keys are minted.
 
 use keysmith::api::{
-    ApiKeySpec, DigitalOceanKeySpec, DigitalOceanProvider, KeyProviderSpec, KeyRef,
+    AdoptionPolicy, ApiKeySpec, DigitalOceanKeySpec, DigitalOceanProvider, KeyProviderSpec, KeyRef,
     SecretKeySelector,
 };
 use keysmith::emulators::{self, digitalocean as emu};
@@ -31,6 +31,11 @@ pub(crate) async fn env() -> Env {
                 key: "token".into(),
                 namespace: None,
             },
+        }),
+        // Model keys can only be adopted: the shared provider's owner allows it.
+        adoption: Some(AdoptionPolicy {
+            allowed: true,
+            namespace_selector: None,
         }),
         ..Default::default()
     };

@@ -374,7 +374,8 @@ impl Env {
 
     /// Reconcile until Ready=True (or `max` passes); returns the last ApiKey.
     /// Passes that only wait for an interrupted create to settle (reason `RecoveringCreate`,
-    /// for up to the client timeout plus 5 s) do not count against `max`.
+    /// for up to the client timeout plus 5 s) or for the backoff after a failed create
+    /// (`CreateBackoff`) do not count against `max`.
     pub async fn converge(&self, name: &str, max: usize) -> ApiKey {
         let mut passes = 0;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -387,7 +388,8 @@ impl Env {
             if status == "True" {
                 return ak;
             }
-            if reason == "RecoveringCreate" && std::time::Instant::now() < deadline {
+            let waiting = reason == "RecoveringCreate" || reason == "CreateBackoff";
+            if waiting && std::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 continue;
             }

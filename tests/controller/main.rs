@@ -7,4 +7,5 @@ mod digitalocean;
 mod harness;
 mod openrouter;
 mod rotation;
+mod tenancy;
 mod ucloud;

@@ -45,7 +45,10 @@ fn provider_spec(base: &str, secret_key: &str) -> KeyProviderSpec {
 }
 
 /// An env with the credentials Secret and a ClusterKeyProvider `openrouter`.
-async fn env_with(spec_mut: impl FnOnce(&mut KeyProviderSpec), extra: Vec<Value>) -> Env {
+pub(crate) async fn env_with(
+    spec_mut: impl FnOnce(&mut KeyProviderSpec),
+    extra: Vec<Value>,
+) -> Env {
     let emu = emulator().await;
     let mut spec = provider_spec(&emu.url(), "token");
     spec_mut(&mut spec);
@@ -62,7 +65,7 @@ pub(crate) async fn key_works(env: &Env, value: &str) -> bool {
     env.control.openrouter_key_works(value).await
 }
 
-fn live_keys(keys: &[Value]) -> usize {
+pub(crate) fn live_keys(keys: &[Value]) -> usize {
     keys.iter().filter(|k| k["active"] == true).count()
 }
 
@@ -489,6 +492,14 @@ async fn a_rate_limited_create_leaves_nothing_to_recover() {
                                           // Twice: the second time the Ready condition does not change, so only the pendingCreate
                                           // marker written before the create distinguishes the server's status from the one read.
     for round in 0..2 {
+        if round == 1 {
+            // A 429 without a usable Retry-After counts as a failed create: the next create
+            // waits for status.createBackoff.notBefore (10 s after the first failure).
+            let again = env.reconcile("busy").await;
+            assert!(again.is_ok());
+            assert_eq!(ready(&env.get("busy").await).1, "CreateBackoff");
+            tokio::time::sleep(std::time::Duration::from_millis(10_500)).await;
+        }
         env.emulator.faults.push((0..3).map(|_| ScriptedFault {
             status: Some(429),
             retry_after: Some(0),
@@ -604,7 +615,7 @@ async fn a_failed_secret_write_revokes_the_new_key() {
     env.reconcile("nowrite").await.unwrap(); // finalizer
     env.kube_faults
         .fail_secret_writes
-        .store(3, Ordering::SeqCst);
+        .store(1, Ordering::SeqCst);
     env.reconcile("nowrite").await.unwrap();
     let ak = env.get("nowrite").await;
     assert_eq!(ready(&ak).1, "KubernetesError");
@@ -840,7 +851,8 @@ async fn metrics_endpoint_serves_the_documented_series() {
         "keysmith_apikeys{provider=\"openrouter\",ready=\"false\"} 1",
         "keysmith_key_expiry_timestamp_seconds{provider=\"openrouter\"}",
         "keysmith_keys_created_total{provider=\"openrouter\"} 2",
-        "keysmith_kubernetes_writes_total{resource=\"secrets\",verb=\"apply\"} 2",
+        // A Secret that does not exist is created (never applied over one made in between).
+        "keysmith_kubernetes_writes_total{resource=\"secrets\",verb=\"create\"} 2",
         "keysmith_keys_revoked_total{provider=\"openrouter\"} 1",
     ] {
         assert!(body.contains(series), "missing {series} in\n{body}");

@@ -2,7 +2,8 @@
 //! listing returns (so a lost Secret is restored and keys are adopted by reading back).
 
 use keysmith::api::{
-    ApiKeySpec, KeyProviderSpec, KeyRef, LimitReset, SecretKeySelector, SpendLimit, UCloudProvider,
+    AdoptionPolicy, ApiKeySpec, KeyProviderSpec, KeyRef, LimitReset, SecretKeySelector, SpendLimit,
+    UCloudProvider,
 };
 use keysmith::emulators::{self, ucloud as emu};
 use keysmith::providers::{self, Credentials, KeySettings};
@@ -14,7 +15,7 @@ use crate::harness::*;
 const PUBLIC: &str = "controller-public-key";
 const PRIVATE: &str = "controller-private-key-0123456789";
 
-fn provider_spec(base: &str) -> KeyProviderSpec {
+pub(crate) fn provider_spec(base: &str) -> KeyProviderSpec {
     KeyProviderSpec {
         ucloud: Some(UCloudProvider {
             base_url: Some(base.to_string()),
@@ -31,7 +32,16 @@ fn provider_spec(base: &str) -> KeyProviderSpec {
     }
 }
 
+/// The shared ClusterKeyProvider `ucloud`, allowing adoption (its tests adopt keys).
 pub(crate) async fn env() -> Env {
+    env_with_adoption(Some(AdoptionPolicy {
+        allowed: true,
+        namespace_selector: None,
+    }))
+    .await
+}
+
+pub(crate) async fn env_with_adoption(adoption: Option<AdoptionPolicy>) -> Env {
     let args = emu::Args {
         public_key: PUBLIC.into(),
         private_key: PRIVATE.into(),
@@ -41,7 +51,8 @@ pub(crate) async fn env() -> Env {
     let e = emulators::spawn(router, faults)
         .await
         .expect("emulator starts");
-    let spec = provider_spec(&e.url());
+    let mut spec = provider_spec(&e.url());
+    spec.adoption = adoption;
     let creds = vec![secret(
         OPERATOR_NS,
         "ucloud-credentials",
@@ -73,7 +84,7 @@ async fn models(env: &Env, value: &str) -> (u16, Vec<String>) {
     (status, ids)
 }
 
-fn live(keys: &[Value]) -> Vec<&Value> {
+pub(crate) fn live(keys: &[Value]) -> Vec<&Value> {
     keys.iter().filter(|k| k["active"] == true).collect()
 }
 

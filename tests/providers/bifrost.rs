@@ -946,7 +946,7 @@ async fn emulator_reproduces_the_gateway() {
 async fn examples_work_against_the_emulator() {
     use k8s_openapi::api::core::v1::Secret;
     use keysmith::api::{ApiKey, KeyProvider};
-    use keysmith::providers::{build_backend, credential_refs};
+    use keysmith::providers::build_backend;
 
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bifrost");
     let read = |f: &str| std::fs::read_to_string(format!("{dir}/{f}")).expect(f);
@@ -979,9 +979,14 @@ async fn examples_work_against_the_emulator() {
     let creds_secret: Secret = serde_yaml::from_str(&read("00-credentials.yaml")).unwrap();
     let data = creds_secret.string_data.unwrap();
     let mut creds = BTreeMap::new();
-    for (role, _, name, key) in credential_refs(&provider.spec) {
-        assert_eq!(name, "bifrost-admin");
-        creds.insert(role, SecretString::from(data[&key].clone()));
+    for r in provider
+        .spec
+        .provider()
+        .expect("one block")
+        .credential_refs()
+    {
+        assert_eq!(r.name, "bifrost-admin");
+        creds.insert(r.role.to_string(), SecretString::from(data[&r.key].clone()));
     }
     let backend = build_backend(&provider.spec, Credentials(creds), opts()).expect("backend");
     backend

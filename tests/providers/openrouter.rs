@@ -1235,15 +1235,18 @@ async fn examples_work_against_the_emulator() {
         spec.openrouter.as_ref().unwrap().base_url.as_deref(),
         Some("http://127.0.0.1:8787/api/v1")
     );
-    let refs = keysmith::providers::credential_refs(&spec);
+    let refs = spec
+        .provider()
+        .expect("one provider block")
+        .credential_refs();
     assert_eq!(
         refs,
-        vec![(
-            "token".to_string(),
-            secret.metadata.namespace.clone(),
-            secret.metadata.name.clone().unwrap(),
-            "token".to_string()
-        )]
+        vec![keysmith::api::CredentialRef {
+            role: "token",
+            namespace: secret.metadata.namespace.clone(),
+            name: secret.metadata.name.clone().unwrap(),
+            key: "token".to_string()
+        }]
     );
 
     let (router, faults) = emu::build(&emu::Args::with_management_keys(&[&token]));

@@ -1,17 +1,79 @@
 //! Taking over an existing key (`spec.keyRef`): its value comes from the Secret, the provider's
 //! copy, or a regeneration, depending on what the provider can do.
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::Api;
 use kube::runtime::events::EventType;
+use kube::ResourceExt;
 use secrecy::SecretString;
 
+use super::super::backends::selector_matches;
+use super::super::context::Context;
 use super::super::reasons::Reason;
 use super::super::secret;
 use super::deliver::{ensure_secret, Delivery};
+use super::recover::Others;
 use super::status::{fill_from_key, location, Ready};
 use super::{Failure, Reconciler};
-use crate::api::ApiKeyStatus;
+use crate::api::{ApiKey, ApiKeyStatus, ClusterKeyProvider, KeyProvider, ProviderKind};
 use crate::providers::{AdoptMode, KeyScope, ProviderError, ProviderKey};
+
+/// Whether the provider object of `ak` lets its namespace adopt keys (docs/tenancy.md): a
+/// KeyProvider unless it says `adoption.allowed: false`; a ClusterKeyProvider only if it says
+/// `adoption.allowed: true`, for the namespaces its `adoption.namespaceSelector` admits.
+pub async fn adoption_allowed(ctx: &Context, ak: &ApiKey) -> Result<(), Failure> {
+    let ns = ak.namespace().unwrap_or_default();
+    let r = &ak.spec.provider_ref;
+    let refused = |why: String| Err(Failure::permanent(Reason::AdoptionRefused, why));
+    let (allowed, selector, what) = match r.kind {
+        ProviderKind::KeyProvider => {
+            let p = Api::<KeyProvider>::namespaced(ctx.client.clone(), &ns)
+                .get(&r.name)
+                .await?;
+            let (allowed, _) = p.spec.adoption_allowed(false);
+            (allowed, None, format!("KeyProvider {ns}/{}", r.name))
+        }
+        ProviderKind::ClusterKeyProvider => {
+            let p = Api::<ClusterKeyProvider>::all(ctx.client.clone())
+                .get(&r.name)
+                .await?;
+            let (allowed, selector) = p.spec.inner.adoption_allowed(true);
+            (
+                allowed,
+                selector.cloned(),
+                format!("ClusterKeyProvider {}", r.name),
+            )
+        }
+    };
+    if !allowed {
+        return refused(format!(
+            "{what} does not allow adopting existing keys (spec.keyRef); its owner can allow it with spec.adoption.allowed: true"
+        ));
+    }
+    if let Some(sel) = selector {
+        let nsobj = Api::<Namespace>::all(ctx.client.clone()).get(&ns).await?;
+        let admitted = selector_matches(&sel, nsobj.labels())
+            .map_err(|e| Failure::permanent(Reason::InvalidProvider, format!("{what}: {e}")))?;
+        if !admitted {
+            return refused(format!(
+                "{what} does not allow namespace {ns} to adopt existing keys (spec.adoption.namespaceSelector)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuse a key that another ApiKey manages (its keyID, previousKeys or a rotation in flight,
+/// in any namespace).
+pub fn not_managed_elsewhere(others: &Others, id: &str) -> Result<(), Failure> {
+    if others.keys.contains(id) {
+        return Err(Failure::permanent(
+            Reason::AdoptionRefused,
+            format!("spec.keyRef.id {id} is managed by another ApiKey; a key is adopted only if no ApiKey manages it"),
+        ));
+    }
+    Ok(())
+}
 
 /// Take over key `id` in `scope` and deliver its value.
 pub async fn adopt(
@@ -21,6 +83,10 @@ pub async fn adopt(
     id: &str,
     existing: Option<&Secret>,
 ) -> Result<Ready, Failure> {
+    // Tenancy: before the provider is even asked about the key.
+    adoption_allowed(r.ctx, r.ak).await?;
+    let others = Others::read(r.ctx, r.ak, r.p.provider_type.as_str()).await?;
+    not_managed_elsewhere(&others, id)?;
     let key = match r.p.backend.get(scope, id).await {
         Ok(k) => k,
         Err(ProviderError::NotFound(_)) => {

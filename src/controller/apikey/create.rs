@@ -1,26 +1,102 @@
 //! Creating a key: mark the attempt in the status, create, deliver the value, and retire the
 //! key it replaces (see the ordering in the module doc of `apikey`).
 
-use chrono::Utc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::events::EventType;
 
 use super::super::reasons::Reason;
-use super::deliver::{ensure_secret, Delivery};
+use super::deliver::{dry_run, ensure_secret, Delivery};
 use super::revoke::revoke_quietly;
-use super::status::{fill_from_key, location, now_rfc3339, write_status, Ready};
+use super::status::{fill_from_key, location, now_rfc3339, ts, write_status, Ready};
 use super::validate::ValidatedApiKey;
 use super::{Failure, LocatedKey, Reconciler};
-use crate::api::{ApiKey, ApiKeyStatus, Expiry, PendingCreate, PreviousKey};
-use crate::providers::{CreatedKey, KeySettings, ProviderError};
+use crate::api::{ApiKey, ApiKeyStatus, CreateBackoff, Expiry, PendingCreate, PreviousKey};
+use crate::providers::{CreatedKey, KeyScope, KeySettings, ProviderError};
 
-/// The marker written before a create call.
-pub fn marker(settings: &KeySettings, attempt: &str) -> PendingCreate {
+/// The marker written before a create call: the name, the attempt, and where the key goes.
+pub fn marker(settings: &KeySettings, attempt: &str, scope: &KeyScope) -> PendingCreate {
     PendingCreate {
         name: settings.name.clone(),
         started_at: now_rfc3339(),
         attempt: attempt.to_string(),
+        scope: location(scope),
     }
+}
+
+/// The first wait after a failed create; it doubles with every further failure.
+const BACKOFF_BASE: Duration = Duration::from_secs(10);
+/// The longest wait between two failed creates.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(3600);
+
+/// How long to wait after `failures` failed creates in a row: 10 s, 20 s, 40 s, … up to 1 h.
+pub fn create_backoff(failures: u32) -> Duration {
+    BACKOFF_BASE
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(20))
+        .min(BACKOFF_MAX)
+}
+
+/// Whether a failure counts as a failed create (a reconcile from a stale copy and the crash
+/// test hook do not: nothing was refused; a 429 with a Retry-After holds every create of the
+/// provider object already, see `Context::hold_creates`).
+fn counts_as_failed_create(f: &Failure) -> bool {
+    let held = f.reason == Reason::RateLimited && f.retry_after.is_some_and(|w| !w.is_zero());
+    !f.is_stale() && !held && f.reason != Reason::Crashed && f.reason != Reason::CreateBackoff
+}
+
+/// Record a failed create in the status: the backoff survives status-write-triggered
+/// reconciles and restarts.
+pub fn record_failed_create(
+    st: &mut ApiKeyStatus,
+    generation: Option<i64>,
+    f: &Failure,
+    now: DateTime<Utc>,
+) {
+    let failures = st
+        .create_backoff
+        .as_ref()
+        .map_or(0, |b| b.failures)
+        .saturating_add(1);
+    let mut wait = create_backoff(failures);
+    if let Some(after) = f.retry_after {
+        wait = wait.max(after.min(BACKOFF_MAX));
+    }
+    let not_before = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::zero());
+    st.create_backoff = Some(CreateBackoff {
+        failures,
+        not_before: ts(&not_before),
+        generation,
+        last_failure: format!("{}: {}", f.reason.as_str(), f.message),
+    });
+}
+
+/// The failure to report while creates back off, if they do. An edit of the spec (a new
+/// generation) may try once at once.
+pub fn backoff_gate(
+    st: &ApiKeyStatus,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) -> Option<Failure> {
+    let b = st.create_backoff.as_ref()?;
+    if b.generation != generation {
+        return None;
+    }
+    let until = DateTime::parse_from_rfc3339(&b.not_before)
+        .ok()?
+        .with_timezone(&Utc);
+    let wait = (until - now).to_std().ok().filter(|w| !w.is_zero())?;
+    Some(Failure::transient(
+        Reason::CreateBackoff,
+        format!(
+            "{} create(s) in a row failed, the last with {}; keysmith tries again at {} (or at once after an edit of the spec)",
+            b.failures,
+            b.last_failure,
+            ts(&until)
+        ),
+        Some(wait),
+    ))
 }
 
 /// The settings a create sends: the attempt id, and an expiry counted from now for a ttl.
@@ -51,7 +127,28 @@ pub fn may_have_created(e: &ProviderError) -> bool {
 }
 
 /// Create a key where `v` says (a replacement of `replacing`, if given) and deliver its value.
+/// Failed creates back off across reconciles (`status.createBackoff`).
 pub async fn create(
+    r: &Reconciler<'_>,
+    v: &ValidatedApiKey,
+    st: &mut ApiKeyStatus,
+    existing: Option<&Secret>,
+    replacing: Option<LocatedKey>,
+) -> Result<Ready, Failure> {
+    let generation = r.ak.metadata.generation;
+    if let Some(f) = backoff_gate(st, generation, Utc::now()) {
+        return Err(f);
+    }
+    let result = create_once(r, v, st, existing, replacing).await;
+    match &result {
+        Ok(_) => st.create_backoff = None,
+        Err(f) if counts_as_failed_create(f) => record_failed_create(st, generation, f, Utc::now()),
+        Err(_) => {}
+    }
+    result
+}
+
+async fn create_once(
     r: &Reconciler<'_>,
     v: &ValidatedApiKey,
     st: &mut ApiKeyStatus,
@@ -64,9 +161,12 @@ pub async fn create(
         // creates and status writes for as long as the provider keeps answering 429.
         return Err(Failure::transient(Reason::RateLimited, message, Some(wait)));
     }
+    // A Secret that cannot be written (quota, admission webhook, type change) is found before
+    // a key is minted for it.
+    dry_run(r.ctx, r.ak, existing).await?;
     let attempt = crate::ids::random_hex(16);
     let mut marked = st.clone();
-    marked.pending_create = Some(marker(&v.settings, &attempt));
+    marked.pending_create = Some(marker(&v.settings, &attempt, &v.scope));
     // Invariant 1: the marker is durable before the provider is asked to create anything. The
     // write is conditional (ServerCopy): a reconcile working from a stale copy, which may not
     // show a key created moments ago, stops here instead of creating a second one.
@@ -213,7 +313,51 @@ mod tests {
         assert_eq!(s.attempt.as_deref(), Some("a1"));
         let left = s.expires_at.unwrap() - Utc::now();
         assert!(left > chrono::Duration::minutes(59) && left <= chrono::Duration::hours(1));
-        let m = marker(&s, "a1");
+        let scope = KeyScope {
+            family: "agent".into(),
+            parent: "ag-1".into(),
+        };
+        let m = marker(&s, "a1", &scope);
         assert_eq!((m.name.as_str(), m.attempt.as_str()), ("n", "a1"));
+        assert_eq!(m.scope.unwrap().parent, "ag-1");
+    }
+
+    #[test]
+    fn create_backoff_doubles_to_an_hour_and_is_kept_in_the_status() {
+        assert_eq!(create_backoff(1), Duration::from_secs(10));
+        assert_eq!(create_backoff(3), Duration::from_secs(40));
+        assert_eq!(create_backoff(u32::MAX), BACKOFF_MAX);
+        // Failed creates in the first hour, then one an hour.
+        let mut spent = Duration::ZERO;
+        let mut n = 0;
+        while spent < Duration::from_secs(3600) {
+            n += 1;
+            spent += create_backoff(n);
+        }
+        assert!(n <= 9, "{n} creates in the first hour");
+
+        let now = Utc::now();
+        let mut st = ApiKeyStatus::default();
+        let f = Failure::transient(Reason::SecretWriteRefused, "quota", None);
+        record_failed_create(&mut st, Some(2), &f, now);
+        record_failed_create(&mut st, Some(2), &f, now);
+        let b = st.create_backoff.clone().unwrap();
+        assert_eq!(b.failures, 2);
+        assert!(b.last_failure.starts_with("SecretWriteRefused"));
+        let gate = backoff_gate(&st, Some(2), now).unwrap();
+        assert_eq!(gate.reason, Reason::CreateBackoff);
+        let wait = gate.retry_after.unwrap();
+        assert!(wait > Duration::from_secs(19) && wait <= Duration::from_secs(20));
+        // An edit may try at once; time passing lifts the gate.
+        assert!(backoff_gate(&st, Some(3), now).is_none());
+        assert!(backoff_gate(&st, Some(2), now + chrono::Duration::seconds(21)).is_none());
+        // A Retry-After longer than the backoff is honoured (up to the cap).
+        let slow = Failure::transient(Reason::RateLimited, "429", Some(Duration::from_secs(900)));
+        record_failed_create(&mut st, Some(2), &slow, now);
+        let w = backoff_gate(&st, Some(2), now)
+            .unwrap()
+            .retry_after
+            .unwrap();
+        assert!(w > Duration::from_secs(899));
     }
 }

@@ -23,6 +23,13 @@ use crate::api::{ApiKey, ApiKeyStatus, DeletionPolicy};
 /// Deletion: revoke at the provider (or orphan), then let the finalizer go.
 pub async fn cleanup(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
     if ak.spec.deletion_policy == DeletionPolicy::Orphan {
+        // The current key stays; an interrupted create's and replaced keys must not leak.
+        let read = ak.status.clone().unwrap_or_default();
+        let mut after = read.clone();
+        if let Err(f) = super::recover::revoke_leftovers(&ak, &ctx, &mut after).await {
+            report_refused_revoke(&ak, &ctx, &read, after, &f).await?;
+            return Err(Error::RevokeFailed(f.reason));
+        }
         orphan(&ak, &ctx).await?;
         ctx.track(&object_key(&ak), None);
         return Ok(Action::await_change());

@@ -3,13 +3,14 @@
 //! the provider knows, and revoke the key when the ApiKey is deleted.
 //!
 //! Ordering that keeps invariant 1 (a one-time secret is never lost, a key never leaked):
-//! 1. status.pendingCreate = {name, startedAt, attempt} is written BEFORE the create call;
-//! 2. the key is created; 3. the Secret is written (annotated with the key id);
-//! 4. status.keyID is written and pendingCreate cleared.
+//! 0. the Secret write is checked (locally, then a server-side dry run) and failed creates back
+//!    off in status.createBackoff; 1. status.pendingCreate = {name, startedAt, attempt, scope}
+//!    is written BEFORE the create call; 2. the key is created; 3. the Secret is written
+//!    (annotated with the key id); 4. status.keyID is written and pendingCreate cleared.
 //!
 //! A crash between 2 and 3 leaves pendingCreate set and no Secret for the key: the next reconcile
-//! lists the provider's keys, revokes every key of that name created since startedAt, and
-//! creates again. A crash between 3 and 4 leaves a Secret naming the new key: the next reconcile
+//! lists the provider's keys where the marker says, revokes the keys of that attempt no other
+//! ApiKey holds (docs/crash-safety.md), and creates again. A crash between 3 and 4 leaves a Secret naming the new key: the next reconcile
 //! keeps that key and revokes any other.
 //!
 //! The ApiKey a reconcile receives comes from the watch cache and may be older than the server's

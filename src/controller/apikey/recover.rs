@@ -3,14 +3,21 @@
 
 use std::time::Duration;
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams};
 use kube::runtime::events::EventType;
+use kube::ResourceExt;
 
+use super::super::context::Context;
 use super::super::reasons::Reason;
 use super::super::secret::{self, SecretOwnership};
-use super::revoke::revoke_quietly;
-use super::status::{key_scope, location, ts};
+use super::revoke::{retire_previous, revoke_quietly};
+use super::status::ServerCopy;
+use super::status::{key_scope, location, scope_at, ts};
+use super::validate::settings_for;
 use super::{Failure, Reconciler};
 use crate::api::{ApiKey, ApiKeyStatus, PendingCreate};
 use crate::providers::{KeyScope, ProviderKey};
@@ -43,6 +50,59 @@ pub fn orphans_of_attempt<'a>(
         .collect()
 }
 
+/// Deletion with `deletionPolicy: Orphan` leaves the current key (the one the Secret holds) at
+/// the provider, but not the keys the ApiKey still had to get rid of: an interrupted create's
+/// stray key and replaced keys (`previousKeys`) are revoked first; the provider is only asked
+/// when there are such keys.
+pub async fn revoke_leftovers(
+    ak: &ApiKey,
+    ctx: &Context,
+    st: &mut ApiKeyStatus,
+) -> Result<(), Failure> {
+    if st.pending_create.is_none() && st.previous_keys.is_empty() {
+        return Ok(());
+    }
+    let p = ctx.resolve(ak).await?;
+    let seen = ServerCopy::of(ak);
+    let r = Reconciler {
+        ak,
+        ctx,
+        p: &p,
+        seen: &seen,
+    };
+    let settings = settings_for(ak, st)?;
+    let scope = p.backend.scope(&settings);
+    if let Some(pending) = st.pending_create.clone() {
+        let existing =
+            Api::<Secret>::namespaced(ctx.client.clone(), &ak.namespace().unwrap_or_default())
+                .get_opt(&ak.secret_name())
+                .await?;
+        recover(&r, st, &scope, &pending, existing.as_ref()).await?;
+    }
+    let now = super::status::now_rfc3339();
+    for prev in &mut st.previous_keys {
+        prev.delete_after = now.clone();
+    }
+    retire_previous(&r, st, &scope).await
+}
+
+/// Split the candidates of an attempt into those it provably created and those it must leave
+/// alone: a key carrying this attempt's id is this attempt's; one without is spared when
+/// another ApiKey holds it or creates a key of the same name right now.
+pub fn provably_mine(
+    candidates: Vec<String>,
+    pending: &PendingCreate,
+    others: &Others,
+    attempt_of: impl Fn(&str) -> Option<String>,
+) -> (Vec<String>, Vec<String>) {
+    candidates.into_iter().partition(|id| {
+        if attempt_of(id).as_deref() == Some(pending.attempt.as_str()) {
+            return !others.keys.contains(id);
+        }
+        !others.keys.contains(id) && !others.pending_names.contains(&pending.name)
+    })
+}
+
 /// The key id a Secret of ours holds a value for, if it is not the current key (the create
 /// answered and the value was delivered, but the status never recorded it).
 pub fn delivered_key(ak: &ApiKey, existing: Option<&Secret>, st: &ApiKeyStatus) -> Option<String> {
@@ -61,7 +121,60 @@ pub fn settles_at(pending: &PendingCreate, client_timeout: Duration) -> DateTime
         + chrono::Duration::from_std(client_timeout + Duration::from_secs(5)).unwrap_or_default()
 }
 
-/// Finish an interrupted create. `scope`: where the attempt created its key.
+/// What other ApiKeys account for at the same kind of provider: keys they hold (status keyID,
+/// previousKeys, a rotation in flight) and names under which they are creating a key now.
+#[derive(Debug, Default)]
+pub struct Others {
+    pub keys: HashSet<String>,
+    pub pending_names: HashSet<String>,
+}
+
+impl Others {
+    /// Read every ApiKey (all namespaces) but `ak`: a consistent list, made only when a key is
+    /// adopted or an interrupted create recovered, never in steady state.
+    pub async fn read(ctx: &Context, ak: &ApiKey, provider_type: &str) -> Result<Self, Failure> {
+        let all = Api::<ApiKey>::all(ctx.client.clone())
+            .list(&ListParams::default())
+            .await?;
+        Ok(Self::of(all.items.iter(), ak, provider_type))
+    }
+
+    /// The keys and pending names of `all` but `ak`, at providers of type `provider_type` (or
+    /// of an unknown type: counted, to be safe).
+    pub fn of<'a>(all: impl Iterator<Item = &'a ApiKey>, ak: &ApiKey, provider_type: &str) -> Self {
+        let mut out = Others::default();
+        for other in all {
+            if other.uid().is_some() && other.uid() == ak.uid() {
+                continue;
+            }
+            let Some(st) = &other.status else { continue };
+            if st
+                .provider_type
+                .as_deref()
+                .is_some_and(|t| t != provider_type)
+            {
+                continue;
+            }
+            out.keys.extend(st.key_id.iter().cloned());
+            out.keys
+                .extend(st.previous_keys.iter().map(|p| p.key_id.clone()));
+            if let Some(r) = st.rotation.as_ref().and_then(|r| r.in_progress.as_ref()) {
+                out.keys.insert(r.key_id.clone());
+            }
+            if let Some(p) = &st.pending_create {
+                out.pending_names.insert(p.name.clone());
+            }
+        }
+        out
+    }
+}
+
+/// Finish an interrupted create. `scope`: where the attempt created its key, if the marker
+/// does not say (a marker written before keysmith recorded it).
+///
+/// Only keys this attempt provably created are revoked: of its attempt id where the provider
+/// stores one; otherwise of its name, created since it started, and neither held by another
+/// ApiKey nor possibly the key of another ApiKey's create in flight under the same name.
 pub async fn recover(
     r: &Reconciler<'_>,
     st: &mut ApiKeyStatus,
@@ -69,6 +182,8 @@ pub async fn recover(
     pending: &PendingCreate,
     existing: Option<&Secret>,
 ) -> Result<(), Failure> {
+    // Where the attempt created its key: the marker says, whatever the spec says now.
+    let scope = &scope_at(pending.scope.as_ref(), scope);
     let delivered = delivered_key(r.ak, existing, st);
     // A fresh listing: the snapshot may predate the interrupted create.
     let slot = r.ctx.listing(r.p, scope, Duration::ZERO).await?;
@@ -77,6 +192,19 @@ pub async fn recover(
         pending,
         &[st.key_id.as_ref(), delivered.as_ref()],
     );
+    let candidates = if candidates.is_empty() {
+        candidates
+    } else {
+        let others = Others::read(r.ctx, r.ak, r.p.provider_type.as_str()).await?;
+        let listed = slot.lock().await.keys.clone();
+        let (mine, spared) = provably_mine(candidates, pending, &others, |id| {
+            listed.get(id).and_then(|k| k.attempt.clone())
+        });
+        for id in spared {
+            r.event(EventType::Warning, Reason::RecoveringCreate, "Recover", format!("left key {id} alone: it has the interrupted attempt's name, but another ApiKey holds it or is creating a key under that name")).await;
+        }
+        mine
+    };
     for id in candidates {
         revoke_quietly(r.ctx, r.p, scope, &id).await?;
         r.ctx
@@ -147,6 +275,7 @@ mod tests {
             name: "team-a/chat".into(),
             started_at: "2026-06-01T12:00:00Z".into(),
             attempt: "a1".into(),
+            scope: None,
         };
         let mut revoked = key("gone", "team-a/chat", "2026-06-01T12:00:01Z", None);
         revoked.active = false;
@@ -178,11 +307,90 @@ mod tests {
     }
 
     #[test]
+    fn keys_other_apikeys_hold_or_may_be_creating_are_spared() {
+        use crate::api::{ApiKeySpec, PreviousKey};
+        let me = {
+            let mut a = ApiKey::new("me", ApiKeySpec::default());
+            a.metadata.uid = Some("u-me".into());
+            a.status = Some(ApiKeyStatus {
+                key_id: Some("mine-current".into()),
+                ..Default::default()
+            });
+            a
+        };
+        let other = |uid: &str, st: ApiKeyStatus| {
+            let mut a = ApiKey::new(uid, ApiKeySpec::default());
+            a.metadata.uid = Some(uid.into());
+            a.status = Some(st);
+            a
+        };
+        let all = [
+            me.clone(),
+            other(
+                "u-1",
+                ApiKeyStatus {
+                    provider_type: Some("openrouter".into()),
+                    key_id: Some("victim".into()),
+                    previous_keys: vec![PreviousKey {
+                        key_id: "victim-old".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            ),
+            other(
+                "u-2",
+                ApiKeyStatus {
+                    provider_type: Some("boltz".into()),
+                    key_id: Some("elsewhere".into()),
+                    ..Default::default()
+                },
+            ),
+        ];
+        let others = Others::of(all.iter(), &me, "openrouter");
+        assert!(others.keys.contains("victim") && others.keys.contains("victim-old"));
+        assert!(!others.keys.contains("mine-current") && !others.keys.contains("elsewhere"));
+
+        let pending = PendingCreate {
+            name: "shared".into(),
+            started_at: "2026-06-01T12:00:00Z".into(),
+            attempt: "a1".into(),
+            scope: None,
+        };
+        let (mine, spared) = provably_mine(
+            vec!["victim".into(), "stray".into()],
+            &pending,
+            &others,
+            |_| None,
+        );
+        assert_eq!(
+            (mine, spared),
+            (vec!["stray".to_string()], vec!["victim".to_string()])
+        );
+
+        // Another ApiKey creating under the same name: no name-only candidate is provably ours,
+        // but one carrying our attempt id is.
+        let mut busy = others;
+        busy.pending_names.insert("shared".into());
+        let (mine, spared) = provably_mine(
+            vec!["stray".into(), "tagged".into()],
+            &pending,
+            &busy,
+            |id| (id == "tagged").then(|| "a1".to_string()),
+        );
+        assert_eq!(
+            (mine, spared),
+            (vec!["tagged".to_string()], vec!["stray".to_string()])
+        );
+    }
+
+    #[test]
     fn an_attempt_settles_after_the_client_timeout_and_a_margin() {
         let pending = PendingCreate {
             name: "n".into(),
             started_at: "2026-06-01T12:00:00Z".into(),
             attempt: "a".into(),
+            scope: None,
         };
         assert_eq!(
             settles_at(&pending, Duration::from_secs(15)),

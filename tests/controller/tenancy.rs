@@ -1,0 +1,395 @@
+//! Issue 10, items 2, 4, 5 and 9 on the real API server: no create/revoke loop for a Secret that
+//! cannot be written, no adoption of another tenant's key, no recovery that revokes another
+//! ApiKey's key, and the Secret compared and written only where keysmith owns it.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ResourceQuota, Secret};
+use k8s_openapi::ByteString;
+use keysmith::api::{
+    AdoptionPolicy, ApiKey, ApiKeySpec, ClusterKeyProvider, DeletionPolicy, KeyRef,
+};
+use keysmith::controller::apikey;
+use keysmith::emulators::ScriptedFault;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::{json, Value};
+
+use crate::harness::*;
+use crate::openrouter;
+use crate::ucloud;
+
+const CREATE: &str = "POST /api/v1/keys";
+
+fn with_template(name: &str, template: Value) -> ApiKey {
+    let spec: ApiKeySpec = serde_json::from_value(
+        json!({ "providerRef": { "name": "openrouter" }, "secret": { "template": template } }),
+    )
+    .unwrap();
+    apikey(name, "openrouter", spec)
+}
+
+/// Reconcile `name` `n` times in a row, as status writes retrigger it.
+async fn hammer(env: &Env, name: &str, n: usize) {
+    for _ in 0..n {
+        let _ = env.reconcile(name).await;
+    }
+}
+
+#[tokio::test]
+async fn an_unwritable_template_is_invalid_spec_before_any_create() {
+    let env = openrouter::env().await;
+    let cases = [
+        (
+            "badkey",
+            json!({ "data": { "not a valid key!": "{{ .key }}" } }),
+        ),
+        ("badtype", json!({ "type": "not a type!" })),
+        ("tls", json!({ "type": "kubernetes.io/tls" })),
+        (
+            "huge",
+            json!({ "data": { "BLOB": "x".repeat(1024 * 1024) } }),
+        ),
+    ];
+    for (name, template) in &cases {
+        env.create(&with_template(name, template.clone())).await;
+    }
+    let mut bad_name = apikey("badname", "openrouter", ApiKeySpec::default());
+    bad_name.spec.secret = Some(serde_json::from_value(json!({ "name": "Not_A_Name" })).unwrap());
+    env.create(&bad_name).await;
+    env.reset_provider_calls().await;
+    for name in cases.iter().map(|c| c.0).chain(["badname"]) {
+        hammer(&env, name, 5).await;
+        let (status, reason, message) = ready(&env.get(name).await);
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "InvalidSpec"),
+            "{name}: {message}"
+        );
+    }
+    let calls = env.provider_calls().await;
+    assert_eq!(route_count(&calls, CREATE), 0, "{calls}");
+    assert!(env.emulator_keys().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_secret_the_api_server_refuses_costs_a_bounded_number_of_creates() {
+    let env = openrouter::env().await;
+    // No Secret may be created in the namespace.
+    let quota: ResourceQuota = serde_json::from_value(json!({
+        "metadata": { "name": "no-secrets" },
+        "spec": { "hard": { "count/secrets": "0" } }
+    }))
+    .unwrap();
+    let quotas: Api<ResourceQuota> = Api::namespaced(env.client.clone(), &env.ns);
+    quotas.create(&PostParams::default(), &quota).await.unwrap();
+    env.create(&apikey("quota", "openrouter", ApiKeySpec::default()))
+        .await;
+    env.reset_provider_calls().await;
+    // Each status write retriggers the reconcile at once: thirty in a row.
+    hammer(&env, "quota", 30).await;
+    let calls = env.provider_calls().await;
+    assert_eq!(
+        route_count(&calls, CREATE),
+        0,
+        "the dry run finds the refusal before a key is minted: {calls}"
+    );
+    let ak = env.get("quota").await;
+    let (_, reason, message) = ready(&ak);
+    assert!(
+        reason == "SecretWriteRefused" || reason == "CreateBackoff",
+        "{reason}: {message}"
+    );
+    assert!(message.contains("quota"), "{message}");
+    let b = ak.status.unwrap().create_backoff.expect("backoff recorded");
+    assert!(b.failures >= 1);
+    assert!(env.emulator_keys().await.is_empty());
+}
+
+#[tokio::test]
+async fn failed_creates_back_off_across_reconciles() {
+    let env = openrouter::env().await;
+    env.create(&apikey("refused", "openrouter", ApiKeySpec::default()))
+        .await;
+    env.reconcile("refused").await.unwrap(); // finalizer
+    env.reset_provider_calls().await;
+    // The provider refuses every create (a definite refusal: nothing to recover).
+    env.emulator.faults.push((0..50).map(|_| ScriptedFault {
+        status: Some(400),
+        retry_after: None,
+        malformed: false,
+        delay_ms: None,
+    }));
+    hammer(&env, "refused", 30).await;
+    let calls = env.provider_calls().await;
+    assert!(route_count(&calls, CREATE) <= 1, "{calls}");
+    let ak = env.get("refused").await;
+    let (_, reason, message) = ready(&ak);
+    assert_eq!(reason, "CreateBackoff", "{message}");
+    let b = ak.status.unwrap().create_backoff.unwrap();
+    assert_eq!(b.failures, 1);
+    // A restarted operator (a fresh context) honours the recorded backoff too.
+    let fresh = Arc::new(keysmith::controller::Context::new(
+        env.client.clone(),
+        Arc::new(keysmith::metrics::Metrics::new()),
+        env.operator_ns.clone(),
+        "keysmith-test",
+    ));
+    let ak = env.get("refused").await;
+    let _ = apikey::reconcile(Arc::new(ak), fresh).await;
+    assert_eq!(
+        route_count(&env.provider_calls().await, CREATE),
+        1,
+        "no create before notBefore"
+    );
+}
+
+#[tokio::test]
+async fn a_type_change_never_deletes_the_live_secret() {
+    let env = openrouter::env().await;
+    env.create(&apikey("typed", "openrouter", ApiKeySpec::default()))
+        .await;
+    env.converge("typed", 4).await;
+    let value = env.secret_value("typed", "api-key").await.unwrap();
+    let uid = env.secrets().get("typed").await.unwrap().metadata.uid;
+    env.patch_spec(
+        "typed",
+        json!({ "secret": { "template": { "type": "example.com/api-key" } } }),
+    )
+    .await;
+    hammer(&env, "typed", 3).await;
+    let (_, reason, message) = ready(&env.get("typed").await);
+    assert_eq!(reason, "InvalidSpec", "{message}");
+    assert!(message.contains("type"), "{message}");
+    let s = env.secrets().get("typed").await.unwrap();
+    assert_eq!(s.metadata.uid, uid, "the live Secret is the same object");
+    assert_eq!(
+        env.secret_value("typed", "api-key").await,
+        Some(value.clone())
+    );
+    assert!(openrouter::key_works(&env, &value).await);
+    assert_eq!(openrouter::live_keys(&env.emulator_keys().await), 1);
+}
+
+#[tokio::test]
+async fn an_extra_data_key_someone_added_is_left_alone() {
+    let env = openrouter::env().await;
+    env.create(&apikey("extra", "openrouter", ApiKeySpec::default()))
+        .await;
+    env.converge("extra", 4).await;
+    env.secrets()
+        .patch(
+            "extra",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "data": { "NOTE": "aGVsbG8=" } })),
+        )
+        .await
+        .unwrap();
+    env.take_writes();
+    env.reconcile("extra").await.unwrap();
+    env.reconcile("extra").await.unwrap();
+    let writes = env.take_writes();
+    assert!(
+        !writes.iter().any(|w| w.contains("Secret")),
+        "no Secret write: {writes:?}"
+    );
+    let s = env.secrets().get("extra").await.unwrap();
+    assert_eq!(
+        s.data.unwrap().get("NOTE"),
+        Some(&ByteString(b"hello".to_vec()))
+    );
+}
+
+#[tokio::test]
+async fn a_missing_secret_is_created_not_applied() {
+    let env = openrouter::env().await;
+    env.create(&apikey("fresh", "openrouter", ApiKeySpec::default()))
+        .await;
+    env.converge("fresh", 4).await;
+    let writes = env.take_writes();
+    assert!(
+        writes.iter().any(|w| w.starts_with("create Secret")),
+        "{writes:?}"
+    );
+    assert!(
+        !writes.iter().any(|w| w.starts_with("patch Secret")),
+        "{writes:?}"
+    );
+}
+
+/// A ucloud env with the adoption policy `adoption`; returns it and a key made outside keysmith.
+async fn ucloud_with_console_key(adoption: Option<AdoptionPolicy>) -> (Env, String) {
+    let env = ucloud::env_with_adoption(adoption).await;
+    env.create(&apikey("maker", "ucloud", ApiKeySpec::default()))
+        .await;
+    let id = env
+        .converge("maker", 4)
+        .await
+        .status
+        .unwrap()
+        .key_id
+        .unwrap();
+    // Orphan it: keysmith lets go, the key stays (a key nobody manages).
+    env.patch_spec("maker", json!({ "deletionPolicy": "Orphan" }))
+        .await;
+    env.delete("maker").await;
+    env.reconcile("maker").await.unwrap();
+    (env, id)
+}
+
+fn adopter(id: &str) -> ApiKey {
+    apikey(
+        "adopter",
+        "ucloud",
+        ApiKeySpec {
+            key_ref: Some(KeyRef { id: id.into() }),
+            ..Default::default()
+        },
+    )
+}
+
+#[tokio::test]
+async fn a_cluster_provider_allows_adoption_only_if_its_owner_opted_in() {
+    let (env, id) = ucloud_with_console_key(None).await;
+    env.create(&adopter(&id)).await;
+    hammer(&env, "adopter", 3).await;
+    let (_, reason, message) = ready(&env.get("adopter").await);
+    assert_eq!(reason, "AdoptionRefused", "{message}");
+    assert!(env.secrets().get_opt("adopter").await.unwrap().is_none());
+
+    // Allowed, but for other namespaces only.
+    let ckps: Api<ClusterKeyProvider> = Api::all(env.client.clone());
+    let name = env.cluster_provider_name("ucloud");
+    let allow = |team: &str| {
+        json!({ "spec": { "adoption": { "allowed": true,
+            "namespaceSelector": { "matchLabels": { "team": team } } } } })
+    };
+    ckps.patch(&name, &PatchParams::default(), &Patch::Merge(allow("web")))
+        .await
+        .unwrap();
+    env.touch("adopter", "b").await;
+    env.reconcile("adopter").await.unwrap();
+    let (_, reason, message) = ready(&env.get("adopter").await);
+    assert_eq!(reason, "AdoptionRefused", "{message}");
+    assert!(message.contains("namespaceSelector"), "{message}");
+
+    ckps.patch(&name, &PatchParams::default(), &Patch::Merge(allow("ai")))
+        .await
+        .unwrap();
+    env.touch("adopter", "c").await;
+    let ak = env.converge("adopter", 4).await;
+    assert_eq!(ready(&ak).0, "True", "{:?}", ready(&ak));
+    assert_eq!(ak.status.unwrap().key_id, Some(id));
+}
+
+#[tokio::test]
+async fn a_key_another_apikey_manages_is_never_adopted() {
+    let env = ucloud::env().await;
+    env.create(&apikey("owner", "ucloud", ApiKeySpec::default()))
+        .await;
+    let owner = env.converge("owner", 4).await;
+    let id = owner.status.unwrap().key_id.unwrap();
+    let value = env.secret_value("owner", "api-key").await.unwrap();
+    // A tenant in another namespace, admitted to the same ClusterKeyProvider, names the key.
+    let mut thief = adopter(&id);
+    thief.metadata.namespace = Some(OTHER_NS.into());
+    env.create(&thief).await;
+    let api: Api<ApiKey> = Api::namespaced(env.client.clone(), &env.other_ns);
+    for _ in 0..3 {
+        let ak = api.get("adopter").await.unwrap();
+        let _ = apikey::reconcile(Arc::new(ak), env.ctx.clone()).await;
+    }
+    let ak = api.get("adopter").await.unwrap();
+    let (_, reason, message) = ready(&ak);
+    assert_eq!(reason, "AdoptionRefused", "{message}");
+    assert!(ak.status.unwrap().key_id.is_none());
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.other_ns);
+    assert!(secrets.get_opt("adopter").await.unwrap().is_none());
+    // The owner's key is untouched and still works.
+    assert_eq!(env.secret_value("owner", "api-key").await, Some(value));
+    assert_eq!(ucloud::live(&env.emulator_keys().await).len(), 1);
+    api.patch(
+        "adopter",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_copied_display_name_does_not_make_recovery_revoke_anothers_key() {
+    let env = openrouter::env().await;
+    let named = |name: &str| {
+        apikey(
+            name,
+            "openrouter",
+            ApiKeySpec {
+                display_name: Some("shared".into()),
+                ..Default::default()
+            },
+        )
+    };
+    env.create(&named("victim")).await;
+    env.converge("victim", 4).await;
+    let value = env.secret_value("victim", "api-key").await.unwrap();
+    env.create(&named("copycat")).await;
+    env.reconcile("copycat").await.unwrap(); // finalizer
+    env.ctx.crash_after_create.store(true, Ordering::SeqCst);
+    let _ = env.reconcile("copycat").await;
+    env.ctx.crash_after_create.store(false, Ordering::SeqCst);
+    assert!(env
+        .get("copycat")
+        .await
+        .status
+        .unwrap()
+        .pending_create
+        .is_some());
+    let ak = env.converge("copycat", 4).await;
+    assert_eq!(ready(&ak).0, "True", "{:?}", ready(&ak));
+    assert!(
+        openrouter::key_works(&env, &value).await,
+        "the victim's key survives the copycat's recovery"
+    );
+    assert_eq!(
+        env.secret_value("victim", "api-key").await,
+        Some(value),
+        "and stays in its Secret"
+    );
+    // The copycat's own stray key was revoked: one live key each.
+    assert_eq!(openrouter::live_keys(&env.emulator_keys().await), 2);
+}
+
+#[tokio::test]
+async fn orphan_policy_revokes_an_interrupted_creates_key() {
+    let env = openrouter::env().await;
+    let spec = ApiKeySpec {
+        deletion_policy: DeletionPolicy::Orphan,
+        ..Default::default()
+    };
+    env.create(&apikey("leaving", "openrouter", spec)).await;
+    env.reconcile("leaving").await.unwrap(); // finalizer
+    env.ctx.crash_after_create.store(true, Ordering::SeqCst);
+    let _ = env.reconcile("leaving").await;
+    env.ctx.crash_after_create.store(false, Ordering::SeqCst);
+    assert_eq!(openrouter::live_keys(&env.emulator_keys().await), 1);
+    env.delete("leaving").await;
+    // The interrupted create settles after the client timeout plus 5 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while env.apikeys().get_opt("leaving").await.unwrap().is_some()
+        && std::time::Instant::now() < deadline
+    {
+        let _ = env.reconcile("leaving").await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        env.apikeys().get_opt("leaving").await.unwrap().is_none(),
+        "the finalizer was released"
+    );
+    assert_eq!(
+        openrouter::live_keys(&env.emulator_keys().await),
+        0,
+        "the stray key of the interrupted create did not leak"
+    );
+}
