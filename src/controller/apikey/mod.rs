@@ -116,7 +116,10 @@ pub async fn reconcile(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Err
         ctx.wrote_apikey(&object_key(&ak), written.resource_version());
         ctx.metrics.kube_write("apikeys", "patch");
         count_reconcile(&ctx, "requeue");
-        return Ok(Action::requeue(Duration::from_millis(100)));
+        // The watch event of this patch reconciles the ApiKey next (the predicate passes a
+        // finalizer change); a short requeue would add a reconcile whenever the event comes
+        // later than it. This one is only the fallback.
+        return Ok(Action::requeue(Duration::from_secs(5)));
     }
     let result = finalizer(&api, FINALIZER, ak, |event| async {
         match event {
