@@ -33,7 +33,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, reflector};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::Client;
+use kube::{Client, ResourceExt};
 
 use crate::api::{ApiKey, ClusterKeyProvider, KeyProvider, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::metrics::Metrics;
@@ -158,7 +158,15 @@ fn apikey_controller(
     // ApiKey events that only change its status (keysmith's own writes) reconcile nothing: the
     // reconcile that wrote it already acted, and its requeue covers the refresh (issue 11).
     let (store, writer) = reflector::store();
-    let apikeys = reflector(writer, watcher(api_in::<ApiKey>(client, ns), apikey_wc))
+    // The cached copies drop what keysmith never reads: managedFields (often the bulk of an
+    // object's metadata) and kubectl's copy of the last applied manifest.
+    let apikeys = watcher(api_in::<ApiKey>(client, ns), apikey_wc).modify(|ak| {
+        ak.managed_fields_mut().clear();
+        if let Some(a) = ak.metadata.annotations.as_mut() {
+            a.remove("kubectl.kubernetes.io/last-applied-configuration");
+        }
+    });
+    let apikeys = reflector(writer, apikeys)
         .applied_objects()
         .predicate_filter(predicates::apikey_changes, Default::default());
     let ctl = Controller::for_stream(apikeys, store.clone());
