@@ -6,12 +6,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kube::api::Api;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::{Client, Resource};
+use kube::{Client, Resource, ResourceExt};
 
 use super::backends::BackendEntry;
 use super::listing::SnapshotSlot;
 use super::reasons::Reason;
+use crate::api::ApiKey;
 use crate::metrics::Metrics;
 use crate::providers::{ClientOptions, KeyScope};
 
@@ -40,6 +42,9 @@ pub struct Context {
     create_holds: Mutex<HashMap<String, (Instant, String)>>,
     pub(crate) backends: Mutex<HashMap<String, Arc<BackendEntry>>>,
     pub(crate) snapshots: Mutex<HashMap<(String, KeyScope), SnapshotSlot>>,
+    /// Per ApiKey (`namespace/name`): the resourceVersion of this process's last write of it,
+    /// until the watch cache shows that version (see [`Context::current_copy`]).
+    written: Mutex<HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -85,6 +90,7 @@ impl Context {
             create_holds: Mutex::new(HashMap::new()),
             backends: Mutex::new(HashMap::new()),
             snapshots: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
         }
     }
 
@@ -101,13 +107,75 @@ impl Context {
         self.failures.lock().unwrap().remove(key);
     }
 
+    /// This process wrote the ApiKey `key`; the server now holds `resource_version`.
+    pub fn wrote_apikey(&self, key: &str, resource_version: Option<String>) {
+        let mut w = self.written.lock().unwrap();
+        match resource_version {
+            Some(rv) => w.insert(key.to_string(), rv),
+            None => w.remove(key),
+        };
+    }
+
+    /// The copy of an ApiKey to reconcile: the watch cache's `cached`, unless it may be older
+    /// than the server's, then the server's (one GET); `None` when the ApiKey is gone.
+    ///
+    /// The cache may be older when this process wrote the ApiKey since and the cache does not
+    /// show that write yet (a reconcile triggered by the Secret it just wrote), or when the copy
+    /// holds a `pendingCreate` marker: crash recovery is only for a create that really may have
+    /// happened, never for a marker that a later write of this process already cleared. A GET
+    /// per such reconcile is much cheaper than what a stale copy costs (a 409, a requeue, or a
+    /// recovery with its listing).
+    pub async fn current_copy(
+        &self,
+        cached: std::sync::Arc<ApiKey>,
+    ) -> Result<Option<std::sync::Arc<ApiKey>>, kube::Error> {
+        let key = format!(
+            "{}/{}",
+            cached.namespace().unwrap_or_default(),
+            cached.name_any()
+        );
+        let behind = {
+            let mut w = self.written.lock().unwrap();
+            match w.get(&key) {
+                Some(rv) if cached.resource_version().as_ref() == Some(rv) => {
+                    // The cache caught up with our last write.
+                    w.remove(&key);
+                    false
+                }
+                Some(_) => true,
+                None => false,
+            }
+        };
+        let pending = cached
+            .status
+            .as_ref()
+            .is_some_and(|s| s.pending_create.is_some());
+        if !behind && !pending {
+            return Ok(Some(cached));
+        }
+        let api: Api<ApiKey> =
+            Api::namespaced(self.client.clone(), &cached.namespace().unwrap_or_default());
+        let server = api.get_opt(&cached.name_any()).await?;
+        self.written.lock().unwrap().remove(&key);
+        Ok(server.map(|s| {
+            if s.resource_version() == cached.resource_version() {
+                cached
+            } else {
+                std::sync::Arc::new(s)
+            }
+        }))
+    }
+
     /// Record an ApiKey's provider, readiness and expiry (None: forget it, it was deleted) and
     /// refresh the `keysmith_apikeys` and `keysmith_key_expiry_timestamp_seconds` gauges.
     pub fn track(&self, key: &str, state: Option<Tracked>) {
         let mut t = self.tracked.lock().unwrap();
         let changed = match state {
             Some(s) => t.insert(key.to_string(), s.clone()) != Some(s),
-            None => t.remove(key).is_some(),
+            None => {
+                self.written.lock().unwrap().remove(key);
+                t.remove(key).is_some()
+            }
         };
         if !changed {
             return;

@@ -10,6 +10,7 @@ pub mod credentials;
 pub mod error;
 mod leader;
 pub mod listing;
+pub mod predicates;
 pub mod provider;
 pub mod rbac;
 pub mod reasons;
@@ -28,9 +29,11 @@ use anyhow::Context as _;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
-use kube::runtime::watcher;
-use kube::Client;
+use kube::runtime::reflector::{self, reflector};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, ResourceExt};
 
 use crate::api::{ApiKey, ClusterKeyProvider, KeyProvider, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::metrics::Metrics;
@@ -152,33 +155,64 @@ fn apikey_controller(
     }
     let secret_wc = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     let secrets: Api<Secret> = api_in(client, ns);
-    let ctl = Controller::new(api_in::<ApiKey>(client, ns), apikey_wc);
-    let store = ctl.store();
+    // ApiKey events that only change its status (keysmith's own writes) reconcile nothing: the
+    // reconcile that wrote it already acted, and its requeue covers the refresh (issue 11).
+    let (store, writer) = reflector::store();
+    // The cached copies drop what keysmith never reads: managedFields (often the bulk of an
+    // object's metadata) and kubectl's copy of the last applied manifest.
+    let apikeys = watcher(api_in::<ApiKey>(client, ns), apikey_wc).modify(|ak| {
+        ak.managed_fields_mut().clear();
+        if let Some(a) = ak.metadata.annotations.as_mut() {
+            a.remove("kubectl.kubernetes.io/last-applied-configuration");
+        }
+    });
+    let apikeys = reflector(writer, apikeys)
+        .applied_objects()
+        .predicate_filter(predicates::apikey_changes, Default::default());
+    let ctl = Controller::for_stream(apikeys, store.clone());
     let ctl = if args.cluster_providers {
         let store = store.clone();
-        ctl.watches(
+        let ckps = watcher(
             Api::<ClusterKeyProvider>::all(client.clone()),
             watcher::Config::default(),
-            move |ckp| watches::apikeys_using_cluster_provider(&store, &ckp),
         )
+        .touched_objects()
+        .predicate_filter(predicates::cluster_provider_changes, Default::default());
+        ctl.watches_stream(ckps, move |ckp| {
+            watches::apikeys_using_cluster_provider(&store, &ckp)
+        })
     } else {
         ctl
     };
     let source_store = store.clone();
+    // Source Secrets: metadata only (the mapper needs namespace and name; the value is read
+    // when the ApiKey is reconciled), so no Secret data is held or decoded by the watch.
+    let sources = watcher(
+        api_in::<PartialObjectMeta<Secret>>(client, ns),
+        watcher::Config::default().labels(SOURCE_LABEL),
+    )
+    .touched_objects();
+    let key_providers = watcher(
+        api_in::<KeyProvider>(client, ns),
+        watcher::Config::default(),
+    )
+    .touched_objects()
+    .predicate_filter(predicates::key_provider_changes, Default::default());
     let ctl = ctl
-        .owns(secrets.clone(), secret_wc)
+        // Owned Secrets: kube watches them metadata-only.
+        .owns(secrets, secret_wc)
         // Source Secrets of pushed keys, when labelled keysmith.dev/source: a change re-pushes
         // at once (unlabelled ones are checked every refresh interval).
-        .watches(
-            secrets,
-            watcher::Config::default().labels(SOURCE_LABEL),
-            move |s| watches::apikeys_using_source_secret(&source_store, &s),
-        )
-        .watches(
-            api_in::<KeyProvider>(client, ns),
-            watcher::Config::default(),
-            move |kp| watches::apikeys_using_key_provider(&store, &kp),
-        )
+        .watches_stream(sources, move |s| {
+            let s = Secret {
+                metadata: s.metadata,
+                ..Default::default()
+            };
+            watches::apikeys_using_source_secret(&source_store, &s)
+        })
+        .watches_stream(key_providers, move |kp| {
+            watches::apikeys_using_key_provider(&store, &kp)
+        })
         .with_config(controller::Config::default().concurrency(args.concurrency))
         .graceful_shutdown_on(stop)
         .run(apikey::reconcile, apikey::error_policy, ctx)
