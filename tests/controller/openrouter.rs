@@ -625,6 +625,7 @@ async fn a_stale_copy_with_a_cleared_marker_does_not_start_recovery() {
             name: "marked".into(),
             started_at: chrono::Utc::now().to_rfc3339(),
             attempt: "a-cleared-attempt".into(),
+            scope: None,
         }),
         ..Default::default()
     });
