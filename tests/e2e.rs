@@ -1365,3 +1365,73 @@ async fn deleting_a_namespace_revokes_its_keys() {
     assert!(live.is_empty(), "every key revoked: {live:?}");
     drop(op);
 }
+
+/// issue 8 item 5: an ApiKey and its KeyProvider applied before the provider's credentials
+/// Secret (as `kubectl apply -f dir/` does, alphabetically) are Ready within seconds of the
+/// Secret appearing: the operator watches the Secrets provider objects reference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apikey_is_ready_soon_after_its_credentials_secret_appears() {
+    if !cluster::enabled(
+        "an_apikey_is_ready_soon_after_its_credentials_secret_appears",
+        &[],
+    ) {
+        return;
+    }
+    let cluster = Cluster::start(
+        "creds",
+        EmulatorOptions::default(),
+        ProviderOptions::default(),
+    )
+    .await;
+    let c = &cluster;
+    let op = c.start_operator("op", &[]).await;
+    let mgmt =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(c.client.clone(), &c.operator_ns)
+            .get(cluster::MGMT_SECRET)
+            .await
+            .expect("the run's management key");
+    let token = mgmt.data.unwrap()["token"].clone();
+    let kp: keysmith::api::KeyProvider = serde_json::from_value(json!({
+        "apiVersion": "keysmith.dev/v1alpha1", "kind": "KeyProvider",
+        "metadata": { "name": "late", "namespace": c.ns },
+        "spec": { "openrouter": {
+            "baseURL": format!("{}/api/v1", c.emulator.url),
+            "managementKeySecretRef": { "name": "late-credentials", "key": "token" },
+        }},
+    }))
+    .unwrap();
+    Api::<keysmith::api::KeyProvider>::namespaced(c.client.clone(), &c.ns)
+        .create(&Default::default(), &kp)
+        .await
+        .expect("KeyProvider created");
+    c.create_apikey(
+        "early",
+        json!({ "providerRef": { "kind": "KeyProvider", "name": "late" } }),
+    )
+    .await;
+    c.eventually("CredentialsNotFound reported", MINUTE, || async {
+        let ak = c.apikeys().get("early").await.map_err(|e| e.to_string())?;
+        let (_, reason, _) = cluster::ready(&ak);
+        if reason == "CredentialsNotFound" {
+            Ok(())
+        } else {
+            Err(format!("reason {reason}"))
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": "late-credentials", "namespace": c.ns },
+        "data": { "token": token },
+    }))
+    .unwrap();
+    c.secrets()
+        .create(&Default::default(), &secret)
+        .await
+        .expect("credentials Secret created");
+    // Without the watch, nothing would look again for a minute (the KeyProvider's re-verify)
+    // or five (the ApiKey's requeue): 10 s is the bound for a missing event.
+    c.wait_ready("early", Duration::from_secs(10)).await;
+    drop(op);
+}

@@ -8,7 +8,7 @@ pub mod conditions;
 pub mod context;
 pub mod credentials;
 pub mod error;
-mod leader;
+pub mod leader;
 pub mod listing;
 pub mod provider;
 pub mod rbac;
@@ -16,21 +16,23 @@ pub mod reasons;
 pub mod restart;
 pub mod rotation;
 pub mod secret;
+pub mod supervise;
 pub mod watches;
 
 pub use apikey::validate;
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
-use kube::runtime::watcher;
-use kube::Client;
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::{Client, ResourceExt};
 
 use crate::api::{ApiKey, ClusterKeyProvider, KeyProvider, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::metrics::Metrics;
@@ -71,6 +73,16 @@ pub struct RunArgs {
     /// referring to a ClusterKeyProvider then report ProviderNotAllowed.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "KEYSMITH_CLUSTER_PROVIDERS")]
     pub cluster_providers: bool,
+    /// Serve namespaced KeyProviders. `--namespaced-providers=false` leaves provider choice to
+    /// cluster admins: KeyProviders are ignored and ApiKeys referring to one report
+    /// ProviderNotAllowed.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "KEYSMITH_NAMESPACED_PROVIDERS")]
+    pub namespaced_providers: bool,
+    /// Hosts a provider object's base URL may name (comma-separated, exact host names). Empty:
+    /// any. A provider object whose base URL names another host is InvalidProvider, and no call
+    /// is made.
+    #[arg(long, value_delimiter = ',', env = "KEYSMITH_ALLOWED_BASE_URL_HOSTS")]
+    pub allowed_base_url_hosts: Vec<String>,
     /// ApiKeys reconciled at once.
     #[arg(long, default_value_t = 16, env = "KEYSMITH_CONCURRENCY")]
     pub concurrency: u16,
@@ -91,6 +103,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     ));
     let mut ctx = Context::new(client.clone(), metrics, args.namespace.clone(), "keysmith");
     ctx.cluster_providers = args.cluster_providers;
+    ctx.namespaced_providers = args.namespaced_providers;
+    ctx.allowed_base_url_hosts = args
+        .allowed_base_url_hosts
+        .iter()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .collect();
     let ctx = Arc::new(ctx);
 
     if args.leader_elect {
@@ -154,15 +173,64 @@ fn apikey_controller(
     let secrets: Api<Secret> = api_in(client, ns);
     let ctl = Controller::new(api_in::<ApiKey>(client, ns), apikey_wc);
     let store = ctl.store();
-    let ctl = if args.cluster_providers {
-        let store = store.clone();
-        ctl.watches(
-            Api::<ClusterKeyProvider>::all(client.clone()),
+    // Provider objects, kept in stores: a change of one re-reconciles the ApiKeys it serves, and
+    // the stores map a credentials Secret to the provider objects that read it.
+    let (kp_store, kp_writer) = reflector::store::<KeyProvider>();
+    let kp_stream = reflector(
+        kp_writer,
+        watcher(
+            api_in::<KeyProvider>(client, ns),
             watcher::Config::default(),
-            move |ckp| watches::apikeys_using_cluster_provider(&store, &ckp),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    let ctl = {
+        let store = store.clone();
+        ctl.watches_stream(kp_stream, move |kp| {
+            watches::apikeys_using_key_provider(&store, &kp)
+        })
+    };
+    let (ctl, ckp_store) = if args.cluster_providers {
+        let (ckp_store, ckp_writer) = reflector::store::<ClusterKeyProvider>();
+        let ckp_stream = reflector(
+            ckp_writer,
+            watcher(
+                Api::<ClusterKeyProvider>::all(client.clone()),
+                watcher::Config::default(),
+            ),
         )
+        .default_backoff()
+        .touched_objects();
+        let store = store.clone();
+        let ctl = ctl.watches_stream(ckp_stream, move |ckp| {
+            watches::apikeys_using_cluster_provider(&store, &ckp)
+        });
+        (ctl, Some(ckp_store))
     } else {
-        ctl
+        (ctl, None)
+    };
+    // Credentials Secrets (metadata only; only those a provider object reads map to ApiKeys):
+    // an ApiKey applied before its provider's credentials is Ready as soon as they appear.
+    let creds_stream = watcher(
+        api_in::<PartialObjectMeta<Secret>>(client, ns),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects();
+    let ctl = {
+        let store = store.clone();
+        let operator_ns = ctx.operator_namespace.clone();
+        ctl.watches_stream(creds_stream, move |s| {
+            watches::apikeys_using_credentials(
+                &store,
+                &kp_store,
+                ckp_store.as_ref(),
+                &operator_ns,
+                &s.namespace().unwrap_or_default(),
+                &s.name_any(),
+            )
+        })
     };
     let source_store = store.clone();
     let ctl = ctl
@@ -174,19 +242,16 @@ fn apikey_controller(
             watcher::Config::default().labels(SOURCE_LABEL),
             move |s| watches::apikeys_using_source_secret(&source_store, &s),
         )
-        .watches(
-            api_in::<KeyProvider>(client, ns),
-            watcher::Config::default(),
-            move |kp| watches::apikeys_using_key_provider(&store, &kp),
-        )
         .with_config(controller::Config::default().concurrency(args.concurrency))
         .graceful_shutdown_on(stop)
-        .run(apikey::reconcile, apikey::error_policy, ctx)
+        .run(supervise::reconcile_apikey, apikey::error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
     tokio::spawn(ctl)
 }
 
-/// Run every controller until `stop` resolves; in-flight reconciles finish first.
+/// Run every controller until `stop` resolves; in-flight reconciles finish first (or are
+/// cancelled at the leader Lease's renew deadline). A controller that ends on its own turns
+/// `/healthz` bad.
 pub async fn run_controllers(
     client: Client,
     ctx: Arc<Context>,
@@ -194,29 +259,34 @@ pub async fn run_controllers(
     health: Arc<Health>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let stop = futures::future::FutureExt::shared(Box::pin(stop));
+    let stopping = Arc::new(AtomicBool::new(false));
+    let flag = stopping.clone();
+    let stop = futures::future::FutureExt::shared(Box::pin(async move {
+        stop.await;
+        flag.store(true, Ordering::SeqCst);
+    }));
     let mut tasks = Vec::new();
     for ns in watched_namespaces(args) {
         let ns = ns.as_deref();
-        tasks.push(apikey_controller(
-            &client,
-            ctx.clone(),
-            args,
-            ns,
-            stop.clone(),
+        tasks.push((
+            "apikey",
+            apikey_controller(&client, ctx.clone(), args, ns, stop.clone()),
         ));
+        if !args.namespaced_providers {
+            continue;
+        }
         let kp_ctl = Controller::new(
             api_in::<KeyProvider>(&client, ns),
             watcher::Config::default(),
         )
         .graceful_shutdown_on(stop.clone())
         .run(
-            provider::reconcile_key_provider,
-            provider::error_policy,
+            supervise::reconcile_key_provider,
+            supervise::provider_error_policy,
             ctx.clone(),
         )
         .for_each(|_| futures::future::ready(()));
-        tasks.push(tokio::spawn(kp_ctl));
+        tasks.push(("keyprovider", tokio::spawn(kp_ctl)));
     }
     if args.cluster_providers {
         let ckp_ctl = Controller::new(
@@ -225,17 +295,15 @@ pub async fn run_controllers(
         )
         .graceful_shutdown_on(stop.clone())
         .run(
-            provider::reconcile_cluster_key_provider,
-            provider::error_policy,
+            supervise::reconcile_cluster_key_provider,
+            supervise::provider_error_policy,
             ctx.clone(),
         )
         .for_each(|_| futures::future::ready(()));
-        tasks.push(tokio::spawn(ckp_ctl));
+        tasks.push(("clusterkeyprovider", tokio::spawn(ckp_ctl)));
     }
     health.started.store(true, Ordering::SeqCst);
     tracing::info!(namespaces = ?args.watch_namespaces, selector = ?args.label_selector, "controllers running");
-    for t in tasks {
-        let _ = t.await;
-    }
+    supervise::supervise(tasks, stopping, health).await;
     tracing::info!("controllers stopped");
 }

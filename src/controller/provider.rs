@@ -47,6 +47,46 @@ async fn verify(ctx: &Context, obj: ProviderObject<'_>) -> Readiness {
     }
 }
 
+/// The base URL a provider object's client talks to: its `baseURL`, else the provider's default.
+pub fn effective_base_url(spec: &KeyProviderSpec) -> Option<String> {
+    use crate::providers::{boltz, digitalocean, openrouter, ucloud};
+    let or_default = |u: &Option<String>, d: &str| u.clone().unwrap_or_else(|| d.to_string());
+    if let Some(p) = &spec.openrouter {
+        Some(or_default(&p.base_url, openrouter::DEFAULT_BASE_URL))
+    } else if let Some(p) = &spec.boltz {
+        Some(or_default(&p.base_url, boltz::DEFAULT_BASE_URL))
+    } else if let Some(p) = &spec.ucloud {
+        Some(or_default(&p.base_url, ucloud::DEFAULT_BASE_URL))
+    } else if let Some(p) = &spec.digitalocean {
+        Some(or_default(&p.base_url, digitalocean::DEFAULT_BASE_URL))
+    } else {
+        spec.bifrost.as_ref().map(|p| p.base_url.clone())
+    }
+}
+
+/// `--allowed-base-url-hosts`: when the list is not empty, a provider object may only talk to a
+/// host on it (exact, case-insensitive). Err is the InvalidProvider message (no call is made).
+pub fn check_base_url(allowed: &[String], id: &str, spec: &KeyProviderSpec) -> Result<(), String> {
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let Some(base) = effective_base_url(spec) else {
+        return Ok(());
+    };
+    let host = url::Url::parse(&base).ok().and_then(|u| {
+        u.host_str()
+            .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+    });
+    match host {
+        Some(h) if allowed.iter().any(|a| a.eq_ignore_ascii_case(&h)) => Ok(()),
+        Some(h) => Err(format!(
+            "{id}: base URL host {h} is not allowed by this installation (allowed: {})",
+            allowed.join(", ")
+        )),
+        None => Err(format!("{id}: the base URL is not a valid absolute URL")),
+    }
+}
+
 /// The status a provider object gets for `readiness` (pure): only the Ready condition, built by
 /// the one condition builder.
 fn next_status(
@@ -81,7 +121,7 @@ fn requeue(readiness: &Readiness) -> Action {
 pub async fn reconcile_key_provider(
     p: Arc<KeyProvider>,
     ctx: Arc<Context>,
-) -> Result<Action, kube::Error> {
+) -> Result<Action, super::error::Error> {
     let ns = p.namespace().unwrap_or_default();
     let obj = ProviderObject {
         id: format!("KeyProvider/{ns}/{}", p.name_any()),
@@ -113,7 +153,7 @@ pub async fn reconcile_key_provider(
 pub async fn reconcile_cluster_key_provider(
     p: Arc<ClusterKeyProvider>,
     ctx: Arc<Context>,
-) -> Result<Action, kube::Error> {
+) -> Result<Action, super::error::Error> {
     let obj = ProviderObject {
         id: format!("ClusterKeyProvider/{}", p.name_any()),
         spec: &p.spec.inner,
@@ -141,15 +181,51 @@ pub async fn reconcile_cluster_key_provider(
     Ok(requeue(&readiness))
 }
 
-pub fn error_policy<K>(_: Arc<K>, err: &kube::Error, _: Arc<Context>) -> Action {
-    tracing::warn!(error = %err, "provider reconcile failed");
-    Action::requeue(Duration::from_secs(10))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::BoltzProvider;
+
+    #[test]
+    fn base_url_hosts_outside_the_allow_list_are_refused() {
+        use crate::api::{BifrostProvider, OpenRouterProvider};
+        let allowed = vec!["openrouter.ai".to_string(), "gw.example.com".to_string()];
+        let or = |url: Option<&str>| KeyProviderSpec {
+            openrouter: Some(OpenRouterProvider {
+                base_url: url.map(Into::into),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            check_base_url(&[], "kp", &or(Some("http://evil.test"))),
+            Ok(())
+        );
+        // The default base URL counts: openrouter.ai is listed.
+        assert_eq!(check_base_url(&allowed, "kp", &or(None)), Ok(()));
+        assert_eq!(
+            check_base_url(&allowed, "kp", &or(Some("https://GW.example.com./v1"))),
+            Ok(())
+        );
+        let err =
+            check_base_url(&allowed, "kp", &or(Some("http://169.254.169.254/latest"))).unwrap_err();
+        assert!(
+            err.contains("169.254.169.254") && err.contains("not allowed"),
+            "{err}"
+        );
+        // A look-alike suffix is not the host.
+        assert!(
+            check_base_url(&allowed, "kp", &or(Some("https://openrouter.ai.evil.test"))).is_err()
+        );
+        let bifrost = KeyProviderSpec {
+            bifrost: Some(BifrostProvider {
+                base_url: "not a url".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(check_base_url(&allowed, "kp", &bifrost).is_err());
+    }
 
     #[test]
     fn status_is_rewritten_only_when_the_conclusion_changes() {

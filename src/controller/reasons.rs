@@ -65,6 +65,10 @@ reasons! {
     RecoveringCreate,
     /// The Kubernetes API failed.
     KubernetesError,
+    /// A bug: the reconcile panicked. It was contained and is retried with backoff.
+    InternalError,
+    /// The leader Lease expires before a create could finish: it waits for the next renewal.
+    LeaseExpiring,
     /// Internal: a conditional write found a newer ApiKey; never shown in a condition.
     Conflict,
     /// Test hook (`test-hooks` feature): a simulated crash right after a create.
@@ -118,6 +122,8 @@ impl Reason {
         Reason::UnsupportedOperation,
         Reason::RecoveringCreate,
         Reason::KubernetesError,
+        Reason::InternalError,
+        Reason::LeaseExpiring,
     ];
 
     /// The reason a provider error surfaces as (the provider layer names it; this types it).

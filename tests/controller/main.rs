@@ -6,4 +6,5 @@ mod boltz;
 mod digitalocean;
 mod harness;
 mod openrouter;
+mod runtime;
 mod ucloud;

@@ -77,10 +77,10 @@ ClusterRole in cluster mode, or by a Role in each watched namespace in namespace
 {{- define "keysmith.namespacedRules" -}}
 - apiGroups: ["keysmith.dev"]
   resources: ["apikeys"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["keysmith.dev"]
   resources: ["apikeys/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 - apiGroups: ["keysmith.dev"]
   resources: ["apikeys/finalizers"]
   verbs: ["update"]
@@ -89,10 +89,10 @@ ClusterRole in cluster mode, or by a Role in each watched namespace in namespace
   verbs: ["get", "list", "watch"]
 - apiGroups: ["keysmith.dev"]
   resources: ["keyproviders/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
@@ -110,10 +110,10 @@ ClusterRole in cluster mode, or by a Role in each watched namespace in namespace
   verbs: ["get", "list", "watch"]
 - apiGroups: ["keysmith.dev"]
   resources: ["clusterkeyproviders/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 - apiGroups: [""]
   resources: ["namespaces"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get"]
 {{- end }}
 
 {{/* Checks on value combinations the schema cannot express. */}}

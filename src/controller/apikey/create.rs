@@ -64,6 +64,7 @@ pub async fn create(
         // creates and status writes for as long as the provider keeps answering 429.
         return Err(Failure::transient(Reason::RateLimited, message, Some(wait)));
     }
+    r.ctx.lease_allows(r.ctx.client_options.timeout)?;
     let attempt = crate::ids::random_hex(16);
     let mut marked = st.clone();
     marked.pending_create = Some(marker(&v.settings, &attempt));
