@@ -519,7 +519,7 @@ fn default_values_render_cluster_mode_ha() {
         json!([
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-             "resourceNames": ["keysmith-leader"], "verbs": ["get", "update", "patch"]},
+             "resourceNames": ["keysmith-leader"], "verbs": ["get", "patch"]},
         ])
     );
     // nothing anywhere grants wildcards or rollout-restart access
