@@ -49,6 +49,20 @@ pub fn margin(ttl: Duration) -> Duration {
     (ttl / 5).max(Duration::from_secs(1))
 }
 
+/// The lease duration `keysmith run` uses (`--lease-duration`, at least 3 s).
+pub fn lease_ttl(args: &RunArgs) -> Duration {
+    Duration::from_secs(args.lease_duration.max(3))
+}
+
+/// The longest provider request timeout that still lets creates start: a create is started
+/// only when it can finish before the renew deadline, and right before a renewal the time left
+/// is the lease minus the margin minus the renew interval (ttl/3).
+pub fn provider_timeout_cap(ttl: Duration) -> Duration {
+    ttl.saturating_sub(margin(ttl))
+        .saturating_sub(ttl / 3)
+        .max(Duration::from_secs(1))
+}
+
 /// The renew deadline after a renew that was *sent* at `renewed` (pure).
 pub fn renew_deadline(renewed: tokio::time::Instant, ttl: Duration) -> tokio::time::Instant {
     renewed + ttl.saturating_sub(margin(ttl))
@@ -192,7 +206,7 @@ pub(super) async fn run_with_leader_election(
 ) -> anyhow::Result<()> {
     let holder = std::env::var("POD_NAME")
         .unwrap_or_else(|_| format!("keysmith-{}", crate::ids::random_hex(8)));
-    let ttl = Duration::from_secs(args.lease_duration.max(3));
+    let ttl = lease_ttl(args);
     let lock = lease_lock(client.clone(), args, &holder, ttl);
     let clock = ctx.lease.clone();
     let mut shutdown = Box::pin(crate::shutdown_signal());
@@ -240,6 +254,20 @@ mod tests {
             t + Duration::from_secs(2)
         );
         assert!(renew_deadline(t, Duration::from_millis(500)) >= t);
+    }
+
+    #[test]
+    fn the_provider_timeout_fits_between_two_renewals() {
+        let ttl = Duration::from_secs(15);
+        let cap = provider_timeout_cap(ttl);
+        assert_eq!(cap, Duration::from_secs(7));
+        // Just before the next renewal (ttl/3 after the last) a create of `cap` still fits.
+        let t = tokio::time::Instant::now();
+        assert!(t + ttl / 3 + cap <= renew_deadline(t, ttl));
+        assert_eq!(
+            provider_timeout_cap(Duration::from_secs(3)),
+            Duration::from_secs(1)
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -59,7 +59,9 @@ pub struct RunArgs {
     /// Secrets. Default: the pod's namespace (POD_NAMESPACE), else `keysmith-system`.
     #[arg(long, env = "POD_NAMESPACE", default_value = "keysmith-system")]
     pub namespace: String,
-    /// Lease duration in seconds: a standby takes over at most this long after the leader stops renewing.
+    /// Lease duration in seconds: a standby takes over at most this long after the leader stops
+    /// renewing. The leader stops provider writes a fifth of it (at least 1 s) before then, and
+    /// provider requests time out after at most lease − margin − lease/3 (7 s for 15 s).
     #[arg(long, default_value_t = 15, env = "KEYSMITH_LEASE_DURATION")]
     pub lease_duration: u64,
     /// Watch only these namespaces (comma-separated). Default: every namespace.
@@ -110,6 +112,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .map(|h| h.trim().to_ascii_lowercase())
         .filter(|h| !h.is_empty())
         .collect();
+    if args.leader_elect {
+        // A create starts only if it can end before the Lease's renew deadline: provider
+        // requests must be shorter than the window between two renewals.
+        let cap = leader::provider_timeout_cap(leader::lease_ttl(&args));
+        if ctx.client_options.timeout > cap {
+            tracing::info!(
+                timeout_ms = cap.as_millis() as u64,
+                "provider request timeout capped to fit the leader Lease"
+            );
+            ctx.client_options.timeout = cap;
+        }
+    }
     let ctx = Arc::new(ctx);
 
     if args.leader_elect {
