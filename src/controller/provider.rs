@@ -88,7 +88,12 @@ pub fn check_base_url(allowed: &[String], id: &str, spec: &KeyProviderSpec) -> R
 }
 
 /// The status a provider object gets for `readiness` (pure): only the Ready condition, built by
-/// the one condition builder.
+/// the one condition builder. Quiet and deterministic, because with `--label-selector` every
+/// shard verifies every ClusterKeyProvider and they must not flap its status:
+/// - a transient failure (429, outage, API error) does not take back a Ready=True verified at
+///   this generation (the next verify decides);
+/// - the same status and reason keep the message already written (messages of one reason may
+///   differ in detail between shards), so only a change of conclusion is a write.
 fn next_status(
     old: Option<&KeyProviderStatus>,
     spec: &KeyProviderSpec,
@@ -101,7 +106,25 @@ fn next_status(
         .filter(|c| c.type_ == "Ready")
         .cloned()
         .collect();
-    set_ready(&mut conditions, generation, readiness);
+    let prev = conditions.first().cloned();
+    let transient = matches!(
+        readiness.reason,
+        Reason::RateLimited | Reason::ProviderUnavailable | Reason::KubernetesError
+    );
+    let mut readiness = readiness.clone();
+    if let Some(p) = &prev {
+        let verified_now = p.status == "True" && p.observed_generation == generation;
+        if !readiness.ready && transient && verified_now {
+            if let Some(old) = old {
+                return old.clone();
+            }
+        }
+        let status = if readiness.ready { "True" } else { "False" };
+        if p.status == status && p.reason == readiness.reason.as_str() {
+            readiness.message = p.message.clone();
+        }
+    }
+    set_ready(&mut conditions, generation, &readiness);
     KeyProviderStatus {
         observed_generation: generation,
         provider_type: spec.provider_type().map(|p| p.to_string()),
@@ -250,6 +273,31 @@ mod tests {
         let second = next_status(Some(&first), &spec, Some(1), &bad);
         assert_ne!(second, first);
         assert_eq!(second.conditions[0].reason, "ProviderAuthFailed");
+        // Another shard's wording of the same conclusion is not a write.
+        let reworded = Readiness {
+            message: "no (request 42)".into(),
+            ..bad.clone()
+        };
+        assert_eq!(
+            next_status(Some(&second), &spec, Some(1), &reworded),
+            second
+        );
+        // A transient failure does not take back a verification of this generation…
+        let flaky = Readiness {
+            ready: false,
+            reason: Reason::ProviderUnavailable,
+            message: "timeout".into(),
+        };
+        assert_eq!(next_status(Some(&first), &spec, Some(1), &flaky), first);
+        // …but is reported when nothing was verified yet, or for a new generation.
+        assert_eq!(
+            next_status(None, &spec, Some(1), &flaky).conditions[0].reason,
+            "ProviderUnavailable"
+        );
+        assert_eq!(
+            next_status(Some(&first), &spec, Some(2), &flaky).conditions[0].reason,
+            "ProviderUnavailable"
+        );
         let third = next_status(Some(&second), &spec, Some(2), &bad);
         assert_eq!(third.observed_generation, Some(2));
     }
