@@ -1435,3 +1435,64 @@ async fn an_apikey_is_ready_soon_after_its_credentials_secret_appears() {
     c.wait_ready("early", Duration::from_secs(10)).await;
     drop(op);
 }
+
+/// issue 10 item 7: cluster admins' control. `--namespaced-providers=false`: an ApiKey naming a
+/// KeyProvider reports ProviderNotAllowed. `--allowed-base-url-hosts`: a provider object whose
+/// base URL names another host is InvalidProvider and the provider is never called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_flags_refuse_namespaced_providers_and_unlisted_hosts() {
+    if !cluster::enabled(
+        "admin_flags_refuse_namespaced_providers_and_unlisted_hosts",
+        &[],
+    ) {
+        return;
+    }
+    let cluster = Cluster::start(
+        "admin",
+        EmulatorOptions::default(),
+        ProviderOptions::default(),
+    )
+    .await;
+    let c = &cluster;
+    let op = c
+        .start_operator(
+            "op",
+            &[
+                "--namespaced-providers=false",
+                "--allowed-base-url-hosts=openrouter.ai,api.example.com",
+            ],
+        )
+        .await;
+    c.reset_emulator_stats().await;
+    c.create_apikey(
+        "namespaced",
+        json!({ "providerRef": { "kind": "KeyProvider", "name": "mine" } }),
+    )
+    .await;
+    c.create_apikey("unlisted", json!({})).await;
+    for (name, want) in [
+        ("namespaced", "ProviderNotAllowed"),
+        ("unlisted", "InvalidProvider"),
+    ] {
+        c.eventually(&format!("{name}: {want}"), MINUTE, || async {
+            let ak = c.apikeys().get(name).await.map_err(|e| e.to_string())?;
+            let (_, reason, message) = cluster::ready(&ak);
+            if reason == want {
+                Ok(message)
+            } else {
+                Err(format!("reason {reason}: {message}"))
+            }
+        })
+        .await;
+    }
+    let stats = c.emulator_stats().await;
+    let calls: u64 = stats["byRoute"]
+        .as_object()
+        .map(|m| m.values().filter_map(Value::as_u64).sum())
+        .unwrap_or(0);
+    assert_eq!(
+        calls, 0,
+        "no call to a host outside the allow-list: {stats}"
+    );
+    drop(op);
+}

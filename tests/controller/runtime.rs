@@ -191,3 +191,48 @@ async fn deleting_an_apikey_that_never_created_a_key_does_not_wait_for_its_provi
             .map(|a| a.status)
     );
 }
+
+/// Every user-supplied name is the DNS-1123 name (or data key) Kubernetes needs, checked by the
+/// API server from the CRD schema before keysmith sees the object.
+#[tokio::test]
+async fn names_that_are_not_dns_1123_are_refused_by_the_api_server() {
+    let env = env().await;
+    let create = |spec: serde_json::Value| {
+        let env = &env;
+        async move {
+            let ak: keysmith::api::ApiKey = serde_json::from_value(serde_json::json!({
+                "apiVersion": "keysmith.dev/v1alpha1", "kind": "ApiKey",
+                "metadata": { "name": "names", "namespace": env.ns },
+                "spec": spec,
+            }))
+            .unwrap();
+            env.apikeys().create(&Default::default(), &ak).await
+        }
+    };
+    for bad in [
+        serde_json::json!({ "providerRef": { "kind": "KeyProvider", "name": "Not_A_Name" } }),
+        serde_json::json!({ "providerRef": { "name": "p" }, "secret": { "name": "UPPER" } }),
+        serde_json::json!({ "providerRef": { "name": "p" }, "secret": { "key": "not a key!" } }),
+        serde_json::json!({ "providerRef": { "name": "p" }, "source": { "secretRef": { "name": "a/b", "key": "k" } } }),
+    ] {
+        match create(bad.clone()).await {
+            Err(kube::Error::Api(e)) => assert_eq!(e.code, 422, "{bad}: {e:?}"),
+            other => panic!("{bad} was accepted: {other:?}"),
+        }
+    }
+    create(serde_json::json!({ "providerRef": { "name": "p.example" }, "secret": { "name": "ok-name", "key": "api_key.v1" } }))
+        .await
+        .expect("valid names are accepted");
+    let kp: keysmith::api::KeyProvider = serde_json::from_value(serde_json::json!({
+        "apiVersion": "keysmith.dev/v1alpha1", "kind": "KeyProvider",
+        "metadata": { "name": "kp", "namespace": env.ns },
+        "spec": { "openrouter": { "managementKeySecretRef": { "name": "Bad Secret", "key": "token" } } },
+    }))
+    .unwrap();
+    let kps: kube::Api<keysmith::api::KeyProvider> =
+        kube::Api::namespaced(env.client.clone(), &env.ns);
+    match kps.create(&Default::default(), &kp).await {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 422, "{e:?}"),
+        other => panic!("a credentials ref that is no Secret name was accepted: {other:?}"),
+    }
+}
