@@ -179,7 +179,11 @@ fn expected_namespaced_grants(rollout_restart: bool) -> Grants {
     );
     add("keysmith.dev", "apikeys/status", &["patch"]);
     add("keysmith.dev", "apikeys/finalizers", &["update"]);
-    add("keysmith.dev", "keyproviders", &["get", "list", "watch"]);
+    add(
+        "keysmith.dev",
+        "keyproviders",
+        &["get", "list", "watch", "patch"],
+    );
     add("keysmith.dev", "keyproviders/status", &["patch"]);
     add(
         "",
@@ -199,7 +203,7 @@ fn expected_cluster_grants() -> Grants {
     let mut g = Grants::new();
     g.insert(
         ("keysmith.dev".into(), "clusterkeyproviders".into()),
-        verbs(&["get", "list", "watch"]),
+        verbs(&["get", "list", "watch", "patch"]),
     );
     g.insert(
         ("keysmith.dev".into(), "clusterkeyproviders/status".into()),
@@ -659,14 +663,15 @@ fn namespace_mode_with_cluster_providers() {
     let cluster_roles = operator_roles(&objs, "ClusterRole");
     assert_eq!(cluster_roles.len(), 1);
     assert_eq!(grants(cluster_roles[0]), expected_cluster_grants());
-    // read-only Secrets in the release namespace for ClusterKeyProvider credentials
+    // Secrets in the release namespace for ClusterKeyProvider credentials: read, and patch for
+    // the in-use finalizer
     let creds = named(&objs, "Role", "keysmith-provider-credentials");
     assert_eq!(creds["metadata"]["namespace"], RELEASE_NAMESPACE);
     assert_eq!(
         grants(creds),
         Grants::from([(
             ("".into(), "secrets".into()),
-            verbs(&["get", "list", "watch"])
+            verbs(&["get", "list", "watch", "patch"])
         )])
     );
     // not needed when the release namespace is itself watched

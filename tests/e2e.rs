@@ -1330,14 +1330,67 @@ async fn deleting_a_namespace_revokes_its_keys() {
     .await;
     let c = &cluster;
     let op = c.start_operator("op", &[]).await;
-    let names = ["a", "b", "c"];
+    // A KeyProvider and its credentials in the same namespace: namespace deletion deletes them
+    // too, and the in-use finalizer keeps them until the keys made through them are revoked.
+    let mgmt =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(c.client.clone(), &c.operator_ns)
+            .get(cluster::MGMT_SECRET)
+            .await
+            .expect("the run's management key");
+    let creds: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": "local-credentials", "namespace": c.ns },
+        "data": { "token": mgmt.data.unwrap()["token"].clone() },
+    }))
+    .unwrap();
+    c.secrets()
+        .create(&Default::default(), &creds)
+        .await
+        .expect("credentials Secret created");
+    let kp: keysmith::api::KeyProvider = serde_json::from_value(json!({
+        "apiVersion": "keysmith.dev/v1alpha1", "kind": "KeyProvider",
+        "metadata": { "name": "local", "namespace": c.ns },
+        "spec": { "openrouter": {
+            "baseURL": format!("{}/api/v1", c.emulator.url),
+            "managementKeySecretRef": { "name": "local-credentials", "key": "token" },
+        }},
+    }))
+    .unwrap();
+    Api::<keysmith::api::KeyProvider>::namespaced(c.client.clone(), &c.ns)
+        .create(&Default::default(), &kp)
+        .await
+        .expect("KeyProvider created");
+    let names = ["a", "b", "c", "local-a", "local-b"];
     for n in names {
-        c.create_apikey(n, json!({})).await;
+        let spec = if n.starts_with("local") {
+            json!({ "providerRef": { "kind": "KeyProvider", "name": "local" } })
+        } else {
+            json!({})
+        };
+        c.create_apikey(n, spec).await;
     }
     for n in names {
         c.wait_ready(n, MINUTE).await;
     }
-    assert_eq!(c.live_keys().await.len(), 3);
+    assert_eq!(c.live_keys().await.len(), 5);
+    let kp = Api::<keysmith::api::KeyProvider>::namespaced(c.client.clone(), &c.ns)
+        .get("local")
+        .await
+        .unwrap();
+    assert!(
+        kp.finalizers().iter().any(|f| f == "keysmith.dev/in-use"),
+        "the KeyProvider is protected while ApiKeys hold keys through it: {:?}",
+        kp.finalizers()
+    );
+    let creds = c.secrets().get("local-credentials").await.unwrap();
+    assert!(
+        creds
+            .finalizers()
+            .iter()
+            .any(|f| f == "keysmith.dev/in-use"),
+        "so are its credentials: {:?}",
+        creds.finalizers()
+    );
     Api::<k8s_openapi::api::core::v1::Namespace>::all(c.client.clone())
         .delete(&c.ns, &DeleteParams::default())
         .await

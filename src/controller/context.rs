@@ -49,6 +49,8 @@ pub struct Context {
     /// Per provider object: no create before this instant, and the message of the 429 that said so.
     create_holds: Mutex<HashMap<String, (Instant, String)>>,
     pub(crate) backends: Mutex<HashMap<String, Arc<BackendEntry>>>,
+    /// Provider objects this process put the in-use finalizer on (see [`super::inuse`]).
+    pub(crate) in_use_marked: Mutex<std::collections::HashSet<String>>,
     pub(crate) snapshots: Mutex<HashMap<(String, KeyScope), SnapshotSlot>>,
 }
 
@@ -99,6 +101,7 @@ impl Context {
             tracked: Mutex::new(HashMap::new()),
             create_holds: Mutex::new(HashMap::new()),
             backends: Mutex::new(HashMap::new()),
+            in_use_marked: Default::default(),
             snapshots: Mutex::new(HashMap::new()),
         }
     }

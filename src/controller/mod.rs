@@ -8,6 +8,7 @@ pub mod conditions;
 pub mod context;
 pub mod credentials;
 pub mod error;
+pub mod inuse;
 pub mod leader;
 pub mod listing;
 pub mod provider;

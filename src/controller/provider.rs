@@ -132,6 +132,26 @@ fn next_status(
     }
 }
 
+/// A provider object being deleted: it goes (with its credentials' in-use finalizer) once no
+/// ApiKey holds a key through it; until then it is looked at again every few seconds.
+async fn being_deleted(
+    ctx: &Context,
+    finalizers: &[String],
+    id: &super::inuse::ProviderId,
+) -> Result<Action, super::error::Error> {
+    if !finalizers
+        .iter()
+        .any(|f| f == super::inuse::IN_USE_FINALIZER)
+    {
+        return Ok(Action::await_change());
+    }
+    if super::inuse::release_if_unused(ctx, id, None).await? {
+        Ok(Action::await_change())
+    } else {
+        Ok(Action::requeue(Duration::from_secs(5)))
+    }
+}
+
 fn requeue(readiness: &Readiness) -> Action {
     Action::requeue(if readiness.ready {
         REVERIFY
@@ -146,6 +166,14 @@ pub async fn reconcile_key_provider(
     ctx: Arc<Context>,
 ) -> Result<Action, super::error::Error> {
     let ns = p.namespace().unwrap_or_default();
+    if p.metadata.deletion_timestamp.is_some() {
+        let id = super::inuse::ProviderId {
+            kind: crate::api::ProviderKind::KeyProvider,
+            namespace: ns,
+            name: p.name_any(),
+        };
+        return being_deleted(&ctx, p.finalizers(), &id).await;
+    }
     let obj = ProviderObject {
         id: format!("KeyProvider/{ns}/{}", p.name_any()),
         spec: &p.spec,
@@ -177,6 +205,14 @@ pub async fn reconcile_cluster_key_provider(
     p: Arc<ClusterKeyProvider>,
     ctx: Arc<Context>,
 ) -> Result<Action, super::error::Error> {
+    if p.metadata.deletion_timestamp.is_some() {
+        let id = super::inuse::ProviderId {
+            kind: crate::api::ProviderKind::ClusterKeyProvider,
+            namespace: String::new(),
+            name: p.name_any(),
+        };
+        return being_deleted(&ctx, p.finalizers(), &id).await;
+    }
     let obj = ProviderObject {
         id: format!("ClusterKeyProvider/{}", p.name_any()),
         spec: &p.spec.inner,

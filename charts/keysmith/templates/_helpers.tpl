@@ -86,7 +86,7 @@ ClusterRole in cluster mode, or by a Role in each watched namespace in namespace
   verbs: ["update"]
 - apiGroups: ["keysmith.dev"]
   resources: ["keyproviders"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["keysmith.dev"]
   resources: ["keyproviders/status"]
   verbs: ["patch"]
@@ -107,7 +107,7 @@ ClusterRole in cluster mode, or by a Role in each watched namespace in namespace
 {{- define "keysmith.clusterRules" -}}
 - apiGroups: ["keysmith.dev"]
   resources: ["clusterkeyproviders"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["keysmith.dev"]
   resources: ["clusterkeyproviders/status"]
   verbs: ["patch"]

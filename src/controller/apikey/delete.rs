@@ -37,6 +37,10 @@ pub async fn cleanup(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error
     let mut after = st.clone();
     match revoke_all(&ak, &ctx, &mut after).await {
         Ok(()) => {
+            // Its keys are revoked: the provider object and credentials are free unless
+            // another ApiKey still needs them.
+            let p = super::super::inuse::ProviderId::of(&ak);
+            super::super::inuse::release_if_unused(&ctx, &p, ak.uid().as_deref()).await?;
             ctx.track(&object_key(&ak), None);
             Ok(Action::await_change())
         }
