@@ -31,6 +31,16 @@ pub struct Context {
     pub client_options: ClientOptions,
     /// ClusterKeyProviders are served (see `keysmith run --cluster-providers`).
     pub cluster_providers: bool,
+    /// Namespaced KeyProviders are served (see `keysmith run --namespaced-providers`).
+    pub namespaced_providers: bool,
+    /// When not empty, the only hosts a provider object's base URL may name
+    /// (`keysmith run --allowed-base-url-hosts`).
+    pub allowed_base_url_hosts: Vec<String>,
+    /// The leader Lease's renew deadline: provider writes stop there.
+    pub lease: Arc<super::leader::LeaseClock>,
+    /// Test hook: make reconciles panic (the containment tests). Only with `test-hooks`.
+    #[cfg(feature = "test-hooks")]
+    pub panic_in_reconcile: std::sync::atomic::AtomicBool,
     /// Test hook: make the next creates stop right after the provider answered, as if the
     /// process had been killed there (crash-safety tests). Only with the `test-hooks` feature.
     #[cfg(feature = "test-hooks")]
@@ -41,6 +51,8 @@ pub struct Context {
     /// Per provider object: no create before this instant, and the message of the 429 that said so.
     create_holds: Mutex<HashMap<String, (Instant, String)>>,
     pub(crate) backends: Mutex<HashMap<String, Arc<BackendEntry>>>,
+    /// Provider objects this process put the in-use finalizer on (see [`super::inuse`]).
+    pub(crate) in_use_marked: Mutex<std::collections::HashSet<String>>,
     pub(crate) snapshots: Mutex<HashMap<(String, KeyScope), SnapshotSlot>>,
     /// Per ApiKey (`namespace/name`): the resourceVersion of this process's last write of it,
     /// until the watch cache shows that version (see [`Context::current_copy`]).
@@ -83,12 +95,18 @@ impl Context {
             operator_namespace,
             client_options,
             cluster_providers: true,
+            namespaced_providers: true,
+            allowed_base_url_hosts: Vec::new(),
+            lease: Default::default(),
+            #[cfg(feature = "test-hooks")]
+            panic_in_reconcile: Default::default(),
             #[cfg(feature = "test-hooks")]
             crash_after_create: Default::default(),
             failures: Mutex::new(HashMap::new()),
             tracked: Mutex::new(HashMap::new()),
             create_holds: Mutex::new(HashMap::new()),
             backends: Mutex::new(HashMap::new()),
+            in_use_marked: Default::default(),
             snapshots: Mutex::new(HashMap::new()),
             written: Mutex::new(HashMap::new()),
         }
@@ -228,6 +246,24 @@ impl Context {
                 holds.remove(provider);
                 None
             }
+        }
+    }
+
+    /// Whether a provider write that may take up to `worst` can start: not when the leader
+    /// Lease's renew deadline comes first (the write could land after another replica took
+    /// over). Err is a transient `LeaseExpiring`.
+    pub fn lease_allows(&self, worst: Duration) -> Result<(), super::error::Failure> {
+        match self.lease.time_left() {
+            Some(left) if left <= worst => Err(super::error::Failure::transient(
+                Reason::LeaseExpiring,
+                format!(
+                    "the leader Lease has {} ms left, less than a create may take ({} ms); waiting for the next renewal",
+                    left.as_millis(),
+                    worst.as_millis()
+                ),
+                Some(Duration::from_secs(1)),
+            )),
+            _ => Ok(()),
         }
     }
 

@@ -6,5 +6,6 @@ mod boltz;
 mod digitalocean;
 mod harness;
 mod openrouter;
+mod runtime;
 mod tenancy;
 mod ucloud;

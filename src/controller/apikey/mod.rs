@@ -195,6 +195,10 @@ async fn apply(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
         }
         Err(f) => (jitter(report_failure(&ak, &ctx, f, changed).await), "error"),
     };
+    if outcome.is_ok() && st.key_id.is_some() {
+        // Deleting this ApiKey will need the provider object and its credentials.
+        super::inuse::protect(&ctx, &ak).await?;
+    }
     ctx.track(&key, Some(status::tracked(&st)));
     if seen.differs(&st, &before) {
         match write_status(&ctx, &ak, &st, &seen).await {
