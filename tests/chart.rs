@@ -175,26 +175,20 @@ fn expected_namespaced_grants(rollout_restart: bool) -> Grants {
     add(
         "keysmith.dev",
         "apikeys",
-        &["get", "list", "watch", "patch", "update"],
+        &["get", "list", "watch", "patch"],
     );
-    add(
-        "keysmith.dev",
-        "apikeys/status",
-        &["get", "patch", "update"],
-    );
+    add("keysmith.dev", "apikeys/status", &["patch"]);
     add("keysmith.dev", "apikeys/finalizers", &["update"]);
-    add("keysmith.dev", "keyproviders", &["get", "list", "watch"]);
     add(
         "keysmith.dev",
-        "keyproviders/status",
-        &["get", "patch", "update"],
+        "keyproviders",
+        &["get", "list", "watch", "patch"],
     );
+    add("keysmith.dev", "keyproviders/status", &["patch"]);
     add(
         "",
         "secrets",
-        &[
-            "get", "list", "watch", "create", "patch", "update", "delete",
-        ],
+        &["get", "list", "watch", "create", "patch", "delete"],
     );
     add("events.k8s.io", "events", &["create", "patch"]);
     if rollout_restart {
@@ -209,16 +203,13 @@ fn expected_cluster_grants() -> Grants {
     let mut g = Grants::new();
     g.insert(
         ("keysmith.dev".into(), "clusterkeyproviders".into()),
-        verbs(&["get", "list", "watch"]),
+        verbs(&["get", "list", "watch", "patch"]),
     );
     g.insert(
         ("keysmith.dev".into(), "clusterkeyproviders/status".into()),
-        verbs(&["get", "patch", "update"]),
+        verbs(&["patch"]),
     );
-    g.insert(
-        ("".into(), "namespaces".into()),
-        verbs(&["get", "list", "watch"]),
-    );
+    g.insert(("".into(), "namespaces".into()), verbs(&["get"]));
     g
 }
 
@@ -532,7 +523,7 @@ fn default_values_render_cluster_mode_ha() {
         json!([
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-             "resourceNames": ["keysmith-leader"], "verbs": ["get", "update", "patch"]},
+             "resourceNames": ["keysmith-leader"], "verbs": ["get", "patch"]},
         ])
     );
     // nothing anywhere grants wildcards or rollout-restart access
@@ -672,14 +663,15 @@ fn namespace_mode_with_cluster_providers() {
     let cluster_roles = operator_roles(&objs, "ClusterRole");
     assert_eq!(cluster_roles.len(), 1);
     assert_eq!(grants(cluster_roles[0]), expected_cluster_grants());
-    // read-only Secrets in the release namespace for ClusterKeyProvider credentials
+    // Secrets in the release namespace for ClusterKeyProvider credentials: read, and patch for
+    // the in-use finalizer
     let creds = named(&objs, "Role", "keysmith-provider-credentials");
     assert_eq!(creds["metadata"]["namespace"], RELEASE_NAMESPACE);
     assert_eq!(
         grants(creds),
         Grants::from([(
             ("".into(), "secrets".into()),
-            verbs(&["get", "list", "watch"])
+            verbs(&["get", "list", "watch", "patch"])
         )])
     );
     // not needed when the release namespace is itself watched
@@ -1032,9 +1024,10 @@ fn chart_installs_on_a_cluster() {
     }
 }
 
-/// The operator's grants cover every permission the controller uses (`keysmith::controller::rbac`,
-/// which the controller tests hold the controller's real requests against), in cluster mode and
-/// in namespace mode with ClusterKeyProviders.
+/// The operator's grants are exactly the permissions the controller uses
+/// (`keysmith::controller::rbac`, which the controller tests hold the controller's real requests
+/// against), in cluster mode and in namespace mode with ClusterKeyProviders: every listed
+/// permission is granted, and nothing beyond the list is.
 #[test]
 fn rendered_rbac_covers_what_the_controller_uses() {
     let Some(helm) = helm() else { return };
@@ -1068,6 +1061,20 @@ fn rendered_rbac_covers_what_the_controller_uses() {
                     granted,
                     "values {values:?}: the chart does not grant {verb} on {}/{}",
                     p.group, p.resource
+                );
+            }
+        }
+        for ((group, resource), granted) in &have {
+            for verb in granted {
+                let listed = keysmith::controller::rbac::PERMISSIONS
+                    .iter()
+                    .chain(optional)
+                    .any(|p| {
+                        p.group == group && p.resource == resource && p.verbs.contains(&verb.as_str())
+                    });
+                assert!(
+                    listed,
+                    "values {values:?}: the chart grants {verb} on {group}/{resource}, which src/controller/rbac.rs does not list (the controller does not use it)"
                 );
             }
         }

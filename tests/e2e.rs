@@ -1335,14 +1335,67 @@ async fn deleting_a_namespace_revokes_its_keys() {
     .await;
     let c = &cluster;
     let op = c.start_operator("op", &[]).await;
-    let names = ["a", "b", "c"];
+    // A KeyProvider and its credentials in the same namespace: namespace deletion deletes them
+    // too, and the in-use finalizer keeps them until the keys made through them are revoked.
+    let mgmt =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(c.client.clone(), &c.operator_ns)
+            .get(cluster::MGMT_SECRET)
+            .await
+            .expect("the run's management key");
+    let creds: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": "local-credentials", "namespace": c.ns },
+        "data": { "token": mgmt.data.unwrap()["token"].clone() },
+    }))
+    .unwrap();
+    c.secrets()
+        .create(&Default::default(), &creds)
+        .await
+        .expect("credentials Secret created");
+    let kp: keysmith::api::KeyProvider = serde_json::from_value(json!({
+        "apiVersion": "keysmith.dev/v1alpha1", "kind": "KeyProvider",
+        "metadata": { "name": "local", "namespace": c.ns },
+        "spec": { "openrouter": {
+            "baseURL": format!("{}/api/v1", c.emulator.url),
+            "managementKeySecretRef": { "name": "local-credentials", "key": "token" },
+        }},
+    }))
+    .unwrap();
+    Api::<keysmith::api::KeyProvider>::namespaced(c.client.clone(), &c.ns)
+        .create(&Default::default(), &kp)
+        .await
+        .expect("KeyProvider created");
+    let names = ["a", "b", "c", "local-a", "local-b"];
     for n in names {
-        c.create_apikey(n, json!({})).await;
+        let spec = if n.starts_with("local") {
+            json!({ "providerRef": { "kind": "KeyProvider", "name": "local" } })
+        } else {
+            json!({})
+        };
+        c.create_apikey(n, spec).await;
     }
     for n in names {
         c.wait_ready(n, MINUTE).await;
     }
-    assert_eq!(c.live_keys().await.len(), 3);
+    assert_eq!(c.live_keys().await.len(), 5);
+    let kp = Api::<keysmith::api::KeyProvider>::namespaced(c.client.clone(), &c.ns)
+        .get("local")
+        .await
+        .unwrap();
+    assert!(
+        kp.finalizers().iter().any(|f| f == "keysmith.dev/in-use"),
+        "the KeyProvider is protected while ApiKeys hold keys through it: {:?}",
+        kp.finalizers()
+    );
+    let creds = c.secrets().get("local-credentials").await.unwrap();
+    assert!(
+        creds
+            .finalizers()
+            .iter()
+            .any(|f| f == "keysmith.dev/in-use"),
+        "so are its credentials: {:?}",
+        creds.finalizers()
+    );
     Api::<k8s_openapi::api::core::v1::Namespace>::all(c.client.clone())
         .delete(&c.ns, &DeleteParams::default())
         .await
@@ -1501,4 +1554,137 @@ async fn sigkill_mid_rotation_keeps_one_current_key_and_revokes_the_old_on_time(
     );
     assert!(created <= 2 * N + posts as usize, "{created} keys created");
     assert!(rotated <= N as f64, "each rotation counted once: {rotated}");
+}
+
+/// issue 8 item 5: an ApiKey and its KeyProvider applied before the provider's credentials
+/// Secret (as `kubectl apply -f dir/` does, alphabetically) are Ready within seconds of the
+/// Secret appearing: the operator watches the Secrets provider objects reference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apikey_is_ready_soon_after_its_credentials_secret_appears() {
+    if !cluster::enabled(
+        "an_apikey_is_ready_soon_after_its_credentials_secret_appears",
+        &[],
+    ) {
+        return;
+    }
+    let cluster = Cluster::start(
+        "creds",
+        EmulatorOptions::default(),
+        ProviderOptions::default(),
+    )
+    .await;
+    let c = &cluster;
+    let op = c.start_operator("op", &[]).await;
+    let mgmt =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(c.client.clone(), &c.operator_ns)
+            .get(cluster::MGMT_SECRET)
+            .await
+            .expect("the run's management key");
+    let token = mgmt.data.unwrap()["token"].clone();
+    let kp: keysmith::api::KeyProvider = serde_json::from_value(json!({
+        "apiVersion": "keysmith.dev/v1alpha1", "kind": "KeyProvider",
+        "metadata": { "name": "late", "namespace": c.ns },
+        "spec": { "openrouter": {
+            "baseURL": format!("{}/api/v1", c.emulator.url),
+            "managementKeySecretRef": { "name": "late-credentials", "key": "token" },
+        }},
+    }))
+    .unwrap();
+    Api::<keysmith::api::KeyProvider>::namespaced(c.client.clone(), &c.ns)
+        .create(&Default::default(), &kp)
+        .await
+        .expect("KeyProvider created");
+    c.create_apikey(
+        "early",
+        json!({ "providerRef": { "kind": "KeyProvider", "name": "late" } }),
+    )
+    .await;
+    c.eventually("CredentialsNotFound reported", MINUTE, || async {
+        let ak = c.apikeys().get("early").await.map_err(|e| e.to_string())?;
+        let (_, reason, _) = cluster::ready(&ak);
+        if reason == "CredentialsNotFound" {
+            Ok(())
+        } else {
+            Err(format!("reason {reason}"))
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": "late-credentials", "namespace": c.ns },
+        "data": { "token": token },
+    }))
+    .unwrap();
+    c.secrets()
+        .create(&Default::default(), &secret)
+        .await
+        .expect("credentials Secret created");
+    // Without the watch, nothing would look again for a minute (the KeyProvider's re-verify)
+    // or five (the ApiKey's requeue): 10 s is the bound for a missing event.
+    c.wait_ready("early", Duration::from_secs(10)).await;
+    drop(op);
+}
+
+/// issue 10 item 7: cluster admins' control. `--namespaced-providers=false`: an ApiKey naming a
+/// KeyProvider reports ProviderNotAllowed. `--allowed-base-url-hosts`: a provider object whose
+/// base URL names another host is InvalidProvider and the provider is never called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_flags_refuse_namespaced_providers_and_unlisted_hosts() {
+    if !cluster::enabled(
+        "admin_flags_refuse_namespaced_providers_and_unlisted_hosts",
+        &[],
+    ) {
+        return;
+    }
+    let cluster = Cluster::start(
+        "admin",
+        EmulatorOptions::default(),
+        ProviderOptions::default(),
+    )
+    .await;
+    let c = &cluster;
+    let op = c
+        .start_operator(
+            "op",
+            &[
+                "--namespaced-providers=false",
+                "--allowed-base-url-hosts=openrouter.ai,api.example.com",
+            ],
+        )
+        .await;
+    c.create_apikey(
+        "namespaced",
+        json!({ "providerRef": { "kind": "KeyProvider", "name": "mine" } }),
+    )
+    .await;
+    c.create_apikey("unlisted", json!({})).await;
+    for (name, want) in [
+        ("namespaced", "ProviderNotAllowed"),
+        ("unlisted", "InvalidProvider"),
+    ] {
+        c.eventually(&format!("{name}: {want}"), MINUTE, || async {
+            let ak = c.apikeys().get(name).await.map_err(|e| e.to_string())?;
+            let (_, reason, message) = cluster::ready(&ak);
+            if reason == want {
+                Ok(message)
+            } else {
+                Err(format!("reason {reason}: {message}"))
+            }
+        })
+        .await;
+    }
+    // This operator sent nothing (the emulator's own count would include other tests'
+    // operators, which verify every ClusterKeyProvider); nothing was created.
+    let sent = op
+        .metric_sum(&c.http, "keysmith_provider_requests_total")
+        .await;
+    assert_eq!(sent, 0.0, "no call to a host outside the allow-list");
+    let stats = c.emulator_stats().await;
+    assert_eq!(
+        stats["byRoute"]["POST /api/v1/keys"].as_u64().unwrap_or(0),
+        0,
+        "{stats}"
+    );
+    drop(op);
 }

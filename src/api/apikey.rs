@@ -257,8 +257,12 @@ pub struct ProviderRef {
     /// `KeyProvider` (same namespace) or `ClusterKeyProvider`.
     #[serde(default)]
     pub kind: ProviderKind,
-    /// Name of the provider object.
+    /// Name of the provider object (a DNS-1123 subdomain).
     #[x_kube(validation = Rule::new("self != ''").message("providerRef.name must not be empty"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
 }
 
@@ -459,9 +463,14 @@ pub struct KeySource {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct LocalSecretKeyRef {
-    /// Name of the Secret.
+    /// Name of the Secret (a DNS-1123 subdomain).
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
     /// Key within the Secret's data.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub key: String,
 }
 
@@ -469,11 +478,17 @@ pub struct LocalSecretKeyRef {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretSpec {
-    /// Name of the Secret (in the ApiKey's namespace). Default: the ApiKey's name. Immutable.
+    /// Name of the Secret (in the ApiKey's namespace; a DNS-1123 subdomain). Default: the
+    /// ApiKey's name. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: Option<String>,
     /// Data key holding the plaintext. Default `api-key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub key: Option<String>,
     /// Extra shape for workloads: type, labels, annotations and data entries rendered from
     /// `{{ .key }}` (the plaintext), `{{ .keyID }}`, `{{ .keyHint }}` and `{{ .name }}`.

@@ -30,15 +30,24 @@ pub const FIELD_MANAGER: &str = "keysmith";
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeySelector {
-    /// Name of the Secret.
+    /// Name of the Secret (a DNS-1123 subdomain).
     #[x_kube(validation = Rule::new("self != ''").message("name must not be empty"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
     /// Key within the Secret's data.
     #[x_kube(validation = Rule::new("self != ''").message("key must not be empty"))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub key: String,
     /// Namespace of the Secret. Only for a ClusterKeyProvider (default: the operator's
     /// namespace); a namespaced KeyProvider always reads its own namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub namespace: Option<String>,
 }
 

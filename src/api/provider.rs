@@ -180,13 +180,22 @@ pub struct BifrostAuth {
     /// `Bearer` (a session token or `bfst-` management key in the key named by `key`).
     #[serde(default)]
     pub scheme: BifrostAuthScheme,
-    /// Name of the Secret.
+    /// Name of the Secret (a DNS-1123 subdomain).
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
     /// For a ClusterKeyProvider: namespace of the Secret (default: the operator's namespace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub namespace: Option<String>,
     /// Bearer: the key holding the token (default `token`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub key: Option<String>,
 }
 

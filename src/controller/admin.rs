@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 
@@ -13,6 +13,28 @@ use crate::metrics::Metrics;
 pub struct Health {
     pub started: AtomicBool,
     pub leader: AtomicBool,
+    /// Controllers whose task ended while nobody asked them to stop: liveness fails.
+    died: Mutex<Vec<&'static str>>,
+}
+
+impl Health {
+    /// A controller stopped unexpectedly: `/healthz` fails from now on.
+    pub fn controller_died(&self, name: &'static str) {
+        self.died.lock().unwrap().push(name);
+    }
+
+    /// The `/healthz` answer: 200 "ok", or 503 naming the controllers that stopped.
+    pub fn healthz(&self) -> (u16, String) {
+        let died = self.died.lock().unwrap();
+        if died.is_empty() {
+            (200, "ok".into())
+        } else {
+            (
+                503,
+                format!("controllers stopped unexpectedly: {}", died.join(", ")),
+            )
+        }
+    }
 }
 
 /// `/metrics`, `/healthz`, `/readyz`.
@@ -25,6 +47,7 @@ pub async fn serve_http(
     use axum::routing::get;
     let m = metrics.clone();
     let h1 = health.clone();
+    let h2 = health.clone();
     let app = axum::Router::new()
         .route(
             "/metrics",
@@ -41,7 +64,18 @@ pub async fn serve_http(
                 }
             }),
         )
-        .route("/healthz", get(|| async { (StatusCode::OK, "ok") }))
+        .route(
+            "/healthz",
+            get(move || {
+                let (code, text) = h2.healthz();
+                async move {
+                    (
+                        StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                        text,
+                    )
+                }
+            }),
+        )
         .route(
             "/readyz",
             get(move || {

@@ -93,6 +93,10 @@ impl Context {
         let ns = ak.namespace().unwrap_or_default();
         let r = &ak.spec.provider_ref;
         match r.kind {
+            ProviderKind::KeyProvider if !self.namespaced_providers => Err(ResolveError::ProviderNotAllowed(format!(
+                "this keysmith installation serves only ClusterKeyProviders (--namespaced-providers=false); KeyProvider {} cannot be used: ask a cluster admin for a ClusterKeyProvider",
+                r.name
+            ))),
             ProviderKind::KeyProvider => {
                 let api: Api<KeyProvider> = Api::namespaced(self.client.clone(), &ns);
                 let p = api.get_opt(&r.name).await?.ok_or_else(|| {
@@ -175,6 +179,8 @@ impl Context {
         let config = spec.provider().ok_or_else(|| {
             ResolveError::InvalidProvider(format!("{id}: exactly one provider block must be set"))
         })?;
+        super::provider::check_base_url(&self.allowed_base_url_hosts, &id, spec)
+            .map_err(ResolveError::InvalidProvider)?;
         let refresh_interval = match &spec.refresh_interval {
             Some(s) => providers::parse_duration(s)
                 .map_err(|e| {

@@ -6,12 +6,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kube::api::Api;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::{Client, Resource};
+use kube::{Client, Resource, ResourceExt};
 
 use super::backends::BackendEntry;
 use super::listing::SnapshotSlot;
 use super::reasons::Reason;
+use crate::api::ApiKey;
 use crate::metrics::Metrics;
 use crate::providers::{ClientOptions, KeyScope};
 
@@ -31,6 +33,16 @@ pub struct Context {
     pub cluster_providers: bool,
     /// Workload restarts shared by every ApiKey (one restart per burst of new values).
     pub debouncer: super::restart::Debouncer,
+    /// Namespaced KeyProviders are served (see `keysmith run --namespaced-providers`).
+    pub namespaced_providers: bool,
+    /// When not empty, the only hosts a provider object's base URL may name
+    /// (`keysmith run --allowed-base-url-hosts`).
+    pub allowed_base_url_hosts: Vec<String>,
+    /// The leader Lease's renew deadline: provider writes stop there.
+    pub lease: Arc<super::leader::LeaseClock>,
+    /// Test hook: make reconciles panic (the containment tests). Only with `test-hooks`.
+    #[cfg(feature = "test-hooks")]
+    pub panic_in_reconcile: std::sync::atomic::AtomicBool,
     /// Test hook: make the next creates stop right after the provider answered, as if the
     /// process had been killed there (crash-safety tests). Only with the `test-hooks` feature.
     #[cfg(feature = "test-hooks")]
@@ -41,7 +53,12 @@ pub struct Context {
     /// Per provider object: no create before this instant, and the message of the 429 that said so.
     create_holds: Mutex<HashMap<String, (Instant, String)>>,
     pub(crate) backends: Mutex<HashMap<String, Arc<BackendEntry>>>,
+    /// Provider objects this process put the in-use finalizer on (see [`super::inuse`]).
+    pub(crate) in_use_marked: Mutex<std::collections::HashSet<String>>,
     pub(crate) snapshots: Mutex<HashMap<(String, KeyScope), SnapshotSlot>>,
+    /// Per ApiKey (`namespace/name`): the resourceVersion of this process's last write of it,
+    /// until the watch cache shows that version (see [`Context::current_copy`]).
+    written: Mutex<HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -81,13 +98,20 @@ impl Context {
             client_options,
             cluster_providers: true,
             debouncer: Default::default(),
+            namespaced_providers: true,
+            allowed_base_url_hosts: Vec::new(),
+            lease: Default::default(),
+            #[cfg(feature = "test-hooks")]
+            panic_in_reconcile: Default::default(),
             #[cfg(feature = "test-hooks")]
             crash_after_create: Default::default(),
             failures: Mutex::new(HashMap::new()),
             tracked: Mutex::new(HashMap::new()),
             create_holds: Mutex::new(HashMap::new()),
             backends: Mutex::new(HashMap::new()),
+            in_use_marked: Default::default(),
             snapshots: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
         }
     }
 
@@ -104,13 +128,75 @@ impl Context {
         self.failures.lock().unwrap().remove(key);
     }
 
+    /// This process wrote the ApiKey `key`; the server now holds `resource_version`.
+    pub fn wrote_apikey(&self, key: &str, resource_version: Option<String>) {
+        let mut w = self.written.lock().unwrap();
+        match resource_version {
+            Some(rv) => w.insert(key.to_string(), rv),
+            None => w.remove(key),
+        };
+    }
+
+    /// The copy of an ApiKey to reconcile: the watch cache's `cached`, unless it may be older
+    /// than the server's, then the server's (one GET); `None` when the ApiKey is gone.
+    ///
+    /// The cache may be older when this process wrote the ApiKey since and the cache does not
+    /// show that write yet (a reconcile triggered by the Secret it just wrote), or when the copy
+    /// holds a `pendingCreate` marker: crash recovery is only for a create that really may have
+    /// happened, never for a marker that a later write of this process already cleared. A GET
+    /// per such reconcile is much cheaper than what a stale copy costs (a 409, a requeue, or a
+    /// recovery with its listing).
+    pub async fn current_copy(
+        &self,
+        cached: std::sync::Arc<ApiKey>,
+    ) -> Result<Option<std::sync::Arc<ApiKey>>, kube::Error> {
+        let key = format!(
+            "{}/{}",
+            cached.namespace().unwrap_or_default(),
+            cached.name_any()
+        );
+        let behind = {
+            let mut w = self.written.lock().unwrap();
+            match w.get(&key) {
+                Some(rv) if cached.resource_version().as_ref() == Some(rv) => {
+                    // The cache caught up with our last write.
+                    w.remove(&key);
+                    false
+                }
+                Some(_) => true,
+                None => false,
+            }
+        };
+        let pending = cached
+            .status
+            .as_ref()
+            .is_some_and(|s| s.pending_create.is_some());
+        if !behind && !pending {
+            return Ok(Some(cached));
+        }
+        let api: Api<ApiKey> =
+            Api::namespaced(self.client.clone(), &cached.namespace().unwrap_or_default());
+        let server = api.get_opt(&cached.name_any()).await?;
+        self.written.lock().unwrap().remove(&key);
+        Ok(server.map(|s| {
+            if s.resource_version() == cached.resource_version() {
+                cached
+            } else {
+                std::sync::Arc::new(s)
+            }
+        }))
+    }
+
     /// Record an ApiKey's provider, readiness and expiry (None: forget it, it was deleted) and
     /// refresh the `keysmith_apikeys` and `keysmith_key_expiry_timestamp_seconds` gauges.
     pub fn track(&self, key: &str, state: Option<Tracked>) {
         let mut t = self.tracked.lock().unwrap();
         let changed = match state {
             Some(s) => t.insert(key.to_string(), s.clone()) != Some(s),
-            None => t.remove(key).is_some(),
+            None => {
+                self.written.lock().unwrap().remove(key);
+                t.remove(key).is_some()
+            }
         };
         if !changed {
             return;
@@ -163,6 +249,24 @@ impl Context {
                 holds.remove(provider);
                 None
             }
+        }
+    }
+
+    /// Whether a provider write that may take up to `worst` can start: not when the leader
+    /// Lease's renew deadline comes first (the write could land after another replica took
+    /// over). Err is a transient `LeaseExpiring`.
+    pub fn lease_allows(&self, worst: Duration) -> Result<(), super::error::Failure> {
+        match self.lease.time_left() {
+            Some(left) if left <= worst => Err(super::error::Failure::transient(
+                Reason::LeaseExpiring,
+                format!(
+                    "the leader Lease has {} ms left, less than a create may take ({} ms); waiting for the next renewal",
+                    left.as_millis(),
+                    worst.as_millis()
+                ),
+                Some(Duration::from_secs(1)),
+            )),
+            _ => Ok(()),
         }
     }
 

@@ -17,6 +17,12 @@ pub enum Error {
     /// Deletion could not revoke the key; the finalizer stays until it can.
     #[error("finalizer error: revoke failed: {0}")]
     RevokeFailed(Reason),
+    /// The reconcile panicked (a bug); contained and reported on the object.
+    #[error("internal error: the reconcile panicked")]
+    Panicked,
+    /// The leader Lease ran out (or could not be renewed in time): the reconcile was cancelled.
+    #[error("the leader Lease ran out; reconcile cancelled")]
+    LeaseLost,
 }
 
 impl Error {
@@ -26,6 +32,8 @@ impl Error {
             Error::Kube(_) => Reason::KubernetesError.as_str(),
             Error::Finalizer(_) => "FinalizerError",
             Error::RevokeFailed(r) => r.as_str(),
+            Error::Panicked => Reason::InternalError.as_str(),
+            Error::LeaseLost => Reason::LeaseExpiring.as_str(),
         }
     }
 }

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
+
 use super::backends::ResolvedProvider;
 use super::context::Context;
 use crate::providers::{KeyScope, ProviderError, ProviderKey};
@@ -15,7 +17,10 @@ pub type SnapshotSlot = Arc<tokio::sync::Mutex<Snapshot>>;
 /// The provider's keys of one scope as last listed.
 #[derive(Default)]
 pub struct Snapshot {
+    /// When the listing finished.
     pub fetched: Option<Instant>,
+    /// When the listing began (wall clock): it shows every key created before then.
+    pub began: Option<DateTime<Utc>>,
     pub keys: HashMap<String, ProviderKey>,
 }
 
@@ -28,6 +33,31 @@ impl Context {
         scope: &KeyScope,
         max_age: Duration,
     ) -> Result<SnapshotSlot, ProviderError> {
+        self.listing_where(p, scope, |s| {
+            s.fetched.is_some_and(|t| t.elapsed() < max_age)
+        })
+        .await
+    }
+
+    /// The provider's keys of `scope` as a listing begun at or after `since` shows them: the
+    /// shared snapshot if it is that recent, else a new listing (crash recovery: one listing
+    /// begun after the interrupted creates settled serves the recovery of all of them).
+    pub async fn listing_since(
+        &self,
+        p: &ResolvedProvider,
+        scope: &KeyScope,
+        since: DateTime<Utc>,
+    ) -> Result<SnapshotSlot, ProviderError> {
+        self.listing_where(p, scope, |s| s.began.is_some_and(|b| b >= since))
+            .await
+    }
+
+    async fn listing_where(
+        &self,
+        p: &ResolvedProvider,
+        scope: &KeyScope,
+        recent_enough: impl Fn(&Snapshot) -> bool,
+    ) -> Result<SnapshotSlot, ProviderError> {
         let slot = self
             .snapshots
             .lock()
@@ -37,9 +67,11 @@ impl Context {
             .clone();
         {
             let mut snap = slot.lock().await;
-            if snap.fetched.is_none_or(|t| t.elapsed() >= max_age) {
+            if !recent_enough(&snap) {
+                let began = Utc::now();
                 snap.keys = list_all(p, scope).await?;
                 snap.fetched = Some(Instant::now());
+                snap.began = Some(began);
             }
         }
         Ok(slot)

@@ -8,29 +8,34 @@ pub mod conditions;
 pub mod context;
 pub mod credentials;
 pub mod error;
-mod leader;
+pub mod inuse;
+pub mod leader;
 pub mod listing;
+pub mod predicates;
 pub mod provider;
 pub mod rbac;
 pub mod reasons;
 pub mod restart;
 pub mod rotation;
 pub mod secret;
+pub mod supervise;
 pub mod watches;
 
 pub use apikey::validate;
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
-use kube::runtime::watcher;
-use kube::Client;
+use kube::runtime::reflector::{self, reflector};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, ResourceExt};
 
 use crate::api::{ApiKey, ClusterKeyProvider, KeyProvider, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::metrics::Metrics;
@@ -57,7 +62,9 @@ pub struct RunArgs {
     /// Secrets. Default: the pod's namespace (POD_NAMESPACE), else `keysmith-system`.
     #[arg(long, env = "POD_NAMESPACE", default_value = "keysmith-system")]
     pub namespace: String,
-    /// Lease duration in seconds: a standby takes over at most this long after the leader stops renewing.
+    /// Lease duration in seconds: a standby takes over at most this long after the leader stops
+    /// renewing. The leader stops provider writes a fifth of it (at least 1 s) before then, and
+    /// provider requests time out after at most lease − margin − lease/3 (7 s for 15 s).
     #[arg(long, default_value_t = 15, env = "KEYSMITH_LEASE_DURATION")]
     pub lease_duration: u64,
     /// Watch only these namespaces (comma-separated). Default: every namespace.
@@ -71,6 +78,16 @@ pub struct RunArgs {
     /// referring to a ClusterKeyProvider then report ProviderNotAllowed.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "KEYSMITH_CLUSTER_PROVIDERS")]
     pub cluster_providers: bool,
+    /// Serve namespaced KeyProviders. `--namespaced-providers=false` leaves provider choice to
+    /// cluster admins: KeyProviders are ignored and ApiKeys referring to one report
+    /// ProviderNotAllowed.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "KEYSMITH_NAMESPACED_PROVIDERS")]
+    pub namespaced_providers: bool,
+    /// Hosts a provider object's base URL may name (comma-separated, exact host names). Empty:
+    /// any. A provider object whose base URL names another host is InvalidProvider, and no call
+    /// is made.
+    #[arg(long, value_delimiter = ',', env = "KEYSMITH_ALLOWED_BASE_URL_HOSTS")]
+    pub allowed_base_url_hosts: Vec<String>,
     /// ApiKeys reconciled at once.
     #[arg(long, default_value_t = 16, env = "KEYSMITH_CONCURRENCY")]
     pub concurrency: u16,
@@ -91,6 +108,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     ));
     let mut ctx = Context::new(client.clone(), metrics, args.namespace.clone(), "keysmith");
     ctx.cluster_providers = args.cluster_providers;
+    ctx.namespaced_providers = args.namespaced_providers;
+    ctx.allowed_base_url_hosts = args
+        .allowed_base_url_hosts
+        .iter()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .collect();
+    if args.leader_elect {
+        // A create starts only if it can end before the Lease's renew deadline: provider
+        // requests must be shorter than the window between two renewals.
+        let cap = leader::provider_timeout_cap(leader::lease_ttl(&args));
+        if ctx.client_options.timeout > cap {
+            tracing::info!(
+                timeout_ms = cap.as_millis() as u64,
+                "provider request timeout capped to fit the leader Lease"
+            );
+            ctx.client_options.timeout = cap;
+        }
+    }
     let ctx = Arc::new(ctx);
 
     if args.leader_elect {
@@ -152,41 +188,116 @@ fn apikey_controller(
     }
     let secret_wc = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     let secrets: Api<Secret> = api_in(client, ns);
-    let ctl = Controller::new(api_in::<ApiKey>(client, ns), apikey_wc);
-    let store = ctl.store();
-    let ctl = if args.cluster_providers {
-        let store = store.clone();
-        ctl.watches(
-            Api::<ClusterKeyProvider>::all(client.clone()),
-            watcher::Config::default(),
-            move |ckp| watches::apikeys_using_cluster_provider(&store, &ckp),
-        )
-    } else {
-        ctl
-    };
-    let source_store = store.clone();
-    let ctl = ctl
-        .owns(secrets.clone(), secret_wc)
-        // Source Secrets of pushed keys, when labelled keysmith.dev/source: a change re-pushes
-        // at once (unlabelled ones are checked every refresh interval).
-        .watches(
-            secrets,
-            watcher::Config::default().labels(SOURCE_LABEL),
-            move |s| watches::apikeys_using_source_secret(&source_store, &s),
-        )
-        .watches(
+    // ApiKey events that only change its status (keysmith's own writes) reconcile nothing: the
+    // reconcile that wrote it already acted, and its requeue covers the refresh (issue 11).
+    let (store, writer) = reflector::store();
+    // The cached copies drop what keysmith never reads: managedFields (often the bulk of an
+    // object's metadata) and kubectl's copy of the last applied manifest.
+    let apikeys = watcher(api_in::<ApiKey>(client, ns), apikey_wc)
+        .default_backoff()
+        .modify(|ak| {
+            ak.managed_fields_mut().clear();
+            if let Some(a) = ak.metadata.annotations.as_mut() {
+                a.remove("kubectl.kubernetes.io/last-applied-configuration");
+            }
+        });
+    let apikeys = reflector(writer, apikeys)
+        .applied_objects()
+        .predicate_filter(predicates::apikey_changes, Default::default());
+    let ctl = Controller::for_stream(apikeys, store.clone());
+    // Provider objects, kept in stores (every event updates the store; only meaningful changes
+    // re-reconcile): a change of one re-reconciles the ApiKeys it serves, and the stores map a
+    // credentials Secret to the provider objects that read it.
+    let (kp_store, kp_writer) = reflector::store::<KeyProvider>();
+    let kp_stream = reflector(
+        kp_writer,
+        watcher(
             api_in::<KeyProvider>(client, ns),
             watcher::Config::default(),
-            move |kp| watches::apikeys_using_key_provider(&store, &kp),
         )
+        .default_backoff(),
+    )
+    .touched_objects()
+    .predicate_filter(predicates::key_provider_changes, Default::default());
+    let ctl = {
+        let store = store.clone();
+        ctl.watches_stream(kp_stream, move |kp| {
+            watches::apikeys_using_key_provider(&store, &kp)
+        })
+    };
+    let (ctl, ckp_store) = if args.cluster_providers {
+        let (ckp_store, ckp_writer) = reflector::store::<ClusterKeyProvider>();
+        let ckp_stream = reflector(
+            ckp_writer,
+            watcher(
+                Api::<ClusterKeyProvider>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .default_backoff(),
+        )
+        .touched_objects()
+        .predicate_filter(predicates::cluster_provider_changes, Default::default());
+        let store = store.clone();
+        let ctl = ctl.watches_stream(ckp_stream, move |ckp| {
+            watches::apikeys_using_cluster_provider(&store, &ckp)
+        });
+        (ctl, Some(ckp_store))
+    } else {
+        (ctl, None)
+    };
+    // Credentials Secrets (metadata only; only those a provider object reads map to ApiKeys):
+    // an ApiKey applied before its provider's credentials is Ready as soon as they appear.
+    let creds_stream = watcher(
+        api_in::<PartialObjectMeta<Secret>>(client, ns),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects();
+    let ctl = {
+        let store = store.clone();
+        let operator_ns = ctx.operator_namespace.clone();
+        ctl.watches_stream(creds_stream, move |s| {
+            watches::apikeys_using_credentials(
+                &store,
+                &kp_store,
+                ckp_store.as_ref(),
+                &operator_ns,
+                &s.namespace().unwrap_or_default(),
+                &s.name_any(),
+            )
+        })
+    };
+    let source_store = store.clone();
+    // Source Secrets: metadata only (the mapper needs namespace and name; the value is read
+    // when the ApiKey is reconciled), so no Secret data is held or decoded by the watch.
+    let sources = watcher(
+        api_in::<PartialObjectMeta<Secret>>(client, ns),
+        watcher::Config::default().labels(SOURCE_LABEL),
+    )
+    .default_backoff()
+    .touched_objects();
+    let ctl = ctl
+        // Owned Secrets: kube watches them metadata-only.
+        .owns(secrets, secret_wc)
+        // Source Secrets of pushed keys, when labelled keysmith.dev/source: a change re-pushes
+        // at once (unlabelled ones are checked every refresh interval).
+        .watches_stream(sources, move |s| {
+            let s = Secret {
+                metadata: s.metadata,
+                ..Default::default()
+            };
+            watches::apikeys_using_source_secret(&source_store, &s)
+        })
         .with_config(controller::Config::default().concurrency(args.concurrency))
         .graceful_shutdown_on(stop)
-        .run(apikey::reconcile, apikey::error_policy, ctx)
+        .run(supervise::reconcile_apikey, apikey::error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
     tokio::spawn(ctl)
 }
 
-/// Run every controller until `stop` resolves; in-flight reconciles finish first.
+/// Run every controller until `stop` resolves; in-flight reconciles finish first (or are
+/// cancelled at the leader Lease's renew deadline). A controller that ends on its own turns
+/// `/healthz` bad.
 pub async fn run_controllers(
     client: Client,
     ctx: Arc<Context>,
@@ -194,29 +305,34 @@ pub async fn run_controllers(
     health: Arc<Health>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let stop = futures::future::FutureExt::shared(Box::pin(stop));
+    let stopping = Arc::new(AtomicBool::new(false));
+    let flag = stopping.clone();
+    let stop = futures::future::FutureExt::shared(Box::pin(async move {
+        stop.await;
+        flag.store(true, Ordering::SeqCst);
+    }));
     let mut tasks = Vec::new();
     for ns in watched_namespaces(args) {
         let ns = ns.as_deref();
-        tasks.push(apikey_controller(
-            &client,
-            ctx.clone(),
-            args,
-            ns,
-            stop.clone(),
+        tasks.push((
+            "apikey",
+            apikey_controller(&client, ctx.clone(), args, ns, stop.clone()),
         ));
+        if !args.namespaced_providers {
+            continue;
+        }
         let kp_ctl = Controller::new(
             api_in::<KeyProvider>(&client, ns),
             watcher::Config::default(),
         )
         .graceful_shutdown_on(stop.clone())
         .run(
-            provider::reconcile_key_provider,
-            provider::error_policy,
+            supervise::reconcile_key_provider,
+            supervise::provider_error_policy,
             ctx.clone(),
         )
         .for_each(|_| futures::future::ready(()));
-        tasks.push(tokio::spawn(kp_ctl));
+        tasks.push(("keyprovider", tokio::spawn(kp_ctl)));
     }
     if args.cluster_providers {
         let ckp_ctl = Controller::new(
@@ -225,17 +341,15 @@ pub async fn run_controllers(
         )
         .graceful_shutdown_on(stop.clone())
         .run(
-            provider::reconcile_cluster_key_provider,
-            provider::error_policy,
+            supervise::reconcile_cluster_key_provider,
+            supervise::provider_error_policy,
             ctx.clone(),
         )
         .for_each(|_| futures::future::ready(()));
-        tasks.push(tokio::spawn(ckp_ctl));
+        tasks.push(("clusterkeyprovider", tokio::spawn(ckp_ctl)));
     }
     health.started.store(true, Ordering::SeqCst);
     tracing::info!(namespaces = ?args.watch_namespaces, selector = ?args.label_selector, "controllers running");
-    for t in tasks {
-        let _ = t.await;
-    }
+    supervise::supervise(tasks, stopping, health).await;
     tracing::info!("controllers stopped");
 }

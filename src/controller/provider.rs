@@ -47,8 +47,53 @@ async fn verify(ctx: &Context, obj: ProviderObject<'_>) -> Readiness {
     }
 }
 
+/// The base URL a provider object's client talks to: its `baseURL`, else the provider's default.
+pub fn effective_base_url(spec: &KeyProviderSpec) -> Option<String> {
+    use crate::providers::{boltz, digitalocean, openrouter, ucloud};
+    let or_default = |u: &Option<String>, d: &str| u.clone().unwrap_or_else(|| d.to_string());
+    if let Some(p) = &spec.openrouter {
+        Some(or_default(&p.base_url, openrouter::DEFAULT_BASE_URL))
+    } else if let Some(p) = &spec.boltz {
+        Some(or_default(&p.base_url, boltz::DEFAULT_BASE_URL))
+    } else if let Some(p) = &spec.ucloud {
+        Some(or_default(&p.base_url, ucloud::DEFAULT_BASE_URL))
+    } else if let Some(p) = &spec.digitalocean {
+        Some(or_default(&p.base_url, digitalocean::DEFAULT_BASE_URL))
+    } else {
+        spec.bifrost.as_ref().map(|p| p.base_url.clone())
+    }
+}
+
+/// `--allowed-base-url-hosts`: when the list is not empty, a provider object may only talk to a
+/// host on it (exact, case-insensitive). Err is the InvalidProvider message (no call is made).
+pub fn check_base_url(allowed: &[String], id: &str, spec: &KeyProviderSpec) -> Result<(), String> {
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let Some(base) = effective_base_url(spec) else {
+        return Ok(());
+    };
+    let host = url::Url::parse(&base).ok().and_then(|u| {
+        u.host_str()
+            .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+    });
+    match host {
+        Some(h) if allowed.iter().any(|a| a.eq_ignore_ascii_case(&h)) => Ok(()),
+        Some(h) => Err(format!(
+            "{id}: base URL host {h} is not allowed by this installation (allowed: {})",
+            allowed.join(", ")
+        )),
+        None => Err(format!("{id}: the base URL is not a valid absolute URL")),
+    }
+}
+
 /// The status a provider object gets for `readiness` (pure): only the Ready condition, built by
-/// the one condition builder.
+/// the one condition builder. Quiet and deterministic, because with `--label-selector` every
+/// shard verifies every ClusterKeyProvider and they must not flap its status:
+/// - a transient failure (429, outage, API error) does not take back a Ready=True verified at
+///   this generation (the next verify decides);
+/// - the same status and reason keep the message already written (messages of one reason may
+///   differ in detail between shards), so only a change of conclusion is a write.
 fn next_status(
     old: Option<&KeyProviderStatus>,
     spec: &KeyProviderSpec,
@@ -61,11 +106,49 @@ fn next_status(
         .filter(|c| c.type_ == "Ready")
         .cloned()
         .collect();
-    set_ready(&mut conditions, generation, readiness);
+    let prev = conditions.first().cloned();
+    let transient = matches!(
+        readiness.reason,
+        Reason::RateLimited | Reason::ProviderUnavailable | Reason::KubernetesError
+    );
+    let mut readiness = readiness.clone();
+    if let Some(p) = &prev {
+        let verified_now = p.status == "True" && p.observed_generation == generation;
+        if !readiness.ready && transient && verified_now {
+            if let Some(old) = old {
+                return old.clone();
+            }
+        }
+        let status = if readiness.ready { "True" } else { "False" };
+        if p.status == status && p.reason == readiness.reason.as_str() {
+            readiness.message = p.message.clone();
+        }
+    }
+    set_ready(&mut conditions, generation, &readiness);
     KeyProviderStatus {
         observed_generation: generation,
         provider_type: spec.provider_type().map(|p| p.to_string()),
         conditions,
+    }
+}
+
+/// A provider object being deleted: it goes (with its credentials' in-use finalizer) once no
+/// ApiKey holds a key through it; until then it is looked at again every few seconds.
+async fn being_deleted(
+    ctx: &Context,
+    finalizers: &[String],
+    id: &super::inuse::ProviderId,
+) -> Result<Action, super::error::Error> {
+    if !finalizers
+        .iter()
+        .any(|f| f == super::inuse::IN_USE_FINALIZER)
+    {
+        return Ok(Action::await_change());
+    }
+    if super::inuse::release_if_unused(ctx, id, None).await? {
+        Ok(Action::await_change())
+    } else {
+        Ok(Action::requeue(Duration::from_secs(5)))
     }
 }
 
@@ -81,8 +164,16 @@ fn requeue(readiness: &Readiness) -> Action {
 pub async fn reconcile_key_provider(
     p: Arc<KeyProvider>,
     ctx: Arc<Context>,
-) -> Result<Action, kube::Error> {
+) -> Result<Action, super::error::Error> {
     let ns = p.namespace().unwrap_or_default();
+    if p.metadata.deletion_timestamp.is_some() {
+        let id = super::inuse::ProviderId {
+            kind: crate::api::ProviderKind::KeyProvider,
+            namespace: ns,
+            name: p.name_any(),
+        };
+        return being_deleted(&ctx, p.finalizers(), &id).await;
+    }
     let obj = ProviderObject {
         id: format!("KeyProvider/{ns}/{}", p.name_any()),
         spec: &p.spec,
@@ -113,7 +204,15 @@ pub async fn reconcile_key_provider(
 pub async fn reconcile_cluster_key_provider(
     p: Arc<ClusterKeyProvider>,
     ctx: Arc<Context>,
-) -> Result<Action, kube::Error> {
+) -> Result<Action, super::error::Error> {
+    if p.metadata.deletion_timestamp.is_some() {
+        let id = super::inuse::ProviderId {
+            kind: crate::api::ProviderKind::ClusterKeyProvider,
+            namespace: String::new(),
+            name: p.name_any(),
+        };
+        return being_deleted(&ctx, p.finalizers(), &id).await;
+    }
     let obj = ProviderObject {
         id: format!("ClusterKeyProvider/{}", p.name_any()),
         spec: &p.spec.inner,
@@ -141,15 +240,51 @@ pub async fn reconcile_cluster_key_provider(
     Ok(requeue(&readiness))
 }
 
-pub fn error_policy<K>(_: Arc<K>, err: &kube::Error, _: Arc<Context>) -> Action {
-    tracing::warn!(error = %err, "provider reconcile failed");
-    Action::requeue(Duration::from_secs(10))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::BoltzProvider;
+
+    #[test]
+    fn base_url_hosts_outside_the_allow_list_are_refused() {
+        use crate::api::{BifrostProvider, OpenRouterProvider};
+        let allowed = vec!["openrouter.ai".to_string(), "gw.example.com".to_string()];
+        let or = |url: Option<&str>| KeyProviderSpec {
+            openrouter: Some(OpenRouterProvider {
+                base_url: url.map(Into::into),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            check_base_url(&[], "kp", &or(Some("http://evil.test"))),
+            Ok(())
+        );
+        // The default base URL counts: openrouter.ai is listed.
+        assert_eq!(check_base_url(&allowed, "kp", &or(None)), Ok(()));
+        assert_eq!(
+            check_base_url(&allowed, "kp", &or(Some("https://GW.example.com./v1"))),
+            Ok(())
+        );
+        let err =
+            check_base_url(&allowed, "kp", &or(Some("http://169.254.169.254/latest"))).unwrap_err();
+        assert!(
+            err.contains("169.254.169.254") && err.contains("not allowed"),
+            "{err}"
+        );
+        // A look-alike suffix is not the host.
+        assert!(
+            check_base_url(&allowed, "kp", &or(Some("https://openrouter.ai.evil.test"))).is_err()
+        );
+        let bifrost = KeyProviderSpec {
+            bifrost: Some(BifrostProvider {
+                base_url: "not a url".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(check_base_url(&allowed, "kp", &bifrost).is_err());
+    }
 
     #[test]
     fn status_is_rewritten_only_when_the_conclusion_changes() {
@@ -174,6 +309,31 @@ mod tests {
         let second = next_status(Some(&first), &spec, Some(1), &bad);
         assert_ne!(second, first);
         assert_eq!(second.conditions[0].reason, "ProviderAuthFailed");
+        // Another shard's wording of the same conclusion is not a write.
+        let reworded = Readiness {
+            message: "no (request 42)".into(),
+            ..bad.clone()
+        };
+        assert_eq!(
+            next_status(Some(&second), &spec, Some(1), &reworded),
+            second
+        );
+        // A transient failure does not take back a verification of this generation…
+        let flaky = Readiness {
+            ready: false,
+            reason: Reason::ProviderUnavailable,
+            message: "timeout".into(),
+        };
+        assert_eq!(next_status(Some(&first), &spec, Some(1), &flaky), first);
+        // …but is reported when nothing was verified yet, or for a new generation.
+        assert_eq!(
+            next_status(None, &spec, Some(1), &flaky).conditions[0].reason,
+            "ProviderUnavailable"
+        );
+        assert_eq!(
+            next_status(Some(&first), &spec, Some(2), &flaky).conditions[0].reason,
+            "ProviderUnavailable"
+        );
         let third = next_status(Some(&second), &spec, Some(2), &bad);
         assert_eq!(third.observed_generation, Some(2));
     }

@@ -36,12 +36,17 @@ pub const PERMISSIONS: &[Permission] = &[
     p("keysmith.dev", "apikeys/status", &["patch"]),
     // Owner references with blockOwnerDeletion on the Secrets need update on the finalizers subresource.
     p("keysmith.dev", "apikeys/finalizers", &["update"]),
-    p("keysmith.dev", "keyproviders", &["get", "list", "watch"]),
+    // Provider objects: the in-use finalizer (keysmith.dev/in-use) is added/removed with patches.
+    p(
+        "keysmith.dev",
+        "keyproviders",
+        &["get", "list", "watch", "patch"],
+    ),
     p("keysmith.dev", "keyproviders/status", &["patch"]),
     p(
         "keysmith.dev",
         "clusterkeyproviders",
-        &["get", "list", "watch"],
+        &["get", "list", "watch", "patch"],
     ),
     p("keysmith.dev", "clusterkeyproviders/status", &["patch"]),
     // Secrets: written by server-side apply (patch); a type change replaces (delete + create);

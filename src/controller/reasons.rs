@@ -72,6 +72,10 @@ reasons! {
     /// `spec.keyRef` names a key keysmith may not adopt (another ApiKey manages it, or the
     /// provider object does not allow adoption for this namespace).
     AdoptionRefused,
+    /// A bug: the reconcile panicked. It was contained and is retried with backoff.
+    InternalError,
+    /// The leader Lease expires before a create could finish: it waits for the next renewal.
+    LeaseExpiring,
     /// Internal: a conditional write found a newer ApiKey; never shown in a condition.
     Conflict,
     /// Test hook (`test-hooks` feature): a simulated crash right after a create.
@@ -138,6 +142,8 @@ impl Reason {
         Reason::SecretWriteRefused,
         Reason::CreateBackoff,
         Reason::AdoptionRefused,
+        Reason::InternalError,
+        Reason::LeaseExpiring,
     ];
 
     /// The reason a provider error surfaces as (the provider layer names it; this types it).

@@ -22,6 +22,11 @@ pub struct BenchConfig {
     pub client_rps: Option<f64>,
     /// `BENCH_RETRY_AFTER`: seconds asked for in the emulator's 429 answers.
     pub retry_after: u64,
+    /// `BENCH_NAMESPACES`: namespaces the ApiKeys are spread over (cluster benchmark).
+    pub namespaces: usize,
+    /// `BENCH_PROVIDERS`: ClusterKeyProviders the ApiKeys are spread over, all of one account
+    /// at the emulator (cluster benchmark).
+    pub providers: usize,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -50,14 +55,18 @@ impl BenchConfig {
                 .ok()
                 .map(|v| v.parse().expect("BENCH_CLIENT_RPS is a number")),
             retry_after: env_or("BENCH_RETRY_AFTER", 1),
+            namespaces: env_or::<usize>("BENCH_NAMESPACES", 1).max(1),
+            providers: env_or::<usize>("BENCH_PROVIDERS", 1).max(1),
         }
     }
 
     /// One line naming every knob.
     pub fn describe(&self) -> String {
         format!(
-            "N={} ApiKeys, emulator rate limit {} rps (429 + Retry-After: {} beyond it), latency {:?}, concurrency {}, refreshInterval {:?}, client-side rateLimit {}",
+            "N={} ApiKeys in {} namespace(s) using {} provider object(s), emulator rate limit {} rps (429 + Retry-After: {} beyond it), latency {:?}, concurrency {}, refreshInterval {:?}, client-side rateLimit {}",
             self.n,
+            self.namespaces,
+            self.providers,
             self.rate,
             self.retry_after,
             self.latency,

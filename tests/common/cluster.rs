@@ -53,7 +53,7 @@ use emulator_control::EmulatorControl;
 /// Label on every object of a run; the run's operators reconcile only ApiKeys carrying it.
 pub const RUN_LABEL: &str = "e2e.keysmith.dev/run";
 const FIELD_MANAGER: &str = "keysmith-e2e";
-const MGMT_SECRET: &str = "openrouter-mgmt";
+pub const MGMT_SECRET: &str = "openrouter-mgmt";
 const BIN: &str = env!("CARGO_BIN_EXE_keysmith");
 
 /// The cluster of this test binary: an existing one when `KEYSMITH_E2E=1` and `KUBECONFIG` are

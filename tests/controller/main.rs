@@ -7,5 +7,6 @@ mod digitalocean;
 mod harness;
 mod openrouter;
 mod rotation;
+mod runtime;
 mod tenancy;
 mod ucloud;

@@ -607,6 +607,62 @@ async fn a_reconcile_from_a_stale_copy_neither_creates_a_second_key_nor_forgets_
     assert_eq!(ready(&ak).0, "True", "{:?}", ak.status);
 }
 
+/// Issue 11: a lagging cache still shows the pendingCreate marker that the reconcile which
+/// created the key has since cleared. That is no interrupted create: no recovery (no listing,
+/// no revoke), no create, no write.
+#[tokio::test]
+async fn a_stale_copy_with_a_cleared_marker_does_not_start_recovery() {
+    let env = env().await;
+    env.create(&apikey("marked", "openrouter", ApiKeySpec::default()))
+        .await;
+    env.reconcile("marked").await.unwrap(); // finalizer
+    let mut stale = env.get("marked").await;
+    let ak = env.converge("marked", 4).await;
+    assert_eq!(ready(&ak).0, "True", "{:?}", ak.status);
+    // What the cache held between the marker write and the final status write.
+    stale.status = Some(keysmith::api::ApiKeyStatus {
+        pending_create: Some(keysmith::api::PendingCreate {
+            name: "marked".into(),
+            started_at: chrono::Utc::now().to_rfc3339(),
+            attempt: "a-cleared-attempt".into(),
+            scope: None,
+        }),
+        ..Default::default()
+    });
+    // A quiet reconcile takes the shared listing of the refresh interval.
+    env.reconcile("marked").await.unwrap();
+    env.reset_provider_calls().await;
+    env.take_writes();
+
+    let _ =
+        keysmith::controller::apikey::reconcile(std::sync::Arc::new(stale), env.ctx.clone()).await;
+
+    let calls = env.provider_calls().await;
+    assert_eq!(
+        route_count(&calls, "GET /api/v1/keys"),
+        0,
+        "no recovery listing: {calls}"
+    );
+    assert_eq!(
+        route_count(&calls, "POST /api/v1/keys"),
+        0,
+        "no create: {calls}"
+    );
+    assert_eq!(
+        route_count(&calls, "DELETE /api/v1/keys/{hash}"),
+        0,
+        "no revoke: {calls}"
+    );
+    assert_eq!(
+        env.take_writes(),
+        Vec::<String>::new(),
+        "no Kubernetes write"
+    );
+    assert_eq!(live_keys(&env.emulator_keys().await), 1);
+    let now = env.get("marked").await;
+    assert_eq!(now.status, ak.status, "the status is untouched");
+}
+
 #[tokio::test]
 async fn a_failed_secret_write_revokes_the_new_key() {
     let env = env().await;

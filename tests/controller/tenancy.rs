@@ -55,11 +55,21 @@ async fn an_unwritable_template_is_invalid_spec_before_any_create() {
     for (name, template) in &cases {
         env.create(&with_template(name, template.clone())).await;
     }
+    // A Secret name that is not DNS-1123 never gets this far: the CRD's pattern refuses it.
     let mut bad_name = apikey("badname", "openrouter", ApiKeySpec::default());
     bad_name.spec.secret = Some(serde_json::from_value(json!({ "name": "Not_A_Name" })).unwrap());
-    env.create(&bad_name).await;
+    bad_name.metadata.namespace = None; // the test's own namespace, from the Api
+    let refused = env
+        .apikeys()
+        .create(&Default::default(), &bad_name)
+        .await
+        .expect_err("the API server refuses a Secret name that is not DNS-1123");
+    assert!(
+        refused.to_string().contains("spec.secret.name"),
+        "{refused}"
+    );
     env.reset_provider_calls().await;
-    for name in cases.iter().map(|c| c.0).chain(["badname"]) {
+    for name in cases.iter().map(|c| c.0) {
         hammer(&env, name, 5).await;
         let (status, reason, message) = ready(&env.get(name).await);
         assert_eq!(
@@ -212,8 +222,12 @@ async fn a_missing_secret_is_created_not_applied() {
         writes.iter().any(|w| w.starts_with("create Secret")),
         "{writes:?}"
     );
+    // The only patch of a Secret is the in-use finalizer on the provider's credentials Secret
+    // (issue 10 item 8), never a write of the ApiKey's Secret.
     assert!(
-        !writes.iter().any(|w| w.starts_with("patch Secret")),
+        !writes
+            .iter()
+            .any(|w| w.starts_with("patch Secret") && !w.contains("keysmith.dev/in-use")),
         "{writes:?}"
     );
 }

@@ -164,6 +164,7 @@ async fn create_once(
     // A Secret that cannot be written (quota, admission webhook, type change) is found before
     // a key is minted for it.
     dry_run(r.ctx, r.ak, existing).await?;
+    r.ctx.lease_allows(r.ctx.client_options.timeout)?;
     let attempt = crate::ids::random_hex(16);
     let mut marked = st.clone();
     marked.pending_create = Some(marker(&v.settings, &attempt, &v.scope));

@@ -34,10 +34,20 @@ pub async fn cleanup(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error
         ctx.track(&object_key(&ak), None);
         return Ok(Action::await_change());
     }
+    if nothing_created(&ak, &ctx).await? {
+        // Nothing to revoke: the finalizer goes at once, even if the provider object or its
+        // credentials are gone (or never existed).
+        ctx.track(&object_key(&ak), None);
+        return Ok(Action::await_change());
+    }
     let st = ak.status.clone().unwrap_or_default();
     let mut after = st.clone();
     match revoke_all(&ak, &ctx, &mut after).await {
         Ok(()) => {
+            // Its keys are revoked: the provider object and credentials are free unless
+            // another ApiKey still needs them.
+            let p = super::super::inuse::ProviderId::of(&ak);
+            super::super::inuse::release_if_unused(&ctx, &p, ak.uid().as_deref()).await?;
             ctx.track(&object_key(&ak), None);
             Ok(Action::await_change())
         }
@@ -47,6 +57,23 @@ pub async fn cleanup(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error
             Err(Error::RevokeFailed(f.reason))
         }
     }
+}
+
+/// Whether the ApiKey never got as far as a provider call: no keyID, no pendingCreate (written
+/// before every create), no previousKeys. Read from the server, not the watch cache, so a
+/// status written moments ago is seen.
+async fn nothing_created(ak: &ApiKey, ctx: &Context) -> Result<bool, kube::Error> {
+    let holds_keys = |st: &ApiKeyStatus| {
+        st.key_id.is_some() || st.pending_create.is_some() || !st.previous_keys.is_empty()
+    };
+    if ak.status.as_ref().is_some_and(holds_keys) {
+        return Ok(false);
+    }
+    let api: Api<ApiKey> = Api::namespaced(ctx.client.clone(), &ak.namespace().unwrap_or_default());
+    Ok(match api.get_opt(&ak.name_any()).await? {
+        None => true,
+        Some(fresh) => !fresh.status.as_ref().is_some_and(holds_keys),
+    })
 }
 
 /// Keep the key and the Secret: drop the Secret's owner reference so garbage collection leaves it.

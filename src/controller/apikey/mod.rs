@@ -98,20 +98,30 @@ pub async fn reconcile(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Err
     let ns = ak.namespace().unwrap_or_default();
     let api: Api<ApiKey> = Api::namespaced(ctx.client.clone(), &ns);
     let started = std::time::Instant::now();
+    // The watch cache may be behind this process's own last write (issue 11).
+    let Some(ak) = ctx.current_copy(ak).await? else {
+        return Ok(Action::await_change());
+    };
     if ak.metadata.deletion_timestamp.is_none() && ak.finalizers().is_empty() {
         // First sight: add the finalizer with a merge patch guarded by resourceVersion (a
         // concurrent writer makes it fail with 409 and the object is reconciled again).
         let patch = serde_json::json!({
             "metadata": { "resourceVersion": ak.resource_version(), "finalizers": [FINALIZER] }
         });
-        api.patch(
-            &ak.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await?;
+        let written = api
+            .patch(
+                &ak.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+        ctx.wrote_apikey(&object_key(&ak), written.resource_version());
         ctx.metrics.kube_write("apikeys", "patch");
-        return Ok(Action::requeue(Duration::from_millis(100)));
+        count_reconcile(&ctx, "requeue");
+        // The watch event of this patch reconciles the ApiKey next (the predicate passes a
+        // finalizer change); a short requeue would add a reconcile whenever the event comes
+        // later than it. This one is only the fallback.
+        return Ok(Action::requeue(Duration::from_secs(5)));
     }
     if ak.metadata.deletion_timestamp.is_some() {
         ctx.metrics.track_rotation(&object_key(&ak), None);
@@ -178,6 +188,7 @@ async fn apply(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
     let outcome = drive(&ak, &ctx, &mut st, &seen).instrument(span).await;
     if matches!(&outcome, Err(f) if f.is_stale()) {
         // Nothing was created from the stale copy; what it concluded is dropped.
+        count_reconcile(&ctx, "requeue");
         return Ok(stale(&key));
     }
     let changed = status::conclude(&mut st, ak.metadata.generation, &outcome);
@@ -188,22 +199,35 @@ async fn apply(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
         }
         Err(f) => (jitter(report_failure(&ak, &ctx, f, changed).await), "error"),
     };
+    if outcome.is_ok() && st.key_id.is_some() {
+        // Deleting this ApiKey will need the provider object and its credentials.
+        super::inuse::protect(&ctx, &ak).await?;
+    }
     ctx.track(&key, Some(status::tracked(&st)));
     if seen.differs(&st, &before) {
         match write_status(&ctx, &ak, &st, &seen).await {
             Ok(()) => {}
-            Err(e) if super::error::is_conflict(&e) => return Ok(stale(&key)),
+            Err(e) if super::error::is_conflict(&e) => {
+                count_reconcile(&ctx, "requeue");
+                return Ok(stale(&key));
+            }
             Err(e) => return Err(e.into()),
         }
     }
+    count_reconcile(&ctx, result_label);
+    Ok(Action::requeue(requeue))
+}
+
+/// Count a reconcile of an ApiKey (`requeue`: it only added the finalizer, or found its copy
+/// stale and asked to run again).
+fn count_reconcile(ctx: &Context, result: &str) {
     ctx.metrics
         .reconcile_total
         .get_or_create(&ReconcileLabels {
             controller: "apikey".into(),
-            result: result_label.into(),
+            result: result.into(),
         })
         .inc();
-    Ok(Action::requeue(requeue))
 }
 
 /// Count, log and publish a failure (the latter two only when the condition changed); returns

@@ -185,8 +185,10 @@ pub async fn recover(
     // Where the attempt created its key: the marker says, whatever the spec says now.
     let scope = &scope_at(pending.scope.as_ref(), scope);
     let delivered = delivered_key(r.ak, existing, st);
-    // A fresh listing: the snapshot may predate the interrupted create.
-    let slot = r.ctx.listing(r.p, scope, Duration::ZERO).await?;
+    // A listing begun after the interrupted create: once the attempt settled, one listing
+    // serves every recovery of that time (issue 11); before that, a fresh one.
+    let since = settles_at(pending, r.ctx.client_options.timeout).min(Utc::now());
+    let slot = r.ctx.listing_since(r.p, scope, since).await?;
     let candidates = orphans_of_attempt(
         slot.lock().await.keys.values(),
         pending,

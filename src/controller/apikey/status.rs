@@ -243,6 +243,7 @@ pub async fn write_status(
         )
         .await?;
     seen.wrote(written.resource_version(), after);
+    ctx.wrote_apikey(&super::object_key(ak), written.resource_version());
     ctx.metrics.kube_write("apikeys/status", "patch");
     Ok(())
 }
