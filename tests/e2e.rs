@@ -1518,15 +1518,28 @@ async fn sigkill_mid_rotation_keeps_one_current_key_and_revokes_the_old_on_time(
             .iter()
             .filter_map(|k| k["hash"].as_str().map(str::to_string))
             .collect();
-        let mut expected: Vec<String> = s.previous_keys.iter().map(|p| p.key_id.clone()).collect();
-        expected.push(id.clone());
-        let mut got = live.clone();
-        got.sort();
-        expected.sort();
-        assert_eq!(
-            got, expected,
-            "{n}: live keys are the current one and those in grace"
-        );
+        // Live: the current key and the replaced keys still inside their grace period. A
+        // replaced key whose deleteAfter has passed may already be revoked (its revoke lands
+        // before the status write that drops it from previousKeys), never one still in grace.
+        assert!(live.contains(&id), "{n}: the current key is live");
+        for k in &live {
+            assert!(
+                k == &id || s.previous_keys.iter().any(|p| &p.key_id == k),
+                "{n}: live key {k} is neither current nor in previousKeys"
+            );
+        }
+        let now = chrono::Utc::now();
+        for p in &s.previous_keys {
+            let due = chrono::DateTime::parse_from_rfc3339(&p.delete_after)
+                .map(|t| t.with_timezone(&chrono::Utc) <= now)
+                .unwrap_or(false);
+            assert!(
+                due || live.contains(&p.key_id),
+                "{n}: replaced key {} revoked before its deleteAfter {}",
+                p.key_id,
+                p.delete_after
+            );
+        }
         assert!(s.previous_keys.len() <= 1, "{n}: {:?}", s.previous_keys);
     }
     // Once the grace periods ended: one live key per ApiKey.

@@ -464,6 +464,12 @@ impl Cluster {
         let provider_name = format!("ks-e2e-{run}");
         let mut spec = (setup.spec)(&emulator.url, &operator_ns);
         spec["namespaceSelector"] = json!({ "matchLabels": { RUN_LABEL: run } });
+        // The run's own namespaces may adopt keys through it (the adoption tests do): a
+        // ClusterKeyProvider allows adoption only when its owner says so (docs/tenancy.md).
+        spec["adoption"] = json!({
+            "allowed": true,
+            "namespaceSelector": { "matchLabels": { RUN_LABEL: run } }
+        });
         if let Some(r) = &provider.refresh_interval {
             spec["refreshInterval"] = json!(r);
         }
