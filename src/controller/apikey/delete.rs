@@ -13,11 +13,9 @@ use super::super::conditions::{set_ready, Readiness};
 use super::super::context::Context;
 use super::super::reasons::Reason;
 use super::super::secret::{self, SecretOwnership};
-use super::recover::recover;
-use super::revoke::{retire_previous, revoke_quietly};
-use super::status::{key_scope, now_rfc3339, write_status, ServerCopy};
-use super::validate::settings_for;
-use super::{object_key, Error, Failure, Reconciler};
+use super::recover::revoke_accounted;
+use super::status::{write_status, ServerCopy};
+use super::{object_key, Error, Failure};
 use crate::api::{ApiKey, ApiKeyStatus, DeletionPolicy};
 
 /// Deletion: revoke at the provider (or orphan), then let the finalizer go.
@@ -109,35 +107,7 @@ async fn orphan(ak: &ApiKey, ctx: &Context) -> Result<(), kube::Error> {
 /// Revoke every key the ApiKey accounts for: an interrupted create's, the replaced ones (whatever
 /// their grace period), and the current one.
 async fn revoke_all(ak: &ApiKey, ctx: &Context, st: &mut ApiKeyStatus) -> Result<(), Failure> {
-    let p = ctx.resolve(ak).await?;
-    let seen = ServerCopy::of(ak);
-    let r = Reconciler {
-        ak,
-        ctx,
-        p: &p,
-        seen: &seen,
-    };
-    let settings = settings_for(ak, st)?;
-    let scope = p.backend.scope(&settings);
-    if let Some(pending) = st.pending_create.clone() {
-        let existing =
-            Api::<Secret>::namespaced(ctx.client.clone(), &ak.namespace().unwrap_or_default())
-                .get_opt(&ak.secret_name())
-                .await?;
-        recover(&r, st, &scope, &pending, existing.as_ref()).await?;
-    }
-    let now = now_rfc3339();
-    for prev in &mut st.previous_keys {
-        prev.delete_after = now.clone();
-    }
-    retire_previous(&r, st, &scope).await?;
-    if let Some(id) = st.key_id.clone() {
-        revoke_quietly(ctx, &p, &key_scope(st, &scope), &id).await?;
-        let note = format!("revoked key {id} at {}", p.provider_type);
-        r.event(EventType::Normal, Reason::KeyRevoked, "Delete", note)
-            .await;
-    }
-    Ok(())
+    revoke_accounted(ak, ctx, st, true).await
 }
 
 /// Say in the status (and an Event) why the ApiKey stays: `read` is the status the cleanup

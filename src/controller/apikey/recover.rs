@@ -62,6 +62,18 @@ pub async fn revoke_leftovers(
     if st.pending_create.is_none() && st.previous_keys.is_empty() {
         return Ok(());
     }
+    revoke_accounted(ak, ctx, st, false).await
+}
+
+/// Revoke the keys the ApiKey accounts for before it goes: an interrupted create's stray key,
+/// the replaced keys (whatever their grace period) and, with `and_current`
+/// (`deletionPolicy: Delete`), the current one.
+pub async fn revoke_accounted(
+    ak: &ApiKey,
+    ctx: &Context,
+    st: &mut ApiKeyStatus,
+    and_current: bool,
+) -> Result<(), Failure> {
     let p = ctx.resolve(ak).await?;
     let seen = ServerCopy::of(ak);
     let r = Reconciler {
@@ -83,7 +95,14 @@ pub async fn revoke_leftovers(
     for prev in &mut st.previous_keys {
         prev.delete_after = now.clone();
     }
-    retire_previous(&r, st, &scope).await
+    retire_previous(&r, st, &scope).await?;
+    if let Some(id) = st.key_id.clone().filter(|_| and_current) {
+        revoke_quietly(ctx, &p, &key_scope(st, &scope), &id).await?;
+        let note = format!("revoked key {id} at {}", p.provider_type);
+        r.event(EventType::Normal, Reason::KeyRevoked, "Delete", note)
+            .await;
+    }
+    Ok(())
 }
 
 /// Split the candidates of an attempt into those it provably created and those it must leave
