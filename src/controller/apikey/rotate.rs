@@ -61,6 +61,23 @@ fn has_targets(ak: &ApiKey) -> bool {
     !ak.spec.rollout_restart_targets.is_empty()
 }
 
+/// The replaced key stays live for its grace period (`previousKeys[].deleteAfter`).
+fn keep_in_grace(
+    st: &mut ApiKeyStatus,
+    ak: &ApiKey,
+    old: &LocatedKey,
+    plan: &Plan,
+    now: DateTime<Utc>,
+) {
+    st.previous_keys.push(previous_key(
+        &old.id,
+        location(&old.at),
+        plan,
+        has_targets(ak),
+        now,
+    ));
+}
+
 fn until(t: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
     (t - now)
         .to_std()
@@ -148,13 +165,7 @@ pub async fn rotate(
             let ready = create::create(r, v, st, existing, None).await?;
             let new = st.key_id.clone().unwrap_or_default();
             if new != old.id {
-                st.previous_keys.push(previous_key(
-                    &old.id,
-                    location(&old.at),
-                    &plan,
-                    has_targets(r.ak),
-                    now,
-                ));
+                keep_in_grace(st, r.ak, &old, &plan, now);
             }
             record_done(st, &plan, &trigger, fallback_created(r.ak), now);
             rotated(r, &trigger, how, &old.id, &new).await;
@@ -181,13 +192,7 @@ pub async fn rotate(
             let new = created.key.id.clone();
             if new != old.id {
                 // A rotate that answered with a new id: the old id still names a key.
-                st.previous_keys.push(previous_key(
-                    &old.id,
-                    location(&old.at),
-                    &plan,
-                    has_targets(r.ak),
-                    now,
-                ));
+                keep_in_grace(st, r.ak, &old, &plan, now);
             }
             rotated(r, &trigger, how, &old.id, &new).await;
             Ok(Some(Ready::active(r.p, st, &r.ak.secret_name())))
@@ -289,13 +294,7 @@ pub async fn replaced_by_push(
     let plan = plan(r.ak)?;
     let now = Utc::now();
     let new = st.key_id.clone().unwrap_or_default();
-    st.previous_keys.push(previous_key(
-        &old.id,
-        location(&old.at),
-        &plan,
-        has_targets(r.ak),
-        now,
-    ));
+    keep_in_grace(st, r.ak, &old, &plan, now);
     let trigger = Trigger::SourceChanged;
     record_done(st, &plan, &trigger, fallback_created(r.ak), now);
     rotated(r, &trigger, Strategy::RepushWithGrace, &old.id, &new).await;
