@@ -147,6 +147,15 @@ fn apikey_field_rules() {
         .iter()
         .any(|m| m.contains("at most one provider-specific block")));
 
+    let provisional =
+        json!({"providerRef": {"name": "o"}, "displayName": "keysmith-attempt-0123456789abcdef"});
+    assert!(check("ApiKey", apikey(provisional), None)
+        .unwrap_err()
+        .iter()
+        .any(|m| m.contains("provisional key names")));
+    let named = json!({"providerRef": {"name": "o"}, "displayName": "team-a keysmith-attempt-1"});
+    assert!(check("ApiKey", apikey(named), None).is_ok());
+
     for amount in ["75", "12.50", "0.05"] {
         let ok = json!({"providerRef": {"name": "o"}, "limit": {"amount": amount}});
         assert!(check("ApiKey", apikey(ok), None).is_ok(), "{amount}");

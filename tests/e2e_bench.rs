@@ -52,6 +52,7 @@ async fn apikeys_at_scale() {
             latency: Some(cfg.latency),
             rate_limit: Some(cfg.rate),
             retry_after: Some(cfg.retry_after),
+            ..Default::default()
         },
         ProviderOptions {
             refresh_interval: Some(format!("{}s", cfg.refresh.as_secs())),

@@ -76,9 +76,11 @@ pub struct ApiKeySpec {
     /// The KeyProvider (this namespace) or ClusterKeyProvider that serves this key. Immutable.
     #[x_kube(validation = Rule::new("self == oldSelf").message("providerRef is immutable: create a new ApiKey for another provider"))]
     pub provider_ref: ProviderRef,
-    /// Name of the key at the provider. Default `<namespace>/<name>`.
+    /// Name of the key at the provider. Default `<namespace>/<name>`. May not start with
+    /// `keysmith-attempt-` (the provisional name keys are created under, docs/crash-safety.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 200))]
+    #[x_kube(validation = Rule::new("!self.startsWith('keysmith-attempt-')").message("displayName may not start with keysmith-attempt- (keysmith's provisional key names)"))]
     pub display_name: Option<String>,
     /// Disable the key at the provider without deleting it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -91,6 +91,9 @@ reasons! {
     KeyPushed,
     /// Settings of the key were updated in place.
     KeyUpdated,
+    /// A key created under its provisional name could not be given its display name yet
+    /// (Warning; retried).
+    KeyRenameFailed,
     /// A new key replaced the old one.
     KeyReplaced,
     /// A key was revoked.

@@ -9,7 +9,7 @@
 //! |---|---|
 //! | `POST /_emulator/faults` | queue one-shot faults: `[{"status":429,"retryAfter":2}, {"status":500}, {"malformed":true}, {"delayMs":3000}]` |
 //! | `DELETE /_emulator/faults` | clear queued faults |
-//! | `GET /_emulator/stats` | `{"requests": n, "byRoute": {"POST /keys": n, …}}` (control endpoints not counted) |
+//! | `GET /_emulator/stats` | `{"requests": n, "byRoute": {"POST /keys": n, …}, "injected": {"5xx": n, …}}` (control endpoints not counted) |
 //! | `DELETE /_emulator/stats` | reset the counters |
 //!
 //! Control endpoints take no credentials: an emulator is a test tool bound to loopback by default.
@@ -36,7 +36,7 @@ use rand::Rng;
 use serde::Deserialize;
 
 /// Fault flags every `keysmith emulate <provider>` accepts.
-#[derive(clap::Args, Clone, Debug, Default)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct FaultArgs {
     /// Delay added to every response (e.g. `50ms`).
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -47,9 +47,59 @@ pub struct FaultArgs {
     /// Seconds sent in Retry-After with rate-limit answers.
     #[arg(long, default_value_t = 1)]
     pub retry_after: u64,
-    /// Fraction (0..1) of requests answered with the provider's 500 error.
+    /// Fraction (0..1) of requests that fail, each with one of `--fault-kinds`.
     #[arg(long, default_value_t = 0.0)]
     pub failure_rate: f64,
+    /// What a failing request gets, drawn evenly from this list: `5xx` (the provider's 500,
+    /// 502 or 503 error), `timeout` (the answer held for `--timeout-delay`; half of them after
+    /// the request was carried out, so a create can succeed without its answer arriving),
+    /// `429-burst` (every request for the next `--burst-length` answered 429 + Retry-After).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "5xx")]
+    pub fault_kinds: Vec<FaultKind>,
+    /// How long a `timeout` fault holds its answer (longer than the client's timeout).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
+    pub timeout_delay: Duration,
+    /// How long a `429-burst` fault answers every request with 429.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    pub burst_length: Duration,
+}
+
+impl Default for FaultArgs {
+    /// No faults (what the tests' in-process emulators start with).
+    fn default() -> Self {
+        FaultArgs {
+            latency: None,
+            rate_limit: None,
+            retry_after: 0,
+            failure_rate: 0.0,
+            fault_kinds: vec![FaultKind::ServerError],
+            timeout_delay: Duration::from_secs(20),
+            burst_length: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A kind of random failure (`--fault-kinds`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// The provider's 500, 502 or 503 error.
+    #[value(name = "5xx")]
+    ServerError,
+    /// The answer held past the client's timeout (before or after carrying the request out).
+    Timeout,
+    /// A burst of 429 answers.
+    #[value(name = "429-burst")]
+    Burst429,
+}
+
+impl FaultKind {
+    fn label(self) -> &'static str {
+        match self {
+            FaultKind::ServerError => "5xx",
+            FaultKind::Timeout => "timeout",
+            FaultKind::Burst429 => "429-burst",
+        }
+    }
 }
 
 /// A one-shot fault, consumed by the next request to a provider endpoint.
@@ -81,6 +131,10 @@ pub struct Faults {
     scripted: Mutex<VecDeque<ScriptedFault>>,
     requests: AtomicU64,
     by_route: Mutex<BTreeMap<String, u64>>,
+    /// Until when a `429-burst` fault answers every request with 429.
+    burst_until: Mutex<Option<Instant>>,
+    /// Random faults injected so far, by kind (`5xx`, `timeout`, `429-burst`, `429-in-burst`).
+    injected: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Faults {
@@ -93,7 +147,38 @@ impl Faults {
             scripted: Mutex::new(VecDeque::new()),
             requests: AtomicU64::new(0),
             by_route: Mutex::new(BTreeMap::new()),
+            burst_until: Mutex::new(None),
+            injected: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Random faults injected so far, by kind.
+    pub fn injected(&self) -> BTreeMap<&'static str, u64> {
+        self.injected.lock().unwrap().clone()
+    }
+
+    fn count(&self, kind: &'static str) {
+        *self.injected.lock().unwrap().entry(kind).or_default() += 1;
+    }
+
+    /// Whether this request falls in a 429 burst (one in progress, or one it starts).
+    fn in_burst(&self) -> bool {
+        let until = *self.burst_until.lock().unwrap();
+        until.is_some_and(|u| Instant::now() < u)
+    }
+
+    /// The random fault for this request, if it gets one.
+    fn draw(&self) -> Option<FaultKind> {
+        let rate = self.args.failure_rate;
+        if rate.is_nan() || rate <= 0.0 || self.args.fault_kinds.is_empty() {
+            return None;
+        }
+        let mut rng = rand::rng();
+        if !rng.random_bool(rate.clamp(0.0, 1.0)) {
+            return None;
+        }
+        let kinds = &self.args.fault_kinds;
+        Some(kinds[rng.random_range(0..kinds.len())])
     }
 
     /// Queue one-shot faults (tests call this directly or through `POST /_emulator/faults`).
@@ -187,12 +272,40 @@ async fn fault_middleware(State(faults): State<Arc<Faults>>, req: Request, next:
     if !faults.take_token() {
         return faults.rate_limited(faults.args.retry_after);
     }
-    if faults.args.failure_rate > 0.0
-        && rand::rng().random_bool(faults.args.failure_rate.clamp(0.0, 1.0))
-    {
-        return (faults.render)(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error");
+    if faults.in_burst() {
+        faults.count("429-in-burst");
+        return faults.rate_limited(faults.args.retry_after);
     }
-    next.run(req).await
+    match faults.draw() {
+        None => next.run(req).await,
+        Some(kind @ FaultKind::ServerError) => {
+            faults.count(kind.label());
+            let status = [
+                StatusCode::INTERNAL_SERVER_ERROR,
+                StatusCode::BAD_GATEWAY,
+                StatusCode::SERVICE_UNAVAILABLE,
+            ][rand::rng().random_range(0..3)];
+            (faults.render)(status, status.canonical_reason().unwrap_or("Error"))
+        }
+        Some(kind @ FaultKind::Timeout) => {
+            faults.count(kind.label());
+            let delay = faults.args.timeout_delay;
+            if rand::rng().random_bool(0.5) {
+                // Carried out, but the answer comes too late: a create that succeeded unseen.
+                let resp = next.run(req).await;
+                tokio::time::sleep(delay).await;
+                resp
+            } else {
+                tokio::time::sleep(delay).await;
+                next.run(req).await
+            }
+        }
+        Some(kind @ FaultKind::Burst429) => {
+            faults.count(kind.label());
+            *faults.burst_until.lock().unwrap() = Some(Instant::now() + faults.args.burst_length);
+            faults.rate_limited(faults.args.retry_after)
+        }
+    }
 }
 
 /// Wrap a provider router with fault injection and add the `/_emulator/` control endpoints.
@@ -214,11 +327,16 @@ pub fn with_faults(provider: Router, faults: Arc<Faults>) -> Router {
         .route(
             "/_emulator/stats",
             axum::routing::get(|State(f): State<Arc<Faults>>| async move {
-                Json(serde_json::json!({ "requests": f.requests(), "byRoute": f.by_route() }))
+                Json(serde_json::json!({
+                    "requests": f.requests(),
+                    "byRoute": f.by_route(),
+                    "injected": f.injected(),
+                }))
             })
             .delete(|State(f): State<Arc<Faults>>| async move {
                 f.requests.store(0, Ordering::Relaxed);
                 f.by_route.lock().unwrap().clear();
+                f.injected.lock().unwrap().clear();
                 StatusCode::NO_CONTENT
             }),
         )
@@ -344,4 +462,134 @@ pub use crate::ids::random_hex;
 /// Body for a response (helper for error renderers).
 pub fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
     (status, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use tower::ServiceExt;
+
+    /// A provider route counting the requests it carried out, behind faults of `kinds`.
+    fn app(kinds: Vec<FaultKind>, rate: f64) -> (Router, Arc<AtomicUsize>, Arc<Faults>) {
+        let handled = Arc::new(AtomicUsize::new(0));
+        let h = handled.clone();
+        let provider = Router::new().route(
+            "/keys",
+            post(move || {
+                let h = h.clone();
+                async move {
+                    h.fetch_add(1, Ordering::SeqCst);
+                    StatusCode::CREATED
+                }
+            }),
+        );
+        let args = FaultArgs {
+            failure_rate: rate,
+            fault_kinds: kinds,
+            timeout_delay: Duration::from_millis(200),
+            burst_length: Duration::from_secs(60),
+            retry_after: 3,
+            ..FaultArgs::default()
+        };
+        let faults = Faults::new(args, |s, m| (s, m.to_string()).into_response());
+        (with_faults(provider, faults.clone()), handled, faults)
+    }
+
+    async fn call(app: &Router) -> (StatusCode, Option<String>, Duration) {
+        let started = Instant::now();
+        let resp = app
+            .clone()
+            .oneshot(
+                Request::builder()
+                    .method("POST")
+                    .uri("/keys")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        (resp.status(), retry_after, started.elapsed())
+    }
+
+    #[tokio::test]
+    async fn server_errors_are_500_502_or_503_and_carry_nothing_out() {
+        let (app, handled, faults) = app(vec![FaultKind::ServerError], 1.0);
+        for _ in 0..20 {
+            let (status, _, _) = call(&app).await;
+            assert!([500, 502, 503].contains(&status.as_u16()), "{status}");
+        }
+        assert_eq!(handled.load(Ordering::SeqCst), 0);
+        assert_eq!(faults.injected().get("5xx"), Some(&20));
+    }
+
+    #[tokio::test]
+    async fn timeouts_hold_the_answer_and_some_are_carried_out_first() {
+        let (app, handled, faults) = app(vec![FaultKind::Timeout], 1.0);
+        for _ in 0..16 {
+            let (status, _, took) = call(&app).await;
+            assert_eq!(status, StatusCode::CREATED);
+            assert!(took >= Duration::from_millis(200), "{took:?}");
+        }
+        // Every request is carried out in the end (the client gave up on half of them before).
+        assert_eq!(handled.load(Ordering::SeqCst), 16);
+        assert_eq!(faults.injected().get("timeout"), Some(&16));
+    }
+
+    #[tokio::test]
+    async fn a_429_burst_answers_every_request_until_it_ends() {
+        let (calm, _, _) = app(vec![FaultKind::Burst429], 0.0);
+        assert_eq!(
+            call(&calm).await.0,
+            StatusCode::CREATED,
+            "no fault drawn at rate 0"
+        );
+        let (app, handled, faults) = app(vec![FaultKind::Burst429], 1.0);
+        for _ in 0..5 {
+            let (status, retry_after, _) = call(&app).await;
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(retry_after.as_deref(), Some("3"));
+        }
+        assert_eq!(handled.load(Ordering::SeqCst), 0);
+        let injected = faults.injected();
+        assert_eq!(injected.get("429-burst"), Some(&1), "{injected:?}");
+        assert_eq!(injected.get("429-in-burst"), Some(&4), "{injected:?}");
+    }
+
+    #[test]
+    fn fault_kinds_parse_from_the_command_line() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            faults: FaultArgs,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "emulate",
+            "--failure-rate",
+            "0.2",
+            "--fault-kinds",
+            "5xx,timeout,429-burst",
+            "--timeout-delay",
+            "16s",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.faults.fault_kinds,
+            vec![
+                FaultKind::ServerError,
+                FaultKind::Timeout,
+                FaultKind::Burst429
+            ]
+        );
+        assert_eq!(cli.faults.timeout_delay, Duration::from_secs(16));
+        let cli = <Cli as clap::Parser>::try_parse_from(["emulate"]).unwrap();
+        assert_eq!(cli.faults.fault_kinds, vec![FaultKind::ServerError]);
+        assert!(
+            <Cli as clap::Parser>::try_parse_from(["emulate", "--fault-kinds", "teapot"]).is_err()
+        );
+    }
 }

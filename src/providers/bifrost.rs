@@ -606,6 +606,10 @@ impl KeyBackend for BifrostClient {
         &self.caps
     }
 
+    fn records_attempt(&self) -> bool {
+        true
+    }
+
     /// Provider keys when the ApiKey pushes a value or names an upstream provider; virtual keys
     /// otherwise.
     fn scope(&self, s: &KeySettings) -> KeyScope {

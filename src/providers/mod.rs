@@ -339,6 +339,12 @@ pub trait KeyBackend: Send + Sync {
     fn validate(&self, _settings: &KeySettings) -> Vec<String> {
         Vec::new()
     }
+    /// Whether a created key keeps the create attempt id where a listing shows it (Bifrost: in
+    /// the virtual key's description; provider keys take the ApiKey's uid as their id), so that
+    /// crash recovery recognises the attempt's key without a provisional name.
+    fn records_attempt(&self) -> bool {
+        false
+    }
     /// Check the credentials with the cheapest authenticated call there is.
     async fn verify(&self) -> Result<(), ProviderError>;
     /// Create a key; the answer holds the one-time plaintext.

@@ -47,7 +47,7 @@ mod apikey_status;
 pub mod control_plane;
 pub use apikey_status::{is_ready, ready};
 #[path = "emulator_control.rs"]
-mod emulator_control;
+pub mod emulator_control;
 use emulator_control::EmulatorControl;
 
 /// Label on every object of a run; the run's operators reconcile only ApiKeys carrying it.
@@ -120,6 +120,8 @@ pub struct EmulatorOptions {
     pub rate_limit: Option<f64>,
     /// Seconds asked for in 429 answers (the emulator's default: 1).
     pub retry_after: Option<u64>,
+    /// More flags (e.g. `--failure-rate 0.2 --fault-kinds 5xx,timeout,429-burst`).
+    pub extra_args: Vec<String>,
 }
 
 /// Settings of the run's ClusterKeyProvider.
@@ -249,7 +251,7 @@ impl Emulator {
         args: &[String],
         env: &[(String, String)],
     ) -> Emulator {
-        let log = dir.join("emulator.log");
+        let log = dir.join(format!("emulator-{provider}.log"));
         let file = std::fs::File::create(&log).expect("emulator log file");
         let mut cmd = Command::new(BIN);
         cmd.args(["emulate", "--listen", "127.0.0.1:0", provider]);
@@ -263,6 +265,7 @@ impl Emulator {
         if let Some(r) = opts.retry_after {
             cmd.args(["--retry-after", &r.to_string()]);
         }
+        cmd.args(&opts.extra_args);
         cmd.envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -435,58 +438,17 @@ impl Cluster {
                 .unwrap_or_else(|e| panic!("cannot create namespace {name}: {e}"));
         }
 
-        let emulator = Emulator::start(
+        let (emulator, provider_name) = add_provider(
+            &client,
+            &run,
+            &operator_ns,
             &log_dir,
-            setup.emulator,
+            format!("ks-e2e-{run}"),
+            setup,
             &emu,
-            &setup.emulator_args,
-            &setup.emulator_env,
+            &provider,
         )
         .await;
-        if let Some((name, data)) = &setup.credentials {
-            let data: serde_json::Map<String, Value> = data
-                .iter()
-                .map(|(k, v)| (k.to_string(), json!(v)))
-                .collect();
-            let secret: Secret = serde_json::from_value(json!({
-                "apiVersion": "v1", "kind": "Secret",
-                "metadata": { "name": name, "namespace": operator_ns, "labels": run_labels(&run) },
-                "type": "Opaque",
-                "stringData": data,
-            }))
-            .unwrap();
-            Api::<Secret>::namespaced(client.clone(), &operator_ns)
-                .create(&PostParams::default(), &secret)
-                .await
-                .expect("credentials Secret created");
-        }
-
-        let provider_name = format!("ks-e2e-{run}");
-        let mut spec = (setup.spec)(&emulator.url, &operator_ns);
-        spec["namespaceSelector"] = json!({ "matchLabels": { RUN_LABEL: run } });
-        // The run's own namespaces may adopt keys through it (the adoption tests do): a
-        // ClusterKeyProvider allows adoption only when its owner says so (docs/tenancy.md).
-        spec["adoption"] = json!({
-            "allowed": true,
-            "namespaceSelector": { "matchLabels": { RUN_LABEL: run } }
-        });
-        if let Some(r) = &provider.refresh_interval {
-            spec["refreshInterval"] = json!(r);
-        }
-        if let Some(rps) = provider.client_rps {
-            spec["rateLimit"] =
-                json!({ "requestsPerSecond": rps, "burst": rps.ceil().max(1.0) as u32 });
-        }
-        let ckp: ClusterKeyProvider = serde_json::from_value(json!({
-            "apiVersion": "keysmith.dev/v1alpha1", "kind": "ClusterKeyProvider",
-            "metadata": { "name": provider_name, "labels": run_labels(&run) },
-            "spec": spec,
-        }))
-        .expect("ClusterKeyProvider manifest");
-        Api::<ClusterKeyProvider>::all(client.clone())
-            .create(&PostParams::default(), &ckp)
-            .await
-            .expect("ClusterKeyProvider created");
 
         Cluster {
             client,
@@ -701,6 +663,44 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("Secret {name} not applied: {e}"));
     }
 
+    /// Another provider for the run: `setup`'s emulator (a child process) and a
+    /// ClusterKeyProvider `ks-e2e-<run>-<suffix>` pointing at it. Both go with the Cluster.
+    pub async fn add_provider(
+        &self,
+        suffix: &str,
+        setup: ProviderSetup,
+        emu: EmulatorOptions,
+        provider: ProviderOptions,
+    ) -> (Emulator, String) {
+        add_provider(
+            &self.client,
+            &self.run,
+            &self.operator_ns,
+            &self.log_dir,
+            format!("ks-e2e-{}-{suffix}", self.run),
+            setup,
+            &emu,
+            &provider,
+        )
+        .await
+    }
+
+    /// Another namespace of the run (labelled like the first, so the run's providers admit
+    /// it); deleted with the Cluster.
+    pub async fn add_namespace(&self, suffix: &str) -> String {
+        let name = format!("{}-{suffix}", self.ns);
+        let n: Namespace = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": { "name": name, "labels": run_labels(&self.run) },
+        }))
+        .unwrap();
+        Api::<Namespace>::all(self.client.clone())
+            .create(&PostParams::default(), &n)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create namespace {name}: {e}"));
+        name
+    }
+
     /// The value the Secret `name` holds under `key`.
     pub async fn secret_value(&self, name: &str, key: &str) -> Option<String> {
         let s = self.secrets().get_opt(name).await.expect("GET Secret")?;
@@ -758,6 +758,74 @@ impl Cluster {
     }
 }
 
+/// Start `setup`'s emulator, put its credentials in a Secret of the operator namespace and
+/// create the ClusterKeyProvider `provider_name` that points at it, admitting (and allowing
+/// adoption for) the run's namespaces.
+#[allow(clippy::too_many_arguments)]
+async fn add_provider(
+    client: &Client,
+    run: &str,
+    operator_ns: &str,
+    log_dir: &Path,
+    provider_name: String,
+    setup: ProviderSetup,
+    emu: &EmulatorOptions,
+    provider: &ProviderOptions,
+) -> (Emulator, String) {
+    let emulator = Emulator::start(
+        log_dir,
+        setup.emulator,
+        emu,
+        &setup.emulator_args,
+        &setup.emulator_env,
+    )
+    .await;
+    if let Some((name, data)) = &setup.credentials {
+        let data: serde_json::Map<String, Value> = data
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        let secret: Secret = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": { "name": name, "namespace": operator_ns, "labels": run_labels(run) },
+            "type": "Opaque",
+            "stringData": data,
+        }))
+        .unwrap();
+        Api::<Secret>::namespaced(client.clone(), operator_ns)
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("credentials Secret created");
+    }
+
+    let mut spec = (setup.spec)(&emulator.url, operator_ns);
+    spec["namespaceSelector"] = json!({ "matchLabels": { RUN_LABEL: run } });
+    // The run's own namespaces may adopt keys through it (the adoption tests do): a
+    // ClusterKeyProvider allows adoption only when its owner says so (docs/tenancy.md).
+    spec["adoption"] = json!({
+        "allowed": true,
+        "namespaceSelector": { "matchLabels": { RUN_LABEL: run } }
+    });
+    if let Some(r) = &provider.refresh_interval {
+        spec["refreshInterval"] = json!(r);
+    }
+    if let Some(rps) = provider.client_rps {
+        spec["rateLimit"] =
+            json!({ "requestsPerSecond": rps, "burst": rps.ceil().max(1.0) as u32 });
+    }
+    let ckp: ClusterKeyProvider = serde_json::from_value(json!({
+        "apiVersion": "keysmith.dev/v1alpha1", "kind": "ClusterKeyProvider",
+        "metadata": { "name": provider_name, "labels": run_labels(run) },
+        "spec": spec,
+    }))
+    .expect("ClusterKeyProvider manifest");
+    Api::<ClusterKeyProvider>::all(client.clone())
+        .create(&PostParams::default(), &ckp)
+        .await
+        .expect("ClusterKeyProvider created");
+    (emulator, provider_name)
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = self.emulator.child.start_kill();
@@ -771,11 +839,7 @@ impl Drop for Cluster {
             );
             return;
         }
-        let (ns, operator_ns, provider) = (
-            self.ns.clone(),
-            self.operator_ns.clone(),
-            self.provider.clone(),
-        );
+        let run = self.run.clone();
         // The test's runtime may be unwinding (or single-threaded and blocked here): clean up on
         // a runtime and a client of our own.
         let cleanup = std::thread::spawn(move || {
@@ -785,26 +849,42 @@ impl Drop for Cluster {
                 .expect("cleanup runtime");
             rt.block_on(async move {
                 let client = control_plane::client_from(&kubeconfig()).await;
-                cleanup(client, &ns, &operator_ns, &provider).await
+                cleanup(client, &run).await
             })
         });
         let _ = cleanup.join();
     }
 }
 
-async fn cleanup(client: Client, ns: &str, operator_ns: &str, provider: &str) {
+/// Delete every namespace and ClusterKeyProvider of the run, and release the finalizers left on
+/// its ApiKeys.
+async fn cleanup(client: Client, run: &str) {
+    let selector = ListParams::default().labels(&format!("{RUN_LABEL}={run}"));
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    for name in [ns, operator_ns] {
+    let names: Vec<String> = match namespaces.list(&selector).await {
+        Ok(l) => l.items.iter().map(|n| n.name_any()).collect(),
+        Err(e) => {
+            eprintln!("e2e cleanup: listing the run's namespaces: {e}");
+            vec![]
+        }
+    };
+    for name in &names {
         if let Err(e) = namespaces.delete(name, &DeleteParams::default()).await {
             eprintln!("e2e cleanup: deleting namespace {name}: {e}");
         }
     }
     if let Err(e) = Api::<ClusterKeyProvider>::all(client.clone())
-        .delete(provider, &DeleteParams::default())
+        .delete_collection(&DeleteParams::default(), &selector)
         .await
     {
-        eprintln!("e2e cleanup: deleting ClusterKeyProvider {provider}: {e}");
+        eprintln!("e2e cleanup: deleting the run's ClusterKeyProviders: {e}");
     }
+    for ns in &names {
+        release_finalizers(&client, ns).await;
+    }
+}
+
+async fn release_finalizers(client: &Client, ns: &str) {
     // The namespace is terminating, so no operator adds a finalizer again; the ones left (the
     // operator was killed, or could not revoke) would keep the namespace forever.
     let apikeys: Api<ApiKey> = Api::namespaced(client.clone(), ns);

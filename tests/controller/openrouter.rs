@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::harness::*;
 
-const MGMT: &str = "sk-or-v1-mgmt-test-0000";
+pub(crate) const MGMT: &str = "sk-or-v1-mgmt-test-0000";
 
 #[derive(Parser)]
 struct EmuArgs {
@@ -437,8 +437,13 @@ async fn a_crash_between_create_and_secret_write_leaves_no_orphan() {
         .as_ref()
         .and_then(|s| s.pending_create.clone())
         .expect("marker recorded before create");
-    assert_eq!(pending.name, format!("{}/crash", env.ns));
+    // Created under its provisional name (the attempt id), renamed once delivered.
+    assert_eq!(
+        pending.name,
+        format!("keysmith-attempt-{}", pending.attempt)
+    );
     let keys = env.emulator_keys().await;
+    assert_eq!(keys[0]["name"], pending.name.as_str());
     assert_eq!(
         live_keys(&keys),
         1,
@@ -474,6 +479,12 @@ async fn a_crash_between_create_and_secret_write_leaves_no_orphan() {
         1,
         "exactly one live key: the orphan was revoked: {keys:?}"
     );
+    let live: Vec<&Value> = keys.iter().filter(|k| k["active"] == true).collect();
+    assert_eq!(
+        live[0]["name"],
+        format!("{}/crash", env.ns),
+        "renamed to its display name"
+    );
     let value = env.secret_value("crash", "api-key").await.unwrap();
     assert!(key_works(&env, &value).await);
     let metrics = env.ctx.metrics.encode();
@@ -481,6 +492,63 @@ async fn a_crash_between_create_and_secret_write_leaves_no_orphan() {
         metrics.contains("keysmith_orphans_revoked_total{provider=\"openrouter\"} 1"),
         "{metrics}"
     );
+}
+
+/// The rename after a create (from the provisional name to spec.displayName) fails: the key is
+/// delivered and recorded all the same, a Warning says so, and the next reconcile renames it.
+#[tokio::test]
+async fn a_failed_rename_after_create_is_retried_and_loses_nothing() {
+    let env = env().await;
+    env.create(&apikey("named", "openrouter", ApiKeySpec::default()))
+        .await;
+    env.reconcile("named").await.unwrap(); // finalizer
+    let pass = ScriptedFault {
+        status: None,
+        retry_after: None,
+        malformed: false,
+        delay_ms: None,
+    };
+    // The create passes; the rename is refused.
+    env.emulator.faults.push([
+        pass,
+        ScriptedFault {
+            status: Some(400),
+            retry_after: None,
+            malformed: false,
+            delay_ms: None,
+        },
+    ]);
+    env.reconcile("named").await.unwrap();
+    let ak = env.get("named").await;
+    assert_eq!(ready(&ak).0, "True", "{:?}", ak.status);
+    let st = ak.status.unwrap();
+    let id = st.key_id.clone().expect("keyID recorded");
+    assert!(st.pending_create.is_none());
+    let value = env
+        .secret_value("named", "api-key")
+        .await
+        .expect("value delivered");
+    let name_of = |keys: Vec<Value>| {
+        keys.into_iter()
+            .find(|k| k["hash"] == id.as_str())
+            .map(|k| k["name"].as_str().unwrap_or_default().to_string())
+            .unwrap()
+    };
+    assert!(name_of(env.emulator_keys().await).starts_with("keysmith-attempt-"));
+    let events = env.events();
+    assert!(
+        events
+            .iter()
+            .any(|(t, reason, _)| t == "Warning" && reason == "KeyRenameFailed"),
+        "{events:?}"
+    );
+    env.reconcile("named").await.unwrap();
+    assert_eq!(
+        name_of(env.emulator_keys().await),
+        format!("{}/named", env.ns)
+    );
+    assert_eq!(live_keys(&env.emulator_keys().await), 1);
+    assert_eq!(env.secret_value("named", "api-key").await, Some(value));
 }
 
 #[tokio::test]

@@ -375,6 +375,85 @@ async fn a_copied_display_name_does_not_make_recovery_revoke_anothers_key() {
     assert_eq!(openrouter::live_keys(&env.emulator_keys().await), 2);
 }
 
+/// Issue 10, item 5: an OpenRouter key is created under a provisional name made of the attempt
+/// id, which no tenant can choose; recovery revokes that key only, never a key made outside
+/// keysmith under the ApiKey's display name at the same moment (no ApiKey holds that one, so
+/// before provisional names recovery took it for the attempt's).
+#[tokio::test]
+async fn recovery_revokes_only_the_attempts_provisionally_named_key() {
+    let env = openrouter::env().await;
+    let spec = ApiKeySpec {
+        display_name: Some("shared".into()),
+        ..Default::default()
+    };
+    env.create(&apikey("mine", "openrouter", spec)).await;
+    env.reconcile("mine").await.unwrap(); // finalizer
+                                          // Someone makes a key of the same name by hand, just before keysmith's create.
+    let by_hand: Value = env
+        .http
+        .post(format!("{}/api/v1/keys", env.emulator.url()))
+        .bearer_auth(openrouter::MGMT)
+        .json(&json!({ "name": "shared" }))
+        .send()
+        .await
+        .expect("the emulator answers")
+        .json()
+        .await
+        .expect("JSON");
+    let by_hand = by_hand["data"]["hash"].as_str().expect("hash").to_string();
+    env.ctx.crash_after_create.store(true, Ordering::SeqCst);
+    let _ = env.reconcile("mine").await;
+    env.ctx.crash_after_create.store(false, Ordering::SeqCst);
+    let pending = env
+        .get("mine")
+        .await
+        .status
+        .unwrap()
+        .pending_create
+        .expect("the marker of the interrupted create");
+    assert_eq!(
+        pending.name,
+        format!("keysmith-attempt-{}", pending.attempt)
+    );
+    let stray: Vec<Value> = env
+        .emulator_keys()
+        .await
+        .into_iter()
+        .filter(|k| k["name"] == pending.name.as_str())
+        .collect();
+    assert_eq!(
+        stray.len(),
+        1,
+        "the interrupted create made its key under the provisional name"
+    );
+
+    let ak = env.converge("mine", 4).await;
+    assert_eq!(ready(&ak).0, "True", "{:?}", ready(&ak));
+    let keys = env.emulator_keys().await;
+    let find = |id: &str| keys.iter().find(|k| k["hash"] == id).cloned().unwrap();
+    assert_eq!(
+        find(&by_hand)["active"],
+        true,
+        "the key made by hand survives recovery"
+    );
+    assert_eq!(
+        find(stray[0]["hash"].as_str().unwrap())["active"],
+        false,
+        "the attempt's own key was revoked"
+    );
+    let id = ak.status.unwrap().key_id.expect("keyID");
+    assert_eq!(
+        find(&id)["name"],
+        "shared",
+        "the new key was given its display name"
+    );
+    assert!(
+        keys.iter().all(|k| k["active"] == false
+            || !k["name"].as_str().unwrap().starts_with("keysmith-attempt-")),
+        "no live key keeps a provisional name: {keys:?}"
+    );
+}
+
 #[tokio::test]
 async fn orphan_policy_revokes_an_interrupted_creates_key() {
     let env = openrouter::env().await;

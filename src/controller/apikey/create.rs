@@ -14,7 +14,31 @@ use super::status::{fill_from_key, location, now_rfc3339, ts, write_status, Read
 use super::validate::ValidatedApiKey;
 use super::{Failure, LocatedKey, Reconciler};
 use crate::api::{ApiKey, ApiKeyStatus, CreateBackoff, Expiry, PendingCreate, PreviousKey};
-use crate::providers::{CreatedKey, KeyScope, KeySettings, ProviderError};
+use crate::providers::{CreatedKey, Field, KeyBackend, KeyScope, KeySettings, ProviderError};
+
+/// What the provisional name of a key starts with (`spec.displayName` may not).
+pub const PROVISIONAL_PREFIX: &str = "keysmith-attempt-";
+
+/// The name a key is created under at a provider that keeps nothing of a key but its name and
+/// can rename it: the attempt id, which no tenant can choose or foresee. Crash recovery
+/// revokes a key of this name knowing it is the attempt's own (issue 10, item 5); the key gets
+/// its `spec.displayName` right after its value reached the Secret.
+pub fn provisional_name(attempt: &str) -> String {
+    format!("{PROVISIONAL_PREFIX}{attempt}")
+}
+
+/// Whether keys of `backend` are created under a provisional name: the provider records no
+/// attempt id with the key, and names can be changed (Boltz's cannot: its keys keep their name
+/// from the start, and recovery relies on the checks of `recover::provably_mine`).
+pub fn creates_under_provisional_name(backend: &dyn KeyBackend) -> bool {
+    !backend.records_attempt() && backend.capabilities().can_update(Field::DisplayName)
+}
+
+/// Whether `pending` is an attempt made under its provisional name (a key of that name can
+/// only be the attempt's).
+pub fn is_provisional(pending: &PendingCreate) -> bool {
+    pending.name == provisional_name(&pending.attempt)
+}
 
 /// The marker written before a create call: the name, the attempt, and where the key goes.
 pub fn marker(settings: &KeySettings, attempt: &str, scope: &KeyScope) -> PendingCreate {
@@ -166,15 +190,19 @@ async fn create_once(
     dry_run(r.ctx, r.ak, existing).await?;
     r.ctx.lease_allows(r.ctx.client_options.timeout)?;
     let attempt = crate::ids::random_hex(16);
+    let mut settings = settings_for_attempt(r.ak, &v.settings, attempt.clone())?;
+    let provisional = creates_under_provisional_name(r.p.backend.as_ref());
+    if provisional {
+        settings.name = provisional_name(&attempt);
+    }
     let mut marked = st.clone();
-    marked.pending_create = Some(marker(&v.settings, &attempt, &v.scope));
+    marked.pending_create = Some(marker(&settings, &attempt, &v.scope));
     // Invariant 1: the marker is durable before the provider is asked to create anything. The
     // write is conditional (ServerCopy): a reconcile working from a stale copy, which may not
     // show a key created moments ago, stops here instead of creating a second one.
     write_status(r.ctx, r.ak, &marked, r.seen).await?;
     *st = marked;
 
-    let settings = settings_for_attempt(r.ak, &v.settings, attempt)?;
     let created = match r.p.backend.create(&settings).await {
         Ok(c) => c,
         Err(e) => {
@@ -204,6 +232,7 @@ async fn create_once(
     deliver_created(r, v, st, existing, &created).await?;
     let secret_name = r.ak.secret_name();
     let id = created.key.id;
+    let renamed = !provisional || rename(r, v, st, &id).await;
     match replacing {
         Some(old) => retire_replaced(r, st, old, &id).await?,
         // A rotation: the rotate step records it and says so (KeyRotated).
@@ -217,7 +246,44 @@ async fn create_once(
                 .await;
         }
     }
-    Ok(Ready::active(r.p, st, &secret_name))
+    let mut ready = Ready::active(r.p, st, &secret_name);
+    if !renamed {
+        // The next sync renames it (drift on spec.displayName); soon, not at the next refresh.
+        ready.requeue = RENAME_RETRY;
+    }
+    Ok(ready)
+}
+
+/// How soon a reconcile tries again to give a key its name after the rename failed.
+const RENAME_RETRY: Duration = Duration::from_secs(10);
+
+/// Give a key created under its provisional name the name the spec asks for. Its value is in
+/// the Secret and its id in the status by now: a failure here is reported and left to the next
+/// sync, which sees the name differ from `spec.displayName` and renames it.
+async fn rename(r: &Reconciler<'_>, v: &ValidatedApiKey, st: &mut ApiKeyStatus, id: &str) -> bool {
+    match r
+        .p
+        .backend
+        .update(&v.scope, id, &v.settings, &[Field::DisplayName])
+        .await
+    {
+        Ok(key) => {
+            fill_from_key(st, &key);
+            r.ctx.remember(r.p, &v.scope, &key).await;
+            true
+        }
+        Err(e) => {
+            let note = format!(
+                "created key {id} at {} under its provisional name; naming it {:?} failed ({}), keysmith tries again",
+                r.p.provider_type,
+                v.settings.name,
+                e.category()
+            );
+            r.event(EventType::Warning, Reason::KeyRenameFailed, "Create", note)
+                .await;
+            false
+        }
+    }
 }
 
 /// Write the new key's value to the Secret and record the key. If the value cannot be delivered,
@@ -296,6 +362,24 @@ mod tests {
             retry_after: None
         }));
         assert!(!may_have_created(&ProviderError::Auth("no".into())));
+    }
+
+    #[test]
+    fn a_provisional_name_is_the_attempts_own() {
+        let name = provisional_name("5f2c0a9e1b3d4c6f");
+        assert_eq!(name, "keysmith-attempt-5f2c0a9e1b3d4c6f");
+        let mut pending = PendingCreate {
+            name,
+            started_at: now_rfc3339(),
+            attempt: "5f2c0a9e1b3d4c6f".into(),
+            scope: None,
+        };
+        assert!(is_provisional(&pending));
+        // Another attempt's provisional name, or a display name, proves nothing.
+        pending.attempt = "0000000000000000".into();
+        assert!(!is_provisional(&pending));
+        pending.name = "team-a/chat".into();
+        assert!(!is_provisional(&pending));
     }
 
     #[test]

@@ -191,9 +191,11 @@ impl Others {
 /// Finish an interrupted create. `scope`: where the attempt created its key, if the marker
 /// does not say (a marker written before keysmith recorded it).
 ///
-/// Only keys this attempt provably created are revoked: of its attempt id where the provider
-/// stores one; otherwise of its name, created since it started, and neither held by another
-/// ApiKey nor possibly the key of another ApiKey's create in flight under the same name.
+/// Only keys this attempt provably created are revoked: of its provisional name (the attempt id,
+/// see `create::provisional_name`) or of its attempt id where the provider stores one;
+/// otherwise (Boltz, whose keys cannot be renamed, and markers written before provisional
+/// names) of its name, created since it started, and neither held by another ApiKey nor
+/// possibly the key of another ApiKey's create in flight under the same name.
 pub async fn recover(
     r: &Reconciler<'_>,
     st: &mut ApiKeyStatus,
@@ -213,7 +215,9 @@ pub async fn recover(
         pending,
         &[st.key_id.as_ref(), delivered.as_ref()],
     );
-    let candidates = if candidates.is_empty() {
+    let candidates = if candidates.is_empty() || super::create::is_provisional(pending) {
+        // A key of the attempt's provisional name can only be the attempt's own: no ApiKey can
+        // be named so (validate), and the attempt id is random.
         candidates
     } else {
         let others = Others::read(r.ctx, r.ak, r.p.provider_type.as_str()).await?;

@@ -39,6 +39,16 @@ pub fn validate(
     }
     secret::check_template(ak).map_err(|m| Failure::permanent(Reason::InvalidSpec, m))?;
     let settings = settings_for(ak, st)?;
+    if settings.name.starts_with(super::create::PROVISIONAL_PREFIX) {
+        // Also refused by the CRD; an object stored before that rule is caught here.
+        return Err(Failure::permanent(
+            Reason::InvalidSpec,
+            format!(
+                "spec.displayName: may not start with {} (keysmith's provisional key names)",
+                super::create::PROVISIONAL_PREFIX
+            ),
+        ));
+    }
     let problems = p.backend.validate(&settings);
     if !problems.is_empty() {
         return Err(Failure::permanent(Reason::InvalidSpec, problems.join("; ")));
