@@ -233,11 +233,89 @@ impl Context {
     }
 }
 
-/// Evaluate a LabelSelector against labels.
+/// A label name, the part of a label key after an optional prefix: 1 to 63 characters of
+/// `[-._a-zA-Z0-9]`, starting and ending with an alphanumeric.
+fn is_label_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// A label key (a qualified name): `[prefix/]name`, the prefix a DNS-1123 subdomain.
+pub fn is_label_key(k: &str) -> bool {
+    match k.split_once('/') {
+        Some((prefix, name)) => super::secret::is_dns1123_subdomain(prefix) && is_label_name(name),
+        None => is_label_name(k),
+    }
+}
+
+/// A label value: empty, or a label name.
+fn is_label_value(v: &str) -> bool {
+    v.is_empty() || is_label_name(v)
+}
+
+/// Check a LabelSelector as the API server checks one (`field` names it in the message): keys
+/// are label keys, values label values, operators known; `In`/`NotIn` need values,
+/// `Exists`/`DoesNotExist` take none.
+pub fn check_selector(sel: &LabelSelector, field: &str) -> Result<(), String> {
+    let bad_key = |k: &str| {
+        format!("{field}: {k:?} is not a valid label key ([prefix/]name: name 1 to 63 characters of [-._a-zA-Z0-9], alphanumeric at both ends; prefix a DNS-1123 subdomain)")
+    };
+    for (k, v) in sel.match_labels.iter().flatten() {
+        if !is_label_key(k) {
+            return Err(bad_key(k));
+        }
+        if !is_label_value(v) {
+            return Err(format!(
+                "{field}: {v:?} (label {k}) is not a valid label value (up to 63 characters of [-._a-zA-Z0-9], alphanumeric at both ends)"
+            ));
+        }
+    }
+    for e in sel.match_expressions.iter().flatten() {
+        if !is_label_key(&e.key) {
+            return Err(bad_key(&e.key));
+        }
+        let values = e.values.as_deref().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" | "NotIn" if values.is_empty() => {
+                return Err(format!(
+                    "{field}: operator {} on {} needs at least one value",
+                    e.operator, e.key
+                ))
+            }
+            "In" | "NotIn" => {}
+            "Exists" | "DoesNotExist" if !values.is_empty() => {
+                return Err(format!(
+                    "{field}: operator {} on {} takes no values",
+                    e.operator, e.key
+                ))
+            }
+            "Exists" | "DoesNotExist" => {}
+            op => {
+                return Err(format!(
+                    "{field}: unknown selector operator {op:?} (In, NotIn, Exists, DoesNotExist)"
+                ))
+            }
+        }
+        if let Some(v) = values.iter().find(|v| !is_label_value(v)) {
+            return Err(format!(
+                "{field}: {v:?} (label {}) is not a valid label value",
+                e.key
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Evaluate a LabelSelector against labels; `Err` for a selector the API server would refuse.
 pub fn selector_matches(
     sel: &LabelSelector,
     labels: &BTreeMap<String, String>,
 ) -> Result<bool, String> {
+    check_selector(sel, "namespaceSelector")?;
     if let Some(ml) = &sel.match_labels {
         if ml.iter().any(|(k, v)| labels.get(k) != Some(v)) {
             return Ok(false);
@@ -284,5 +362,66 @@ mod tests {
         };
         assert!(!selector_matches(&sel, &labels).unwrap());
         assert!(selector_matches(&LabelSelector::default(), &labels).unwrap());
+    }
+
+    #[test]
+    fn selectors_the_api_server_would_refuse_are_errors() {
+        let labels: BTreeMap<String, String> = [("team".to_string(), "ai".to_string())].into();
+        let ml = |k: &str, v: &str| LabelSelector {
+            match_labels: Some([(k.to_string(), v.to_string())].into()),
+            match_expressions: None,
+        };
+        for ok in [
+            "team",
+            "example.com/team",
+            "a",
+            "A_b.c-9",
+            "keysmith.dev/tenant",
+        ] {
+            assert!(check_selector(&ml(ok, "x"), "s").is_ok(), "{ok}");
+        }
+        for bad in [
+            "not a valid key!",
+            "",
+            "-team",
+            "team-",
+            "Example.com/team",
+            "a/b/c",
+            "/team",
+            &"x".repeat(64),
+        ] {
+            let err = check_selector(&ml(bad, "x"), "spec.namespaceSelector").unwrap_err();
+            assert!(err.contains("not a valid label key"), "{bad}: {err}");
+            assert!(selector_matches(&ml(bad, "x"), &labels).is_err());
+        }
+        assert!(check_selector(&ml("team", ""), "s").is_ok());
+        assert!(check_selector(&ml("team", "a b"), "s")
+            .unwrap_err()
+            .contains("label value"));
+        let expr = |op: &str, values: Option<Vec<String>>| LabelSelector {
+            match_labels: None,
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "team".into(),
+                operator: op.into(),
+                values,
+            }]),
+        };
+        assert!(check_selector(&expr("In", None), "s")
+            .unwrap_err()
+            .contains("needs at least one value"));
+        assert!(check_selector(&expr("Exists", Some(vec!["x".into()])), "s")
+            .unwrap_err()
+            .contains("takes no values"));
+        assert!(
+            check_selector(&expr("Matches", Some(vec!["x".into()])), "s")
+                .unwrap_err()
+                .contains("unknown selector operator")
+        );
+        assert!(
+            check_selector(&expr("In", Some(vec!["no way".into()])), "s")
+                .unwrap_err()
+                .contains("label value")
+        );
+        assert!(check_selector(&expr("Exists", None), "s").is_ok());
     }
 }

@@ -20,6 +20,13 @@ const REVERIFY: Duration = Duration::from_secs(600);
 /// Resolve the provider object's backend and ask the provider to accept its credentials.
 async fn verify(ctx: &Context, obj: ProviderObject<'_>) -> Readiness {
     let id = obj.id.clone();
+    if let Err(message) = check_selectors(obj.spec) {
+        return Readiness {
+            ready: false,
+            reason: Reason::InvalidSpec,
+            message,
+        };
+    }
     match ctx.resolve_object(obj).await {
         Err(e) => Readiness {
             ready: false,
@@ -45,6 +52,23 @@ async fn verify(ctx: &Context, obj: ProviderObject<'_>) -> Readiness {
             }
         },
     }
+}
+
+/// The provider object's label selectors, checked as the API server checks selectors (the CRD
+/// schema of a LabelSelector does not).
+fn check_selectors(spec: &KeyProviderSpec) -> Result<(), String> {
+    use super::backends::check_selector;
+    if let Some(sel) = &spec.namespace_selector {
+        check_selector(sel, "spec.namespaceSelector")?;
+    }
+    if let Some(sel) = spec
+        .adoption
+        .as_ref()
+        .and_then(|a| a.namespace_selector.as_ref())
+    {
+        check_selector(sel, "spec.adoption.namespaceSelector")?;
+    }
+    Ok(())
 }
 
 /// The base URL a provider object's client talks to: its `baseURL`, else the provider's default.
