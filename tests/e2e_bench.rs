@@ -11,7 +11,7 @@
 //!
 //! Knobs (shared with benches/reconcile.rs, see tests/common/bench.rs and docs/performance.md):
 //! `BENCH_N` (1000), `BENCH_RATE` emulator requests/s before 429 (50), `BENCH_LATENCY` (5ms),
-//! `BENCH_CONCURRENCY` (`keysmith run --concurrency`, 16), `BENCH_REFRESH` the
+//! `BENCH_CONCURRENCY` (`keysmith run --concurrency`, 64), `BENCH_REFRESH` the
 //! ClusterKeyProvider's refreshInterval (30s here), `BENCH_CLIENT_RPS` its client-side rate limit
 //! (unset: none), `BENCH_RETRY_AFTER` the emulator's Retry-After (1), `BENCH_NAMESPACES` (1)
 //! and `BENCH_PROVIDERS` (1): the ApiKeys spread round-robin over that many namespaces and

@@ -98,8 +98,14 @@ impl Context {
                 r.name
             ))),
             ProviderKind::KeyProvider => {
-                let api: Api<KeyProvider> = Api::namespaced(self.client.clone(), &ns);
-                let p = api.get_opt(&r.name).await?.ok_or_else(|| {
+                let p = match self.cache.key_provider(&ns, &r.name) {
+                    Some(p) => Some(p),
+                    None => {
+                        let api: Api<KeyProvider> = Api::namespaced(self.client.clone(), &ns);
+                        api.get_opt(&r.name).await?.map(Arc::new)
+                    }
+                };
+                let p = p.ok_or_else(|| {
                     ResolveError::ProviderRefNotFound(format!(
                         "KeyProvider {ns}/{} does not exist",
                         r.name
@@ -118,16 +124,22 @@ impl Context {
                 r.name
             ))),
             ProviderKind::ClusterKeyProvider => {
-                let api: Api<ClusterKeyProvider> = Api::all(self.client.clone());
-                let p = api.get_opt(&r.name).await?.ok_or_else(|| {
+                let p = match self.cache.cluster_provider(&r.name) {
+                    Some(p) => Some(p),
+                    None => {
+                        let api: Api<ClusterKeyProvider> = Api::all(self.client.clone());
+                        api.get_opt(&r.name).await?.map(Arc::new)
+                    }
+                };
+                let p = p.ok_or_else(|| {
                     ResolveError::ProviderRefNotFound(format!(
                         "ClusterKeyProvider {} does not exist",
                         r.name
                     ))
                 })?;
                 if let Some(sel) = &p.spec.inner.namespace_selector {
-                    let nsobj = Api::<Namespace>::all(self.client.clone()).get(&ns).await?;
-                    if !selector_matches(sel, nsobj.labels()).map_err(|e| {
+                    let labels = self.namespace_labels(&ns).await?;
+                    if !selector_matches(sel, &labels).map_err(|e| {
                         ResolveError::InvalidProvider(format!("ClusterKeyProvider {}: {e}", r.name))
                     })? {
                         return Err(ResolveError::ProviderNotAllowed(format!(
@@ -225,6 +237,18 @@ impl Context {
             .unwrap()
             .retain(|(pid, _), _| pid != &id);
         Ok(resolved(backend))
+    }
+
+    /// The labels of namespace `ns`: from the watch, else read.
+    pub async fn namespace_labels(
+        &self,
+        ns: &str,
+    ) -> Result<BTreeMap<String, String>, kube::Error> {
+        if let Some(labels) = self.cache.namespace_labels(ns) {
+            return Ok(labels);
+        }
+        let nsobj = Api::<Namespace>::all(self.client.clone()).get(ns).await?;
+        Ok(nsobj.labels().clone())
     }
 
     /// Forget a backend (after the provider refused its credentials, so they are re-read).

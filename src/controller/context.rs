@@ -40,6 +40,8 @@ pub struct Context {
     pub allowed_base_url_hosts: Vec<String>,
     /// The leader Lease's renew deadline: provider writes stop there.
     pub lease: Arc<super::leader::LeaseClock>,
+    /// Watch-fed provider objects and namespace labels (fallback: a GET).
+    pub cache: super::cache::ObjectCache,
     /// Test hook: make reconciles panic (the containment tests). Only with `test-hooks`.
     #[cfg(feature = "test-hooks")]
     pub panic_in_reconcile: std::sync::atomic::AtomicBool,
@@ -101,6 +103,7 @@ impl Context {
             namespaced_providers: true,
             allowed_base_url_hosts: Vec::new(),
             lease: Default::default(),
+            cache: Default::default(),
             #[cfg(feature = "test-hooks")]
             panic_in_reconcile: Default::default(),
             #[cfg(feature = "test-hooks")]

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod apikey;
 pub mod backends;
+pub mod cache;
 pub mod conditions;
 pub mod context;
 pub mod credentials;
@@ -29,7 +30,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ListParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
@@ -89,7 +90,7 @@ pub struct RunArgs {
     #[arg(long, value_delimiter = ',', env = "KEYSMITH_ALLOWED_BASE_URL_HOSTS")]
     pub allowed_base_url_hosts: Vec<String>,
     /// ApiKeys reconciled at once.
-    #[arg(long, default_value_t = 16, env = "KEYSMITH_CONCURRENCY")]
+    #[arg(long, default_value_t = 64, env = "KEYSMITH_CONCURRENCY")]
     pub concurrency: u16,
 }
 
@@ -219,6 +220,7 @@ fn apikey_controller(
     )
     .touched_objects()
     .predicate_filter(predicates::key_provider_changes, Default::default());
+    ctx.cache.add_key_providers(kp_store.clone());
     let ctl = {
         let store = store.clone();
         ctl.watches_stream(kp_stream, move |kp| {
@@ -237,6 +239,7 @@ fn apikey_controller(
         )
         .touched_objects()
         .predicate_filter(predicates::cluster_provider_changes, Default::default());
+        ctx.cache.set_cluster_providers(ckp_store.clone());
         let store = store.clone();
         let ctl = ctl.watches_stream(ckp_stream, move |ckp| {
             watches::apikeys_using_cluster_provider(&store, &ckp)
@@ -312,6 +315,22 @@ pub async fn run_controllers(
         flag.store(true, Ordering::SeqCst);
     }));
     let mut tasks = Vec::new();
+    if args.cluster_providers {
+        // Namespace labels for ClusterKeyProviders' namespaceSelector: metadata only.
+        let (ns_store, ns_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
+        let namespaces = reflector(
+            ns_writer,
+            watcher(
+                Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .default_backoff(),
+        )
+        .take_until(stop.clone())
+        .for_each(|_| futures::future::ready(()));
+        ctx.cache.set_namespaces(ns_store);
+        tokio::spawn(namespaces);
+    }
     for ns in watched_namespaces(args) {
         let ns = ns.as_deref();
         tasks.push((

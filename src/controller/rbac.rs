@@ -56,8 +56,8 @@ pub const PERMISSIONS: &[Permission] = &[
         "secrets",
         &["get", "list", "watch", "create", "patch", "delete"],
     ),
-    // ClusterKeyProvider namespaceSelector.
-    p("", "namespaces", &["get"]),
+    // ClusterKeyProvider namespaceSelector: namespace labels, watched (metadata only).
+    p("", "namespaces", &["get", "list", "watch"]),
     p("events.k8s.io", "events", &["create", "patch"]),
     // Leader election (kube-leader-election: read, create, merge-patch to acquire and renew).
     p("coordination.k8s.io", "leases", &["get", "create", "patch"]),

@@ -49,7 +49,7 @@ impl BenchConfig {
             n: env_or("BENCH_N", 1000),
             rate: env_or("BENCH_RATE", 50.0),
             latency: env_duration("BENCH_LATENCY", "5ms"),
-            concurrency: env_or("BENCH_CONCURRENCY", 16),
+            concurrency: env_or("BENCH_CONCURRENCY", 64),
             refresh: env_duration("BENCH_REFRESH", default_refresh),
             client_rps: std::env::var("BENCH_CLIENT_RPS")
                 .ok()

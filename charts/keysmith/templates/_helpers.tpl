@@ -113,7 +113,7 @@ ClusterRole in cluster mode, or by a Role in each watched namespace in namespace
   verbs: ["patch"]
 - apiGroups: [""]
   resources: ["namespaces"]
-  verbs: ["get"]
+  verbs: ["get", "list", "watch"]
 {{- end }}
 
 {{/* Checks on value combinations the schema cannot express. */}}

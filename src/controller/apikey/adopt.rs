@@ -1,7 +1,7 @@
 //! Taking over an existing key (`spec.keyRef`): its value comes from the Secret, the provider's
 //! copy, or a regeneration, depending on what the provider can do.
 
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::events::EventType;
 use kube::ResourceExt;
@@ -51,8 +51,8 @@ pub async fn adoption_allowed(ctx: &Context, ak: &ApiKey) -> Result<(), Failure>
         ));
     }
     if let Some(sel) = selector {
-        let nsobj = Api::<Namespace>::all(ctx.client.clone()).get(&ns).await?;
-        let admitted = selector_matches(&sel, nsobj.labels())
+        let labels = ctx.namespace_labels(&ns).await?;
+        let admitted = selector_matches(&sel, &labels)
             .map_err(|e| Failure::permanent(Reason::InvalidProvider, format!("{what}: {e}")))?;
         if !admitted {
             return refused(format!(
