@@ -209,7 +209,10 @@ fn expected_cluster_grants() -> Grants {
         ("keysmith.dev".into(), "clusterkeyproviders/status".into()),
         verbs(&["patch"]),
     );
-    g.insert(("".into(), "namespaces".into()), verbs(&["get"]));
+    g.insert(
+        ("".into(), "namespaces".into()),
+        verbs(&["get", "list", "watch"]),
+    );
     g
 }
 
@@ -464,7 +467,7 @@ fn default_values_render_cluster_mode_ha() {
             "--leader-elect",
             "--lease-name=keysmith-leader",
             "--lease-duration=15",
-            "--concurrency=16",
+            "--concurrency=64",
         ]
     );
     assert!(c["env"].as_array().unwrap().contains(&json!({
