@@ -20,11 +20,17 @@ use crate::providers::{ClientOptions, KeyScope};
 pub use super::backends::{ResolveError, ResolvedProvider, DEFAULT_REFRESH};
 pub use super::listing::Snapshot;
 
+/// Events published through one kube Recorder before it is replaced by a fresh one.
+pub const RECORDER_SPAN: u32 = 256;
+
 /// Everything a reconcile needs.
 pub struct Context {
     pub client: Client,
     pub metrics: Arc<Metrics>,
-    pub recorder: Recorder,
+    /// Publishes Events; replaced by a fresh one every [`RECORDER_SPAN`] publishes (see
+    /// [`Context::event`]).
+    recorder: Mutex<(Recorder, u32)>,
+    reporter: Reporter,
     /// The operator's namespace: default namespace of ClusterKeyProvider credential Secrets.
     pub operator_namespace: String,
     /// HTTP options applied to every provider client (tests shorten timeouts).
@@ -81,13 +87,11 @@ impl Context {
         operator_namespace: String,
         reporter: &str,
     ) -> Self {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: reporter.into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        );
+        let reporter = Reporter {
+            controller: reporter.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        let recorder = Mutex::new((Recorder::new(client.clone(), reporter.clone()), 0));
         let client_options = ClientOptions {
             metrics: Some(metrics.provider.clone()),
             ..ClientOptions::default()
@@ -96,6 +100,7 @@ impl Context {
             client,
             metrics,
             recorder,
+            reporter,
             operator_namespace,
             client_options,
             cluster_providers: true,
@@ -296,7 +301,19 @@ impl Context {
             action: action.into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+        let recorder = {
+            // kube's Recorder keeps every Event it published for six minutes (to patch a repeat
+            // into a series) and scans them all on each publish: in a burst of 10,000 creates
+            // that is 10,000 cached Events and O(N²) work. A fresh Recorder every RECORDER_SPAN
+            // publishes bounds both; an exact repeat soon after still joins its series.
+            let mut r = self.recorder.lock().unwrap();
+            r.1 += 1;
+            if r.1 > RECORDER_SPAN {
+                *r = (Recorder::new(self.client.clone(), self.reporter.clone()), 1);
+            }
+            r.0.clone()
+        };
+        if let Err(e) = recorder.publish(&ev, &obj.object_ref(&())).await {
             tracing::warn!(error = %e, reason = reason.as_str(), "could not publish event");
         }
     }
