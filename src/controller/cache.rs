@@ -14,12 +14,14 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use crate::api::{ClusterKeyProvider, KeyProvider};
+use crate::api::{ApiKey, ClusterKeyProvider, KeyProvider};
 
 /// The stores, set once the controllers start (empty in tests that build a bare Context: every
 /// lookup then falls back to a GET).
 #[derive(Default)]
 pub struct ObjectCache {
+    /// The ApiKey controllers' own stores (one per watched namespace, or one for all).
+    apikeys: Mutex<Vec<Store<ApiKey>>>,
     /// One store per ApiKey controller (one per watched namespace, or one for all).
     key_providers: Mutex<Vec<Store<KeyProvider>>>,
     cluster_providers: OnceLock<Store<ClusterKeyProvider>>,
@@ -27,6 +29,19 @@ pub struct ObjectCache {
 }
 
 impl ObjectCache {
+    pub fn add_apikeys(&self, store: Store<ApiKey>) {
+        self.apikeys.lock().unwrap().push(store);
+    }
+
+    /// Whether a cached ApiKey satisfies `f`; `None` when no store is set (no controller runs).
+    pub fn any_apikey(&self, f: impl Fn(&ApiKey) -> bool) -> Option<bool> {
+        let stores = self.apikeys.lock().unwrap();
+        if stores.is_empty() {
+            return None;
+        }
+        Some(stores.iter().any(|s| s.state().iter().any(|ak| f(ak))))
+    }
+
     pub fn add_key_providers(&self, store: Store<KeyProvider>) {
         self.key_providers.lock().unwrap().push(store);
     }

@@ -205,6 +205,7 @@ fn apikey_controller(
     let apikeys = reflector(writer, apikeys)
         .applied_objects()
         .predicate_filter(predicates::apikey_changes, Default::default());
+    ctx.cache.add_apikeys(store.clone());
     let ctl = Controller::for_stream(apikeys, store.clone());
     // Provider objects, kept in stores (every event updates the store; only meaningful changes
     // re-reconcile): a change of one re-reconciles the ApiKeys it serves, and the stores map a

@@ -297,6 +297,59 @@ async fn a_cluster_provider_allows_adoption_only_if_its_owner_opted_in() {
     assert_eq!(ak.status.unwrap().key_id, Some(id));
 }
 
+/// A key still under its provisional name is another ApiKey's create in flight (here: one
+/// whose process died right after the provider answered): it is never adopted, so that the
+/// owner's recovery can revoke it and nobody is left holding a revoked key.
+#[tokio::test]
+async fn a_key_under_a_provisional_name_is_never_adopted() {
+    let env = ucloud::env().await;
+    env.create(&apikey("owner", "ucloud", ApiKeySpec::default()))
+        .await;
+    env.reconcile("owner").await.unwrap(); // finalizer
+    env.ctx.crash_after_create.store(true, Ordering::SeqCst);
+    let _ = env.reconcile("owner").await;
+    env.ctx.crash_after_create.store(false, Ordering::SeqCst);
+    let keys = env.emulator_keys().await;
+    let stray = keys
+        .iter()
+        .find(|k| {
+            k["name"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("keysmith-attempt-")
+        })
+        .unwrap_or_else(|| panic!("the interrupted create's key: {keys:?}"));
+    let id = stray["keyId"].as_str().unwrap().to_string();
+    let mut thief = adopter(&id);
+    thief.metadata.namespace = Some(OTHER_NS.into());
+    env.create(&thief).await;
+    let api: Api<ApiKey> = Api::namespaced(env.client.clone(), &env.other_ns);
+    for _ in 0..3 {
+        let ak = api.get("adopter").await.unwrap();
+        let _ = apikey::reconcile(Arc::new(ak), env.ctx.clone()).await;
+    }
+    let ak = api.get("adopter").await.unwrap();
+    let (_, reason, message) = ready(&ak);
+    assert_eq!(reason, "AdoptionRefused", "{message}");
+    assert!(message.contains("provisional"), "{message}");
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.other_ns);
+    assert!(secrets.get_opt("adopter").await.unwrap().is_none());
+    // The owner recovers: its stray key revoked, a new one named as it says.
+    let owner = env.converge("owner", 6).await;
+    assert_eq!(ready(&owner).0, "True", "{:?}", ready(&owner));
+    let keys = env.emulator_keys().await;
+    let live = ucloud::live(&keys);
+    assert_eq!(live.len(), 1, "{keys:?}");
+    assert_ne!(live[0]["keyId"], id.as_str());
+    api.patch(
+        "adopter",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn a_key_another_apikey_manages_is_never_adopted() {
     let env = ucloud::env().await;

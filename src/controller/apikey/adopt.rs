@@ -100,6 +100,14 @@ pub async fn adopt(
         }
         Err(e) => return Err(e.into()),
     };
+    if key.name.starts_with(super::create::PROVISIONAL_PREFIX) {
+        // A key under a provisional name belongs to another ApiKey's create in flight (or to
+        // one that crashed and whose recovery will revoke it): never another's to take.
+        return Err(Failure::permanent(
+            Reason::AdoptionRefused,
+            format!("spec.keyRef.id {id} is being created by keysmith for another ApiKey (its name is still provisional); a key is adopted only if no ApiKey manages it"),
+        ));
+    }
     let held = existing
         .filter(|s| secret::key_id_of(s).as_deref() == Some(id))
         .and_then(|s| secret::value_of(r.ak, s));

@@ -152,10 +152,20 @@ impl Others {
     /// Read every ApiKey (all namespaces) but `ak`: a consistent list, made only when a key is
     /// adopted or an interrupted create recovered, never in steady state.
     pub async fn read(ctx: &Context, ak: &ApiKey, provider_type: &str) -> Result<Self, Failure> {
-        let all = Api::<ApiKey>::all(ctx.client.clone())
-            .list(&ListParams::default())
-            .await?;
-        Ok(Self::of(all.items.iter(), ak, provider_type))
+        // Paged, so that neither the API server nor keysmith holds every ApiKey at once.
+        let api = Api::<ApiKey>::all(ctx.client.clone());
+        let mut out = Others::default();
+        let mut lp = ListParams::default().limit(500);
+        loop {
+            let page = api.list(&lp).await?;
+            let part = Self::of(page.items.iter(), ak, provider_type);
+            out.keys.extend(part.keys);
+            out.pending_names.extend(part.pending_names);
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => lp = lp.continue_token(&token),
+                None => return Ok(out),
+            }
+        }
     }
 
     /// The keys and pending names of `all` but `ak`, at providers of type `provider_type` (or
