@@ -2,8 +2,11 @@
 //! ClusterKeyProvider with a `namespaceSelector`, its namespace's labels (issue 11: two GETs per
 //! reconcile, each an etcd read, were a large share of the API server's work in a burst).
 //!
-//! The stores are filled by the ApiKey controller's watches (see `controller::apikey_controller`).
-//! A lookup that misses (the store has not synced yet, or an object created moments ago) falls
+//! It also gives the in-use check (`inuse::release_if_unused`) the ApiKey controllers' own
+//! stores, so that deleting an ApiKey does not list every ApiKey.
+//!
+//! The stores are filled by the ApiKey controllers' watches (see `controller::apikey_controller`)
+//! and a metadata-only watch of Namespaces (`controller::run_controllers`). A lookup that misses (the store has not synced yet, or an object created moments ago) falls
 //! back to a GET, so a miss costs what every reconcile cost before; a hit is at most as old as
 //! the watch, and a change of the object reconciles the ApiKeys it concerns again.
 
