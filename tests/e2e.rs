@@ -1546,12 +1546,35 @@ async fn sigkill_mid_rotation_keeps_one_current_key_and_revokes_the_old_on_time(
     c.eventually(
         "the replaced keys revoked after their grace period",
         Duration::from_secs(GRACE) + MINUTE,
-        || async move {
-            let live = c.live_keys().await.len();
-            if live == N {
-                Ok(())
-            } else {
-                Err(format!("{live} live keys for {N} ApiKeys"))
+        || {
+            let names = &names;
+            async move {
+                let keys = c.live_keys().await;
+                if keys.len() == N {
+                    return Ok(());
+                }
+                // Which ApiKey has more than one, and what its status says (for the failure).
+                let mut extra = Vec::new();
+                for n in names {
+                    let mine: Vec<&Value> = keys
+                        .iter()
+                        .filter(|k| k["name"] == format!("{}/{n}", c.ns).as_str())
+                        .collect();
+                    if mine.len() > 1 {
+                        let st = c.apikeys().get(n).await.ok().and_then(|a| a.status);
+                        extra.push(format!(
+                            "{n}: live {:?}; keyID {:?}, previousKeys {:?}, rotation {:?}",
+                            mine.iter().map(|k| k["hash"].clone()).collect::<Vec<_>>(),
+                            st.as_ref().and_then(|s| s.key_id.clone()),
+                            st.as_ref().map(|s| s.previous_keys.clone()),
+                            st.as_ref().and_then(|s| s.rotation.clone()),
+                        ));
+                    }
+                }
+                Err(format!(
+                    "{} live keys for {N} ApiKeys: {extra:?}",
+                    keys.len()
+                ))
             }
         },
     )

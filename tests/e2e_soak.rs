@@ -22,6 +22,8 @@
 //! `SOAK_TIMEOUT_DELAY` how long a timeout fault holds its answer (16s, past the client's 15 s),
 //! `SOAK_SETTLE` how long the last operator gets to make everything Ready (10m).
 
+#[path = "common/bench.rs"]
+mod bench;
 #[path = "common/cluster.rs"]
 mod cluster;
 
@@ -36,25 +38,12 @@ use kube::ResourceExt;
 use rand::Rng;
 use serde_json::{json, Value};
 
+use bench::{env_duration, env_or};
 use cluster::emulator_control::EmulatorControl;
 use cluster::{is_ready, Cluster, EmulatorOptions, ProviderOptions, ProviderSetup, RUN_LABEL};
 
 const BOLTZ_ADMIN_PREFIX: &str = "sk_bc_admin_live_soak";
 const DO_AGENT: &str = "5d7b38c1-0e4a-11f0-9a4b-4e013e2ddde4";
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not valid")),
-        Err(_) => default,
-    }
-}
-
-fn env_duration(name: &str, default: &str) -> Duration {
-    let v = std::env::var(name).unwrap_or_else(|_| default.to_string());
-    humantime::parse_duration(&v).unwrap_or_else(|e| panic!("{name}={v:?}: {e}"))
-}
 
 /// One of the soak's providers: how its emulator lists keys and how a value is tried.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -1,5 +1,6 @@
 //! What the two benchmarks share (`benches/reconcile.rs` offline, `tests/e2e_bench.rs` on a
-//! cluster): their knobs, read from the environment, and the helpers that print figures.
+//! cluster): their knobs, read from the environment, and the helpers that print figures. The
+//! soak test (`tests/e2e_soak.rs`) reads its knobs with the same helpers.
 #![allow(dead_code)] // each includer uses a different part
 
 use std::time::Duration;
@@ -29,7 +30,9 @@ pub struct BenchConfig {
     pub providers: usize,
 }
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+/// `name` parsed from the environment, or `default` when unset (a value that does not parse
+/// stops the run).
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     match std::env::var(name) {
         Ok(v) => v
             .parse()
@@ -38,7 +41,8 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     }
 }
 
-fn env_duration(name: &str, default: &str) -> Duration {
+/// A duration (`16s`, `10m`) from the environment, or `default`.
+pub fn env_duration(name: &str, default: &str) -> Duration {
     let v = std::env::var(name).unwrap_or_else(|_| default.to_string());
     humantime::parse_duration(&v).unwrap_or_else(|e| panic!("{name}={v:?}: {e}"))
 }
