@@ -67,17 +67,7 @@ pub struct Context {
     /// Per ApiKey (`namespace/name`): the resourceVersion of this process's last write of it,
     /// until the watch cache shows that version (see [`Context::current_copy`]).
     written: Mutex<HashMap<String, String>>,
-    /// The resourceVersions of this process's recent ApiKey writes (at most [`OWN_WRITES`]):
-    /// their watch events reconcile nothing, while a status written by someone else (a killed
-    /// predecessor's last write landing late) does (see `predicates::apikey_changes`).
-    own_writes: Mutex<(
-        std::collections::VecDeque<String>,
-        std::collections::HashSet<String>,
-    )>,
 }
-
-/// How many of its own ApiKey writes a process remembers (their events arrive within seconds).
-pub const OWN_WRITES: usize = 8192;
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -130,7 +120,6 @@ impl Context {
             in_use_marked: Default::default(),
             snapshots: Mutex::new(HashMap::new()),
             written: Mutex::new(HashMap::new()),
-            own_writes: Default::default(),
         }
     }
 
@@ -149,27 +138,11 @@ impl Context {
 
     /// This process wrote the ApiKey `key`; the server now holds `resource_version`.
     pub fn wrote_apikey(&self, key: &str, resource_version: Option<String>) {
-        if let Some(rv) = &resource_version {
-            let mut own = self.own_writes.lock().unwrap();
-            if own.1.insert(rv.clone()) {
-                own.0.push_back(rv.clone());
-                if own.0.len() > OWN_WRITES {
-                    if let Some(old) = own.0.pop_front() {
-                        own.1.remove(&old);
-                    }
-                }
-            }
-        }
         let mut w = self.written.lock().unwrap();
         match resource_version {
             Some(rv) => w.insert(key.to_string(), rv),
             None => w.remove(key),
         };
-    }
-
-    /// Whether this process wrote the ApiKey version `resource_version` (recently).
-    pub fn wrote_version(&self, resource_version: Option<&str>) -> bool {
-        resource_version.is_some_and(|rv| self.own_writes.lock().unwrap().1.contains(rv))
     }
 
     /// The copy of an ApiKey to reconcile: the watch cache's `cached`, unless it may be older

@@ -204,23 +204,7 @@ fn apikey_controller(
         });
     let apikeys = reflector(writer, apikeys)
         .applied_objects()
-        .predicate_filter(
-            {
-                // A status-only change reconciles nothing when this process wrote it; one written
-                // by someone else (a killed predecessor's last write landing after this process
-                // listed) does: it may carry previousKeys whose deadline nobody else schedules.
-                let ctx = ctx.clone();
-                move |ak: &ApiKey| {
-                    let meta = predicates::apikey_changes(ak)?;
-                    if ctx.wrote_version(ak.resource_version().as_deref()) {
-                        Some(meta)
-                    } else {
-                        Some(meta ^ predicates::version_hash(ak))
-                    }
-                }
-            },
-            Default::default(),
-        );
+        .predicate_filter(predicates::apikey_changes, Default::default());
     ctx.cache.add_apikeys(store.clone());
     let ctl = Controller::for_stream(apikeys, store.clone());
     // Provider objects, kept in stores (every event updates the store; only meaningful changes

@@ -19,14 +19,6 @@ use crate::api::{ApiKey, ClusterKeyProvider, KeyProvider, KeyProviderStatus};
 const ANNOTATION_PREFIX: &str = "keysmith.dev/";
 
 /// What keysmith reacts to in an ApiKey.
-/// A hash of the object's resourceVersion (mixed into the ApiKey predicate for changes this
-/// process did not write).
-pub fn version_hash(ak: &ApiKey) -> u64 {
-    let mut h = DefaultHasher::new();
-    ak.metadata.resource_version.hash(&mut h);
-    h.finish()
-}
-
 pub fn apikey_changes(ak: &ApiKey) -> Option<u64> {
     let mut h = DefaultHasher::new();
     meta_changes(&ak.metadata, &mut h);
