@@ -1,7 +1,7 @@
 //! Prometheus metrics. Reconcile metrics use controller-runtime's names and labels so existing
 //! dashboards work; every label is a static category, never an object name or error text.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -124,6 +124,79 @@ pub struct RotationLabels {
     pub trigger: String,
 }
 
+/// Per-provider sums and minimums over many objects (ApiKeys), kept up to date one object at
+/// a time: a change costs O(log N). Issue 11: recomputing the gauges over every ApiKey on each
+/// change made a burst of 10,000 creations O(N²) (10⁸ steps, each cloning a string).
+#[derive(Default)]
+pub struct Tally {
+    /// (provider, part) → sum of the objects' amounts.
+    sums: HashMap<(String, &'static str), i64>,
+    /// A multiset of (provider, value): the smallest value of each provider comes first.
+    mins: BTreeMap<(String, i64), u32>,
+}
+
+impl Tally {
+    /// Put in (`sign` 1) or take out (`sign` -1) one object's contribution: `amount` to the sum
+    /// of (`provider`, `part`), and `min` among the provider's values.
+    pub fn apply(
+        &mut self,
+        provider: &str,
+        part: &'static str,
+        amount: i64,
+        min: Option<i64>,
+        sign: i64,
+    ) {
+        let sum = self.sums.entry((provider.to_string(), part)).or_default();
+        *sum += sign * amount;
+        if *sum == 0 {
+            self.sums.remove(&(provider.to_string(), part));
+        }
+        if let Some(v) = min {
+            let k = (provider.to_string(), v);
+            if sign > 0 {
+                *self.mins.entry(k).or_default() += 1;
+            } else if let Some(n) = self.mins.get_mut(&k) {
+                *n -= 1;
+                if *n == 0 {
+                    self.mins.remove(&k);
+                }
+            }
+        }
+    }
+
+    /// The sum of (`provider`, `part`); 0 when no object adds to it.
+    pub fn sum(&self, provider: &str, part: &'static str) -> i64 {
+        self.sums
+            .get(&(provider.to_string(), part))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The smallest value among the provider's objects.
+    pub fn min(&self, provider: &str) -> Option<i64> {
+        self.mins
+            .range((provider.to_string(), i64::MIN)..)
+            .next()
+            .filter(|((p, _), _)| p == provider)
+            .map(|((_, v), _)| *v)
+    }
+}
+
+/// Set a gauge to `v`, or drop its series when `v` is `None` (as if never set).
+fn set_or_remove<S>(family: &Family<S, Gauge>, labels: &S, v: Option<i64>)
+where
+    S: Clone + std::hash::Hash + Eq,
+{
+    match v {
+        Some(v) => {
+            family.get_or_create(labels).set(v);
+        }
+        None => {
+            family.remove(labels);
+        }
+    }
+}
+
 /// The rotation state of one ApiKey, as the rotation gauges aggregate it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RotationTrack {
@@ -154,7 +227,7 @@ pub struct Metrics {
     pub previous_keys: Family<ProviderLabel, Gauge>,
     /// Soonest scheduled rotation among the keys of each provider type.
     pub next_rotation: Family<ProviderLabel, Gauge>,
-    rotation_tracked: Mutex<BTreeMap<String, RotationTrack>>,
+    rotation_tracked: Mutex<(HashMap<String, RotationTrack>, Tally)>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -188,7 +261,7 @@ impl Metrics {
             rotations: Family::default(),
             previous_keys: Family::default(),
             next_rotation: Family::default(),
-            rotation_tracked: Mutex::new(BTreeMap::new()),
+            rotation_tracked: Mutex::new(Default::default()),
             registry: Registry::default(),
         };
         m.provider.register(&mut m.registry);
@@ -268,41 +341,41 @@ impl Metrics {
     /// Record an ApiKey's rotation state (`key`: namespace/name; None: it was deleted) and
     /// refresh `keysmith_previous_keys` and `keysmith_next_rotation_timestamp_seconds`.
     pub fn track_rotation(&self, key: &str, state: Option<RotationTrack>) {
-        let mut t = self
+        let mut guard = self
             .rotation_tracked
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let changed = match state {
-            Some(s) => t.insert(key.to_string(), s.clone()) != Some(s),
-            None => t.remove(key).is_some(),
+        let (tracked, tally) = &mut *guard;
+        let old = match &state {
+            Some(s) => tracked.insert(key.to_string(), s.clone()),
+            None => tracked.remove(key),
         };
-        if !changed {
+        if old == state {
             return;
         }
-        let mut previous: BTreeMap<&str, i64> = BTreeMap::new();
-        let mut soonest: BTreeMap<&str, i64> = BTreeMap::new();
-        for s in t.values() {
-            *previous.entry(&s.provider).or_default() += s.previous_keys;
-            if let Some(n) = s.next_rotation {
-                let e = soonest.entry(&s.provider).or_insert(n);
-                *e = (*e).min(n);
+        let mut touched = Vec::new();
+        for (s, sign) in [(old, -1), (state, 1)] {
+            if let Some(s) = s {
+                tally.apply(
+                    &s.provider,
+                    "previous",
+                    s.previous_keys,
+                    s.next_rotation,
+                    sign,
+                );
+                tally.apply(&s.provider, "objects", 1, None, sign);
+                touched.push(s.provider);
             }
         }
-        self.previous_keys.clear();
-        for (provider, n) in previous {
-            self.previous_keys
-                .get_or_create(&ProviderLabel {
-                    provider: provider.into(),
-                })
-                .set(n);
-        }
-        self.next_rotation.clear();
-        for (provider, n) in soonest {
-            self.next_rotation
-                .get_or_create(&ProviderLabel {
-                    provider: provider.into(),
-                })
-                .set(n);
+        for provider in touched {
+            let labels = ProviderLabel {
+                provider: provider.clone(),
+            };
+            // A provider with tracked ApiKeys shows its sum, 0 included.
+            let any = tally.sum(&provider, "objects") > 0;
+            let previous = tally.sum(&provider, "previous");
+            set_or_remove(&self.previous_keys, &labels, any.then_some(previous));
+            set_or_remove(&self.next_rotation, &labels, tally.min(&provider));
         }
     }
 
@@ -328,6 +401,34 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tally_follows_objects_in_and_out() {
+        let mut t = Tally::default();
+        t.apply("openrouter", "ready", 1, Some(300), 1);
+        t.apply("openrouter", "ready", 1, Some(100), 1);
+        t.apply("openrouter", "ready", 1, Some(100), 1);
+        t.apply("boltz", "ready", 1, None, 1);
+        assert_eq!(t.sum("openrouter", "ready"), 3);
+        assert_eq!(t.min("openrouter"), Some(100));
+        assert_eq!(t.min("boltz"), None, "no value: no minimum");
+        assert_eq!(t.min("bifrost"), None);
+        // One of two equal minimums leaves: the other still counts.
+        t.apply("openrouter", "ready", 1, Some(100), -1);
+        assert_eq!(t.min("openrouter"), Some(100));
+        t.apply("openrouter", "ready", 1, Some(100), -1);
+        assert_eq!(t.min("openrouter"), Some(300));
+        assert_eq!(t.sum("openrouter", "ready"), 1);
+        t.apply("openrouter", "ready", 1, Some(300), -1);
+        assert_eq!(
+            (t.sum("openrouter", "ready"), t.min("openrouter")),
+            (0, None)
+        );
+        assert!(
+            t.sums.len() == 1 && t.mins.is_empty(),
+            "emptied entries are dropped"
+        );
+    }
 
     #[test]
     fn rotation_metrics_aggregate_per_provider() {

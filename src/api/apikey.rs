@@ -95,7 +95,7 @@ pub struct ApiKeySpec {
     pub ttl: Option<String>,
     /// Spend limit of the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit: Option<SpendLimit>,
+    pub limit: Option<Box<SpendLimit>>,
     /// Source addresses (IPs, ranges or CIDRs) allowed to use the key. Empty: any.
     #[serde(default, rename = "allowedIPs", skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100))]
@@ -105,29 +105,29 @@ pub struct ApiKeySpec {
     pub models: Vec<String>,
     /// OpenRouter-specific settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub openrouter: Option<OpenRouterKeySpec>,
+    pub openrouter: Option<Box<OpenRouterKeySpec>>,
     /// Boltz-specific settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub boltz: Option<BoltzKeySpec>,
+    pub boltz: Option<Box<BoltzKeySpec>>,
     /// UCloud ModelVerse-specific settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ucloud: Option<UCloudKeySpec>,
+    pub ucloud: Option<Box<UCloudKeySpec>>,
     /// DigitalOcean-specific settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub digitalocean: Option<DigitalOceanKeySpec>,
+    pub digitalocean: Option<Box<DigitalOceanKeySpec>>,
     /// Bifrost-specific settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bifrost: Option<BifrostKeySpec>,
+    pub bifrost: Option<Box<BifrostKeySpec>>,
     /// Adopt an existing key at the provider instead of creating one. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_ref: Option<KeyRef>,
+    pub key_ref: Option<Box<KeyRef>>,
     /// Push a value you own (from a Secret) to the provider, for providers whose keys take a
     /// user-supplied value (Bifrost provider keys).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<KeySource>,
+    pub source: Option<Box<KeySource>>,
     /// The Secret that receives the key's value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret: Option<SecretSpec>,
+    pub secret: Option<Box<SecretSpec>>,
     /// What happens to the key at the provider when this ApiKey is deleted: `Delete` (default)
     /// revokes it; `Orphan` leaves it and keeps the Secret.
     #[serde(default)]
@@ -142,7 +142,7 @@ pub struct ApiKeySpec {
     /// expiry (`renewBefore`), and always on demand when the `keysmith.dev/rotate` annotation
     /// gets a new value. The old key stays live for `gracePeriod`, then it is revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rotation: Option<RotationSpec>,
+    pub rotation: Option<Box<RotationSpec>>,
     /// Workloads in this namespace restarted after each new key value, the way
     /// `kubectl rollout restart` does (pod template annotation `keysmith.dev/restartedAt`).
     /// A missing workload is reported in an Event and a condition; the key still works.
@@ -152,6 +152,9 @@ pub struct ApiKeySpec {
     pub rollout_restart_targets: Vec<RestartTarget>,
 }
 
+/// Annotations under this prefix are keysmith's: it reacts to them (a change reconciles the
+/// ApiKey) and keeps them in its cached copies.
+pub const ANNOTATION_PREFIX: &str = "keysmith.dev/";
 /// Annotation on an ApiKey: each new value rotates the key once (`kubectl annotate apikey NAME
 /// keysmith.dev/rotate=$(date +%s) --overwrite`).
 pub const ROTATE_ANNOTATION: &str = "keysmith.dev/rotate";
@@ -584,7 +587,7 @@ pub struct ApiKeyStatus {
     /// Recorded *before* every create call: lets keysmith find and revoke a key whose create
     /// answered but whose value never reached the Secret (e.g. the operator was killed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pending_create: Option<PendingCreate>,
+    pub pending_create: Option<Box<PendingCreate>>,
     /// Where the key lives at the provider when keys are grouped below the account (a
     /// DigitalOcean agent, a Boltz workspace, a Bifrost upstream provider). The key is read,
     /// updated and revoked there even after the spec names another place.
@@ -605,12 +608,12 @@ pub struct ApiKeyStatus {
     /// Rotation bookkeeping: the last on-demand request handled, a rotation in flight, and
     /// the workload restarts the grace period waits for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rotation: Option<RotationStatus>,
+    pub rotation: Option<Box<RotationStatus>>,
     /// Backoff of creates that failed (provider refusal, a Secret that cannot be written): no
     /// create is attempted before `notBefore`, across reconciles and restarts. Cleared by a
     /// successful create.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub create_backoff: Option<CreateBackoff>,
+    pub create_backoff: Option<Box<CreateBackoff>>,
 }
 
 /// Failed creates in a row and when the next may be tried.

@@ -19,6 +19,26 @@ use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::api::{ApiKey, ClusterKeyProvider, KeyProvider};
 
+/// Drop from a watched ApiKey what no reconcile reads, before the watch store keeps it
+/// (issue 11, memory at 10,000 ApiKeys): managedFields (often the bulk of an object's
+/// metadata), its labels (the `--label-selector` is applied by the API server), and every
+/// annotation but keysmith's own (`keysmith.dev/…`, e.g. the rotate request), kubectl's copy of
+/// the last applied manifest among them. Each non-empty label or annotation map costs a B-tree
+/// node of about 540 bytes. keysmith writes ApiKeys with patches only, never by sending a cached
+/// copy back, so nothing dropped here is lost on the server.
+pub fn slim(ak: &mut ApiKey) {
+    let m = &mut ak.metadata;
+    m.managed_fields = None;
+    m.labels = None;
+    if let Some(a) = m.annotations.take() {
+        let own: BTreeMap<String, String> = a
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(crate::api::ANNOTATION_PREFIX))
+            .collect();
+        m.annotations = (!own.is_empty()).then_some(own);
+    }
+}
+
 /// The stores, set once the controllers start (empty in tests that build a bare Context: every
 /// lookup then falls back to a GET).
 #[derive(Default)]
@@ -83,6 +103,49 @@ impl ObjectCache {
 mod tests {
     use super::*;
     use kube::runtime::{reflector, watcher};
+
+    #[test]
+    fn slim_keeps_what_reconciles_read() {
+        let mut ak: ApiKey = serde_json::from_value(serde_json::json!({
+            "apiVersion": "keysmith.dev/v1alpha1", "kind": "ApiKey",
+            "metadata": {
+                "name": "k", "namespace": "team-a", "uid": "u", "resourceVersion": "7",
+                "generation": 3, "finalizers": ["keysmith.dev/revoke"],
+                "labels": { "app": "x" },
+                "annotations": {
+                    "keysmith.dev/rotate": "1",
+                    "kubectl.kubernetes.io/last-applied-configuration": "{}",
+                    "team": "a",
+                },
+                "managedFields": [{ "manager": "kubectl", "operation": "Apply" }],
+            },
+            "spec": { "providerRef": { "kind": "KeyProvider", "name": "kp" } },
+            "status": { "keyID": "id-1" },
+        }))
+        .unwrap();
+        let before = ak.clone();
+        slim(&mut ak);
+        assert!(ak.metadata.managed_fields.is_none() && ak.metadata.labels.is_none());
+        assert_eq!(
+            ak.metadata.annotations,
+            Some([("keysmith.dev/rotate".to_string(), "1".to_string())].into())
+        );
+        // Identity, generation, finalizers, spec and status are untouched.
+        assert_eq!(ak.metadata.uid, before.metadata.uid);
+        assert_eq!(
+            ak.metadata.resource_version,
+            before.metadata.resource_version
+        );
+        assert_eq!(ak.metadata.generation, before.metadata.generation);
+        assert_eq!(ak.metadata.finalizers, before.metadata.finalizers);
+        assert_eq!(ak.spec, before.spec);
+        assert_eq!(ak.status, before.status);
+        // Nothing of keysmith's left: no map at all.
+        let mut bare = before;
+        bare.metadata.annotations = Some([("team".to_string(), "a".to_string())].into());
+        slim(&mut bare);
+        assert!(bare.metadata.annotations.is_none());
+    }
 
     #[test]
     fn lookups_hit_what_the_watches_delivered_and_miss_the_rest() {

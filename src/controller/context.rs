@@ -2,7 +2,7 @@
 //! view of each ApiKey, and holds on creates after a 429. The backend cache lives in
 //! [`super::backends`], the listing snapshots in [`super::listing`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,7 +57,7 @@ pub struct Context {
     pub crash_after_create: std::sync::atomic::AtomicBool,
     failures: Mutex<HashMap<String, u32>>,
     /// Per ApiKey: (provider type, ready, expiry in Unix seconds), for the gauges.
-    tracked: Mutex<HashMap<String, Tracked>>,
+    tracked: Mutex<(HashMap<String, Tracked>, crate::metrics::Tally)>,
     /// Per provider object: no create before this instant, and the message of the 429 that said so.
     create_holds: Mutex<HashMap<String, (Instant, String)>>,
     pub(crate) backends: Mutex<HashMap<String, Arc<BackendEntry>>>,
@@ -74,6 +74,15 @@ impl std::fmt::Debug for Context {
         f.debug_struct("Context")
             .field("operator_namespace", &self.operator_namespace)
             .finish()
+    }
+}
+
+/// The `keysmith_apikeys` part an ApiKey counts under.
+fn ready_part(ready: bool) -> &'static str {
+    if ready {
+        "ready"
+    } else {
+        "not-ready"
     }
 }
 
@@ -114,7 +123,7 @@ impl Context {
             #[cfg(feature = "test-hooks")]
             crash_after_create: Default::default(),
             failures: Mutex::new(HashMap::new()),
-            tracked: Mutex::new(HashMap::new()),
+            tracked: Mutex::new(Default::default()),
             create_holds: Mutex::new(HashMap::new()),
             backends: Mutex::new(HashMap::new()),
             in_use_marked: Default::default(),
@@ -198,42 +207,48 @@ impl Context {
     /// Record an ApiKey's provider, readiness and expiry (None: forget it, it was deleted) and
     /// refresh the `keysmith_apikeys` and `keysmith_key_expiry_timestamp_seconds` gauges.
     pub fn track(&self, key: &str, state: Option<Tracked>) {
-        let mut t = self.tracked.lock().unwrap();
-        let changed = match state {
-            Some(s) => t.insert(key.to_string(), s.clone()) != Some(s),
+        let mut guard = self.tracked.lock().unwrap();
+        let (tracked, tally) = &mut *guard;
+        let old = match &state {
+            Some(s) => tracked.insert(key.to_string(), s.clone()),
             None => {
                 self.written.lock().unwrap().remove(key);
-                t.remove(key).is_some()
+                tracked.remove(key)
             }
         };
-        if !changed {
+        if old == state {
             return;
         }
-        let mut counts: BTreeMap<(String, bool), i64> = BTreeMap::new();
-        let mut soonest: BTreeMap<String, i64> = BTreeMap::new();
-        for (provider, ready, expiry) in t.values() {
-            *counts.entry((provider.clone(), *ready)).or_default() += 1;
-            if let Some(e) = expiry {
-                let s = soonest.entry(provider.clone()).or_insert(*e);
-                *s = (*s).min(*e);
+        // Only the providers this ApiKey counted under change (O(log N), issue 11).
+        let mut touched = Vec::new();
+        for (s, sign) in [(old, -1), (state, 1)] {
+            if let Some((provider, ready, expiry)) = s {
+                tally.apply(&provider, ready_part(ready), 1, expiry, sign);
+                touched.push(provider);
             }
         }
-        self.metrics.apikeys.clear();
-        for ((provider, ready), n) in counts {
-            self.metrics
-                .apikeys
-                .get_or_create(&crate::metrics::ReadyLabels {
-                    provider,
+        for provider in touched {
+            for ready in [true, false] {
+                let n = tally.sum(&provider, ready_part(ready));
+                let labels = crate::metrics::ReadyLabels {
+                    provider: provider.clone(),
                     ready: ready.to_string(),
-                })
-                .set(n);
-        }
-        self.metrics.key_expiry.clear();
-        for (provider, e) in soonest {
-            self.metrics
-                .key_expiry
-                .get_or_create(&crate::metrics::ProviderLabel { provider })
-                .set(e);
+                };
+                if n == 0 {
+                    self.metrics.apikeys.remove(&labels);
+                } else {
+                    self.metrics.apikeys.get_or_create(&labels).set(n);
+                }
+            }
+            let labels = crate::metrics::ProviderLabel { provider };
+            match tally.min(&labels.provider) {
+                Some(e) => {
+                    self.metrics.key_expiry.get_or_create(&labels).set(e);
+                }
+                None => {
+                    self.metrics.key_expiry.remove(&labels);
+                }
+            }
         }
     }
 

@@ -21,7 +21,9 @@ pub struct Snapshot {
     pub fetched: Option<Instant>,
     /// When the listing began (wall clock): it shows every key created before then.
     pub began: Option<DateTime<Utc>>,
-    pub keys: HashMap<String, ProviderKey>,
+    /// Boxed: a hash table reserves room for more entries than it holds, and a `ProviderKey`
+    /// is over 400 bytes (issue 11: memory at 10,000 keys).
+    pub keys: HashMap<String, Box<ProviderKey>>,
 }
 
 impl Context {
@@ -83,7 +85,7 @@ impl Context {
             let mut snap = slot.lock().await;
             let mut k = key.clone();
             k.secret = None;
-            snap.keys.insert(k.id.clone(), k);
+            snap.keys.insert(k.id.clone(), Box::new(k));
         }
     }
 
@@ -107,13 +109,13 @@ impl Context {
 async fn list_all(
     p: &ResolvedProvider,
     scope: &KeyScope,
-) -> Result<HashMap<String, ProviderKey>, ProviderError> {
+) -> Result<HashMap<String, Box<ProviderKey>>, ProviderError> {
     let mut keys = HashMap::new();
     let mut cursor: Option<String> = None;
     loop {
         let page = p.backend.list_page(scope, cursor.as_deref()).await?;
         for k in page.keys {
-            keys.insert(k.id.clone(), k);
+            keys.insert(k.id.clone(), Box::new(k));
         }
         match page.next {
             Some(n) => cursor = Some(n),

@@ -192,16 +192,10 @@ fn apikey_controller(
     // ApiKey events that only change its status (keysmith's own writes) reconcile nothing: the
     // reconcile that wrote it already acted, and its requeue covers the refresh (issue 11).
     let (store, writer) = reflector::store();
-    // The cached copies drop what keysmith never reads: managedFields (often the bulk of an
-    // object's metadata) and kubectl's copy of the last applied manifest.
+    // The cached copies drop what keysmith never reads (see `cache::slim`).
     let apikeys = watcher(api_in::<ApiKey>(client, ns), apikey_wc)
         .default_backoff()
-        .modify(|ak| {
-            ak.managed_fields_mut().clear();
-            if let Some(a) = ak.metadata.annotations.as_mut() {
-                a.remove("kubectl.kubernetes.io/last-applied-configuration");
-            }
-        });
+        .modify(cache::slim);
     let apikeys = reflector(writer, apikeys)
         .applied_objects()
         .predicate_filter(predicates::apikey_changes, Default::default());

@@ -13,10 +13,7 @@ use std::hash::{Hash, Hasher};
 
 use kube::api::ObjectMeta;
 
-use crate::api::{ApiKey, ClusterKeyProvider, KeyProvider, KeyProviderStatus};
-
-/// Annotations under this prefix are keysmith's to react to.
-const ANNOTATION_PREFIX: &str = "keysmith.dev/";
+use crate::api::{ApiKey, ClusterKeyProvider, KeyProvider, KeyProviderStatus, ANNOTATION_PREFIX};
 
 /// What keysmith reacts to in an ApiKey.
 pub fn apikey_changes(ak: &ApiKey) -> Option<u64> {

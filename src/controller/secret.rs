@@ -353,7 +353,7 @@ mod tests {
         let mut ak = ApiKey::new(
             "chat",
             ApiKeySpec {
-                secret: Some(SecretSpec {
+                secret: Some(Box::new(SecretSpec {
                     name: None,
                     key: None,
                     template: Some(SecretTemplate {
@@ -366,7 +366,7 @@ mod tests {
                         ]
                         .into(),
                     }),
-                }),
+                })),
                 ..Default::default()
             },
         );

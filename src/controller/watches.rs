@@ -160,12 +160,12 @@ mod tests {
     fn mappers_select_the_apikeys_that_use_the_object() {
         let (reader, mut writer) = store::<ApiKey>();
         let mut pushed = ak("a", "pushed", ProviderKind::KeyProvider, "kp");
-        pushed.spec.source = Some(KeySource {
+        pushed.spec.source = Some(Box::new(KeySource {
             secret_ref: LocalSecretKeyRef {
                 name: "src".into(),
                 key: "k".into(),
             },
-        });
+        }));
         for o in [
             ak("a", "one", ProviderKind::ClusterKeyProvider, "shared"),
             ak("b", "two", ProviderKind::ClusterKeyProvider, "shared"),

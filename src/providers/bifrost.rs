@@ -1491,7 +1491,7 @@ impl VirtualKey {
             }
             _ => (None, None),
         };
-        let mut extras = BTreeMap::new();
+        let mut extras = Extras::new();
         extras.insert("family".to_string(), FAMILY_VIRTUAL.to_string());
         extras.insert("description".to_string(), user_desc);
         if let Some(pcs) = self.provider_configs {
@@ -1600,7 +1600,7 @@ impl ProviderKeyJson {
                 None
             }
         });
-        let mut extras = BTreeMap::new();
+        let mut extras = Extras::new();
         extras.insert("family".to_string(), FAMILY_PROVIDER.to_string());
         extras.insert("provider".to_string(), provider.to_string());
         extras.insert("weight".to_string(), self.weight.unwrap_or(1.0).to_string());

@@ -15,8 +15,6 @@
 //! `{"error": "..."}`, `{"message": "..."}` and `{"detail": ...}` and otherwise quotes the raw
 //! body (cut short).
 
-use std::collections::BTreeMap;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use reqwest::{Method, StatusCode};
@@ -197,7 +195,7 @@ impl BoltzKey {
     }
 
     fn into_provider_key(self) -> ProviderKey {
-        let mut extras = BTreeMap::new();
+        let mut extras = Extras::new();
         if let Some(ws) = self.workspace_id.as_deref().filter(|w| !w.is_empty()) {
             extras.insert(EXTRA_WORKSPACE.to_string(), ws.to_string());
         }

@@ -14,8 +14,6 @@
 //!
 //! Model keys can only be adopted (`spec.keyRef`): keysmith obtains a value with regenerate.
 
-use std::collections::BTreeMap;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Datelike, Utc};
 use reqwest::header::{ACCEPT, AUTHORIZATION};
@@ -499,7 +497,7 @@ fn provider_key(info: KeyInfo, scope: &KeyScope) -> Result<ProviderKey, Provider
         .filter(|u| !u.is_empty())
         .ok_or_else(|| ProviderError::Malformed("a key in the answer has no uuid".into()))?;
     let deleted = info.deleted_at.as_deref().and_then(parse_time).is_some();
-    let mut extras = BTreeMap::new();
+    let mut extras = Extras::new();
     if scope.family == FAMILY_AGENT {
         extras.insert("agentUUID".to_string(), scope.parent.clone());
     }

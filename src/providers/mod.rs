@@ -247,11 +247,11 @@ impl KeySettings {
             limit,
             allowed_ips: spec.allowed_ips.clone(),
             models: spec.models.clone(),
-            openrouter: spec.openrouter.clone(),
-            boltz: spec.boltz.clone(),
-            ucloud: spec.ucloud.clone(),
-            digitalocean: spec.digitalocean.clone(),
-            bifrost: spec.bifrost.clone(),
+            openrouter: spec.openrouter.as_deref().cloned(),
+            boltz: spec.boltz.as_deref().cloned(),
+            ucloud: spec.ucloud.as_deref().cloned(),
+            digitalocean: spec.digitalocean.as_deref().cloned(),
+            bifrost: spec.bifrost.as_deref().cloned(),
             attempt: None,
             uid: String::new(),
             key_ref: spec.key_ref.as_ref().map(|k| k.id.clone()),
@@ -303,7 +303,60 @@ pub struct ProviderKey {
     /// The plaintext, only for providers whose listing returns it (UCloud).
     pub secret: Option<SecretString>,
     /// Provider-specific settings kept for drift checks of the provider block.
-    pub extras: BTreeMap<String, String>,
+    pub extras: Extras,
+}
+
+/// Provider-specific settings of a key ([`ProviderKey::extras`]): a handful of pairs, kept in
+/// one Vec. A `BTreeMap` spends a node of about 540 bytes even on a single pair, and the listing
+/// snapshot holds one of these per key (issue 11: memory at 10,000 keys).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Extras(Vec<(String, String)>);
+
+impl Extras {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&String> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// Set `key`; the value it had, if any.
+    pub fn insert(&mut self, key: String, value: String) -> Option<String> {
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => Some(std::mem::replace(v, value)),
+            None => {
+                self.0.push((key, value));
+                None
+            }
+        }
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<(String, String)> for Extras {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
+        let mut e = Extras::new();
+        for (k, v) in iter {
+            e.insert(k, v);
+        }
+        e
+    }
 }
 
 /// A freshly minted (or regenerated) key: the only time most providers show the plaintext.

@@ -16,8 +16,6 @@
 //! `{"error": {"code": <status>, "message": "…"}}`. There is no regenerate call, no last-used time
 //! and no free-text field, so crash recovery recognises a key by its name and `created_at` only.
 
-use std::collections::BTreeMap;
-
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use reqwest::header::AUTHORIZATION;
@@ -591,7 +589,7 @@ impl KeyObject {
             limit_remaining: self.limit_remaining.map(decimal_from_f64),
             unit: Some("USD".into()),
         };
-        let mut extras = BTreeMap::new();
+        let mut extras = Extras::new();
         if let Some(b) = self.include_byok_in_limit {
             extras.insert(EXTRA_INCLUDE_BYOK.to_string(), b.to_string());
         }

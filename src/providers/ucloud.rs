@@ -471,7 +471,7 @@ fn provider_key(v: &Value) -> Result<ProviderKey, ProviderError> {
             }
         });
 
-    let mut extras = BTreeMap::new();
+    let mut extras = Extras::new();
     extras.insert(
         extra::DAILY_LIMIT.to_string(),
         daily_limit.clone().unwrap_or_default(),
@@ -1330,8 +1330,8 @@ mod tests {
         assert_eq!(u.monthly.as_deref(), Some("40.25"));
         assert_eq!(u.limit_remaining.as_deref(), Some("7.5"));
         assert_eq!(u.unit.as_deref(), Some("USD"));
-        assert_eq!(k.extras["dailyLimitAmount"], "10");
-        assert_eq!(k.extras["monthlyLimitAmount"], "");
+        assert_eq!(k.extras.get("dailyLimitAmount").unwrap(), "10");
+        assert_eq!(k.extras.get("monthlyLimitAmount").unwrap(), "");
         // Never the secret in Debug output.
         assert!(!format!("{k:?}").contains("SECRETSECRET"));
     }

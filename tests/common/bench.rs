@@ -28,6 +28,9 @@ pub struct BenchConfig {
     /// `BENCH_PROVIDERS`: ClusterKeyProviders the ApiKeys are spread over, all of one account
     /// at the emulator (cluster benchmark).
     pub providers: usize,
+    /// `BENCH_OPERATOR_ENV`: `NAME=value` pairs (comma-separated) set for the operator process
+    /// only, e.g. `MALLOC_ARENA_MAX=2` or a heap profiler's `LD_PRELOAD` (cluster benchmark).
+    pub operator_env: Vec<(String, String)>,
 }
 
 /// `name` parsed from the environment, or `default` when unset (a value that does not parse
@@ -61,13 +64,19 @@ impl BenchConfig {
             retry_after: env_or("BENCH_RETRY_AFTER", 1),
             namespaces: env_or::<usize>("BENCH_NAMESPACES", 1).max(1),
             providers: env_or::<usize>("BENCH_PROVIDERS", 1).max(1),
+            operator_env: std::env::var("BENCH_OPERATOR_ENV")
+                .unwrap_or_default()
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+                .collect(),
         }
     }
 
     /// One line naming every knob.
     pub fn describe(&self) -> String {
         format!(
-            "N={} ApiKeys in {} namespace(s) using {} provider object(s), emulator rate limit {} rps (429 + Retry-After: {} beyond it), latency {:?}, concurrency {}, refreshInterval {:?}, client-side rateLimit {}",
+            "N={} ApiKeys in {} namespace(s) using {} provider object(s), emulator rate limit {} rps (429 + Retry-After: {} beyond it), latency {:?}, concurrency {}, refreshInterval {:?}, client-side rateLimit {}{}",
             self.n,
             self.namespaces,
             self.providers,
@@ -79,6 +88,12 @@ impl BenchConfig {
             self.client_rps
                 .map(|r| format!("{r} rps"))
                 .unwrap_or_else(|| "none".into()),
+            if self.operator_env.is_empty() {
+                String::new()
+            } else {
+                let names: Vec<&str> = self.operator_env.iter().map(|(k, _)| k.as_str()).collect();
+                format!(", operator environment: {}", names.join(" "))
+            },
         )
     }
 
@@ -103,6 +118,29 @@ pub fn vm_hwm_kib(pid: u32) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// What a process's resident memory is made of (`/proc/PID/smaps_rollup`): anonymous memory
+/// (heap, stacks) and file-backed pages (the binary's code and data), as one line.
+pub fn rss_breakdown(pid: u32) -> String {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
+        return "unknown".into();
+    };
+    let field = |name: &str| -> Option<u64> {
+        text.lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let (rss, anon) = (field("Rss:"), field("Anonymous:"));
+    format!(
+        "RSS now {} = anonymous (heap, stacks) {} + file-backed (binary) {}",
+        mib(rss),
+        mib(anon),
+        mib(rss.zip(anon).map(|(r, a)| r.saturating_sub(a)))
+    )
 }
 
 /// KiB as MiB for printing.

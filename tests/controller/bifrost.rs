@@ -179,17 +179,17 @@ pub(crate) fn provider_key_spec() -> ApiKeySpec {
     ApiKeySpec {
         display_name: Some("openai-prod".into()),
         models: vec!["gpt-4o".into(), "gpt-4o-mini".into()],
-        source: Some(KeySource {
+        source: Some(Box::new(KeySource {
             secret_ref: LocalSecretKeyRef {
                 name: "openai-upstream".into(),
                 key: "api-key".into(),
             },
-        }),
-        bifrost: Some(BifrostKeySpec {
+        })),
+        bifrost: Some(Box::new(BifrostKeySpec {
             provider: Some("openai".into()),
             weight: Some(2.0),
             ..Default::default()
-        }),
+        })),
         ..Default::default()
     }
 }

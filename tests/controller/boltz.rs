@@ -151,10 +151,10 @@ async fn creates_a_workspace_key_and_reports_prefix_and_last_use() {
 async fn limit_and_models_are_unsupported_and_cost_no_provider_call() {
     let env = env().await;
     let spec = ApiKeySpec {
-        limit: Some(SpendLimit {
+        limit: Some(Box::new(SpendLimit {
             amount: "5".into(),
             reset: Some(keysmith::api::LimitReset::Daily),
-        }),
+        })),
         ..Default::default()
     };
     env.create(&apikey("capped", "boltz", spec)).await;
@@ -476,10 +476,10 @@ async fn a_failed_revoke_of_the_replaced_key_is_retried_not_forgotten() {
 async fn a_workspace_change_needs_a_new_key_in_the_new_workspace() {
     let env = env_with(&["--workspace", "ws_a", "--workspace", "ws_b"]).await;
     let spec = ApiKeySpec {
-        boltz: Some(keysmith::api::BoltzKeySpec {
+        boltz: Some(Box::new(keysmith::api::BoltzKeySpec {
             workspace_id: Some("ws_a".into()),
             mode: None,
-        }),
+        })),
         ..Default::default()
     };
     env.create(&apikey("ws", "boltz", spec)).await;

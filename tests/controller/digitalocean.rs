@@ -120,7 +120,7 @@ async fn adopting_a_model_key_regenerates_it_then_renames_follow_the_spec() {
     let (uuid, original) = seed_model_key(&env, "console-inference-key").await;
     assert_eq!(inference(&env, &original).await, 200);
     let spec = ApiKeySpec {
-        key_ref: Some(KeyRef { id: uuid.clone() }),
+        key_ref: Some(Box::new(KeyRef { id: uuid.clone() })),
         ..Default::default()
     };
     env.create(&apikey("inference", "digitalocean", spec)).await;
@@ -207,9 +207,9 @@ async fn adopting_a_model_key_regenerates_it_then_renames_follow_the_spec() {
 async fn an_agent_key_is_minted_and_deleted_with_the_apikey() {
     let env = env().await;
     let spec = ApiKeySpec {
-        digitalocean: Some(DigitalOceanKeySpec {
+        digitalocean: Some(Box::new(DigitalOceanKeySpec {
             agent_uuid: Some(AGENT.into()),
-        }),
+        })),
         ..Default::default()
     };
     env.create(&apikey("agent", "digitalocean", spec)).await;
@@ -249,7 +249,7 @@ async fn deleting_an_adopted_model_key_deletes_it_at_digitalocean() {
     let env = env().await;
     let (uuid, _) = seed_model_key(&env, "to-delete").await;
     let spec = ApiKeySpec {
-        key_ref: Some(KeyRef { id: uuid.clone() }),
+        key_ref: Some(Box::new(KeyRef { id: uuid.clone() })),
         display_name: Some("to-delete".into()),
         ..Default::default()
     };
@@ -269,7 +269,7 @@ async fn a_lost_secret_of_an_adopted_key_is_refilled_by_regenerating_the_same_ke
     let env = env().await;
     let (uuid, _) = seed_model_key(&env, &format!("{}/refill", env.ns)).await;
     let spec = ApiKeySpec {
-        key_ref: Some(KeyRef { id: uuid.clone() }),
+        key_ref: Some(Box::new(KeyRef { id: uuid.clone() })),
         ..Default::default()
     };
     env.create(&apikey("refill", "digitalocean", spec)).await;
@@ -317,9 +317,9 @@ async fn moving_an_agent_key_to_another_agent_needs_a_new_key_and_leaks_nothing(
         .await;
     assert_eq!(code, 201);
     let spec = ApiKeySpec {
-        digitalocean: Some(DigitalOceanKeySpec {
+        digitalocean: Some(Box::new(DigitalOceanKeySpec {
             agent_uuid: Some(AGENT.into()),
-        }),
+        })),
         ..Default::default()
     };
     env.create(&apikey("mover", "digitalocean", spec)).await;

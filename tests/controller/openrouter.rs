@@ -73,10 +73,10 @@ pub(crate) fn live_keys(keys: &[Value]) -> usize {
 async fn creates_the_key_writes_the_secret_and_reports_status() {
     let env = env().await;
     let spec = ApiKeySpec {
-        limit: Some(SpendLimit {
+        limit: Some(Box::new(SpendLimit {
             amount: "75".into(),
             reset: None,
-        }),
+        })),
         ..Default::default()
     };
     env.create(&apikey("chat", "openrouter", spec)).await;
@@ -217,10 +217,10 @@ async fn usage_reported_by_the_provider_reaches_the_status() {
 async fn a_limit_change_is_patched_at_the_provider() {
     let env = env().await;
     let spec = ApiKeySpec {
-        limit: Some(SpendLimit {
+        limit: Some(Box::new(SpendLimit {
             amount: "10".into(),
             reset: None,
-        }),
+        })),
         ..Default::default()
     };
     env.create(&apikey("lim", "openrouter", spec)).await;
@@ -689,12 +689,12 @@ async fn a_stale_copy_with_a_cleared_marker_does_not_start_recovery() {
     assert_eq!(ready(&ak).0, "True", "{:?}", ak.status);
     // What the cache held between the marker write and the final status write.
     stale.status = Some(keysmith::api::ApiKeyStatus {
-        pending_create: Some(keysmith::api::PendingCreate {
+        pending_create: Some(Box::new(keysmith::api::PendingCreate {
             name: "marked".into(),
             started_at: chrono::Utc::now().to_rfc3339(),
             attempt: "a-cleared-attempt".into(),
             scope: None,
-        }),
+        })),
         ..Default::default()
     });
     // A quiet reconcile takes the shared listing of the refresh interval.
@@ -866,10 +866,10 @@ async fn the_minted_secret_never_leaves_the_secret() {
         "quiet-secret",
         "openrouter",
         ApiKeySpec {
-            limit: Some(SpendLimit {
+            limit: Some(Box::new(SpendLimit {
                 amount: "5".into(),
                 reset: None,
-            }),
+            })),
             ..Default::default()
         },
     ))

@@ -59,13 +59,13 @@ impl P {
 
     fn spec(self, rotation: RotationSpec) -> ApiKeySpec {
         let mut spec = ApiKeySpec {
-            rotation: Some(rotation),
+            rotation: Some(Box::new(rotation)),
             ..Default::default()
         };
         if self == P::DigitalOceanAgent {
-            spec.digitalocean = Some(DigitalOceanKeySpec {
+            spec.digitalocean = Some(Box::new(DigitalOceanKeySpec {
                 agent_uuid: Some(digitalocean::AGENT.into()),
-            });
+            }));
         }
         spec
     }
@@ -379,8 +379,8 @@ async fn a_digitalocean_model_key_regenerates_only_with_allow_downtime() {
     let env = digitalocean::env().await;
     let (uuid, original) = digitalocean::seed_model_key(&env, "prod").await;
     let spec = ApiKeySpec {
-        key_ref: Some(KeyRef { id: uuid.clone() }),
-        rotation: Some(grace("0s")),
+        key_ref: Some(Box::new(KeyRef { id: uuid.clone() })),
+        rotation: Some(Box::new(grace("0s"))),
         ..Default::default()
     };
     env.create(&apikey("m", "digitalocean", spec)).await;
@@ -437,7 +437,7 @@ async fn a_pushed_bifrost_key_rotates_with_grace_when_its_source_changes() {
     .unwrap()])
     .await;
     let mut spec = bifrost::provider_key_spec();
-    spec.rotation = Some(grace("2s"));
+    spec.rotation = Some(Box::new(grace("2s")));
     env.create(&apikey("pk", "bifrost", spec)).await;
     let ak = env.converge("pk", 6).await;
     assert_eq!(ready(&ak).0, "True", "{:?}", ak.status);

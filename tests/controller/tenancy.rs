@@ -257,7 +257,7 @@ fn adopter(id: &str) -> ApiKey {
         "adopter",
         "ucloud",
         ApiKeySpec {
-            key_ref: Some(KeyRef { id: id.into() }),
+            key_ref: Some(Box::new(KeyRef { id: id.into() })),
             ..Default::default()
         },
     )

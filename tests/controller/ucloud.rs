@@ -259,12 +259,12 @@ async fn adopts_an_existing_key_by_reading_its_value_back() {
     let original = made.secret.expose_secret().to_string();
 
     let spec = ApiKeySpec {
-        key_ref: Some(KeyRef { id: id.clone() }),
+        key_ref: Some(Box::new(KeyRef { id: id.clone() })),
         display_name: Some("console-key".into()),
-        limit: Some(SpendLimit {
+        limit: Some(Box::new(SpendLimit {
             amount: "30".into(),
             reset: Some(LimitReset::Monthly),
-        }),
+        })),
         ..Default::default()
     };
     env.create(&apikey("adopted", "ucloud", spec)).await;

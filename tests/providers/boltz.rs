@@ -236,8 +236,8 @@ async fn workspaces_modes_and_extras_drift() {
     });
     let created = c.create(&s).await.unwrap();
     assert!(created.secret.expose_secret().starts_with("sk_bc_ws_test_"));
-    assert_eq!(created.key.extras["workspace_id"], "ws_other");
-    assert_eq!(created.key.extras["mode"], "test");
+    assert_eq!(created.key.extras.get("workspace_id").unwrap(), "ws_other");
+    assert_eq!(created.key.extras.get("mode").unwrap(), "test");
     assert!(drift(&c, &created.key, &s).is_empty());
 
     // The ApiKey's workspace overrides the provider's.
@@ -247,7 +247,7 @@ async fn workspaces_modes_and_extras_drift() {
         mode: None,
     });
     let k2 = c.create(&s2).await.unwrap().key;
-    assert_eq!(k2.extras["workspace_id"], "ws_main");
+    assert_eq!(k2.extras.get("workspace_id").unwrap(), "ws_main");
     assert_eq!(
         c.scope(&s2),
         KeyScope {
@@ -282,7 +282,8 @@ async fn workspaces_modes_and_extras_drift() {
     let tk = t.create(&settings("from-test-admin")).await.unwrap();
     assert!(tk.secret.expose_secret().starts_with("sk_bc_ws_test_"));
     assert_eq!(
-        tk.key.extras["workspace_id"], "ws_main",
+        tk.key.extras.get("workspace_id").unwrap(),
+        "ws_main",
         "default workspace"
     );
 
@@ -865,7 +866,11 @@ async fn examples_work_against_the_emulator() {
         }
         let created = backend.create(&s).await.unwrap();
         assert!(created.secret.expose_secret().starts_with(prefix), "{file}");
-        assert_eq!(created.key.extras["workspace_id"], workspace, "{file}");
+        assert_eq!(
+            created.key.extras.get("workspace_id").unwrap(),
+            workspace,
+            "{file}"
+        );
         assert!(
             drift(backend.as_ref(), &created.key, &s).is_empty(),
             "{file}"

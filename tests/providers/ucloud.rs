@@ -189,7 +189,7 @@ async fn lifecycle_create_use_list_get_update_revoke() {
         got.observed.models,
         Some(vec!["deepseek-ai/DeepSeek-R1".to_string()])
     );
-    assert_eq!(got.extras["dailyLimitAmount"], "10");
+    assert_eq!(got.extras.get("dailyLimitAmount").unwrap(), "10");
 
     // Update: rename, disable, caps moved to monthly, whitelist cleared, all models.
     let mut d = settings("team-a/chat-v2");
@@ -214,8 +214,8 @@ async fn lifecycle_create_use_list_get_update_revoke() {
     assert_eq!(updated.observed.disabled, Some(true));
     assert_eq!(updated.observed.allowed_ips, Some(vec![]));
     assert_eq!(updated.observed.models, Some(vec![]));
-    assert_eq!(updated.extras["dailyLimitAmount"], "");
-    assert_eq!(updated.extras["monthlyLimitAmount"], "75.5");
+    assert_eq!(updated.extras.get("dailyLimitAmount").unwrap(), "");
+    assert_eq!(updated.extras.get("monthlyLimitAmount").unwrap(), "75.5");
     assert!(drift(&c, &updated, &d).is_empty(), "in sync after update");
     assert_eq!(inference_status(&e, &secret).await, 403, "disabled");
     assert_eq!(
@@ -268,9 +268,9 @@ async fn provider_block_settings_round_trip() {
     });
     assert!(c.validate(&s).is_empty());
     let k = c.create(&s).await.unwrap().key;
-    assert_eq!(k.extras["sandboxDisabled"], "true");
-    assert_eq!(k.extras["dailyLimitAmount"], "1.5");
-    assert_eq!(k.extras["monthlyLimitAmount"], "30");
+    assert_eq!(k.extras.get("sandboxDisabled").unwrap(), "true");
+    assert_eq!(k.extras.get("dailyLimitAmount").unwrap(), "1.5");
+    assert_eq!(k.extras.get("monthlyLimitAmount").unwrap(), "30");
     assert!(drift(&c, &k, &s).is_empty());
 
     // Drop the daily cap and re-enable the sandbox: the block drifts and update fixes it.
@@ -283,8 +283,8 @@ async fn provider_block_settings_round_trip() {
     let fields = drift(&c, &k, &d);
     assert_eq!(fields, vec![Field::Extras]);
     let u = c.update(&scope(), &k.id, &d, &fields).await.unwrap();
-    assert_eq!(u.extras["sandboxDisabled"], "false");
-    assert_eq!(u.extras["dailyLimitAmount"], "");
+    assert_eq!(u.extras.get("sandboxDisabled").unwrap(), "false");
+    assert_eq!(u.extras.get("dailyLimitAmount").unwrap(), "");
     assert!(drift(&c, &u, &d).is_empty());
 
     // The emulator's list filters on the 0/1 switches.

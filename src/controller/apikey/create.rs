@@ -88,12 +88,12 @@ pub fn record_failed_create(
         wait = wait.max(after.min(BACKOFF_MAX));
     }
     let not_before = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::zero());
-    st.create_backoff = Some(CreateBackoff {
+    st.create_backoff = Some(Box::new(CreateBackoff {
         failures,
         not_before: ts(&not_before),
         generation,
         last_failure: format!("{}: {}", f.reason.as_str(), f.message),
-    });
+    }));
 }
 
 /// The failure to report while creates back off, if they do. An edit of the spec (a new
@@ -196,7 +196,7 @@ async fn create_once(
         settings.name = provisional_name(&attempt);
     }
     let mut marked = st.clone();
-    marked.pending_create = Some(marker(&settings, &attempt, &v.scope));
+    marked.pending_create = Some(Box::new(marker(&settings, &attempt, &v.scope)));
     // Invariant 1: the marker is durable before the provider is asked to create anything. The
     // write is conditional (ServerCopy): a reconcile working from a stale copy, which may not
     // show a key created moments ago, stops here instead of creating a second one.

@@ -221,7 +221,7 @@ pub async fn recover(
     let since = settles_at(pending, r.ctx.client_options.timeout).min(Utc::now());
     let slot = r.ctx.listing_since(r.p, scope, since).await?;
     let candidates = orphans_of_attempt(
-        slot.lock().await.keys.values(),
+        slot.lock().await.keys.values().map(|k| &**k),
         pending,
         &[st.key_id.as_ref(), delivered.as_ref()],
     );

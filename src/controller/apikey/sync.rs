@@ -25,7 +25,7 @@ pub async fn observe(
 ) -> Result<Option<ProviderKey>, ProviderError> {
     if !fresh {
         let slot = ctx.listing(p, scope, p.refresh_interval).await?;
-        let found = slot.lock().await.keys.get(id).cloned();
+        let found = slot.lock().await.keys.get(id).map(|k| (**k).clone());
         if found.is_some() {
             return Ok(found);
         }

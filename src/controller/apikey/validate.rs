@@ -148,13 +148,13 @@ mod tests {
         let ak = ApiKey::new(
             "k",
             ApiKeySpec {
-                limit: Some(SpendLimit {
+                limit: Some(Box::new(SpendLimit {
                     amount: "5".into(),
                     reset: Some(LimitReset::Daily),
-                }),
+                })),
                 allowed_ips: vec!["10.0.0.0/8".into()],
                 boltz: Some(Default::default()),
-                key_ref: Some(KeyRef { id: "x".into() }),
+                key_ref: Some(Box::new(KeyRef { id: "x".into() })),
                 ..Default::default()
             },
         );
@@ -207,10 +207,10 @@ mod tests {
         let never = ApiKey::new(
             "k",
             ApiKeySpec {
-                limit: Some(SpendLimit {
+                limit: Some(Box::new(SpendLimit {
                     amount: "5".into(),
                     reset: Some(LimitReset::Never),
-                }),
+                })),
                 ..Default::default()
             },
         );

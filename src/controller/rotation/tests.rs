@@ -8,7 +8,7 @@ fn t(s: &str) -> DateTime<Utc> {
 
 fn spec(r: RotationSpec) -> ApiKeySpec {
     ApiKeySpec {
-        rotation: Some(r),
+        rotation: Some(Box::new(r)),
         ..Default::default()
     }
 }
@@ -451,7 +451,7 @@ fn recovery_keeps_the_grace_period_of_the_replaced_key() {
     let mut st = ApiKeyStatus {
         key_id: Some("new".into()),
         created_at: Some("2026-03-01T00:00:01Z".into()),
-        rotation: Some(crate::api::RotationStatus {
+        rotation: Some(Box::new(crate::api::RotationStatus {
             in_progress: Some(in_progress(
                 &Trigger::OnDemand("r1".into()),
                 "old",
@@ -459,7 +459,7 @@ fn recovery_keeps_the_grace_period_of_the_replaced_key() {
                 started,
             )),
             ..Default::default()
-        }),
+        })),
         ..Default::default()
     };
     let now = t("2026-03-01T00:05:00Z");
