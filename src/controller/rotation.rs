@@ -596,6 +596,21 @@ pub fn settle_after_rollout(prev: &mut [PreviousKey], plan: &Plan, start: DateTi
     changed
 }
 
+/// When the reconcile that revokes the next replaced key must run: the earliest `deleteAfter` of
+/// the keys still listed, **including one already past** (an unreadable one counts as past).
+///
+/// The requeue of a reconcile is computed at its end, while its revoke step
+/// ([`revocations_due`] at its start) looked earlier: a deadline that passed in between (the
+/// provider and API calls take time, and a jittered requeue can come a moment early) left the
+/// key listed and not yet revoked. Counting only future deadlines, as the next moment of
+/// [`revocations_due`] does, dropped that key from the requeue, and nothing revoked it until the
+/// next refresh (status writes trigger no reconcile).
+pub fn next_revocation(prev: &[PreviousKey]) -> Option<DateTime<Utc>> {
+    prev.iter()
+        .map(|p| parse_time(Some(&p.delete_after)).unwrap_or(DateTime::<Utc>::MIN_UTC))
+        .min()
+}
+
 /// The previous keys due for revocation at `now` (indices into `prev`), and the next moment one
 /// becomes due (to requeue then). A `deleteAfter` that does not parse is due (it cannot be
 /// honoured, and a key must not live forever because of it).

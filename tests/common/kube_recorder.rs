@@ -24,6 +24,9 @@ pub struct KubeFaults {
     /// Fail this many ApiKey status writes that clear (or do not carry) `pendingCreate`, with a
     /// 500: the process "dies" after the Secret was written, before the key was recorded.
     pub fail_unmarked_status_writes: AtomicU32,
+    /// Hold the next GET of the Secret of this name this long before sending it (a reconcile
+    /// that takes time between its steps).
+    pub delay_secret_get: Mutex<Option<(String, std::time::Duration)>>,
 }
 
 /// `(resource, name, subresource)` of an API path.
@@ -82,6 +85,22 @@ pub fn instrumented(
                     .lock()
                     .unwrap()
                     .push(format!("{method} {path} -> {other:?}")),
+            }
+            if method == "GET" {
+                let delay = {
+                    let mut d = faults.delay_secret_get.lock().unwrap();
+                    match parse_path(&path) {
+                        (r, Some(n), None)
+                            if r == "secrets" && d.as_ref().is_some_and(|(want, _)| *want == n) =>
+                        {
+                            d.take().map(|(_, wait)| wait)
+                        }
+                        _ => None,
+                    }
+                };
+                if let Some(wait) = delay {
+                    tokio::time::sleep(wait).await;
+                }
             }
             // A server-side dry run writes nothing: passed through, not recorded.
             let dry_run = query.split('&').any(|q| q == "dryRun=All");

@@ -331,6 +331,63 @@ async fn a_crash_before_the_secret_write_reruns_the_rotation_and_leaks_nothing()
     }
 }
 
+/// The requeue of a reconcile in seconds (`Action` shows it only in its Debug form).
+fn requeue_secs(action: &kube::runtime::controller::Action) -> Option<f64> {
+    let text = format!("{action:?}");
+    let d = text.split("Some(").nth(1)?.split(')').next()?;
+    let (n, unit) = [("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9), ("s", 1.0)]
+        .into_iter()
+        .find_map(|(suffix, unit)| d.strip_suffix(suffix).map(|n| (n, unit)))?;
+    n.parse::<f64>().ok().map(|n| n * unit)
+}
+
+/// A replaced key whose deleteAfter passes while a reconcile is under way (after its revoke step
+/// looked, before its requeue was computed) is not left for the next refresh: the requeue brings
+/// the reconcile that revokes it at once. Found by the e2e SIGKILL mid-rotation test, where a
+/// jittered requeue came a moment before the deadline and the provider calls carried the
+/// reconcile past it; the key then lived until the refresh, 5 minutes later.
+#[tokio::test]
+async fn a_deadline_passing_during_a_reconcile_still_gets_its_requeue() {
+    let p = P::OpenRouter;
+    let env = p.env().await;
+    let (old, old_value) = created(&env, p, "k", p.spec(grace("1h"))).await;
+    annotate(&env, "k", "r1").await;
+    env.reconcile("k").await.unwrap();
+    assert_rotated(&env, p, "k", &old, &old_value).await;
+    // The replaced key's grace ends on the next whole second at least 2 s away; the reconcile
+    // looks at it before then and reads its Secret only after.
+    let due = chrono::DateTime::from_timestamp(
+        (Utc::now() + chrono::Duration::seconds(3)).timestamp(),
+        0,
+    )
+    .unwrap();
+    patch_status(
+        &env,
+        "k",
+        json!({"previousKeys": [{"keyID": old, "deleteAfter": keysmith::controller::rotation::ts(due)}]}),
+    )
+    .await;
+    let hold = (due - Utc::now()).to_std().unwrap() + Duration::from_millis(500);
+    let secret = env.get("k").await.secret_name();
+    *env.kube_faults.delay_secret_get.lock().unwrap() = Some((secret, hold));
+    let action = env.reconcile("k").await.unwrap();
+    assert!(Utc::now() > due, "the reconcile ended after the deadline");
+    assert_eq!(
+        st(&env.get("k").await).previous_keys.len(),
+        1,
+        "the revoke step looked before the deadline: the key is still listed"
+    );
+    assert_eq!(p.live(&env).await, 2);
+    let requeue = requeue_secs(&action).expect("a requeue");
+    assert!(
+        requeue < 2.0,
+        "the key is due: the next reconcile comes at once, not at the refresh ({action:?})"
+    );
+    env.reconcile("k").await.unwrap();
+    assert!(st(&env.get("k").await).previous_keys.is_empty());
+    assert_eq!(p.live(&env).await, 1, "the replaced key was revoked");
+}
+
 /// Killed after the Secret received the new key, before the status recorded it: recovery keeps
 /// the new key and gives the old one its grace period instead of revoking it at once.
 #[tokio::test]

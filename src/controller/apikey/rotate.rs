@@ -385,7 +385,10 @@ pub async fn finish(r: &Reconciler<'_>, st: &mut ApiKeyStatus, mut ready: Ready)
     if let Some(t) = next {
         ready.requeue = ready.requeue.min(until(t, now));
     }
-    if let (_, Some(t)) = revocations_due(&st.previous_keys, now) {
+    // Every replaced key still listed, also one whose deleteAfter passed during this reconcile
+    // (after retire_previous looked): that one is due now, and `until` makes it 1 s, not the
+    // refresh interval (see `next_revocation`).
+    if let Some(t) = rotation::next_revocation(&st.previous_keys) {
         ready.requeue = ready.requeue.min(until(t, now));
     }
     if !notes.is_empty() {

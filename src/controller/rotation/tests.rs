@@ -445,6 +445,31 @@ fn previous_keys_are_revoked_when_due_and_not_before() {
 }
 
 #[test]
+fn the_next_revocation_counts_deadlines_already_past() {
+    let key = |at: &str| PreviousKey {
+        key_id: at.into(),
+        delete_after: at.into(),
+        scope: None,
+    };
+    assert_eq!(next_revocation(&[]), None);
+    let future = [key("2026-03-01T01:00:00Z"), key("2026-03-01T00:30:00Z")];
+    assert_eq!(next_revocation(&future), Some(t("2026-03-01T00:30:00Z")));
+    // A reconcile that began at 00:29:59.8 found nothing due; at its end (00:30:00.1) the key
+    // is due but still listed: the requeue must come for it now, not at the next refresh.
+    let end = t("2026-03-01T00:30:00Z") + chrono::Duration::milliseconds(100);
+    assert_eq!(
+        revocations_due(&future, end).1,
+        Some(t("2026-03-01T01:00:00Z"))
+    );
+    assert!(next_revocation(&future).is_some_and(|n| n <= end));
+    assert_eq!(
+        next_revocation(&[key("garbage"), key("2026-03-01T00:30:00Z")]),
+        Some(DateTime::<Utc>::MIN_UTC),
+        "an unreadable deadline is due"
+    );
+}
+
+#[test]
 fn recovery_keeps_the_grace_period_of_the_replaced_key() {
     let p = plan(Some("24h"), None, Some("1h"));
     let started = t("2026-03-01T00:00:00Z");
