@@ -63,6 +63,8 @@ pub struct Context {
     pub(crate) backends: Mutex<HashMap<String, Arc<BackendEntry>>>,
     /// Provider objects this process put the in-use finalizer on (see [`super::inuse`]).
     pub(crate) in_use_marked: Mutex<std::collections::HashSet<String>>,
+    /// Held while one reconcile puts the in-use finalizer on (see [`super::inuse::protect`]).
+    pub(crate) in_use_marking: tokio::sync::Mutex<()>,
     pub(crate) snapshots: Mutex<HashMap<(String, KeyScope), SnapshotSlot>>,
     /// Per ApiKey (`namespace/name`): the resourceVersion of this process's last write of it,
     /// until the watch cache shows that version (see [`Context::current_copy`]).
@@ -127,6 +129,7 @@ impl Context {
             create_holds: Mutex::new(HashMap::new()),
             backends: Mutex::new(HashMap::new()),
             in_use_marked: Default::default(),
+            in_use_marking: Default::default(),
             snapshots: Mutex::new(HashMap::new()),
             written: Mutex::new(HashMap::new()),
         }

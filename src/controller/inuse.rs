@@ -22,33 +22,42 @@ pub fn holds_keys(ak: &ApiKey) -> bool {
 }
 
 /// Add or remove the finalizer on one object (a merge patch guarded by resourceVersion; no
-/// write when it is already as wanted).
+/// write when it is already as wanted). A conflict (the object changed since it was read: the
+/// provider controller's status write, kubectl) reads it again, a few times, instead of failing
+/// the reconcile (issue 11: at the start of a burst, 20 of the first ApiKeys failed so).
 async fn set_finalizer<K>(api: &Api<K>, name: &str, present: bool) -> Result<(), kube::Error>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    let Some(obj) = api.get_opt(name).await? else {
-        return Ok(());
-    };
-    let has = obj.finalizers().iter().any(|f| f == IN_USE_FINALIZER);
-    if has == present {
-        return Ok(());
+    let mut conflicts = 0;
+    loop {
+        let Some(obj) = api.get_opt(name).await? else {
+            return Ok(());
+        };
+        let has = obj.finalizers().iter().any(|f| f == IN_USE_FINALIZER);
+        if has == present {
+            return Ok(());
+        }
+        let mut finalizers: Vec<String> = obj
+            .finalizers()
+            .iter()
+            .filter(|f| *f != IN_USE_FINALIZER)
+            .cloned()
+            .collect();
+        if present {
+            finalizers.push(IN_USE_FINALIZER.into());
+        }
+        let patch = serde_json::json!({
+            "metadata": { "resourceVersion": obj.resource_version(), "finalizers": finalizers }
+        });
+        match api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Err(kube::Error::Api(e)) if e.code == 409 && conflicts < 5 => conflicts += 1,
+            other => return other.map(|_| ()),
+        }
     }
-    let mut finalizers: Vec<String> = obj
-        .finalizers()
-        .iter()
-        .filter(|f| *f != IN_USE_FINALIZER)
-        .cloned()
-        .collect();
-    if present {
-        finalizers.push(IN_USE_FINALIZER.into());
-    }
-    let patch = serde_json::json!({
-        "metadata": { "resourceVersion": obj.resource_version(), "finalizers": finalizers }
-    });
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(())
 }
 
 /// The credentials Secrets (namespace, name) a provider object reads.
@@ -128,6 +137,12 @@ async fn mark(ctx: &Context, p: &ProviderId, present: bool) -> Result<(), kube::
 /// object per process; the finalizer stays until no ApiKey needs them).
 pub async fn protect(ctx: &Context, ak: &ApiKey) -> Result<(), kube::Error> {
     let p = ProviderId::of(ak);
+    if ctx.in_use_marked.lock().unwrap().contains(&p.key()) {
+        return Ok(());
+    }
+    // One reconcile marks, the others of a burst wait for it and find it done (instead of 64
+    // concurrent patches of one object, all but one refused with 409).
+    let _one_at_a_time = ctx.in_use_marking.lock().await;
     if ctx.in_use_marked.lock().unwrap().contains(&p.key()) {
         return Ok(());
     }
