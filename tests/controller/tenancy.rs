@@ -528,3 +528,46 @@ async fn orphan_policy_revokes_an_interrupted_creates_key() {
         "the stray key of the interrupted create did not leak"
     );
 }
+
+/// The first reconciles of a burst all protect the same provider object (the in-use finalizer):
+/// one marks it, the others wait and find it marked. Before, each patched it at once guarded by
+/// the resourceVersion it had read, and all but one failed with 409.
+#[tokio::test]
+async fn a_burst_of_first_reconciles_marks_the_provider_object_once_without_conflicts() {
+    let env = openrouter::env().await;
+    let mut apikeys = Vec::new();
+    for i in 0..16 {
+        apikeys.push(
+            env.create(&apikey(
+                &format!("burst-{i}"),
+                "openrouter",
+                ApiKeySpec::default(),
+            ))
+            .await,
+        );
+    }
+    let results = futures::future::join_all(
+        apikeys
+            .iter()
+            .map(|ak| keysmith::controller::inuse::protect(&env.ctx, ak)),
+    )
+    .await;
+    for r in &results {
+        assert!(r.is_ok(), "a concurrent protect failed: {r:?}");
+    }
+    let ckp = Api::<keysmith::api::ClusterKeyProvider>::all(env.client.clone())
+        .get(&env.cluster_provider_name("openrouter"))
+        .await
+        .unwrap();
+    let marks = ckp
+        .metadata
+        .finalizers
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|f| f == "keysmith.dev/in-use")
+        .count();
+    assert_eq!(
+        marks, 1,
+        "the provider object carries the in-use finalizer once"
+    );
+}
