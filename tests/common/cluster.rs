@@ -480,7 +480,10 @@ impl Cluster {
         let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = self.log_dir.join(format!("operator-{name}.log"));
         let file = std::fs::File::create(&log).expect("operator log file");
-        let mut cmd = Command::new(BIN);
+        // BENCH_OPERATOR_BIN: another build of the operator (e.g. other release-profile
+        // settings), for the cluster benchmark; default: this test build's.
+        let bin = std::env::var("BENCH_OPERATOR_BIN").unwrap_or_else(|_| BIN.to_string());
+        let mut cmd = Command::new(&bin);
         cmd.arg("run")
             .args(["--metrics-addr", &metrics_addr.to_string()])
             .args(["--namespace", &self.operator_ns])
@@ -501,7 +504,7 @@ impl Cluster {
         control_plane::die_with_parent(cmd.as_std_mut());
         let child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {BIN} run: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {bin} run: {e}"));
         let pid = child.id().expect("a running child has a pid");
         self.operator_logs.lock().unwrap().push(log.clone());
         let mut op = Operator {
