@@ -182,8 +182,53 @@ impl Tally {
     }
 }
 
+/// What one tracked object adds to a [`Tally`].
+pub trait Contribution {
+    /// The provider it counts under.
+    fn provider(&self) -> &str;
+    /// Put it in (`sign` 1) or take it out (`sign` -1).
+    fn add_to(&self, tally: &mut Tally, sign: i64);
+}
+
+/// Per-object states (by `namespace/name`) and the tally they add up to.
+pub struct Tracker<T> {
+    objects: HashMap<String, T>,
+    pub tally: Tally,
+}
+
+impl<T> Default for Tracker<T> {
+    fn default() -> Self {
+        Self {
+            objects: HashMap::new(),
+            tally: Tally::default(),
+        }
+    }
+}
+
+impl<T: Contribution + Clone + PartialEq> Tracker<T> {
+    /// Record `key`'s state (`None`: it is gone). Returns the providers whose figures changed
+    /// (none when the state is the one already recorded).
+    pub fn update(&mut self, key: &str, state: Option<T>) -> Vec<String> {
+        let old = match &state {
+            Some(s) => self.objects.insert(key.to_string(), s.clone()),
+            None => self.objects.remove(key),
+        };
+        if old == state {
+            return Vec::new();
+        }
+        let mut touched = Vec::new();
+        for (s, sign) in [(old, -1), (state, 1)] {
+            if let Some(s) = s {
+                s.add_to(&mut self.tally, sign);
+                touched.push(s.provider().to_string());
+            }
+        }
+        touched
+    }
+}
+
 /// Set a gauge to `v`, or drop its series when `v` is `None` (as if never set).
-fn set_or_remove<S>(family: &Family<S, Gauge>, labels: &S, v: Option<i64>)
+pub fn set_or_remove<S>(family: &Family<S, Gauge>, labels: &S, v: Option<i64>)
 where
     S: Clone + std::hash::Hash + Eq,
 {
@@ -207,6 +252,23 @@ pub struct RotationTrack {
     pub previous_keys: i64,
 }
 
+impl Contribution for RotationTrack {
+    fn provider(&self) -> &str {
+        &self.provider
+    }
+
+    fn add_to(&self, tally: &mut Tally, sign: i64) {
+        tally.apply(
+            &self.provider,
+            "previous",
+            self.previous_keys,
+            self.next_rotation,
+            sign,
+        );
+        tally.apply(&self.provider, "objects", 1, None, sign);
+    }
+}
+
 /// Everything keysmith exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -227,7 +289,7 @@ pub struct Metrics {
     pub previous_keys: Family<ProviderLabel, Gauge>,
     /// Soonest scheduled rotation among the keys of each provider type.
     pub next_rotation: Family<ProviderLabel, Gauge>,
-    rotation_tracked: Mutex<(HashMap<String, RotationTrack>, Tally)>,
+    rotation_tracked: Mutex<Tracker<RotationTrack>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -341,41 +403,19 @@ impl Metrics {
     /// Record an ApiKey's rotation state (`key`: namespace/name; None: it was deleted) and
     /// refresh `keysmith_previous_keys` and `keysmith_next_rotation_timestamp_seconds`.
     pub fn track_rotation(&self, key: &str, state: Option<RotationTrack>) {
-        let mut guard = self
+        let mut t = self
             .rotation_tracked
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let (tracked, tally) = &mut *guard;
-        let old = match &state {
-            Some(s) => tracked.insert(key.to_string(), s.clone()),
-            None => tracked.remove(key),
-        };
-        if old == state {
-            return;
-        }
-        let mut touched = Vec::new();
-        for (s, sign) in [(old, -1), (state, 1)] {
-            if let Some(s) = s {
-                tally.apply(
-                    &s.provider,
-                    "previous",
-                    s.previous_keys,
-                    s.next_rotation,
-                    sign,
-                );
-                tally.apply(&s.provider, "objects", 1, None, sign);
-                touched.push(s.provider);
-            }
-        }
-        for provider in touched {
+        for provider in t.update(key, state) {
             let labels = ProviderLabel {
                 provider: provider.clone(),
             };
             // A provider with tracked ApiKeys shows its sum, 0 included.
-            let any = tally.sum(&provider, "objects") > 0;
-            let previous = tally.sum(&provider, "previous");
+            let any = t.tally.sum(&provider, "objects") > 0;
+            let previous = t.tally.sum(&provider, "previous");
             set_or_remove(&self.previous_keys, &labels, any.then_some(previous));
-            set_or_remove(&self.next_rotation, &labels, tally.min(&provider));
+            set_or_remove(&self.next_rotation, &labels, t.tally.min(&provider));
         }
     }
 

@@ -14,7 +14,7 @@ use super::backends::BackendEntry;
 use super::listing::SnapshotSlot;
 use super::reasons::Reason;
 use crate::api::ApiKey;
-use crate::metrics::Metrics;
+use crate::metrics::{set_or_remove, Contribution, Metrics, Tally, Tracker};
 use crate::providers::{ClientOptions, KeyScope};
 
 pub use super::backends::{ResolveError, ResolvedProvider, DEFAULT_REFRESH};
@@ -57,7 +57,7 @@ pub struct Context {
     pub crash_after_create: std::sync::atomic::AtomicBool,
     failures: Mutex<HashMap<String, u32>>,
     /// Per ApiKey: (provider type, ready, expiry in Unix seconds), for the gauges.
-    tracked: Mutex<(HashMap<String, Tracked>, crate::metrics::Tally)>,
+    tracked: Mutex<Tracker<Tracked>>,
     /// Per provider object: no create before this instant, and the message of the 429 that said so.
     create_holds: Mutex<HashMap<String, (Instant, String)>>,
     pub(crate) backends: Mutex<HashMap<String, Arc<BackendEntry>>>,
@@ -90,6 +90,16 @@ fn ready_part(ready: bool) -> &'static str {
 
 /// What the gauges know of one ApiKey: provider type, ready, expiry (Unix seconds).
 pub type Tracked = (String, bool, Option<i64>);
+
+impl Contribution for Tracked {
+    fn provider(&self) -> &str {
+        &self.0
+    }
+
+    fn add_to(&self, tally: &mut Tally, sign: i64) {
+        tally.apply(&self.0, ready_part(self.1), 1, self.2, sign);
+    }
+}
 
 impl Context {
     pub fn new(
@@ -210,48 +220,26 @@ impl Context {
     /// Record an ApiKey's provider, readiness and expiry (None: forget it, it was deleted) and
     /// refresh the `keysmith_apikeys` and `keysmith_key_expiry_timestamp_seconds` gauges.
     pub fn track(&self, key: &str, state: Option<Tracked>) {
-        let mut guard = self.tracked.lock().unwrap();
-        let (tracked, tally) = &mut *guard;
-        let old = match &state {
-            Some(s) => tracked.insert(key.to_string(), s.clone()),
-            None => {
-                self.written.lock().unwrap().remove(key);
-                tracked.remove(key)
-            }
-        };
-        if old == state {
-            return;
+        if state.is_none() {
+            self.written.lock().unwrap().remove(key);
         }
+        let mut t = self.tracked.lock().unwrap();
         // Only the providers this ApiKey counted under change (O(log N), issue 11).
-        let mut touched = Vec::new();
-        for (s, sign) in [(old, -1), (state, 1)] {
-            if let Some((provider, ready, expiry)) = s {
-                tally.apply(&provider, ready_part(ready), 1, expiry, sign);
-                touched.push(provider);
-            }
-        }
-        for provider in touched {
+        for provider in t.update(key, state) {
             for ready in [true, false] {
-                let n = tally.sum(&provider, ready_part(ready));
+                let n = t.tally.sum(&provider, ready_part(ready));
                 let labels = crate::metrics::ReadyLabels {
                     provider: provider.clone(),
                     ready: ready.to_string(),
                 };
-                if n == 0 {
-                    self.metrics.apikeys.remove(&labels);
-                } else {
-                    self.metrics.apikeys.get_or_create(&labels).set(n);
-                }
+                set_or_remove(&self.metrics.apikeys, &labels, (n != 0).then_some(n));
             }
-            let labels = crate::metrics::ProviderLabel { provider };
-            match tally.min(&labels.provider) {
-                Some(e) => {
-                    self.metrics.key_expiry.get_or_create(&labels).set(e);
-                }
-                None => {
-                    self.metrics.key_expiry.remove(&labels);
-                }
-            }
+            let min = t.tally.min(&provider);
+            set_or_remove(
+                &self.metrics.key_expiry,
+                &crate::metrics::ProviderLabel { provider },
+                min,
+            );
         }
     }
 
