@@ -398,6 +398,11 @@ pub trait KeyBackend: Send + Sync {
     fn records_attempt(&self) -> bool {
         false
     }
+    /// How far the provider's clock is ahead of ours, as its answers' `Date` headers say
+    /// (crash recovery reads creation times in the provider's clock). `None`: not known.
+    fn clock_offset(&self) -> Option<chrono::Duration> {
+        None
+    }
     /// Check the credentials with the cheapest authenticated call there is.
     async fn verify(&self) -> Result<(), ProviderError>;
     /// Create a key; the answer holds the one-time plaintext.

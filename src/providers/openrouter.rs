@@ -192,6 +192,9 @@ impl OpenRouterClient {
 
 #[async_trait]
 impl KeyBackend for OpenRouterClient {
+    fn clock_offset(&self) -> Option<chrono::Duration> {
+        self.http.clock_offset()
+    }
     fn provider(&self) -> ProviderType {
         ProviderType::OpenRouter
     }

@@ -766,6 +766,9 @@ impl UCloudClient {
 
 #[async_trait]
 impl KeyBackend for UCloudClient {
+    fn clock_offset(&self) -> Option<chrono::Duration> {
+        self.http.clock_offset()
+    }
     fn provider(&self) -> ProviderType {
         ProviderType::UCloud
     }

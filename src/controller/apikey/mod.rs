@@ -214,6 +214,17 @@ async fn apply(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
             Err(e) => return Err(e.into()),
         }
     }
+    let mut requeue = requeue;
+    if let Ok(Ready {
+        rename: Some(rn), ..
+    }) = &outcome
+    {
+        // The status records the key now: it may lose its provisional name.
+        if !create::rename_after_write(&ctx, &ak, rn).await {
+            // The next sync renames it (drift on spec.displayName); soon, not at the refresh.
+            requeue = requeue.min(create::RENAME_RETRY);
+        }
+    }
     count_reconcile(&ctx, result_label);
     Ok(Action::requeue(requeue))
 }
