@@ -145,6 +145,18 @@ pub fn retcode_error(code: i64, message: &str, retry_after: Option<Duration>) ->
     }
 }
 
+/// A read answered with a RetCode UCloud does not document (throttling has no documented
+/// code, and its message may say anything) is retried with backoff rather than reported as a
+/// rejection: a read changes nothing, and a permanent cause shows again on every retry.
+pub fn unknown_code_on_a_read(code: i64, e: ProviderError) -> ProviderError {
+    match e {
+        ProviderError::Rejected(msg) if !retcode_is_documented(code) => {
+            ProviderError::Unavailable(msg)
+        }
+        other => other,
+    }
+}
+
 /// Whether UCloud documents `code` (the common codes of its API reference and the server-error
 /// range). The key-specific codes ([`retcode::KEY_NOT_FOUND`], [`retcode::THROTTLED`]) are
 /// keysmith's assumptions and do not count.
@@ -658,10 +670,14 @@ impl UCloudClient {
         })?;
         if code != 0 {
             let message = v.get("Message").and_then(Value::as_str).unwrap_or("");
-            return Err((
-                retcode_error(code, message, retry_after(&resp.headers)),
-                Some(code),
-            ));
+            let mut e = retcode_error(code, message, retry_after(&resp.headers));
+            if action.starts_with("List")
+                || action.starts_with("Get")
+                || action.starts_with("Describe")
+            {
+                e = unknown_code_on_a_read(code, e);
+            }
+            return Err((e, Some(code)));
         }
         Ok(v)
     }
