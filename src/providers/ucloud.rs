@@ -504,7 +504,11 @@ fn provider_key(v: &Value) -> Result<ProviderKey, ProviderError> {
     }
 
     Ok(ProviderKey {
-        expires_at: None,
+        // Reported for the status (and expiry alerts), never compared: the spec cannot set a
+        // UCloud key's expiry (ExpireTime is read-only; -1: never), so a provider-side default
+        // expiry compared with "none" would be permanent drift on a field no update can change
+        // (NewKeyNeeded forever, or a new key every reconcile with onImmutableChange: Replace).
+        expires_at,
         id,
         name,
         hint: secret.and_then(hint),
@@ -519,8 +523,8 @@ fn provider_key(v: &Value) -> Result<ProviderKey, ProviderError> {
         active: !expired,
         observed: ObservedSettings {
             disabled: modelverse_disabled,
-            // ExpireTime is read-only at UCloud (-1: never); reported so that status shows it.
-            expires_at: Some(expires_at),
+            // Not compared (see `expires_at` above).
+            expires_at: None,
             // Daily and monthly caps do not fit one neutral limit unambiguously (the neutral
             // limit and the ucloud block both feed them): they are compared in extras_drift.
             limit: None,
@@ -1337,7 +1341,8 @@ mod tests {
             "SECRETSECRETSECRETSECRET0123456789"
         );
         assert_eq!(k.observed.disabled, Some(false));
-        assert_eq!(k.observed.expires_at, Some(None));
+        assert_eq!(k.observed.expires_at, None);
+        assert_eq!(k.expires_at, None, "-1: never");
         assert_eq!(k.observed.limit, None);
         assert_eq!(
             k.observed.allowed_ips,
@@ -1367,9 +1372,11 @@ mod tests {
         let k = provider_key(&v).unwrap();
         assert_eq!(k.observed.models, Some(vec![]));
         assert_eq!(
-            k.observed.expires_at,
-            Some(Some(Utc.timestamp_opt(4_102_444_800, 0).unwrap()))
+            k.expires_at,
+            Some(Utc.timestamp_opt(4_102_444_800, 0).unwrap())
         );
+        // Reported, never compared (issue 20, item 1): no spec field sets it.
+        assert_eq!(k.observed.expires_at, None);
         assert_eq!(k.usage.as_ref().unwrap().daily.as_deref(), Some("1.5"));
         assert_eq!(k.usage.as_ref().unwrap().unit, None);
         // A Status other than 1 (e.g. a disabled key) is not "gone": the key is still listed.
@@ -1418,6 +1425,13 @@ mod tests {
             ..Default::default()
         });
         assert!(drift(&c, &k, &d).is_empty(), "{:?}", drift(&c, &k, &d));
+        // A key with an expiry of UCloud's own (no spec field sets one) is no drift: before,
+        // it was a permanent NewKeyNeeded (issue 20, item 1).
+        let mut expiring = listed();
+        expiring["ExpireTime"] = json!(4_102_444_800i64);
+        let ek = provider_key(&expiring).unwrap();
+        assert!(ek.expires_at.is_some());
+        assert!(drift(&c, &ek, &d).is_empty(), "{:?}", drift(&c, &ek, &d));
 
         let mut d2 = d.clone();
         d2.limit.as_mut().unwrap().amount = "11".into();
