@@ -108,7 +108,14 @@ async fn three_replicas_racing_for_an_expired_lease_elect_exactly_one() {
     let mut max_leaders = 0;
     let mut wins = [0usize; 3];
     for round in 0..ROUNDS {
-        put_record(&env, name, &format!("dead-{round}"), 1, "2026-01-01T00:00:00Z").await;
+        put_record(
+            &env,
+            name,
+            &format!("dead-{round}"),
+            1,
+            "2026-01-01T00:00:00Z",
+        )
+        .await;
         // Each replica sees the new record (it changed: standby)...
         for l in locks.iter_mut() {
             assert!(
@@ -174,7 +181,10 @@ async fn expiry_is_judged_by_local_observation_not_the_records_renew_time() {
                     standby_polls += 1;
                 }
             }
-            assert!(seen.elapsed() < Duration::from_secs(10), "{name}: never acquired");
+            assert!(
+                seen.elapsed() < Duration::from_secs(10),
+                "{name}: never acquired"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
         eprintln!("renewTime {renew}: acquired {took:?} after first seeing the record ({standby_polls} standby polls)");
@@ -330,17 +340,16 @@ async fn past_the_renew_deadline_no_write_is_sent() {
     env.reset_provider_calls().await;
 
     // The deadline passes (as for a replica paused past it, or one that could not renew).
-    clock.renewed(
-        tokio::time::Instant::now() - Duration::from_secs(10),
-        ttl,
-    );
+    clock.renewed(tokio::time::Instant::now() - Duration::from_secs(10), ttl);
     assert!(!clock.holds());
     let refused = cms
         .create(&PostParams::default(), &cm("after-deadline"))
         .await
         .expect_err("a write past the deadline is refused");
     assert!(
-        refused.to_string().contains("no longer holds the leader Lease"),
+        refused
+            .to_string()
+            .contains("no longer holds the leader Lease"),
         "{refused}"
     );
     assert!(
@@ -350,9 +359,15 @@ async fn past_the_renew_deadline_no_write_is_sent() {
     cms.get("while-leading").await.expect("reads still go");
 
     let created = backend.create(&settings).await;
-    assert!(created.is_err(), "a provider create past the deadline fails");
+    assert!(
+        created.is_err(),
+        "a provider create past the deadline fails"
+    );
     let revoked = backend.revoke(&scope, &key.id).await;
-    assert!(revoked.is_err(), "a provider revoke past the deadline fails");
+    assert!(
+        revoked.is_err(),
+        "a provider revoke past the deadline fails"
+    );
     backend.verify().await.expect("provider reads still go");
     let stats = env.provider_calls().await;
     assert_eq!(route_count(&stats, "POST /api/v1/keys"), 0, "{stats}");
