@@ -253,12 +253,13 @@ async fn a_leader_paused_past_its_lease_writes_nothing_when_resumed() {
         return;
     }
     const LEASE_SECONDS: u64 = 8;
-    let cluster = Cluster::start(
-        "pause",
-        EmulatorOptions::default(),
-        ProviderOptions::default(),
-    )
-    .await;
+    // A slow provider: creates are in flight when the leader is paused; their answers wait in
+    // its sockets (or its request timeouts expire) while it is stopped.
+    let emu = EmulatorOptions {
+        latency: Some(Duration::from_millis(1500)),
+        ..Default::default()
+    };
+    let cluster = Cluster::start("pause", emu, ProviderOptions::default()).await;
     let c = &cluster;
     let lease = format!("keysmith-e2e-{}", c.run);
     let seconds = LEASE_SECONDS.to_string();
@@ -278,15 +279,29 @@ async fn a_leader_paused_past_its_lease_writes_nothing_when_resumed() {
         })
         .await;
     let (old, new) = if first == a.name { (&a, &b) } else { (&b, &a) };
-    c.create_apikey("before", json!({ "limit": { "amount": "5" } })).await;
+    c.create_apikey("before", json!({ "limit": { "amount": "5" } }))
+        .await;
     c.wait_ready("before", MINUTE).await;
 
-    // Pause the leader; work arrives that it will see in its watches when resumed.
-    signal(old, libc::SIGSTOP);
-    let paused = Instant::now();
-    for i in 0..3 {
+    // Pause the leader while it creates keys (the provider takes 1.5 s to answer each call);
+    // more work arrives that it will see in its watches when resumed.
+    c.reset_emulator_stats().await;
+    for i in 0..4 {
         c.create_apikey(&format!("during-{i}"), json!({})).await;
     }
+    c.eventually("creates in flight at the provider", MINUTE, || async move {
+        let n = c.emulator_stats().await["requests"].as_u64().unwrap_or(0);
+        if n > 0 {
+            Ok(())
+        } else {
+            Err(format!("{n} requests"))
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(old, libc::SIGSTOP);
+    let paused = Instant::now();
+    c.create_apikey("during-pause", json!({})).await;
     let api = c.apikeys();
     api.patch(
         "before",
@@ -313,9 +328,10 @@ async fn a_leader_paused_past_its_lease_writes_nothing_when_resumed() {
         paused.elapsed().as_secs_f64(),
         old.name
     );
-    for i in 0..3 {
+    for i in 0..4 {
         c.wait_ready(&format!("during-{i}"), MINUTE).await;
     }
+    c.wait_ready("during-pause", MINUTE).await;
     c.eventually("the new limit at the provider", MINUTE, || async move {
         let keys = c.live_keys_named("before").await;
         match keys.first().and_then(|k| k["settings"]["limit"].as_f64()) {
@@ -329,8 +345,11 @@ async fn a_leader_paused_past_its_lease_writes_nothing_when_resumed() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     signal(new, libc::SIGSTOP);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let rv_before = versions(c).await;
     c.reset_emulator_stats().await;
+    // Wait out any call of the new leader still held by the slow emulator.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.reset_emulator_stats().await;
+    let rv_before = versions(c).await;
 
     signal(old, libc::SIGCONT);
     let resumed = Instant::now();
