@@ -335,7 +335,7 @@ async fn a_leader_paused_past_its_lease_writes_nothing_when_resumed() {
     c.eventually("the new limit at the provider", MINUTE, || async move {
         let keys = c.live_keys_named("before").await;
         match keys.first().and_then(|k| k["settings"]["limit"].as_f64()) {
-            Some(l) if l == 7.0 => Ok(()),
+            Some(7.0) => Ok(()),
             other => Err(format!("limit {other:?}")),
         }
     })
