@@ -385,3 +385,71 @@ async fn past_the_renew_deadline_no_write_is_sent() {
         .await
         .expect("a revoke while leading");
 }
+
+/// The leader loop: it renews (the deadline moves on); it steps down, without writing the
+/// Lease, when it finds its renew deadline already passed (a replica resumed after a pause);
+/// it steps down when another replica took the Lease; it stops on shutdown.
+#[tokio::test]
+async fn the_leader_loop_renews_and_steps_down_when_its_deadline_passed_or_the_lease_was_taken() {
+    use keysmith::controller::leader::{lead, SteppedDown};
+    let env = env().await;
+    let ttl = Duration::from_secs(3);
+    let name = "loop";
+    let mut a = lock(&env, name, "a", ttl);
+    let clock = LeaseClock::default();
+    let sent = tokio::time::Instant::now();
+    assert_eq!(a.try_acquire_or_renew().await.unwrap(), Attempt::Leading);
+    clock.renewed(sent, ttl);
+    let first = clock.time_left().expect("a deadline");
+
+    // Renews every ttl/3; stopped after 2.5 s it has renewed at least once.
+    let why = lead(
+        &mut a,
+        &clock,
+        Box::pin(tokio::time::sleep(Duration::from_millis(2500))),
+    )
+    .await;
+    assert_eq!(why, SteppedDown::Shutdown);
+    // 2.5 s later, a deadline further away than 2.5 s less than the first: it was renewed.
+    let left = clock.time_left().expect("a deadline");
+    assert!(
+        left + Duration::from_millis(2500) > first + Duration::from_millis(500),
+        "a renewal moved the deadline on ({left:?} left, {first:?} at first)"
+    );
+    assert!(clock.holds());
+
+    // Frozen past the deadline: it steps down at once and does not touch the Lease.
+    let rv = leases(&env)
+        .get(name)
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    clock.renewed(tokio::time::Instant::now() - Duration::from_secs(10), ttl);
+    let started = Instant::now();
+    let why = lead(&mut a, &clock, Box::pin(std::future::pending())).await;
+    assert_eq!(why, SteppedDown::DeadlinePassed);
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert_eq!(
+        leases(&env)
+            .get(name)
+            .await
+            .unwrap()
+            .metadata
+            .resource_version,
+        rv,
+        "no renew was written"
+    );
+
+    // Another replica took the Lease (as after a pause): the next renew finds it and stops.
+    put_record(&env, name, "b", 3, "2026-01-01T00:00:00Z").await;
+    clock.renewed(tokio::time::Instant::now(), ttl);
+    let why = lead(&mut a, &clock, Box::pin(std::future::pending())).await;
+    assert_eq!(
+        why,
+        SteppedDown::Lost {
+            holder: Some("b".into())
+        }
+    );
+    assert_eq!(holder(&env, name).await.as_deref(), Some("b"));
+}
