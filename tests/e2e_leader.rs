@@ -197,7 +197,7 @@ async fn replicas_racing_for_an_expired_lease_have_one_leader_at_a_time() {
     c.wait_ready("after-race", MINUTE).await;
 }
 
-/// resourceVersions of the test namespace's Secrets and ApiKeys.
+/// resourceVersions of the test namespace's Secrets, ApiKeys and Events.
 async fn versions(c: &Cluster) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for s in c
@@ -220,6 +220,13 @@ async fn versions(c: &Cluster) -> BTreeMap<String, String> {
         out.insert(
             format!("ApiKey/{}", a.name_any()),
             a.resource_version().unwrap_or_default(),
+        );
+    }
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.client.clone(), &c.ns);
+    for e in events.list(&ListParams::default()).await.expect("Events") {
+        out.insert(
+            format!("Event/{}", e.name_any()),
+            e.resource_version().unwrap_or_default(),
         );
     }
     out
@@ -365,7 +372,7 @@ async fn a_leader_paused_past_its_lease_writes_nothing_when_resumed() {
     let stepped_down = log_count(old, "stepping down");
     signal(new, libc::SIGCONT);
     eprintln!(
-        "{} resumed after {:.1}s paused: provider writes {writes:?}, Secrets/ApiKeys written {changed:?}; 'stepping down' logged: {stepped_down}",
+        "{} resumed after {:.1}s paused: provider writes {writes:?}, Secrets/ApiKeys/Events written {changed:?}; 'stepping down' logged: {stepped_down}",
         old.name,
         (resumed - paused).as_secs_f64()
     );
