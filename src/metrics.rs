@@ -289,6 +289,8 @@ pub struct Metrics {
     pub previous_keys: Family<ProviderLabel, Gauge>,
     /// Soonest scheduled rotation among the keys of each provider type.
     pub next_rotation: Family<ProviderLabel, Gauge>,
+    /// 1 while this replica leads (always, without leader election), else 0.
+    pub leader: Gauge,
     rotation_tracked: Mutex<Tracker<RotationTrack>>,
 }
 
@@ -323,6 +325,7 @@ impl Metrics {
             rotations: Family::default(),
             previous_keys: Family::default(),
             next_rotation: Family::default(),
+            leader: Gauge::default(),
             rotation_tracked: Mutex::new(Default::default()),
             registry: Registry::default(),
         };
@@ -386,6 +389,11 @@ impl Metrics {
             "keysmith_next_rotation_timestamp_seconds",
             "Soonest scheduled rotation among the managed keys of each provider (Unix seconds)",
             m.next_rotation.clone(),
+        );
+        m.registry.register(
+            "keysmith_leader",
+            "1 while this replica holds the leader Lease and reconciles (always without leader election), else 0",
+            m.leader.clone(),
         );
         m
     }

@@ -324,8 +324,24 @@ impl HttpClient {
                     });
                 }
             }
+            let request = match build().build() {
+                Ok(r) => r,
+                Err(e) => return Err(ProviderError::Unavailable(transport_error(&e).message)),
+            };
+            // Fencing: a write is sent only while this replica still holds the leader Lease,
+            // checked at the last moment (after any wait above), on every attempt.
+            let writes = !matches!(
+                *request.method(),
+                Method::GET | Method::HEAD | Method::OPTIONS
+            );
+            if writes && self.opts.write_gate.as_ref().is_some_and(|g| !g.is_open()) {
+                tracing::warn!(provider = %self.provider, operation, "not sent: this replica no longer holds the leader Lease");
+                return Err(ProviderError::Unavailable(
+                    "this replica no longer holds the leader Lease: request not sent".into(),
+                ));
+            }
             let started = Instant::now();
-            let outcome = match build().send().await {
+            let outcome = match self.inner.execute(request).await {
                 Ok(resp) => read_capped(resp).await,
                 Err(e) => Err(transport_error(&e)),
             };

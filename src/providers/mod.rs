@@ -665,6 +665,30 @@ pub struct ClientOptions {
     /// Longest wait for the client-side token bucket or an in-flight slot; beyond it the call
     /// fails with `RateLimited` (nothing was sent) and the reconcile is requeued.
     pub max_wait: Duration,
+    /// Checked right before each request that writes (any method but GET/HEAD/OPTIONS) is
+    /// sent, every attempt: closed, the request is not sent (the leader Lease's fencing).
+    pub write_gate: Option<WriteGate>,
+}
+
+/// Whether this process may write to providers right now (see [`ClientOptions::write_gate`]).
+#[derive(Clone)]
+pub struct WriteGate(Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl WriteGate {
+    pub fn new(open: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        WriteGate(Arc::new(open))
+    }
+
+    /// Whether a write may be sent now.
+    pub fn is_open(&self) -> bool {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for WriteGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteGate")
+    }
 }
 
 impl Default for ClientOptions {
@@ -679,6 +703,7 @@ impl Default for ClientOptions {
             metrics: None,
             max_in_flight: 4,
             max_wait: Duration::from_secs(10),
+            write_gate: None,
         }
     }
 }
