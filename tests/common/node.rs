@@ -216,7 +216,8 @@ fn start() -> Result<Node, String> {
     let scripts = scripts_dir()?;
     let kubectl = tool("kubectl", "KUBECTL")?;
     let helm = tool("helm", "HELM")?;
-    let l = PathBuf::from(std::env::var("KEYSMITH_NODE_DIR").unwrap_or("/tmp/keysmith-node".into()));
+    let l =
+        PathBuf::from(std::env::var("KEYSMITH_NODE_DIR").unwrap_or("/tmp/keysmith-node".into()));
     let log_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-node");
     std::fs::create_dir_all(&log_dir).map_err(|e| e.to_string())?;
 
@@ -385,9 +386,10 @@ pub fn enabled(what: &str) -> Option<&'static Node> {
 }
 
 /// The node tests share one cluster and run one at a time (each installs its own release).
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+/// (Each test has its own runtime: an async lock, held across awaits, that a failed test releases.)
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
 }
 
 impl Node {
@@ -559,12 +561,32 @@ impl Stage {
             .get("emulator")
             .await
             .expect("emulator Service");
-        let cluster_ip = svc
-            .spec
-            .and_then(|s| s.cluster_ip)
-            .expect("a ClusterIP");
+        let cluster_ip = svc.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP");
         let emulator_service_url = format!("http://{cluster_ip}:{EMULATOR_PORT}");
-        let provider = format!("{name}-openrouter");
+        let mut stage = Stage {
+            node,
+            client,
+            name: name.to_string(),
+            release: format!("{name}-keysmith"),
+            sys_ns,
+            app_ns,
+            provider: format!("{name}-openrouter"),
+            emulator_service_url,
+            emulator_pod_url: format!("http://{pod_ip}:{EMULATOR_PORT}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .expect("http client"),
+            uninstalled: true,
+        };
+        // The chart brings the CRDs (helm installs crds/ on the first install).
+        stage.install(sets);
+        let (provider, emulator_service_url, sys_ns, app_ns) = (
+            &stage.provider,
+            &stage.emulator_service_url,
+            &stage.sys_ns,
+            &stage.app_ns,
+        );
         node.apply(&json!({
             "apiVersion": "keysmith.dev/v1alpha1", "kind": "ClusterKeyProvider",
             "metadata": { "name": provider, "labels": { RUN_LABEL: name } },
@@ -577,23 +599,6 @@ impl Stage {
                 "refreshInterval": "1m"
             }
         }));
-        let mut stage = Stage {
-            node,
-            client,
-            name: name.to_string(),
-            release: format!("{name}-keysmith"),
-            sys_ns,
-            app_ns,
-            provider,
-            emulator_service_url,
-            emulator_pod_url: format!("http://{pod_ip}:{EMULATOR_PORT}"),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .expect("http client"),
-            uninstalled: true,
-        };
-        stage.install(sets);
         stage
     }
 
@@ -723,17 +728,22 @@ impl Stage {
     pub async fn wait_apikey_ready(&self, name: &str) -> ApiKey {
         let api = self.apikeys();
         let t = Instant::now();
-        let ak = eventually_or_logs(self, &format!("ApiKey {name} Ready"), Duration::from_secs(120), || {
-            let api = api.clone();
-            async move {
-                let ak = api.get(name).await.map_err(|e| e.to_string())?;
-                if crate::apikey_status::is_ready(&ak) {
-                    Ok(ak)
-                } else {
-                    Err(format!("{:?}", crate::apikey_status::ready(&ak)))
+        let ak = eventually_or_logs(
+            self,
+            &format!("ApiKey {name} Ready"),
+            Duration::from_secs(120),
+            || {
+                let api = api.clone();
+                async move {
+                    let ak = api.get(name).await.map_err(|e| e.to_string())?;
+                    if crate::apikey_status::is_ready(&ak) {
+                        Ok(ak)
+                    } else {
+                        Err(format!("{:?}", crate::apikey_status::ready(&ak)))
+                    }
                 }
-            }
-        })
+            },
+        )
         .await;
         eprintln!(
             "e2e_node[{}]: ApiKey {name} Ready in {:.1} s",
