@@ -71,6 +71,8 @@ buildah config \
   --label "org.opencontainers.image.created=$created" \
   --label "org.opencontainers.image.base.name=scratch (Debian 12 libc6, libgcc-s1, ca-certificates)" \
   "$c"
+# A rebuild replaces the image of the same name in buildah's store instead of leaving it dangling.
+buildah rmi --force "$IMAGE" >/dev/null 2>&1 || true
 buildah commit --quiet --format oci --timestamp "$SOURCE_DATE_EPOCH" --rm "$c" "$IMAGE" >/dev/null
 trap - EXIT
 
