@@ -42,6 +42,16 @@ fn image_of(p: &Pod) -> String {
         .unwrap_or_default()
 }
 
+/// The image (by id: `e2e-a` and `e2e-b` have different digests) the pod's container runs.
+fn image_id(p: &Pod) -> String {
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .map(|c| c.image_id.clone())
+        .unwrap_or_default()
+}
+
 async fn lease_holder(s: &Stage) -> Option<String> {
     Api::<Lease>::namespaced(s.client.clone(), &s.sys_ns)
         .get_opt(&format!("{}-leader", s.release))
@@ -53,7 +63,8 @@ async fn lease_holder(s: &Stage) -> Option<String> {
 
 /// The chart installs; the operator pods run from the image under the chart's ServiceAccount,
 /// securityContext and probes and become Ready; with 2 replicas exactly one is leader (its
-/// /readyz and the Lease agree); `helm upgrade` to a new image tag rolls both pods while a
+/// /readyz and the Lease agree); `helm upgrade` to a new image (another tag and digest) rolls both
+/// pods while a
 /// sampler polls every pod's /readyz: never two leaders at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chart_installs_one_leader_and_upgrade_rolls_without_a_second_leader() {
@@ -225,6 +236,7 @@ async fn chart_installs_one_leader_and_upgrade_rolls_without_a_second_leader() {
         panic!("helm upgrade failed: {e}\n{}", s.operator_logs());
     }
     let rolled = t.elapsed();
+    let old_image_ids: BTreeSet<String> = pods.iter().map(image_id).collect();
     // Both new pods Ready, the old ones gone, and a leader among the new ones.
     let new_leader =
         eventually_or_logs(&s, "the rollout done and a new leader", MINUTE, || async {
@@ -269,6 +281,11 @@ async fn chart_installs_one_leader_and_upgrade_rolls_without_a_second_leader() {
     assert!(
         !pods.iter().any(|p| p.name_any() == new_leader),
         "the new leader is a new pod"
+    );
+    let new_image_ids: BTreeSet<String> = operator_pods(&s).await.iter().map(image_id).collect();
+    assert!(
+        new_image_ids.len() == 1 && new_image_ids.is_disjoint(&old_image_ids),
+        "the new pods run the new image: {old_image_ids:?} -> {new_image_ids:?}"
     );
     let roles: Vec<_> = {
         let mut v = Vec::new();

@@ -6,11 +6,12 @@
 //!    mmdebstrap for the image: `scripts/install-node-tools.sh` installs them from Debian);
 //! 2. builds the operator image with `scripts/build-image.sh` from this test binary's own
 //!    `keysmith` (so the image holds the code under test; `KEYSMITH_NODE_IMAGE_BIN` names another
-//!    binary, e.g. target/release/keysmith) as `localhost/keysmith:e2e-a`;
+//!    binary, e.g. target/release/keysmith) as `localhost/keysmith:e2e-a`, and again with another
+//!    SOURCE_DATE_EPOCH (so another digest) as `localhost/keysmith:e2e-b`, the "new image" of the
+//!    upgrade test;
 //! 3. builds the pause and busybox images (`node/build-images.sh`) when they are missing;
 //! 4. starts the node with `node/up.sh` (scripts found in `../shared/k8s/node/` next to the
-//!    checkout, or `KEYSMITH_NODE_SCRIPTS`), importing the image (`EXTRA_IMAGES`), and tags it
-//!    `localhost/keysmith:e2e-b` as well (the "new image" of the upgrade test).
+//!    checkout, or `KEYSMITH_NODE_SCRIPTS`), importing the images (`EXTRA_IMAGES`).
 //!
 //! Teardown: `node/down.sh` with `PURGE=1` (every process by pid, mounts, netns, iptables chains,
 //! the bridge, etcd/containerd state) runs when the test binary exits (an `atexit` handler, which
@@ -221,32 +222,47 @@ fn start() -> Result<Node, String> {
     let log_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-node");
     std::fs::create_dir_all(&log_dir).map_err(|e| e.to_string())?;
 
-    // 1. the operator image, from the binary under test
-    let image_dir = log_dir.join("image");
+    // 1. the operator image, from the binary under test, and a second one (another
+    //    SOURCE_DATE_EPOCH: another digest) for the upgrade test
     let bin = std::env::var("KEYSMITH_NODE_IMAGE_BIN")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_keysmith").to_string());
-    let mut build = Command::new("bash");
-    build
-        .arg(repo_root().join("scripts/build-image.sh"))
-        .env("IMAGE", format!("{IMAGE_REPO}:{TAG_A}"))
-        .env("KEYSMITH_BIN", &bin)
-        .env("OUT", &image_dir);
-    let t = Instant::now();
-    let build_log = log_dir.join("build-image.log");
-    run_logged(build, &build_log)?;
-    let out = std::fs::read_to_string(&build_log).unwrap_or_default();
-    let image_digest = std::fs::read_to_string(image_dir.join("image-digest"))
-        .map(|s| s.trim().to_string())
-        .map_err(|e| format!("no image digest: {e}"))?;
-    let image_summary = out
-        .lines()
-        .filter(|l| l.starts_with("size:") || l.starts_with("digest:"))
-        .collect::<Vec<_>>()
-        .join("; ");
-    eprintln!(
-        "e2e_node: image {IMAGE_REPO}:{TAG_A} from {bin} built in {:.1} s: {image_summary}",
-        t.elapsed().as_secs_f64()
-    );
+    let build_image =
+        |tag: &str, epoch: Option<&str>| -> Result<(PathBuf, String, String), String> {
+            let dir = log_dir.join(format!("image-{tag}"));
+            let mut build = Command::new("bash");
+            build
+                .arg(repo_root().join("scripts/build-image.sh"))
+                .env("IMAGE", format!("{IMAGE_REPO}:{tag}"))
+                .env("KEYSMITH_BIN", &bin)
+                .env("OUT", &dir);
+            if let Some(e) = epoch {
+                build.env("SOURCE_DATE_EPOCH", e);
+            }
+            let t = Instant::now();
+            let log = log_dir.join(format!("build-image-{tag}.log"));
+            run_logged(build, &log)?;
+            let digest = std::fs::read_to_string(dir.join("image-digest"))
+                .map(|s| s.trim().to_string())
+                .map_err(|e| format!("no image digest: {e}"))?;
+            let summary = std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.starts_with("size:"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            eprintln!(
+            "e2e_node: image {IMAGE_REPO}:{tag} ({digest}) from {bin} built in {:.1} s: {summary}",
+            t.elapsed().as_secs_f64()
+        );
+            Ok((dir.join("keysmith-docker.tar"), digest, summary))
+        };
+    let (archive_a, image_digest, image_summary) = build_image(TAG_A, None)?;
+    let (archive_b, digest_b, _) = build_image(TAG_B, Some("86400"))?;
+    if digest_b == image_digest {
+        return Err(format!(
+            "{TAG_A} and {TAG_B} have the same digest {digest_b}"
+        ));
+    }
 
     // 2. pause + busybox
     if !l.join("images/pause.tar").is_file() || !l.join("images/busybox.tar").is_file() {
@@ -312,33 +328,9 @@ fn start() -> Result<Node, String> {
         .env("KUBECTL", &kubectl)
         .env(
             "EXTRA_IMAGES",
-            image_dir.join("keysmith-docker.tar").as_os_str(),
+            format!("{} {}", archive_a.display(), archive_b.display()),
         );
     run_logged(up, &log_dir.join("up.log"))?;
-    let ctr = |args: &[&str]| -> Result<(), String> {
-        let out = Command::new("ctr")
-            .arg("--address")
-            .arg(l.join("run/containerd/containerd.sock"))
-            .args(["-n", "k8s.io"])
-            .args(args)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "ctr {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    };
-    ctr(&[
-        "images",
-        "tag",
-        "--force",
-        &format!("{IMAGE_REPO}:{TAG_A}"),
-        &format!("{IMAGE_REPO}:{TAG_B}"),
-    ])?;
     eprintln!(
         "e2e_node: node up in {:.1} s ({:.1} s since the start, image build included)",
         t.elapsed().as_secs_f64(),
