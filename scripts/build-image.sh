@@ -24,10 +24,11 @@ version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 IMAGE=${IMAGE:-localhost/keysmith:$version}
 OUT=${OUT:-$root/target/image}
 revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+# Not exported before cargo runs: a build script that watches SOURCE_DATE_EPOCH would make cargo
+# rebuild the release binary (5 min) whenever it appears, disappears or changes.
 if [[ -z "${SOURCE_DATE_EPOCH:-}" ]]; then
   SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2>/dev/null || echo 0)
 fi
-export SOURCE_DATE_EPOCH
 created=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%dT%H:%M:%SZ)
 
 for c in buildah mmdebstrap dpkg-deb objcopy; do
@@ -42,6 +43,7 @@ if [[ -z "${KEYSMITH_BIN:-}" ]]; then
 fi
 [[ -x "$KEYSMITH_BIN" ]] || { log "no binary at $KEYSMITH_BIN"; exit 1; }
 
+export SOURCE_DATE_EPOCH
 mkdir -p "$OUT"
 work=$OUT/work
 rm -rf "$work"; mkdir -p "$work"
