@@ -596,14 +596,34 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("the API server refused ApiKey {name}: {e}"))
     }
 
-    /// Wait until `name` is Ready=True for its current generation.
+    /// Wait until `name` is Ready=True for its current generation and its key, at the run's
+    /// emulator, has lost its provisional name (keysmith renames a key right after the status
+    /// write that records it, so Ready can be seen a moment before the rename).
     pub async fn wait_ready(&self, name: &str, timeout: Duration) -> ApiKey {
         let api = self.apikeys();
         self.eventually(&format!("ApiKey {}/{name} Ready", self.ns), timeout, || {
             let api = api.clone();
             async move {
                 match api.get_opt(name).await {
-                    Ok(Some(ak)) if is_ready(&ak) => Ok(ak),
+                    Ok(Some(ak)) if is_ready(&ak) => {
+                        let id = ak.status.as_ref().and_then(|s| s.key_id.clone());
+                        if let Some(id) = id {
+                            let keys = self.emulator_keys().await;
+                            let provisional = keys.iter().any(|k| {
+                                k.as_object().is_some_and(|o| {
+                                    o.values().any(|v| v == id.as_str())
+                                        && o.values().any(|v| {
+                                            v.as_str()
+                                                .is_some_and(|n| n.starts_with("keysmith-attempt-"))
+                                        })
+                                })
+                            });
+                            if provisional {
+                                return Err("Ready, its key not renamed yet".into());
+                            }
+                        }
+                        Ok(ak)
+                    }
                     Ok(Some(ak)) => Err(format!(
                         "Ready={:?}, generation {:?}, observedGeneration {:?}",
                         ready(&ak),
