@@ -173,9 +173,10 @@ impl BifrostClient {
         body: Option<&Value>,
     ) -> Result<HttpResponse, ProviderError> {
         let auth = self.auth_header()?;
+        let url = self.http.url(path)?;
         self.http
             .send(operation, idem, || {
-                let mut b = self.http.request(method.clone(), path);
+                let mut b = self.http.request(method.clone(), &url);
                 if let Some(h) = &auth {
                     b = b.header(reqwest::header::AUTHORIZATION, h.clone());
                 }
@@ -1032,6 +1033,7 @@ fn scrub(e: ProviderError, value: &SecretString) -> ProviderError {
         ProviderError::Malformed(m) => ProviderError::Malformed(clean(m)),
         ProviderError::Unsupported(m) => ProviderError::Unsupported(clean(m)),
         ProviderError::Unconfirmed(m) => ProviderError::Unconfirmed(clean(m)),
+        ProviderError::Refused(m) => ProviderError::Refused(clean(m)),
         e @ ProviderError::RateLimited { .. } => e,
     }
 }

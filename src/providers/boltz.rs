@@ -134,12 +134,13 @@ impl BoltzClient {
         body: Option<&serde_json::Value>,
     ) -> Result<HttpResponse, ProviderError> {
         let auth = self.auth_header()?;
+        let url = self.http.url(path)?;
         let resp = self
             .http
             .send(operation, idempotency, || {
                 let mut b = self
                     .http
-                    .request(method.clone(), path)
+                    .request(method.clone(), &url)
                     .header("x-api-key", auth.clone())
                     .header(reqwest::header::ACCEPT, "application/json");
                 if !query.is_empty() {

@@ -100,11 +100,12 @@ impl DigitalOceanClient {
         body: Option<serde_json::Value>,
     ) -> Result<HttpResponse, ProviderError> {
         let auth = http::sensitive_header(&format!("Bearer {}", self.token.expose_secret()))?;
+        let url = self.http.url(path)?;
         self.http
             .send(operation, idempotency, || {
                 let b = self
                     .http
-                    .request(method.clone(), path)
+                    .request(method.clone(), &url)
                     .header(AUTHORIZATION, auth.clone())
                     .header(ACCEPT, "application/json");
                 match &body {

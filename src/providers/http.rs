@@ -195,6 +195,8 @@ pub fn rate_limiter(rps: f64, burst: u32) -> Option<DefaultDirectRateLimiter> {
 pub struct HttpClient {
     inner: reqwest::Client,
     provider: ProviderType,
+    /// Parsed and checked once; every request URL is built from it.
+    base: url::Url,
     base_url: String,
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
     in_flight: Arc<tokio::sync::Semaphore>,
@@ -211,25 +213,33 @@ impl std::fmt::Debug for HttpClient {
 }
 
 impl HttpClient {
-    /// A client for `provider`, using `opts.base_url` or `default_base_url`.
+    /// A client for `provider`, using `opts.base_url` or `default_base_url`. The base URL must
+    /// be an absolute `http(s)` URL without userinfo, query or fragment, and pass
+    /// `opts.network` (see [`super::egress`]); a restricted client also checks every address a
+    /// host name resolves to before connecting.
     pub fn new(
         provider: ProviderType,
         default_base_url: &str,
         opts: ClientOptions,
     ) -> Result<Self, String> {
-        let base_url = opts
+        let raw = opts
             .base_url
             .clone()
             .unwrap_or_else(|| default_base_url.to_string());
-        let base_url = base_url.trim_end_matches('/').to_string();
-        url::Url::parse(&base_url)
-            .map_err(|e| format!("baseURL {base_url:?} is not a URL: {e}"))?;
-        let inner = reqwest::Client::builder()
+        let base = parse_base_url(&raw)?;
+        super::egress::check_url(&base, opts.network)?;
+        let base_url = base.as_str().trim_end_matches('/').to_string();
+        let mut builder = reqwest::Client::builder()
             .timeout(opts.timeout)
             .connect_timeout(opts.timeout.min(Duration::from_secs(5)))
             .user_agent(concat!("keysmith/", env!("CARGO_PKG_VERSION")))
-            // A redirect would carry the credential header to wherever the answer points.
-            .redirect(reqwest::redirect::Policy::none())
+            // A redirect would carry the credential header to wherever the answer points (and
+            // past the network policy): never followed, a 3xx is returned as it is.
+            .redirect(reqwest::redirect::Policy::none());
+        if !opts.network.allow_private {
+            builder = builder.dns_resolver(Arc::new(super::egress::GuardedResolver));
+        }
+        let inner = builder
             .build()
             .map_err(|e| format!("cannot build HTTP client: {e}"))?;
         let limiter = opts
@@ -240,6 +250,7 @@ impl HttpClient {
         Ok(HttpClient {
             inner,
             provider,
+            base,
             base_url,
             limiter,
             in_flight,
@@ -252,10 +263,17 @@ impl HttpClient {
         &self.base_url
     }
 
-    /// Start a request to `base_url + path`.
-    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.inner
-            .request(method, format!("{}{}", self.base_url, path))
+    /// The URL of `path` (`/segment/segment[?query]`) under the base URL, built from parsed
+    /// parts: the base's scheme, host, port and path are kept whatever `path` holds, and a
+    /// `path` that could walk the path (a `.`/`..` segment, raw or percent-encoded, an encoded
+    /// `/` or backslash, an empty segment) or carries a fragment is refused before any call.
+    pub fn url(&self, path: &str) -> Result<url::Url, ProviderError> {
+        join_path(&self.base, path).map_err(ProviderError::Rejected)
+    }
+
+    /// Start a request to `url` (from [`HttpClient::url`]).
+    pub fn request(&self, method: Method, url: &url::Url) -> RequestBuilder {
+        self.inner.request(method, url.clone())
     }
 
     /// Send a request built by `build` (called once per attempt), with rate limiting, retries and
@@ -335,6 +353,10 @@ impl HttpClient {
                     if err.too_large {
                         return Err(ProviderError::Malformed(err.message));
                     }
+                    if err.refused {
+                        // Nothing was sent, and trying again would be refused again.
+                        return Err(ProviderError::Refused(err.message));
+                    }
                     let retry =
                         !last && (idempotency == Idempotency::Safe || err.certainly_not_sent());
                     if retry {
@@ -382,6 +404,7 @@ async fn read_capped(mut resp: reqwest::Response) -> Result<HttpResponse, Transp
         connect: false,
         timeout: false,
         too_large: true,
+        refused: false,
     };
     if resp
         .content_length()
@@ -428,6 +451,8 @@ struct TransportError {
     timeout: bool,
     /// The body was over [`MAX_BODY_BYTES`]: the provider answered, so not retried.
     too_large: bool,
+    /// The network policy refused every address of the host: nothing was sent.
+    refused: bool,
 }
 
 impl TransportError {
@@ -437,6 +462,8 @@ impl TransportError {
     fn label(&self) -> &'static str {
         if self.too_large {
             "too_large"
+        } else if self.refused {
+            "refused"
         } else if self.timeout {
             "timeout"
         } else {
@@ -446,6 +473,15 @@ impl TransportError {
 }
 
 fn transport_error(e: &reqwest::Error) -> TransportError {
+    if super::egress::is_refused_error(e) {
+        return TransportError {
+            message: super::egress::RESOLVES_TO_PRIVATE.to_string(),
+            connect: true,
+            timeout: false,
+            too_large: false,
+            refused: true,
+        };
+    }
     // Only the innermost cause is kept: reqwest's own Display includes the URL.
     let message = if e.is_timeout() {
         "request timed out".to_string()
@@ -459,6 +495,7 @@ fn transport_error(e: &reqwest::Error) -> TransportError {
         connect: e.is_connect(),
         timeout: e.is_timeout(),
         too_large: false,
+        refused: false,
     }
 }
 
@@ -468,6 +505,106 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     snippet(&cur.to_string())
+}
+
+/// Parse a provider object's base URL: absolute `http`/`https` with a host, and no userinfo,
+/// query or fragment (each would change what a request URL means). A trailing `/` is dropped.
+pub fn parse_base_url(raw: &str) -> Result<url::Url, String> {
+    // The value is the admin's or tenant's own: quoted, but cut.
+    let shown = snippet(raw);
+    let url =
+        url::Url::parse(raw.trim()).map_err(|e| format!("baseURL {shown:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "baseURL {shown:?} must be an http:// or https:// URL"
+        ));
+    }
+    if url.host().is_none() {
+        return Err(format!("baseURL {shown:?} has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        // Not quoted: the userinfo may be a credential.
+        return Err("the baseURL must not carry a user name or password (use the provider's credentials Secret)".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "baseURL {shown:?} must not have a query (?…) or fragment (#…): request paths are appended to its path"
+        ));
+    }
+    let mut url = url;
+    let path = url.path().trim_end_matches('/').to_string();
+    url.set_path(&path);
+    Ok(url)
+}
+
+/// Whether a path segment is one a URL parser resolves (`.`, `..`, and their percent-encoded
+/// forms `%2e`, `.%2e`, `%2e.`, `%2e%2e`, any case).
+fn is_dot_segment(seg: &str) -> bool {
+    let s = seg.to_ascii_lowercase().replace("%2e", ".");
+    s == "." || s == ".."
+}
+
+/// `base` with `path` (`/a/b[?query]`) appended to its path. Refused: a path not starting with
+/// `/`, a fragment, an empty, dot or backslash segment, an encoded `/` or backslash in a segment.
+pub fn join_path(base: &url::Url, path: &str) -> Result<url::Url, String> {
+    let (p, query) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
+    let bad = || format!("{:?} is not a request path keysmith sends", snippet(path));
+    if !p.starts_with('/') || path.contains('#') {
+        return Err(bad());
+    }
+    if p != "/" {
+        for seg in p[1..].split('/') {
+            let lower = seg.to_ascii_lowercase();
+            if seg.is_empty()
+                || is_dot_segment(seg)
+                || seg.contains('\\')
+                || lower.contains("%2f")
+                || lower.contains("%5c")
+            {
+                return Err(bad());
+            }
+        }
+    }
+    let mut url = base.clone();
+    let joined = format!("{}{p}", base.path().trim_end_matches('/'));
+    url.set_path(&joined);
+    url.set_query(query);
+    url.set_fragment(None);
+    // What the parser made of it: still under the base, nothing resolved away.
+    if url.path() != joined
+        || url.scheme() != base.scheme()
+        || url.host() != base.host()
+        || url.port() != base.port()
+    {
+        return Err(bad());
+    }
+    Ok(url)
+}
+
+/// Percent-encode one path segment of a request (an id from a spec, a status or a provider
+/// answer): everything but unreserved characters is encoded. Refused, whatever the encoding: an
+/// empty id, `.` and `..` (a URL parser resolves them, encoded or not), and ids holding `/` or
+/// backslash (servers that decode before routing would walk the path). `what` names the id in the
+/// message.
+pub fn path_segment(id: &str, what: &str) -> Result<String, ProviderError> {
+    if id.is_empty() || is_dot_segment(id) || id.contains('/') || id.contains('\\') {
+        return Err(ProviderError::Rejected(format!(
+            "{:?} is not a valid {what}",
+            snippet(id)
+        )));
+    }
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Ok(out)
 }
 
 /// Mark an auth header value sensitive so that it never appears in debug output.

@@ -8,6 +8,7 @@
 pub mod bifrost;
 pub mod boltz;
 pub mod digitalocean;
+pub mod egress;
 pub mod http;
 pub mod openrouter;
 pub mod ucloud;
@@ -56,6 +57,10 @@ pub enum ProviderError {
         "the provider's answer to the revoke was not understood and the key is still listed: {0}"
     )]
     Unconfirmed(String),
+    /// The operator's network policy refused the connection (a namespaced KeyProvider whose
+    /// host resolves to a private, loopback or link-local address): nothing was sent.
+    #[error("refused by the operator's network policy: {0}")]
+    Refused(String),
 }
 
 impl ProviderError {
@@ -69,6 +74,7 @@ impl ProviderError {
             ProviderError::Unavailable(_) | ProviderError::Malformed(_) => "ProviderUnavailable",
             ProviderError::Unsupported(_) => "UnsupportedOperation",
             ProviderError::Unconfirmed(_) => "RevokeUnconfirmed",
+            ProviderError::Refused(_) => "InvalidProvider",
         }
     }
 
@@ -94,6 +100,7 @@ impl ProviderError {
             ProviderError::Malformed(_) => "malformed",
             ProviderError::Unsupported(_) => "unsupported",
             ProviderError::Unconfirmed(_) => "unconfirmed",
+            ProviderError::Refused(_) => "refused",
         }
     }
 }
@@ -630,6 +637,9 @@ pub struct ClientOptions {
     /// Longest wait for the client-side token bucket or an in-flight slot; beyond it the call
     /// fails with `RateLimited` (nothing was sent) and the reconcile is requeued.
     pub max_wait: Duration,
+    /// Where the client may connect ([`egress::NetworkPolicy::RESTRICTED`] for namespaced
+    /// KeyProviders unless the admin allows more).
+    pub network: egress::NetworkPolicy,
 }
 
 impl Default for ClientOptions {
@@ -644,6 +654,7 @@ impl Default for ClientOptions {
             metrics: None,
             max_in_flight: 4,
             max_wait: Duration::from_secs(10),
+            network: egress::NetworkPolicy::OPEN,
         }
     }
 }
