@@ -213,7 +213,7 @@ impl BifrostClient {
                 "get_virtual_key",
                 Idempotency::Safe,
                 Method::GET,
-                &format!("{VK_PATH}/{}", seg(id)),
+                &format!("{VK_PATH}/{}", seg(id)?),
                 None,
             )
             .await?;
@@ -336,7 +336,7 @@ impl BifrostClient {
                 "update_virtual_key",
                 Idempotency::Safe,
                 Method::PUT,
-                &format!("{VK_PATH}/{}", seg(id)),
+                &format!("{VK_PATH}/{}", seg(id)?),
                 Some(&body),
             )
             .await?;
@@ -351,7 +351,7 @@ impl BifrostClient {
                 "rotate_virtual_key",
                 Idempotency::Safe,
                 Method::POST,
-                &format!("{VK_PATH}/{}/rotate", seg(id)),
+                &format!("{VK_PATH}/{}/rotate", seg(id)?),
                 // The published operation takes no request body.
                 None,
             )
@@ -381,7 +381,7 @@ impl BifrostClient {
             "delete_virtual_key",
             Idempotency::Safe,
             Method::DELETE,
-            &format!("{VK_PATH}/{}", seg(id)),
+            &format!("{VK_PATH}/{}", seg(id)?),
             None,
         )
         .await
@@ -405,7 +405,7 @@ impl BifrostClient {
             "get_provider_key",
             Idempotency::Safe,
             Method::GET,
-            &pk_path(provider, Some(id)),
+            &pk_path(provider, Some(id))?,
             None,
         )
         .await?
@@ -432,7 +432,7 @@ impl BifrostClient {
                 "list_provider_keys",
                 Idempotency::Safe,
                 Method::GET,
-                &pk_path(provider, None),
+                &pk_path(provider, None)?,
                 None,
             )
             .await?;
@@ -471,7 +471,7 @@ impl BifrostClient {
                 "update_provider_key",
                 Idempotency::Safe,
                 Method::PUT,
-                &pk_path(provider, Some(id)),
+                &pk_path(provider, Some(id))?,
                 Some(body),
             )
             .await?;
@@ -524,7 +524,7 @@ impl BifrostClient {
                 "create_provider_key",
                 Idempotency::Unsafe,
                 Method::POST,
-                &pk_path(&provider, None),
+                &pk_path(&provider, None)?,
                 Some(&body),
             )
             .await?;
@@ -718,7 +718,7 @@ impl KeyBackend for BifrostClient {
                     "delete_provider_key",
                     Idempotency::Safe,
                     Method::DELETE,
-                    &pk_path(&scope.parent, Some(id)),
+                    &pk_path(&scope.parent, Some(id))?,
                     None,
                 )
                 .await
@@ -769,23 +769,16 @@ fn is_json(resp: &HttpResponse) -> bool {
 }
 
 /// Percent-encode one path segment.
-fn seg(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+fn seg(s: &str) -> Result<String, ProviderError> {
+    // Ids come from spec.keyRef, status and gateway answers: one segment, never `.`/`..`/`/`.
+    http::path_segment(s, "Bifrost id")
 }
 
-fn pk_path(provider: &str, id: Option<&str>) -> String {
-    match id {
-        Some(id) => format!("/api/providers/{}/keys/{}", seg(provider), seg(id)),
-        None => format!("/api/providers/{}/keys", seg(provider)),
-    }
+fn pk_path(provider: &str, id: Option<&str>) -> Result<String, ProviderError> {
+    Ok(match id {
+        Some(id) => format!("/api/providers/{}/keys/{}", seg(provider)?, seg(id)?),
+        None => format!("/api/providers/{}/keys", seg(provider)?),
+    })
 }
 
 /// The provider-key id keysmith uses for an ApiKey: a name-based UUID (version 5 layout, SHA-1)
@@ -1700,6 +1693,43 @@ mod tests {
             uid: "0b6a3c1e-1111-2222-3333-444455556666".into(),
             ..Default::default()
         }
+    }
+
+    /// issue 17 item 12: an id from spec.keyRef or status that would walk the path (`..`,
+    /// `.`, `/`, their encodings) is refused before any request. Before, `..` was kept as a
+    /// segment and `DELETE /api/governance/virtual-keys/..` went out as
+    /// `DELETE /api/governance/` (here: a connection refused, so `Unavailable`).
+    #[tokio::test]
+    async fn ids_that_would_walk_the_path_are_refused_before_a_call() {
+        let spec = BifrostProvider {
+            base_url: "http://127.0.0.1:9".into(),
+            ..Default::default()
+        };
+        let opts = ClientOptions {
+            max_attempts: 1,
+            timeout: std::time::Duration::from_millis(500),
+            ..Default::default()
+        };
+        let c = BifrostClient::new(&spec, Credentials::default(), opts).unwrap();
+        let vk = KeyScope::default();
+        let pk = KeyScope {
+            family: FAMILY_PROVIDER.into(),
+            parent: "openai".into(),
+        };
+        for id in ["..", ".", "%2e%2e", "a/../b", "../../config", ""] {
+            for scope in [&vk, &pk] {
+                let e = c.revoke(scope, id).await.unwrap_err();
+                assert!(matches!(e, ProviderError::Rejected(_)), "{id}: {e}");
+                let e = c.get(scope, id).await.unwrap_err();
+                assert!(matches!(e, ProviderError::Rejected(_)), "{id}: {e}");
+            }
+        }
+        let bad_parent = KeyScope {
+            family: FAMILY_PROVIDER.into(),
+            parent: "..".into(),
+        };
+        let e = c.revoke(&bad_parent, "k1").await.unwrap_err();
+        assert!(matches!(e, ProviderError::Rejected(_)), "{e}");
     }
 
     #[test]

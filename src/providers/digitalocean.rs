@@ -593,7 +593,8 @@ fn segment<'a>(s: &'a str, what: &str) -> Result<&'a str, ProviderError> {
         Ok(s)
     } else {
         Err(ProviderError::Rejected(format!(
-            "{s:?} is not a valid DigitalOcean {what}"
+            "{:?} is not a valid DigitalOcean {what}",
+            http::snippet(s)
         )))
     }
 }

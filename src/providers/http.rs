@@ -763,6 +763,150 @@ mod tests {
     }
 
     #[test]
+    fn base_urls_with_userinfo_query_or_fragment_are_refused() {
+        assert_eq!(
+            parse_base_url("https://gw.example.com/api/")
+                .unwrap()
+                .as_str(),
+            "https://gw.example.com/api"
+        );
+        for bad in [
+            "https://user:pass@gw.example.com/",
+            "https://token@gw.example.com/",
+            "https://gw.example.com/api?x=/admin",
+            "https://gw.example.com/api#",
+            "https://gw.example.com/api#frag",
+            "ftp://gw.example.com/",
+            "file:///etc/passwd",
+            "not a url",
+        ] {
+            let e = parse_base_url(bad).unwrap_err();
+            assert!(!e.contains("user:pass") && !e.contains("token@"), "{e}");
+        }
+        // A `?` in the baseURL used to pick the path: `{base}{path}` put the path in the query.
+        let opts = ClientOptions {
+            base_url: Some("https://gw.example.com/api?".into()),
+            ..Default::default()
+        };
+        assert!(HttpClient::new(ProviderType::Bifrost, "https://x", opts).is_err());
+    }
+
+    #[test]
+    fn request_urls_are_built_under_the_base_path() {
+        let base = parse_base_url("https://gw.example.com/api").unwrap();
+        let u = join_path(&base, "/keys/abc%20d?cursor=x%26y").unwrap();
+        assert_eq!(
+            u.as_str(),
+            "https://gw.example.com/api/keys/abc%20d?cursor=x%26y"
+        );
+        let root = parse_base_url("https://api.example.com").unwrap();
+        assert_eq!(
+            join_path(&root, "/?Action=List").unwrap().as_str(),
+            "https://api.example.com/?Action=List"
+        );
+        for bad in [
+            "/keys/..",
+            "/keys/../admin",
+            "/keys/.",
+            "/keys/%2e%2E",
+            "/keys/.%2e",
+            "/keys/%2E",
+            "/keys/a%2Fb",
+            "/keys/a%5cb",
+            "/keys/a\\b",
+            "/keys//x",
+            "/keys/",
+            "/keys/x#frag",
+            "keys",
+            "//evil.example/x",
+        ] {
+            assert!(join_path(&base, bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ids_become_one_segment_or_are_refused() {
+        assert_eq!(path_segment("key_abc-1.2", "id").unwrap(), "key_abc-1.2");
+        assert_eq!(
+            path_segment("a b?c#d%2f", "id").unwrap(),
+            "a%20b%3Fc%23d%252f"
+        );
+        for bad in ["", ".", "..", "%2e", "%2E%2e", "a/b", "a\\b", "../admin"] {
+            let e = path_segment(bad, "Bifrost key id").unwrap_err();
+            assert!(matches!(e, ProviderError::Rejected(_)), "{bad}: {e}");
+        }
+        // Whatever an id holds, the URL stays under the base and ends with that one segment.
+        let base = parse_base_url("https://gw.example.com/api").unwrap();
+        for id in ["x", "a.b", "...", "%2e%2e%2f", "?q", "#f", "é"] {
+            let seg = path_segment(id, "id").unwrap();
+            let u = join_path(&base, &format!("/keys/{seg}")).unwrap();
+            assert!(u.path().starts_with("/api/keys/"), "{id}: {u}");
+            assert_eq!(u.path_segments().unwrap().count(), 3, "{id}: {u}");
+            assert!(u.query().is_none() && u.fragment().is_none(), "{id}: {u}");
+        }
+    }
+
+    /// A restricted client (a namespaced KeyProvider's, by default) never connects to a name
+    /// that resolves to loopback: the listener accepts nothing and the error says why without
+    /// naming the address. Before the network policy the request went out.
+    #[tokio::test]
+    async fn a_restricted_client_does_not_connect_to_a_name_resolving_to_loopback() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let server = tokio::spawn(async move {
+            while let Ok((_conn, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let client = |network| {
+            HttpClient::new(
+                ProviderType::OpenRouter,
+                "https://x",
+                ClientOptions {
+                    base_url: Some(format!("https://localhost:{port}/api/v1")),
+                    network,
+                    timeout: Duration::from_secs(2),
+                    max_attempts: 3,
+                    backoff_base: Duration::from_millis(1),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
+        let restricted = client(super::super::egress::NetworkPolicy::RESTRICTED);
+        let url = restricted.url("/keys").unwrap();
+        let err = restricted
+            .send("list", Idempotency::Safe, || {
+                restricted.request(Method::GET, &url)
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProviderError::Refused(_)), "{err}");
+        assert_eq!(err.reason(), "InvalidProvider");
+        let text = err.to_string();
+        assert!(text.contains("private, loopback or link-local"), "{text}");
+        assert!(
+            !text.contains("127.0.0.1") && !text.contains("::1"),
+            "{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // The same client without the policy connects (TLS then fails: the listener is no
+        // TLS server, but the connection was made).
+        let open = client(super::super::egress::NetworkPolicy::OPEN);
+        let _ = open
+            .send("list", Idempotency::Unsafe, || {
+                open.request(Method::GET, &url)
+            })
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+        server.abort();
+    }
+
+    #[test]
     fn bodies_that_are_not_the_providers_json_are_not_quoted() {
         let r = HttpResponse {
             status: StatusCode::BAD_GATEWAY,
