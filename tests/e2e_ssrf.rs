@@ -136,13 +136,24 @@ async fn a_tenant_keyprovider_aimed_at_loopback_gets_nothing_by_default() {
     // 20 s with the default flags: nothing reaches the address.
     tokio::time::sleep(Duration::from_secs(20)).await;
     let refused = count.load(Ordering::SeqCst);
-    let sent = op
+    let attempts = op
         .metric_sum(&c.http, "keysmith_provider_requests_total")
         .await;
+    let refused_attempts = op
+        .metric_sum_where(
+            &c.http,
+            "keysmith_provider_requests_total",
+            "result=\"refused\"",
+        )
+        .await;
     eprintln!(
-        "default flags: {refused} connections reached the loopback server in 20 s; the operator counted {sent} provider requests"
+        "default flags: {refused} connections reached the loopback server in 20 s; the operator's request metric: {attempts} attempts, {refused_attempts} of them result=\"refused\" (no connection)"
     );
     assert_eq!(refused, 0, "a tenant's KeyProvider reached loopback");
+    assert_eq!(
+        attempts, refused_attempts,
+        "every attempt was refused before connecting"
+    );
     for name in ["loopback-ip", "loopback-name"] {
         let ak = c.apikeys().get(name).await.unwrap();
         assert_eq!(cluster::ready(&ak).1, "InvalidProvider", "{name}");

@@ -102,6 +102,37 @@ pub fn snippet(s: &str) -> String {
     }
 }
 
+/// [`snippet`] of `s` with `secret` (a value keysmith sent, e.g. a pushed key) replaced by
+/// `[REDACTED]` first: scrubbing after the cut would miss a value the cut split.
+pub fn snippet_scrubbed(s: &str, secret: Option<&str>) -> String {
+    match secret {
+        Some(v) if v.len() >= 4 && s.contains(v) => snippet(&s.replace(v, "[REDACTED]")),
+        _ => snippet(s),
+    }
+}
+
+/// Redact `secret` from a message that may already have been cut: the whole value wherever it
+/// is, and a beginning of it (4 characters or more) that ends the message, before the `…` of a
+/// cut.
+pub fn redact(message: &str, secret: &str) -> String {
+    if secret.len() < 4 {
+        return message.to_string();
+    }
+    let mut m = message.replace(secret, "[REDACTED]");
+    let (body, ellipsis) = match m.strip_suffix('…') {
+        Some(b) => (b.to_string(), "…"),
+        None => (m.clone(), ""),
+    };
+    let longest = (4..secret.len())
+        .rev()
+        .filter(|k| secret.is_char_boundary(*k))
+        .find(|k| body.ends_with(&secret[..*k]));
+    if let Some(k) = longest {
+        m = format!("{}[REDACTED]{ellipsis}", &body[..body.len() - k]);
+    }
+    m
+}
+
 /// A wait in seconds from a provider as a [`Duration`] no longer than [`MAX_RETRY_AFTER`].
 /// `None` for NaN and negative values (no usable hint); infinity is the maximum.
 pub fn clamped_secs(secs: f64) -> Option<Duration> {
@@ -636,6 +667,22 @@ mod tests {
         );
         assert_eq!(retry_after(&h), Some(Duration::ZERO));
         assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn secrets_are_scrubbed_before_the_cut_and_cut_tails_are_redacted() {
+        let value = "sk-upstream-0123456789abcdef0123456789";
+        let text = format!("{} {value} trailing", "x".repeat(190));
+        // Cut first, scrubbed after (the old order): the value's head survives the cut.
+        let old = snippet(&text).replace(value, "[REDACTED]");
+        assert!(old.contains("sk-upstre"), "{old}");
+        let new = snippet_scrubbed(&text, Some(value));
+        assert!(!new.contains("sk-up"), "{new}");
+        // A message that was cut elsewhere: its tail that starts the value is redacted.
+        let r = redact(&old, value);
+        assert!(!r.contains("sk-up") && r.ends_with("[REDACTED]…"), "{r}");
+        assert_eq!(redact("no value here", value), "no value here");
+        assert_eq!(redact(&format!("a {value} b"), value), "a [REDACTED] b");
     }
 
     #[test]
