@@ -1270,13 +1270,9 @@ fn parse_time(s: &Option<String>) -> Option<chrono::DateTime<chrono::Utc>> {
         .filter(|t| t.timestamp() > 0)
 }
 
-/// Turn a non-2xx answer into a typed error, with the message from Bifrost's envelope.
-fn error_from(resp: &HttpResponse) -> ProviderError {
-    error_with(resp, None)
-}
-
-/// [`error_from`] for an answer to a request that carried `secret`: the gateway's message has
-/// it scrubbed first, then is cut (the other order misses a value the cut split).
+/// Turn a non-2xx answer into a typed error, with the message from Bifrost's envelope. For an
+/// answer to a request that carried `secret` (a pushed value), the gateway's message has it
+/// scrubbed first, then is cut (the other order misses a value the cut split).
 fn error_with(resp: &HttpResponse, secret: Option<&SecretString>) -> ProviderError {
     let status = resp.status;
     let secret = secret.map(|s| s.expose_secret());
