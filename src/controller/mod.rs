@@ -43,8 +43,9 @@ use crate::metrics::Metrics;
 pub use admin::{serve_http, Health};
 pub use context::Context;
 
-/// Label (any value) on a user's Secret used as `spec.source`: keysmith watches such Secrets and
-/// re-pushes the key as soon as the value changes.
+/// Label (any value, e.g. `true`) a user puts on a Secret to let ApiKeys of its namespace use it
+/// as `spec.source`: an unlabelled Secret is never read for a push (SourceNotFound). keysmith
+/// watches such Secrets and re-pushes the key as soon as the value changes.
 pub const SOURCE_LABEL: &str = "keysmith.dev/source";
 
 /// Flags of `keysmith run`.
