@@ -953,6 +953,56 @@ mod tests {
         server.abort();
     }
 
+    /// Redirects are not followed: a 302 comes back as the answer, and the place it points to
+    /// gets no connection (it would get the credential header, and escape the network policy).
+    #[tokio::test]
+    async fn redirects_are_never_followed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target_addr = target.local_addr().unwrap();
+        let reached = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let r = reached.clone();
+        let t = tokio::spawn(async move {
+            while let Ok(_c) = target.accept().await {
+                r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let redirector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", redirector.local_addr().unwrap());
+        let s = tokio::spawn(async move {
+            while let Ok((mut c, _)) = redirector.accept().await {
+                let mut buf = [0u8; 2048];
+                let _ = c.read(&mut buf).await;
+                let _ = c
+                    .write_all(format!("HTTP/1.1 302 Found\r\nlocation: http://{target_addr}/steal\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes())
+                    .await;
+            }
+        });
+        let client = HttpClient::new(
+            ProviderType::OpenRouter,
+            &base,
+            ClientOptions {
+                max_attempts: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let url = client.url("/keys").unwrap();
+        let resp = client
+            .send("list", Idempotency::Safe, || {
+                client
+                    .request(Method::GET, &url)
+                    .header("authorization", "Bearer secret")
+            })
+            .await
+            .unwrap();
+        assert_eq!(resp.status.as_u16(), 302);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 0);
+        t.abort();
+        s.abort();
+    }
+
     #[test]
     fn bodies_that_are_not_the_providers_json_are_not_quoted() {
         let r = HttpResponse {
