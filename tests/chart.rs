@@ -185,11 +185,7 @@ fn expected_namespaced_grants(rollout_restart: bool) -> Grants {
         &["get", "list", "watch", "patch"],
     );
     add("keysmith.dev", "keyproviders/status", &["patch"]);
-    add(
-        "",
-        "secrets",
-        &["get", "list", "watch", "create", "patch", "delete"],
-    );
+    add("", "secrets", &["get", "list", "watch", "create", "patch"]);
     add("events.k8s.io", "events", &["create", "patch"]);
     if rollout_restart {
         for r in ["deployments", "statefulsets", "daemonsets"] {
@@ -710,6 +706,94 @@ fn rollout_restart_access_only_when_enabled() {
             );
         }
     }
+}
+
+/// issue 17 item 10: `rolloutRestart.namespaces` confines workload restarts to the listed
+/// namespaces (a Role + RoleBinding in each), in cluster mode and in namespace mode; no
+/// ClusterRole of the operator grants anything on workloads then. Secrets are never deleted
+/// by keysmith, and no rendering grants it.
+#[test]
+fn rollout_restart_confined_to_listed_namespaces_and_no_secret_delete() {
+    let Some(helm) = helm() else { return };
+    for values in [
+        "rolloutRestart: {enabled: true, namespaces: [team-a, team-b]}",
+        "rolloutRestart: {enabled: true, namespaces: [team-a, team-b]}\nwatchNamespaces: [team-a, team-b, team-c]",
+    ] {
+        let objs = render(&helm, values);
+        for role in operator_roles(&objs, "ClusterRole") {
+            let g = grants(role);
+            assert!(
+                !g.keys().any(|(group, _)| group == "apps"),
+                "{values}: ClusterRole {} grants workloads: {g:?}",
+                role["metadata"]["name"]
+            );
+        }
+        let mut restart_ns: Vec<String> = Vec::new();
+        for role in operator_roles(&objs, "Role") {
+            let g = grants(role);
+            let ns = role["metadata"]["namespace"].as_str().unwrap().to_string();
+            if g.keys().any(|(group, _)| group == "apps") {
+                for r in ["deployments", "statefulsets", "daemonsets"] {
+                    assert_eq!(
+                        g[&("apps".to_string(), r.to_string())],
+                        verbs(&["get", "patch"])
+                    );
+                }
+                restart_ns.push(ns);
+            }
+        }
+        restart_ns.sort();
+        assert_eq!(restart_ns, ["team-a", "team-b"], "{values}");
+    }
+    // Without the list: the served namespaces (cluster-wide in cluster mode, documented).
+    let objs = render(&helm, "rolloutRestart: {enabled: true}");
+    assert!(operator_roles(&objs, "ClusterRole")
+        .iter()
+        .any(|r| grants(r).contains_key(&("apps".to_string(), "deployments".to_string()))));
+    assert!(try_render(
+        &helm,
+        "rolloutRestart: {enabled: true, namespaces: [team-a, team-a]}"
+    )
+    .is_err());
+    for values in [
+        "{}",
+        "watchNamespaces: [team-a]\nclusterProviders: {enabled: true}",
+        "rolloutRestart: {enabled: true, namespaces: [team-a]}",
+    ] {
+        let objs = render(&helm, values);
+        for kind in ["ClusterRole", "Role"] {
+            for role in operator_roles(&objs, kind) {
+                if let Some(v) = grants(role).get(&("".to_string(), "secrets".to_string())) {
+                    assert!(
+                        !v.contains("delete"),
+                        "{values}: {kind} grants Secret delete"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// issue 17 item 5: the chart passes the network-policy flags for KeyProviders only when set.
+#[test]
+fn keyprovider_network_flags_only_when_allowed() {
+    let Some(helm) = helm() else { return };
+    let a = args(&render(&helm, "{}"));
+    assert!(
+        !a.iter()
+            .any(|x| x.starts_with("--allow-private-provider-networks")
+                || x.starts_with("--allow-insecure-http")),
+        "{a:?}"
+    );
+    let a = args(&render(
+        &helm,
+        "namespacedProviders: {allowPrivateNetworks: true, allowInsecureHTTP: true}",
+    ));
+    assert!(
+        a.contains(&"--allow-private-provider-networks".to_string()),
+        "{a:?}"
+    );
+    assert!(a.contains(&"--allow-insecure-http".to_string()), "{a:?}");
 }
 
 #[test]

@@ -1320,6 +1320,11 @@ async fn secrets_are_garbage_collected_with_their_apikey() {
     .await;
 }
 
+/// The flags that let a namespaced KeyProvider reach the loopback http emulators (off by
+/// default: see tests/e2e_ssrf.rs).
+const LOCAL_KEYPROVIDERS: [&str; 2] =
+    ["--allow-private-provider-networks", "--allow-insecure-http"];
+
 /// Deleting a namespace that holds ApiKeys: each key is revoked at the provider, the finalizers
 /// are released and the namespace goes away (kube-controller-manager's namespace controller).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1334,7 +1339,8 @@ async fn deleting_a_namespace_revokes_its_keys() {
     )
     .await;
     let c = &cluster;
-    let op = c.start_operator("op", &[]).await;
+    // The namespaced KeyProvider below uses the loopback http emulator: the admin allows it.
+    let op = c.start_operator("op", &LOCAL_KEYPROVIDERS).await;
     // A KeyProvider and its credentials in the same namespace: namespace deletion deletes them
     // too, and the in-use finalizer keeps them until the keys made through them are revoked.
     let mgmt =
@@ -1634,7 +1640,7 @@ async fn an_apikey_is_ready_soon_after_its_credentials_secret_appears() {
     )
     .await;
     let c = &cluster;
-    let op = c.start_operator("op", &[]).await;
+    let op = c.start_operator("op", &LOCAL_KEYPROVIDERS).await;
     let mgmt =
         Api::<k8s_openapi::api::core::v1::Secret>::namespaced(c.client.clone(), &c.operator_ns)
             .get(cluster::MGMT_SECRET)

@@ -194,6 +194,11 @@ impl Context {
         })?;
         super::provider::check_base_url(&self.allowed_base_url_hosts, &id, spec)
             .map_err(ResolveError::InvalidProvider)?;
+        if namespace.is_some() {
+            // Before the credentials are read: a refused KeyProvider gets nothing.
+            super::provider::check_network(self.namespaced_network, spec)
+                .map_err(|e| ResolveError::InvalidProvider(format!("{id}: {e}")))?;
+        }
         let refresh_interval = match &spec.refresh_interval {
             Some(s) => providers::parse_duration(s)
                 .map_err(|e| {
@@ -223,7 +228,13 @@ impl Context {
                 return Ok(resolved(entry.backend.clone()));
             }
         }
-        let backend = providers::build_backend(spec, read.credentials, self.client_options.clone())
+        let mut opts = self.client_options.clone();
+        if namespace.is_some() {
+            // A tenant's KeyProvider: the admin's network policy (ClusterKeyProviders are the
+            // admin's own).
+            opts.network = self.namespaced_network;
+        }
+        let backend = providers::build_backend(spec, read.credentials, opts)
             .map_err(|e| ResolveError::InvalidProvider(format!("{id}: {e}")))?;
         let entry = Arc::new(BackendEntry {
             generation,

@@ -44,6 +44,10 @@ pub struct Context {
     /// When not empty, the only hosts a provider object's base URL may name
     /// (`keysmith run --allowed-base-url-hosts`).
     pub allowed_base_url_hosts: Vec<String>,
+    /// Where namespaced KeyProviders may connect (`keysmith run
+    /// --allow-private-provider-networks`, `--allow-insecure-http`); restricted by default.
+    /// ClusterKeyProviders are not restricted.
+    pub namespaced_network: crate::providers::egress::NetworkPolicy,
     /// The leader Lease's renew deadline: provider writes stop there.
     pub lease: Arc<super::leader::LeaseClock>,
     /// Watch-fed provider objects and namespace labels (fallback: a GET).
@@ -135,6 +139,7 @@ impl Context {
             debouncer: Default::default(),
             namespaced_providers: true,
             allowed_base_url_hosts: Vec::new(),
+            namespaced_network: crate::providers::egress::NetworkPolicy::RESTRICTED,
             lease,
             cache: Default::default(),
             #[cfg(feature = "test-hooks")]

@@ -43,8 +43,9 @@ use crate::metrics::Metrics;
 pub use admin::{serve_http, Health};
 pub use context::Context;
 
-/// Label (any value) on a user's Secret used as `spec.source`: keysmith watches such Secrets and
-/// re-pushes the key as soon as the value changes.
+/// Label (any value, e.g. `true`) a user puts on a Secret to let ApiKeys of its namespace use it
+/// as `spec.source`: an unlabelled Secret is never read for a push (SourceNotFound). keysmith
+/// watches such Secrets and re-pushes the key as soon as the value changes.
 pub const SOURCE_LABEL: &str = "keysmith.dev/source";
 
 /// Flags of `keysmith run`.
@@ -89,6 +90,17 @@ pub struct RunArgs {
     /// is made.
     #[arg(long, value_delimiter = ',', env = "KEYSMITH_ALLOWED_BASE_URL_HOSTS")]
     pub allowed_base_url_hosts: Vec<String>,
+    /// Let namespaced KeyProviders reach loopback, link-local (169.254.0.0/16, fe80::/10),
+    /// private (10/8, 172.16/12, 192.168/16, fc00::/7), shared, unspecified, multicast and
+    /// reserved addresses, checked on every address a host name resolves to. Off by default: a
+    /// tenant's KeyProvider aimed there is InvalidProvider and nothing is sent. ClusterKeyProviders
+    /// are never restricted.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", env = "KEYSMITH_ALLOW_PRIVATE_PROVIDER_NETWORKS")]
+    pub allow_private_provider_networks: bool,
+    /// Let namespaced KeyProviders use plain `http://` base URLs. Off by default: they must use
+    /// `https://`. ClusterKeyProviders may always use http.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", env = "KEYSMITH_ALLOW_INSECURE_HTTP")]
+    pub allow_insecure_http: bool,
     /// ApiKeys reconciled at once.
     #[arg(long, default_value_t = 64, env = "KEYSMITH_CONCURRENCY")]
     pub concurrency: u16,
@@ -124,6 +136,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .map(|h| h.trim().to_ascii_lowercase())
         .filter(|h| !h.is_empty())
         .collect();
+    ctx.namespaced_network = crate::providers::egress::NetworkPolicy {
+        allow_private: args.allow_private_provider_networks,
+        allow_http: args.allow_insecure_http,
+    };
     if args.leader_elect {
         // A create starts only if it can end before the Lease's renew deadline: provider
         // requests must be shorter than the window between two renewals.

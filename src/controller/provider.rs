@@ -111,6 +111,20 @@ pub fn check_base_url(allowed: &[String], id: &str, spec: &KeyProviderSpec) -> R
     }
 }
 
+/// The network policy of namespaced KeyProviders, on the base URL itself (scheme, address
+/// literals, userinfo/query/fragment); the addresses a host name resolves to are checked when
+/// connecting (see `providers::egress`). Err is the InvalidProvider message.
+pub fn check_network(
+    policy: crate::providers::egress::NetworkPolicy,
+    spec: &KeyProviderSpec,
+) -> Result<(), String> {
+    let Some(base) = effective_base_url(spec) else {
+        return Ok(());
+    };
+    let url = crate::providers::http::parse_base_url(&base)?;
+    crate::providers::egress::check_url(&url, policy)
+}
+
 /// The status a provider object gets for `readiness` (pure): only the Ready condition, built by
 /// the one condition builder. Quiet and deterministic, because with `--label-selector` every
 /// shard verifies every ClusterKeyProvider and they must not flap its status:

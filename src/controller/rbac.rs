@@ -49,13 +49,10 @@ pub const PERMISSIONS: &[Permission] = &[
         &["get", "list", "watch", "patch"],
     ),
     p("keysmith.dev", "clusterkeyproviders/status", &["patch"]),
-    // Secrets: written by server-side apply (patch); a type change replaces (delete + create);
-    // credentials and source Secrets are read; labelled ones watched.
-    p(
-        "",
-        "secrets",
-        &["get", "list", "watch", "create", "patch", "delete"],
-    ),
+    // Secrets: written by server-side apply (patch) or created; credentials and source Secrets
+    // are read; labelled ones watched. Never deleted (a Secret whose type must change is left
+    // to the user; keysmith's own go with their ApiKey by garbage collection).
+    p("", "secrets", &["get", "list", "watch", "create", "patch"]),
     // ClusterKeyProvider namespaceSelector: namespace labels, watched (metadata only).
     p("", "namespaces", &["get", "list", "watch"]),
     p("events.k8s.io", "events", &["create", "patch"]),

@@ -391,6 +391,17 @@ pub async fn spawn(router: Router, faults: Arc<Faults>) -> std::io::Result<Runni
     })
 }
 
+/// The warning an emulator bound off loopback prints at start: its `/_emulator/*` control
+/// endpoints (faults, stats, and for some providers every key's value) have no authentication.
+pub fn off_loopback_warning(addr: SocketAddr) -> Option<String> {
+    if addr.ip().is_loopback() {
+        return None;
+    }
+    Some(format!(
+        "WARNING: this emulator listens on {addr}, not on loopback: its /_emulator/* control endpoints are NOT authenticated (anyone who can reach {addr} can inject faults, read stats and inspect keys). It is a test tool: bind it to 127.0.0.1 unless the network is yours alone."
+    ))
+}
+
 /// Serve until SIGINT/SIGTERM (the CLI).
 pub async fn serve(
     router: Router,
@@ -403,6 +414,10 @@ pub async fn serve(
     // The one line scripts wait for; it names the address actually bound (port 0 works).
     println!("keysmith emulator for {provider} listening on http://{addr}");
     tracing::info!(%addr, provider, "emulator listening");
+    if let Some(w) = off_loopback_warning(addr) {
+        eprintln!("{w}");
+        tracing::warn!(%addr, provider, "{w}");
+    }
     axum::serve(
         listener,
         with_faults(router, faults).into_make_service_with_connect_info::<SocketAddr>(),
@@ -535,6 +550,24 @@ mod tests {
             .get("retry-after")
             .map(|v| v.to_str().unwrap().to_string());
         (resp.status(), retry_after, started.elapsed())
+    }
+
+    #[test]
+    fn control_endpoints_off_loopback_are_warned_about() {
+        for quiet in ["127.0.0.1:8787", "[::1]:8787", "127.0.0.2:1"] {
+            assert_eq!(
+                off_loopback_warning(quiet.parse().unwrap()),
+                None,
+                "{quiet}"
+            );
+        }
+        for loud in ["0.0.0.0:8787", "[::]:8787", "10.0.0.5:8787"] {
+            let w = off_loopback_warning(loud.parse().unwrap()).expect(loud);
+            assert!(
+                w.contains("NOT authenticated") && w.contains("/_emulator/"),
+                "{w}"
+            );
+        }
     }
 
     #[tokio::test]

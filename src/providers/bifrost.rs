@@ -173,9 +173,10 @@ impl BifrostClient {
         body: Option<&Value>,
     ) -> Result<HttpResponse, ProviderError> {
         let auth = self.auth_header()?;
+        let url = self.http.url(path)?;
         self.http
             .send(operation, idem, || {
-                let mut b = self.http.request(method.clone(), path);
+                let mut b = self.http.request(method.clone(), &url);
                 if let Some(h) = &auth {
                     b = b.header(reqwest::header::AUTHORIZATION, h.clone());
                 }
@@ -196,11 +197,26 @@ impl BifrostClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<HttpResponse, ProviderError> {
+        self.call_with(operation, idem, method, path, body, None)
+            .await
+    }
+
+    /// [`Self::call`] for a request that carries `secret` (a pushed value): an error text
+    /// echoing it has it scrubbed before it is cut.
+    async fn call_with(
+        &self,
+        operation: &'static str,
+        idem: Idempotency,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        secret: Option<&SecretString>,
+    ) -> Result<HttpResponse, ProviderError> {
         let resp = self.raw(operation, idem, method, path, body).await?;
         if resp.status.is_success() {
             Ok(resp)
         } else {
-            Err(error_from(&resp))
+            Err(error_with(&resp, secret))
         }
     }
 
@@ -212,7 +228,7 @@ impl BifrostClient {
                 "get_virtual_key",
                 Idempotency::Safe,
                 Method::GET,
-                &format!("{VK_PATH}/{}", seg(id)),
+                &format!("{VK_PATH}/{}", seg(id)?),
                 None,
             )
             .await?;
@@ -335,7 +351,7 @@ impl BifrostClient {
                 "update_virtual_key",
                 Idempotency::Safe,
                 Method::PUT,
-                &format!("{VK_PATH}/{}", seg(id)),
+                &format!("{VK_PATH}/{}", seg(id)?),
                 Some(&body),
             )
             .await?;
@@ -350,7 +366,7 @@ impl BifrostClient {
                 "rotate_virtual_key",
                 Idempotency::Safe,
                 Method::POST,
-                &format!("{VK_PATH}/{}/rotate", seg(id)),
+                &format!("{VK_PATH}/{}/rotate", seg(id)?),
                 // The published operation takes no request body.
                 None,
             )
@@ -380,7 +396,7 @@ impl BifrostClient {
             "delete_virtual_key",
             Idempotency::Safe,
             Method::DELETE,
-            &format!("{VK_PATH}/{}", seg(id)),
+            &format!("{VK_PATH}/{}", seg(id)?),
             None,
         )
         .await
@@ -404,7 +420,7 @@ impl BifrostClient {
             "get_provider_key",
             Idempotency::Safe,
             Method::GET,
-            &pk_path(provider, Some(id)),
+            &pk_path(provider, Some(id))?,
             None,
         )
         .await?
@@ -431,7 +447,7 @@ impl BifrostClient {
                 "list_provider_keys",
                 Idempotency::Safe,
                 Method::GET,
-                &pk_path(provider, None),
+                &pk_path(provider, None)?,
                 None,
             )
             .await?;
@@ -459,19 +475,22 @@ impl BifrostClient {
         rows.into_iter().find(|r| r.name == name)
     }
 
+    /// PUT a provider key; `secret`: the pushed value the body carries, if any.
     async fn pk_put(
         &self,
         provider: &str,
         id: &str,
         body: &Value,
+        secret: Option<&SecretString>,
     ) -> Result<ProviderKey, ProviderError> {
         let resp = self
-            .call(
+            .call_with(
                 "update_provider_key",
                 Idempotency::Safe,
                 Method::PUT,
-                &pk_path(provider, Some(id)),
+                &pk_path(provider, Some(id))?,
                 Some(body),
+                secret,
             )
             .await?;
         Ok(resp.json::<ProviderKeyJson>()?.into_key(provider))
@@ -511,7 +530,7 @@ impl BifrostClient {
         };
         let body = provider_key_body(s, &b, &id, value);
         if existing.is_some() {
-            match self.pk_put(&provider, &id, &body).await {
+            match self.pk_put(&provider, &id, &body, Some(value)).await {
                 // Deleted behind keysmith's back: register it again under the same id (an
                 // unknown provider answers 404 to the create too).
                 Err(ProviderError::NotFound(_)) => {}
@@ -523,31 +542,28 @@ impl BifrostClient {
                 "create_provider_key",
                 Idempotency::Unsafe,
                 Method::POST,
-                &pk_path(&provider, None),
+                &pk_path(&provider, None)?,
                 Some(&body),
             )
             .await?;
         if resp.status.is_success() {
             return Ok(resp.json::<ProviderKeyJson>()?.into_key(&provider));
         }
-        let err = error_from(&resp);
+        let err = error_with(&resp, Some(value));
         if resp.status != StatusCode::CONFLICT {
             return Err(err);
         }
         // 409: either our own id (a repeated create) or a name another key holds.
         match self.pk_get(&provider, &id).await {
-            Ok(_) => self.pk_put(&provider, &id, &body).await,
+            Ok(_) => self.pk_put(&provider, &id, &body, Some(value)).await,
             Err(ProviderError::NotFound(_)) => {
                 let holder = self.pk_name_holder(&s.name).await;
                 Err(ProviderError::Rejected(match holder {
+                    // Another key holds the name: said without naming that key (its id and
+                    // provider belong to whoever made it, maybe another tenant).
                     Some(h) if h.id() != id => format!(
-                        "a provider key named {:?} already exists at the gateway (id {}{}); Bifrost key names are unique across providers: choose another spec.displayName or remove that key",
-                        s.name,
-                        h.id(),
-                        h.provider
-                            .as_deref()
-                            .map(|p| format!(", provider {p}"))
-                            .unwrap_or_default()
+                        "the name {:?} is taken by another key at the gateway; Bifrost key names are unique across providers: choose another spec.displayName",
+                        http::snippet(&s.name),
                     ),
                     _ => format!(
                         "the gateway refused provider key {id} for {provider} ({err}): its id or the name {:?} is taken by another key, possibly under another provider",
@@ -592,7 +608,7 @@ impl BifrostClient {
                 _ => {}
             }
         }
-        self.pk_put(provider, id, &body).await
+        self.pk_put(provider, id, &body, None).await
     }
 }
 
@@ -720,7 +736,7 @@ impl KeyBackend for BifrostClient {
                     "delete_provider_key",
                     Idempotency::Safe,
                     Method::DELETE,
-                    &pk_path(&scope.parent, Some(id)),
+                    &pk_path(&scope.parent, Some(id))?,
                     None,
                 )
                 .await
@@ -771,23 +787,16 @@ fn is_json(resp: &HttpResponse) -> bool {
 }
 
 /// Percent-encode one path segment.
-fn seg(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+fn seg(s: &str) -> Result<String, ProviderError> {
+    // Ids come from spec.keyRef, status and gateway answers: one segment, never `.`/`..`/`/`.
+    http::path_segment(s, "Bifrost id")
 }
 
-fn pk_path(provider: &str, id: Option<&str>) -> String {
-    match id {
-        Some(id) => format!("/api/providers/{}/keys/{}", seg(provider), seg(id)),
-        None => format!("/api/providers/{}/keys", seg(provider)),
-    }
+fn pk_path(provider: &str, id: Option<&str>) -> Result<String, ProviderError> {
+    Ok(match id {
+        Some(id) => format!("/api/providers/{}/keys/{}", seg(provider)?, seg(id)?),
+        None => format!("/api/providers/{}/keys", seg(provider)?),
+    })
 }
 
 /// The provider-key id keysmith uses for an ApiKey: a name-based UUID (version 5 layout, SHA-1)
@@ -1026,7 +1035,8 @@ fn scrub(e: ProviderError, value: &SecretString) -> ProviderError {
     if v.len() < 4 {
         return e;
     }
-    let clean = |m: String| m.replace(v, "[REDACTED]");
+    // The whole value, and a head of it that a cut left at the end of a message.
+    let clean = |m: String| http::redact(&m, v);
     match e {
         ProviderError::Auth(m) => ProviderError::Auth(clean(m)),
         ProviderError::Rejected(m) => ProviderError::Rejected(clean(m)),
@@ -1035,6 +1045,7 @@ fn scrub(e: ProviderError, value: &SecretString) -> ProviderError {
         ProviderError::Malformed(m) => ProviderError::Malformed(clean(m)),
         ProviderError::Unsupported(m) => ProviderError::Unsupported(clean(m)),
         ProviderError::Unconfirmed(m) => ProviderError::Unconfirmed(clean(m)),
+        ProviderError::Refused(m) => ProviderError::Refused(clean(m)),
         e @ ProviderError::RateLimited { .. } => e,
     }
 }
@@ -1262,13 +1273,16 @@ fn parse_time(s: &Option<String>) -> Option<chrono::DateTime<chrono::Utc>> {
         .filter(|t| t.timestamp() > 0)
 }
 
-/// Turn a non-2xx answer into a typed error, with the message from Bifrost's envelope.
-fn error_from(resp: &HttpResponse) -> ProviderError {
+/// Turn a non-2xx answer into a typed error, with the message from Bifrost's envelope. For an
+/// answer to a request that carried `secret` (a pushed value), the gateway's message has it
+/// scrubbed first, then is cut (the other order misses a value the cut split).
+fn error_with(resp: &HttpResponse, secret: Option<&SecretString>) -> ProviderError {
     let status = resp.status;
+    let secret = secret.map(|s| s.expose_secret());
     let message = serde_json::from_slice::<ErrorEnvelope>(&resp.body)
         .ok()
         .and_then(|e| e.error.and_then(|e| e.message).or(e.message))
-        .map(|m| http::snippet(&m))
+        .map(|m| http::snippet_scrubbed(&m, secret))
         .filter(|m| !m.is_empty())
         .unwrap_or_else(|| {
             let t = resp.text_snippet();
@@ -1701,6 +1715,176 @@ mod tests {
             uid: "0b6a3c1e-1111-2222-3333-444455556666".into(),
             ..Default::default()
         }
+    }
+
+    /// A gateway on loopback answering each request by its first line (`"POST /api/…"` prefix)
+    /// with a status and a JSON body; 404 for anything else.
+    async fn fake_gateway(routes: Vec<(&'static str, u16, String)>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let routes = std::sync::Arc::new(routes);
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let routes = routes.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    // The head, then as much body as Content-Length says.
+                    loop {
+                        let n = conn.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_string();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let len = text[..end]
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                                })
+                                .unwrap_or(0);
+                            if buf.len() >= end + 4 + len {
+                                break;
+                            }
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf).to_string();
+                    let (status, body) = routes
+                        .iter()
+                        .find(|(prefix, _, _)| head.starts_with(prefix))
+                        .map(|(_, s, b)| (*s, b.clone()))
+                        .unwrap_or((404, r#"{"error":{"message":"not found"}}"#.into()));
+                    let resp = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        url
+    }
+
+    fn push_settings() -> KeySettings {
+        KeySettings {
+            name: "team-a/upstream".into(),
+            uid: "0b6a3c1e-1111-2222-3333-444455556666".into(),
+            pushed: true,
+            bifrost: Some(crate::api::BifrostKeySpec {
+                provider: Some("openai".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn client_at(url: &str) -> BifrostClient {
+        let spec = BifrostProvider {
+            base_url: url.into(),
+            ..Default::default()
+        };
+        let opts = ClientOptions {
+            max_attempts: 1,
+            timeout: std::time::Duration::from_secs(2),
+            ..Default::default()
+        };
+        BifrostClient::new(&spec, Credentials::default(), opts).unwrap()
+    }
+
+    /// issue 17 item 11: a gateway that echoes the pushed value in its error, placed where the
+    /// 200-character cut splits it. Before, the message was cut first and scrubbed after: the
+    /// value's first characters were left in the error (and so in the condition and Event).
+    #[tokio::test]
+    async fn a_pushed_value_echoed_in_an_error_is_scrubbed_before_the_cut() {
+        let value = "sk-proj-UPSTREAM-0123456789abcdefghijklmnopqrstuvwxyz";
+        let message = format!("{} {value} is not a valid key", "x".repeat(190));
+        let body = json!({ "error": { "message": message } }).to_string();
+        let url = fake_gateway(vec![("POST /api/providers/openai/keys", 400, body)]).await;
+        let c = client_at(&url);
+        let err = c
+            .push(&push_settings(), &SecretString::from(value), None)
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, ProviderError::Rejected(_)), "{text}");
+        for k in 4..value.len() {
+            assert!(
+                !text.contains(&value[..k]),
+                "{k} characters of the value in: {text}"
+            );
+        }
+    }
+
+    /// issue 17 item 11: a name another key holds. Before, the error named that key's id and
+    /// provider (another tenant's, possibly); now it only says the name is taken.
+    #[tokio::test]
+    async fn a_taken_name_does_not_reveal_the_other_key() {
+        let rows = json!([{ "key_id": "victim-key-7f3a", "name": "team-a/upstream", "provider": "anthropic" }]).to_string();
+        let url = fake_gateway(vec![
+            (
+                "POST /api/providers/openai/keys",
+                409,
+                r#"{"error":{"message":"name exists"}}"#.into(),
+            ),
+            ("GET /api/keys ", 200, rows),
+        ])
+        .await;
+        let c = client_at(&url);
+        let err = c
+            .push(
+                &push_settings(),
+                &SecretString::from("sk-proj-abcdefgh"),
+                None,
+            )
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("is taken by another key"), "{text}");
+        assert!(
+            !text.contains("victim-key-7f3a") && !text.contains("anthropic"),
+            "{text}"
+        );
+    }
+
+    /// issue 17 item 12: an id from spec.keyRef or status that would walk the path (`..`,
+    /// `.`, `/`, their encodings) is refused before any request. Before, `..` was kept as a
+    /// segment and `DELETE /api/governance/virtual-keys/..` went out as
+    /// `DELETE /api/governance/` (here: a connection refused, so `Unavailable`).
+    #[tokio::test]
+    async fn ids_that_would_walk_the_path_are_refused_before_a_call() {
+        let spec = BifrostProvider {
+            base_url: "http://127.0.0.1:9".into(),
+            ..Default::default()
+        };
+        let opts = ClientOptions {
+            max_attempts: 1,
+            timeout: std::time::Duration::from_millis(500),
+            ..Default::default()
+        };
+        let c = BifrostClient::new(&spec, Credentials::default(), opts).unwrap();
+        let vk = KeyScope::default();
+        let pk = KeyScope {
+            family: FAMILY_PROVIDER.into(),
+            parent: "openai".into(),
+        };
+        for id in ["..", ".", "%2e%2e", "a/../b", "../../config", ""] {
+            for scope in [&vk, &pk] {
+                let e = c.revoke(scope, id).await.unwrap_err();
+                assert!(matches!(e, ProviderError::Rejected(_)), "{id}: {e}");
+                let e = c.get(scope, id).await.unwrap_err();
+                assert!(matches!(e, ProviderError::Rejected(_)), "{id}: {e}");
+            }
+        }
+        let bad_parent = KeyScope {
+            family: FAMILY_PROVIDER.into(),
+            parent: "..".into(),
+        };
+        let e = c.revoke(&bad_parent, "k1").await.unwrap_err();
+        assert!(matches!(e, ProviderError::Rejected(_)), "{e}");
     }
 
     #[test]

@@ -134,12 +134,13 @@ impl BoltzClient {
         body: Option<&serde_json::Value>,
     ) -> Result<HttpResponse, ProviderError> {
         let auth = self.auth_header()?;
+        let url = self.http.url(path)?;
         let resp = self
             .http
             .send(operation, idempotency, || {
                 let mut b = self
                     .http
-                    .request(method.clone(), path)
+                    .request(method.clone(), &url)
                     .header("x-api-key", auth.clone())
                     .header(reqwest::header::ACCEPT, "application/json");
                 if !query.is_empty() {
@@ -351,17 +352,9 @@ fn error_from(resp: &HttpResponse) -> ProviderError {
     }
 }
 
-/// Percent-encode a path segment (ids are opaque strings).
-fn segment(id: &str) -> String {
-    let mut out = String::with_capacity(id.len());
-    for b in id.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+/// One path segment for an id (ids are opaque strings; never `.`, `..` or holding `/`).
+fn segment(id: &str) -> Result<String, ProviderError> {
+    http::path_segment(id, "Boltz key id")
 }
 
 #[async_trait]
@@ -540,7 +533,7 @@ impl KeyBackend for BoltzClient {
     }
 
     async fn revoke(&self, scope: &KeyScope, id: &str) -> Result<(), ProviderError> {
-        let path = format!("{KEYS_PATH}/{}/revoke", segment(id));
+        let path = format!("{KEYS_PATH}/{}/revoke", segment(id)?);
         // Revoke moves the key to a fixed final state: safe to repeat. A repeated revoke may
         // answer 409 ("idempotent or 409" per the reference): read it as "already revoked" once
         // a listing shows the key inactive or gone.
@@ -746,7 +739,10 @@ mod tests {
 
     #[test]
     fn path_segments_are_encoded() {
-        assert_eq!(segment("key_abc-1"), "key_abc-1");
-        assert_eq!(segment("a/b c"), "a%2Fb%20c");
+        assert_eq!(segment("key_abc-1").unwrap(), "key_abc-1");
+        assert_eq!(segment("a b").unwrap(), "a%20b");
+        for walk in ["..", ".", "a/b", "%2e%2e", ""] {
+            assert!(segment(walk).is_err(), "{walk}");
+        }
     }
 }

@@ -100,11 +100,12 @@ impl DigitalOceanClient {
         body: Option<serde_json::Value>,
     ) -> Result<HttpResponse, ProviderError> {
         let auth = http::sensitive_header(&format!("Bearer {}", self.token.expose_secret()))?;
+        let url = self.http.url(path)?;
         self.http
             .send(operation, idempotency, || {
                 let b = self
                     .http
-                    .request(method.clone(), path)
+                    .request(method.clone(), &url)
                     .header(AUTHORIZATION, auth.clone())
                     .header(ACCEPT, "application/json");
                 match &body {
@@ -595,7 +596,8 @@ fn segment<'a>(s: &'a str, what: &str) -> Result<&'a str, ProviderError> {
         Ok(s)
     } else {
         Err(ProviderError::Rejected(format!(
-            "{s:?} is not a valid DigitalOcean {what}"
+            "{:?} is not a valid DigitalOcean {what}",
+            http::snippet(s)
         )))
     }
 }

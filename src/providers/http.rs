@@ -103,6 +103,37 @@ pub fn snippet(s: &str) -> String {
     }
 }
 
+/// [`snippet`] of `s` with `secret` (a value keysmith sent, e.g. a pushed key) replaced by
+/// `[REDACTED]` first: scrubbing after the cut would miss a value the cut split.
+pub fn snippet_scrubbed(s: &str, secret: Option<&str>) -> String {
+    match secret {
+        Some(v) if v.len() >= 4 && s.contains(v) => snippet(&s.replace(v, "[REDACTED]")),
+        _ => snippet(s),
+    }
+}
+
+/// Redact `secret` from a message that may already have been cut: the whole value wherever it
+/// is, and a beginning of it (4 characters or more) that ends the message, before the `…` of a
+/// cut.
+pub fn redact(message: &str, secret: &str) -> String {
+    if secret.len() < 4 {
+        return message.to_string();
+    }
+    let mut m = message.replace(secret, "[REDACTED]");
+    let (body, ellipsis) = match m.strip_suffix('…') {
+        Some(b) => (b.to_string(), "…"),
+        None => (m.clone(), ""),
+    };
+    let longest = (4..secret.len())
+        .rev()
+        .filter(|k| secret.is_char_boundary(*k))
+        .find(|k| body.ends_with(&secret[..*k]));
+    if let Some(k) = longest {
+        m = format!("{}[REDACTED]{ellipsis}", &body[..body.len() - k]);
+    }
+    m
+}
+
 /// A wait in seconds from a provider as a [`Duration`] no longer than [`MAX_RETRY_AFTER`].
 /// `None` for NaN and negative values (no usable hint); infinity is the maximum.
 pub fn clamped_secs(secs: f64) -> Option<Duration> {
@@ -196,6 +227,8 @@ pub fn rate_limiter(rps: f64, burst: u32) -> Option<DefaultDirectRateLimiter> {
 pub struct HttpClient {
     inner: reqwest::Client,
     provider: ProviderType,
+    /// Parsed and checked once; every request URL is built from it.
+    base: url::Url,
     base_url: String,
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
     in_flight: Arc<tokio::sync::Semaphore>,
@@ -228,25 +261,33 @@ impl std::fmt::Debug for HttpClient {
 }
 
 impl HttpClient {
-    /// A client for `provider`, using `opts.base_url` or `default_base_url`.
+    /// A client for `provider`, using `opts.base_url` or `default_base_url`. The base URL must
+    /// be an absolute `http(s)` URL without userinfo, query or fragment, and pass
+    /// `opts.network` (see [`super::egress`]); a restricted client also checks every address a
+    /// host name resolves to before connecting.
     pub fn new(
         provider: ProviderType,
         default_base_url: &str,
         opts: ClientOptions,
     ) -> Result<Self, String> {
-        let base_url = opts
+        let raw = opts
             .base_url
             .clone()
             .unwrap_or_else(|| default_base_url.to_string());
-        let base_url = base_url.trim_end_matches('/').to_string();
-        url::Url::parse(&base_url)
-            .map_err(|e| format!("baseURL {base_url:?} is not a URL: {e}"))?;
-        let inner = reqwest::Client::builder()
+        let base = parse_base_url(&raw)?;
+        super::egress::check_url(&base, opts.network)?;
+        let base_url = base.as_str().trim_end_matches('/').to_string();
+        let mut builder = reqwest::Client::builder()
             .timeout(opts.timeout)
             .connect_timeout(opts.timeout.min(Duration::from_secs(5)))
             .user_agent(concat!("keysmith/", env!("CARGO_PKG_VERSION")))
-            // A redirect would carry the credential header to wherever the answer points.
-            .redirect(reqwest::redirect::Policy::none())
+            // A redirect would carry the credential header to wherever the answer points (and
+            // past the network policy): never followed, a 3xx is returned as it is.
+            .redirect(reqwest::redirect::Policy::none());
+        if !opts.network.allow_private {
+            builder = builder.dns_resolver(Arc::new(super::egress::GuardedResolver));
+        }
+        let inner = builder
             .build()
             .map_err(|e| format!("cannot build HTTP client: {e}"))?;
         let limiter = opts
@@ -257,6 +298,7 @@ impl HttpClient {
         Ok(HttpClient {
             inner,
             provider,
+            base,
             base_url,
             limiter,
             in_flight,
@@ -279,10 +321,17 @@ impl HttpClient {
         &self.base_url
     }
 
-    /// Start a request to `base_url + path`.
-    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.inner
-            .request(method, format!("{}{}", self.base_url, path))
+    /// The URL of `path` (`/segment/segment[?query]`) under the base URL, built from parsed
+    /// parts: the base's scheme, host, port and path are kept whatever `path` holds, and a
+    /// `path` that could walk the path (a `.`/`..` segment, raw or percent-encoded, an encoded
+    /// `/` or backslash, an empty segment) or carries a fragment is refused before any call.
+    pub fn url(&self, path: &str) -> Result<url::Url, ProviderError> {
+        join_path(&self.base, path).map_err(ProviderError::Rejected)
+    }
+
+    /// Start a request to `url` (from [`HttpClient::url`]).
+    pub fn request(&self, method: Method, url: &url::Url) -> RequestBuilder {
+        self.inner.request(method, url.clone())
     }
 
     /// Send a request built by `build` (called once per attempt), with rate limiting, retries and
@@ -381,6 +430,10 @@ impl HttpClient {
                     if err.too_large {
                         return Err(ProviderError::Malformed(err.message));
                     }
+                    if err.refused {
+                        // Nothing was sent, and trying again would be refused again.
+                        return Err(ProviderError::Refused(err.message));
+                    }
                     let retry =
                         !last && (idempotency == Idempotency::Safe || err.certainly_not_sent());
                     if retry {
@@ -428,6 +481,7 @@ async fn read_capped(mut resp: reqwest::Response) -> Result<HttpResponse, Transp
         connect: false,
         timeout: false,
         too_large: true,
+        refused: false,
     };
     if resp
         .content_length()
@@ -474,6 +528,8 @@ struct TransportError {
     timeout: bool,
     /// The body was over [`MAX_BODY_BYTES`]: the provider answered, so not retried.
     too_large: bool,
+    /// The network policy refused every address of the host: nothing was sent.
+    refused: bool,
 }
 
 impl TransportError {
@@ -483,6 +539,8 @@ impl TransportError {
     fn label(&self) -> &'static str {
         if self.too_large {
             "too_large"
+        } else if self.refused {
+            "refused"
         } else if self.timeout {
             "timeout"
         } else {
@@ -492,6 +550,15 @@ impl TransportError {
 }
 
 fn transport_error(e: &reqwest::Error) -> TransportError {
+    if super::egress::is_refused_error(e) {
+        return TransportError {
+            message: super::egress::RESOLVES_TO_PRIVATE.to_string(),
+            connect: true,
+            timeout: false,
+            too_large: false,
+            refused: true,
+        };
+    }
     // Only the innermost cause is kept: reqwest's own Display includes the URL.
     let message = if e.is_timeout() {
         "request timed out".to_string()
@@ -505,6 +572,7 @@ fn transport_error(e: &reqwest::Error) -> TransportError {
         connect: e.is_connect(),
         timeout: e.is_timeout(),
         too_large: false,
+        refused: false,
     }
 }
 
@@ -514,6 +582,106 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     snippet(&cur.to_string())
+}
+
+/// Parse a provider object's base URL: absolute `http`/`https` with a host, and no userinfo,
+/// query or fragment (each would change what a request URL means). A trailing `/` is dropped.
+pub fn parse_base_url(raw: &str) -> Result<url::Url, String> {
+    // The value is the admin's or tenant's own: quoted, but cut.
+    let shown = snippet(raw);
+    let url =
+        url::Url::parse(raw.trim()).map_err(|e| format!("baseURL {shown:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "baseURL {shown:?} must be an http:// or https:// URL"
+        ));
+    }
+    if url.host().is_none() {
+        return Err(format!("baseURL {shown:?} has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        // Not quoted: the userinfo may be a credential.
+        return Err("the baseURL must not carry a user name or password (use the provider's credentials Secret)".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "baseURL {shown:?} must not have a query (?…) or fragment (#…): request paths are appended to its path"
+        ));
+    }
+    let mut url = url;
+    let path = url.path().trim_end_matches('/').to_string();
+    url.set_path(&path);
+    Ok(url)
+}
+
+/// Whether a path segment is one a URL parser resolves (`.`, `..`, and their percent-encoded
+/// forms `%2e`, `.%2e`, `%2e.`, `%2e%2e`, any case).
+fn is_dot_segment(seg: &str) -> bool {
+    let s = seg.to_ascii_lowercase().replace("%2e", ".");
+    s == "." || s == ".."
+}
+
+/// `base` with `path` (`/a/b[?query]`) appended to its path. Refused: a path not starting with
+/// `/`, a fragment, an empty, dot or backslash segment, an encoded `/` or backslash in a segment.
+pub fn join_path(base: &url::Url, path: &str) -> Result<url::Url, String> {
+    let (p, query) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
+    let bad = || format!("{:?} is not a request path keysmith sends", snippet(path));
+    if !p.starts_with('/') || path.contains('#') {
+        return Err(bad());
+    }
+    if p != "/" {
+        for seg in p[1..].split('/') {
+            let lower = seg.to_ascii_lowercase();
+            if seg.is_empty()
+                || is_dot_segment(seg)
+                || seg.contains('\\')
+                || lower.contains("%2f")
+                || lower.contains("%5c")
+            {
+                return Err(bad());
+            }
+        }
+    }
+    let mut url = base.clone();
+    let joined = format!("{}{p}", base.path().trim_end_matches('/'));
+    url.set_path(&joined);
+    url.set_query(query);
+    url.set_fragment(None);
+    // What the parser made of it: still under the base, nothing resolved away.
+    if url.path() != joined
+        || url.scheme() != base.scheme()
+        || url.host() != base.host()
+        || url.port() != base.port()
+    {
+        return Err(bad());
+    }
+    Ok(url)
+}
+
+/// Percent-encode one path segment of a request (an id from a spec, a status or a provider
+/// answer): everything but unreserved characters is encoded. Refused, whatever the encoding: an
+/// empty id, `.` and `..` (a URL parser resolves them, encoded or not), and ids holding `/` or
+/// backslash (servers that decode before routing would walk the path). `what` names the id in the
+/// message.
+pub fn path_segment(id: &str, what: &str) -> Result<String, ProviderError> {
+    if id.is_empty() || is_dot_segment(id) || id.contains('/') || id.contains('\\') {
+        return Err(ProviderError::Rejected(format!(
+            "{:?} is not a valid {what}",
+            snippet(id)
+        )));
+    }
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Ok(out)
 }
 
 /// Mark an auth header value sensitive so that it never appears in debug output.
@@ -572,6 +740,22 @@ mod tests {
         );
         assert_eq!(retry_after(&h), Some(Duration::ZERO));
         assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn secrets_are_scrubbed_before_the_cut_and_cut_tails_are_redacted() {
+        let value = "sk-upstream-0123456789abcdef0123456789";
+        let text = format!("{} {value} trailing", "x".repeat(190));
+        // Cut first, scrubbed after (the old order): the value's head survives the cut.
+        let old = snippet(&text).replace(value, "[REDACTED]");
+        assert!(old.contains("sk-upstre"), "{old}");
+        let new = snippet_scrubbed(&text, Some(value));
+        assert!(!new.contains("sk-up"), "{new}");
+        // A message that was cut elsewhere: its tail that starts the value is redacted.
+        let r = redact(&old, value);
+        assert!(!r.contains("sk-up") && r.ends_with("[REDACTED]…"), "{r}");
+        assert_eq!(redact("no value here", value), "no value here");
+        assert_eq!(redact(&format!("a {value} b"), value), "a [REDACTED] b");
     }
 
     #[test]
@@ -696,6 +880,200 @@ mod tests {
                 assert!(backoff(base, attempt) <= Duration::from_secs(10));
             }
         }
+    }
+
+    #[test]
+    fn base_urls_with_userinfo_query_or_fragment_are_refused() {
+        assert_eq!(
+            parse_base_url("https://gw.example.com/api/")
+                .unwrap()
+                .as_str(),
+            "https://gw.example.com/api"
+        );
+        for bad in [
+            "https://user:pass@gw.example.com/",
+            "https://token@gw.example.com/",
+            "https://gw.example.com/api?x=/admin",
+            "https://gw.example.com/api#",
+            "https://gw.example.com/api#frag",
+            "ftp://gw.example.com/",
+            "file:///etc/passwd",
+            "not a url",
+        ] {
+            let e = parse_base_url(bad).unwrap_err();
+            assert!(!e.contains("user:pass") && !e.contains("token@"), "{e}");
+        }
+        // A `?` in the baseURL used to pick the path: `{base}{path}` put the path in the query.
+        let opts = ClientOptions {
+            base_url: Some("https://gw.example.com/api?".into()),
+            ..Default::default()
+        };
+        assert!(HttpClient::new(ProviderType::Bifrost, "https://x", opts).is_err());
+    }
+
+    #[test]
+    fn request_urls_are_built_under_the_base_path() {
+        let base = parse_base_url("https://gw.example.com/api").unwrap();
+        let u = join_path(&base, "/keys/abc%20d?cursor=x%26y").unwrap();
+        assert_eq!(
+            u.as_str(),
+            "https://gw.example.com/api/keys/abc%20d?cursor=x%26y"
+        );
+        let root = parse_base_url("https://api.example.com").unwrap();
+        assert_eq!(
+            join_path(&root, "/?Action=List").unwrap().as_str(),
+            "https://api.example.com/?Action=List"
+        );
+        for bad in [
+            "/keys/..",
+            "/keys/../admin",
+            "/keys/.",
+            "/keys/%2e%2E",
+            "/keys/.%2e",
+            "/keys/%2E",
+            "/keys/a%2Fb",
+            "/keys/a%5cb",
+            "/keys/a\\b",
+            "/keys//x",
+            "/keys/",
+            "/keys/x#frag",
+            "keys",
+            "//evil.example/x",
+        ] {
+            assert!(join_path(&base, bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ids_become_one_segment_or_are_refused() {
+        assert_eq!(path_segment("key_abc-1.2", "id").unwrap(), "key_abc-1.2");
+        assert_eq!(
+            path_segment("a b?c#d%2f", "id").unwrap(),
+            "a%20b%3Fc%23d%252f"
+        );
+        for bad in ["", ".", "..", "%2e", "%2E%2e", "a/b", "a\\b", "../admin"] {
+            let e = path_segment(bad, "Bifrost key id").unwrap_err();
+            assert!(matches!(e, ProviderError::Rejected(_)), "{bad}: {e}");
+        }
+        // Whatever an id holds, the URL stays under the base and ends with that one segment.
+        let base = parse_base_url("https://gw.example.com/api").unwrap();
+        for id in ["x", "a.b", "...", "%2e%2e%2f", "?q", "#f", "é"] {
+            let seg = path_segment(id, "id").unwrap();
+            let u = join_path(&base, &format!("/keys/{seg}")).unwrap();
+            assert!(u.path().starts_with("/api/keys/"), "{id}: {u}");
+            assert_eq!(u.path_segments().unwrap().count(), 3, "{id}: {u}");
+            assert!(u.query().is_none() && u.fragment().is_none(), "{id}: {u}");
+        }
+    }
+
+    /// A restricted client (a namespaced KeyProvider's, by default) never connects to a name
+    /// that resolves to loopback: the listener accepts nothing and the error says why without
+    /// naming the address. Before the network policy the request went out.
+    #[tokio::test]
+    async fn a_restricted_client_does_not_connect_to_a_name_resolving_to_loopback() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let server = tokio::spawn(async move {
+            while let Ok((_conn, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let client = |network| {
+            HttpClient::new(
+                ProviderType::OpenRouter,
+                "https://x",
+                ClientOptions {
+                    base_url: Some(format!("https://localhost:{port}/api/v1")),
+                    network,
+                    timeout: Duration::from_secs(2),
+                    max_attempts: 3,
+                    backoff_base: Duration::from_millis(1),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
+        let restricted = client(super::super::egress::NetworkPolicy::RESTRICTED);
+        let url = restricted.url("/keys").unwrap();
+        let err = restricted
+            .send("list", Idempotency::Safe, || {
+                restricted.request(Method::GET, &url)
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProviderError::Refused(_)), "{err}");
+        assert_eq!(err.reason(), "InvalidProvider");
+        let text = err.to_string();
+        assert!(text.contains("private, loopback or link-local"), "{text}");
+        assert!(
+            !text.contains("127.0.0.1") && !text.contains("::1"),
+            "{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // The same client without the policy connects (TLS then fails: the listener is no
+        // TLS server, but the connection was made).
+        let open = client(super::super::egress::NetworkPolicy::OPEN);
+        let _ = open
+            .send("list", Idempotency::Unsafe, || {
+                open.request(Method::GET, &url)
+            })
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+        server.abort();
+    }
+
+    /// Redirects are not followed: a 302 comes back as the answer, and the place it points to
+    /// gets no connection (it would get the credential header, and escape the network policy).
+    #[tokio::test]
+    async fn redirects_are_never_followed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target_addr = target.local_addr().unwrap();
+        let reached = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let r = reached.clone();
+        let t = tokio::spawn(async move {
+            while let Ok(_c) = target.accept().await {
+                r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let redirector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", redirector.local_addr().unwrap());
+        let s = tokio::spawn(async move {
+            while let Ok((mut c, _)) = redirector.accept().await {
+                let mut buf = [0u8; 2048];
+                let _ = c.read(&mut buf).await;
+                let _ = c
+                    .write_all(format!("HTTP/1.1 302 Found\r\nlocation: http://{target_addr}/steal\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes())
+                    .await;
+            }
+        });
+        let client = HttpClient::new(
+            ProviderType::OpenRouter,
+            &base,
+            ClientOptions {
+                max_attempts: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let url = client.url("/keys").unwrap();
+        let resp = client
+            .send("list", Idempotency::Safe, || {
+                client
+                    .request(Method::GET, &url)
+                    .header("authorization", "Bearer secret")
+            })
+            .await
+            .unwrap();
+        assert_eq!(resp.status.as_u16(), 302);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 0);
+        t.abort();
+        s.abort();
     }
 
     #[test]

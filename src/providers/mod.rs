@@ -8,6 +8,7 @@
 pub mod bifrost;
 pub mod boltz;
 pub mod digitalocean;
+pub mod egress;
 pub mod http;
 pub mod openrouter;
 pub mod ucloud;
@@ -56,6 +57,10 @@ pub enum ProviderError {
         "the provider's answer to the revoke was not understood and the key is still listed: {0}"
     )]
     Unconfirmed(String),
+    /// The operator's network policy refused the connection (a namespaced KeyProvider whose
+    /// host resolves to a private, loopback or link-local address): nothing was sent.
+    #[error("refused by the operator's network policy: {0}")]
+    Refused(String),
 }
 
 impl ProviderError {
@@ -69,6 +74,7 @@ impl ProviderError {
             ProviderError::Unavailable(_) | ProviderError::Malformed(_) => "ProviderUnavailable",
             ProviderError::Unsupported(_) => "UnsupportedOperation",
             ProviderError::Unconfirmed(_) => "RevokeUnconfirmed",
+            ProviderError::Refused(_) => "InvalidProvider",
         }
     }
 
@@ -94,6 +100,7 @@ impl ProviderError {
             ProviderError::Malformed(_) => "malformed",
             ProviderError::Unsupported(_) => "unsupported",
             ProviderError::Unconfirmed(_) => "unconfirmed",
+            ProviderError::Refused(_) => "refused",
         }
     }
 }
@@ -668,6 +675,9 @@ pub struct ClientOptions {
     /// Checked right before each request that writes (any method but GET/HEAD/OPTIONS) is
     /// sent, every attempt: closed, the request is not sent (the leader Lease's fencing).
     pub write_gate: Option<WriteGate>,
+    /// Where the client may connect ([`egress::NetworkPolicy::RESTRICTED`] for namespaced
+    /// KeyProviders unless the admin allows more).
+    pub network: egress::NetworkPolicy,
 }
 
 /// Whether this process may write to providers right now (see [`ClientOptions::write_gate`]).
@@ -704,6 +714,7 @@ impl Default for ClientOptions {
             max_in_flight: 4,
             max_wait: Duration::from_secs(10),
             write_gate: None,
+            network: egress::NetworkPolicy::OPEN,
         }
     }
 }

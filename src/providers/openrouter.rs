@@ -150,12 +150,13 @@ impl OpenRouterClient {
             "Bearer {}",
             self.management_key.expose_secret().trim()
         ))?;
+        let url = self.http.url(path)?;
         let resp = self
             .http
             .send(operation, idempotency, || {
                 let mut b = self
                     .http
-                    .request(method.clone(), path)
+                    .request(method.clone(), &url)
                     .header(AUTHORIZATION, auth.clone());
                 if !query.is_empty() {
                     b = b.query(query);

@@ -651,12 +651,15 @@ impl UCloudClient {
         let body = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(params.iter())
             .finish();
-        let path = format!("/?Action={action}");
+        let url = self
+            .http
+            .url(&format!("/?Action={action}"))
+            .map_err(|e| (e, None))?;
         let resp = self
             .http
             .send(operation, idempotency, || {
                 self.http
-                    .request(Method::POST, &path)
+                    .request(Method::POST, &url)
                     .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
                     .body(body.clone())
             })

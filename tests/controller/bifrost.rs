@@ -171,8 +171,45 @@ async fn a_virtual_key_is_minted_and_kept_in_sync() {
     assert_eq!(models(&env, &value).await.0, 401);
 }
 
+/// The user's upstream Secret, labelled `keysmith.dev/source` (the opt-in a push needs).
 pub(crate) fn upstream_secret(value: &str) -> Secret {
-    secret(NS, "openai-upstream", "api-key", value)
+    let mut s = secret(NS, "openai-upstream", "api-key", value);
+    s.metadata.labels = Some([("keysmith.dev/source".to_string(), "true".to_string())].into());
+    s
+}
+
+/// issue 17 item 12: `spec.source` may name any Secret of the namespace; one its owner did not
+/// label `keysmith.dev/source` is not read and nothing is pushed (before: pushed to the gateway).
+#[tokio::test]
+async fn an_unlabelled_source_secret_is_not_pushed() {
+    let env = env_with(vec![serde_json::to_value(secret(
+        NS,
+        "openai-upstream",
+        "api-key",
+        UPSTREAM_V1,
+    ))
+    .unwrap()])
+    .await;
+    env.create(&apikey("openai", "bifrost", provider_key_spec()))
+        .await;
+    env.reset_provider_calls().await;
+    let ak = env.converge("openai", 4).await;
+    let (status, reason, message) = ready(&ak);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "SourceNotFound"),
+        "{message}"
+    );
+    assert!(message.contains("keysmith.dev/source"), "{message}");
+    assert!(provider_keys(&env).await.is_empty());
+    let calls = env.provider_calls().await;
+    assert_eq!(
+        calls["byRoute"]["POST /api/providers/openai/keys"]
+            .as_u64()
+            .unwrap_or(0),
+        0,
+        "{calls}"
+    );
 }
 
 pub(crate) fn provider_key_spec() -> ApiKeySpec {

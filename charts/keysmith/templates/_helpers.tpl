@@ -92,11 +92,11 @@ ClusterRole in cluster mode, or by a Role in each watched namespace in namespace
   verbs: ["patch"]
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
-{{- if .Values.rolloutRestart.enabled }}
+{{- if and .Values.rolloutRestart.enabled (not .Values.rolloutRestart.namespaces) }}
 - apiGroups: ["apps"]
   resources: ["deployments", "statefulsets", "daemonsets"]
   verbs: ["get", "patch"]
@@ -126,6 +126,9 @@ ClusterRole in cluster mode, or by a Role in each watched namespace in namespace
 {{- end }}
 {{- if and .Values.networkPolicy.enabled .Values.networkPolicy.egress.restrict (not .Values.networkPolicy.egress.kubeAPIServer.cidrs) }}
 {{- fail "networkPolicy.egress.restrict needs networkPolicy.egress.kubeAPIServer.cidrs (the API server endpoint addresses: kubectl get endpoints kubernetes -n default)" }}
+{{- end }}
+{{- if ne (len .Values.rolloutRestart.namespaces) (len (uniq .Values.rolloutRestart.namespaces)) }}
+{{- fail "rolloutRestart.namespaces lists a namespace twice" }}
 {{- end }}
 {{- if ne (len .Values.watchNamespaces) (len (uniq .Values.watchNamespaces)) }}
 {{- fail "watchNamespaces lists a namespace twice" }}

@@ -62,6 +62,21 @@ pub async fn source_value(ak: &ApiKey, ctx: &Context) -> Result<SourceValue, Fai
                 ),
             )
         })?;
+    // Opt-in: anyone who may write ApiKeys in the namespace could otherwise push any Secret of
+    // it (a database password, a ServiceAccount token) to a gateway of their choosing. Only a
+    // Secret its owner labelled is read.
+    if !secret.labels().contains_key(super::super::SOURCE_LABEL) {
+        return Err(Failure::permanent(
+            Reason::SourceNotFound,
+            format!(
+                "Secret {ns}/{} is not labelled {}: keysmith pushes only Secrets their owner opted in (kubectl label secret {} {}=true -n {ns})",
+                src.name,
+                super::super::SOURCE_LABEL,
+                src.name,
+                super::super::SOURCE_LABEL,
+            ),
+        ));
+    }
     let value = secret
         .data
         .as_ref()
