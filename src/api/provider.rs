@@ -49,6 +49,11 @@ pub struct KeyProviderSpec {
     /// Client-side rate limit for calls to this provider account, shared by all ApiKeys using it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// How fast keys are minted through this provider object, shared fairly between the
+    /// namespaces that use it, and how many creates one ApiKey may make in an hour. Absent:
+    /// the defaults of each field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_limit: Option<CreateLimit>,
     /// How often usage and last-used data are refreshed from the provider (Go duration, e.g.
     /// `5m`). One paged listing per interval serves every ApiKey of this provider. Default `5m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -224,6 +229,31 @@ pub struct RateLimit {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub burst: Option<u32>,
+}
+
+/// Limits on minting keys (creates, and rotations that mint or regenerate a key) through one
+/// provider object. A namespace gets an even share of the rate while other namespaces also
+/// create; alone, it gets all of it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateLimit {
+    /// Keys minted per second through this provider object, split evenly between the
+    /// namespaces creating at the moment (from 0.001 to 10000). Default:
+    /// `rateLimit.requestsPerSecond` when set, else 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.001, max = 10000.0))]
+    pub per_second: Option<f64>,
+    /// Largest burst of creates above the rate, split like the rate (from 1 to 10000).
+    /// Default: `rateLimit.burst` when set, else max(1, perSecond).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub burst: Option<i32>,
+    /// Creates one ApiKey may send in any hour: its first key, rotations (on demand, on
+    /// schedule, before expiry), recreates and retries of failed creates (from 1 to 100,
+    /// default 10). Beyond it an on-demand rotation is deferred, not dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub per_api_key_per_hour: Option<i32>,
 }
 
 /// Observed state of a provider object.

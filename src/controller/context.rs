@@ -60,6 +60,8 @@ pub struct Context {
     tracked: Mutex<Tracker<Tracked>>,
     /// Per provider object: no create before this instant, and the message of the 429 that said so.
     create_holds: Mutex<HashMap<String, (Instant, String)>>,
+    /// Per provider object: its create rate, split between the namespaces creating through it.
+    pub fair_shares: super::fairness::FairShares,
     pub(crate) backends: Mutex<HashMap<String, Arc<BackendEntry>>>,
     /// Provider objects this process put the in-use finalizer on (see [`super::inuse`]).
     pub(crate) in_use_marked: Mutex<std::collections::HashSet<String>>,
@@ -137,6 +139,7 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             tracked: Mutex::new(Default::default()),
             create_holds: Mutex::new(HashMap::new()),
+            fair_shares: Default::default(),
             backends: Mutex::new(HashMap::new()),
             in_use_marked: Default::default(),
             in_use_marking: Default::default(),
@@ -244,9 +247,12 @@ impl Context {
     }
 
     /// The provider answered a create through `provider` (a provider object id) with 429 and
-    /// Retry-After `wait`: hold every create through that provider object until then. The limit
-    /// is the account's, not one key's.
+    /// Retry-After `wait`: hold every create through that provider object until then, for at
+    /// most [`super::fairness::MAX_CREATE_HOLD`]. The limit is the account's, not one key's;
+    /// the bound keeps one namespace's burst from holding every other namespace for an hour
+    /// (the fair share then decides who creates next).
     pub fn hold_creates(&self, provider: &str, wait: Duration, message: String) {
+        let wait = wait.min(super::fairness::MAX_CREATE_HOLD);
         self.create_holds
             .lock()
             .unwrap()
