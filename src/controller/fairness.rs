@@ -6,7 +6,8 @@
 //!   `gracePeriod: 0s`, or of spec edits, cannot mint keys without end.
 //! - **A fair share of the create rate per namespace**: each provider object has a token bucket
 //!   of `createLimit.perSecond` (burst `createLimit.burst`) split evenly between the namespaces
-//!   that created through it in the last [`ACTIVE`]: a namespace alone gets the whole rate, two
+//!   that asked for a create recently (within three of their turns, 5 s to 60 s): a namespace
+//!   alone gets the whole rate, two
 //!   get half each. A noisy namespace cannot take more than its share while others have work,
 //!   and the check never waits (a reconcile that finds no token is requeued when one is due), so
 //!   a noisy namespace does not hold the controller's reconcile slots either.
@@ -33,8 +34,20 @@ pub const MAX_PER_API_KEY_PER_HOUR: u32 = 100;
 pub const BUDGET_WINDOW: Duration = Duration::from_secs(3600);
 /// The longest a 429's Retry-After holds the creates of every namespace on a provider object.
 pub const MAX_CREATE_HOLD: Duration = Duration::from_secs(60);
-/// A namespace shares the create rate while it asked for a create this recently.
-pub const ACTIVE: Duration = Duration::from_secs(30);
+/// A namespace shares the create rate while it asked for a create recently: within three of
+/// its turns (1 / its share), and at least this long…
+pub const ACTIVE_MIN: Duration = Duration::from_secs(5);
+/// …and at most this long. A namespace that stopped asking leaves the share soon after, and
+/// the others get its part of the rate back.
+pub const ACTIVE_MAX: Duration = Duration::from_secs(60);
+
+/// How recently a namespace must have asked to share the rate, with `n` namespaces sharing.
+fn active_window(limits: &CreateLimits, n: usize) -> Duration {
+    let share = limits.per_second / n.max(1) as f64;
+    Duration::try_from_secs_f64(3.0 / share)
+        .unwrap_or(ACTIVE_MAX)
+        .clamp(ACTIVE_MIN, ACTIVE_MAX)
+}
 
 const MIN_PER_SECOND: f64 = 0.001;
 const MAX_PER_SECOND: f64 = 10_000.0;
@@ -122,9 +135,10 @@ pub struct FairShare {
 impl FairShare {
     /// Take one create for namespace `ns` at `now`, or say how long it must wait.
     pub fn take(&mut self, ns: &str, limits: &CreateLimits, now: Instant) -> Result<(), Throttled> {
-        // Namespaces idle for longer than ACTIVE leave the share (and the map).
+        // Namespaces that stopped asking leave the share (and the map).
+        let active = active_window(limits, self.namespaces.len());
         self.namespaces
-            .retain(|n, b| n == ns || now.saturating_duration_since(b.asked) < ACTIVE);
+            .retain(|n, b| n == ns || now.saturating_duration_since(b.asked) < active);
         let sharing = self.namespaces.len() + usize::from(!self.namespaces.contains_key(ns));
         let share = limits.per_second / sharing as f64;
         let capacity = (limits.burst / sharing as f64).max(1.0);
@@ -151,11 +165,11 @@ impl FairShare {
         })
     }
 
-    /// Namespaces sharing the rate at `now`.
+    /// Namespaces that asked within [`ACTIVE_MAX`] of `now`.
     pub fn sharing(&self, now: Instant) -> usize {
         self.namespaces
             .values()
-            .filter(|b| now.saturating_duration_since(b.asked) < ACTIVE)
+            .filter(|b| now.saturating_duration_since(b.asked) < ACTIVE_MAX)
             .count()
     }
 }
@@ -376,11 +390,14 @@ mod tests {
         for n in &three {
             assert!((38..=46).contains(n), "{three:?}");
         }
-        // b and c stop asking: once they are idle for ACTIVE, a gets the whole rate again.
-        let later = start + Duration::from_secs(10) + ACTIVE + Duration::from_secs(1);
-        assert_eq!(share.sharing(later), 0);
+        // b and c stop asking: a few of their turns later, a gets the whole rate again.
+        let later = start + Duration::from_secs(10) + ACTIVE_MIN;
         let alone = run(&mut share, &l, &["a"], later, 10);
         assert!((120..=133).contains(&alone[0]), "{alone:?}");
+        assert_eq!(
+            share.sharing(later + ACTIVE_MAX + Duration::from_secs(10)),
+            0
+        );
     }
 
     #[test]

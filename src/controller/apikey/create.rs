@@ -250,12 +250,11 @@ pub fn take_share(r: &Reconciler<'_>) -> Result<(), Failure> {
             Failure::transient(
                 Reason::CreateThrottled,
                 format!(
-                    "namespace {ns} used its share of the create rate of {} ({:.3} of {} per second, shared by {} namespace(s) creating; spec.createLimit); the next create is due in {} ms",
+                    "namespace {ns} used its share of the create rate of {} ({:.3} of {} per second while {} namespace(s) create; spec.createLimit); keysmith creates when its next turn is due",
                     r.p.id,
                     t.share,
                     limits.per_second,
                     t.sharing,
-                    t.wait.as_millis().max(1)
                 ),
                 Some(t.wait),
             )

@@ -397,8 +397,11 @@ pub async fn finish(r: &Reconciler<'_>, st: &mut ApiKeyStatus, mut ready: Ready)
         }
         Due::Held(trigger, message, when) => {
             let note = format!("rotation {} waits: {message}", trigger.describe());
-            if message.starts_with(rotation::BUDGET_HELD) && !said_before(&before, &note) {
-                // Once per deferral (the Ready message carries the note from now on).
+            if message.starts_with(rotation::BUDGET_HELD)
+                && !said_before(&before, rotation::BUDGET_HELD)
+            {
+                // Once per deferral, not once per request: the Ready message says it from now
+                // on, whatever requests come while the budget is spent.
                 r.event(
                     EventType::Warning,
                     Reason::RotationDeferred,
