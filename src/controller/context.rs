@@ -330,3 +330,42 @@ impl Context {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client whose every request fails: these tests never call the API.
+    fn offline_client() -> Client {
+        let svc = tower::service_fn(|_req: http::Request<kube::client::Body>| async {
+            Err::<http::Response<kube::client::Body>, std::io::Error>(std::io::Error::other(
+                "no API server in unit tests",
+            ))
+        });
+        Client::new(svc, "default")
+    }
+
+    #[tokio::test]
+    async fn a_429_holds_creates_for_at_most_a_minute() {
+        let ctx = Context::new(
+            offline_client(),
+            Arc::new(Metrics::new()),
+            "keysmith-system".into(),
+            "test",
+        );
+        // A provider asking for an hour (the most a Retry-After is read as) gets a minute.
+        ctx.hold_creates(
+            "ClusterKeyProvider/p",
+            Duration::from_secs(3600),
+            "429".into(),
+        );
+        let (left, message) = ctx.creates_held("ClusterKeyProvider/p").unwrap();
+        assert!(left <= super::super::fairness::MAX_CREATE_HOLD, "{left:?}");
+        assert!(left > Duration::from_secs(59), "{left:?}");
+        assert_eq!(message, "429");
+        // A shorter Retry-After is honoured as is; other provider objects are not held.
+        ctx.hold_creates("ClusterKeyProvider/q", Duration::from_secs(2), "429".into());
+        assert!(ctx.creates_held("ClusterKeyProvider/q").unwrap().0 <= Duration::from_secs(2));
+        assert!(ctx.creates_held("ClusterKeyProvider/r").is_none());
+    }
+}
