@@ -34,8 +34,9 @@ const A_KEYS: usize = 6;
 const B_KEYS: usize = 3;
 /// How long namespace A rotates in a loop.
 const NOISE: Duration = Duration::from_secs(20);
-/// B's keys must be Ready within this (their share alone: 3 creates at 0.5 per second).
-const B_BOUND: Duration = Duration::from_secs(15);
+/// B's keys must be Ready within this: their share is 3 creates at 0.5 per second, about 4 s
+/// (without the fair share and the budget, B's third key took 12.4 s in the same loop).
+const B_BOUND: Duration = Duration::from_secs(10);
 
 #[derive(Parser)]
 struct EmuArgs {
