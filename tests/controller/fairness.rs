@@ -279,3 +279,62 @@ async fn a_noisy_namespace_neither_starves_another_nor_exceeds_its_budget() {
         "no key value in an Event"
     );
 }
+
+/// A scripted answer of the emulator to the next request.
+fn answer(status: u16) -> emulators::ScriptedFault {
+    emulators::ScriptedFault {
+        status: Some(status),
+        retry_after: None,
+        malformed: false,
+        delay_ms: None,
+    }
+}
+
+/// Any spec edit used to reset the create backoff (a new generation tried at once): a tenant
+/// editing its spec in a loop got a create per edit from a provider that keeps refusing. Now
+/// only a failure the spec caused (the provider rejected the request) earns one try per edit.
+#[tokio::test]
+async fn a_spec_edit_skips_the_create_backoff_only_after_a_spec_caused_failure() {
+    let env = crate::openrouter::env().await; // no rate limit at the emulator
+    for name in ["limited", "rejected"] {
+        env.create(&apikey(name, "openrouter", ApiKeySpec::default()))
+            .await;
+        reconcile_in(&env, &env.ns, name).await; // finalizer
+    }
+    // The provider refuses the credentials: not the spec's fault.
+    env.emulator.faults.push([answer(401)]);
+    reconcile_in(&env, &env.ns, "limited").await;
+    assert_eq!(ready(&env.get("limited").await).1, "ProviderAuthFailed");
+    // A 400: the provider refused this spec.
+    env.emulator.faults.push([answer(400)]);
+    reconcile_in(&env, &env.ns, "rejected").await;
+    assert_eq!(ready(&env.get("rejected").await).1, "ProviderRejected");
+
+    env.reset_provider_calls().await;
+    for round in 0..5 {
+        env.touch("limited", &format!("edit-{round}")).await;
+        reconcile_in(&env, &env.ns, "limited").await;
+    }
+    let calls = env.provider_calls().await;
+    let (_, reason, message) = ready(&env.get("limited").await);
+    println!(
+        "spec edits: 5 edits after a refused create sent {} creates",
+        route_count(&calls, "POST /api/v1/keys")
+    );
+    assert_eq!(reason, "CreateBackoff", "{message}");
+    assert!(!message.contains("edit of the spec"), "{message}");
+    assert_eq!(
+        route_count(&calls, "POST /api/v1/keys"),
+        0,
+        "an edit does not buy a create from a provider that refused for its own reasons: {calls}"
+    );
+
+    // After a rejection, an edit (the fix) is tried at once: one create per edit.
+    env.touch("rejected", "fixed").await;
+    reconcile_in(&env, &env.ns, "rejected").await;
+    let calls = env.provider_calls().await;
+    assert_eq!(route_count(&calls, "POST /api/v1/keys"), 1, "{calls}");
+    let st = env.get("rejected").await.status.unwrap();
+    assert!(st.key_id.is_some(), "{st:?}");
+    assert_eq!(st.recent_creates.len(), 2, "both creates are in the budget");
+}
