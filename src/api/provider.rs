@@ -331,6 +331,32 @@ mod tests {
                 rl["burst"]["maximum"].as_f64(),
                 Some(f64::from(crate::providers::http::MAX_BURST))
             );
+            // spec.createLimit: bounded too, in formats Kubernetes knows.
+            let cl = &schema["properties"]["spec"]["properties"]["createLimit"]["properties"];
+            assert_eq!(cl["perSecond"]["minimum"].as_f64(), Some(0.001));
+            assert_eq!(cl["perSecond"]["maximum"].as_f64(), Some(10000.0));
+            assert_eq!(cl["burst"]["minimum"].as_f64(), Some(1.0));
+            assert_eq!(cl["burst"]["maximum"].as_f64(), Some(10000.0));
+            assert_eq!(cl["perApiKeyPerHour"]["minimum"].as_f64(), Some(1.0));
+            assert_eq!(
+                cl["perApiKeyPerHour"]["maximum"].as_f64(),
+                Some(f64::from(
+                    crate::controller::fairness::MAX_PER_API_KEY_PER_HOUR
+                ))
+            );
+            for f in ["burst", "perApiKeyPerHour"] {
+                assert_eq!(cl[f]["format"], "int32", "{f}");
+            }
         }
+        // status.recentCreates holds at most as many entries as the largest budget.
+        let crd = serde_json::to_value(crate::api::ApiKey::crd()).unwrap();
+        let recent = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+            ["status"]["properties"]["recentCreates"];
+        assert_eq!(
+            recent["maxItems"].as_u64(),
+            Some(u64::from(
+                crate::controller::fairness::MAX_PER_API_KEY_PER_HOUR
+            ))
+        );
     }
 }
