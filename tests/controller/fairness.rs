@@ -338,3 +338,50 @@ async fn a_spec_edit_skips_the_create_backoff_only_after_a_spec_caused_failure()
     assert!(st.key_id.is_some(), "{st:?}");
     assert_eq!(st.recent_creates.len(), 2, "both creates are in the budget");
 }
+
+/// The requeue an Action asks for, in seconds (kube's Action shows it only in Debug).
+fn requeue_secs(action: &kube::runtime::controller::Action) -> Option<f64> {
+    let text = format!("{action:?}");
+    let d = text.split("Some(").nth(1)?.split(')').next()?;
+    let (n, unit) = [("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9), ("s", 1.0)]
+        .into_iter()
+        .find_map(|(suffix, unit)| d.strip_suffix(suffix).map(|n| (n, unit)))?;
+    n.parse::<f64>().ok().map(|n| n * unit)
+}
+
+/// A 429 asking for an hour (one tenant's burst, or a provider's whim) used to hold every
+/// namespace's creates through the provider object, and the ApiKey that got it, for that hour.
+/// The hold is bounded: a minute, then the fair share decides who creates next.
+#[tokio::test]
+async fn a_429_asking_for_an_hour_holds_creates_for_a_minute() {
+    let env = crate::openrouter::env().await;
+    for name in ["first", "second"] {
+        env.create(&apikey(name, "openrouter", ApiKeySpec::default()))
+            .await;
+        env.reconcile(name).await.unwrap(); // finalizer
+    }
+    env.emulator.faults.push([emulators::ScriptedFault {
+        status: Some(429),
+        retry_after: Some(3600),
+        malformed: false,
+        delay_ms: None,
+    }]);
+    let first = env.reconcile("first").await.unwrap();
+    assert_eq!(ready(&env.get("first").await).1, "RateLimited");
+    env.reset_provider_calls().await;
+    let second = env.reconcile("second").await.unwrap();
+    assert_eq!(ready(&env.get("second").await).1, "RateLimited");
+    assert_eq!(
+        env.provider_calls().await["requests"],
+        0,
+        "the hold covers the provider object"
+    );
+    let (a, b) = (
+        requeue_secs(&first).unwrap(),
+        requeue_secs(&second).unwrap(),
+    );
+    println!("a 429 with Retry-After 3600: requeues {a:.1} s (the ApiKey that got it) and {b:.1} s (another)");
+    for (name, secs) in [("first", a), ("second", b)] {
+        assert!(secs <= 66.0, "{name} waits {secs} s");
+    }
+}

@@ -15,7 +15,7 @@ use super::status::{fill_from_key, location, now_rfc3339, ts, write_status, Read
 use super::validate::ValidatedApiKey;
 use super::{Failure, LocatedKey, Reconciler};
 use crate::api::{ApiKey, ApiKeyStatus, CreateBackoff, Expiry, PendingCreate, PreviousKey};
-use crate::controller::fairness::{budget_spent_until, record_create};
+use crate::controller::fairness::{budget_spent_until, record_create, MAX_CREATE_HOLD};
 use crate::providers::{CreatedKey, Field, KeyBackend, KeyScope, KeySettings, ProviderError};
 
 /// What the provisional name of a key starts with (`spec.displayName` may not).
@@ -309,7 +309,10 @@ async fn create_once(
                 // next reconcile list every key of the provider, for each rate-limited create.
                 st.pending_create = None;
             }
-            return Err(e.into());
+            let mut f: Failure = e.into();
+            // The ApiKey that got the 429 waits no longer than the hold of every other one.
+            f.retry_after = f.retry_after.map(|w| w.min(MAX_CREATE_HOLD));
+            return Err(f);
         }
     };
     r.ctx.metrics.keys_created.get_or_create(&r.label()).inc();
