@@ -614,6 +614,12 @@ pub struct ApiKeyStatus {
     /// successful create.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_backoff: Option<Box<CreateBackoff>>,
+    /// When this ApiKey's creates of the last hour were sent (RFC 3339, oldest first), recorded
+    /// with the `pendingCreate` marker before each create: no more than the provider object's
+    /// `createLimit.perApiKeyPerHour` in any hour, across restarts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub recent_creates: Vec<String>,
 }
 
 /// Failed creates in a row and when the next may be tried.

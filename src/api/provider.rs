@@ -49,6 +49,11 @@ pub struct KeyProviderSpec {
     /// Client-side rate limit for calls to this provider account, shared by all ApiKeys using it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// How fast keys are minted through this provider object, shared fairly between the
+    /// namespaces that use it, and how many creates one ApiKey may make in an hour. Absent:
+    /// the defaults of each field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_limit: Option<CreateLimit>,
     /// How often usage and last-used data are refreshed from the provider (Go duration, e.g.
     /// `5m`). One paged listing per interval serves every ApiKey of this provider. Default `5m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -226,6 +231,31 @@ pub struct RateLimit {
     pub burst: Option<u32>,
 }
 
+/// Limits on minting keys (creates, and rotations that mint or regenerate a key) through one
+/// provider object. A namespace gets an even share of the rate while other namespaces also
+/// create; alone, it gets all of it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateLimit {
+    /// Keys minted per second through this provider object, split evenly between the
+    /// namespaces creating at the moment (from 0.001 to 10000). Default:
+    /// `rateLimit.requestsPerSecond` when set, else 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.001, max = 10000.0))]
+    pub per_second: Option<f64>,
+    /// Largest burst of creates above the rate, split like the rate (from 1 to 10000).
+    /// Default: `rateLimit.burst` when set, else max(1, perSecond).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub burst: Option<i32>,
+    /// Creates one ApiKey may send in any hour: its first key, rotations (on demand, on
+    /// schedule, before expiry), recreates and retries of failed creates (from 1 to 100,
+    /// default 10). Beyond it an on-demand rotation is deferred, not dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub per_api_key_per_hour: Option<i32>,
+}
+
 /// Observed state of a provider object.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -301,6 +331,32 @@ mod tests {
                 rl["burst"]["maximum"].as_f64(),
                 Some(f64::from(crate::providers::http::MAX_BURST))
             );
+            // spec.createLimit: bounded too, in formats Kubernetes knows.
+            let cl = &schema["properties"]["spec"]["properties"]["createLimit"]["properties"];
+            assert_eq!(cl["perSecond"]["minimum"].as_f64(), Some(0.001));
+            assert_eq!(cl["perSecond"]["maximum"].as_f64(), Some(10000.0));
+            assert_eq!(cl["burst"]["minimum"].as_f64(), Some(1.0));
+            assert_eq!(cl["burst"]["maximum"].as_f64(), Some(10000.0));
+            assert_eq!(cl["perApiKeyPerHour"]["minimum"].as_f64(), Some(1.0));
+            assert_eq!(
+                cl["perApiKeyPerHour"]["maximum"].as_f64(),
+                Some(f64::from(
+                    crate::controller::fairness::MAX_PER_API_KEY_PER_HOUR
+                ))
+            );
+            for f in ["burst", "perApiKeyPerHour"] {
+                assert_eq!(cl[f]["format"], "int32", "{f}");
+            }
         }
+        // status.recentCreates holds at most as many entries as the largest budget.
+        let crd = serde_json::to_value(crate::api::ApiKey::crd()).unwrap();
+        let recent = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+            ["status"]["properties"]["recentCreates"];
+        assert_eq!(
+            recent["maxItems"].as_u64(),
+            Some(u64::from(
+                crate::controller::fairness::MAX_PER_API_KEY_PER_HOUR
+            ))
+        );
     }
 }

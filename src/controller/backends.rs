@@ -39,6 +39,8 @@ pub struct ResolvedProvider {
     pub provider_type: ProviderType,
     pub backend: Arc<dyn KeyBackend>,
     pub refresh_interval: Duration,
+    /// `spec.createLimit` (defaults applied): the fair share and the per-ApiKey budget.
+    pub create_limits: super::fairness::CreateLimits,
 }
 
 /// Why a provider could not be resolved; each maps to a condition reason.
@@ -207,11 +209,13 @@ impl Context {
                 .max(Duration::from_secs(10)),
             None => DEFAULT_REFRESH,
         };
+        let create_limits = super::fairness::CreateLimits::of(spec);
         let resolved = |backend| ResolvedProvider {
             id: id.clone(),
             provider_type: config.provider_type(),
             backend,
             refresh_interval,
+            create_limits,
         };
         let cached = self.backends.lock().unwrap().get(&id).cloned();
         if let Some(entry) = &cached {

@@ -64,6 +64,8 @@ pub struct Context {
     tracked: Mutex<Tracker<Tracked>>,
     /// Per provider object: no create before this instant, and the message of the 429 that said so.
     create_holds: Mutex<HashMap<String, (Instant, String)>>,
+    /// Per provider object: its create rate, split between the namespaces creating through it.
+    pub fair_shares: super::fairness::FairShares,
     pub(crate) backends: Mutex<HashMap<String, Arc<BackendEntry>>>,
     /// Provider objects this process put the in-use finalizer on (see [`super::inuse`]).
     pub(crate) in_use_marked: Mutex<std::collections::HashSet<String>>,
@@ -149,6 +151,7 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             tracked: Mutex::new(Default::default()),
             create_holds: Mutex::new(HashMap::new()),
+            fair_shares: Default::default(),
             backends: Mutex::new(HashMap::new()),
             in_use_marked: Default::default(),
             in_use_marking: Default::default(),
@@ -256,9 +259,12 @@ impl Context {
     }
 
     /// The provider answered a create through `provider` (a provider object id) with 429 and
-    /// Retry-After `wait`: hold every create through that provider object until then. The limit
-    /// is the account's, not one key's.
+    /// Retry-After `wait`: hold every create through that provider object until then, for at
+    /// most [`super::fairness::MAX_CREATE_HOLD`]. The limit is the account's, not one key's;
+    /// the bound keeps one namespace's burst from holding every other namespace for an hour
+    /// (the fair share then decides who creates next).
     pub fn hold_creates(&self, provider: &str, wait: Duration, message: String) {
+        let wait = wait.min(super::fairness::MAX_CREATE_HOLD);
         self.create_holds
             .lock()
             .unwrap()
@@ -341,5 +347,44 @@ impl Context {
         if let Err(e) = recorder.publish(&ev, &obj.object_ref(&())).await {
             tracing::warn!(error = %e, reason = reason.as_str(), "could not publish event");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client whose every request fails: these tests never call the API.
+    fn offline_client() -> Client {
+        let svc = tower::service_fn(|_req: http::Request<kube::client::Body>| async {
+            Err::<http::Response<kube::client::Body>, std::io::Error>(std::io::Error::other(
+                "no API server in unit tests",
+            ))
+        });
+        Client::new(svc, "default")
+    }
+
+    #[tokio::test]
+    async fn a_429_holds_creates_for_at_most_a_minute() {
+        let ctx = Context::new(
+            offline_client(),
+            Arc::new(Metrics::new()),
+            "keysmith-system".into(),
+            "test",
+        );
+        // A provider asking for an hour (the most a Retry-After is read as) gets a minute.
+        ctx.hold_creates(
+            "ClusterKeyProvider/p",
+            Duration::from_secs(3600),
+            "429".into(),
+        );
+        let (left, message) = ctx.creates_held("ClusterKeyProvider/p").unwrap();
+        assert!(left <= super::super::fairness::MAX_CREATE_HOLD, "{left:?}");
+        assert!(left > Duration::from_secs(59), "{left:?}");
+        assert_eq!(message, "429");
+        // A shorter Retry-After is honoured as is; other provider objects are not held.
+        ctx.hold_creates("ClusterKeyProvider/q", Duration::from_secs(2), "429".into());
+        assert!(ctx.creates_held("ClusterKeyProvider/q").unwrap().0 <= Duration::from_secs(2));
+        assert!(ctx.creates_held("ClusterKeyProvider/r").is_none());
     }
 }

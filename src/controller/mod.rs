@@ -9,6 +9,7 @@ pub mod conditions;
 pub mod context;
 pub mod credentials;
 pub mod error;
+pub mod fairness;
 pub mod inuse;
 pub mod leader;
 pub mod listing;

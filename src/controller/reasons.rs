@@ -69,6 +69,12 @@ reasons! {
     SecretWriteRefused,
     /// Creates failed repeatedly; keysmith waits (`status.createBackoff`) before the next one.
     CreateBackoff,
+    /// The ApiKey sent the creates `createLimit.perApiKeyPerHour` allows in an hour
+    /// (`status.recentCreates`); the next waits until the oldest leaves the hour.
+    CreateBudgetExhausted,
+    /// The namespace used its share of the provider object's create rate
+    /// (`createLimit.perSecond`, split between the namespaces creating); retried shortly.
+    CreateThrottled,
     /// `spec.keyRef` names a key keysmith may not adopt (another ApiKey manages it, or the
     /// provider object does not allow adoption for this namespace).
     AdoptionRefused,
@@ -118,6 +124,9 @@ reasons! {
     RestartTargetMissing,
     /// A `keysmith.dev/rotate` request that cannot be honoured (a pushed key).
     RotationIgnored,
+    /// A rotation waits: the ApiKey spent its create budget (`createLimit.perApiKeyPerHour`).
+    /// It runs when the budget allows, it is not dropped.
+    RotationDeferred,
 }
 
 impl Reason {
@@ -144,6 +153,8 @@ impl Reason {
         Reason::KubernetesError,
         Reason::SecretWriteRefused,
         Reason::CreateBackoff,
+        Reason::CreateBudgetExhausted,
+        Reason::CreateThrottled,
         Reason::AdoptionRefused,
         Reason::InternalError,
         Reason::LeaseExpiring,

@@ -282,6 +282,9 @@ pub struct State<'a> {
     pub previous_keys: usize,
     /// The earliest `deleteAfter` of the previous keys (when a held request may go).
     pub earliest_delete_after: Option<DateTime<Utc>>,
+    /// The ApiKey spent its create budget until then (`status.recentCreates` against the
+    /// provider object's `createLimit.perApiKeyPerHour`): a rotation that mints waits.
+    pub budget_spent_until: Option<DateTime<Utc>>,
 }
 
 /// An on-demand request not handled yet.
@@ -335,8 +338,21 @@ pub fn due(plan: &Plan, clock: &Clock, s: &State<'_>, now: DateTime<Utc>) -> Due
             when,
         );
     }
+    if let Some(when) = s.budget_spent_until {
+        return Due::Held(
+            trigger,
+            format!(
+                "{BUDGET_HELD} (spec.createLimit.perApiKeyPerHour of its provider object); it runs at {}",
+                ts(when)
+            ),
+            Some(when),
+        );
+    }
     Due::Now(trigger)
 }
+
+/// How a rotation held by the create budget starts its message.
+pub const BUDGET_HELD: &str = "this ApiKey spent its create budget for the hour";
 
 /// How a provider rotates a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

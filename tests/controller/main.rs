@@ -4,6 +4,7 @@
 mod bifrost;
 mod boltz;
 mod digitalocean;
+mod fairness;
 mod harness;
 mod leader;
 mod openrouter;

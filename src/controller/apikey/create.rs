@@ -6,6 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::events::EventType;
+use kube::ResourceExt;
 
 use super::super::context::Context;
 use super::super::reasons::Reason;
@@ -15,6 +16,7 @@ use super::status::{fill_from_key, location, now_rfc3339, ts, write_status, Read
 use super::validate::ValidatedApiKey;
 use super::{Failure, LocatedKey, Reconciler};
 use crate::api::{ApiKey, ApiKeyStatus, CreateBackoff, Expiry, PendingCreate, PreviousKey};
+use crate::controller::fairness::{budget_spent_until, record_create, MAX_CREATE_HOLD};
 use crate::providers::{CreatedKey, Field, KeyBackend, KeyScope, KeySettings, ProviderError};
 
 /// What the provisional name of a key starts with (`spec.displayName` may not).
@@ -68,7 +70,26 @@ pub fn create_backoff(failures: u32) -> Duration {
 /// provider object already, see `Context::hold_creates`).
 fn counts_as_failed_create(f: &Failure) -> bool {
     let held = f.reason == Reason::RateLimited && f.retry_after.is_some_and(|w| !w.is_zero());
-    !f.is_stale() && !held && f.reason != Reason::Crashed && f.reason != Reason::CreateBackoff
+    // Waits of keysmith's own (backoff, budget, fair share) refused nothing either.
+    let waiting = matches!(
+        f.reason,
+        Reason::CreateBackoff | Reason::CreateBudgetExhausted | Reason::CreateThrottled
+    );
+    !f.is_stale() && !held && !waiting && f.reason != Reason::Crashed
+}
+
+/// Whether a failed create was the spec's fault, so that an edit of the spec may fix it: the
+/// provider refused the request, a value is invalid or unsupported, or the Secret it renders
+/// cannot be written. Anything else (the provider down, rate limits, a full quota) does not
+/// change with an edit, and an edit must not buy another create.
+pub fn spec_caused(reason: Reason) -> bool {
+    matches!(
+        reason,
+        Reason::ProviderRejected
+            | Reason::InvalidSpec
+            | Reason::UnsupportedField
+            | Reason::SecretWriteRefused
+    )
 }
 
 /// Record a failed create in the status: the backoff survives status-write-triggered
@@ -98,14 +119,21 @@ pub fn record_failed_create(
 }
 
 /// The failure to report while creates back off, if they do. An edit of the spec (a new
-/// generation) may try once at once.
+/// generation) may try once at once, but only when the last failure was the spec's fault
+/// ([`spec_caused`]): a tenant editing its spec in a loop does not reset the backoff of a
+/// provider that is down or limits the account. The try after an edit counts as a failure in
+/// the same row (the next wait doubles), and the create budget applies to it.
 pub fn backoff_gate(
     st: &ApiKeyStatus,
     generation: Option<i64>,
     now: DateTime<Utc>,
 ) -> Option<Failure> {
     let b = st.create_backoff.as_ref()?;
-    if b.generation != generation {
+    let last_reason = b
+        .last_failure
+        .split_once(':')
+        .and_then(|(r, _)| Reason::parse(r.trim()));
+    if b.generation != generation && last_reason.is_some_and(spec_caused) {
         return None;
     }
     let until = DateTime::parse_from_rfc3339(&b.not_before)
@@ -115,10 +143,15 @@ pub fn backoff_gate(
     Some(Failure::transient(
         Reason::CreateBackoff,
         format!(
-            "{} create(s) in a row failed, the last with {}; keysmith tries again at {} (or at once after an edit of the spec)",
+            "{} create(s) in a row failed, the last with {}; keysmith tries again at {}{}",
             b.failures,
             b.last_failure,
-            ts(&until)
+            ts(&until),
+            if last_reason.is_some_and(spec_caused) {
+                " (or once at once after an edit of the spec)"
+            } else {
+                ""
+            }
         ),
         Some(wait),
     ))
@@ -164,6 +197,7 @@ pub async fn create(
     if let Some(f) = backoff_gate(st, generation, Utc::now()) {
         return Err(f);
     }
+    budget_gate(r, st, Utc::now())?;
     let result = create_once(r, v, st, existing, replacing).await;
     match &result {
         Ok(_) => st.create_backoff = None,
@@ -171,6 +205,61 @@ pub async fn create(
         Err(_) => {}
     }
     result
+}
+
+/// `Err(CreateBudgetExhausted)` when the ApiKey sent the creates its provider object allows in
+/// an hour (`createLimit.perApiKeyPerHour`, counted in `status.recentCreates`).
+pub fn budget_gate(
+    r: &Reconciler<'_>,
+    st: &ApiKeyStatus,
+    now: DateTime<Utc>,
+) -> Result<(), Failure> {
+    let per_hour = r.p.create_limits.per_api_key_per_hour;
+    match budget_spent_until(&st.recent_creates, per_hour, now) {
+        None => Ok(()),
+        Some(until) => Err(Failure::transient(
+            Reason::CreateBudgetExhausted,
+            budget_message(r, per_hour, until),
+            Some(
+                (until - now)
+                    .to_std()
+                    .unwrap_or_default()
+                    .max(Duration::from_secs(1)),
+            ),
+        )),
+    }
+}
+
+/// What a spent create budget says (condition and Event).
+pub fn budget_message(r: &Reconciler<'_>, per_hour: u32, until: DateTime<Utc>) -> String {
+    format!(
+        "this ApiKey sent {per_hour} create(s) in the last hour, all that {} allows (spec.createLimit.perApiKeyPerHour); the next create may go at {}",
+        r.p.id,
+        ts(&until)
+    )
+}
+
+/// Take a create from the namespace's share of the provider object's create rate, or
+/// `Err(CreateThrottled)` saying when the next is due. Never waits.
+pub fn take_share(r: &Reconciler<'_>) -> Result<(), Failure> {
+    let ns = r.ak.namespace().unwrap_or_default();
+    let limits = &r.p.create_limits;
+    r.ctx
+        .fair_shares
+        .take(&r.p.id, &ns, limits)
+        .map_err(|t| {
+            Failure::transient(
+                Reason::CreateThrottled,
+                format!(
+                    "namespace {ns} used its share of the create rate of {} ({:.3} of {} per second while {} namespace(s) create; spec.createLimit); keysmith creates when its next turn is due",
+                    r.p.id,
+                    t.share,
+                    limits.per_second,
+                    t.sharing,
+                ),
+                Some(t.wait),
+            )
+        })
 }
 
 async fn create_once(
@@ -190,6 +279,7 @@ async fn create_once(
     // a key is minted for it.
     dry_run(r.ctx, r.ak, existing).await?;
     r.ctx.lease_allows(r.ctx.client_options.timeout)?;
+    take_share(r)?;
     let attempt = crate::ids::random_hex(16);
     let mut settings = settings_for_attempt(r.ak, &v.settings, attempt.clone())?;
     let provisional = creates_under_provisional_name(r.p.backend.as_ref());
@@ -198,6 +288,8 @@ async fn create_once(
     }
     let mut marked = st.clone();
     marked.pending_create = Some(Box::new(marker(&settings, &attempt, &v.scope)));
+    // The budget counts the create with the marker, durable before the provider is asked.
+    record_create(&mut marked.recent_creates, Utc::now());
     // Invariant 1: the marker is durable before the provider is asked to create anything. The
     // write is conditional (ServerCopy): a reconcile working from a stale copy, which may not
     // show a key created moments ago, stops here instead of creating a second one.
@@ -218,7 +310,10 @@ async fn create_once(
                 // next reconcile list every key of the provider, for each rate-limited create.
                 st.pending_create = None;
             }
-            return Err(e.into());
+            let mut f: Failure = e.into();
+            // The ApiKey that got the 429 waits no longer than the hold of every other one.
+            f.retry_after = f.retry_after.map(|w| w.min(MAX_CREATE_HOLD));
+            return Err(f);
         }
     };
     r.ctx.metrics.keys_created.get_or_create(&r.label()).inc();
@@ -432,6 +527,61 @@ mod tests {
         let m = marker(&s, "a1", &scope);
         assert_eq!((m.name.as_str(), m.attempt.as_str()), ("n", "a1"));
         assert_eq!(m.scope.unwrap().parent, "ag-1");
+    }
+
+    #[test]
+    fn an_edit_skips_the_backoff_only_after_a_failure_the_spec_caused() {
+        let now = Utc::now();
+        for (reason, edit_helps) in [
+            (Reason::ProviderRejected, true),
+            (Reason::InvalidSpec, true),
+            (Reason::SecretWriteRefused, true),
+            (Reason::ProviderUnavailable, false),
+            (Reason::RateLimited, false),
+            (Reason::ProviderAuthFailed, false),
+        ] {
+            let mut st = ApiKeyStatus::default();
+            let f = Failure::transient(reason, "no", None);
+            record_failed_create(&mut st, Some(2), &f, now);
+            assert!(backoff_gate(&st, Some(2), now).is_some(), "{reason}");
+            let after_edit = backoff_gate(&st, Some(3), now);
+            assert_eq!(after_edit.is_none(), edit_helps, "{reason}");
+            if let Some(gate) = after_edit {
+                assert!(!gate.message.contains("edit"), "{}", gate.message);
+            }
+            // The try after an edit fails again: the row goes on (20 s, not 10 s), and a second
+            // edit of a spec-caused failure gets one try more, no reset.
+            if edit_helps {
+                record_failed_create(&mut st, Some(3), &f, now);
+                let b = st.create_backoff.as_ref().unwrap();
+                assert_eq!(b.failures, 2);
+                let wait = backoff_gate(&st, Some(3), now)
+                    .unwrap()
+                    .retry_after
+                    .unwrap();
+                assert!(wait > Duration::from_secs(19), "{wait:?}");
+            }
+        }
+        // A status written before reasons were recorded, or garbage: no free try.
+        let mut st = ApiKeyStatus::default();
+        let f = Failure::transient(Reason::ProviderUnavailable, "down", None);
+        record_failed_create(&mut st, Some(2), &f, now);
+        st.create_backoff.as_mut().unwrap().last_failure = "something odd".into();
+        assert!(backoff_gate(&st, Some(3), now).is_some());
+    }
+
+    #[test]
+    fn waits_of_keysmith_own_are_not_failed_creates() {
+        for reason in [
+            Reason::CreateBackoff,
+            Reason::CreateBudgetExhausted,
+            Reason::CreateThrottled,
+        ] {
+            let f = Failure::transient(reason, "wait", Some(Duration::from_secs(1)));
+            assert!(!counts_as_failed_create(&f), "{reason}");
+        }
+        let f = Failure::transient(Reason::ProviderUnavailable, "down", None);
+        assert!(counts_as_failed_create(&f));
     }
 
     #[test]

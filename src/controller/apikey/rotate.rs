@@ -33,6 +33,7 @@ use super::{create, Failure, LocatedKey, Reconciler};
 use crate::api::{
     ApiKey, ApiKeyStatus, PreviousKey, RolloutStatus, RolloutTarget, ROTATE_ANNOTATION,
 };
+use crate::controller::fairness::{budget_spent_until, record_create};
 use crate::metrics::RotationTrack;
 use crate::providers::KeySettings;
 
@@ -85,9 +86,20 @@ fn until(t: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
         .max(Duration::from_secs(1))
 }
 
-fn state<'a>(ak: &'a ApiKey, st: &'a ApiKeyStatus, pushed: bool) -> State<'a> {
+fn state<'a>(
+    r: &Reconciler<'a>,
+    st: &'a ApiKeyStatus,
+    pushed: bool,
+    now: DateTime<Utc>,
+) -> State<'a> {
+    let ak = r.ak;
     let earliest = revocations_due(&st.previous_keys, DateTime::<Utc>::MIN_UTC).1;
     State {
+        budget_spent_until: budget_spent_until(
+            &st.recent_creates,
+            r.p.create_limits.per_api_key_per_hour,
+            now,
+        ),
         has_key: st.key_id.is_some(),
         pushed,
         source_changed: false,
@@ -139,7 +151,7 @@ pub async fn rotate(
     let plan = plan(r.ak)?;
     let now = Utc::now();
     let clock = Clock::of(st, fallback_created(r.ak));
-    let trigger = match due(&plan, &clock, &state(r.ak, st, false), now) {
+    let trigger = match due(&plan, &clock, &state(r, st, false, now), now) {
         Due::Now(t) => t,
         Due::No(_) | Due::Held(..) | Due::Ignored(..) => return Ok(None),
     };
@@ -158,11 +170,21 @@ pub async fn rotate(
         id: id.to_string(),
     };
     let flight = in_progress(&trigger, &old.id, location(&old.at), now);
+    let not_started = st.rotation.clone();
     st.rotation.get_or_insert_with(Default::default).in_progress = Some(flight);
     match how {
         Strategy::MintNewThenRevoke => {
             // The marker write of the create carries `inProgress` (invariant 1).
-            let ready = create::create(r, v, st, existing, None).await?;
+            let ready = match create::create(r, v, st, existing, None).await {
+                Ok(ready) => ready,
+                Err(f) if waits_its_turn(&f) && st.pending_create.is_none() => {
+                    // Nothing was written or sent: the current key stays Ready and the
+                    // rotation runs when the namespace's share or the budget allows.
+                    st.rotation = not_started;
+                    return Ok(Some(deferred(r, st, &trigger, &f)));
+                }
+                Err(f) => return Err(f),
+            };
             let new = st.key_id.clone().unwrap_or_default();
             if new != old.id {
                 keep_in_grace(st, r.ak, &old, &plan, now);
@@ -172,6 +194,12 @@ pub async fn rotate(
             Ok(Some(ready))
         }
         Strategy::Regenerate | Strategy::NativeRotate => {
+            // A regenerate mints a value like a create: same budget, same fair share.
+            if let Err(f) = create::budget_gate(r, st, now).and_then(|()| create::take_share(r)) {
+                st.rotation = not_started;
+                return Ok(Some(deferred(r, st, &trigger, &f)));
+            }
+            record_create(&mut st.recent_creates, now);
             // Recorded first: a crash after the provider answered leaves `inProgress`, and the
             // next reconcile regenerates again (the value the crash lost is dead either way).
             write_status(r.ctx, r.ak, st, r.seen).await?;
@@ -202,6 +230,31 @@ pub async fn rotate(
             "a pushed key rotates when its source Secret changes",
         )),
     }
+}
+
+/// A create that waits for keysmith's own limits (the namespace's share of the create rate,
+/// the ApiKey's budget), not for the provider.
+fn waits_its_turn(f: &Failure) -> bool {
+    matches!(
+        f.reason,
+        Reason::CreateThrottled | Reason::CreateBudgetExhausted
+    )
+}
+
+/// The current key stays Ready while its rotation waits for `f` (a wait of keysmith's own).
+fn deferred(r: &Reconciler<'_>, st: &ApiKeyStatus, trigger: &Trigger, f: &Failure) -> Ready {
+    let mut ready = Ready::active(r.p, st, &r.ak.secret_name());
+    ready.message = format!(
+        "{}; rotation {} waits: {}",
+        ready.message,
+        trigger.describe(),
+        f.message
+    );
+    ready.requeue = f
+        .retry_after
+        .unwrap_or(Duration::from_secs(1))
+        .max(Duration::from_millis(100));
+    ready
 }
 
 /// Whether a rotation is in flight (recorded before its create).
@@ -331,7 +384,7 @@ pub async fn finish(r: &Reconciler<'_>, st: &mut ApiKeyStatus, mut ready: Ready)
     match due(
         &plan,
         &Clock::of(st, fallback_created(r.ak)),
-        &state(r.ak, st, pushed),
+        &state(r, st, pushed, now),
         now,
     ) {
         Due::Ignored(value, why) => {
@@ -343,7 +396,21 @@ pub async fn finish(r: &Reconciler<'_>, st: &mut ApiKeyStatus, mut ready: Ready)
                 .await;
         }
         Due::Held(trigger, message, when) => {
-            notes.push(format!("rotation {} waits: {message}", trigger.describe()));
+            let note = format!("rotation {} waits: {message}", trigger.describe());
+            if message.starts_with(rotation::BUDGET_HELD)
+                && !said_before(&before, rotation::BUDGET_HELD)
+            {
+                // Once per deferral, not once per request: the Ready message says it from now
+                // on, whatever requests come while the budget is spent.
+                r.event(
+                    EventType::Warning,
+                    Reason::RotationDeferred,
+                    "Rotate",
+                    note.clone(),
+                )
+                .await;
+            }
+            notes.push(note);
             ready.requeue = ready
                 .requeue
                 .min(when.map_or(ROLLOUT_POLL * 12, |t| until(t, now)));
@@ -407,6 +474,14 @@ pub async fn finish(r: &Reconciler<'_>, st: &mut ApiKeyStatus, mut ready: Ready)
         }),
     );
     ready
+}
+
+/// Whether the Ready condition of `before` already says `note`.
+fn said_before(before: &ApiKeyStatus, note: &str) -> bool {
+    before
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.message.contains(note))
 }
 
 /// Restart what waits for a restart, look at what was restarted, and start the grace period

@@ -238,6 +238,64 @@ fn too_many_keys_in_grace_hold_a_rotation() {
 }
 
 #[test]
+fn a_spent_create_budget_defers_a_rotation_and_an_interrupted_one_resumes() {
+    let until = t("2026-03-01T00:40:00Z");
+    let mut s = State {
+        has_key: true,
+        request: Some("loop-42"),
+        handled_request: Some("loop-41"),
+        budget_spent_until: Some(until),
+        ..Default::default()
+    };
+    let now = t("2026-03-01T00:00:00Z");
+    let plan = Plan {
+        grace: Duration::ZERO,
+        ..Plan::default()
+    };
+    match due(&plan, &Clock::default(), &s, now) {
+        Due::Held(Trigger::OnDemand(v), m, when) => {
+            assert_eq!(v, "loop-42", "deferred, not dropped");
+            assert!(m.starts_with(BUDGET_HELD), "{m}");
+            assert!(m.contains("2026-03-01T00:40:00Z"), "{m}");
+            assert_eq!(when, Some(until));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A schedule waits the same way.
+    s.request = None;
+    let every = Plan {
+        every: Some(Duration::from_secs(600)),
+        grace: Duration::from_secs(60),
+        ..Plan::default()
+    };
+    let clock = Clock {
+        created_at: Some(t("2026-02-28T00:00:00Z")),
+        ..Default::default()
+    };
+    assert!(matches!(
+        due(&every, &clock, &s, now),
+        Due::Held(Trigger::Schedule, ..)
+    ));
+    // Without the budget spent it is due now.
+    s.budget_spent_until = None;
+    assert_eq!(due(&every, &clock, &s, now), Due::Now(Trigger::Schedule));
+    // A rotation a crash interrupted resumes first (the create path checks the budget).
+    let flight = RotationInProgress {
+        trigger: "OnDemand".into(),
+        request: Some("loop-42".into()),
+        key_id: "k1".into(),
+        scope: None,
+        started_at: "2026-03-01T00:00:00Z".into(),
+    };
+    s.budget_spent_until = Some(until);
+    s.in_progress = Some(&flight);
+    assert!(matches!(
+        due(&every, &clock, &s, now),
+        Due::Now(Trigger::OnDemand(_))
+    ));
+}
+
+#[test]
 fn strategy_per_provider() {
     let p = Plan::default();
     let minted = KeyKind::default();
