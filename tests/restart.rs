@@ -179,14 +179,21 @@ async fn a_burst_of_rotations_restarts_a_workload_once() {
         ));
     }
     let mut restarted = 0;
+    let mut generations = Vec::new();
     for s in 0..3 {
         match restart(&c, &d, &ns, &chat, at(s), at(6)).await {
-            Outcome::Restarted(_) => restarted += 1,
-            Outcome::Covered => {}
+            Outcome::Restarted(r) => {
+                restarted += 1;
+                generations.push(r.generation);
+            }
+            Outcome::Covered(r) => generations.push(r.generation),
             other => panic!("{other:?}"),
         }
     }
     assert_eq!(restarted, 1);
+    // The covered ones wait for the generation the restart made (never 0, which any status
+    // has passed before the Deployment controller saw the restart).
+    assert_eq!(generations, vec![Some(2); 3], "{generations:?}");
     let dep = Api::<Deployment>::namespaced(c.clone(), &ns)
         .get("chat")
         .await

@@ -110,6 +110,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut ctx = Context::new(client.clone(), metrics, args.namespace.clone(), "keysmith");
     ctx.cluster_providers = args.cluster_providers;
     ctx.namespaced_providers = args.namespaced_providers;
+    ctx.watch_namespaces = args.watch_namespaces.clone();
     ctx.allowed_base_url_hosts = args
         .allowed_base_url_hosts
         .iter()
@@ -332,9 +333,8 @@ pub async fn run_controllers(
             "apikey",
             apikey_controller(&client, ctx.clone(), args, ns, stop.clone()),
         ));
-        if !args.namespaced_providers {
-            continue;
-        }
+        // Also with `--namespaced-providers=false`: then only KeyProviders being deleted are
+        // looked at (their in-use finalizer; see supervise::reconcile_key_provider).
         let kp_ctl = Controller::new(
             api_in::<KeyProvider>(&client, ns),
             watcher::Config::default(),
