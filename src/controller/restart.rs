@@ -441,7 +441,7 @@ mod tests {
         let later = at(15) + chrono::Duration::milliseconds(400);
         assert_eq!(
             d.claim(&api, later, at(17)),
-            Claim::Wait(Duration::from_secs(3))
+            Claim::Wait(Duration::from_secs(5))
         );
     }
 
