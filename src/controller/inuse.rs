@@ -230,19 +230,35 @@ impl ProviderId {
     }
 }
 
-/// The credentials Secrets the provider object reads now, as the watch store has it (None:
-/// not in a store).
-fn cached_secrets(ctx: &Context, p: &ProviderId) -> Option<BTreeSet<SecretId>> {
-    match p.kind {
-        ProviderKind::KeyProvider => ctx
-            .cache
-            .key_provider(&p.namespace, &p.name)
-            .map(|o| credential_secrets(&o.spec, Some(&p.namespace), &ctx.operator_namespace)),
-        ProviderKind::ClusterKeyProvider => ctx
-            .cache
-            .cluster_provider(&p.name)
-            .map(|o| credential_secrets(&o.spec.inner, None, &ctx.operator_namespace)),
-    }
+/// The credentials Secrets the provider object reads now: as the watch store has it, else
+/// (no store, or not in it yet) from the server. None: the object is gone.
+async fn current_secrets(
+    ctx: &Context,
+    p: &ProviderId,
+) -> Result<Option<BTreeSet<SecretId>>, kube::Error> {
+    let own = Some(p.namespace.as_str());
+    Ok(match p.kind {
+        ProviderKind::KeyProvider => {
+            let obj = match ctx.cache.key_provider(&p.namespace, &p.name) {
+                Some(o) => Some(o),
+                None => Api::<KeyProvider>::namespaced(ctx.client.clone(), &p.namespace)
+                    .get_opt(&p.name)
+                    .await?
+                    .map(std::sync::Arc::new),
+            };
+            obj.map(|o| credential_secrets(&o.spec, own, &ctx.operator_namespace))
+        }
+        ProviderKind::ClusterKeyProvider => {
+            let obj = match ctx.cache.cluster_provider(&p.name) {
+                Some(o) => Some(o),
+                None => Api::<ClusterKeyProvider>::all(ctx.client.clone())
+                    .get_opt(&p.name)
+                    .await?
+                    .map(std::sync::Arc::new),
+            };
+            obj.map(|o| credential_secrets(&o.spec.inner, None, &ctx.operator_namespace))
+        }
+    })
 }
 
 /// Set (or clear) the finalizer on a provider object and on its credentials; returns the
@@ -349,25 +365,24 @@ async fn release_secret(ctx: &Context, s: &SecretId, p: &ProviderId) -> Result<(
 /// changed credentials ref marks the new Secrets and releases the old ones.
 pub async fn protect(ctx: &Context, ak: &ApiKey) -> Result<(), kube::Error> {
     let p = ProviderId::of(ak);
-    let fast = |ctx: &Context| match cached_secrets(ctx, &p) {
-        Some(secrets) => p.key_with(&secrets),
-        None => p.key(),
+    let Some(secrets) = current_secrets(ctx, &p).await? else {
+        return Ok(());
     };
-    if ctx.in_use_marked.lock().unwrap().contains(&fast(ctx)) {
+    let fast = p.key_with(&secrets);
+    if ctx.in_use_marked.lock().unwrap().contains(&fast) {
         return Ok(());
     }
     // One reconcile marks, the others of a burst wait for it and find it done (instead of 64
     // concurrent patches of one object, all but one refused with 409). Releases take the same
     // lock, so a release never drops what a marking just counted on.
     let _one_at_a_time = ctx.in_use_marking.lock().await;
-    if ctx.in_use_marked.lock().unwrap().contains(&fast(ctx)) {
+    if ctx.in_use_marked.lock().unwrap().contains(&fast) {
         return Ok(());
     }
     if let Some(secrets) = mark(ctx, &p, true).await? {
         let mut marked = ctx.in_use_marked.lock().unwrap();
         let prefix = format!("{}|", p.key());
         marked.retain(|k| !k.starts_with(&prefix));
-        marked.insert(p.key());
         marked.insert(p.key_with(&secrets));
     }
     Ok(())
@@ -405,7 +420,7 @@ pub async fn release_if_unused(
     {
         let mut marked = ctx.in_use_marked.lock().unwrap();
         let prefix = format!("{}|", p.key());
-        marked.retain(|k| *k != p.key() && !k.starts_with(&prefix));
+        marked.retain(|k| !k.starts_with(&prefix));
     }
     mark(ctx, p, false).await?;
     Ok(true)

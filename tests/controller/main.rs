@@ -5,6 +5,7 @@ mod bifrost;
 mod boltz;
 mod digitalocean;
 mod harness;
+mod inuse;
 mod openrouter;
 mod rotation;
 mod runtime;
