@@ -375,9 +375,12 @@ async fn a_changed_credentials_ref_moves_the_finalizer_to_the_new_secret() {
     .await
     .unwrap();
     env.reconcile("k").await.unwrap();
+    let k = env.get("k").await;
     assert!(
         has_in_use(&env.secrets().get("new-creds").await.unwrap()),
-        "the Secret that revoking now needs is protected"
+        "the Secret that revoking now needs is protected: {:?} {:?}",
+        ready(&k),
+        kps.get("kp").await.unwrap().metadata
     );
     assert!(
         !has_in_use(&env.secrets().get("old-creds").await.unwrap()),
