@@ -92,7 +92,7 @@ async fn a_restart_rolls_out_a_new_replicaset() {
         restart(&client, &debouncer, &ns, &target, now, now).await,
         Outcome::Covered(restarted.clone())
     );
-    let value = keysmith::controller::rotation::ts(now);
+    let value = keysmith::controller::restart::restarted_at(now);
     eventually(
         "a second ReplicaSet with the restarted template",
         || async {

@@ -201,6 +201,6 @@ async fn a_burst_of_rotations_restarts_a_workload_once() {
     let tpl = dep.spec.unwrap().template.metadata.unwrap();
     assert_eq!(
         annotation(tpl.annotations.as_ref()).as_deref(),
-        Some("2026-03-01T00:00:06Z")
+        Some("2026-03-01T00:00:06.000Z")
     );
 }

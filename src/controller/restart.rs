@@ -43,6 +43,11 @@ pub fn key_hash(key_id: &str, issued_at: Option<&str>) -> String {
     hex::encode(h.finalize())
 }
 
+/// The value of the restart annotation for a restart at `now` (RFC 3339, milliseconds).
+pub fn restarted_at(now: DateTime<Utc>) -> String {
+    now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// The merge patch `kubectl rollout restart` sends, with keysmith's annotation.
 pub fn restart_patch(value: &str) -> Value {
     json!({
@@ -279,7 +284,9 @@ pub async fn restart(
         Claim::Wait(d) => return Outcome::Wait(d),
         Claim::Patch => {}
     }
-    let value = crate::controller::rotation::ts(now);
+    // Milliseconds: a second restart within the same second (a change just after the first
+    // was claimed) must still change the template, or no new rollout carries the new value.
+    let value = restarted_at(now);
     match patch(client, namespace, target, &value).await {
         Ok(Some(generation)) => {
             debouncer.patched(&key, generation);

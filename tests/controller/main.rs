@@ -7,6 +7,8 @@ mod digitalocean;
 mod harness;
 mod inuse;
 mod openrouter;
+mod regenerate;
+mod rollout;
 mod rotation;
 mod runtime;
 mod tenancy;
