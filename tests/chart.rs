@@ -1030,25 +1030,46 @@ fn chart_installs_on_a_cluster() {
 /// The operator's grants are exactly the permissions the controller uses
 /// (`keysmith::controller::rbac`, which the controller tests hold the controller's real requests
 /// against), in cluster mode and in namespace mode with ClusterKeyProviders: every listed
-/// permission is granted, and nothing beyond the list is.
+/// permission is granted **at the scope the controller uses it** (issue 17: merging Role and
+/// ClusterRole rules hid that namespace mode could not list ApiKeys cluster-wide), and nothing
+/// beyond the list is. Cluster-scoped resources come from a ClusterRole; namespaced ones from
+/// the ClusterRole in cluster mode and from a Role in every watched namespace in namespace mode
+/// (where a ClusterRole must grant nothing namespaced); leases from the release namespace.
 #[test]
 fn rendered_rbac_covers_what_the_controller_uses() {
     let Some(helm) = helm() else { return };
-    for values in [
-        "{}",
-        "watchNamespaces: [team-a, team-b]\nclusterProviders: {enabled: true}\n",
-        "rolloutRestart: {enabled: true}\n",
-        "rolloutRestart: {enabled: true}\nwatchNamespaces: [team-a]\nclusterProviders: {enabled: true}\n",
+    let cluster_scoped =
+        |resource: &str| resource.starts_with("clusterkeyproviders") || resource == "namespaces";
+    for (values, watched) in [
+        ("{}", vec![]),
+        (
+            "watchNamespaces: [team-a, team-b]\nclusterProviders: {enabled: true}\n",
+            vec!["team-a", "team-b"],
+        ),
+        ("rolloutRestart: {enabled: true}\n", vec![]),
+        (
+            "rolloutRestart: {enabled: true}\nwatchNamespaces: [team-a]\nclusterProviders: {enabled: true}\n",
+            vec!["team-a"],
+        ),
     ] {
         let objs = render(&helm, values);
-        let mut have = Grants::new();
-        for kind in ["ClusterRole", "Role"] {
-            for role in operator_roles(&objs, kind) {
-                for (k, v) in grants(role) {
-                    have.entry(k).or_default().extend(v);
-                }
+        let mut cluster = Grants::new();
+        for role in operator_roles(&objs, "ClusterRole") {
+            for (k, v) in grants(role) {
+                cluster.entry(k).or_default().extend(v);
             }
         }
+        let mut by_ns: BTreeMap<String, Grants> = BTreeMap::new();
+        for role in operator_roles(&objs, "Role") {
+            let ns = role["metadata"]["namespace"].as_str().unwrap().to_string();
+            for (k, v) in grants(role) {
+                by_ns.entry(ns.clone()).or_default().entry(k).or_default().extend(v);
+            }
+        }
+        let has = |g: Option<&Grants>, group: &str, resource: &str, verb: &str| {
+            g.and_then(|g| g.get(&(group.to_string(), resource.to_string())))
+                .is_some_and(|v| v.contains(verb))
+        };
         let restarts = values.contains("rolloutRestart: {enabled: true}");
         let optional: &[keysmith::controller::rbac::Permission] = if restarts {
             keysmith::controller::rbac::ROLLOUT_RESTART_PERMISSIONS
@@ -1057,28 +1078,62 @@ fn rendered_rbac_covers_what_the_controller_uses() {
         };
         for p in keysmith::controller::rbac::PERMISSIONS.iter().chain(optional) {
             for verb in p.verbs {
-                let granted = have
-                    .get(&(p.group.to_string(), p.resource.to_string()))
-                    .is_some_and(|v| v.contains(*verb));
+                let what = format!("{verb} on {}/{}", p.group, p.resource);
+                if cluster_scoped(p.resource) {
+                    assert!(
+                        has(Some(&cluster), p.group, p.resource, verb),
+                        "values {values:?}: no ClusterRole grants {what} (cluster-scoped)"
+                    );
+                } else if p.resource == "leases" {
+                    assert!(
+                        has(by_ns.get(RELEASE_NAMESPACE), p.group, p.resource, verb),
+                        "values {values:?}: no Role in the release namespace grants {what}"
+                    );
+                } else if watched.is_empty() {
+                    assert!(
+                        has(Some(&cluster), p.group, p.resource, verb),
+                        "values {values:?}: cluster mode: the ClusterRole does not grant {what} in every namespace"
+                    );
+                } else {
+                    for ns in &watched {
+                        assert!(
+                            has(by_ns.get(*ns), p.group, p.resource, verb),
+                            "values {values:?}: namespace mode: no Role in {ns} grants {what}"
+                        );
+                    }
+                }
+            }
+        }
+        let listed = |group: &str, resource: &str, verb: &str| {
+            keysmith::controller::rbac::PERMISSIONS
+                .iter()
+                .chain(optional)
+                .any(|p| p.group == group && p.resource == resource && p.verbs.contains(&verb))
+        };
+        for ((group, resource), granted) in &cluster {
+            for verb in granted {
                 assert!(
-                    granted,
-                    "values {values:?}: the chart does not grant {verb} on {}/{}",
-                    p.group, p.resource
+                    listed(group, resource, verb),
+                    "values {values:?}: the chart grants {verb} on {group}/{resource}, which src/controller/rbac.rs does not list (the controller does not use it)"
+                );
+                assert!(
+                    watched.is_empty() || cluster_scoped(resource),
+                    "values {values:?}: namespace mode, yet a ClusterRole grants {verb} on {group}/{resource} in every namespace"
                 );
             }
         }
-        for ((group, resource), granted) in &have {
-            for verb in granted {
-                let listed = keysmith::controller::rbac::PERMISSIONS
-                    .iter()
-                    .chain(optional)
-                    .any(|p| {
-                        p.group == group && p.resource == resource && p.verbs.contains(&verb.as_str())
-                    });
-                assert!(
-                    listed,
-                    "values {values:?}: the chart grants {verb} on {group}/{resource}, which src/controller/rbac.rs does not list (the controller does not use it)"
-                );
+        for (ns, grants) in &by_ns {
+            for ((group, resource), granted) in grants {
+                for verb in granted {
+                    assert!(
+                        listed(group, resource, verb),
+                        "values {values:?}: a Role in {ns} grants {verb} on {group}/{resource}, which src/controller/rbac.rs does not list"
+                    );
+                    assert!(
+                        !cluster_scoped(resource),
+                        "values {values:?}: a Role cannot grant the cluster-scoped {resource}"
+                    );
+                }
             }
         }
     }

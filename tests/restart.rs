@@ -115,7 +115,7 @@ async fn restart_patches_the_pod_template_like_kubectl_rollout_restart() {
     let tpl = dep.spec.unwrap().template.metadata.unwrap();
     assert_eq!(
         annotation(tpl.annotations.as_ref()).as_deref(),
-        Some("2026-03-01T00:00:00Z")
+        Some("2026-03-01T00:00:00.000Z")
     );
     // The merge patch keeps the template's other annotations.
     assert_eq!(
