@@ -166,6 +166,10 @@ async fn namespace_mode_with_cluster_providers_finishes_every_deletion() {
                 &lease,
                 "--watch-namespaces",
                 &c.ns,
+                // What the chart passes in namespace mode: the finalizer on this RoleBinding
+                // keeps keysmith's access while the namespace is deleted.
+                "--namespace-rolebinding",
+                &release,
             ],
             &[("KUBECONFIG", &kubeconfig)],
         )

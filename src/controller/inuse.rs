@@ -91,7 +91,7 @@ pub fn holds_keys(ak: &ApiKey) -> bool {
 /// write when it is already as wanted. A conflict (the object changed since it was read: the
 /// provider controller's status write, kubectl) reads it again, a few times, instead of failing
 /// the reconcile (issue 11: at the start of a burst, 20 of the first ApiKeys failed so).
-async fn set_finalizer<K>(
+pub(crate) async fn set_finalizer<K>(
     api: &Api<K>,
     name: &str,
     present: bool,

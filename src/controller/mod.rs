@@ -12,6 +12,7 @@ pub mod error;
 pub mod inuse;
 pub mod leader;
 pub mod listing;
+pub mod nsguard;
 pub mod predicates;
 pub mod provider;
 pub mod rbac;
@@ -71,6 +72,11 @@ pub struct RunArgs {
     /// Watch only these namespaces (comma-separated). Default: every namespace.
     #[arg(long, value_delimiter = ',', env = "KEYSMITH_WATCH_NAMESPACES")]
     pub watch_namespaces: Vec<String>,
+    /// Namespace mode: the name of keysmith's RoleBinding in each watched namespace. keysmith
+    /// keeps a finalizer on it while ApiKeys there hold keys, so that deleting the namespace
+    /// cannot take keysmith's access before their keys are revoked (the chart sets it).
+    #[arg(long, env = "KEYSMITH_NAMESPACE_ROLEBINDING")]
+    pub namespace_rolebinding: Option<String>,
     /// Reconcile only ApiKeys matching this label selector (sharding across releases).
     #[arg(long, env = "KEYSMITH_LABEL_SELECTOR")]
     pub label_selector: Option<String>,
@@ -361,6 +367,13 @@ pub async fn run_controllers(
         )
         .for_each(|_| futures::future::ready(()));
         tasks.push(("clusterkeyprovider", tokio::spawn(ckp_ctl)));
+    }
+    if let Some(name) = args
+        .namespace_rolebinding
+        .clone()
+        .filter(|_| !args.watch_namespaces.is_empty())
+    {
+        tokio::spawn(nsguard::run(ctx.clone(), name, stop.clone()));
     }
     health.started.store(true, Ordering::SeqCst);
     tracing::info!(namespaces = ?args.watch_namespaces, selector = ?args.label_selector, "controllers running");
