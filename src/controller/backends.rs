@@ -96,9 +96,24 @@ impl Context {
     /// (`providerRef` is immutable) while it was admitted, and revoking them must stay possible
     /// after the admin narrowed who may create (invariant 7).
     pub async fn resolve(&self, ak: &ApiKey) -> Result<ResolvedProvider, ResolveError> {
+        self.resolve_as(ak, ak.metadata.deletion_timestamp.is_some())
+            .await
+    }
+
+    /// Resolve the provider object of an ApiKey to revoke keys made through it, without the
+    /// checks that admit creating (see [`Context::resolve`]): replaced keys of a namespace that
+    /// is no longer admitted still end with their grace period.
+    pub async fn resolve_for_revoke(&self, ak: &ApiKey) -> Result<ResolvedProvider, ResolveError> {
+        self.resolve_as(ak, true).await
+    }
+
+    async fn resolve_as(
+        &self,
+        ak: &ApiKey,
+        deleting: bool,
+    ) -> Result<ResolvedProvider, ResolveError> {
         let ns = ak.namespace().unwrap_or_default();
         let r = &ak.spec.provider_ref;
-        let deleting = ak.metadata.deletion_timestamp.is_some();
         match r.kind {
             ProviderKind::KeyProvider if !self.namespaced_providers && !deleting => Err(ResolveError::ProviderNotAllowed(format!(
                 "this keysmith installation serves only ClusterKeyProviders (--namespaced-providers=false); KeyProvider {} cannot be used: ask a cluster admin for a ClusterKeyProvider",

@@ -310,8 +310,26 @@ async fn mark(
     Ok(Some(current))
 }
 
+/// The Secrets an in-use provider object's finalizer covers: those recorded when it was marked
+/// (with the namespace resolved then), else (marked before the record existed) those it reads.
+/// The record matters for a ClusterKeyProvider whose ref names no namespace: "the operator's
+/// namespace" is another namespace for another installation.
+fn covers<K: Resource>(q: &K, reads: impl FnOnce() -> BTreeSet<SecretId>) -> BTreeSet<SecretId> {
+    let recorded = q
+        .meta()
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(IN_USE_SECRETS_ANNOTATION));
+    if recorded {
+        let own = q.meta().namespace.as_deref();
+        recorded_secrets(q, own)
+    } else {
+        reads()
+    }
+}
+
 /// Whether a provider object other than `except` that is in use (it carries the finalizer)
-/// reads Secret `s` or covers it.
+/// covers Secret `s`.
 async fn needed_by_another(
     ctx: &Context,
     s: &SecretId,
@@ -326,8 +344,11 @@ async fn needed_by_another(
             {
                 continue;
             }
-            let reads = credential_secrets(&q.spec.inner, None, &ctx.operator_namespace);
-            if reads.contains(s) || recorded_secrets(&q, None).contains(s) {
+            if covers(&q, || {
+                credential_secrets(&q.spec.inner, None, &ctx.operator_namespace)
+            })
+            .contains(s)
+            {
                 return Ok(true);
             }
         }
@@ -341,8 +362,11 @@ async fn needed_by_another(
             {
                 continue;
             }
-            let reads = credential_secrets(&q.spec, Some(&s.0), &ctx.operator_namespace);
-            if reads.contains(s) || recorded_secrets(&q, Some(&s.0)).contains(s) {
+            if covers(&q, || {
+                credential_secrets(&q.spec, Some(&s.0), &ctx.operator_namespace)
+            })
+            .contains(s)
+            {
                 return Ok(true);
             }
         }

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use keysmith::api::{
     AdoptionPolicy, ApiKey, ApiKeySpec, ClusterKeyProvider, KeyProvider, KeyProviderSpec, KeyRef,
-    OpenRouterProvider, ProviderKind, SecretKeySelector,
+    OpenRouterProvider, ProviderKind, RotationSpec, SecretKeySelector, ROTATE_ANNOTATION,
 };
 use keysmith::controller::apikey;
 use keysmith::controller::inuse::IN_USE_FINALIZER;
@@ -446,9 +446,31 @@ async fn a_namespace_the_cluster_provider_stops_admitting_still_revokes_its_keys
         vec![],
     )
     .await;
-    env.create(&apikey("k", "openrouter", ApiKeySpec::default()))
-        .await;
+    let spec = ApiKeySpec {
+        rotation: Some(Box::new(RotationSpec {
+            grace_period: Some("2s".into()),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    env.create(&apikey("k", "openrouter", spec)).await;
     assert_eq!(ready(&env.converge("k", 6).await).0, "True");
+    // A rotation: the replaced key lives for its grace period.
+    env.apikeys()
+        .patch(
+            "k",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {ROTATE_ANNOTATION: "r1"}}})),
+        )
+        .await
+        .unwrap();
+    env.reconcile("k").await.unwrap();
+    assert_eq!(
+        env.get("k").await.status.unwrap().previous_keys.len(),
+        1,
+        "replaced key in its grace"
+    );
+    assert_eq!(openrouter::live_keys(&env.emulator_keys().await), 2);
     // The namespace leaves the team the ClusterKeyProvider admits.
     Api::<Namespace>::all(env.client.clone())
         .patch(
@@ -462,6 +484,16 @@ async fn a_namespace_the_cluster_provider_stops_admitting_still_revokes_its_keys
     let _ = env.reconcile("k").await;
     let (_, reason, _) = ready(&env.get("k").await);
     assert_eq!(reason, "ProviderNotAllowed", "no more creating");
+    // The replaced key still ends with its grace period.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let _ = env.reconcile("k").await;
+    let k = env.get("k").await;
+    assert_eq!(ready(&k).1, "ProviderNotAllowed");
+    assert!(
+        k.status.unwrap().previous_keys.is_empty(),
+        "replaced key revoked"
+    );
+    assert_eq!(openrouter::live_keys(&env.emulator_keys().await), 1);
     // Its key can still be revoked through the ClusterKeyProvider that made it.
     let errors = deleted_with(&env, &env.ctx, &env.ns, "k").await;
     assert!(errors.is_empty(), "{errors:?}");
