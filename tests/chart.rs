@@ -144,8 +144,10 @@ fn grants(role: &Value) -> Grants {
     let mut g = Grants::new();
     for rule in role["rules"].as_array().unwrap() {
         assert!(
-            rule.get("resourceNames").is_none() || kind_of(role) == "Role",
-            "resourceNames only expected on the leader-election Role"
+            rule.get("resourceNames").is_none()
+                || kind_of(role) == "Role"
+                || rule["resources"] == json!(["rolebindings"]),
+            "resourceNames only expected on the leader-election Role and keysmith's own RoleBinding"
         );
         for group in rule["apiGroups"].as_array().unwrap() {
             for res in rule["resources"].as_array().unwrap() {
@@ -225,8 +227,8 @@ fn operator_roles<'a>(objs: &'a [Value], kind: &str) -> Vec<&'a Value> {
                 .iter()
                 .any(|s| s["kind"] == "ServiceAccount" && s["name"] == "keysmith")
         })
+        .filter(|b| b["roleRef"]["kind"] == kind)
         .map(|b| {
-            assert_eq!(b["roleRef"]["kind"], kind);
             (
                 b["metadata"]["namespace"]
                     .as_str()
@@ -248,6 +250,51 @@ fn operator_roles<'a>(objs: &'a [Value], kind: &str) -> Vec<&'a Value> {
             ))
         })
         .collect()
+}
+
+/// What the operator's ServiceAccount may do in each namespace through RoleBindings (to a Role
+/// there, or to a ClusterRole: namespace mode binds one ClusterRole in every watched namespace).
+fn namespaced_grants(objs: &[Value]) -> BTreeMap<String, Grants> {
+    let mut out: BTreeMap<String, Grants> = BTreeMap::new();
+    for b in all(objs, "RoleBinding") {
+        if !b["subjects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["kind"] == "ServiceAccount" && s["name"] == "keysmith")
+        {
+            continue;
+        }
+        let ns = b["metadata"]["namespace"].as_str().unwrap().to_string();
+        let role = match b["roleRef"]["kind"].as_str().unwrap() {
+            "Role" => all(objs, "Role").into_iter().find(|r| {
+                r["metadata"]["name"] == b["roleRef"]["name"] && r["metadata"]["namespace"] == ns
+            }),
+            _ => all(objs, "ClusterRole")
+                .into_iter()
+                .find(|r| r["metadata"]["name"] == b["roleRef"]["name"]),
+        }
+        .unwrap_or_else(|| panic!("RoleBinding {b} refers to a role the chart does not render"));
+        for (k, v) in grants(role) {
+            out.entry(ns.clone())
+                .or_default()
+                .entry(k)
+                .or_default()
+                .extend(v);
+        }
+    }
+    out
+}
+
+/// Namespace mode: the namespaced grants plus keysmith's own RoleBinding (the finalizer that
+/// keeps its access while a namespace being deleted still has ApiKeys holding keys).
+fn expected_namespace_mode_grants(rollout_restart: bool) -> Grants {
+    let mut g = expected_namespaced_grants(rollout_restart);
+    g.insert(
+        ("rbac.authorization.k8s.io".into(), "rolebindings".into()),
+        verbs(&["get", "patch"]),
+    );
+    g
 }
 
 fn chart_app_version() -> String {
@@ -602,24 +649,23 @@ concurrency: 4
     let rendered = serde_json::to_string(&objs).unwrap();
     assert!(!rendered.contains("clusterkeyproviders"));
     assert!(!rendered.contains("\"namespaces\""));
-    // a Role + RoleBinding per watched namespace with the namespaced rules, plus the Lease Role
-    let roles = operator_roles(&objs, "Role");
-    let mut by_ns: BTreeSet<String> = BTreeSet::new();
-    for role in &roles {
-        let ns = role["metadata"]["namespace"].as_str().unwrap();
-        if role["metadata"]["name"] == "keysmith-leader-election" {
-            assert_eq!(ns, RELEASE_NAMESPACE);
-            continue;
-        }
-        assert_eq!(
-            grants(role),
-            expected_namespaced_grants(false),
-            "Role in {ns}"
-        );
-        by_ns.insert(ns.to_string());
+    // the namespaced rules in each watched namespace (a RoleBinding there to one ClusterRole,
+    // which a namespace deletion does not delete), plus the Lease Role
+    assert!(
+        a.contains(&"--namespace-rolebinding=keysmith".to_string()),
+        "{a:?}"
+    );
+    let by_ns = namespaced_grants(&objs);
+    for ns in ["team-a", "team-b"] {
+        assert_eq!(by_ns[ns], expected_namespace_mode_grants(false), "in {ns}");
     }
-    assert_eq!(by_ns, verbs(&["team-a", "team-b"]));
-    assert_eq!(roles.len(), 3);
+    assert_eq!(
+        by_ns.keys().cloned().collect::<BTreeSet<_>>(),
+        verbs(&["team-a", "team-b", RELEASE_NAMESPACE])
+    );
+    let roles = operator_roles(&objs, "Role");
+    assert_eq!(roles.len(), 1);
+    assert_eq!(roles[0]["metadata"]["name"], "keysmith-leader-election");
 
     // ServiceMonitor scrapes the metrics Service
     let sm = one(&objs, "ServiceMonitor");
@@ -686,19 +732,20 @@ fn namespace_mode_with_cluster_providers() {
 #[test]
 fn rollout_restart_access_only_when_enabled() {
     let Some(helm) = helm() else { return };
-    for (values, cluster_kind) in [
-        ("rolloutRestart: {enabled: true}", "ClusterRole"),
-        (
-            "rolloutRestart: {enabled: true}\nwatchNamespaces: [team-a]",
-            "Role",
-        ),
+    for values in [
+        "rolloutRestart: {enabled: true}",
+        "rolloutRestart: {enabled: true}\nwatchNamespaces: [team-a]",
     ] {
         let objs = render(&helm, values);
-        let role = operator_roles(&objs, cluster_kind)
-            .into_iter()
-            .find(|r| r["metadata"]["name"] == "keysmith")
-            .unwrap();
-        let g = grants(role);
+        let g = if values.contains("watchNamespaces") {
+            namespaced_grants(&objs)["team-a"].clone()
+        } else {
+            let role = operator_roles(&objs, "ClusterRole")
+                .into_iter()
+                .find(|r| r["metadata"]["name"] == "keysmith")
+                .unwrap();
+            grants(role)
+        };
         for r in ["deployments", "statefulsets", "daemonsets"] {
             assert_eq!(
                 g[&("apps".to_string(), r.to_string())],
@@ -1114,55 +1161,106 @@ fn chart_installs_on_a_cluster() {
 /// The operator's grants are exactly the permissions the controller uses
 /// (`keysmith::controller::rbac`, which the controller tests hold the controller's real requests
 /// against), in cluster mode and in namespace mode with ClusterKeyProviders: every listed
-/// permission is granted, and nothing beyond the list is.
+/// permission is granted **at the scope the controller uses it** (issue 17: merging Role and
+/// ClusterRole rules hid that namespace mode could not list ApiKeys cluster-wide), and nothing
+/// beyond the list is. Cluster-scoped resources come from a ClusterRole; namespaced ones from
+/// the ClusterRole in cluster mode and from a Role in every watched namespace in namespace mode
+/// (where a ClusterRole must grant nothing namespaced); leases from the release namespace.
 #[test]
 fn rendered_rbac_covers_what_the_controller_uses() {
     let Some(helm) = helm() else { return };
-    for values in [
-        "{}",
-        "watchNamespaces: [team-a, team-b]\nclusterProviders: {enabled: true}\n",
-        "rolloutRestart: {enabled: true}\n",
-        "rolloutRestart: {enabled: true}\nwatchNamespaces: [team-a]\nclusterProviders: {enabled: true}\n",
+    let cluster_scoped =
+        |resource: &str| resource.starts_with("clusterkeyproviders") || resource == "namespaces";
+    for (values, watched) in [
+        ("{}", vec![]),
+        (
+            "watchNamespaces: [team-a, team-b]\nclusterProviders: {enabled: true}\n",
+            vec!["team-a", "team-b"],
+        ),
+        ("rolloutRestart: {enabled: true}\n", vec![]),
+        (
+            "rolloutRestart: {enabled: true}\nwatchNamespaces: [team-a]\nclusterProviders: {enabled: true}\n",
+            vec!["team-a"],
+        ),
     ] {
         let objs = render(&helm, values);
-        let mut have = Grants::new();
-        for kind in ["ClusterRole", "Role"] {
-            for role in operator_roles(&objs, kind) {
-                for (k, v) in grants(role) {
-                    have.entry(k).or_default().extend(v);
+        let mut cluster = Grants::new();
+        for role in operator_roles(&objs, "ClusterRole") {
+            for (k, v) in grants(role) {
+                cluster.entry(k).or_default().extend(v);
+            }
+        }
+        let by_ns = namespaced_grants(&objs);
+        let has = |g: Option<&Grants>, group: &str, resource: &str, verb: &str| {
+            g.and_then(|g| g.get(&(group.to_string(), resource.to_string())))
+                .is_some_and(|v| v.contains(verb))
+        };
+        let restarts = values.contains("rolloutRestart: {enabled: true}");
+        let mut optional: Vec<keysmith::controller::rbac::Permission> = Vec::new();
+        if restarts {
+            optional.extend(keysmith::controller::rbac::ROLLOUT_RESTART_PERMISSIONS);
+        }
+        if !watched.is_empty() {
+            optional.extend(keysmith::controller::rbac::NAMESPACE_MODE_PERMISSIONS);
+        }
+        for p in keysmith::controller::rbac::PERMISSIONS.iter().chain(&optional) {
+            for verb in p.verbs {
+                let what = format!("{verb} on {}/{}", p.group, p.resource);
+                if cluster_scoped(p.resource) {
+                    assert!(
+                        has(Some(&cluster), p.group, p.resource, verb),
+                        "values {values:?}: no ClusterRole grants {what} (cluster-scoped)"
+                    );
+                } else if p.resource == "leases" {
+                    assert!(
+                        has(by_ns.get(RELEASE_NAMESPACE), p.group, p.resource, verb),
+                        "values {values:?}: no Role in the release namespace grants {what}"
+                    );
+                } else if watched.is_empty() {
+                    assert!(
+                        has(Some(&cluster), p.group, p.resource, verb),
+                        "values {values:?}: cluster mode: the ClusterRole does not grant {what} in every namespace"
+                    );
+                } else {
+                    for ns in &watched {
+                        assert!(
+                            has(by_ns.get(*ns), p.group, p.resource, verb),
+                            "values {values:?}: namespace mode: no Role in {ns} grants {what}"
+                        );
+                    }
                 }
             }
         }
-        let restarts = values.contains("rolloutRestart: {enabled: true}");
-        let optional: &[keysmith::controller::rbac::Permission] = if restarts {
-            keysmith::controller::rbac::ROLLOUT_RESTART_PERMISSIONS
-        } else {
-            &[]
+        let listed = |group: &str, resource: &str, verb: &str| {
+            keysmith::controller::rbac::PERMISSIONS
+                .iter()
+                .chain(&optional)
+                .any(|p| p.group == group && p.resource == resource && p.verbs.contains(&verb))
         };
-        for p in keysmith::controller::rbac::PERMISSIONS.iter().chain(optional) {
-            for verb in p.verbs {
-                let granted = have
-                    .get(&(p.group.to_string(), p.resource.to_string()))
-                    .is_some_and(|v| v.contains(*verb));
+        for ((group, resource), granted) in &cluster {
+            for verb in granted {
                 assert!(
-                    granted,
-                    "values {values:?}: the chart does not grant {verb} on {}/{}",
-                    p.group, p.resource
+                    listed(group, resource, verb),
+                    "values {values:?}: the chart grants {verb} on {group}/{resource}, which src/controller/rbac.rs does not list (the controller does not use it)"
+                );
+                assert!(
+                    watched.is_empty() || cluster_scoped(resource),
+                    "values {values:?}: namespace mode, yet a ClusterRole grants {verb} on {group}/{resource} in every namespace"
                 );
             }
         }
-        for ((group, resource), granted) in &have {
-            for verb in granted {
-                let listed = keysmith::controller::rbac::PERMISSIONS
-                    .iter()
-                    .chain(optional)
-                    .any(|p| {
-                        p.group == group && p.resource == resource && p.verbs.contains(&verb.as_str())
-                    });
-                assert!(
-                    listed,
-                    "values {values:?}: the chart grants {verb} on {group}/{resource}, which src/controller/rbac.rs does not list (the controller does not use it)"
-                );
+        for (ns, grants) in &by_ns {
+            for ((group, resource), granted) in grants {
+                for verb in granted {
+                    assert!(
+                        listed(group, resource, verb),
+                        "values {values:?}: a Role in {ns} grants {verb} on {group}/{resource}, which src/controller/rbac.rs does not list"
+                    );
+                    assert!(
+                        !cluster_scoped(resource),
+                        "values {values:?}: a Role cannot grant the cluster-scoped {resource}"
+                    );
+                }
             }
         }
     }

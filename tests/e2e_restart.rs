@@ -86,12 +86,13 @@ async fn a_restart_rolls_out_a_new_replicaset() {
         other => panic!("{other:?}"),
     };
     assert_eq!(restarted.generation, Some(2));
-    // A second ApiKey whose Secret changed before that restart is covered by it.
+    // A second ApiKey whose Secret changed before that restart is covered by it: it waits
+    // for the rollout of the generation that restart made.
     assert_eq!(
         restart(&client, &debouncer, &ns, &target, now, now).await,
-        Outcome::Covered
+        Outcome::Covered(restarted.clone())
     );
-    let value = keysmith::controller::rotation::ts(now);
+    let value = keysmith::controller::restart::restarted_at(now);
     eventually(
         "a second ReplicaSet with the restarted template",
         || async {

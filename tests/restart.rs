@@ -115,7 +115,7 @@ async fn restart_patches_the_pod_template_like_kubectl_rollout_restart() {
     let tpl = dep.spec.unwrap().template.metadata.unwrap();
     assert_eq!(
         annotation(tpl.annotations.as_ref()).as_deref(),
-        Some("2026-03-01T00:00:00Z")
+        Some("2026-03-01T00:00:00.000Z")
     );
     // The merge patch keeps the template's other annotations.
     assert_eq!(
@@ -179,14 +179,21 @@ async fn a_burst_of_rotations_restarts_a_workload_once() {
         ));
     }
     let mut restarted = 0;
+    let mut generations = Vec::new();
     for s in 0..3 {
         match restart(&c, &d, &ns, &chat, at(s), at(6)).await {
-            Outcome::Restarted(_) => restarted += 1,
-            Outcome::Covered => {}
+            Outcome::Restarted(r) => {
+                restarted += 1;
+                generations.push(r.generation);
+            }
+            Outcome::Covered(r) => generations.push(r.generation),
             other => panic!("{other:?}"),
         }
     }
     assert_eq!(restarted, 1);
+    // The covered ones wait for the generation the restart made (never 0, which any status
+    // has passed before the Deployment controller saw the restart).
+    assert_eq!(generations, vec![Some(2); 3], "{generations:?}");
     let dep = Api::<Deployment>::namespaced(c.clone(), &ns)
         .get("chat")
         .await
@@ -194,6 +201,6 @@ async fn a_burst_of_rotations_restarts_a_workload_once() {
     let tpl = dep.spec.unwrap().template.metadata.unwrap();
     assert_eq!(
         annotation(tpl.annotations.as_ref()).as_deref(),
-        Some("2026-03-01T00:00:06Z")
+        Some("2026-03-01T00:00:06.000Z")
     );
 }

@@ -92,11 +92,33 @@ pub struct ProviderObject<'a> {
 
 impl Context {
     /// Resolve the provider object of an ApiKey (tenancy rule 6) and its backend.
+    ///
+    /// An ApiKey being deleted resolves without the checks that admit creating keys
+    /// (`--namespaced-providers`, `--cluster-providers`, a ClusterKeyProvider's
+    /// `namespaceSelector`): its keys were made through this very provider object
+    /// (`providerRef` is immutable) while it was admitted, and revoking them must stay possible
+    /// after the admin narrowed who may create (invariant 7).
     pub async fn resolve(&self, ak: &ApiKey) -> Result<ResolvedProvider, ResolveError> {
+        self.resolve_as(ak, ak.metadata.deletion_timestamp.is_some())
+            .await
+    }
+
+    /// Resolve the provider object of an ApiKey to revoke keys made through it, without the
+    /// checks that admit creating (see [`Context::resolve`]): replaced keys of a namespace that
+    /// is no longer admitted still end with their grace period.
+    pub async fn resolve_for_revoke(&self, ak: &ApiKey) -> Result<ResolvedProvider, ResolveError> {
+        self.resolve_as(ak, true).await
+    }
+
+    async fn resolve_as(
+        &self,
+        ak: &ApiKey,
+        deleting: bool,
+    ) -> Result<ResolvedProvider, ResolveError> {
         let ns = ak.namespace().unwrap_or_default();
         let r = &ak.spec.provider_ref;
         match r.kind {
-            ProviderKind::KeyProvider if !self.namespaced_providers => Err(ResolveError::ProviderNotAllowed(format!(
+            ProviderKind::KeyProvider if !self.namespaced_providers && !deleting => Err(ResolveError::ProviderNotAllowed(format!(
                 "this keysmith installation serves only ClusterKeyProviders (--namespaced-providers=false); KeyProvider {} cannot be used: ask a cluster admin for a ClusterKeyProvider",
                 r.name
             ))),
@@ -122,7 +144,7 @@ impl Context {
                 })
                 .await
             }
-            ProviderKind::ClusterKeyProvider if !self.cluster_providers => Err(ResolveError::ProviderNotAllowed(format!(
+            ProviderKind::ClusterKeyProvider if !self.cluster_providers && !deleting => Err(ResolveError::ProviderNotAllowed(format!(
                 "this keysmith installation serves only KeyProviders of the ApiKey's namespace (--cluster-providers=false); ClusterKeyProvider {} cannot be used",
                 r.name
             ))),
@@ -140,7 +162,7 @@ impl Context {
                         r.name
                     ))
                 })?;
-                if let Some(sel) = &p.spec.inner.namespace_selector {
+                if let Some(sel) = p.spec.inner.namespace_selector.as_ref().filter(|_| !deleting) {
                     let labels = self.namespace_labels(&ns).await?;
                     if !selector_matches(sel, &labels).map_err(|e| {
                         ResolveError::InvalidProvider(format!("ClusterKeyProvider {}: {e}", r.name))

@@ -41,6 +41,10 @@ pub struct Context {
     pub debouncer: super::restart::Debouncer,
     /// Namespaced KeyProviders are served (see `keysmith run --namespaced-providers`).
     pub namespaced_providers: bool,
+    /// The namespaces served (`keysmith run --watch-namespaces`); empty: every namespace. In
+    /// namespace mode ApiKeys are only ever listed per watched namespace (the namespace-mode
+    /// RBAC grants nothing cluster-wide on them), see [`super::inuse::scan_apikeys`].
+    pub watch_namespaces: Vec<String>,
     /// When not empty, the only hosts a provider object's base URL may name
     /// (`keysmith run --allowed-base-url-hosts`).
     pub allowed_base_url_hosts: Vec<String>,
@@ -140,6 +144,7 @@ impl Context {
             cluster_providers: true,
             debouncer: Default::default(),
             namespaced_providers: true,
+            watch_namespaces: Vec::new(),
             allowed_base_url_hosts: Vec::new(),
             namespaced_network: crate::providers::egress::NetworkPolicy::RESTRICTED,
             lease,

@@ -13,6 +13,7 @@ pub mod fairness;
 pub mod inuse;
 pub mod leader;
 pub mod listing;
+pub mod nsguard;
 pub mod predicates;
 pub mod provider;
 pub mod rbac;
@@ -73,6 +74,11 @@ pub struct RunArgs {
     /// Watch only these namespaces (comma-separated). Default: every namespace.
     #[arg(long, value_delimiter = ',', env = "KEYSMITH_WATCH_NAMESPACES")]
     pub watch_namespaces: Vec<String>,
+    /// Namespace mode: the name of keysmith's RoleBinding in each watched namespace. keysmith
+    /// keeps a finalizer on it while ApiKeys there hold keys, so that deleting the namespace
+    /// cannot take keysmith's access before their keys are revoked (the chart sets it).
+    #[arg(long, env = "KEYSMITH_NAMESPACE_ROLEBINDING")]
+    pub namespace_rolebinding: Option<String>,
     /// Reconcile only ApiKeys matching this label selector (sharding across releases).
     #[arg(long, env = "KEYSMITH_LABEL_SELECTOR")]
     pub label_selector: Option<String>,
@@ -131,6 +137,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     ctx.set_lease(lease);
     ctx.cluster_providers = args.cluster_providers;
     ctx.namespaced_providers = args.namespaced_providers;
+    ctx.watch_namespaces = args.watch_namespaces.clone();
     ctx.allowed_base_url_hosts = args
         .allowed_base_url_hosts
         .iter()
@@ -358,9 +365,8 @@ pub async fn run_controllers(
             "apikey",
             apikey_controller(&client, ctx.clone(), args, ns, stop.clone()),
         ));
-        if !args.namespaced_providers {
-            continue;
-        }
+        // Also with `--namespaced-providers=false`: then only KeyProviders being deleted are
+        // looked at (their in-use finalizer; see supervise::reconcile_key_provider).
         let kp_ctl = Controller::new(
             api_in::<KeyProvider>(&client, ns),
             watcher::Config::default(),
@@ -387,6 +393,13 @@ pub async fn run_controllers(
         )
         .for_each(|_| futures::future::ready(()));
         tasks.push(("clusterkeyprovider", tokio::spawn(ckp_ctl)));
+    }
+    if let Some(name) = args
+        .namespace_rolebinding
+        .clone()
+        .filter(|_| !args.watch_namespaces.is_empty())
+    {
+        tokio::spawn(nsguard::run(ctx.clone(), name, stop.clone()));
     }
     health.started.store(true, Ordering::SeqCst);
     tracing::info!(namespaces = ?args.watch_namespaces, selector = ?args.label_selector, "controllers running");

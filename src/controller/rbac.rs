@@ -71,12 +71,22 @@ pub const ROLLOUT_RESTART_PERMISSIONS: &[Permission] = &[
     p("apps", "daemonsets", &["get", "patch"]),
 ];
 
+/// Namespace mode (`--watch-namespaces` with `--namespace-rolebinding`): in each watched
+/// namespace, `get`/`patch` on keysmith's own RoleBinding only (`resourceNames`), to keep a
+/// finalizer on it while ApiKeys there hold keys (see `controller::nsguard`).
+pub const NAMESPACE_MODE_PERMISSIONS: &[Permission] = &[p(
+    "rbac.authorization.k8s.io",
+    "rolebindings",
+    &["get", "patch"],
+)];
+
 /// Whether `verb` on `group`/`resource` is in [`PERMISSIONS`] or
 /// [`ROLLOUT_RESTART_PERMISSIONS`].
 pub fn allowed(group: &str, resource: &str, verb: &str) -> bool {
     PERMISSIONS
         .iter()
         .chain(ROLLOUT_RESTART_PERMISSIONS)
+        .chain(NAMESPACE_MODE_PERMISSIONS)
         .any(|p| p.group == group && p.resource == resource && p.verbs.contains(&verb))
 }
 

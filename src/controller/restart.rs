@@ -29,6 +29,8 @@ use crate::api::{
 
 /// How long a restart waits for more Secrets of the same burst before it goes.
 pub const DEBOUNCE_WINDOW: Duration = Duration::from_secs(5);
+/// How soon to ask again when the restart that covers a change is still being patched.
+pub const IN_FLIGHT_POLL: Duration = Duration::from_secs(1);
 
 /// `keysmith.dev/key-hash` of a Secret: sha256 (hex) of the key id and, for keys whose id
 /// survives a rotation (adopted with `spec.keyRef`: regenerate in place), of `lastRotatedAt`,
@@ -39,6 +41,11 @@ pub fn key_hash(key_id: &str, issued_at: Option<&str>) -> String {
     h.update(b"\n");
     h.update(issued_at.unwrap_or("").as_bytes());
     hex::encode(h.finalize())
+}
+
+/// The value of the restart annotation for a restart at `now` (RFC 3339, milliseconds).
+pub fn restarted_at(now: DateTime<Utc>) -> String {
+    now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// The merge patch `kubectl rollout restart` sends, with keysmith's annotation.
@@ -75,10 +82,12 @@ impl WorkloadKey {
 /// What a caller should do about restarting one workload for a Secret changed at some moment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Claim {
-    /// Patch it now (the claim is recorded; call [`Debouncer::failed`] if the patch fails).
+    /// Patch it now (the claim is recorded; call [`Debouncer::patched`] with the generation the
+    /// patch gave the workload, or [`Debouncer::failed`] if it failed).
     Patch,
-    /// A restart after the Secret changed already happened, or is being made now.
-    Covered,
+    /// A restart claimed after the Secret changed was made: it gave the workload this
+    /// generation, the one whose rollout carries the new value.
+    Covered(i64),
     /// Another change may follow in this burst: ask again after this long.
     Wait(Duration),
 }
@@ -87,8 +96,10 @@ pub enum Claim {
 struct Slot {
     /// When the last restart was claimed.
     last_restart: Option<DateTime<Utc>>,
-    /// The restart before that one (restored when the last one fails).
-    before: Option<DateTime<Utc>>,
+    /// The generation the last restart's patch gave the workload; None while it is in flight.
+    generation: Option<i64>,
+    /// The restart before that one and its generation (restored when the last one fails).
+    before: Option<(DateTime<Utc>, Option<i64>)>,
     /// The first request not covered by a restart yet.
     waiting_since: Option<DateTime<Utc>>,
 }
@@ -114,29 +125,47 @@ impl Debouncer {
         }
     }
 
-    /// A Secret feeding `key` changed at `changed_at`; may the caller restart it at `now`?
+    /// A Secret feeding `key` changed at `changed_at` (exactly, or rounded up: a restart claimed
+    /// before the real change must never cover it); may the caller restart it at `now`?
     pub fn claim(&self, key: &WorkloadKey, changed_at: DateTime<Utc>, now: DateTime<Utc>) -> Claim {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let slot = slots.entry(key.clone()).or_default();
         if slot.last_restart.is_some_and(|r| r >= changed_at) {
-            return Claim::Covered;
+            return match slot.generation {
+                Some(g) => Claim::Covered(g),
+                // Its patch has not answered yet: which generation rolls the change out is not
+                // known; ask again shortly (never "generation 0", which every status has passed).
+                None => Claim::Wait(IN_FLIGHT_POLL),
+            };
         }
         let since = *slot.waiting_since.get_or_insert(now);
         let due = since + chrono::Duration::from_std(self.window).unwrap_or_default();
         if now < due {
             return Claim::Wait((due - now).to_std().unwrap_or(self.window));
         }
-        slot.before = slot.last_restart;
+        slot.before = slot.last_restart.map(|r| (r, slot.generation));
         slot.last_restart = Some(now);
+        slot.generation = None;
         slot.waiting_since = None;
         Claim::Patch
+    }
+
+    /// The patch of a claimed restart answered: the workload's template now has `generation`.
+    pub fn patched(&self, key: &WorkloadKey, generation: i64) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = slots.get_mut(key) {
+            slot.generation = Some(generation);
+            slot.before = None;
+        }
     }
 
     /// The patch of a claimed restart failed: the next claim tries again.
     pub fn failed(&self, key: &WorkloadKey) {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(slot) = slots.get_mut(key) {
-            slot.last_restart = slot.before.take();
+            let before = slot.before.take();
+            slot.last_restart = before.map(|b| b.0);
+            slot.generation = before.and_then(|b| b.1);
         }
     }
 
@@ -162,8 +191,9 @@ impl Debouncer {
 pub enum Outcome {
     /// Patched; the generation the new template has (to tell when it rolled out).
     Restarted(RolloutTarget),
-    /// Already restarted after the Secret changed (by this or another ApiKey's rotation).
-    Covered,
+    /// Already restarted after the Secret changed (by this or another ApiKey's rotation): the
+    /// generation that restart gave the workload (to tell when it rolled out).
+    Covered(RolloutTarget),
     /// Not yet: more Secrets of the burst may change; ask again after this long.
     Wait(Duration),
     /// The workload does not exist in the namespace.
@@ -243,18 +273,30 @@ pub async fn restart(
 ) -> Outcome {
     let key = WorkloadKey::new(namespace, target);
     match debouncer.claim(&key, changed_at, now) {
-        Claim::Covered => return Outcome::Covered,
+        Claim::Covered(generation) => {
+            return Outcome::Covered(RolloutTarget {
+                kind: target.kind,
+                name: target.name.clone(),
+                generation: Some(generation),
+                rolled_out: false,
+            })
+        }
         Claim::Wait(d) => return Outcome::Wait(d),
         Claim::Patch => {}
     }
-    let value = crate::controller::rotation::ts(now);
+    // Milliseconds: a second restart within the same second (a change just after the first
+    // was claimed) must still change the template, or no new rollout carries the new value.
+    let value = restarted_at(now);
     match patch(client, namespace, target, &value).await {
-        Ok(Some(generation)) => Outcome::Restarted(RolloutTarget {
-            kind: target.kind,
-            name: target.name.clone(),
-            generation: Some(generation),
-            rolled_out: false,
-        }),
+        Ok(Some(generation)) => {
+            debouncer.patched(&key, generation);
+            Outcome::Restarted(RolloutTarget {
+                kind: target.kind,
+                name: target.name.clone(),
+                generation: Some(generation),
+                rolled_out: false,
+            })
+        }
         Ok(None) => {
             debouncer.failed(&key);
             Outcome::Missing
@@ -332,6 +374,9 @@ mod tests {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
     }
 
+    /// The generation the tests' patches answer with.
+    const GEN: i64 = 7;
+
     fn key(name: &str) -> WorkloadKey {
         WorkloadKey {
             namespace: "team-a".into(),
@@ -378,10 +423,13 @@ mod tests {
             d.claim(&api, at(2), at(2)),
             Claim::Wait(Duration::from_secs(3))
         );
-        // After the window, the first to ask restarts; the others are covered by it.
+        // After the window, the first to ask restarts; the others are covered by it, once its
+        // patch answered (before, the generation that carries their change is not known).
         assert_eq!(d.claim(&api, at(0), at(5)), Claim::Patch);
-        assert_eq!(d.claim(&api, at(1), at(6)), Claim::Covered);
-        assert_eq!(d.claim(&api, at(2), at(6)), Claim::Covered);
+        assert_eq!(d.claim(&api, at(1), at(5)), Claim::Wait(IN_FLIGHT_POLL));
+        d.patched(&api, GEN);
+        assert_eq!(d.claim(&api, at(1), at(6)), Claim::Covered(GEN));
+        assert_eq!(d.claim(&api, at(2), at(6)), Claim::Covered(GEN));
         // Another workload is independent.
         assert_eq!(
             d.claim(&key("worker"), at(2), at(6)),
@@ -393,7 +441,15 @@ mod tests {
             Claim::Wait(Duration::from_secs(5))
         );
         assert_eq!(d.claim(&api, at(10), at(15)), Claim::Patch);
-        assert_eq!(d.claim(&api, at(10), at(16)), Claim::Covered);
+        d.patched(&api, GEN + 1);
+        assert_eq!(d.claim(&api, at(10), at(16)), Claim::Covered(GEN + 1));
+        // A change a moment after a restart was claimed is not covered by it (changed_at is
+        // exact, or rounded up by the caller).
+        let later = at(15) + chrono::Duration::milliseconds(400);
+        assert_eq!(
+            d.claim(&api, later, at(17)),
+            Claim::Wait(Duration::from_secs(5))
+        );
     }
 
     #[test]
@@ -402,9 +458,15 @@ mod tests {
         let api = key("api");
         let t0 = t("2026-03-01T00:00:00Z");
         assert_eq!(d.claim(&api, t0, t0), Claim::Patch);
+        d.patched(&api, GEN);
+        let t1 = t0 + chrono::Duration::seconds(1);
+        assert_eq!(d.claim(&api, t1, t1), Claim::Patch);
         d.failed(&api);
-        assert_eq!(d.claim(&api, t0, t0), Claim::Patch);
-        assert_eq!(d.claim(&api, t0, t0), Claim::Covered);
+        // The failed restart is forgotten, the one before it (and its generation) restored.
+        assert_eq!(d.claim(&api, t0, t1), Claim::Covered(GEN));
+        assert_eq!(d.claim(&api, t1, t1), Claim::Patch);
+        d.patched(&api, GEN + 1);
+        assert_eq!(d.claim(&api, t1, t1), Claim::Covered(GEN + 1));
         // The same namespace and name under another kind is another workload.
         let sts = WorkloadKey {
             kind: RestartKind::StatefulSet,
@@ -412,7 +474,7 @@ mod tests {
         };
         assert_eq!(d.claim(&sts, t0, t0), Claim::Patch);
         assert_eq!(d.len(), 2);
-        d.prune(t0 + chrono::Duration::seconds(1));
+        d.prune(t0 + chrono::Duration::seconds(2));
         assert!(d.is_empty());
     }
 

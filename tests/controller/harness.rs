@@ -533,3 +533,19 @@ impl Env {
 pub fn route_count(stats: &Value, route: &str) -> u64 {
     stats["byRoute"][route].as_u64().unwrap_or(0)
 }
+
+/// A client of the local control plane that authenticates with `token` only (a ServiceAccount
+/// token: it sees exactly what its RBAC grants).
+pub async fn client_with_token(token: &str) -> Client {
+    let cp = control_plane::shared().expect("the local control plane");
+    let kc = kube::config::Kubeconfig::read_from(&cp.kubeconfig).expect("kubeconfig readable");
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .expect("kubeconfig");
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.to_string().into()),
+        ..Default::default()
+    };
+    Client::try_from(config).expect("a Kubernetes client")
+}

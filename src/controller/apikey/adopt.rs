@@ -11,7 +11,7 @@ use super::super::backends::selector_matches;
 use super::super::context::Context;
 use super::super::reasons::Reason;
 use super::super::secret;
-use super::deliver::{ensure_secret, Delivery};
+use super::deliver::{dry_run, ensure_secret, Delivery};
 use super::recover::Others;
 use super::status::{fill_from_key, location, Ready};
 use super::{Failure, Reconciler};
@@ -75,6 +75,24 @@ pub fn not_managed_elsewhere(others: &Others, id: &str) -> Result<(), Failure> {
     Ok(())
 }
 
+/// In namespace mode keysmith cannot list the ApiKeys of namespaces it does not watch, and a
+/// ClusterKeyProvider is shared with them: that no ApiKey manages the key cannot be proven, so
+/// adoption through a ClusterKeyProvider is refused (unless the installation may list ApiKeys
+/// cluster-wide, which makes the view complete). A KeyProvider's credentials are the tenant's
+/// own: what it can adopt through them it could take with them anyway.
+pub fn not_provable_in_part(others: &Others, ak: &ApiKey) -> Result<(), Failure> {
+    if others.partial && ak.spec.provider_ref.kind == ProviderKind::ClusterKeyProvider {
+        return Err(Failure::permanent(
+            Reason::AdoptionRefused,
+            format!(
+                "keysmith watches only some namespaces (--watch-namespaces) and cannot list ApiKeys of the others, so it cannot prove that no ApiKey there manages this key: adoption through ClusterKeyProvider {} is refused. Adopt through a KeyProvider of this namespace, or grant keysmith list on apikeys cluster-wide",
+                ak.spec.provider_ref.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Take over key `id` in `scope` and deliver its value.
 pub async fn adopt(
     r: &Reconciler<'_>,
@@ -86,6 +104,7 @@ pub async fn adopt(
     // Tenancy: before the provider is even asked about the key.
     adoption_allowed(r.ctx, r.ak).await?;
     let others = Others::read(r.ctx, r.ak, r.p.provider_type.as_str()).await?;
+    not_provable_in_part(&others, r.ak)?;
     not_managed_elsewhere(&others, id)?;
     let key = match r.p.backend.get(scope, id).await {
         Ok(k) => k,
@@ -111,7 +130,7 @@ pub async fn adopt(
     let held = existing
         .filter(|s| secret::key_id_of(s).as_deref() == Some(id))
         .and_then(|s| secret::value_of(r.ak, s));
-    let (value, key) = value_of_adopted(r, scope, id, key, held).await?;
+    let (value, key) = value_of_adopted(r, scope, id, key, held, existing).await?;
     fill_from_key(st, &key);
     st.key_id = Some(id.to_string());
     st.key_scope = location(scope);
@@ -135,6 +154,7 @@ async fn value_of_adopted(
     id: &str,
     key: ProviderKey,
     held: Option<SecretString>,
+    existing: Option<&Secret>,
 ) -> Result<(SecretString, ProviderKey), Failure> {
     match (held, r.p.backend.capabilities().adopt) {
         (Some(v), _) => Ok((v, key)),
@@ -146,6 +166,9 @@ async fn value_of_adopted(
             )),
         },
         (None, AdoptMode::Regenerate) => {
+            // The regenerate kills the value the key's users have: only once the Secret is
+            // known to take the new one (quota, admission, type), as create does.
+            dry_run(r.ctx, r.ak, existing).await?;
             let created = r.p.backend.regenerate(scope, id).await?;
             r.event(
                 EventType::Warning,

@@ -29,6 +29,11 @@ pub async fn cleanup(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error
             return Err(Error::RevokeFailed(f.reason));
         }
         orphan(&ak, &ctx).await?;
+        // Its remaining key is left at the provider, no longer accounted for here: the provider
+        // object and credentials are free unless another ApiKey still needs them (without this
+        // a provider object deleted first stayed Terminating).
+        let p = super::super::inuse::ProviderId::of(&ak);
+        super::super::inuse::release_if_unused(&ctx, &p, ak.uid().as_deref()).await?;
         ctx.track(&object_key(&ak), None);
         return Ok(Action::await_change());
     }

@@ -282,7 +282,16 @@ async fn drive(
     st: &mut ApiKeyStatus,
     seen: &ServerCopy,
 ) -> Result<Ready, Failure> {
-    let p = ctx.resolve(ak).await?;
+    let p = match ctx.resolve(ak).await {
+        Ok(p) => p,
+        Err(e @ super::backends::ResolveError::ProviderNotAllowed(_))
+            if !st.previous_keys.is_empty() =>
+        {
+            retire_when_not_admitted(ak, ctx, st, seen).await;
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     st.provider_type = Some(p.provider_type.to_string());
     let r = Reconciler {
         ak,
@@ -298,6 +307,32 @@ async fn drive(
         }
     }
     result
+}
+
+/// The provider object no longer admits creating through it (`--namespaced-providers=false`,
+/// `--cluster-providers=false`, a `namespaceSelector`): replaced keys made through it still end
+/// with their grace period (revocation is never an admission question). Failures are left to
+/// the next reconcile.
+async fn retire_when_not_admitted(
+    ak: &ApiKey,
+    ctx: &Context,
+    st: &mut ApiKeyStatus,
+    seen: &ServerCopy,
+) {
+    let Ok(p) = ctx.resolve_for_revoke(ak).await else {
+        return;
+    };
+    let r = Reconciler {
+        ak,
+        ctx,
+        p: &p,
+        seen,
+    };
+    if let Ok(v) = validate::validate(ak, st, &p) {
+        if let Err(f) = revoke::retire_previous(&r, st, &v.scope).await {
+            tracing::debug!(reason = f.reason.as_str(), "replaced keys not revoked yet");
+        }
+    }
 }
 
 /// The steps, then what follows any new value (restarts, grace period, next rotation).

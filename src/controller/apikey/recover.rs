@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use kube::runtime::events::EventType;
 use kube::ResourceExt;
 
@@ -126,7 +126,8 @@ pub async fn revoke_accounted(
 
 /// Split the candidates of an attempt into those it provably created and those it must leave
 /// alone: a key carrying this attempt's id is this attempt's; one without is spared when
-/// another ApiKey holds it or creates a key of the same name right now.
+/// another ApiKey holds it or creates a key of the same name right now, or when `others` is a
+/// partial view (namespace mode: an unwatched namespace's ApiKey may hold it).
 pub fn provably_mine(
     candidates: Vec<String>,
     pending: &PendingCreate,
@@ -137,7 +138,9 @@ pub fn provably_mine(
         if attempt_of(id).as_deref() == Some(pending.attempt.as_str()) {
             return !others.keys.contains(id);
         }
-        !others.keys.contains(id) && !others.pending_names.contains(&pending.name)
+        !others.partial
+            && !others.keys.contains(id)
+            && !others.pending_names.contains(&pending.name)
     })
 }
 
@@ -235,30 +238,38 @@ pub fn settles_at(pending: &PendingCreate, client_timeout: Duration) -> DateTime
 
 /// What other ApiKeys account for at the same kind of provider: keys they hold (status keyID,
 /// previousKeys, a rotation in flight) and names under which they are creating a key now.
+/// `partial`: read in namespace mode without a grant to list ApiKeys cluster-wide, so ApiKeys of
+/// namespaces this installation does not watch are not in it (they may hold any key).
 #[derive(Debug, Default)]
 pub struct Others {
     pub keys: HashSet<String>,
     pub pending_names: HashSet<String>,
+    pub partial: bool,
 }
 
 impl Others {
     /// Read every ApiKey (all namespaces) but `ak`: a consistent list, made only when a key is
-    /// adopted or an interrupted create recovered, never in steady state.
+    /// adopted or an interrupted create recovered, never in steady state. In namespace mode the
+    /// cluster-wide list is tried (an admin may grant it); refused, the watched namespaces are
+    /// read and the result is `partial`.
     pub async fn read(ctx: &Context, ak: &ApiKey, provider_type: &str) -> Result<Self, Failure> {
-        // Paged, so that neither the API server nor keysmith holds every ApiKey at once.
-        let api = Api::<ApiKey>::all(ctx.client.clone());
+        use super::super::inuse::{scan_apikeys, ApiKeyScope};
         let mut out = Others::default();
-        let mut lp = ListParams::default().limit(500);
-        loop {
-            let page = api.list(&lp).await?;
-            let part = Self::of(page.items.iter(), ak, provider_type);
+        let mut add = |page: &[ApiKey]| {
+            let part = Self::of(page.iter(), ak, provider_type);
             out.keys.extend(part.keys);
             out.pending_names.extend(part.pending_names);
-            match page.metadata.continue_.filter(|c| !c.is_empty()) {
-                Some(token) => lp = lp.continue_token(&token),
-                None => return Ok(out),
+            false
+        };
+        match scan_apikeys(ctx, ApiKeyScope::Cluster, &mut add).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 403 && !ctx.watch_namespaces.is_empty() => {
+                scan_apikeys(ctx, ApiKeyScope::Served, &mut add).await?;
+                out.partial = true;
             }
+            Err(e) => return Err(e.into()),
         }
+        Ok(out)
     }
 
     /// The keys and pending names of `all` but `ak`, at providers of type `provider_type` (or

@@ -26,7 +26,7 @@ use super::super::rotation::{
     settle_after_rollout, strategy, Clock, Due, GraceStart, KeyKind, NativeRotate, Plan, State,
     Strategy, Trigger, ROLLOUT_BOUND,
 };
-use super::deliver::{ensure_secret, Delivery};
+use super::deliver::{dry_run, ensure_secret, Delivery};
 use super::status::{fill_from_key, key_scope, location, write_status, Ready};
 use super::validate::ValidatedApiKey;
 use super::{create, Failure, LocatedKey, Reconciler};
@@ -194,6 +194,9 @@ pub async fn rotate(
             Ok(Some(ready))
         }
         Strategy::Regenerate | Strategy::NativeRotate => {
+            // The old value dies with the regenerate: first make sure the Secret can take the
+            // new one (quota, admission, a type it cannot change to), as create does.
+            dry_run(r.ctx, r.ak, existing).await?;
             // A regenerate mints a value like a create: same budget, same fair share.
             if let Err(f) = create::budget_gate(r, st, now).and_then(|()| create::take_share(r)) {
                 st.rotation = not_started;
@@ -419,7 +422,7 @@ pub async fn finish(r: &Reconciler<'_>, st: &mut ApiKeyStatus, mut ready: Ready)
     }
     if new_value(&before, st) && has_targets(r.ak) {
         st.rotation.get_or_insert_with(Default::default).rollout = Some(RolloutStatus {
-            restarted_at: rotation::ts(now),
+            restarted_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             targets: r
                 .ak
                 .spec
@@ -484,6 +487,21 @@ fn said_before(before: &ApiKeyStatus, note: &str) -> bool {
         .any(|c| c.type_ == "Ready" && c.message.contains(note))
 }
 
+/// When the Secret changed, for the debouncer: `restartedAt` rounded **up** to its precision
+/// (it is written in milliseconds, formerly in seconds): a restart claimed in the same second
+/// (or millisecond) but before the change must not count as covering it.
+fn changed_at(restarted_at: &str, now: DateTime<Utc>) -> DateTime<Utc> {
+    let Some(t) = rotation::parse_time(Some(restarted_at)) else {
+        return now;
+    };
+    let precision = if restarted_at.contains('.') {
+        chrono::Duration::milliseconds(1)
+    } else {
+        chrono::Duration::seconds(1)
+    };
+    t + precision
+}
+
 /// Restart what waits for a restart, look at what was restarted, and start the grace period
 /// once every workload rolled out (or the bound passed). Returns when to look again.
 async fn follow_rollout(
@@ -495,7 +513,7 @@ async fn follow_rollout(
 ) -> Option<Duration> {
     let mut rollout = st.rotation.as_ref()?.rollout.clone()?;
     let ns = r.ak.namespace().unwrap_or_default();
-    let changed_at = rotation::parse_time(Some(&rollout.restarted_at)).unwrap_or(now);
+    let changed_at = changed_at(&rollout.restarted_at, now);
     let mut wait: Option<Duration> = None;
     let (mut restarted, mut missing) = (Vec::new(), Vec::new());
     for t in &mut rollout.targets {
@@ -522,8 +540,9 @@ async fn follow_rollout(
                 t.generation = done.generation;
                 restarted.push(name);
             }
-            // Another ApiKey's restart after this change covers it: wait for that rollout.
-            Outcome::Covered => t.generation = Some(0),
+            // Another ApiKey's restart after this change covers it: wait for the rollout of
+            // the generation that restart made.
+            Outcome::Covered(by) => t.generation = by.generation,
             Outcome::Wait(d) => wait = Some(wait.map_or(d, |w| w.min(d))),
             Outcome::Missing => {
                 t.rolled_out = true;
@@ -644,6 +663,20 @@ mod tests {
             repush_settings(&s, Some("42")).uid,
             repush_settings(&s, Some("43")).uid
         );
+    }
+
+    #[test]
+    fn a_change_time_is_rounded_up_to_its_precision() {
+        let now = Utc::now();
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        // A restart claimed at 12:00:00.700 was before a change recorded as 12:00:00 (which
+        // may have been 12:00:00.900): it must not cover it.
+        let c = changed_at("2026-06-01T12:00:00Z", now);
+        assert!(t("2026-06-01T12:00:00.700Z") < c);
+        assert_eq!(c, t("2026-06-01T12:00:01Z"));
+        let c = changed_at("2026-06-01T12:00:00.250Z", now);
+        assert_eq!(c, t("2026-06-01T12:00:00.251Z"));
+        assert_eq!(changed_at("garbage", now), now);
     }
 
     #[test]
