@@ -222,8 +222,10 @@ pub fn proves_delivery(
 ) -> bool {
     match tie {
         Tie::Proven => others.is_none_or(|o| !o.keys.contains(claimed)),
-        Tie::ByName => others
-            .is_some_and(|o| !o.keys.contains(claimed) && !o.pending_names.contains(&pending.name)),
+        // A partial view (namespace mode) cannot show that no unwatched ApiKey holds it.
+        Tie::ByName => others.is_some_and(|o| {
+            !o.partial && !o.keys.contains(claimed) && !o.pending_names.contains(&pending.name)
+        }),
         Tie::None => false,
     }
 }
@@ -613,6 +615,11 @@ mod tests {
         let mut busy = Others::default();
         busy.pending_names.insert("chat".into());
         assert!(!proves_delivery("k", Tie::ByName, &named, Some(&busy)));
+        let partial = Others {
+            partial: true,
+            ..Default::default()
+        };
+        assert!(!proves_delivery("k", Tie::ByName, &named, Some(&partial)));
         assert!(proves_delivery("k", Tie::Proven, &named, None));
         assert!(!proves_delivery("k", Tie::None, &named, None));
     }
