@@ -232,10 +232,7 @@ impl Context {
         });
         self.backends.lock().unwrap().insert(id.clone(), entry);
         // Settings or credentials changed: listings taken with the old ones are stale.
-        self.snapshots
-            .lock()
-            .unwrap()
-            .retain(|(pid, _), _| pid != &id);
+        self.forget_listings(&id);
         Ok(resolved(backend))
     }
 

@@ -11,7 +11,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 
 use super::backends::BackendEntry;
-use super::listing::SnapshotSlot;
+use super::listing::Listing;
 use super::reasons::Reason;
 use crate::api::ApiKey;
 use crate::metrics::{set_or_remove, Contribution, Metrics, Tally, Tracker};
@@ -65,7 +65,7 @@ pub struct Context {
     pub(crate) in_use_marked: Mutex<std::collections::HashSet<String>>,
     /// Held while one reconcile puts the in-use finalizer on (see [`super::inuse::protect`]).
     pub(crate) in_use_marking: tokio::sync::Mutex<()>,
-    pub(crate) snapshots: Mutex<HashMap<(String, KeyScope), SnapshotSlot>>,
+    pub(crate) snapshots: Mutex<HashMap<(String, KeyScope), Arc<Listing>>>,
     /// Per ApiKey (`namespace/name`): the resourceVersion of this process's last write of it,
     /// until the watch cache shows that version (see [`Context::current_copy`]).
     written: Mutex<HashMap<String, String>>,
