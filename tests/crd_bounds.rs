@@ -28,11 +28,7 @@ fn unbounded(path: &str, s: &Value, out: &mut Vec<String>) {
     let has = |k: &str| s.get(k).is_some();
     match s.get("type").and_then(Value::as_str) {
         Some("string") if !has("maxLength") && !has("enum") => out.push(path.to_string()),
-        Some("array") => {
-            if !has("maxItems") {
-                out.push(format!("{path}[]"));
-            }
-        }
+        Some("array") if !has("maxItems") => out.push(format!("{path}[]")),
         Some("object") | None
             if (has("additionalProperties")
                 || s.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)))
