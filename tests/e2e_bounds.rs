@@ -45,7 +45,10 @@ fn mib(kib: u64) -> f64 {
 /// 8192 characters of `{{.key}}`) is reported InvalidSpec without being rendered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_560kb_apikey_is_refused_and_costs_the_operator_nothing() {
-    if !cluster::enabled("a_560kb_apikey_is_refused_and_costs_the_operator_nothing", &[]) {
+    if !cluster::enabled(
+        "a_560kb_apikey_is_refused_and_costs_the_operator_nothing",
+        &[],
+    ) {
         return;
     }
     let c = Cluster::start(
@@ -162,9 +165,7 @@ async fn endless_server() -> (String, Arc<Endless>, tokio::task::JoinHandle<()>)
                     s.list_pages.fetch_add(1, Ordering::SeqCst);
                     let offset: usize = q.get("offset").and_then(|o| o.parse().ok()).unwrap_or(0);
                     let data: Vec<Value> = (offset..offset + 100)
-                        .map(|i| {
-                            key_object(&format!("{i:064x}"), &format!("someone-else/key-{i}"))
-                        })
+                        .map(|i| key_object(&format!("{i:064x}"), &format!("someone-else/key-{i}")))
                         .collect();
                     Json(json!({ "data": data }))
                 },
@@ -186,10 +187,12 @@ async fn endless_server() -> (String, Arc<Endless>, tokio::task::JoinHandle<()>)
             get(|Path(h): Path<String>| async move {
                 Json(json!({ "data": key_object(&h, "unknown") }))
             })
-            .patch(|Path(h): Path<String>, Json(body): Json<Value>| async move {
-                let name = body["name"].as_str().unwrap_or("renamed").to_string();
-                Json(json!({ "data": key_object(&h, &name) }))
-            })
+            .patch(
+                |Path(h): Path<String>, Json(body): Json<Value>| async move {
+                    let name = body["name"].as_str().unwrap_or("renamed").to_string();
+                    Json(json!({ "data": key_object(&h, &name) }))
+                },
+            )
             .delete(|| async { Json(json!({ "deleted": true })) }),
         )
         .with_state(state.clone());
@@ -207,7 +210,10 @@ async fn endless_server() -> (String, Arc<Endless>, tokio::task::JoinHandle<()>)
 /// Ready within seconds meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_that_pages_forever_is_bounded_and_starves_no_one() {
-    if !cluster::enabled("a_provider_that_pages_forever_is_bounded_and_starves_no_one", &[]) {
+    if !cluster::enabled(
+        "a_provider_that_pages_forever_is_bounded_and_starves_no_one",
+        &[],
+    ) {
         return;
     }
     let c = Cluster::start(

@@ -174,6 +174,9 @@ where
     }
 }
 
+/// ApiKeys per list page of the ApiKey watch (see `apikey_controller`).
+pub const APIKEY_LIST_PAGE: u32 = 100;
+
 /// The ApiKey controller of one namespace (or all), with its watches: the Secrets it owns,
 /// labelled source Secrets, and the provider objects the ApiKeys use.
 fn apikey_controller(
@@ -183,7 +186,9 @@ fn apikey_controller(
     ns: Option<&str>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> tokio::task::JoinHandle<()> {
-    let mut apikey_wc = watcher::Config::default();
+    // Smaller list pages than kube's 500: an ApiKey may hold up to about 300 KiB of spec (the
+    // CRD's bounds, issue 17), and every page is one response held whole while it is parsed.
+    let mut apikey_wc = watcher::Config::default().page_size(APIKEY_LIST_PAGE);
     if let Some(sel) = &args.label_selector {
         apikey_wc = apikey_wc.labels(sel);
     }
