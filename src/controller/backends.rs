@@ -31,6 +31,19 @@ pub(crate) struct BackendEntry {
     backend: Arc<dyn KeyBackend>,
 }
 
+#[cfg(test)]
+impl BackendEntry {
+    /// An entry for `backend` (tests fill the cache without a cluster).
+    pub(crate) fn for_test(backend: Arc<dyn KeyBackend>) -> Self {
+        BackendEntry {
+            generation: None,
+            secret_versions: Vec::new(),
+            checked: Mutex::new(Instant::now()),
+            backend,
+        }
+    }
+}
+
 /// A provider object an ApiKey resolved to.
 pub struct ResolvedProvider {
     /// `KeyProvider/ns/name` or `ClusterKeyProvider/name`: the cache key.

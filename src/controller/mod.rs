@@ -367,6 +367,24 @@ pub async fn run_controllers(
         .for_each(|_| futures::future::ready(()));
         tasks.push(("clusterkeyprovider", tokio::spawn(ckp_ctl)));
     }
+    // Caches of provider objects and ApiKeys that are gone are dropped (issue 17).
+    let sweep_ctx = ctx.clone();
+    let sweep_stop = stop.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(context::CACHE_SWEEP);
+        every.tick().await;
+        let sweep = async {
+            loop {
+                every.tick().await;
+                let gone = sweep_ctx.prune_caches();
+                tracing::debug!(entries = gone, "dropped cached state of deleted objects");
+            }
+        };
+        tokio::select! {
+            _ = sweep => {}
+            _ = sweep_stop => {}
+        }
+    });
     health.started.store(true, Ordering::SeqCst);
     tracing::info!(namespaces = ?args.watch_namespaces, selector = ?args.label_selector, "controllers running");
     supervise::supervise(tasks, stopping, health).await;
