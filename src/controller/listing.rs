@@ -280,6 +280,17 @@ async fn list_into(
             .list_page(scope, cursor.as_deref())
             .await
             .map_err(|e| (e, false))?;
+        let repeated = !page.keys.is_empty() && page.keys.iter().all(|k| seen.contains(&k.id));
+        if repeated && page.next.is_some() {
+            // Cursors that change over the same keys: a loop the cursor check cannot see.
+            return Err((
+                ProviderError::Malformed(format!(
+                    "the listing repeated a page of keys it had already given (page {})",
+                    pages.count() + 1
+                )),
+                true,
+            ));
+        }
         {
             let mut snap = data.lock().await;
             for k in page.keys {
@@ -357,6 +368,8 @@ mod tests {
         Forever,
         /// The same cursor every time.
         SameCursor,
+        /// The same keys every time, under a new cursor.
+        SamePage,
         /// Pages that take `ms` each, forever.
         Slow(u64),
     }
@@ -395,7 +408,7 @@ mod tests {
             _: &KeyScope,
             cursor: Option<&str>,
         ) -> Result<KeyPage, ProviderError> {
-            self.pages.fetch_add(1, Ordering::SeqCst);
+            let n = self.pages.fetch_add(1, Ordering::SeqCst);
             let start: usize = cursor.map_or(0, |c| c.parse().unwrap_or(0));
             let page = |end: usize, next: Option<String>| KeyPage {
                 keys: (start..end).map(key).collect(),
@@ -407,8 +420,12 @@ mod tests {
                     page(end, (end < total).then(|| end.to_string()))
                 }
                 Shape::Forever => page(start + 100, Some((start + 100).to_string())),
-                Shape::SameCursor => KeyPage {
+                Shape::SamePage => KeyPage {
                     keys: (0..100).map(key).collect(),
+                    next: Some((start + 100).to_string()),
+                },
+                Shape::SameCursor => KeyPage {
+                    keys: (n * 100..n * 100 + 100).map(key).collect(),
                     next: Some("again".into()),
                 },
                 Shape::Slow(ms) => {
@@ -518,6 +535,20 @@ mod tests {
             .err()
             .expect("a repeated cursor must fail");
         assert!(err.to_string().contains("repeated a page cursor"), "{err}");
+        assert_eq!(fake.pages.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_repeated_page_under_new_cursors_ends_the_listing() {
+        let c = ctx();
+        let (p, fake) = provider("ClusterKeyProvider/same", Shape::SamePage);
+        let scope = KeyScope::default();
+        let err = c
+            .listing(&p, &scope, Duration::from_secs(60))
+            .await
+            .err()
+            .expect("a repeated page must fail");
+        assert!(err.to_string().contains("repeated a page of keys"), "{err}");
         assert_eq!(fake.pages.load(Ordering::SeqCst), 2);
     }
 
