@@ -87,10 +87,11 @@ pub struct ApiKeySpec {
     pub disabled: bool,
     /// When the key stops working (RFC 3339, UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("format" = "date-time"))]
+    #[schemars(extend("format" = "date-time"), length(max = 64))]
     pub expires_at: Option<String>,
     /// Lifetime of the key from its creation (Go duration, e.g. `720h`); the alternative to expiresAt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("ttl must be a positive duration such as 720h"))]
     pub ttl: Option<String>,
     /// Spend limit of the key.
@@ -98,10 +99,11 @@ pub struct ApiKeySpec {
     pub limit: Option<Box<SpendLimit>>,
     /// Source addresses (IPs, ranges or CIDRs) allowed to use the key. Empty: any.
     #[serde(default, rename = "allowedIPs", skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 100))]
+    #[schemars(length(max = 100), inner(length(max = 100)))]
     pub allowed_ips: Vec<String>,
     /// Models the key may call. Empty: the provider's default (usually all).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(max = 256)))]
     pub models: Vec<String>,
     /// OpenRouter-specific settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -288,6 +290,7 @@ pub enum ProviderKind {
 #[serde(rename_all = "camelCase")]
 pub struct SpendLimit {
     /// Amount in the provider's currency (USD for most), as a decimal string such as `"75"` or `"12.50"`.
+    #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.matches('^[0-9]+(\\\\.[0-9]+)?$')").message("amount must be a non-negative decimal such as 75 or 12.50"))]
     pub amount: String,
     /// When the spent amount resets: `daily`, `weekly`, `monthly` or `never` (default).
@@ -335,6 +338,7 @@ pub struct BoltzKeySpec {
         rename = "workspaceID",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(length(max = 128))]
     pub workspace_id: Option<String>,
     /// `live` (default) or `test` (synthetic, GPU-free resources).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -361,9 +365,11 @@ pub struct UCloudKeySpec {
     pub sandbox_disabled: Option<bool>,
     /// Daily spend cap, as a decimal string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
     pub daily_limit_amount: Option<String>,
     /// Monthly spend cap, as a decimal string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
     pub monthly_limit_amount: Option<String>,
 }
 
@@ -374,6 +380,7 @@ pub struct DigitalOceanKeySpec {
     /// Mint an agent API key for this agent (uuid). Absent: a model access key, which must be
     /// adopted with keyRef because DigitalOcean retired model-key creation over the API.
     #[serde(default, rename = "agentUUID", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub agent_uuid: Option<String>,
 }
 
@@ -384,16 +391,19 @@ pub struct BifrostKeySpec {
     /// Provider keys (with `source`): the upstream provider the gateway uses the value for
     /// (`openai`, `anthropic`, `azure`, `bedrock`, `vertex`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub provider: Option<String>,
     /// Provider keys: load-balancing weight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<f64>,
     /// Description stored with the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub description: Option<String>,
     /// Virtual keys: which upstream providers (and their keys) the key may use. Empty: none
     /// (Bifrost denies by default).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
     pub provider_configs: Vec<BifrostProviderConfig>,
     /// Virtual keys: token and request rate limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -417,15 +427,18 @@ pub struct BifrostKeySpec {
 #[serde(rename_all = "camelCase")]
 pub struct BifrostProviderConfig {
     /// Upstream provider name (`openai`, `anthropic`, …).
+    #[schemars(length(max = 64))]
     pub provider: String,
     /// Load-balancing weight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<f64>,
     /// Models allowed through this provider (`*` for all).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(max = 256)))]
     pub allowed_models: Vec<String>,
     /// Provider key ids this virtual key may use (`*` for all).
     #[serde(default, rename = "keyIDs", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(max = 256)))]
     pub key_ids: Vec<String>,
 }
 
@@ -438,12 +451,14 @@ pub struct BifrostRateLimit {
     pub token_max_limit: Option<i64>,
     /// Token window (`30s`, `5m`, `1h`, `1d`, `1w`, `1M`, `1Y`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
     pub token_reset_duration: Option<String>,
     /// Requests per window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_max_limit: Option<i64>,
     /// Request window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
     pub request_reset_duration: Option<String>,
 }
 
@@ -453,6 +468,7 @@ pub struct BifrostRateLimit {
 pub struct KeyRef {
     /// The provider's id of the key (hash, uuid or KeyId).
     #[x_kube(validation = Rule::new("self != ''").message("keyRef.id must not be empty"))]
+    #[schemars(length(max = 256))]
     pub id: String,
 }
 
@@ -507,15 +523,23 @@ pub struct SecretSpec {
 pub struct SecretTemplate {
     /// Secret type. Default `Opaque`.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub type_: Option<String>,
-    /// Labels added to the Secret.
+    /// Labels added to the Secret (at most 64; values up to 63 characters).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "crate::api::apikey::label_map")]
+    #[x_kube(validation = Rule::new("self.all(k, size(k) <= 317)").message("a label key has at most 317 characters (a 253-character prefix, '/', and a 63-character name)"))]
     pub labels: BTreeMap<String, String>,
-    /// Annotations added to the Secret.
+    /// Annotations added to the Secret (at most 32; values up to 4096 characters).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "crate::api::apikey::annotation_map")]
+    #[x_kube(validation = Rule::new("self.all(k, size(k) <= 317)").message("an annotation key has at most 317 characters (a 253-character prefix, '/', and a 63-character name)"))]
     pub annotations: BTreeMap<String, String>,
     /// Extra data entries; values may use `{{ .key }}`, `{{ .keyID }}`, `{{ .keyHint }}`, `{{ .name }}`.
+    /// At most 16 entries of up to 8192 characters each (before rendering).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "crate::api::apikey::data_map")]
+    #[x_kube(validation = Rule::new("self.all(k, size(k) <= 253)").message("a Secret data key has at most 253 characters"))]
     pub data: BTreeMap<String, String>,
 }
 
@@ -770,9 +794,31 @@ pub struct Usage {
 }
 
 /// Schema for a free-form JSON object (kept as is by the API server).
+/// A map of strings of at most `entries` entries and `len` characters per value.
+fn string_map(entries: u32, len: u32) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": entries,
+        "additionalProperties": { "type": "string", "maxLength": len }
+    })
+}
+
+pub(crate) fn label_map(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    string_map(64, 63)
+}
+
+pub(crate) fn annotation_map(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    string_map(32, 4096)
+}
+
+pub(crate) fn data_map(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    string_map(16, 8192)
+}
+
 pub(crate) fn free_form(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
+        "maxProperties": 32,
         "x-kubernetes-preserve-unknown-fields": true
     })
 }

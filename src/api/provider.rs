@@ -57,11 +57,13 @@ pub struct KeyProviderSpec {
     /// How often usage and last-used data are refreshed from the provider (Go duration, e.g.
     /// `5m`). One paged listing per interval serves every ApiKey of this provider. Default `5m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("duration(self) >= duration('10s')").message("refreshInterval must be at least 10s"))]
     pub refresh_interval: Option<String>,
     /// ClusterKeyProvider only: which namespaces may use this provider. Empty or absent admits
     /// every namespace. Ignored (and rejected) on a namespaced KeyProvider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "bounded_label_selector")]
     pub namespace_selector: Option<LabelSelector>,
     /// Whether ApiKeys may take over existing keys of this account (`spec.keyRef`). A
     /// KeyProvider allows it unless `allowed: false`; a ClusterKeyProvider, shared by tenants,
@@ -81,7 +83,62 @@ pub struct AdoptionPolicy {
     /// ClusterKeyProvider only: the namespaces whose ApiKeys may adopt (absent: every
     /// namespace the provider admits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "bounded_label_selector")]
     pub namespace_selector: Option<LabelSelector>,
+}
+
+/// A LabelSelector with bounds (issue 17: nothing a spec holds is unbounded): at most 64
+/// matchLabels (values as Kubernetes allows, 63 characters) and 16 matchExpressions of at most
+/// 64 values each.
+fn bounded_label_selector(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    use serde_json::{json, Value};
+    let mut v = Value::from(<Option<LabelSelector> as schemars::JsonSchema>::json_schema(g));
+    fn bound(v: &mut Value) {
+        let Some(o) = v.as_object_mut() else { return };
+        if let Some(props) = o.get_mut("properties").and_then(Value::as_object_mut) {
+            if let Some(ml) = props.get_mut("matchLabels").and_then(Value::as_object_mut) {
+                ml.insert("maxProperties".into(), json!(64));
+                ml.insert(
+                    "additionalProperties".into(),
+                    json!({"type": "string", "maxLength": 63}),
+                );
+                ml.insert(
+                    "x-kubernetes-validations".into(),
+                    json!([{"rule": "self.all(k, size(k) <= 317)", "message": "a label key has at most 317 characters"}]),
+                );
+            }
+            if let Some(me) = props
+                .get_mut("matchExpressions")
+                .and_then(Value::as_object_mut)
+            {
+                me.insert("maxItems".into(), json!(16));
+                if let Some(item) = me
+                    .get_mut("items")
+                    .and_then(|i| i.get_mut("properties"))
+                    .and_then(Value::as_object_mut)
+                {
+                    for (k, max) in [("key", 317), ("operator", 16)] {
+                        if let Some(f) = item.get_mut(k).and_then(Value::as_object_mut) {
+                            f.insert("maxLength".into(), json!(max));
+                        }
+                    }
+                    if let Some(vals) = item.get_mut("values").and_then(Value::as_object_mut) {
+                        vals.insert("maxItems".into(), json!(64));
+                        if let Some(i) = vals.get_mut("items").and_then(Value::as_object_mut) {
+                            i.insert("maxLength".into(), json!(63));
+                        }
+                    }
+                }
+            }
+        }
+        for k in ["anyOf", "oneOf", "allOf"] {
+            if let Some(alts) = o.get_mut(k).and_then(Value::as_array_mut) {
+                alts.iter_mut().for_each(bound);
+            }
+        }
+    }
+    bound(&mut v);
+    schemars::Schema::try_from(v).expect("a schema object")
 }
 
 impl KeyProviderSpec {
@@ -101,6 +158,7 @@ impl KeyProviderSpec {
 pub struct OpenRouterProvider {
     /// API base URL. Default `https://openrouter.ai/api/v1`; override for proxies or the emulator.
     #[serde(default, rename = "baseURL", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     pub base_url: Option<String>,
     /// Secret key holding the OpenRouter management key.
     pub management_key_secret_ref: SecretKeySelector,
@@ -110,6 +168,7 @@ pub struct OpenRouterProvider {
         rename = "workspaceID",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(length(max = 128))]
     pub workspace_id: Option<String>,
 }
 
@@ -119,6 +178,7 @@ pub struct OpenRouterProvider {
 pub struct BoltzProvider {
     /// API base URL. Default `https://api.boltz.bio`.
     #[serde(default, rename = "baseURL", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     pub base_url: Option<String>,
     /// Secret key holding the Boltz admin API key.
     pub api_key_secret_ref: SecretKeySelector,
@@ -129,6 +189,7 @@ pub struct BoltzProvider {
         rename = "workspaceID",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(length(max = 128))]
     pub workspace_id: Option<String>,
 }
 
@@ -138,17 +199,21 @@ pub struct BoltzProvider {
 pub struct UCloudProvider {
     /// API base URL. Default `https://api.ucloud.cn` (international: `https://api.ucloud-global.com`).
     #[serde(default, rename = "baseURL", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     pub base_url: Option<String>,
     /// The account's API public key (not a secret).
     #[x_kube(validation = Rule::new("self != ''").message("publicKey must not be empty"))]
+    #[schemars(length(max = 256))]
     pub public_key: String,
     /// Secret key holding the API private key used to sign requests.
     pub private_key_secret_ref: SecretKeySelector,
     /// Project the keys belong to. Sub-accounts must set it; blank means the default project.
     #[serde(default, rename = "projectID", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub project_id: Option<String>,
     /// Region, for the request-log actions. The key actions do not need it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub region: Option<String>,
 }
 
@@ -158,6 +223,7 @@ pub struct UCloudProvider {
 pub struct DigitalOceanProvider {
     /// API base URL. Default `https://api.digitalocean.com`.
     #[serde(default, rename = "baseURL", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     pub base_url: Option<String>,
     /// Secret key holding the DigitalOcean API token (needs the `genai:*` scopes).
     pub token_secret_ref: SecretKeySelector,
@@ -169,6 +235,7 @@ pub struct DigitalOceanProvider {
 pub struct BifrostProvider {
     /// The gateway's base URL, e.g. `http://bifrost.ai-gateway:8080`.
     #[serde(rename = "baseURL")]
+    #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("baseURL must be an http(s) URL"))]
     pub base_url: String,
     /// Credentials when the gateway has authentication on. Absent: no authentication (Bifrost's

@@ -31,6 +31,19 @@ pub(crate) struct BackendEntry {
     backend: Arc<dyn KeyBackend>,
 }
 
+#[cfg(test)]
+impl BackendEntry {
+    /// An entry for `backend` (tests fill the cache without a cluster).
+    pub(crate) fn for_test(backend: Arc<dyn KeyBackend>) -> Self {
+        BackendEntry {
+            generation: None,
+            secret_versions: Vec::new(),
+            checked: Mutex::new(Instant::now()),
+            backend,
+        }
+    }
+}
+
 /// A provider object an ApiKey resolved to.
 #[derive(Clone)]
 pub struct ResolvedProvider {
@@ -270,10 +283,7 @@ impl Context {
         });
         self.backends.lock().unwrap().insert(id.clone(), entry);
         // Settings or credentials changed: listings taken with the old ones are stale.
-        self.snapshots
-            .lock()
-            .unwrap()
-            .retain(|(pid, _), _| pid != &id);
+        self.forget_listings(&id);
         Ok(resolved(backend))
     }
 

@@ -92,6 +92,40 @@ impl ObjectCache {
         self.cluster_providers.get()?.get(&ObjectRef::new(name))
     }
 
+    /// Whether the provider object `id` (`KeyProvider/ns/name` or `ClusterKeyProvider/name`)
+    /// exists as the watches see it; `None` when no store covers it (nothing can be concluded).
+    pub fn provider_exists(&self, id: &str) -> Option<bool> {
+        let parts: Vec<&str> = id.split('/').collect();
+        match parts[..] {
+            ["KeyProvider", ns, name] => {
+                let stores = self.key_providers.lock().unwrap();
+                if stores.is_empty() {
+                    return None;
+                }
+                let r = ObjectRef::new(name).within(ns);
+                Some(stores.iter().any(|s| s.get(&r).is_some()))
+            }
+            ["ClusterKeyProvider", name] => Some(
+                self.cluster_providers
+                    .get()?
+                    .get(&ObjectRef::new(name))
+                    .is_some(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// Whether the ApiKey `ns/name` exists as the watches see it; `None` without a store.
+    pub fn apikey_exists(&self, key: &str) -> Option<bool> {
+        let (ns, name) = key.split_once('/')?;
+        let stores = self.apikeys.lock().unwrap();
+        if stores.is_empty() {
+            return None;
+        }
+        let r = ObjectRef::new(name).within(ns);
+        Some(stores.iter().any(|s| s.get(&r).is_some()))
+    }
+
     /// The labels of namespace `name`, if the store holds it.
     pub fn namespace_labels(&self, name: &str) -> Option<BTreeMap<String, String>> {
         let ns = self.namespaces.get()?.get(&ObjectRef::new(name))?;

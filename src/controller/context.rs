@@ -11,7 +11,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 
 use super::backends::BackendEntry;
-use super::listing::SnapshotSlot;
+use super::listing::Listing;
 use super::reasons::Reason;
 use crate::api::ApiKey;
 use crate::metrics::{set_or_remove, Contribution, Metrics, Tally, Tracker};
@@ -19,6 +19,11 @@ use crate::providers::{ClientOptions, KeyScope};
 
 pub use super::backends::{ResolveError, ResolvedProvider, DEFAULT_REFRESH};
 pub use super::listing::Snapshot;
+
+/// How often [`Context::prune_caches`] runs.
+pub const CACHE_SWEEP: Duration = Duration::from_secs(300);
+/// How long the restart debouncer remembers a workload's last restart.
+pub const RESTART_MEMORY: Duration = Duration::from_secs(24 * 3600);
 
 /// Events published through one kube Recorder before it is replaced by a fresh one.
 pub const RECORDER_SPAN: u32 = 256;
@@ -75,7 +80,7 @@ pub struct Context {
     pub(crate) in_use_marked: Mutex<std::collections::HashSet<String>>,
     /// Held while one reconcile puts the in-use finalizer on (see [`super::inuse::protect`]).
     pub(crate) in_use_marking: tokio::sync::Mutex<()>,
-    pub(crate) snapshots: Mutex<HashMap<(String, KeyScope), SnapshotSlot>>,
+    pub(crate) snapshots: Mutex<HashMap<(String, KeyScope), Arc<Listing>>>,
     /// Per ApiKey (`namespace/name`): the resourceVersion of this process's last write of it,
     /// until the watch cache shows that version (see [`Context::current_copy`]).
     written: Mutex<HashMap<String, String>>,
@@ -241,7 +246,9 @@ impl Context {
     /// refresh the `keysmith_apikeys` and `keysmith_key_expiry_timestamp_seconds` gauges.
     pub fn track(&self, key: &str, state: Option<Tracked>) {
         if state.is_none() {
+            // The ApiKey is gone: nothing kept for it outlives it (issue 17).
             self.written.lock().unwrap().remove(key);
+            self.failures.lock().unwrap().remove(key);
         }
         let mut t = self.tracked.lock().unwrap();
         // Only the providers this ApiKey counted under change (O(log N), issue 11).
@@ -261,6 +268,70 @@ impl Context {
                 min,
             );
         }
+    }
+
+    /// Drop what is kept for a provider object (it was deleted): its HTTP client, its listings
+    /// and a hold on its creates.
+    pub fn forget_provider(&self, id: &str) {
+        self.backends.lock().unwrap().remove(id);
+        self.forget_listings(id);
+        self.create_holds.lock().unwrap().remove(id);
+    }
+
+    /// Drop what is kept for provider objects and ApiKeys the watches no longer show, and
+    /// restart bookkeeping older than [`RESTART_MEMORY`] (issue 17: caches that only grew).
+    /// Run every [`CACHE_SWEEP`] by the controllers. Returns how many entries went.
+    pub fn prune_caches(&self) -> usize {
+        let mut ids: std::collections::BTreeSet<String> =
+            self.backends.lock().unwrap().keys().cloned().collect();
+        ids.extend(
+            self.snapshots
+                .lock()
+                .unwrap()
+                .keys()
+                .map(|(id, _)| id.clone()),
+        );
+        ids.extend(self.create_holds.lock().unwrap().keys().cloned());
+        let mut gone = 0;
+        for id in ids {
+            if self.cache.provider_exists(&id) == Some(false) {
+                self.forget_provider(&id);
+                gone += 1;
+            }
+        }
+        let exists = |k: &String| self.cache.apikey_exists(k) != Some(false);
+        let keys: Vec<String> = self.failures.lock().unwrap().keys().cloned().collect();
+        let stale: Vec<String> = keys.into_iter().filter(|k| !exists(k)).collect();
+        {
+            let mut f = self.failures.lock().unwrap();
+            for k in &stale {
+                f.remove(k);
+            }
+        }
+        gone += stale.len();
+        let keys: Vec<String> = self.written.lock().unwrap().keys().cloned().collect();
+        let stale: Vec<String> = keys.into_iter().filter(|k| !exists(k)).collect();
+        {
+            let mut w = self.written.lock().unwrap();
+            for k in &stale {
+                w.remove(k);
+            }
+        }
+        gone += stale.len();
+        let before = self.debouncer.len();
+        let horizon = chrono::Duration::from_std(RESTART_MEMORY).unwrap_or_default();
+        self.debouncer.prune(chrono::Utc::now() - horizon);
+        gone + before.saturating_sub(self.debouncer.len())
+    }
+
+    /// Entries kept per provider object and per ApiKey: (HTTP clients, listings, failure
+    /// counters) — tests count them.
+    pub fn cache_sizes(&self) -> (usize, usize, usize) {
+        (
+            self.backends.lock().unwrap().len(),
+            self.snapshots.lock().unwrap().len(),
+            self.failures.lock().unwrap().len(),
+        )
     }
 
     /// The provider answered a create through `provider` (a provider object id) with 429 and
@@ -358,12 +429,15 @@ impl Context {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::{ClusterKeyProvider, KeyProvider, KeyProviderSpec, RestartKind};
+    use crate::controller::backends::BackendEntry;
+    use crate::controller::restart::WorkloadKey;
+    use kube::runtime::{reflector, watcher};
 
-    /// A client whose every request fails: these tests never call the API.
     fn offline_client() -> Client {
         let svc = tower::service_fn(|_req: http::Request<kube::client::Body>| async {
             Err::<http::Response<kube::client::Body>, std::io::Error>(std::io::Error::other(
-                "no API server in unit tests",
+                "offline",
             ))
         });
         Client::new(svc, "default")
@@ -391,5 +465,107 @@ mod tests {
         ctx.hold_creates("ClusterKeyProvider/q", Duration::from_secs(2), "429".into());
         assert!(ctx.creates_held("ClusterKeyProvider/q").unwrap().0 <= Duration::from_secs(2));
         assert!(ctx.creates_held("ClusterKeyProvider/r").is_none());
+    }
+
+    /// Issue 17 item 6: HTTP clients, listings and create holds of deleted provider objects,
+    /// failure counters of deleted ApiKeys and old restart bookkeeping are dropped; what still
+    /// exists is kept. Before, nothing was ever removed (and `Debouncer::prune` never ran).
+    #[tokio::test]
+    async fn caches_of_deleted_objects_are_pruned() {
+        let ctx = Context::new(
+            offline_client(),
+            Arc::new(Metrics::default()),
+            "keysmith".into(),
+            "test",
+        );
+        // The watches: one ClusterKeyProvider, one KeyProvider, one ApiKey.
+        let (ckps, mut w) = reflector::store::<ClusterKeyProvider>();
+        w.apply_watcher_event(&watcher::Event::Apply(ClusterKeyProvider::new(
+            "shared",
+            Default::default(),
+        )));
+        ctx.cache.set_cluster_providers(ckps);
+        let (kps, mut w) = reflector::store::<KeyProvider>();
+        let mut kp = KeyProvider::new("kp", Default::default());
+        kp.metadata.namespace = Some("team-a".into());
+        w.apply_watcher_event(&watcher::Event::Apply(kp));
+        ctx.cache.add_key_providers(kps);
+        let (aks, mut w) = reflector::store::<ApiKey>();
+        let mut ak = ApiKey::new("alive", Default::default());
+        ak.metadata.namespace = Some("team-a".into());
+        w.apply_watcher_event(&watcher::Event::Apply(ak));
+        ctx.cache.add_apikeys(aks);
+
+        let spec: KeyProviderSpec = serde_json::from_value(serde_json::json!({
+            "openrouter": { "managementKeySecretRef": { "name": "m", "key": "k" } }
+        }))
+        .unwrap();
+        let mut creds = crate::providers::Credentials::default();
+        creds
+            .0
+            .insert("token".into(), secrecy::SecretString::from("t"));
+        let backend = crate::providers::build_backend(&spec, creds, Default::default()).unwrap();
+        let ids = [
+            "ClusterKeyProvider/shared",
+            "ClusterKeyProvider/deleted",
+            "KeyProvider/team-a/kp",
+            "KeyProvider/team-a/gone",
+        ];
+        for id in ids {
+            ctx.backends.lock().unwrap().insert(
+                id.to_string(),
+                Arc::new(BackendEntry::for_test(backend.clone())),
+            );
+            ctx.snapshots
+                .lock()
+                .unwrap()
+                .insert((id.to_string(), KeyScope::default()), Default::default());
+        }
+        ctx.hold_creates(
+            "ClusterKeyProvider/deleted",
+            Duration::from_secs(3600),
+            "429".into(),
+        );
+        ctx.record_failure("team-a/alive");
+        ctx.record_failure("team-a/deleted");
+        ctx.record_failure("team-a/deleted-with-finalizer");
+        // A workload restarted two days ago, and one being debounced now.
+        let old = chrono::Utc::now() - chrono::Duration::days(2);
+        let target = |name: &str| WorkloadKey {
+            namespace: "team-a".into(),
+            kind: RestartKind::Deployment,
+            name: name.into(),
+        };
+        ctx.debouncer.claim(&target("old"), old, old);
+        let later = old + chrono::Duration::minutes(5);
+        assert_eq!(
+            ctx.debouncer.claim(&target("old"), old, later),
+            crate::controller::restart::Claim::Patch
+        );
+        let now = chrono::Utc::now();
+        ctx.debouncer.claim(&target("now"), now, now);
+        assert_eq!(ctx.debouncer.len(), 2);
+
+        // The cleanup of an ApiKey deleted through its finalizer drops its counter at once.
+        ctx.track("team-a/deleted-with-finalizer", None);
+        assert_eq!(ctx.cache_sizes(), (4, 4, 2));
+
+        let gone = ctx.prune_caches();
+        assert_eq!(ctx.cache_sizes(), (2, 2, 1), "{gone} dropped");
+        assert!(ctx.creates_held("ClusterKeyProvider/deleted").is_none());
+        assert_eq!(ctx.debouncer.len(), 1, "the old restart is forgotten");
+        for kept in ["ClusterKeyProvider/shared", "KeyProvider/team-a/kp"] {
+            assert!(ctx.backends.lock().unwrap().contains_key(kept), "{kept}");
+        }
+        // Without stores (no controller runs) nothing can be concluded: nothing is dropped.
+        let bare = Context::new(
+            offline_client(),
+            Arc::new(Metrics::default()),
+            "keysmith".into(),
+            "test",
+        );
+        bare.record_failure("team-a/x");
+        bare.prune_caches();
+        assert_eq!(bare.cache_sizes(), (0, 0, 1));
     }
 }

@@ -207,6 +207,9 @@ where
     }
 }
 
+/// ApiKeys per list page of the ApiKey watch (see `apikey_controller`).
+pub const APIKEY_LIST_PAGE: u32 = 100;
+
 /// The ApiKey controller of one namespace (or all), with its watches: the Secrets it owns,
 /// labelled source Secrets, and the provider objects the ApiKeys use.
 fn apikey_controller(
@@ -216,7 +219,9 @@ fn apikey_controller(
     ns: Option<&str>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> tokio::task::JoinHandle<()> {
-    let mut apikey_wc = watcher::Config::default();
+    // Smaller list pages than kube's 500: an ApiKey may hold up to about 300 KiB of spec (the
+    // CRD's bounds, issue 17), and every page is one response held whole while it is parsed.
+    let mut apikey_wc = watcher::Config::default().page_size(APIKEY_LIST_PAGE);
     if let Some(sel) = &args.label_selector {
         apikey_wc = apikey_wc.labels(sel);
     }
@@ -401,6 +406,24 @@ pub async fn run_controllers(
     {
         tokio::spawn(nsguard::run(ctx.clone(), name, stop.clone()));
     }
+    // Caches of provider objects and ApiKeys that are gone are dropped (issue 17).
+    let sweep_ctx = ctx.clone();
+    let sweep_stop = stop.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(context::CACHE_SWEEP);
+        every.tick().await;
+        let sweep = async {
+            loop {
+                every.tick().await;
+                let gone = sweep_ctx.prune_caches();
+                tracing::debug!(entries = gone, "dropped cached state of deleted objects");
+            }
+        };
+        tokio::select! {
+            _ = sweep => {}
+            _ = sweep_stop => {}
+        }
+    });
     health.started.store(true, Ordering::SeqCst);
     tracing::info!(namespaces = ?args.watch_namespaces, selector = ?args.label_selector, "controllers running");
     supervise::supervise(tasks, stopping, health).await;

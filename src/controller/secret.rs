@@ -50,6 +50,45 @@ pub fn render_template(template: &str, v: &TemplateValues<'_>) -> Result<String,
     Ok(out)
 }
 
+/// The length `render_template` would give `template` with values of these lengths, computed
+/// without rendering (issue 17: rendering 70,000 `{{ .key }}` with a 4 KiB allowance each took
+/// 290 MiB before the size was checked). Counting stops once the length passes `limit`: the
+/// answer is then some length above it. Unknown placeholders are the same error as rendering.
+pub fn rendered_len(
+    template: &str,
+    key: usize,
+    key_id: usize,
+    key_hint: usize,
+    name: usize,
+    limit: usize,
+) -> Result<usize, String> {
+    let mut len = 0usize;
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        len += start;
+        let after = &rest[start + 2..];
+        let end = after
+            .find("}}")
+            .ok_or_else(|| "unclosed {{ in secret.template.data".to_string())?;
+        len += match after[..end].trim() {
+            ".key" => key,
+            ".keyID" => key_id,
+            ".keyHint" => key_hint,
+            ".name" => name,
+            other => {
+                return Err(format!(
+                    "unknown placeholder {{{{ {other} }}}} in secret.template.data; use .key, .keyID, .keyHint or .name"
+                ))
+            }
+        };
+        if len > limit {
+            return Ok(len);
+        }
+        rest = &after[end + 2..];
+    }
+    Ok(len + rest.len())
+}
+
 /// The API server's limit on the total size of a Secret's data.
 pub const MAX_SECRET_DATA: usize = 1024 * 1024;
 /// The API server's limit on the total size of an object's annotations.
@@ -151,17 +190,10 @@ pub fn check_template(ak: &ApiKey) -> Result<(), String> {
     }
     let value_key = ak.secret_data_key();
     check_data_key(&value_key).map_err(|m| format!("secret.key: {m}"))?;
-    let dummy = SecretString::from("x".repeat(VALUE_ALLOWANCE));
-    let filler = "x".repeat(VALUE_ALLOWANCE);
-    let v = TemplateValues {
-        key: &dummy,
-        key_id: &filler,
-        key_hint: &filler,
-        name: &ak.display_name(),
-    };
     let Some(t) = ak.spec.secret.as_ref().and_then(|s| s.template.as_ref()) else {
         return Ok(());
     };
+    let name_len = ak.display_name().len();
     let mut size = VALUE_ALLOWANCE + value_key.len();
     for (k, tpl) in &t.data {
         check_data_key(k).map_err(|m| format!("secret.template.data: {m}"))?;
@@ -170,7 +202,20 @@ pub fn check_template(ak: &ApiKey) -> Result<(), String> {
                 "secret.template.data.{k} collides with the data key holding the value (secret.key)"
             ));
         }
-        size += k.len() + render_template(tpl, &v)?.len();
+        // Sizes are added up, never rendered: each placeholder counts as the allowance.
+        let room = MAX_SECRET_DATA.saturating_sub(size + k.len());
+        size += k.len()
+            + rendered_len(
+                tpl,
+                VALUE_ALLOWANCE,
+                VALUE_ALLOWANCE,
+                VALUE_ALLOWANCE,
+                name_len,
+                room,
+            )?;
+        if size > MAX_SECRET_DATA {
+            break;
+        }
     }
     if size > MAX_SECRET_DATA {
         return Err(format!(
@@ -406,6 +451,56 @@ mod tests {
         assert!(err.contains(".token"));
         assert!(!err.contains("sk-very-secret"));
         assert!(render_template("{{ .key", &vals).is_err());
+    }
+
+    /// The size check counts what rendering would give, without rendering.
+    #[test]
+    fn rendered_len_is_the_rendered_length() {
+        let key = SecretString::from("k".repeat(70));
+        let v = TemplateValues {
+            key: &key,
+            key_id: "id-123",
+            key_hint: "sk-…x",
+            name: "team-a/chat",
+        };
+        for tpl in [
+            "",
+            "plain",
+            "{{ .key }}",
+            "a{{.key}}b{{ .keyID }}c{{ .keyHint}}d{{.name }}e",
+            "{\"k\": \"{{ .key }}\", \"n\": \"{{ .name }}\"}",
+        ] {
+            let rendered = render_template(tpl, &v).unwrap().len();
+            let counted = rendered_len(tpl, 70, 6, "sk-…x".len(), 11, usize::MAX).unwrap();
+            assert_eq!(counted, rendered, "{tpl}");
+        }
+        assert!(rendered_len("{{ .nope }}", 1, 1, 1, 1, usize::MAX)
+            .unwrap_err()
+            .contains("unknown placeholder"));
+        assert!(rendered_len("{{ .key", 1, 1, 1, 1, usize::MAX)
+            .unwrap_err()
+            .contains("unclosed"));
+        // Past the limit, counting stops: some length above it.
+        let huge = "{{.key}}".repeat(70_000);
+        let n = rendered_len(&huge, 4096, 0, 0, 0, 1 << 20).unwrap();
+        assert!(n > 1 << 20 && n <= (1 << 20) + 4096, "{n}");
+    }
+
+    /// Issue 17: 70,000 × `{{.key}}` in one data entry (560 KB) is refused as too large.
+    #[test]
+    fn a_template_of_many_placeholders_is_too_large() {
+        let mut ak = apikey();
+        ak.spec
+            .secret
+            .as_mut()
+            .unwrap()
+            .template
+            .as_mut()
+            .unwrap()
+            .data
+            .insert("MANY".into(), "{{.key}}".repeat(70_000));
+        let err = check_template(&ak).unwrap_err();
+        assert!(err.contains("Kubernetes accepts at most"), "{err}");
     }
 
     #[test]

@@ -480,6 +480,11 @@ pub struct Pages {
 }
 
 impl Pages {
+    /// Cursors let through so far (the pages after the first).
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
     /// The cursor to fetch next (`None`: the listing is complete), or an error when the
     /// provider repeats a cursor or the listing runs past the page cap.
     pub fn next(&mut self, cursor: Option<String>) -> Result<Option<String>, ProviderError> {
