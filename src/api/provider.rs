@@ -222,7 +222,8 @@ pub struct RateLimit {
     /// Largest burst above the sustained rate, from 1 to 10000. Default: max(1,
     /// requestsPerSecond).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 10000))]
+    // Kubernetes knows only int32/int64 (a `uint32` format is warned about on every apply).
+    #[schemars(range(min = 1, max = 10000), extend("format" = "int32"))]
     pub burst: Option<u32>,
 }
 
