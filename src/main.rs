@@ -35,6 +35,8 @@ enum Command {
         /// default differs from `keysmith run --metrics-addr` (8080), so both run side by side.
         #[arg(long, default_value = "127.0.0.1:8787", global = true)]
         listen: SocketAddr,
+        #[command(flatten)]
+        tls: keysmith::emulators::TlsArgs,
         #[command(subcommand)]
         provider: keysmith::emulators::EmulateCommand,
     },
@@ -91,7 +93,11 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Emulate { listen, provider } => keysmith::emulators::run(listen, provider).await,
+        Command::Emulate {
+            listen,
+            tls,
+            provider,
+        } => keysmith::emulators::run(listen, tls, provider).await,
         Command::Render(args) => keysmith::render::run(args),
     }
 }

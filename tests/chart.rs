@@ -190,6 +190,7 @@ fn expected_namespaced_grants(rollout_restart: bool) -> Grants {
         "secrets",
         &["get", "list", "watch", "create", "patch", "delete"],
     );
+    add("", "configmaps", &["get"]);
     add("events.k8s.io", "events", &["create", "patch"]);
     if rollout_restart {
         for r in ["deployments", "statefulsets", "daemonsets"] {
@@ -672,10 +673,13 @@ fn namespace_mode_with_cluster_providers() {
     assert_eq!(creds["metadata"]["namespace"], RELEASE_NAMESPACE);
     assert_eq!(
         grants(creds),
-        Grants::from([(
-            ("".into(), "secrets".into()),
-            verbs(&["get", "list", "watch", "patch"])
-        )])
+        Grants::from([
+            (
+                ("".into(), "secrets".into()),
+                verbs(&["get", "list", "watch", "patch"])
+            ),
+            (("".into(), "configmaps".into()), verbs(&["get"])),
+        ])
     );
     // not needed when the release namespace is itself watched
     let objs = render(

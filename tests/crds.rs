@@ -456,3 +456,25 @@ fn crds_use_only_formats_kubernetes_knows() {
     assert_eq!(failures["minimum"].as_f64(), Some(0.0));
     assert_eq!(failures["maximum"].as_f64(), Some(u32::MAX as f64));
 }
+
+#[test]
+fn a_ca_bundle_names_exactly_one_source() {
+    let with = |bundle: Value| {
+        let spec = json!({"openrouter": openrouter(), "caBundle": bundle});
+        check("KeyProvider", provider("KeyProvider", spec), None)
+    };
+    assert!(with(json!({"configMapRef": {"name": "ca", "key": "ca.crt"}})).is_ok());
+    assert!(with(json!({"secretRef": {"name": "ca", "key": "ca.crt"}})).is_ok());
+    for bad in [
+        json!({}),
+        json!({"configMapRef": {"name": "ca", "key": "ca.crt"}, "secretRef": {"name": "ca", "key": "ca.crt"}}),
+    ] {
+        assert!(
+            with(bad.clone())
+                .unwrap_err()
+                .iter()
+                .any(|m| m.contains("exactly one of secretRef and configMapRef")),
+            "{bad}"
+        );
+    }
+}

@@ -56,6 +56,8 @@ pub const PERMISSIONS: &[Permission] = &[
         "secrets",
         &["get", "list", "watch", "create", "patch", "delete"],
     ),
+    // A provider object's spec.caBundle may be a ConfigMap key: read when its backend is built.
+    p("", "configmaps", &["get"]),
     // ClusterKeyProvider namespaceSelector: namespace labels, watched (metadata only).
     p("", "namespaces", &["get", "list", "watch"]),
     p("events.k8s.io", "events", &["create", "patch"]),

@@ -224,7 +224,15 @@ impl HttpClient {
         let base_url = base_url.trim_end_matches('/').to_string();
         url::Url::parse(&base_url)
             .map_err(|e| format!("baseURL {base_url:?} is not a URL: {e}"))?;
-        let inner = reqwest::Client::builder()
+        // Roots: the built-in Mozilla set, the platform's (rustls-native-certs: the system
+        // bundle, or SSL_CERT_FILE / SSL_CERT_DIR when set) and the provider object's caBundle.
+        let mut builder = reqwest::Client::builder()
+            .tls_built_in_webpki_certs(true)
+            .tls_built_in_native_certs(true);
+        for cert in &opts.extra_roots {
+            builder = builder.add_root_certificate(cert.clone());
+        }
+        let inner = builder
             .timeout(opts.timeout)
             .connect_timeout(opts.timeout.min(Duration::from_secs(5)))
             .user_agent(concat!("keysmith/", env!("CARGO_PKG_VERSION")))

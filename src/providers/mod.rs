@@ -630,6 +630,9 @@ pub struct ClientOptions {
     /// Longest wait for the client-side token bucket or an in-flight slot; beyond it the call
     /// fails with `RateLimited` (nothing was sent) and the reconcile is requeued.
     pub max_wait: Duration,
+    /// CA certificates trusted in addition to the platform's and the built-in roots (the
+    /// provider object's `caBundle`).
+    pub extra_roots: Vec<reqwest::Certificate>,
 }
 
 impl Default for ClientOptions {
@@ -644,6 +647,7 @@ impl Default for ClientOptions {
             metrics: None,
             max_in_flight: 4,
             max_wait: Duration::from_secs(10),
+            extra_roots: Vec::new(),
         }
     }
 }

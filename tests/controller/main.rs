@@ -6,6 +6,7 @@ mod boltz;
 mod digitalocean;
 mod harness;
 mod openrouter;
+mod private_ca;
 mod rotation;
 mod runtime;
 mod tenancy;
