@@ -290,6 +290,19 @@ pub struct Metrics {
     /// Soonest scheduled rotation among the keys of each provider type.
     pub next_rotation: Family<ProviderLabel, Gauge>,
     rotation_tracked: Mutex<Tracker<RotationTrack>>,
+    /// 1 while this replica holds the leader Lease (or runs without leader election), else 0.
+    pub leader: Gauge,
+    /// Always 1; the labels say which build this is.
+    pub build_info: Family<BuildInfoLabels, Gauge>,
+}
+
+/// `keysmith_build_info` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildInfoLabels {
+    pub version: String,
+    /// The git commit the release was built from (`KEYSMITH_GIT_COMMIT` at build time), else
+    /// `unknown`.
+    pub revision: String,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -324,8 +337,28 @@ impl Metrics {
             previous_keys: Family::default(),
             next_rotation: Family::default(),
             rotation_tracked: Mutex::new(Default::default()),
+            leader: Gauge::default(),
+            build_info: Family::default(),
             registry: Registry::default(),
         };
+        m.build_info
+            .get_or_create(&BuildInfoLabels {
+                version: env!("CARGO_PKG_VERSION").into(),
+                revision: option_env!("KEYSMITH_GIT_COMMIT")
+                    .unwrap_or("unknown")
+                    .into(),
+            })
+            .set(1);
+        m.registry.register(
+            "keysmith_leader",
+            "1 while this replica is the leader (holds the Lease, or runs without leader election), else 0",
+            m.leader.clone(),
+        );
+        m.registry.register(
+            "keysmith_build_info",
+            "Build of this keysmith (always 1; the labels carry the version and git revision)",
+            m.build_info.clone(),
+        );
         m.provider.register(&mut m.registry);
         m.registry.register(
             "controller_runtime_reconcile",
@@ -430,6 +463,11 @@ impl Metrics {
     }
 
     /// The registry in Prometheus text format.
+    /// Record whether this replica leads (the leader election's state, read at each scrape).
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
@@ -441,6 +479,22 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leader_and_build_info_gauges_are_exported() {
+        let m = Metrics::new();
+        let text = m.encode();
+        assert!(text.contains("keysmith_leader 0\n"), "{text}");
+        let info = format!(
+            "keysmith_build_info{{version=\"{}\",revision=\"",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&info), "{text}");
+        m.set_leader(true);
+        assert!(m.encode().contains("keysmith_leader 1\n"));
+        m.set_leader(false);
+        assert!(m.encode().contains("keysmith_leader 0\n"));
+    }
 
     #[test]
     fn a_tally_follows_objects_in_and_out() {

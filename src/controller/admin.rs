@@ -46,6 +46,7 @@ pub async fn serve_http(
     use axum::http::StatusCode;
     use axum::routing::get;
     let m = metrics.clone();
+    let h0 = health.clone();
     let h1 = health.clone();
     let h2 = health.clone();
     let app = axum::Router::new()
@@ -53,6 +54,7 @@ pub async fn serve_http(
             "/metrics",
             get(move || {
                 let m = m.clone();
+                m.set_leader(h0.leader.load(Ordering::SeqCst));
                 async move {
                     (
                         [(

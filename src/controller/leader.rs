@@ -229,6 +229,8 @@ pub(super) async fn run_with_leader_election(
         }
     };
     run_controllers(client.clone(), ctx, args, health.clone(), stop).await;
+    // no longer the leader (`/readyz` and `keysmith_leader` read this flag)
+    health.leader.store(false, Ordering::SeqCst);
     renew.abort();
     // Released promptly so a standby takes over without waiting the full lease duration.
     let lock = match renew.await {
