@@ -268,7 +268,7 @@ fn chart_app_version() -> String {
 fn assert_valid_kubernetes_objects(objs: &[Value]) {
     use k8s_openapi::api::{
         apps::v1::Deployment,
-        core::v1::{Namespace, Service, ServiceAccount},
+        core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount},
         networking::v1::NetworkPolicy,
         policy::v1::PodDisruptionBudget,
         rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
@@ -293,8 +293,10 @@ fn assert_valid_kubernetes_objects(objs: &[Value]) {
             "Role" => round_trip::<Role>(o),
             "RoleBinding" => round_trip::<RoleBinding>(o),
             "CustomResourceDefinition" => round_trip::<CustomResourceDefinition>(o),
+            "Pod" => round_trip::<Pod>(o),
+            "ConfigMap" => round_trip::<ConfigMap>(o),
             // monitoring.coreos.com types are not in k8s-openapi; checked by hand in the tests
-            "ServiceMonitor" => continue,
+            "ServiceMonitor" | "PrometheusRule" => continue,
             other => panic!("unexpected kind {other} rendered"),
         };
         assert_eq!(
@@ -435,6 +437,8 @@ fn default_values_render_cluster_mode_ha() {
             "ClusterRole",
             "ClusterRoleBinding",
             "Deployment",
+            // the `helm test` hook
+            "Pod",
             "PodDisruptionBudget",
             "Role",
             "RoleBinding",
@@ -1087,3 +1091,6 @@ fn rendered_rbac_covers_what_the_controller_uses() {
         }
     }
 }
+
+#[path = "chart/ops.rs"]
+mod ops;
