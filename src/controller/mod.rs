@@ -96,8 +96,15 @@ pub struct RunArgs {
 
 /// Run the controller until SIGTERM/SIGINT.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let client = Client::try_default()
+    let config = kube::Config::infer()
         .await
+        .context("cannot configure a Kubernetes client: run in a cluster or set KUBECONFIG")?;
+    // Two clients: the Lease is written through a plain one; the controllers' writes go through
+    // one that refuses them once the leader Lease's renew deadline has passed (fencing).
+    let lease_client = Client::try_from(config.clone())
+        .context("cannot configure a Kubernetes client: run in a cluster or set KUBECONFIG")?;
+    let lease = Arc::new(leader::LeaseClock::default());
+    let client = leader::fenced_client(config, lease.clone())
         .context("cannot configure a Kubernetes client: run in a cluster or set KUBECONFIG")?;
     check_crds(&client).await?;
     let metrics = Arc::new(Metrics::new());
@@ -108,6 +115,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         health.clone(),
     ));
     let mut ctx = Context::new(client.clone(), metrics, args.namespace.clone(), "keysmith");
+    ctx.set_lease(lease);
     ctx.cluster_providers = args.cluster_providers;
     ctx.namespaced_providers = args.namespaced_providers;
     ctx.allowed_base_url_hosts = args
@@ -131,9 +139,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ctx = Arc::new(ctx);
 
     if args.leader_elect {
-        leader::run_with_leader_election(client, ctx, &args, health).await?;
+        leader::run_with_leader_election(lease_client, ctx, &args, health).await?;
     } else {
         health.leader.store(true, Ordering::SeqCst);
+        ctx.metrics.leader.set(1);
         run_controllers(client, ctx, &args, health, crate::shutdown_signal()).await;
     }
     server.abort();

@@ -61,7 +61,8 @@ pub const PERMISSIONS: &[Permission] = &[
     // ClusterKeyProvider namespaceSelector: namespace labels, watched (metadata only).
     p("", "namespaces", &["get", "list", "watch"]),
     p("events.k8s.io", "events", &["create", "patch"]),
-    // Leader election (kube-leader-election: read, create, merge-patch to acquire and renew).
+    // Leader election (src/controller/leader.rs: read, create, and merge patches carrying the
+    // resourceVersion read, to acquire, renew and release conditionally).
     p("coordination.k8s.io", "leases", &["get", "create", "patch"]),
 ];
 

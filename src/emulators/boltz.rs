@@ -311,9 +311,7 @@ async fn create(
             let mut out = Vec::new();
             for (i, item) in items.iter().enumerate() {
                 match item.as_str() {
-                    Some(s) if crate::providers::boltz::valid_ip_or_cidr(s.trim()) => {
-                        out.push(s.trim().to_string())
-                    }
+                    Some(s) if ip_or_network(s.trim()) => out.push(s.trim().to_string()),
                     _ => {
                         return bad(format!(
                         "allowed_ips[{i}]: {item} is not a valid IPv4/IPv6 address or CIDR range."
@@ -550,6 +548,12 @@ pub fn build(args: &Args) -> (Router, Arc<Faults>) {
         .fallback(not_found)
         .with_state(store);
     (router, Faults::new(args.faults.clone(), render_error))
+}
+
+/// An IPv4/IPv6 address or CIDR range, as Boltz's validation message describes them (the
+/// emulator's own check).
+fn ip_or_network(s: &str) -> bool {
+    s.parse::<std::net::IpAddr>().is_ok() || s.parse::<ipnet::IpNet>().is_ok()
 }
 
 #[cfg(test)]

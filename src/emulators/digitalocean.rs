@@ -98,8 +98,19 @@ impl Default for Args {
     }
 }
 
+/// A UUID in its 8-4-4-4-12 hex form, any case (the emulator's own check: DigitalOcean's API
+/// documents its ids as `format: uuid`).
+fn looks_like_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
 fn parse_uuid(s: &str) -> Result<String, String> {
-    if crate::providers::digitalocean::is_uuid(s) {
+    if looks_like_uuid(s) {
         Ok(s.to_ascii_lowercase())
     } else {
         Err(format!(
@@ -216,9 +227,7 @@ impl Emulator {
             .iter()
             .map(|spec| {
                 let (name, uuid) = match spec.rsplit_once('=') {
-                    Some((n, u)) if crate::providers::digitalocean::is_uuid(u) => {
-                        (n.to_string(), u.to_ascii_lowercase())
-                    }
+                    Some((n, u)) if looks_like_uuid(u) => (n.to_string(), u.to_ascii_lowercase()),
                     _ => (spec.clone(), uuid::Uuid::new_v4().to_string()),
                 };
                 tracing::info!(uuid = %uuid, name = %name, "seeded model key");

@@ -539,6 +539,27 @@ pub fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+
+    /// An emulator confirms what a provider does only if it shares no code with the client it
+    /// checks (a bug shared is a bug hidden): no emulator names the clients' module.
+    #[test]
+    fn no_emulator_uses_the_clients_code() {
+        let sources = [
+            ("mod.rs", include_str!("mod.rs")),
+            ("openrouter.rs", include_str!("openrouter.rs")),
+            ("boltz.rs", include_str!("boltz.rs")),
+            ("ucloud.rs", include_str!("ucloud.rs")),
+            ("digitalocean.rs", include_str!("digitalocean.rs")),
+            ("bifrost.rs", include_str!("bifrost.rs")),
+        ];
+        let client = ["crate::", "providers"].concat();
+        for (file, text) in sources {
+            assert!(
+                !text.contains(&client),
+                "src/emulators/{file} uses the provider clients' code"
+            );
+        }
+    }
     use tower::ServiceExt;
 
     /// A provider route counting the requests it carried out, behind faults of `kinds`.

@@ -4,7 +4,7 @@
 //! | endpoint | who may call | what it does |
 //! |---|---|---|
 //! | `GET /api/v1/key` | any live key | the calling key (`is_management_key`) |
-//! | `GET /api/v1/keys?offset=&include_disabled=&workspace_id=` | management keys | 100 keys a page, newest first |
+//! | `GET /api/v1/keys?offset=&include_disabled=&workspace_id=` | management keys | 100 keys a page (`--page-size`), newest first |
 //! | `POST /api/v1/keys` | management keys | **201** `{data, key}`: the only time the plaintext is shown |
 //! | `GET/PATCH/DELETE /api/v1/keys/{hash}` | management keys | one key; partial update; delete |
 //! | `GET /_emulator/keys` | anyone | every key ever created (deleted ones with `active: false`), no plaintext |
@@ -61,6 +61,10 @@ pub struct Args {
     /// The account's default workspace (UUID): where keys go when a request names none.
     #[arg(long, default_value = DEFAULT_WORKSPACE, value_parser = parse_workspace)]
     pub workspace: String,
+    /// Keys per `GET /keys` page. OpenRouter does not document its page size (100 observed);
+    /// a test can pick another to show a client loses nothing.
+    #[arg(long, default_value_t = PAGE_SIZE, value_parser = clap::value_parser!(usize))]
+    pub page_size: usize,
 }
 
 impl std::fmt::Debug for Args {
@@ -72,6 +76,7 @@ impl std::fmt::Debug for Args {
                 &format!("[{} redacted]", self.management_keys.len()),
             )
             .field("workspace", &self.workspace)
+            .field("page_size", &self.page_size)
             .finish()
     }
 }
@@ -83,6 +88,7 @@ impl Args {
             faults: FaultArgs::default(),
             management_keys: keys.iter().map(|k| k.to_string()).collect(),
             workspace: DEFAULT_WORKSPACE.to_string(),
+            page_size: PAGE_SIZE,
         }
     }
 }
@@ -230,6 +236,7 @@ fn legacy_rate_limit() -> Value {
 struct Store {
     management: Vec<([u8; 32], String)>,
     default_workspace: String,
+    page_size: usize,
     keys: Vec<StoredKey>,
     seq: u64,
 }
@@ -460,7 +467,7 @@ async fn list_keys(
     let page: Vec<Value> = keys
         .into_iter()
         .skip(offset)
-        .take(PAGE_SIZE)
+        .take(store.page_size)
         .map(StoredKey::to_json)
         .collect();
     Ok(Json(json!({ "data": page })).into_response())
@@ -646,6 +653,7 @@ pub fn build(args: &Args) -> (Router, Arc<Faults>) {
             .map(|k| (digest(k), mask(k)))
             .collect(),
         default_workspace: args.workspace.clone(),
+        page_size: args.page_size.max(1),
         keys: Vec::new(),
         seq: 0,
     }));

@@ -4,7 +4,8 @@
 //! sends it) are both served. Every call is checked like UCloud does: `Signature` over all other
 //! parameters (sorted, `name value…`, private key appended, SHA-1 hex), the `PublicKey`, then the
 //! `ProjectId`. Answers are always HTTP 200 with `RetCode` (0 = success) and `Action:
-//! "<Action>Response"`; the error codes are those in [`crate::providers::ucloud::retcode`].
+//! "<Action>Response"`; the error codes are the emulator's own
+//! ([`retcode`]): those the reference documents, and its own choice where it is silent.
 //!
 //! Keys minted here work at `GET /v1/models` with `Authorization: Bearer <Key>` (the OpenAI-style
 //! inference API of ModelVerse): 200 for a live key, 403 when ModelverseDisabled or over a cap,
@@ -34,7 +35,31 @@ use serde_json::{json, Value};
 use super::{json_response, FaultArgs, Faults};
 // Only the wire vocabulary is shared with the client (RetCode numbers, the parameter map type);
 // every check of a request (signature, amounts, whitelist) is the emulator's own.
-use crate::providers::ucloud::{retcode, Params};
+
+/// Request parameters by name (the emulator's own type: it shares nothing with the client).
+type Params = std::collections::BTreeMap<String, String>;
+
+/// The RetCodes this emulator answers. Documented by UCloud (../shared/providers/ucloud.md):
+/// 160/161 (action), 170/171/172 (signature, public key), 220/230/240 (parameters), and
+/// "2000 and up is a server error" (its SDKs retry those). Not documented, so the emulator's
+/// own choice (each changeable by flag, so a test can answer a code the client has never seen):
+/// key not found and throttling.
+pub mod retcode {
+    pub const MISSING_ACTION: i64 = 160;
+    pub const ACTION_NOT_AVAILABLE: i64 = 161;
+    pub const MISSING_SIGNATURE: i64 = 170;
+    pub const SIGNATURE_ERROR: i64 = 171;
+    pub const USER_NOT_EXISTS: i64 = 172;
+    pub const MISSING_PARAMS: i64 = 220;
+    pub const PARAMS_NOT_AVAILABLE: i64 = 230;
+    pub const PARAMS_TOO_LARGE: i64 = 240;
+    /// Not documented: the emulator's default for an unknown `KeyId` (`--missing-key-retcode`).
+    pub const KEY_NOT_FOUND: i64 = 1404;
+    /// Not documented: the emulator's default for throttling (`--throttle-retcode`).
+    pub const THROTTLED: i64 = 1429;
+    /// From here up: server errors.
+    pub const SERVER_ERROR_FLOOR: i64 = 2000;
+}
 
 /// Most `IPWhitelist` entries UCloud takes.
 const MAX_WHITELIST_ENTRIES: usize = 100;
@@ -140,6 +165,13 @@ pub struct Args {
     /// only "non-zero (code unconfirmed)"; keysmith's assumed code is the default.
     #[arg(long, default_value_t = retcode::KEY_NOT_FOUND)]
     pub missing_key_retcode: i64,
+    /// RetCode of a throttled call (`POST /_emulator/throttle`). UCloud documents none; a test
+    /// can pick a code the client has never seen, which it must still retry on a read.
+    #[arg(long, default_value_t = retcode::THROTTLED)]
+    pub throttle_retcode: i64,
+    /// Message of a throttled call.
+    #[arg(long, default_value = "Request too frequent, please try again later")]
+    pub throttle_message: String,
     #[command(flatten)]
     pub faults: FaultArgs,
 }
@@ -153,6 +185,8 @@ impl std::fmt::Debug for Args {
             .field("require_project_id", &self.require_project_id)
             .field("channel_id", &self.channel_id)
             .field("missing_key_retcode", &self.missing_key_retcode)
+            .field("throttle_retcode", &self.throttle_retcode)
+            .field("throttle_message", &self.throttle_message)
             .field("faults", &self.faults)
             .finish()
     }
@@ -167,6 +201,8 @@ impl Default for Args {
             require_project_id: false,
             channel_id: 126,
             missing_key_retcode: retcode::KEY_NOT_FOUND,
+            throttle_retcode: retcode::THROTTLED,
+            throttle_message: "Request too frequent, please try again later".into(),
             faults: FaultArgs::default(),
         }
     }
@@ -265,6 +301,8 @@ struct Emulator {
     require_project_id: bool,
     channel_id: i64,
     missing_key_retcode: i64,
+    throttle_retcode: i64,
+    throttle_message: String,
     store: Mutex<Store>,
 }
 
@@ -499,8 +537,8 @@ fn call(emu: &Emulator, action: &str, p: &Params) -> Result<Value, Fail> {
                 n => Some(n - 1),
             };
             return Err(Fail::new(
-                retcode::THROTTLED,
-                "Request too frequent, please try again later",
+                emu.throttle_retcode,
+                emu.throttle_message.clone(),
             ));
         }
     }
@@ -805,6 +843,8 @@ pub fn build(args: &Args) -> (Router, Arc<Faults>) {
         require_project_id: args.require_project_id,
         channel_id: args.channel_id,
         missing_key_retcode: args.missing_key_retcode,
+        throttle_retcode: args.throttle_retcode,
+        throttle_message: args.throttle_message.clone(),
         store: Mutex::new(Store::default()),
     });
     // The control endpoints are served as the fallback: the shared fault layer wraps routes

@@ -598,6 +598,9 @@ impl BifrostClient {
 
 #[async_trait]
 impl KeyBackend for BifrostClient {
+    fn clock_offset(&self) -> Option<chrono::Duration> {
+        self.http.clock_offset()
+    }
     fn provider(&self) -> ProviderType {
         ProviderType::Bifrost
     }

@@ -366,6 +366,9 @@ fn segment(id: &str) -> String {
 
 #[async_trait]
 impl KeyBackend for BoltzClient {
+    fn clock_offset(&self) -> Option<chrono::Duration> {
+        self.http.clock_offset()
+    }
     fn provider(&self) -> ProviderType {
         ProviderType::Boltz
     }

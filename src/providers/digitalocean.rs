@@ -138,6 +138,9 @@ impl DigitalOceanClient {
 
 #[async_trait]
 impl KeyBackend for DigitalOceanClient {
+    fn clock_offset(&self) -> Option<chrono::Duration> {
+        self.http.clock_offset()
+    }
     fn provider(&self) -> ProviderType {
         ProviderType::DigitalOcean
     }

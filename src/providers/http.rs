@@ -15,6 +15,7 @@
 //! key, and that case is left to the controller's crash recovery (see `docs/crash-safety.md`).
 
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -199,6 +200,22 @@ pub struct HttpClient {
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
     in_flight: Arc<tokio::sync::Semaphore>,
     opts: ClientOptions,
+    /// The provider's clock less ours, in seconds, from the last `Date` header
+    /// ([`NO_OFFSET`]: none seen yet).
+    clock_offset: Arc<AtomicI64>,
+}
+
+/// [`HttpClient::clock_offset`] before any answer carried a `Date` header.
+const NO_OFFSET: i64 = i64::MIN;
+/// A `Date` further off than this is not believed (a day, in seconds).
+const MAX_OFFSET_SECS: i64 = 86_400;
+
+/// The provider's clock less ours, from a `Date` header, if it is within a day.
+pub fn clock_offset_of(headers: &HeaderMap, now: chrono::DateTime<chrono::Utc>) -> Option<i64> {
+    let v = headers.get(reqwest::header::DATE)?.to_str().ok()?;
+    let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let off = (when.with_timezone(&chrono::Utc) - now).num_seconds();
+    (off.abs() <= MAX_OFFSET_SECS).then_some(off)
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -252,7 +269,17 @@ impl HttpClient {
             limiter,
             in_flight,
             opts,
+            clock_offset: Arc::new(AtomicI64::new(NO_OFFSET)),
         })
+    }
+
+    /// How far the provider's clock is ahead of ours (negative: behind), as its last `Date`
+    /// header said; `None` before any answer carried one.
+    pub fn clock_offset(&self) -> Option<chrono::Duration> {
+        match self.clock_offset.load(Ordering::Relaxed) {
+            NO_OFFSET => None,
+            s => Some(chrono::Duration::seconds(s)),
+        }
     }
 
     /// The base URL without a trailing slash.
@@ -305,8 +332,24 @@ impl HttpClient {
                     });
                 }
             }
+            let request = match build().build() {
+                Ok(r) => r,
+                Err(e) => return Err(ProviderError::Unavailable(transport_error(&e).message)),
+            };
+            // Fencing: a write is sent only while this replica still holds the leader Lease,
+            // checked at the last moment (after any wait above), on every attempt.
+            let writes = !matches!(
+                *request.method(),
+                Method::GET | Method::HEAD | Method::OPTIONS
+            );
+            if writes && self.opts.write_gate.as_ref().is_some_and(|g| !g.is_open()) {
+                tracing::warn!(provider = %self.provider, operation, "not sent: this replica no longer holds the leader Lease");
+                return Err(ProviderError::Unavailable(
+                    "this replica no longer holds the leader Lease: request not sent".into(),
+                ));
+            }
             let started = Instant::now();
-            let outcome = match build().send().await {
+            let outcome = match self.inner.execute(request).await {
                 Ok(resp) => read_capped(resp).await,
                 Err(e) => Err(transport_error(&e)),
             };
@@ -315,6 +358,9 @@ impl HttpClient {
             match outcome {
                 Ok(resp) => {
                     self.observe(operation, result_label(resp.status), elapsed);
+                    if let Some(off) = clock_offset_of(&resp.headers, chrono::Utc::now()) {
+                        self.clock_offset.store(off, Ordering::Relaxed);
+                    }
                     let status = resp.status;
                     if status == StatusCode::TOO_MANY_REQUESTS {
                         let wait = rate_limit_wait(&resp.headers);
@@ -491,6 +537,33 @@ pub fn sensitive_header(value: &str) -> Result<reqwest::header::HeaderValue, Pro
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_providers_clock_offset_comes_from_its_date_header() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-06-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let with_date = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(reqwest::header::DATE, v.parse().unwrap());
+            h
+        };
+        assert_eq!(
+            clock_offset_of(&with_date("Mon, 01 Jun 2026 11:50:00 GMT"), now),
+            Some(-600)
+        );
+        assert_eq!(
+            clock_offset_of(&with_date("Mon, 01 Jun 2026 12:00:30 GMT"), now),
+            Some(30)
+        );
+        // Garbage, or more than a day off, is not believed.
+        assert_eq!(clock_offset_of(&with_date("yesterday"), now), None);
+        assert_eq!(
+            clock_offset_of(&with_date("Mon, 01 Jun 2020 12:00:00 GMT"), now),
+            None
+        );
+        assert_eq!(clock_offset_of(&HeaderMap::new(), now), None);
+    }
+
     use super::*;
 
     #[test]

@@ -398,6 +398,11 @@ pub trait KeyBackend: Send + Sync {
     fn records_attempt(&self) -> bool {
         false
     }
+    /// How far the provider's clock is ahead of ours, as its answers' `Date` headers say
+    /// (crash recovery reads creation times in the provider's clock). `None`: not known.
+    fn clock_offset(&self) -> Option<chrono::Duration> {
+        None
+    }
     /// Check the credentials with the cheapest authenticated call there is.
     async fn verify(&self) -> Result<(), ProviderError>;
     /// Create a key; the answer holds the one-time plaintext.
@@ -544,12 +549,12 @@ pub fn drift(backend: &dyn KeyBackend, current: &ProviderKey, desired: &KeySetti
         }
     }
     if let Some(ips) = &o.allowed_ips {
-        if sorted(ips) != sorted(&desired.allowed_ips) {
+        if ip_set(ips) != ip_set(&desired.allowed_ips) {
             out.push(Field::AllowedIps);
         }
     }
     if let Some(models) = &o.models {
-        if sorted(models) != sorted(&desired.models) {
+        if set(models) != set(&desired.models) {
             out.push(Field::Models);
         }
     }
@@ -559,9 +564,39 @@ pub fn drift(backend: &dyn KeyBackend, current: &ProviderKey, desired: &KeySetti
     out
 }
 
-fn sorted(v: &[String]) -> Vec<&str> {
-    let mut s: Vec<&str> = v.iter().map(String::as_str).collect();
+/// A list compared as a set: order and repeats mean nothing to a provider.
+fn set(v: &[String]) -> Vec<&str> {
+    let mut s: Vec<&str> = v.iter().map(|x| x.trim()).collect();
     s.sort_unstable();
+    s.dedup();
+    s
+}
+
+/// IP addresses and CIDR ranges compared by what they admit, not how they are written: a
+/// provider that canonicalises (`10.0.0.1/8` → `10.0.0.0/8`, `10.0.0.1/32` → `10.0.0.1`,
+/// `2001:DB8::0001` → `2001:db8::1`) or reorders the list is no drift (issue 20, item 3). An
+/// entry that is neither is compared as written.
+pub fn ip_set(v: &[String]) -> Vec<String> {
+    let mut s: Vec<String> = v
+        .iter()
+        .map(|x| {
+            let x = x.trim();
+            if let Ok(net) = x.parse::<ipnet::IpNet>() {
+                let net = net.trunc();
+                if net.prefix_len() == net.max_prefix_len() {
+                    net.addr().to_string()
+                } else {
+                    net.to_string()
+                }
+            } else if let Ok(ip) = x.parse::<std::net::IpAddr>() {
+                ip.to_string()
+            } else {
+                x.to_string()
+            }
+        })
+        .collect();
+    s.sort_unstable();
+    s.dedup();
     s
 }
 
@@ -633,6 +668,30 @@ pub struct ClientOptions {
     /// CA certificates trusted in addition to the platform's and the built-in roots (the
     /// provider object's `caBundle`).
     pub extra_roots: Vec<reqwest::Certificate>,
+    /// Checked right before each request that writes (any method but GET/HEAD/OPTIONS) is
+    /// sent, every attempt: closed, the request is not sent (the leader Lease's fencing).
+    pub write_gate: Option<WriteGate>,
+}
+
+/// Whether this process may write to providers right now (see [`ClientOptions::write_gate`]).
+#[derive(Clone)]
+pub struct WriteGate(Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl WriteGate {
+    pub fn new(open: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        WriteGate(Arc::new(open))
+    }
+
+    /// Whether a write may be sent now.
+    pub fn is_open(&self) -> bool {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for WriteGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteGate")
+    }
 }
 
 impl Default for ClientOptions {
@@ -648,6 +707,7 @@ impl Default for ClientOptions {
             max_in_flight: 4,
             max_wait: Duration::from_secs(10),
             extra_roots: Vec::new(),
+            write_gate: None,
         }
     }
 }
@@ -718,6 +778,24 @@ pub fn build_backend(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_lists_compare_by_what_they_admit() {
+        let v = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            ip_set(&v(&[
+                "10.0.0.1/8",
+                "192.168.1.7/32",
+                " 2001:DB8::0001 ",
+                "10.0.0.0/8"
+            ])),
+            ip_set(&v(&["2001:db8::1", "10.0.0.0/8", "192.168.1.7"]))
+        );
+        assert_ne!(ip_set(&v(&["10.0.0.0/8"])), ip_set(&v(&["10.0.0.0/16"])));
+        // What is not an address is compared as written.
+        assert_eq!(ip_set(&v(&["any"])), v(&["any"]));
+        assert_eq!(set(&v(&["b", "a", "a "])), ["a", "b"]);
+    }
 
     #[test]
     fn decimals_normalise() {

@@ -31,8 +31,8 @@ use crate::api::OpenRouterProvider;
 /// The only server in OpenRouter's API description.
 pub const DEFAULT_BASE_URL: &str = "https://openrouter.ai/api/v1";
 
-/// OpenRouter lists at most this many keys per call and has no cursor: the next page is
-/// `offset + 100`, and a shorter page is the last one.
+/// OpenRouter lists about this many keys per call (observed, not documented) and has no
+/// cursor: the next page is `offset + <keys on this page>`, and only an empty page is the last.
 pub const PAGE_SIZE: usize = 100;
 
 /// `ProviderKey.extras` key of the `include_byok_in_limit` flag.
@@ -192,6 +192,9 @@ impl OpenRouterClient {
 
 #[async_trait]
 impl KeyBackend for OpenRouterClient {
+    fn clock_offset(&self) -> Option<chrono::Duration> {
+        self.http.clock_offset()
+    }
     fn provider(&self) -> ProviderType {
         ProviderType::OpenRouter
     }
@@ -298,7 +301,9 @@ impl KeyBackend for OpenRouterClient {
                 .into_iter()
                 .map(KeyObject::into_provider_key)
                 .collect(),
-            next: (n >= PAGE_SIZE).then(|| (offset + n).to_string()),
+            // OpenRouter does not document its page size: a short page is not the last, an
+            // empty one is (crash recovery reads this listing; a key missed is a key leaked).
+            next: (n > 0).then(|| (offset + n).to_string()),
         })
     }
 

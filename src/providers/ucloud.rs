@@ -145,6 +145,18 @@ pub fn retcode_error(code: i64, message: &str, retry_after: Option<Duration>) ->
     }
 }
 
+/// A read answered with a RetCode UCloud does not document (throttling has no documented
+/// code, and its message may say anything) is retried with backoff rather than reported as a
+/// rejection: a read changes nothing, and a permanent cause shows again on every retry.
+pub fn unknown_code_on_a_read(code: i64, e: ProviderError) -> ProviderError {
+    match e {
+        ProviderError::Rejected(msg) if !retcode_is_documented(code) => {
+            ProviderError::Unavailable(msg)
+        }
+        other => other,
+    }
+}
+
 /// Whether UCloud documents `code` (the common codes of its API reference and the server-error
 /// range). The key-specific codes ([`retcode::KEY_NOT_FOUND`], [`retcode::THROTTLED`]) are
 /// keysmith's assumptions and do not count.
@@ -492,7 +504,11 @@ fn provider_key(v: &Value) -> Result<ProviderKey, ProviderError> {
     }
 
     Ok(ProviderKey {
-        expires_at: None,
+        // Reported for the status (and expiry alerts), never compared: the spec cannot set a
+        // UCloud key's expiry (ExpireTime is read-only; -1: never), so a provider-side default
+        // expiry compared with "none" would be permanent drift on a field no update can change
+        // (NewKeyNeeded forever, or a new key every reconcile with onImmutableChange: Replace).
+        expires_at,
         id,
         name,
         hint: secret.and_then(hint),
@@ -507,8 +523,8 @@ fn provider_key(v: &Value) -> Result<ProviderKey, ProviderError> {
         active: !expired,
         observed: ObservedSettings {
             disabled: modelverse_disabled,
-            // ExpireTime is read-only at UCloud (-1: never); reported so that status shows it.
-            expires_at: Some(expires_at),
+            // Not compared (see `expires_at` above).
+            expires_at: None,
             // Daily and monthly caps do not fit one neutral limit unambiguously (the neutral
             // limit and the ucloud block both feed them): they are compared in extras_drift.
             limit: None,
@@ -658,10 +674,14 @@ impl UCloudClient {
         })?;
         if code != 0 {
             let message = v.get("Message").and_then(Value::as_str).unwrap_or("");
-            return Err((
-                retcode_error(code, message, retry_after(&resp.headers)),
-                Some(code),
-            ));
+            let mut e = retcode_error(code, message, retry_after(&resp.headers));
+            if action.starts_with("List")
+                || action.starts_with("Get")
+                || action.starts_with("Describe")
+            {
+                e = unknown_code_on_a_read(code, e);
+            }
+            return Err((e, Some(code)));
         }
         Ok(v)
     }
@@ -766,6 +786,9 @@ impl UCloudClient {
 
 #[async_trait]
 impl KeyBackend for UCloudClient {
+    fn clock_offset(&self) -> Option<chrono::Duration> {
+        self.http.clock_offset()
+    }
     fn provider(&self) -> ProviderType {
         ProviderType::UCloud
     }
@@ -1318,7 +1341,8 @@ mod tests {
             "SECRETSECRETSECRETSECRET0123456789"
         );
         assert_eq!(k.observed.disabled, Some(false));
-        assert_eq!(k.observed.expires_at, Some(None));
+        assert_eq!(k.observed.expires_at, None);
+        assert_eq!(k.expires_at, None, "-1: never");
         assert_eq!(k.observed.limit, None);
         assert_eq!(
             k.observed.allowed_ips,
@@ -1348,9 +1372,11 @@ mod tests {
         let k = provider_key(&v).unwrap();
         assert_eq!(k.observed.models, Some(vec![]));
         assert_eq!(
-            k.observed.expires_at,
-            Some(Some(Utc.timestamp_opt(4_102_444_800, 0).unwrap()))
+            k.expires_at,
+            Some(Utc.timestamp_opt(4_102_444_800, 0).unwrap())
         );
+        // Reported, never compared (issue 20, item 1): no spec field sets it.
+        assert_eq!(k.observed.expires_at, None);
         assert_eq!(k.usage.as_ref().unwrap().daily.as_deref(), Some("1.5"));
         assert_eq!(k.usage.as_ref().unwrap().unit, None);
         // A Status other than 1 (e.g. a disabled key) is not "gone": the key is still listed.
@@ -1399,6 +1425,13 @@ mod tests {
             ..Default::default()
         });
         assert!(drift(&c, &k, &d).is_empty(), "{:?}", drift(&c, &k, &d));
+        // A key with an expiry of UCloud's own (no spec field sets one) is no drift: before,
+        // it was a permanent NewKeyNeeded (issue 20, item 1).
+        let mut expiring = listed();
+        expiring["ExpireTime"] = json!(4_102_444_800i64);
+        let ek = provider_key(&expiring).unwrap();
+        assert!(ek.expires_at.is_some());
+        assert!(drift(&c, &ek, &d).is_empty(), "{:?}", drift(&c, &ek, &d));
 
         let mut d2 = d.clone();
         d2.limit.as_mut().unwrap().amount = "11".into();

@@ -32,7 +32,7 @@ pub use kube_recorder::{KubeFaults, Writes};
 #[path = "../common/apikey_status.rs"]
 mod apikey_status;
 #[path = "../common/control_plane.rs"]
-mod control_plane;
+pub mod control_plane;
 pub use apikey_status::ready;
 #[path = "../common/emulator_control.rs"]
 mod emulator_control;
@@ -248,6 +248,8 @@ impl Env {
         );
         ctx.client_options = ClientOptions {
             metrics: Some(metrics.provider.clone()),
+            // The gate on the context's Lease clock (fencing), as in `keysmith run`.
+            write_gate: ctx.client_options.write_gate.clone(),
             ..test_client_options()
         };
         let env = Env {

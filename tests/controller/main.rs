@@ -5,6 +5,7 @@ mod bifrost;
 mod boltz;
 mod digitalocean;
 mod harness;
+mod leader;
 mod openrouter;
 mod private_ca;
 mod rotation;

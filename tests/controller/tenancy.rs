@@ -571,3 +571,109 @@ async fn a_burst_of_first_reconciles_marks_the_provider_object_once_without_conf
         "the provider object carries the in-use finalizer once"
     );
 }
+
+/// Issue 17 (critical): crash recovery took the key id a Secret *claims* (its
+/// `keysmith.dev/key-id` annotation) for the interrupted attempt's key. Every mark on the Secret
+/// is the tenant's to write: a tenant whose create was interrupted wrote another ApiKey's key id
+/// there and its ApiKey took that key over (sync then pushes its settings onto it, deletion
+/// revokes it). Now a claim is believed only where the provider's listing ties the key to the
+/// attempt, and a key another ApiKey holds is never taken. Both a plain copy of the id and one
+/// with a copied display name (the key's name then matches the attempt's final name) fail.
+#[tokio::test]
+async fn a_secret_claiming_anothers_key_id_does_not_take_it_over() {
+    for copy_name in [false, true] {
+        let env = openrouter::env().await;
+        let victim_spec = ApiKeySpec {
+            display_name: Some("victim-key".into()),
+            ..Default::default()
+        };
+        env.create(&apikey("victim", "openrouter", victim_spec))
+            .await;
+        let victim = env.converge("victim", 4).await;
+        let victim_id = victim.status.unwrap().key_id.expect("victim keyID");
+        let victim_value = env.secret_value("victim", "api-key").await.unwrap();
+
+        let attacker_spec = ApiKeySpec {
+            display_name: Some(if copy_name { "victim-key" } else { "mallory" }.into()),
+            ..Default::default()
+        };
+        env.create(&apikey("mallory", "openrouter", attacker_spec))
+            .await;
+        env.reconcile("mallory").await.unwrap(); // finalizer
+        env.ctx.crash_after_create.store(true, Ordering::SeqCst);
+        let _ = env.reconcile("mallory").await;
+        env.ctx.crash_after_create.store(false, Ordering::SeqCst);
+        assert!(env
+            .get("mallory")
+            .await
+            .status
+            .unwrap()
+            .pending_create
+            .is_some());
+        // The tenant writes a Secret with every mark keysmith puts on its own, naming the
+        // victim's key.
+        let forged: Secret = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {
+                "name": "mallory",
+                "labels": { keysmith::api::MANAGED_BY_LABEL: keysmith::api::MANAGED_BY },
+                "annotations": {
+                    keysmith::api::OWNER_ANNOTATION: format!("{}/mallory", env.ns),
+                    keysmith::api::KEY_ID_ANNOTATION: victim_id,
+                },
+            },
+            "stringData": { "api-key": "sk-or-v1-forged" },
+        }))
+        .unwrap();
+        env.secrets()
+            .create(&PostParams::default(), &forged)
+            .await
+            .expect("the tenant may write Secrets in its namespace");
+
+        let ak = env.converge("mallory", 6).await;
+        let st = ak.status.clone().unwrap();
+        assert_ne!(
+            st.key_id.as_deref(),
+            Some(victim_id.as_str()),
+            "copy_name={copy_name}: the attacker's ApiKey took the victim's key"
+        );
+        assert!(st.pending_create.is_none(), "{st:?}");
+        assert!(
+            env.events()
+                .iter()
+                .any(|(_, reason, msg)| reason == "RecoveringCreate"
+                    && msg.contains("no key is taken on the Secret's word")),
+            "the ignored claim is reported: {:?}",
+            env.events()
+        );
+        // Deleting the attacker's ApiKey revokes its own keys, never the victim's.
+        env.delete("mallory").await;
+        for _ in 0..4 {
+            if env.apikeys().get_opt("mallory").await.unwrap().is_none() {
+                break;
+            }
+            let _ = env.reconcile("mallory").await;
+        }
+        assert!(
+            env.apikeys().get_opt("mallory").await.unwrap().is_none(),
+            "the attacker's ApiKey is gone"
+        );
+        assert!(
+            openrouter::key_works(&env, &victim_value).await,
+            "copy_name={copy_name}: the victim's key still works"
+        );
+        assert_eq!(
+            env.secret_value("victim", "api-key").await,
+            Some(victim_value)
+        );
+        let keys = env.emulator_keys().await;
+        let victim_key = keys
+            .iter()
+            .find(|k| k["hash"] == victim_id.as_str())
+            .unwrap();
+        assert_eq!(
+            victim_key["name"], "victim-key",
+            "its settings are untouched"
+        );
+    }
+}

@@ -301,7 +301,11 @@ async fn listing_pages_through_more_than_one_page_newest_first() {
     assert_eq!(first.keys[0].id, ids[104]);
     let second = c.list_page(&scope(), first.next.as_deref()).await.unwrap();
     assert_eq!(second.keys.len(), 5);
-    assert_eq!(second.next, None);
+    // A short page is not taken for the last one: only an empty page ends the listing.
+    assert_eq!(second.next.as_deref(), Some("105"));
+    let third = c.list_page(&scope(), second.next.as_deref()).await.unwrap();
+    assert!(third.keys.is_empty());
+    assert_eq!(third.next, None);
     let listed: Vec<&String> = first
         .keys
         .iter()
@@ -1293,4 +1297,44 @@ async fn examples_work_against_the_emulator() {
     )
     .await;
     assert_eq!(s, 200);
+}
+
+/// Issue 20, item 4: OpenRouter does not document its page size. Against a provider whose pages
+/// hold 37 keys, the listing still returns every key (it used to stop at the first page shorter
+/// than 100, losing the rest: crash recovery reads this listing).
+#[tokio::test]
+async fn a_listing_with_another_page_size_loses_no_key() {
+    let (router, faults) = emu::build(&emu::Args {
+        page_size: 37,
+        ..emu::Args::with_management_keys(&[MGMT])
+    });
+    let e = emulators::spawn(router, faults).await.unwrap();
+    let c = client(&e);
+    let mut ids = Vec::new();
+    for i in 0..80 {
+        ids.push(
+            c.create(&settings(&format!("p-{i:02}")))
+                .await
+                .unwrap()
+                .key
+                .id,
+        );
+    }
+    let mut listed = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = c.list_page(&scope(), cursor.as_deref()).await.unwrap();
+        pages += 1;
+        listed.extend(page.keys.into_iter().map(|k| k.id));
+        match page.next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+        assert!(pages < 10, "the listing ends");
+    }
+    listed.sort();
+    ids.sort();
+    assert_eq!(listed, ids, "every key listed once");
+    assert_eq!(pages, 4, "37 + 37 + 6 + the empty page");
 }

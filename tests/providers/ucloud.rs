@@ -1018,3 +1018,36 @@ async fn a_delete_with_an_unknown_retcode_for_a_listed_key_is_unconfirmed() {
     assert!(e.is_transient());
     assert!(e.to_string().contains("8046"), "{e}");
 }
+
+/// Issue 20, item 5: UCloud documents no throttling RetCode. A read throttled with a code the
+/// client has never seen and a message none of its heuristics knows is retried with backoff
+/// (transient), not reported as a rejection of the request.
+#[tokio::test]
+async fn a_read_throttled_with_an_unknown_retcode_is_transient() {
+    let e = start(emu::Args {
+        throttle_retcode: 1777,
+        throttle_message: "busy, come back later".into(),
+        ..args()
+    })
+    .await;
+    let c = client(&e);
+    let k = c.create(&settings("team-a/read")).await.unwrap();
+    reqwest::Client::new()
+        .post(format!("{}/_emulator/throttle", e.url()))
+        .json(&json!({ "count": 2 }))
+        .send()
+        .await
+        .unwrap();
+    let read = c.get(&scope(), &k.key.id).await;
+    assert!(
+        matches!(read, Err(ProviderError::Unavailable(_))),
+        "an unknown code on a read is transient: {read:?}"
+    );
+    let listed = c.list_page(&scope(), None).await.map(|p| p.keys.len());
+    assert!(
+        matches!(listed, Err(ProviderError::Unavailable(_))),
+        "{listed:?}"
+    );
+    // Throttling over, the read works; a write with an unknown code stays what it says.
+    assert_eq!(c.get(&scope(), &k.key.id).await.unwrap().id, k.key.id);
+}

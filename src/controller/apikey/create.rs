@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::events::EventType;
 
+use super::super::context::Context;
 use super::super::reasons::Reason;
 use super::deliver::{dry_run, ensure_secret, Delivery};
 use super::revoke::revoke_quietly;
@@ -232,7 +233,6 @@ async fn create_once(
     deliver_created(r, v, st, existing, &created).await?;
     let secret_name = r.ak.secret_name();
     let id = created.key.id;
-    let renamed = !provisional || rename(r, v, st, &id).await;
     match replacing {
         Some(old) => retire_replaced(r, st, old, &id).await?,
         // A rotation: the rotate step records it and says so (KeyRotated).
@@ -247,40 +247,67 @@ async fn create_once(
         }
     }
     let mut ready = Ready::active(r.p, st, &secret_name);
-    if !renamed {
-        // The next sync renames it (drift on spec.displayName); soon, not at the next refresh.
-        ready.requeue = RENAME_RETRY;
+    if provisional {
+        ready.rename = Some(Box::new(Rename {
+            p: r.p.clone(),
+            scope: v.scope.clone(),
+            id,
+            settings: v.settings.clone(),
+        }));
     }
     Ok(ready)
 }
 
 /// How soon a reconcile tries again to give a key its name after the rename failed.
-const RENAME_RETRY: Duration = Duration::from_secs(10);
+pub const RENAME_RETRY: Duration = Duration::from_secs(10);
 
-/// Give a key created under its provisional name the name the spec asks for. Its value is in
-/// the Secret and its id in the status by now: a failure here is reported and left to the next
-/// sync, which sees the name differ from `spec.displayName` and renames it.
-async fn rename(r: &Reconciler<'_>, v: &ValidatedApiKey, st: &mut ApiKeyStatus, id: &str) -> bool {
-    match r
+/// A key created under its provisional name that is to get its display name.
+pub struct Rename {
+    pub p: super::super::backends::ResolvedProvider,
+    pub scope: KeyScope,
+    pub id: String,
+    pub settings: KeySettings,
+}
+
+impl std::fmt::Debug for Rename {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rename").field("id", &self.id).finish()
+    }
+}
+
+/// Give a key created under its provisional name the name the spec asks for, once the status
+/// recording the key is written. Renaming before that write would leave a crash (or a write
+/// that conflicts) with a key that only its name ties to the attempt: a name any tenant can
+/// copy, so recovery could not tell it from another's (issue 17). A failure here is reported
+/// and left to the next sync, which sees the name differ from `spec.displayName` and renames
+/// it; returns whether the key has its name.
+pub async fn rename_after_write(ctx: &Context, ak: &ApiKey, rn: &Rename) -> bool {
+    match rn
         .p
         .backend
-        .update(&v.scope, id, &v.settings, &[Field::DisplayName])
+        .update(&rn.scope, &rn.id, &rn.settings, &[Field::DisplayName])
         .await
     {
         Ok(key) => {
-            fill_from_key(st, &key);
-            r.ctx.remember(r.p, &v.scope, &key).await;
+            ctx.remember(&rn.p, &rn.scope, &key).await;
             true
         }
         Err(e) => {
             let note = format!(
-                "created key {id} at {} under its provisional name; naming it {:?} failed ({}), keysmith tries again",
-                r.p.provider_type,
-                v.settings.name,
+                "created key {} at {} under its provisional name; naming it {:?} failed ({}), keysmith tries again",
+                rn.id,
+                rn.p.provider_type,
+                rn.settings.name,
                 e.category()
             );
-            r.event(EventType::Warning, Reason::KeyRenameFailed, "Create", note)
-                .await;
+            ctx.event(
+                ak,
+                EventType::Warning,
+                Reason::KeyRenameFailed,
+                "Create",
+                note,
+            )
+            .await;
             false
         }
     }

@@ -6,12 +6,15 @@
 //! 0. the Secret write is checked (locally, then a server-side dry run) and failed creates back
 //!    off in status.createBackoff; 1. status.pendingCreate = {name, startedAt, attempt, scope}
 //!    is written BEFORE the create call; 2. the key is created; 3. the Secret is written
-//!    (annotated with the key id); 4. status.keyID is written and pendingCreate cleared.
+//!    (annotated with the key id); 4. status.keyID is written and pendingCreate cleared;
+//!    5. a key created under its provisional name gets its display name.
 //!
 //! A crash between 2 and 3 leaves pendingCreate set and no Secret for the key: the next reconcile
 //! lists the provider's keys where the marker says, revokes the keys of that attempt no other
-//! ApiKey holds (docs/crash-safety.md), and creates again. A crash between 3 and 4 leaves a Secret naming the new key: the next reconcile
-//! keeps that key and revokes any other.
+//! ApiKey holds (docs/crash-safety.md), and creates again. A crash between 3 and 4 leaves a
+//! Secret naming the new key: the next reconcile keeps that key, but only once the provider's
+//! listing proves the attempt made it (the Secret's annotation is tenant-writable, so it is a
+//! claim, never a proof: `recover::proves_delivery`), and revokes any other.
 //!
 //! The ApiKey a reconcile receives comes from the watch cache and may be older than the server's
 //! copy; every status write is therefore conditional on the resourceVersion the reconcile started
@@ -212,6 +215,17 @@ async fn apply(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
                 return Ok(stale(&key));
             }
             Err(e) => return Err(e.into()),
+        }
+    }
+    let mut requeue = requeue;
+    if let Ok(Ready {
+        rename: Some(rn), ..
+    }) = &outcome
+    {
+        // The status records the key now: it may lose its provisional name.
+        if !create::rename_after_write(&ctx, &ak, rn).await {
+            // The next sync renames it (drift on spec.displayName); soon, not at the refresh.
+            requeue = requeue.min(create::RENAME_RETRY);
         }
     }
     count_reconcile(&ctx, result_label);

@@ -93,6 +93,7 @@ pub async fn push(
             src.name
         ),
         requeue: r.p.refresh_interval,
+        rename: None,
     })
 }
 

@@ -32,20 +32,39 @@ fn started(pending: &PendingCreate) -> DateTime<Utc> {
         .unwrap_or_else(|_| Utc::now())
 }
 
+/// The earliest creation time, in the provider's clock, of a key the attempt may have made:
+/// its start less [`SKEW`], moved by the provider's clock offset where the HTTP layer measured
+/// one (its `Date` headers): a provider clock minutes off no longer hides the attempt's key.
+pub fn created_since(pending: &PendingCreate, offset: Option<chrono::Duration>) -> DateTime<Utc> {
+    started(pending) - SKEW + offset.unwrap_or_else(chrono::Duration::zero)
+}
+
+/// The keys the ApiKey itself accounts for: current, replaced, and a rotation's new key.
+fn held_by(st: &ApiKeyStatus) -> Vec<String> {
+    let mut held: Vec<String> = st.key_id.iter().cloned().collect();
+    held.extend(st.previous_keys.iter().map(|p| p.key_id.clone()));
+    if let Some(r) = st.rotation.as_ref().and_then(|r| r.in_progress.as_ref()) {
+        held.push(r.key_id.clone());
+    }
+    held
+}
+
 /// The listed keys that the interrupted attempt created and nobody holds: active, of the
-/// attempt's name, created since it started (less clock skew), of its attempt id where the
-/// provider records one, and neither the current key nor the one the Secret holds.
+/// attempt's name, of its attempt id where the provider records one, neither the current key
+/// nor the one the Secret holds, and created since `since` unless provably the attempt's (its
+/// provisional name or its attempt id prove it whatever the clocks say).
 pub fn orphans_of_attempt<'a>(
     keys: impl IntoIterator<Item = &'a ProviderKey>,
     pending: &PendingCreate,
+    since: DateTime<Utc>,
     keep: &[Option<&String>],
 ) -> Vec<String> {
-    let since = started(pending) - SKEW;
+    let provisional = super::create::is_provisional(pending);
     keys.into_iter()
         .filter(|k| k.active && k.name == pending.name)
         .filter(|k| !keep.contains(&Some(&k.id)))
-        .filter(|k| k.created_at.is_none_or(|c| c >= since))
         .filter(|k| k.attempt.as_ref().is_none_or(|a| a == &pending.attempt))
+        .filter(|k| provisional || k.attempt.is_some() || k.created_at.is_none_or(|c| c >= since))
         .map(|k| k.id.clone())
         .collect()
 }
@@ -122,14 +141,88 @@ pub fn provably_mine(
     })
 }
 
-/// The key id a Secret of ours holds a value for, if it is not the current key (the create
-/// answered and the value was delivered, but the status never recorded it).
-pub fn delivered_key(ak: &ApiKey, existing: Option<&Secret>, st: &ApiKeyStatus) -> Option<String> {
+/// The key id a Secret of ours claims to hold a value for, if it is not the current key (the
+/// create answered and the value was delivered, but the status never recorded it).
+///
+/// A claim only: every mark on the Secret (the managed-by label, the owner annotation, the
+/// key-id annotation) can be written by anyone who can write Secrets in the namespace. Recovery
+/// keeps the claimed key only once the provider's listing proves the attempt created it
+/// ([`proves_delivery`]); otherwise a tenant could write another tenant's key id there and
+/// have keysmith take that key over (issue 17).
+pub fn claimed_key(ak: &ApiKey, existing: Option<&Secret>, st: &ApiKeyStatus) -> Option<String> {
     existing
         .filter(|s| secret::ownership(ak, s) == SecretOwnership::Ours)
         .filter(|s| secret::value_of(ak, s).is_some())
         .and_then(secret::key_id_of)
         .filter(|id| Some(id) != st.key_id.as_ref())
+        .filter(|id| !st.previous_keys.iter().any(|p| &p.key_id == id))
+}
+
+/// How a listed key is tied to an interrupted attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tie {
+    /// Provably the attempt's: it carries the attempt id, or the attempt's provisional name
+    /// (random, chosen by keysmith, never a tenant's to choose or foresee).
+    Proven,
+    /// Possibly the attempt's: its name is the one the attempt gives its key (the provisional
+    /// name, once renamed, or the display name at providers that rename nothing), it is active
+    /// and was created since the attempt started. Only [`provably_mine`] with the other
+    /// ApiKeys' view settles it.
+    ByName,
+    /// Not the attempt's.
+    None,
+}
+
+/// How `k` is tied to the attempt `pending` whose key is to be called `final_name` once
+/// renamed. `since`: the attempt's start less the clock skew allowed, in the provider's clock.
+pub fn tie(
+    k: &ProviderKey,
+    pending: &PendingCreate,
+    final_name: &str,
+    since: DateTime<Utc>,
+) -> Tie {
+    if !k.active {
+        return Tie::None;
+    }
+    if let Some(a) = &k.attempt {
+        return if a == &pending.attempt {
+            Tie::Proven
+        } else {
+            Tie::None
+        };
+    }
+    let provisional = super::create::is_provisional(pending);
+    if provisional && k.name == pending.name {
+        return Tie::Proven;
+    }
+    let named = if provisional {
+        k.name == final_name
+    } else {
+        k.name == pending.name
+    };
+    if named && k.created_at.is_none_or(|c| c >= since) {
+        Tie::ByName
+    } else {
+        Tie::None
+    }
+}
+
+/// Whether the provider's listing proves that the key the Secret claims (`claimed`) is the one
+/// the interrupted attempt created and delivered: listed, active, and tied to the attempt;
+/// a key tied by name only must also be held by no other ApiKey, nor possibly be another's
+/// create in flight under the same name (`others`, read only when needed).
+pub fn proves_delivery(
+    claimed: &str,
+    tie: Tie,
+    pending: &PendingCreate,
+    others: Option<&Others>,
+) -> bool {
+    match tie {
+        Tie::Proven => others.is_none_or(|o| !o.keys.contains(claimed)),
+        Tie::ByName => others
+            .is_some_and(|o| !o.keys.contains(claimed) && !o.pending_names.contains(&pending.name)),
+        Tie::None => false,
+    }
 }
 
 /// When an interrupted create can no longer reach the provider: a request sent just before the
@@ -215,30 +308,68 @@ pub async fn recover(
 ) -> Result<(), Failure> {
     // Where the attempt created its key: the marker says, whatever the spec says now.
     let scope = &scope_at(pending.scope.as_ref(), scope);
-    let delivered = delivered_key(r.ak, existing, st);
+    let claimed = claimed_key(r.ak, existing, st);
+    // The name the attempt's key has once renamed (provisional creates): the display name.
+    let final_name = settings_for(r.ak, st).map(|s| s.name).unwrap_or_default();
+    let created_since = created_since(pending, r.p.backend.clock_offset());
     // A listing begun after the interrupted create: once the attempt settled, one listing
     // serves every recovery of that time (issue 11); before that, a fresh one.
     let since = settles_at(pending, r.ctx.client_options.timeout).min(Utc::now());
     let slot = r.ctx.listing_since(r.p, scope, since).await?;
-    let candidates = orphans_of_attempt(
-        slot.lock().await.keys.values().map(|k| &**k),
-        pending,
-        &[st.key_id.as_ref(), delivered.as_ref()],
-    );
-    let candidates = if candidates.is_empty() || super::create::is_provisional(pending) {
-        // A key of the attempt's provisional name can only be the attempt's own: no ApiKey can
-        // be named so (validate), and the attempt id is random.
-        candidates
+    // What the listing says, read under its lock once (no copy of the listing is made).
+    let (candidates, claim_tie, attempts) = {
+        let snap = slot.lock().await;
+        let claim_tie = claimed
+            .as_ref()
+            .and_then(|id| snap.keys.get(id))
+            .map_or(Tie::None, |k| tie(k, pending, &final_name, created_since));
+        let mut keep = held_by(st);
+        keep.extend(claimed.clone().filter(|_| claim_tie != Tie::None));
+        let keep: Vec<Option<&String>> = keep.iter().map(Some).collect();
+        let candidates = orphans_of_attempt(
+            snap.keys.values().map(|k| &**k),
+            pending,
+            created_since,
+            &keep,
+        );
+        let attempts: Vec<(String, Option<String>)> = candidates
+            .iter()
+            .map(|id| {
+                let a = snap.keys.get(id).and_then(|k| k.attempt.clone());
+                (id.clone(), a)
+            })
+            .collect();
+        (candidates, claim_tie, attempts)
+    };
+    // The other ApiKeys' view, read only when a key is tied to the attempt by its name alone.
+    let provable_by_name = !candidates.is_empty() && !super::create::is_provisional(pending);
+    let others = if provable_by_name || claim_tie == Tie::ByName {
+        Some(Others::read(r.ctx, r.ak, r.p.provider_type.as_str()).await?)
     } else {
-        let others = Others::read(r.ctx, r.ak, r.p.provider_type.as_str()).await?;
-        let listed = slot.lock().await.keys.clone();
-        let (mine, spared) = provably_mine(candidates, pending, &others, |id| {
-            listed.get(id).and_then(|k| k.attempt.clone())
-        });
-        for id in spared {
-            r.event(EventType::Warning, Reason::RecoveringCreate, "Recover", format!("left key {id} alone: it has the interrupted attempt's name, but another ApiKey holds it or is creating a key under that name")).await;
+        None
+    };
+    let delivered = claimed
+        .clone()
+        .filter(|id| proves_delivery(id, claim_tie, pending, others.as_ref()));
+    if claimed.is_some() && delivered.is_none() {
+        r.event(EventType::Warning, Reason::RecoveringCreate, "Recover", "the Secret names a key (annotation keysmith.dev/key-id) that the provider's listing does not show this ApiKey's interrupted create made: the annotation is ignored, and no key is taken on the Secret's word".to_string()).await;
+    }
+    let candidates = match &others {
+        // A key of the attempt's provisional name or attempt id can only be the attempt's own:
+        // no ApiKey can be named so (validate), and the attempt id is random.
+        Some(others) if provable_by_name => {
+            let (mine, spared) = provably_mine(candidates, pending, others, |id| {
+                attempts
+                    .iter()
+                    .find(|(k, _)| k == id)
+                    .and_then(|(_, a)| a.clone())
+            });
+            for id in spared {
+                r.event(EventType::Warning, Reason::RecoveringCreate, "Recover", format!("left key {id} alone: it has the interrupted attempt's name, but another ApiKey holds it or is creating a key under that name")).await;
+            }
+            mine
         }
-        mine
+        _ => candidates,
     };
     for id in candidates {
         revoke_quietly(r.ctx, r.p, scope, &id).await?;
@@ -336,7 +467,9 @@ mod tests {
         ];
         let current = "current".to_string();
         let delivered = "delivered".to_string();
-        let mut got = orphans_of_attempt(&keys, &pending, &[Some(&current), Some(&delivered)]);
+        let since = created_since(&pending, None);
+        let mut got =
+            orphans_of_attempt(&keys, &pending, since, &[Some(&current), Some(&delivered)]);
         got.sort();
         assert_eq!(got, ["orphan", "skewed"]);
     }
@@ -417,6 +550,75 @@ mod tests {
             (mine, spared),
             (vec!["tagged".to_string()], vec!["stray".to_string()])
         );
+    }
+
+    fn pending(name: &str, attempt: &str) -> PendingCreate {
+        PendingCreate {
+            name: name.into(),
+            started_at: "2026-06-01T12:00:00Z".into(),
+            attempt: attempt.into(),
+            scope: None,
+        }
+    }
+
+    #[test]
+    fn a_claimed_key_is_tied_to_the_attempt_only_by_the_providers_listing() {
+        let provisional = pending("keysmith-attempt-a1", "a1");
+        let since = created_since(&provisional, None);
+        let at_start = "2026-06-01T12:00:01Z";
+        // Its provisional name or its attempt id prove it, whatever its creation time says.
+        let k = key("k", "keysmith-attempt-a1", "2026-06-01T11:00:00Z", None);
+        assert_eq!(tie(&k, &provisional, "chat", since), Tie::Proven);
+        let k = key("k", "chat", "2026-06-01T11:00:00Z", Some("a1"));
+        assert_eq!(tie(&k, &provisional, "chat", since), Tie::Proven);
+        // Another attempt's id, another attempt's provisional name, another name: not ours.
+        let k = key("k", "chat", at_start, Some("a2"));
+        assert_eq!(tie(&k, &provisional, "chat", since), Tie::None);
+        let k = key("k", "keysmith-attempt-a2", at_start, None);
+        assert_eq!(tie(&k, &provisional, "chat", since), Tie::None);
+        let k = key("k", "victim", at_start, None);
+        assert_eq!(tie(&k, &provisional, "chat", since), Tie::None);
+        // Renamed to the display name: by name only, and only if made since the attempt began.
+        let k = key("k", "chat", at_start, None);
+        assert_eq!(tie(&k, &provisional, "chat", since), Tie::ByName);
+        let k = key("k", "chat", "2026-06-01T11:00:00Z", None);
+        assert_eq!(tie(&k, &provisional, "chat", since), Tie::None);
+        let mut revoked = key("k", "keysmith-attempt-a1", at_start, None);
+        revoked.active = false;
+        assert_eq!(tie(&revoked, &provisional, "chat", since), Tie::None);
+        // A provider that renames nothing (Boltz): the display name is the attempt's name.
+        let named = pending("chat", "a1");
+        let k = key("k", "chat", at_start, None);
+        assert_eq!(tie(&k, &named, "chat", since), Tie::ByName);
+
+        // A tie by name proves delivery only with the other ApiKeys' view, and only for a key
+        // none of them holds while none of them creates under that name.
+        let mut others = Others::default();
+        assert!(!proves_delivery("k", Tie::ByName, &named, None));
+        assert!(proves_delivery("k", Tie::ByName, &named, Some(&others)));
+        others.keys.insert("k".into());
+        assert!(!proves_delivery("k", Tie::ByName, &named, Some(&others)));
+        assert!(!proves_delivery("k", Tie::Proven, &named, Some(&others)));
+        let mut busy = Others::default();
+        busy.pending_names.insert("chat".into());
+        assert!(!proves_delivery("k", Tie::ByName, &named, Some(&busy)));
+        assert!(proves_delivery("k", Tie::Proven, &named, None));
+        assert!(!proves_delivery("k", Tie::None, &named, None));
+    }
+
+    #[test]
+    fn a_provider_clock_minutes_behind_does_not_hide_the_attempts_key() {
+        // The provider's clock is 10 minutes behind ours: its key of the attempt (by name, at a
+        // provider that records no attempt and renames nothing) says 11:50:01.
+        let named = pending("chat", "a1");
+        let k = key("k", "chat", "2026-06-01T11:50:01Z", None);
+        let no_offset = created_since(&named, None);
+        assert_eq!(tie(&k, &named, "chat", no_offset), Tie::None);
+        let behind = created_since(&named, Some(chrono::Duration::minutes(-10)));
+        assert_eq!(tie(&k, &named, "chat", behind), Tie::ByName);
+        let got = orphans_of_attempt([&k], &named, behind, &[]);
+        assert_eq!(got, ["k"]);
+        assert!(orphans_of_attempt([&k], &named, no_offset, &[]).is_empty());
     }
 
     #[test]

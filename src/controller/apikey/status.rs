@@ -22,6 +22,10 @@ pub struct Ready {
     pub reason: Reason,
     pub message: String,
     pub requeue: Duration,
+    /// A key created under its provisional name, to be given its display name once the status
+    /// recording it is written (never before: until then its provisional name is what proves
+    /// it the attempt's own to crash recovery, see `create::rename_after_write`).
+    pub rename: Option<Box<super::create::Rename>>,
 }
 
 impl Ready {
@@ -31,6 +35,7 @@ impl Ready {
             reason: Reason::KeyActive,
             message: active_message(p, st, secret_name),
             requeue: p.refresh_interval,
+            rename: None,
         }
     }
 }
@@ -257,6 +262,7 @@ mod tests {
             reason: Reason::KeyActive,
             message: "live".into(),
             requeue: Duration::from_secs(300),
+            rename: None,
         }
     }
 

@@ -141,6 +141,7 @@ pub fn after_sync(p: &ResolvedProvider, st: &ApiKeyStatus, secret_name: &str) ->
             st.fields_needing_new_key.join(", ")
         ),
         requeue: p.refresh_interval,
+        rename: None,
     }
 }
 
