@@ -492,6 +492,29 @@ fn workflows_pass_actionlint_and_publish_the_charts_image() {
         "release.yml publishes {repo}"
     );
 
+    // Artifact Hub metadata names the same image, and the chart links its changelog
+    let chart: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join("charts/keysmith/Chart.yaml")).unwrap(),
+    )
+    .unwrap();
+    let ann = &chart["annotations"];
+    let images: serde_yaml::Value =
+        serde_yaml::from_str(ann["artifacthub.io/images"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        images[0]["image"].as_str().unwrap(),
+        format!("{repo}:{}", chart["appVersion"].as_str().unwrap())
+    );
+    assert_eq!(ann["artifacthub.io/operator"].as_str(), Some("true"));
+    for key in [
+        "artifacthub.io/changes",
+        "artifacthub.io/links",
+        "artifacthub.io/crds",
+    ] {
+        let list: serde_yaml::Value = serde_yaml::from_str(ann[key].as_str().unwrap()).unwrap();
+        assert!(list.as_sequence().is_some_and(|l| !l.is_empty()), "{key}");
+    }
+    assert!(root().join("CHANGELOG.md").is_file());
+
     let Some(node) = tool("node", &[PathBuf::from("/usr/bin/node")]) else {
         return;
     };
