@@ -3,6 +3,7 @@
 
 mod bifrost;
 mod boltz;
+mod crd_apply;
 mod digitalocean;
 mod harness;
 mod leader;
