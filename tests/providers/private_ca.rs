@@ -1,7 +1,7 @@
 //! The platform's roots are trusted (issue 18 item 5): `SSL_CERT_FILE` naming a private CA lets
-//! the provider clients reach a gateway whose certificate that CA issued. The variable is read once
-//! per process (the first client build), so the check runs in a child process of this test binary with only
-//! that variable added (no test here sets process-wide environment).
+//! the provider clients reach a gateway whose certificate that CA issued. The variable is read
+//! once per process (at the first client build), so the check runs in a child process of this
+//! test binary with only that variable added (no test here sets process-wide environment).
 
 use std::process::Command;
 
