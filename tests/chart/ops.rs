@@ -536,3 +536,73 @@ fn workflows_pass_actionlint_and_publish_the_charts_image() {
     );
     println!("{}", text.trim());
 }
+
+/// `scripts/package-chart.sh` (what the release and the dry run package): version set, the
+/// image repository set and pinned by digest, and the packaged chart renders that image.
+#[test]
+fn the_released_chart_pins_its_image_by_digest() {
+    let Some(helm) = helm() else { return };
+    let dir = tmp_dir("package");
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let out = Command::new("bash")
+        .args([
+            "scripts/package-chart.sh",
+            "9.8.7",
+            "registry.test/ks/keysmith",
+            &digest,
+        ])
+        .arg(&dir)
+        .env("HELM", &helm)
+        .current_dir(root())
+        .output()
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tgz = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(tgz.ends_with("keysmith-9.8.7.tgz"), "{tgz}");
+    let out = Command::new(&helm)
+        .args([
+            "template",
+            "keysmith",
+            &tgz,
+            "--namespace",
+            RELEASE_NAMESPACE,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let objs = parse_stream(&String::from_utf8(out.stdout).unwrap());
+    assert_eq!(
+        container(&objs)["image"],
+        format!("registry.test/ks/keysmith@{digest}")
+    );
+    assert_eq!(
+        one(&objs, "Deployment")["metadata"]["labels"]["app.kubernetes.io/version"],
+        "9.8.7"
+    );
+    let show = Command::new(&helm)
+        .args(["show", "chart", &tgz])
+        .output()
+        .unwrap();
+    let chart = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        chart.contains(&format!("image: registry.test/ks/keysmith@{digest}")),
+        "{chart}"
+    );
+    // a malformed digest is refused, not packaged
+    let bad = Command::new("bash")
+        .args(["scripts/package-chart.sh", "9.8.7", "r/k", "sha256:nothex"])
+        .arg(&dir)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
