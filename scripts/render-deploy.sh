@@ -26,7 +26,7 @@ metadata:
     pod-security.kubernetes.io/enforce: restricted
     pod-security.kubernetes.io/enforce-version: latest
 YAML
-  "$HELM" template keysmith charts/keysmith --namespace keysmith-system --include-crds
+  "$HELM" template keysmith charts/keysmith --namespace keysmith-system --include-crds --skip-tests
 }
 
 if [[ "$out" == "-" ]]; then

@@ -15,6 +15,9 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 scripts/install-tools.sh
+# promtool, checkov and actionlint for the chart and workflow checks (tests/chart.rs), required.
+scripts/install-check-tools.sh promtool checkov actionlint
+export KEYSMITH_REQUIRE_CHECK_TOOLS=1
 # The chart checks (tests/chart.rs) must not skip in this suite: helm was just installed.
 export KEYSMITH_REQUIRE_HELM=1
 export PATH="$PWD/.tools/bin:$PATH"

@@ -35,8 +35,20 @@ enum Command {
         /// default differs from `keysmith run --metrics-addr` (8080), so both run side by side.
         #[arg(long, default_value = "127.0.0.1:8787", global = true)]
         listen: SocketAddr,
+        #[command(flatten)]
+        tls: keysmith::emulators::TlsArgs,
         #[command(subcommand)]
         provider: keysmith::emulators::EmulateCommand,
+    },
+    /// GET each URL and fail unless it answers 2xx (and, for `URL=TEXT`, its body contains
+    /// TEXT): the chart's `helm test` hook, from the operator's own image (no shell, no curl).
+    Probe {
+        /// `http://host:port/path`, optionally `=TEXT` the body must contain.
+        #[arg(required = true)]
+        urls: Vec<String>,
+        /// Per-request timeout.
+        #[arg(long, default_value = "10s", value_parser = parse_timeout)]
+        timeout: std::time::Duration,
     },
     /// Print the Secret (value redacted) and the provider calls an ApiKey would cause, without a cluster.
     Render(keysmith::render::RenderArgs),
@@ -91,7 +103,57 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Emulate { listen, provider } => keysmith::emulators::run(listen, provider).await,
+        Command::Emulate {
+            listen,
+            tls,
+            provider,
+        } => keysmith::emulators::run(listen, tls, provider).await,
         Command::Render(args) => keysmith::render::run(args),
+        Command::Probe { urls, timeout } => probe(&urls, timeout).await,
     }
+}
+
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    keysmith::providers::parse_duration(s)
+}
+
+/// `keysmith probe`: every URL answers 2xx (and holds its expected text).
+async fn probe(urls: &[String], timeout: std::time::Duration) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    for spec in urls {
+        let (url, needle) = match spec.split_once('=') {
+            Some((u, n)) if !u.contains('?') => (u, Some(n)),
+            _ => (spec.as_str(), None),
+        };
+        let mut resp = client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("GET {url}: {e}"))?;
+        let status = resp.status();
+        // bounded: a probe reads the first MiB at most
+        let mut bytes = Vec::new();
+        while bytes.len() < 1 << 20 {
+            match resp.chunk().await {
+                Ok(Some(c)) => bytes.extend_from_slice(&c),
+                _ => break,
+            }
+        }
+        let body = String::from_utf8_lossy(&bytes);
+        anyhow::ensure!(status.is_success(), "GET {url}: {status}");
+        if let Some(n) = needle {
+            anyhow::ensure!(
+                body.contains(n),
+                "GET {url}: {status}, but no {n:?} in the body"
+            );
+        }
+        println!(
+            "GET {url}: {status}{}",
+            needle.map(|n| format!(", holds {n:?}")).unwrap_or_default()
+        );
+    }
+    Ok(())
 }

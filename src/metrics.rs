@@ -292,6 +292,17 @@ pub struct Metrics {
     /// 1 while this replica leads (always, without leader election), else 0.
     pub leader: Gauge,
     rotation_tracked: Mutex<Tracker<RotationTrack>>,
+    /// Always 1; the labels say which build this is.
+    pub build_info: Family<BuildInfoLabels, Gauge>,
+}
+
+/// `keysmith_build_info` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildInfoLabels {
+    pub version: String,
+    /// The git commit the release was built from (`KEYSMITH_GIT_COMMIT` at build time), else
+    /// `unknown`.
+    pub revision: String,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -327,8 +338,22 @@ impl Metrics {
             next_rotation: Family::default(),
             leader: Gauge::default(),
             rotation_tracked: Mutex::new(Default::default()),
+            build_info: Family::default(),
             registry: Registry::default(),
         };
+        m.build_info
+            .get_or_create(&BuildInfoLabels {
+                version: env!("CARGO_PKG_VERSION").into(),
+                revision: option_env!("KEYSMITH_GIT_COMMIT")
+                    .unwrap_or("unknown")
+                    .into(),
+            })
+            .set(1);
+        m.registry.register(
+            "keysmith_build_info",
+            "Build of this keysmith (always 1; the labels carry the version and git revision)",
+            m.build_info.clone(),
+        );
         m.provider.register(&mut m.registry);
         m.registry.register(
             "controller_runtime_reconcile",
@@ -449,6 +474,22 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leader_and_build_info_gauges_are_exported() {
+        let m = Metrics::new();
+        let text = m.encode();
+        assert!(text.contains("keysmith_leader 0\n"), "{text}");
+        let info = format!(
+            "keysmith_build_info{{version=\"{}\",revision=\"",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&info), "{text}");
+        m.leader.set(1);
+        assert!(m.encode().contains("keysmith_leader 1\n"));
+        m.leader.set(0);
+        assert!(m.encode().contains("keysmith_leader 0\n"));
+    }
 
     #[test]
     fn a_tally_follows_objects_in_and_out() {

@@ -188,6 +188,7 @@ fn expected_namespaced_grants(rollout_restart: bool) -> Grants {
     );
     add("keysmith.dev", "keyproviders/status", &["patch"]);
     add("", "secrets", &["get", "list", "watch", "create", "patch"]);
+    add("", "configmaps", &["get"]);
     add("events.k8s.io", "events", &["create", "patch"]);
     if rollout_restart {
         for r in ["deployments", "statefulsets", "daemonsets"] {
@@ -310,7 +311,7 @@ fn chart_app_version() -> String {
 fn assert_valid_kubernetes_objects(objs: &[Value]) {
     use k8s_openapi::api::{
         apps::v1::Deployment,
-        core::v1::{Namespace, Service, ServiceAccount},
+        core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount},
         networking::v1::NetworkPolicy,
         policy::v1::PodDisruptionBudget,
         rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
@@ -335,8 +336,10 @@ fn assert_valid_kubernetes_objects(objs: &[Value]) {
             "Role" => round_trip::<Role>(o),
             "RoleBinding" => round_trip::<RoleBinding>(o),
             "CustomResourceDefinition" => round_trip::<CustomResourceDefinition>(o),
+            "Pod" => round_trip::<Pod>(o),
+            "ConfigMap" => round_trip::<ConfigMap>(o),
             // monitoring.coreos.com types are not in k8s-openapi; checked by hand in the tests
-            "ServiceMonitor" => continue,
+            "ServiceMonitor" | "PrometheusRule" => continue,
             other => panic!("unexpected kind {other} rendered"),
         };
         assert_eq!(
@@ -477,6 +480,8 @@ fn default_values_render_cluster_mode_ha() {
             "ClusterRole",
             "ClusterRoleBinding",
             "Deployment",
+            // the `helm test` hook
+            "Pod",
             "PodDisruptionBudget",
             "Role",
             "RoleBinding",
@@ -714,10 +719,13 @@ fn namespace_mode_with_cluster_providers() {
     assert_eq!(creds["metadata"]["namespace"], RELEASE_NAMESPACE);
     assert_eq!(
         grants(creds),
-        Grants::from([(
-            ("".into(), "secrets".into()),
-            verbs(&["get", "list", "watch", "patch"])
-        )])
+        Grants::from([
+            (
+                ("".into(), "secrets".into()),
+                verbs(&["get", "list", "watch", "patch"])
+            ),
+            (("".into(), "configmaps".into()), verbs(&["get"])),
+        ])
     );
     // not needed when the release namespace is itself watched
     let objs = render(
@@ -1265,3 +1273,6 @@ fn rendered_rbac_covers_what_the_controller_uses() {
         }
     }
 }
+
+#[path = "chart/ops.rs"]
+mod ops;

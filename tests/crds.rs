@@ -373,3 +373,108 @@ fn rollout_restart_target_rules() {
         json!(253)
     );
 }
+
+/// Every `format` in the CRDs is one the API server knows (k8s.io/apiextensions-apiserver
+/// `validation/formats.go`): an unknown one (e.g. schemars' `uint32`) makes every
+/// `kubectl apply` / `helm install` print `Warning: unrecognized format`. Integers carry an
+/// explicit int32/int64 and, when the Rust type is unsigned, a `minimum`.
+#[test]
+fn crds_use_only_formats_kubernetes_knows() {
+    const KNOWN: &[&str] = &[
+        "bsonobjectid",
+        "uri",
+        "email",
+        "hostname",
+        "ipv4",
+        "ipv6",
+        "cidr",
+        "mac",
+        "uuid",
+        "uuid3",
+        "uuid4",
+        "uuid5",
+        "isbn",
+        "isbn10",
+        "isbn13",
+        "creditcard",
+        "ssn",
+        "hexcolor",
+        "rgbcolor",
+        "byte",
+        "password",
+        "date",
+        "duration",
+        "datetime",
+        "date-time",
+        "int32",
+        "int64",
+        "float",
+        "double",
+    ];
+    fn walk(path: &str, v: &Value, bad: &mut Vec<String>, ints: &mut usize) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(f)) = m.get("format") {
+                    if !KNOWN.contains(&f.as_str()) {
+                        bad.push(format!("{path}: format {f:?}"));
+                    }
+                    if f == "int32" || f == "int64" {
+                        *ints += 1;
+                    }
+                }
+                for (k, c) in m {
+                    walk(&format!("{path}.{k}"), c, bad, ints);
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|c| walk(path, c, bad, ints)),
+            _ => {}
+        }
+    }
+    let mut bad = Vec::new();
+    let mut ints = 0;
+    for crd in keysmith::api::crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        walk(
+            &name,
+            &serde_json::to_value(&crd).unwrap(),
+            &mut bad,
+            &mut ints,
+        );
+    }
+    assert!(ints > 0, "the walk reached the schemas");
+    assert!(bad.is_empty(), "formats Kubernetes does not know: {bad:#?}");
+
+    // the two fields that used to be `uint32` keep their bounds
+    let burst = &schema_of("KeyProvider")["properties"]["spec"]["properties"]["rateLimit"]
+        ["properties"]["burst"];
+    assert_eq!(burst["format"], "int32");
+    assert_eq!(burst["minimum"].as_f64(), Some(1.0));
+    assert_eq!(burst["maximum"].as_f64(), Some(10000.0));
+    let failures = &schema_of("ApiKey")["properties"]["status"]["properties"]["createBackoff"]
+        ["properties"]["failures"];
+    assert_eq!(failures["format"], "int64");
+    assert_eq!(failures["minimum"].as_f64(), Some(0.0));
+    assert_eq!(failures["maximum"].as_f64(), Some(u32::MAX as f64));
+}
+
+#[test]
+fn a_ca_bundle_names_exactly_one_source() {
+    let with = |bundle: Value| {
+        let spec = json!({"openrouter": openrouter(), "caBundle": bundle});
+        check("KeyProvider", provider("KeyProvider", spec), None)
+    };
+    assert!(with(json!({"configMapRef": {"name": "ca", "key": "ca.crt"}})).is_ok());
+    assert!(with(json!({"secretRef": {"name": "ca", "key": "ca.crt"}})).is_ok());
+    for bad in [
+        json!({}),
+        json!({"configMapRef": {"name": "ca", "key": "ca.crt"}, "secretRef": {"name": "ca", "key": "ca.crt"}}),
+    ] {
+        assert!(
+            with(bad.clone())
+                .unwrap_err()
+                .iter()
+                .any(|m| m.contains("exactly one of secretRef and configMapRef")),
+            "{bad}"
+        );
+    }
+}

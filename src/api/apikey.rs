@@ -651,6 +651,8 @@ pub struct ApiKeyStatus {
 #[serde(rename_all = "camelCase")]
 pub struct CreateBackoff {
     /// Failed creates in a row.
+    // Kubernetes knows only int32/int64 formats: a u32 is an int64 bounded to its range.
+    #[schemars(range(min = 0, max = 4294967295u32), extend("format" = "int64"))]
     pub failures: u32,
     /// No create before this time (RFC 3339).
     pub not_before: String,

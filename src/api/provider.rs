@@ -71,6 +71,50 @@ pub struct KeyProviderSpec {
     /// A key another ApiKey manages is never adopted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adoption: Option<AdoptionPolicy>,
+    /// Extra CA certificates (PEM) trusted for this provider's base URL, e.g. a self-hosted
+    /// gateway behind a private CA. Added to the platform's roots (the image's CA bundle,
+    /// `SSL_CERT_FILE`/`SSL_CERT_DIR`) and the built-in Mozilla roots, never replacing them.
+    /// Read from the provider object's namespace (a ClusterKeyProvider: the namespace the
+    /// reference names, default the operator's), like credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<CaBundle>,
+}
+
+/// Where the PEM CA certificates of a provider object are: exactly one of a Secret key or a
+/// ConfigMap key (at most 1 MiB, at most 1000 certificates).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.secretRef) != has(self.configMapRef)").message("caBundle needs exactly one of secretRef and configMapRef"))]
+#[serde(rename_all = "camelCase")]
+pub struct CaBundle {
+    /// A Secret key holding PEM certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeySelector>,
+    /// A ConfigMap key holding PEM certificates (e.g. one trust-manager writes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_ref: Option<ConfigMapKeySelector>,
+}
+
+/// A key of a ConfigMap.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapKeySelector {
+    /// Name of the ConfigMap (a DNS-1123 subdomain).
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub name: String,
+    /// Key within the ConfigMap's data.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+    /// Namespace of the ConfigMap. Only for a ClusterKeyProvider (default: the operator's
+    /// namespace); a namespaced KeyProvider always reads its own namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub namespace: Option<String>,
 }
 
 /// Who may adopt existing keys of a provider account.
@@ -294,7 +338,8 @@ pub struct RateLimit {
     /// Largest burst above the sustained rate, from 1 to 10000. Default: max(1,
     /// requestsPerSecond).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 10000))]
+    // Kubernetes knows only int32/int64 (a `uint32` format is warned about on every apply).
+    #[schemars(range(min = 1, max = 10000), extend("format" = "int32"))]
     pub burst: Option<u32>,
 }
 

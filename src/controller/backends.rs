@@ -11,7 +11,7 @@ use kube::api::Api;
 use kube::ResourceExt;
 
 use super::context::Context;
-use super::credentials::read_credentials;
+use super::credentials::{read_ca_bundle, read_credentials};
 use super::reasons::Reason;
 use crate::api::{
     ApiKey, ClusterKeyProvider, KeyProvider, KeyProviderSpec, ProviderKind, ProviderType,
@@ -260,20 +260,25 @@ impl Context {
                 return Ok(resolved(entry.backend.clone()));
             }
         }
-        let read = read_credentials(self, &id, config.credential_refs(), namespace).await?;
+        let mut read = read_credentials(self, &id, config.credential_refs(), namespace).await?;
+        let mut options = self.client_options.clone();
+        if let Some(bundle) = &spec.ca_bundle {
+            let (roots, version) = read_ca_bundle(self, &id, bundle, namespace).await?;
+            options.extra_roots = roots;
+            read.versions.push(version);
+        }
         if let Some(entry) = &cached {
             if entry.generation == generation && entry.secret_versions == read.versions {
                 *entry.checked.lock().unwrap() = Instant::now();
                 return Ok(resolved(entry.backend.clone()));
             }
         }
-        let mut opts = self.client_options.clone();
         if namespace.is_some() {
             // A tenant's KeyProvider: the admin's network policy (ClusterKeyProviders are the
             // admin's own).
-            opts.network = self.namespaced_network;
+            options.network = self.namespaced_network;
         }
-        let backend = providers::build_backend(spec, read.credentials, opts)
+        let backend = providers::build_backend(spec, read.credentials, options)
             .map_err(|e| ResolveError::InvalidProvider(format!("{id}: {e}")))?;
         let entry = Arc::new(BackendEntry {
             generation,

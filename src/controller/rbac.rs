@@ -53,6 +53,8 @@ pub const PERMISSIONS: &[Permission] = &[
     // are read; labelled ones watched. Never deleted (a Secret whose type must change is left
     // to the user; keysmith's own go with their ApiKey by garbage collection).
     p("", "secrets", &["get", "list", "watch", "create", "patch"]),
+    // A provider object's spec.caBundle may be a ConfigMap key: read when its backend is built.
+    p("", "configmaps", &["get"]),
     // ClusterKeyProvider namespaceSelector: namespace labels, watched (metadata only).
     p("", "namespaces", &["get", "list", "watch"]),
     p("events.k8s.io", "events", &["create", "patch"]),

@@ -18,6 +18,7 @@ pub mod bifrost;
 pub mod boltz;
 pub mod digitalocean;
 pub mod openrouter;
+pub mod tls;
 pub mod ucloud;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -351,12 +352,18 @@ pub struct RunningEmulator {
     pub addr: SocketAddr,
     pub faults: Arc<Faults>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    tls: bool,
 }
 
 impl RunningEmulator {
-    /// `http://127.0.0.1:PORT` (append the provider's path prefix as needed).
+    /// `http://127.0.0.1:PORT` (`https://localhost:PORT` when served over TLS; append the
+    /// provider's path prefix as needed).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.tls {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
     }
 }
 
@@ -366,6 +373,35 @@ impl Drop for RunningEmulator {
             let _ = tx.send(());
         }
     }
+}
+
+/// Serve `router` over HTTPS with `tls` on an ephemeral loopback port in the background.
+pub async fn spawn_tls(
+    router: Router,
+    faults: Arc<Faults>,
+    tls: Arc<rustls::ServerConfig>,
+) -> std::io::Result<RunningEmulator> {
+    use axum::serve::ListenerExt;
+    let listener = tls::TlsListener::new(tokio::net::TcpListener::bind("127.0.0.1:0").await?, tls)?;
+    let addr = axum::serve::Listener::local_addr(&listener)?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let app = with_faults(router, faults.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(
+            listener.tap_io(|_| ()),
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = rx.await;
+        })
+        .await;
+    });
+    Ok(RunningEmulator {
+        addr,
+        faults,
+        shutdown: Some(tx),
+        tls: true,
+    })
 }
 
 /// Serve `router` on an ephemeral loopback port in the background.
@@ -388,6 +424,7 @@ pub async fn spawn(router: Router, faults: Arc<Faults>) -> std::io::Result<Runni
         addr,
         faults,
         shutdown: Some(tx),
+        tls: false,
     })
 }
 
@@ -408,23 +445,56 @@ pub async fn serve(
     faults: Arc<Faults>,
     listen: SocketAddr,
     provider: &str,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> anyhow::Result<()> {
+    use axum::serve::ListenerExt;
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     // The one line scripts wait for; it names the address actually bound (port 0 works).
-    println!("keysmith emulator for {provider} listening on http://{addr}");
-    tracing::info!(%addr, provider, "emulator listening");
+    println!("keysmith emulator for {provider} listening on {scheme}://{addr}");
+    tracing::info!(%addr, provider, scheme, "emulator listening");
     if let Some(w) = off_loopback_warning(addr) {
         eprintln!("{w}");
         tracing::warn!(%addr, provider, "{w}");
     }
-    axum::serve(
-        listener,
-        with_faults(router, faults).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(crate::shutdown_signal())
-    .await?;
+    let app = with_faults(router, faults).into_make_service_with_connect_info::<SocketAddr>();
+    match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(crate::shutdown_signal())
+                .await?
+        }
+        Some(config) => {
+            axum::serve(tls::TlsListener::new(listener, config)?.tap_io(|_| ()), app)
+                .with_graceful_shutdown(crate::shutdown_signal())
+                .await?
+        }
+    }
     Ok(())
+}
+
+/// `keysmith emulate --tls-cert/--tls-key`: serve HTTPS with this PEM chain and key.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// PEM certificate chain to serve HTTPS with (needs --tls-key); default plain HTTP.
+    #[arg(long, value_name = "FILE", global = true, requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", global = true, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    fn config(&self) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => Ok(Some(tls::server_config(
+                &std::fs::read(c)?,
+                &std::fs::read(k)?,
+            )?)),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// Which emulator to run, with its flags.
@@ -446,27 +516,28 @@ pub enum EmulateCommand {
 }
 
 /// Run the chosen emulator until stopped.
-pub async fn run(listen: SocketAddr, cmd: EmulateCommand) -> anyhow::Result<()> {
+pub async fn run(listen: SocketAddr, tls: TlsArgs, cmd: EmulateCommand) -> anyhow::Result<()> {
+    let tls = tls.config()?;
     match cmd {
         EmulateCommand::OpenRouter(a) => {
             let (router, faults) = openrouter::build(&a);
-            serve(router, faults, listen, "openrouter").await
+            serve(router, faults, listen, "openrouter", tls).await
         }
         EmulateCommand::Boltz(a) => {
             let (router, faults) = boltz::build(&a);
-            serve(router, faults, listen, "boltz").await
+            serve(router, faults, listen, "boltz", tls).await
         }
         EmulateCommand::UCloud(a) => {
             let (router, faults) = ucloud::build(&a);
-            serve(router, faults, listen, "ucloud").await
+            serve(router, faults, listen, "ucloud", tls).await
         }
         EmulateCommand::DigitalOcean(a) => {
             let (router, faults) = digitalocean::build(&a);
-            serve(router, faults, listen, "digitalocean").await
+            serve(router, faults, listen, "digitalocean", tls).await
         }
         EmulateCommand::Bifrost(a) => {
             let (router, faults) = bifrost::build(&a);
-            serve(router, faults, listen, "bifrost").await
+            serve(router, faults, listen, "bifrost", tls).await
         }
     }
 }

@@ -677,6 +677,9 @@ pub struct ClientOptions {
     /// Longest wait for the client-side token bucket or an in-flight slot; beyond it the call
     /// fails with `RateLimited` (nothing was sent) and the reconcile is requeued.
     pub max_wait: Duration,
+    /// CA certificates trusted in addition to the platform's and the built-in roots (the
+    /// provider object's `caBundle`).
+    pub extra_roots: Vec<reqwest::Certificate>,
     /// Checked right before each request that writes (any method but GET/HEAD/OPTIONS) is
     /// sent, every attempt: closed, the request is not sent (the leader Lease's fencing).
     pub write_gate: Option<WriteGate>,
@@ -718,6 +721,7 @@ impl Default for ClientOptions {
             metrics: None,
             max_in_flight: 4,
             max_wait: Duration::from_secs(10),
+            extra_roots: Vec::new(),
             write_gate: None,
             network: egress::NetworkPolicy::OPEN,
         }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::ByteString;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -314,6 +314,13 @@ impl Env {
                     .create(&pp, &s)
                     .await
                     .expect("Secret created");
+            }
+            "ConfigMap" => {
+                let c: ConfigMap = serde_json::from_value(o).expect("a ConfigMap");
+                Api::<ConfigMap>::namespaced(self.client.clone(), &ns.expect("namespace"))
+                    .create(&pp, &c)
+                    .await
+                    .expect("ConfigMap created");
             }
             "ClusterKeyProvider" => {
                 let mut p: ClusterKeyProvider =

@@ -3,12 +3,14 @@
 
 mod bifrost;
 mod boltz;
+mod crd_apply;
 mod digitalocean;
 mod fairness;
 mod harness;
 mod inuse;
 mod leader;
 mod openrouter;
+mod private_ca;
 mod regenerate;
 mod rollout;
 mod rotation;

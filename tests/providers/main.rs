@@ -8,4 +8,5 @@ mod digitalocean;
 mod fuzz;
 mod openapi;
 mod openrouter;
+mod private_ca;
 mod ucloud;
