@@ -237,6 +237,28 @@ async fn status_tree_and_read_commands() {
     )
     .await;
 
+    // The Deployment controller creates the pods (Pending: no node).
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let mut tries = 0;
+    loop {
+        let api = deps.get("api").await.unwrap();
+        let unrelated = deps.get("unrelated").await.unwrap();
+        let replicas = |d: &Deployment| d.status.as_ref().and_then(|s| s.replicas);
+        let api_pods = pods
+            .list(&kube::api::ListParams::default().labels("app=api"))
+            .await
+            .unwrap()
+            .items
+            .len();
+        if replicas(&api) == Some(2) && replicas(&unrelated) == Some(1) && api_pods == 2 {
+            break;
+        }
+        tries += 1;
+        assert!(tries < 120, "the Deployment controller created no pods");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     // status: the tree of `chat`.
     let (code, out, _) = run(&kc, &["status", "chat", "-n", &ns]);
     assert_eq!(code, 1, "problems found: exit 1");
@@ -247,25 +269,27 @@ async fn status_tree_and_read_commands() {
         "{out}"
     );
     assert!(
-        out.contains("Deployment/api  0/2 ready  (env OPENROUTER_API_KEY)  [restart target]"),
-        "{out}"
-    );
-    assert!(
-        out.contains("Deployment/idle  0/0 ready  (volume key)  ! not a restart target"),
-        "scaled to 0 still uses it: {out}"
-    );
-    assert!(
         out.contains(
-            "Deployment/unrelated  0/1 ready  [restart target]  ✗ does not use Secret chat-key"
+            "Deployment/api  0/2 ready, 2 pods  (env OPENROUTER_API_KEY)  [restart target]"
         ),
         "{out}"
     );
     assert!(
-        out.contains("CronJob/nightly  0/0 ready  (envFrom)"),
+        out.contains("Deployment/idle  0/0 ready, 0 pods  (volume key)  ! not a restart target"),
+        "scaled to 0 still uses it: {out}"
+    );
+    assert!(
+        out.contains(
+            "Deployment/unrelated  0/1 ready, 1 pod  [restart target]  ✗ does not use Secret chat-key"
+        ),
         "{out}"
     );
     assert!(
-        out.contains("Pod/debug  0/1 ready  (volume k (projected))"),
+        out.contains("CronJob/nightly  0/0 ready, 0 pods  (envFrom)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Pod/debug  0/1 ready, 1 pod  (volume k (projected))"),
         "bare pod: {out}"
     );
     assert!(
@@ -500,7 +524,7 @@ async fn revoke_now_and_rotate_wait_with_the_operator() {
     let (code, out, _) = run(&kc, &["status", "leaky", "-n", &c.ns]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("Deployment/web  0/0 ready  (env KEY)  [restart target]"),
+        out.contains("Deployment/web  0/0 ready, 0 pods  (env KEY)  [restart target]"),
         "{out}"
     );
 

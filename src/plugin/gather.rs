@@ -161,6 +161,8 @@ pub struct WorkloadInfo {
     pub uses: Vec<String>,
     pub ready: i64,
     pub desired: i64,
+    /// Pods that exist (created by its controller), ready or not.
+    pub pods: i64,
     pub restart_target: bool,
     /// Restart target that does not exist.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -234,10 +236,13 @@ pub struct KeyReport {
     pub notes: Vec<String>,
 }
 
+/// kind, name, pod template, ready, desired, pods that exist.
+type Item = (String, String, Option<PodSpec>, i64, i64, i64);
+
 /// Workloads of one namespace, listed once.
 #[derive(Default)]
 pub struct Workloads {
-    items: Vec<(String, String, Option<PodSpec>, i64, i64)>,
+    items: Vec<Item>,
     pub unreadable: Vec<String>,
 }
 
@@ -276,8 +281,16 @@ impl Workloads {
                 .as_ref()
                 .and_then(|s| s.ready_replicas)
                 .unwrap_or(0) as i64;
+            let pods = d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0) as i64;
             let spec = d.spec.as_ref().and_then(|s| s.template.spec.clone());
-            Some(("Deployment".to_string(), d.name_any(), spec, ready, desired))
+            Some((
+                "Deployment".to_string(),
+                d.name_any(),
+                spec,
+                ready,
+                desired,
+                pods,
+            ))
         });
         each!(StatefulSet, "statefulsets.apps", |d| {
             let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1) as i64;
@@ -286,6 +299,7 @@ impl Workloads {
                 .as_ref()
                 .and_then(|s| s.ready_replicas)
                 .unwrap_or(0) as i64;
+            let pods = d.status.as_ref().map(|s| s.replicas).unwrap_or(0) as i64;
             let spec = d.spec.as_ref().and_then(|s| s.template.spec.clone());
             Some((
                 "StatefulSet".to_string(),
@@ -293,14 +307,23 @@ impl Workloads {
                 spec,
                 ready,
                 desired,
+                pods,
             ))
         });
         each!(DaemonSet, "daemonsets.apps", |d| {
             let st = d.status.as_ref();
             let desired = st.map(|s| s.desired_number_scheduled).unwrap_or(0) as i64;
             let ready = st.map(|s| s.number_ready).unwrap_or(0) as i64;
+            let pods = st.map(|s| s.current_number_scheduled).unwrap_or(0) as i64;
             let spec = d.spec.as_ref().and_then(|s| s.template.spec.clone());
-            Some(("DaemonSet".to_string(), d.name_any(), spec, ready, desired))
+            Some((
+                "DaemonSet".to_string(),
+                d.name_any(),
+                spec,
+                ready,
+                desired,
+                pods,
+            ))
         });
         each!(Job, "jobs.batch", |j| {
             // Jobs of a CronJob are reported through the CronJob.
@@ -313,8 +336,9 @@ impl Workloads {
             } else {
                 let desired = j.spec.as_ref().and_then(|s| s.parallelism).unwrap_or(1) as i64;
                 let ready = j.status.as_ref().and_then(|s| s.ready).unwrap_or(0) as i64;
+                let pods = j.status.as_ref().and_then(|s| s.active).unwrap_or(0) as i64;
                 let spec = j.spec.as_ref().and_then(|s| s.template.spec.clone());
-                Some(("Job".to_string(), j.name_any(), spec, ready, desired))
+                Some(("Job".to_string(), j.name_any(), spec, ready, desired, pods))
             }
         });
         each!(CronJob, "cronjobs.batch", |c| {
@@ -335,6 +359,7 @@ impl Workloads {
                 spec,
                 active,
                 if suspended { 0 } else { active },
+                active,
             ))
         });
         each!(Pod, "pods", |p| {
@@ -356,6 +381,7 @@ impl Workloads {
                     p.spec.clone(),
                     i64::from(ready),
                     1,
+                    1,
                 ))
             }
         });
@@ -366,7 +392,7 @@ impl Workloads {
     /// not use it or do not exist).
     pub fn for_secret(&self, secret: &str, targets: &[(String, String)]) -> Vec<WorkloadInfo> {
         let mut out = Vec::new();
-        for (kind, name, spec, ready, desired) in &self.items {
+        for (kind, name, spec, ready, desired, pods) in &self.items {
             let uses = spec.as_ref().map(|s| uses(s, secret)).unwrap_or_default();
             let restart_target = targets.iter().any(|(k, n)| k == kind && n == name);
             if uses.is_empty() && !restart_target {
@@ -378,6 +404,7 @@ impl Workloads {
                 uses,
                 ready: *ready,
                 desired: *desired,
+                pods: *pods,
                 restart_target,
                 missing: false,
                 restartable: matches!(kind.as_str(), "Deployment" | "StatefulSet" | "DaemonSet"),

@@ -86,7 +86,14 @@ fn workload_line(w: &WorkloadInfo, secret: &str, style: &Style) -> String {
         let _ = write!(line, "  {}", style.red("✗ restart target does not exist"));
         return line;
     }
-    let _ = write!(line, "  {}/{} ready", w.ready, w.desired);
+    let _ = write!(
+        line,
+        "  {}/{} ready, {} pod{}",
+        w.ready,
+        w.desired,
+        w.pods,
+        if w.pods == 1 { "" } else { "s" }
+    );
     if !w.uses.is_empty() {
         let _ = write!(line, "  ({})", w.uses.join(", "));
     }
@@ -415,11 +422,12 @@ pub fn who_uses(doc: &WhoUses, _style: &Style) -> String {
                 w.kind.clone(),
                 w.name.clone(),
                 format!("{}/{}", w.ready, w.desired),
+                w.pods.to_string(),
                 w.uses.join(", "),
             ]
         })
         .collect();
-    o.push_str(&table(&["KIND", "NAME", "READY", "HOW"], &rows));
+    o.push_str(&table(&["KIND", "NAME", "READY", "PODS", "HOW"], &rows));
     o
 }
 
