@@ -107,8 +107,9 @@ pub enum Command {
         /// Find the ApiKey(s) whose status.keyHint, status.keyID or Secret key-id matches.
         #[arg(long)]
         key_hint: Option<String>,
-        /// How long to wait for the old key to be revoked.
-        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        /// How long to wait for the old key to be revoked (a restart target whose rollout does
+        /// not complete holds the revocation up to 10m).
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         timeout: Duration,
         /// Leave spec.rotation.gracePeriod at 0s afterwards.
         #[arg(long)]

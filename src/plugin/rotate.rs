@@ -399,9 +399,13 @@ pub async fn revoke_now(
         table,
     )
     .await;
-    // Put the grace period back.
+    // Put the grace period back, once the old key is gone: restored earlier, a rotation that is
+    // still under way would give the leaked key the old grace period again.
     if !keep_zero_grace {
-        for (p, _) in &items {
+        for (p, _) in items
+            .iter()
+            .filter(|(p, _)| matches!(p.stage, Stage::OldKeyRevoked | Stage::Ignored))
+        {
             let api: Api<ApiKey> = Api::namespaced(client.clone(), &p.namespace);
             let g: Value = match &p.grace_period {
                 Some(g) => json!(g),
@@ -451,7 +455,9 @@ pub async fn revoke_now(
             if !p.restarted.is_empty() {
                 println!("    restarted: {}", p.restarted.join(", "));
             }
-            if !keep_zero_grace {
+            if !matches!(p.stage, Stage::OldKeyRevoked | Stage::Ignored) {
+                println!("    spec.rotation.gracePeriod left at 0s (the rotation is not through)");
+            } else if !keep_zero_grace {
                 println!(
                     "    spec.rotation.gracePeriod restored to {}",
                     p.grace_period.as_deref().unwrap_or("(unset: default 1h)")
