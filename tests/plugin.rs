@@ -22,7 +22,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::Client;
+use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
 
 use cluster::control_plane;
@@ -233,7 +233,8 @@ async fn status_tree_and_read_commands() {
         &ns,
         "broken",
         json!({"providerRef": {"kind": "ClusterKeyProvider", "name": "nope"}}),
-        json!({"conditions": [ready("False", "ProviderRefNotFound", "ClusterKeyProvider nope does not exist")]}),
+        // A terminal escape in a message (a provider's text can carry anything): never printed raw.
+        json!({"conditions": [ready("False", "ProviderRefNotFound", "ClusterKeyProvider nope does not exist\u{1b}[2J")]}),
     )
     .await;
 
@@ -339,6 +340,10 @@ async fn status_tree_and_read_commands() {
     assert!(
         out.contains("✗ Ready=False ProviderRefNotFound (since 20"),
         "{out}"
+    );
+    assert!(
+        out.contains("nope does not exist?[2J"),
+        "control characters replaced: {out}"
     );
     assert!(
         out.contains("→ create the provider object, or fix spec.providerRef"),
@@ -455,6 +460,41 @@ async fn status_tree_and_read_commands() {
         out.contains(&format!("ClusterKeyProvider/{ckp_name}   15.50")),
         "{out}"
     );
+
+    // Across namespaces, by provider object.
+    let (_, out, _) = run(
+        &kc,
+        &["status", "-A", "--provider", &ckp_name, "-o", "json"],
+    );
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = doc
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["chat", "healthy"]);
+
+    // rotate by label selector: only the labelled ApiKey gets the annotation.
+    let aks: Api<ApiKey> = Api::namespaced(client.clone(), &ns);
+    aks.patch(
+        "broken",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"labels": {"team": "pay"}}})),
+    )
+    .await
+    .unwrap();
+    let (code, out, _) = run(&kc, &["rotate", "-n", &ns, "-l", "team=pay"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&format!(
+            "apikey {ns}/broken annotated keysmith.dev/rotate="
+        )) && !out.contains("chat"),
+        "{out}"
+    );
+    let rotated = |ak: &ApiKey| ak.annotations().contains_key("keysmith.dev/rotate");
+    assert!(rotated(&aks.get("broken").await.unwrap()));
+    assert!(!rotated(&aks.get("chat").await.unwrap()));
 
     // rotate: refuses without a selection; sets the annotation (and --grace the grace period).
     let (code, _, err) = run(&kc, &["rotate", "-n", &ns]);

@@ -24,13 +24,22 @@ use super::PluginError;
 /// still bounded here).
 const MAX_TEXT: usize = 300;
 
+/// `s` cut to [`MAX_TEXT`] characters, control characters (terminal escapes a Secret annotation
+/// or a provider message could carry) replaced by `?`.
 pub fn bounded(s: &str) -> String {
-    if s.chars().count() <= MAX_TEXT {
-        return s.to_string();
+    let mut out: String = s
+        .chars()
+        .take(MAX_TEXT)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if s.chars().nth(MAX_TEXT).is_some() {
+        out.push('…');
     }
-    let mut out: String = s.chars().take(MAX_TEXT).collect();
-    out.push('…');
     out
+}
+
+fn bounded_opt(s: Option<&String>) -> Option<String> {
+    s.map(|s| bounded(s))
 }
 
 /// Which ApiKeys a command is about.
@@ -616,8 +625,8 @@ pub async fn reports(client: &Client, keys: &[ApiKey]) -> Vec<KeyReport> {
         let live = ready.is_some_and(|c| c.status == "True");
         let key = KeyInfo {
             live,
-            key_id: st.key_id.clone(),
-            key_hint: st.key_hint.clone(),
+            key_id: bounded_opt(st.key_id.as_ref()),
+            key_hint: bounded_opt(st.key_hint.as_ref()),
             created_at: st.created_at.clone(),
             expires_at: st.expires_at.clone(),
             last_used_at: st.last_used_at.clone(),
@@ -664,7 +673,7 @@ pub async fn reports(client: &Client, keys: &[ApiKey]) -> Vec<KeyReport> {
             .map(|c| ConditionInfo {
                 type_: c.type_.clone(),
                 status: c.status.clone(),
-                reason: c.reason.clone(),
+                reason: bounded(&c.reason),
                 message: bounded(&c.message),
                 since: Some(ts(&c.last_transition_time)),
                 hint: hint(&c.reason).to_string(),
@@ -748,9 +757,10 @@ async fn secret_meta(client: &Client, ns: &str, name: &str) -> SecretInfo {
 fn fill_secret(info: &mut SecretInfo, m: &PartialObjectMeta<Secret>) {
     info.exists = true;
     let a = m.annotations();
-    info.key_id = a.get(KEY_ID_ANNOTATION).cloned();
-    info.key_hash = a.get(KEY_HASH_ANNOTATION).cloned();
-    info.owner = a.get(OWNER_ANNOTATION).cloned();
+    // Annotations are anyone's who may write the Secret: bounded, no control characters.
+    info.key_id = bounded_opt(a.get(KEY_ID_ANNOTATION));
+    info.key_hash = bounded_opt(a.get(KEY_HASH_ANNOTATION));
+    info.owner = bounded_opt(a.get(OWNER_ANNOTATION));
     let written = m
         .metadata
         .managed_fields
@@ -812,4 +822,38 @@ pub fn group_spend(
         }
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_cuts_and_replaces_control_characters() {
+        assert_eq!(bounded("a\u{1b}[31mb\n"), "a?[31mb?");
+        let long = "x".repeat(MAX_TEXT + 5);
+        let b = bounded(&long);
+        assert_eq!(b.chars().count(), MAX_TEXT + 1);
+        assert!(b.ends_with('…'));
+        assert_eq!(bounded(&"y".repeat(MAX_TEXT)), "y".repeat(MAX_TEXT));
+    }
+
+    #[test]
+    fn uses_finds_volumes_env_and_env_from_in_init_containers_too() {
+        let spec: PodSpec = serde_json::from_value(serde_json::json!({
+            "initContainers": [{"name": "i", "envFrom": [{"secretRef": {"name": "s"}}]}],
+            "containers": [{"name": "c", "env": [
+                {"name": "A", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+                {"name": "B", "valueFrom": {"secretKeyRef": {"name": "other", "key": "k"}}}]}],
+            "volumes": [{"name": "v", "secret": {"secretName": "s"}},
+                        {"name": "p", "projected": {"sources": [{"secret": {"name": "s"}}]}},
+                        {"name": "o", "secret": {"secretName": "other"}}]
+        }))
+        .unwrap();
+        assert_eq!(
+            uses(&spec, "s"),
+            ["env A", "envFrom", "volume p (projected)", "volume v"]
+        );
+        assert!(uses(&spec, "nothing").is_empty());
+    }
 }

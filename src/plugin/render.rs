@@ -281,7 +281,10 @@ pub struct ExpiringRow {
 
 pub fn expiring_rows(keys: &[ApiKey], within: Duration) -> Vec<ExpiringRow> {
     let now = Utc::now();
-    let horizon = now + chrono::Duration::from_std(within).unwrap_or(chrono::Duration::MAX);
+    let horizon = chrono::Duration::from_std(within)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC);
     let mut rows: Vec<(chrono::DateTime<Utc>, ExpiringRow)> = keys
         .iter()
         .filter_map(|ak| {
@@ -480,4 +483,27 @@ pub fn top(rows: &[TopRow], by: TopBy) -> String {
         })
         .collect();
     table(&[head, "SPEND", "UNIT", "KEYS"], &cells)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiring_takes_any_window_without_overflow() {
+        let ak: ApiKey = serde_json::from_value(serde_json::json!({
+            "apiVersion": "keysmith.dev/v1alpha1", "kind": "ApiKey",
+            "metadata": {"name": "a", "namespace": "n"},
+            "spec": {"providerRef": {"name": "p"}},
+            "status": {"expiresAt": "2020-01-01T00:00:00Z"}
+        }))
+        .unwrap();
+        for within in [Duration::ZERO, Duration::from_secs(u64::MAX)] {
+            let rows = expiring_rows(std::slice::from_ref(&ak), within);
+            assert_eq!(rows.len(), 1);
+            assert!(rows[0].expired);
+        }
+        assert_eq!(human(Duration::from_secs(3 * 86400 + 7200)), "3d2h");
+        assert_eq!(human(Duration::from_millis(12_300)), "12.3s");
+    }
 }

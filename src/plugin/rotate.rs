@@ -134,7 +134,10 @@ async fn follow(
     style: &Style,
     print: bool,
 ) -> bool {
-    let deadline = started + timeout;
+    // A timeout too long to represent is "no timeout" in practice, never a panic.
+    let deadline = started
+        .checked_add(timeout)
+        .unwrap_or(started + Duration::from_secs(100 * 365 * 86400));
     loop {
         let mut all_done = true;
         for (p, before) in items.iter_mut() {
@@ -195,11 +198,12 @@ async fn follow(
                 let old = before.key_id.clone().unwrap_or_default();
                 if let Some(pk) = st.previous_keys.iter().find(|k| k.key_id == old) {
                     let ends = gather::parse_time(&pk.delete_after);
-                    let wait_end = chrono::Utc::now()
-                        + chrono::Duration::from_std(
-                            deadline.saturating_duration_since(Instant::now()),
-                        )
-                        .unwrap_or_default();
+                    let wait_end = chrono::Duration::from_std(
+                        deadline.saturating_duration_since(Instant::now()),
+                    )
+                    .ok()
+                    .and_then(|d| chrono::Utc::now().checked_add_signed(d))
+                    .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
                     if ends.is_some_and(|t| t > wait_end) {
                         p.old_key_live_until = Some(pk.delete_after.clone());
                         if print {
