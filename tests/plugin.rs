@@ -521,6 +521,30 @@ async fn status_tree_and_read_commands() {
     let (code, _, err) = run(&kc, &["rotate", "healthy", "-n", &ns, "--grace", "soon"]);
     assert_eq!(code, 2, "the API server refuses a bad duration: {err}");
 
+    // revoke-now without an operator: nothing happens, it times out (exit 1), says so, and
+    // leaves the grace period at 0s (restoring it would give the leaked key its old grace).
+    let (code, out, _) = run(&kc, &["revoke-now", "chat", "-n", &ns, "--timeout", "2s"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "apikey {ns}/chat: key k-123 — rotating with gracePeriod 0s (was 30m)"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("old key k-123 NOT revoked (still at \"requested\")"),
+        "{out}"
+    );
+    assert!(
+        out.contains("spec.rotation.gracePeriod left at 0s (the rotation is not through)"),
+        "{out}"
+    );
+    let chat = aks.get("chat").await.unwrap();
+    assert_eq!(
+        chat.spec.rotation.unwrap().grace_period.as_deref(),
+        Some("0s")
+    );
+
     // Cleanup (namespace deletion removes the rest).
     let _ = nsapi.delete(&ns, &DeleteParams::default()).await;
     let _ = ckps.delete(&ckp_name, &DeleteParams::default()).await;
@@ -652,6 +676,39 @@ async fn revoke_now_and_rotate_wait_with_the_operator() {
         ak.spec.rotation.unwrap().grace_period.as_deref(),
         Some("2s")
     );
+
+    // A grace period that ends after --timeout: --wait stops after the rollout and says until
+    // when the old key stays live.
+    let third = st.key_id.clone().unwrap();
+    let (code, out, _) = run(
+        &kc,
+        &[
+            "rotate",
+            "leaky",
+            "-n",
+            &c.ns,
+            "--grace",
+            "1h",
+            "--wait",
+            "--timeout",
+            "2m",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("restarts rolled out (+"), "{out}");
+    assert!(
+        out.contains(&format!("old key {third} stays live until "))
+            && out.contains("(its grace period); not waiting for that"),
+        "{out}"
+    );
+    assert!(!out.contains("old key revoked"), "{out}");
+    let ak = c.apikeys().get("leaky").await.unwrap();
+    assert!(ak
+        .status
+        .unwrap()
+        .previous_keys
+        .iter()
+        .any(|k| k.key_id == third));
 
     // A name that does not exist.
     let (code, _, err) = run(&kc, &["revoke-now", "nope", "-n", &c.ns]);
