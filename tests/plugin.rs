@@ -184,6 +184,17 @@ async fn status_tree_and_read_commands() {
         deployment("unrelated", 1, pod_spec(json!([]), json!([]))),
     )
     .await;
+    let mut reloaded = deployment(
+        "reloaded",
+        0,
+        pod_spec(
+            json!([]),
+            json!([{"name": "key", "secret": {"secretName": "chat-key"}}]),
+        ),
+    );
+    reloaded["metadata"]["annotations"] =
+        json!({"secret.reloader.stakater.com/reload": "other, chat-key"});
+    let _: Deployment = create(&client, Some(&ns), reloaded).await;
     let _: CronJob = create(
         &client,
         Some(&ns),
@@ -278,6 +289,13 @@ async fn status_tree_and_read_commands() {
     assert!(
         out.contains("Deployment/idle  0/0 ready, 0 pods  (volume key)  ! not a restart target"),
         "scaled to 0 still uses it: {out}"
+    );
+    assert!(
+        out.contains(
+            "Deployment/reloaded  0/0 ready, 0 pods  (volume key)  [restarted by Reloader]"
+        ) && out
+            .contains("i Deployment/reloaded uses Secret chat-key and is restarted by Reloader"),
+        "a Reloader-managed user is not a problem: {out}"
     );
     assert!(
         out.contains(

@@ -172,6 +172,10 @@ pub struct WorkloadInfo {
     pub desired: i64,
     /// Pods that exist (created by its controller), ready or not.
     pub pods: i64,
+    /// Reloader (stakater) restarts it when the Secret changes: `reloader.stakater.com/auto`, or
+    /// the Secret named in `secret.reloader.stakater.com/reload`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reloader: bool,
     pub restart_target: bool,
     /// Restart target that does not exist.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -252,6 +256,8 @@ type Item = (String, String, Option<PodSpec>, i64, i64, i64);
 #[derive(Default)]
 pub struct Workloads {
     items: Vec<Item>,
+    /// The workload's own annotations, by the index of `items` (Reloader's).
+    annotations: Vec<BTreeMap<String, String>>,
     pub unreadable: Vec<String>,
 }
 
@@ -272,8 +278,10 @@ impl Workloads {
                 match Api::<$ty>::namespaced(client.clone(), ns).list(&lp).await {
                     Ok(list) => {
                         for $o in list.items {
+                            let ann = $o.metadata.annotations.clone().unwrap_or_default();
                             if let Some(x) = $body {
                                 w.items.push(x);
+                                w.annotations.push(ann);
                             }
                         }
                     }
@@ -401,7 +409,7 @@ impl Workloads {
     /// not use it or do not exist).
     pub fn for_secret(&self, secret: &str, targets: &[(String, String)]) -> Vec<WorkloadInfo> {
         let mut out = Vec::new();
-        for (kind, name, spec, ready, desired, pods) in &self.items {
+        for (i, (kind, name, spec, ready, desired, pods)) in self.items.iter().enumerate() {
             let uses = spec.as_ref().map(|s| uses(s, secret)).unwrap_or_default();
             let restart_target = targets.iter().any(|(k, n)| k == kind && n == name);
             if uses.is_empty() && !restart_target {
@@ -414,6 +422,7 @@ impl Workloads {
                 ready: *ready,
                 desired: *desired,
                 pods: *pods,
+                reloader: self.annotations.get(i).is_some_and(|a| reloader(a, secret)),
                 restart_target,
                 missing: false,
                 restartable: matches!(kind.as_str(), "Deployment" | "StatefulSet" | "DaemonSet"),
@@ -434,6 +443,16 @@ impl Workloads {
         out.sort_by(|a, b| (&a.kind, &a.name).cmp(&(&b.kind, &b.name)));
         out
     }
+}
+
+/// Whether Reloader restarts a workload with these annotations when `secret` changes.
+pub fn reloader(a: &BTreeMap<String, String>, secret: &str) -> bool {
+    a.get("reloader.stakater.com/auto").map(String::as_str) == Some("true")
+        || a.get("secret.reloader.stakater.com/auto")
+            .map(String::as_str)
+            == Some("true")
+        || a.get("secret.reloader.stakater.com/reload")
+            .is_some_and(|v| v.split(',').any(|s| s.trim() == secret))
 }
 
 /// How a pod spec uses a Secret: volumes (also projected), env valueFrom, envFrom.
@@ -605,6 +624,11 @@ pub async fn reports(client: &Client, keys: &[ApiKey]) -> Vec<KeyReport> {
             } else if w.restart_target && w.uses.is_empty() {
                 problems.push(format!(
                     "restart target {}/{} does not use Secret {secret_name}",
+                    w.kind, w.name
+                ));
+            } else if !w.restart_target && w.reloader {
+                notes.push(format!(
+                    "{}/{} uses Secret {secret_name} and is restarted by Reloader on a change (not a restart target)",
                     w.kind, w.name
                 ));
             } else if !w.restart_target && w.restartable {
@@ -855,5 +879,21 @@ mod tests {
             ["env A", "envFrom", "volume p (projected)", "volume v"]
         );
         assert!(uses(&spec, "nothing").is_empty());
+    }
+
+    #[test]
+    fn reloader_annotations() {
+        let a = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+        assert!(reloader(&a("reloader.stakater.com/auto", "true"), "s"));
+        assert!(reloader(
+            &a("secret.reloader.stakater.com/reload", "x, s"),
+            "s"
+        ));
+        assert!(!reloader(
+            &a("secret.reloader.stakater.com/reload", "x,ss"),
+            "s"
+        ));
+        assert!(!reloader(&a("reloader.stakater.com/auto", "false"), "s"));
+        assert!(!reloader(&BTreeMap::new(), "s"));
     }
 }

@@ -106,6 +106,8 @@ fn workload_line(w: &WorkloadInfo, secret: &str, style: &Style) -> String {
                 style.red(&format!("✗ does not use Secret {secret}"))
             );
         }
+    } else if w.reloader {
+        line.push_str("  [restarted by Reloader]");
     } else if w.restartable {
         let _ = write!(line, "  {}", style.yellow("! not a restart target"));
     }
