@@ -1276,3 +1276,53 @@ fn rendered_rbac_covers_what_the_controller_uses() {
 
 #[path = "chart/ops.rs"]
 mod ops;
+
+/// Issue 22: the release publishes a krew manifest for `kubectl keysmith`, one platform per
+/// plugin archive with its sha256 (scripts/krew-manifest.sh, called by release.yml).
+#[test]
+fn the_krew_manifest_names_each_plugin_archive_with_its_checksum() {
+    use sha2::Digest;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dist = std::env::temp_dir().join(format!("krew-{}", std::process::id()));
+    std::fs::create_dir_all(&dist).unwrap();
+    let mut sums = std::collections::BTreeMap::new();
+    for (target, arch) in [
+        ("x86_64-unknown-linux-gnu", "amd64"),
+        ("aarch64-unknown-linux-gnu", "arm64"),
+    ] {
+        let file = format!("kubectl-keysmith-9.8.7-{target}.tar.gz");
+        let bytes = format!("archive for {target}").into_bytes();
+        std::fs::write(dist.join(&file), &bytes).unwrap();
+        sums.insert(arch, (file, hex::encode(sha2::Sha256::digest(&bytes))));
+    }
+    let out = std::process::Command::new(root.join("scripts/krew-manifest.sh"))
+        .args(["9.8.7", dist.to_str().unwrap(), "keysmith/keysmith"])
+        .output()
+        .expect("the script runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).expect("YAML");
+    assert_eq!(m["kind"], "Plugin");
+    assert_eq!(m["metadata"]["name"], "keysmith");
+    assert_eq!(m["spec"]["version"], "v9.8.7");
+    let platforms = m["spec"]["platforms"].as_sequence().unwrap();
+    assert_eq!(platforms.len(), 2);
+    for p in platforms {
+        let arch = p["selector"]["matchLabels"]["arch"].as_str().unwrap();
+        let (file, sum) = &sums[arch];
+        assert_eq!(p["sha256"].as_str(), Some(sum.as_str()), "{arch}");
+        assert_eq!(
+            p["uri"].as_str().unwrap(),
+            format!("https://github.com/keysmith/keysmith/releases/download/v9.8.7/{file}")
+        );
+        assert_eq!(p["bin"], "kubectl-keysmith");
+    }
+    // The release workflow builds the plugin and publishes the manifest.
+    let release = std::fs::read_to_string(root.join(".github/workflows/release.yml")).unwrap();
+    assert!(release.contains("--bin kubectl-keysmith"));
+    assert!(release.contains("scripts/krew-manifest.sh"));
+    let _ = std::fs::remove_dir_all(&dist);
+}

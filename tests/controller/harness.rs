@@ -252,6 +252,9 @@ impl Env {
             write_gate: ctx.client_options.write_gate.clone(),
             ..test_client_options()
         };
+        // The emulators listen on loopback over http: the admin flags that let a tenant's
+        // KeyProvider reach them (the secure default is tested in tests/e2e_ssrf.rs).
+        ctx.namespaced_network = keysmith::providers::egress::NetworkPolicy::OPEN;
         let env = Env {
             client,
             ctx: Arc::new(ctx),

@@ -147,6 +147,7 @@ async fn namespace_mode_context(env: &Env) -> Arc<Context> {
         metrics: Some(metrics.provider.clone()),
         ..test_client_options()
     };
+    ctx.namespaced_network = keysmith::providers::egress::NetworkPolicy::OPEN;
     ctx.watch_namespaces = vec![env.ns.clone()];
     Arc::new(ctx)
 }
@@ -413,6 +414,7 @@ async fn without_namespaced_providers_a_key_provider_in_use_still_revokes_and_go
         "keysmith-clusteronly",
     );
     ctx.client_options = test_client_options();
+    ctx.namespaced_network = keysmith::providers::egress::NetworkPolicy::OPEN;
     ctx.namespaced_providers = false;
     let ctx = Arc::new(ctx);
     // The tenant deletes the KeyProvider first (it stays Terminating while in use), then the
