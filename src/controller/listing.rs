@@ -257,6 +257,9 @@ impl Context {
     }
 }
 
+/// Pages in a row that hold only keys the listing already gave before it is taken for a loop.
+const MAX_REPEATED_PAGES: usize = 3;
+
 /// Every page of the provider's keys of `scope`, written over `keys` in place: a key listed is
 /// updated (its allocation reused), a key no longer listed is dropped at the end. Building a new
 /// map instead held two snapshots at once during every refresh, +9 MiB at 10,000 keys (issue
@@ -272,6 +275,7 @@ async fn list_into(
 ) -> Result<(), (ProviderError, bool)> {
     let mut seen = HashSet::new();
     let mut bytes = 0usize;
+    let mut repeats = 0usize;
     let mut pages = Pages::default();
     let mut cursor: Option<String> = None;
     loop {
@@ -281,8 +285,11 @@ async fn list_into(
             .await
             .map_err(|e| (e, false))?;
         let repeated = !page.keys.is_empty() && page.keys.iter().all(|k| seen.contains(&k.id));
-        if repeated && page.next.is_some() {
-            // Cursors that change over the same keys: a loop the cursor check cannot see.
+        // An offset-paged provider (OpenRouter) shifts its pages when a key is created during
+        // the listing, so a page of keys already seen happens now and then; several in a row
+        // under changing cursors are a loop the cursor check cannot see.
+        repeats = if repeated { repeats + 1 } else { 0 };
+        if repeats >= MAX_REPEATED_PAGES && page.next.is_some() {
             return Err((
                 ProviderError::Malformed(format!(
                     "the listing repeated a page of keys it had already given (page {})",
@@ -372,6 +379,9 @@ mod tests {
         SamePage,
         /// Pages that take `ms` each, forever.
         Slow(u64),
+        /// Offset pages shifted by a key created during the listing: 20 keys, then a page
+        /// holding only the last of them again (under a new offset), then the end.
+        Shifted,
     }
 
     struct Fake {
@@ -420,6 +430,14 @@ mod tests {
                     page(end, (end < total).then(|| end.to_string()))
                 }
                 Shape::Forever => page(start + 100, Some((start + 100).to_string())),
+                Shape::Shifted => match start {
+                    0 => page(20, Some("20".into())),
+                    20 => KeyPage {
+                        keys: vec![key(19)],
+                        next: Some("21".into()),
+                    },
+                    _ => page(start, None),
+                },
                 Shape::SamePage => KeyPage {
                     keys: (0..100).map(key).collect(),
                     next: Some((start + 100).to_string()),
@@ -539,6 +557,22 @@ mod tests {
         assert_eq!(fake.pages.load(Ordering::SeqCst), 2);
     }
 
+    /// An offset-paged provider shifts a key onto the next page when one is created during the
+    /// listing: a page of keys already seen, once, is no loop (it failed every small OpenRouter
+    /// listing taken while keys were being created).
+    #[tokio::test]
+    async fn a_page_shifted_by_a_create_during_the_listing_is_no_loop() {
+        let c = ctx();
+        let (p, fake) = provider("ClusterKeyProvider/shifted", Shape::Shifted);
+        let scope = KeyScope::default();
+        let slot = c
+            .listing(&p, &scope, Duration::from_secs(60))
+            .await
+            .expect("the listing ends normally");
+        assert_eq!(slot.lock().await.keys.len(), 20);
+        assert_eq!(fake.pages.load(Ordering::SeqCst), 3);
+    }
+
     #[tokio::test]
     async fn a_repeated_page_under_new_cursors_ends_the_listing() {
         let c = ctx();
@@ -550,7 +584,7 @@ mod tests {
             .err()
             .expect("a repeated page must fail");
         assert!(err.to_string().contains("repeated a page of keys"), "{err}");
-        assert_eq!(fake.pages.load(Ordering::SeqCst), 2);
+        assert_eq!(fake.pages.load(Ordering::SeqCst), 1 + MAX_REPEATED_PAGES);
     }
 
     #[test]
