@@ -29,6 +29,10 @@ use cluster::control_plane;
 use keysmith::api::{ApiKey, ClusterKeyProvider};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kubectl-keysmith");
+
+/// The two tests run one after the other: the operator of the second reconciles every
+/// ClusterKeyProvider, including the first's, whose status that test writes by hand.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const SECRET_VALUE: &str = "sk-or-v1-PLUGIN-TEST-VALUE-never-printed";
 
 fn run(kubeconfig: &Path, args: &[&str]) -> (i32, String, String) {
@@ -121,6 +125,7 @@ async fn status_tree_and_read_commands() {
     if !cluster::enabled("plugin status", &[]) {
         return;
     }
+    let _serial = SERIAL.lock().await;
     let kc = cluster::kubeconfig();
     let client = control_plane::client_from(&kc).await;
     cluster::install_crds(&client).await;
@@ -574,6 +579,7 @@ async fn revoke_now_and_rotate_wait_with_the_operator() {
     if !cluster::enabled("plugin revoke-now", &[]) {
         return;
     }
+    let _serial = SERIAL.lock().await;
     let kc = cluster::kubeconfig();
     let c = cluster::Cluster::start(
         "plugin",
