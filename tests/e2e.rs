@@ -550,51 +550,8 @@ async fn the_charts_rbac_is_sufficient() {
 
     // A token of the chart's ServiceAccount (fullname == release name, as it contains "keysmith").
     let sa = release.clone();
-    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-        Api::namespaced(c.client.clone(), &c.operator_ns);
-    let tr: k8s_openapi::api::authentication::v1::TokenRequest = serde_json::from_value(json!({
-        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "spec": { "expirationSeconds": 3600 }
-    }))
-    .unwrap();
-    let tr = sas
-        .create_subresource::<_, k8s_openapi::api::authentication::v1::TokenRequest>(
-            "token",
-            &sa,
-            &Default::default(),
-            &tr,
-        )
-        .await
-        .expect("TokenRequest for the chart's ServiceAccount");
-    let token = tr.status.expect("token issued").token;
-
     // A kubeconfig for the same API server that authenticates only with that token.
-    let current =
-        kube::config::Kubeconfig::read_from(cluster::kubeconfig()).expect("kubeconfig readable");
-    let ctx_name = current.current_context.clone().expect("a current context");
-    let context = current
-        .contexts
-        .iter()
-        .find(|x| x.name == ctx_name)
-        .and_then(|x| x.context.clone())
-        .expect("context");
-    let named_cluster = current
-        .clusters
-        .iter()
-        .find(|x| x.name == context.cluster)
-        .cloned()
-        .expect("cluster");
-    let sa_config = json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [ serde_json::to_value(&named_cluster).unwrap() ],
-        "users": [ { "name": "keysmith-sa", "user": { "token": token } } ],
-        "contexts": [ { "name": "keysmith-sa", "context": { "cluster": named_cluster.name, "user": "keysmith-sa", "namespace": c.operator_ns } } ],
-        "current-context": "keysmith-sa",
-    });
-    let kubeconfig = c.log_dir.join("kubeconfig-serviceaccount.yaml");
-    std::fs::write(&kubeconfig, serde_yaml::to_string(&sa_config).unwrap())
-        .expect("kubeconfig written");
-    let kubeconfig = kubeconfig.to_string_lossy().to_string();
+    let kubeconfig = c.service_account_kubeconfig(&c.operator_ns, &sa).await;
 
     let lease = format!("{release}-leader");
     let op = c

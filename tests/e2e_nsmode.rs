@@ -58,53 +58,6 @@ impl Drop for HelmRelease {
     }
 }
 
-/// A kubeconfig for the test's API server that authenticates only with a token of
-/// ServiceAccount `sa` in `ns`.
-async fn service_account_kubeconfig(c: &Cluster, ns: &str, sa: &str) -> String {
-    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-        Api::namespaced(c.client.clone(), ns);
-    let tr: k8s_openapi::api::authentication::v1::TokenRequest = serde_json::from_value(json!({
-        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "spec": { "expirationSeconds": 3600 }
-    }))
-    .unwrap();
-    let tr = sas
-        .create_subresource::<_, k8s_openapi::api::authentication::v1::TokenRequest>(
-            "token",
-            sa,
-            &Default::default(),
-            &tr,
-        )
-        .await
-        .expect("TokenRequest for the chart's ServiceAccount");
-    let token = tr.status.expect("token issued").token;
-    let current =
-        kube::config::Kubeconfig::read_from(cluster::kubeconfig()).expect("kubeconfig readable");
-    let ctx_name = current.current_context.clone().expect("a current context");
-    let context = current
-        .contexts
-        .iter()
-        .find(|x| x.name == ctx_name)
-        .and_then(|x| x.context.clone())
-        .expect("context");
-    let named_cluster = current
-        .clusters
-        .iter()
-        .find(|x| x.name == context.cluster)
-        .cloned()
-        .expect("cluster");
-    let sa_config = json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [ serde_json::to_value(&named_cluster).unwrap() ],
-        "users": [ { "name": "keysmith-sa", "user": { "token": token } } ],
-        "contexts": [ { "name": "keysmith-sa", "context": { "cluster": named_cluster.name, "user": "keysmith-sa", "namespace": ns } } ],
-        "current-context": "keysmith-sa",
-    });
-    let path = c.log_dir.join("kubeconfig-serviceaccount.yaml");
-    std::fs::write(&path, serde_yaml::to_string(&sa_config).unwrap()).expect("kubeconfig written");
-    path.to_string_lossy().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_mode_with_cluster_providers_finishes_every_deletion() {
     if !cluster::enabled(
@@ -155,7 +108,7 @@ async fn namespace_mode_with_cluster_providers_finishes_every_deletion() {
         namespace: c.operator_ns.clone(),
     };
     // fullname == release name (it contains "keysmith").
-    let kubeconfig = service_account_kubeconfig(c, &c.operator_ns, &release).await;
+    let kubeconfig = c.service_account_kubeconfig(&c.operator_ns, &release).await;
     let lease = format!("{release}-leader");
     let op = c
         .start_operator_env(

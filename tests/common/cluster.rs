@@ -596,6 +596,55 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("the API server refused ApiKey {name}: {e}"))
     }
 
+    /// A kubeconfig for the test's API server that authenticates only with a token of
+    /// ServiceAccount `sa` in `ns`.
+    pub async fn service_account_kubeconfig(&self, ns: &str, sa: &str) -> String {
+        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.client.clone(), ns);
+        let tr: k8s_openapi::api::authentication::v1::TokenRequest =
+            serde_json::from_value(json!({
+                "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                "spec": { "expirationSeconds": 3600 }
+            }))
+            .unwrap();
+        let tr = sas
+            .create_subresource::<_, k8s_openapi::api::authentication::v1::TokenRequest>(
+                "token",
+                sa,
+                &Default::default(),
+                &tr,
+            )
+            .await
+            .expect("TokenRequest for the chart's ServiceAccount");
+        let token = tr.status.expect("token issued").token;
+        let current =
+            kube::config::Kubeconfig::read_from(kubeconfig()).expect("kubeconfig readable");
+        let ctx_name = current.current_context.clone().expect("a current context");
+        let context = current
+            .contexts
+            .iter()
+            .find(|x| x.name == ctx_name)
+            .and_then(|x| x.context.clone())
+            .expect("context");
+        let named_cluster = current
+            .clusters
+            .iter()
+            .find(|x| x.name == context.cluster)
+            .cloned()
+            .expect("cluster");
+        let sa_config = json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [ serde_json::to_value(&named_cluster).unwrap() ],
+            "users": [ { "name": "keysmith-sa", "user": { "token": token } } ],
+            "contexts": [ { "name": "keysmith-sa", "context": { "cluster": named_cluster.name, "user": "keysmith-sa", "namespace": ns } } ],
+            "current-context": "keysmith-sa",
+        });
+        let path = self.log_dir.join("kubeconfig-serviceaccount.yaml");
+        std::fs::write(&path, serde_yaml::to_string(&sa_config).unwrap())
+            .expect("kubeconfig written");
+        path.to_string_lossy().to_string()
+    }
+
     /// Wait until `name` is Ready=True for its current generation and its key, at the run's
     /// emulator, has lost its provisional name (keysmith renames a key right after the status
     /// write that records it, so Ready can be seen a moment before the rename).
