@@ -39,14 +39,18 @@ pub fn created_since(pending: &PendingCreate, offset: Option<chrono::Duration>) 
     started(pending) - SKEW + offset.unwrap_or_else(chrono::Duration::zero)
 }
 
-/// The keys the ApiKey itself accounts for: current, replaced, and a rotation's new key.
-fn held_by(st: &ApiKeyStatus) -> Vec<String> {
-    let mut held: Vec<String> = st.key_id.iter().cloned().collect();
-    held.extend(st.previous_keys.iter().map(|p| p.key_id.clone()));
-    if let Some(r) = st.rotation.as_ref().and_then(|r| r.in_progress.as_ref()) {
-        held.push(r.key_id.clone());
-    }
-    held
+/// The keys an ApiKey's status accounts for: current, replaced, and a rotation's new key (what
+/// recovery keeps of its own, and what [`Others`] counts of everyone else's).
+fn held_by(st: &ApiKeyStatus) -> impl Iterator<Item = &String> {
+    st.key_id
+        .iter()
+        .chain(st.previous_keys.iter().map(|p| &p.key_id))
+        .chain(
+            st.rotation
+                .as_ref()
+                .and_then(|r| r.in_progress.as_ref())
+                .map(|r| &r.key_id),
+        )
 }
 
 /// The listed keys that the interrupted attempt created and nobody holds: active, of the
@@ -290,12 +294,7 @@ impl Others {
             {
                 continue;
             }
-            out.keys.extend(st.key_id.iter().cloned());
-            out.keys
-                .extend(st.previous_keys.iter().map(|p| p.key_id.clone()));
-            if let Some(r) = st.rotation.as_ref().and_then(|r| r.in_progress.as_ref()) {
-                out.keys.insert(r.key_id.clone());
-            }
+            out.keys.extend(held_by(st).cloned());
             if let Some(p) = &st.pending_create {
                 out.pending_names.insert(p.name.clone());
             }
@@ -336,7 +335,7 @@ pub async fn recover(
             .as_ref()
             .and_then(|id| snap.keys.get(id))
             .map_or(Tie::None, |k| tie(k, pending, &final_name, created_since));
-        let mut keep = held_by(st);
+        let mut keep: Vec<String> = held_by(st).cloned().collect();
         keep.extend(claimed.clone().filter(|_| claim_tie != Tie::None));
         let keep: Vec<Option<&String>> = keep.iter().map(Some).collect();
         let candidates = orphans_of_attempt(
