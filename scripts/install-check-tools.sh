@@ -44,7 +44,11 @@ for t in "${targets[@]}"; do
       # the package starts a server on :9090 where systemd runs; nothing here needs it
       log "promtool: $(promtool --version 2>&1 | head -1)" ;;
     checkov)
-      [[ -x "$VENV/bin/checkov" ]] || venv_install "checkov==$CHECKOV_VERSION"
+      # A venv hard-codes its own path: one that no longer runs (a moved checkout) is rebuilt.
+      if ! "$VENV/bin/checkov" --version >/dev/null 2>&1; then
+        rm -rf "$VENV"
+        venv_install "checkov==$CHECKOV_VERSION"
+      fi
       ln -sf "$VENV/bin/checkov" "$TOOLS_DIR/checkov"
       log "checkov: $("$TOOLS_DIR/checkov" --version)" ;;
     actionlint)
