@@ -11,6 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+pub mod per_key;
+
 // The provider request metrics live with the clients that record them.
 pub use keysmith_providers::metrics::{ProviderMetrics, ProviderOpLabels, ProviderRequestLabels};
 
@@ -225,6 +227,8 @@ pub struct Metrics {
     rotation_tracked: Mutex<Tracker<RotationTrack>>,
     /// Always 1; the labels say which build this is.
     pub build_info: Family<BuildInfoLabels, Gauge>,
+    /// Per-ApiKey series (`--per-key-metrics`); None when off (the default).
+    pub per_key: Option<per_key::PerKeyMetrics>,
 }
 
 /// `keysmith_build_info` labels.
@@ -249,6 +253,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The metrics with per-ApiKey series for at most `max_keys` ApiKeys (`--per-key-metrics`).
+    pub fn with_per_key(max_keys: usize) -> Self {
+        let mut m = Metrics::new();
+        m.per_key = Some(per_key::PerKeyMetrics::new(max_keys, &mut m.registry));
+        m
+    }
+
     pub fn new() -> Self {
         let provider = Arc::new(ProviderMetrics::new());
         let mut m = Metrics {
@@ -270,6 +281,7 @@ impl Metrics {
             leader: Gauge::default(),
             rotation_tracked: Mutex::new(Default::default()),
             build_info: Family::default(),
+            per_key: None,
             registry: Registry::default(),
         };
         m.build_info

@@ -52,6 +52,50 @@ pub fn set_ready(
     changed
 }
 
+/// Set a condition other than `Ready` (`UsageHigh`, `ExpiringSoon`, …): status, reason and
+/// message; the transition time is kept while the status stays the same. Returns whether
+/// anything changed.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> bool {
+    let status = if status { "True" } else { "False" };
+    let prev = conditions.iter().find(|c| c.type_ == type_).cloned();
+    if prev.as_ref().is_some_and(|p| {
+        p.status == status
+            && p.reason == reason
+            && p.message == message
+            && p.observed_generation == generation
+    }) {
+        return false;
+    }
+    let transition = match &prev {
+        Some(p) if p.status == status => p.last_transition_time.clone(),
+        _ => Time(k8s_openapi::jiff::Timestamp::now()),
+    };
+    conditions.retain(|c| c.type_ != type_);
+    conditions.push(Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: transition,
+    });
+    true
+}
+
+/// Remove the condition `type_`; returns whether there was one.
+pub fn remove_condition(conditions: &mut Vec<Condition>, type_: &str) -> bool {
+    let before = conditions.len();
+    conditions.retain(|c| c.type_ != type_);
+    conditions.len() != before
+}
+
 /// Whether `conditions` hold `Ready=True`.
 pub fn is_ready(conditions: &[Condition]) -> bool {
     conditions

@@ -249,6 +249,9 @@ impl Context {
             // The ApiKey is gone: nothing kept for it outlives it (issue 17).
             self.written.lock().unwrap().remove(key);
             self.failures.lock().unwrap().remove(key);
+            if let Some(pk) = &self.metrics.per_key {
+                pk.forget(key);
+            }
         }
         let mut t = self.tracked.lock().unwrap();
         // Only the providers this ApiKey counted under change (O(log N), issue 11).

@@ -108,6 +108,14 @@ pub struct RunArgs {
     /// `https://`. ClusterKeyProviders may always use http.
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", env = "KEYSMITH_ALLOW_INSECURE_HTTP")]
     pub allow_insecure_http: bool,
+    /// Export per-ApiKey metrics (spend ratio, limit, expiry, last use, key creation) labelled
+    /// namespace/apikey/provider. Off by default: one series set per ApiKey.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", env = "KEYSMITH_PER_KEY_METRICS")]
+    pub per_key_metrics: bool,
+    /// Most ApiKeys with per-key series; updates of further ApiKeys are dropped and counted
+    /// (`keysmith_per_key_metrics_dropped_total`).
+    #[arg(long, default_value_t = crate::metrics::per_key::DEFAULT_MAX_KEYS, env = "KEYSMITH_PER_KEY_METRICS_MAX_SERIES")]
+    pub per_key_metrics_max_series: usize,
     /// ApiKeys reconciled at once.
     #[arg(long, default_value_t = 64, env = "KEYSMITH_CONCURRENCY")]
     pub concurrency: u16,
@@ -126,7 +134,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = leader::fenced_client(config, lease.clone())
         .context("cannot configure a Kubernetes client: run in a cluster or set KUBECONFIG")?;
     check_crds(&client).await?;
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(if args.per_key_metrics {
+        Metrics::with_per_key(args.per_key_metrics_max_series)
+    } else {
+        Metrics::new()
+    });
     let health = Arc::new(Health::default());
     let server = tokio::spawn(serve_http(
         args.metrics_addr,

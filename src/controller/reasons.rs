@@ -127,6 +127,11 @@ reasons! {
     /// A rotation waits: the ApiKey spent its create budget (`createLimit.perApiKeyPerHour`).
     /// It runs when the budget allows, it is not dropped.
     RotationDeferred,
+    /// The spend of the limit's period reached one of `spec.alerts.usageThresholds`.
+    UsageHigh,
+    /// The key expires within `spec.rotation.renewBefore` (7 days when nothing renews it) and
+    /// no rotation is planned before then.
+    ExpiringSoon,
 }
 
 impl Reason {

@@ -42,8 +42,18 @@ fn tmp_dir(tag: &str) -> PathBuf {
 /// The metric families keysmith registers (names as scraped, e.g. `..._total`, `..._bucket`).
 fn scraped_names() -> BTreeSet<String> {
     use keysmith::metrics::*;
-    let m = Metrics::new();
+    let m = Metrics::with_per_key(1);
     // give every family one sample so that it is printed (empty families are not)
+    let pk = m.per_key.as_ref().unwrap();
+    let sample = per_key::KeySample {
+        spend_ratio: Some(0.5),
+        limit: Some(1.0),
+        expires_at: Some(1),
+        last_used_at: Some(1),
+        created_at: Some(1),
+    };
+    pk.observe("ns", "k", "p", Some(&sample));
+    pk.observe("ns", "dropped", "p", Some(&sample));
     m.provider
         .observe("p", "op", "ok", std::time::Duration::from_millis(1));
     let c = || "apikey".to_string();

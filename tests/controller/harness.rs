@@ -276,6 +276,31 @@ impl Env {
         env
     }
 
+    /// A fresh controller context, as after an operator restart (nothing in memory), whose
+    /// writes are recorded with this Env's.
+    pub async fn restarted_context(&self) -> Arc<Context> {
+        let cp = control_plane::shared().expect("the control plane runs");
+        let metrics = Arc::new(Metrics::new());
+        let mut ctx = Context::new(
+            instrumented(
+                cp.client().await,
+                self.rbac_violations.clone(),
+                self.writes.clone(),
+                self.kube_faults.clone(),
+            ),
+            metrics.clone(),
+            self.operator_ns.clone(),
+            "keysmith-test",
+        );
+        ctx.client_options = ClientOptions {
+            metrics: Some(metrics.provider.clone()),
+            write_gate: ctx.client_options.write_gate.clone(),
+            ..test_client_options()
+        };
+        ctx.namespaced_network = keysmith::providers::egress::NetworkPolicy::OPEN;
+        Arc::new(ctx)
+    }
+
     /// The test's namespace for a namespace name used in the tests.
     pub fn map_ns(&self, ns: &str) -> String {
         match ns {

@@ -1,6 +1,7 @@
 //! The ApiKey reconciler against a real kube-apiserver (the local control plane) and a real
 //! provider emulator over HTTP.
 
+mod alerts;
 mod bifrost;
 mod boltz;
 mod crd_apply;

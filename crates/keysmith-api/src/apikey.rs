@@ -49,6 +49,12 @@ use serde::{Deserialize, Serialize};
         description = "When the provider last saw the key used (where it reports this)"
     ),
     printcolumn(
+        name = "Expires",
+        type_ = "date",
+        json_path = ".status.expiresAt",
+        description = "When the key expires (where it does); see the ExpiringSoon condition"
+    ),
+    printcolumn(
         name = "Next Rotation",
         type_ = "string",
         json_path = ".status.nextRotationAt",
@@ -152,6 +158,10 @@ pub struct ApiKeySpec {
     #[schemars(length(max = 16))]
     #[x_kube(validation = Rule::new("self.all(t, self.exists_one(u, u.kind == t.kind && u.name == t.name))").message("rolloutRestartTargets must not list a workload twice"))]
     pub rollout_restart_targets: Vec<RestartTarget>,
+    /// Warnings before money or time runs out: `usageThresholds` of the limit (condition
+    /// `UsageHigh`). `ExpiringSoon` needs no setting (see docs/alerts.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<Box<crate::AlertsSpec>>,
 }
 
 /// Annotations under this prefix are keysmith's: it reacts to them (a change reconciles the
@@ -644,6 +654,10 @@ pub struct ApiKeyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100))]
     pub recent_creates: Vec<String>,
+    /// The alerts already raised (`UsageHigh` per threshold and period, `ExpiringSoon` per
+    /// expiry), so that none is raised twice, across reconciles and restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<Box<crate::AlertsStatus>>,
 }
 
 /// Failed creates in a row and when the next may be tried.

@@ -1,8 +1,10 @@
 //! The custom resources of group `keysmith.dev`, version `v1alpha1`.
 
+pub mod alerts;
 pub mod apikey;
 pub mod provider;
 
+pub use alerts::*;
 pub use apikey::*;
 pub use provider::*;
 

@@ -26,6 +26,7 @@
 //! [`status`] (pure builder, guarded write). [`delete`] is the finalizer's cleanup.
 
 pub mod adopt;
+pub mod alerts;
 pub mod create;
 pub mod delete;
 pub mod deliver;
@@ -195,6 +196,17 @@ async fn apply(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
         return Ok(stale(&key));
     }
     let changed = status::conclude(&mut st, ak.metadata.generation, &outcome);
+    // Alerts are judged on what a successful reconcile read; announced after the status that
+    // records them is written (never twice, see `alerts`).
+    let announce = match &outcome {
+        Ok(_) => alerts::evaluate(
+            &ak.spec,
+            &mut st,
+            ak.metadata.generation,
+            chrono::Utc::now(),
+        ),
+        Err(_) => Vec::new(),
+    };
     let (requeue, result_label) = match &outcome {
         Ok(ready) => {
             ctx.clear_failures(&key);
@@ -207,6 +219,16 @@ async fn apply(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
         super::inuse::protect(&ctx, &ak).await?;
     }
     ctx.track(&key, Some(status::tracked(&st)));
+    if let Some(pk) = &ctx.metrics.per_key {
+        let provider = st.provider_type.as_deref().unwrap_or("unknown");
+        let sample = status::per_key_sample(&ak.spec, &st);
+        pk.observe(
+            &ak.namespace().unwrap_or_default(),
+            &ak.name_any(),
+            provider,
+            Some(&sample),
+        );
+    }
     if seen.differs(&st, &before) {
         match write_status(&ctx, &ak, &st, &seen).await {
             Ok(()) => {}
@@ -216,6 +238,21 @@ async fn apply(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
             }
             Err(e) => return Err(e.into()),
         }
+    }
+    for a in &announce {
+        let reason = match a {
+            alerts::Announce::UsageHigh { .. } => Reason::UsageHigh,
+            alerts::Announce::ExpiringSoon { .. } => Reason::ExpiringSoon,
+        };
+        tracing::info!(apikey = %key, reason = reason.as_str(), "alert raised");
+        ctx.event(
+            ak.as_ref(),
+            EventType::Warning,
+            reason,
+            "Alert",
+            a.note(&ak.spec),
+        )
+        .await;
     }
     let mut requeue = requeue;
     if let Ok(Ready {

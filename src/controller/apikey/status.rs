@@ -78,6 +78,29 @@ pub fn tracked(st: &ApiKeyStatus) -> Tracked {
     )
 }
 
+/// What the per-key metrics export of an ApiKey with this spec and status.
+pub fn per_key_sample(
+    spec: &crate::api::ApiKeySpec,
+    st: &ApiKeyStatus,
+) -> crate::metrics::per_key::KeySample {
+    let unix = |s: &Option<String>| {
+        s.as_deref()
+            .and_then(|e| DateTime::parse_from_rfc3339(e).ok())
+            .map(|e| e.timestamp())
+    };
+    crate::metrics::per_key::KeySample {
+        spend_ratio: super::alerts::spend_ratio(spec, st).map(|(_, r)| r),
+        limit: spec
+            .limit
+            .as_ref()
+            .and_then(|l| l.amount.parse::<f64>().ok())
+            .filter(|v| v.is_finite()),
+        expires_at: unix(&st.expires_at),
+        last_used_at: unix(&st.last_used_at),
+        created_at: unix(&st.created_at),
+    }
+}
+
 pub fn now_rfc3339() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
 }
