@@ -207,12 +207,6 @@ impl FairShares {
     }
 }
 
-fn parse(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
-}
-
 fn window() -> chrono::Duration {
     chrono::Duration::from_std(BUDGET_WINDOW).unwrap_or(chrono::Duration::hours(1))
 }
@@ -224,7 +218,7 @@ fn in_window(recent: &[String], now: DateTime<Utc>) -> Vec<DateTime<Utc>> {
     let start = now - window();
     let mut times: Vec<DateTime<Utc>> = recent
         .iter()
-        .map(|s| parse(s).map_or(now, |t| t.min(now)))
+        .map(|s| super::time::parse(s).map_or(now, |t| t.min(now)))
         .filter(|t| *t > start)
         .collect();
     times.sort();
