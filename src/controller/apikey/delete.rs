@@ -12,14 +12,14 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::ResourceExt;
 
-use super::super::conditions::{set_ready, Readiness};
+use super::super::conditions::Readiness;
 use super::super::context::Context;
 use super::super::inuse::{release_if_unused, ProviderId};
 use super::super::reasons::Reason;
 use super::super::secret::{self, SecretOwnership};
 use super::recover::recover;
 use super::revoke::{retire_previous, revoke_quietly};
-use super::status::{write_status, ServerCopy};
+use super::status::{report_not_ready, ServerCopy};
 use super::validate::settings_for;
 use super::{key_scope, object_key, Error, Failure, Reconciler, Step, ValidatedApiKey};
 use crate::api::{ApiKey, ApiKeyStatus, DeletionPolicy};
@@ -177,7 +177,7 @@ async fn report_refused_revoke(
     mut after: ApiKeyStatus,
     f: &Failure,
 ) -> Result<(), kube::Error> {
-    let readiness = Readiness {
+    let not_ready = Readiness {
         ready: false,
         reason: f.reason,
         message: format!(
@@ -185,18 +185,8 @@ async fn report_refused_revoke(
             f.message
         ),
     };
-    if set_ready(&mut after.conditions, ak.metadata.generation, &readiness) {
-        ctx.event(
-            ak,
-            EventType::Warning,
-            f.reason,
-            "Delete",
-            readiness.message,
-        )
-        .await;
-    }
-    if &after != read {
-        write_status(ctx, ak, &after, &ServerCopy::of(ak)).await?;
-    }
-    Ok(())
+    let seen = ServerCopy::of(ak);
+    report_not_ready(ctx, ak, &seen, read, &mut after, not_ready, "Delete")
+        .await
+        .1
 }

@@ -21,9 +21,26 @@
 //! from (see [`ServerCopy`]), so a stale copy can neither clobber a recorded keyID nor lead to a
 //! second create.
 //!
-//! The steps, one module each: [`dereference`] (IO: provider, Secrets) → [`validate`] (pure) →
-//! [`recover`] / [`adopt`] / [`create`] / [`push`] / [`sync`] / [`restore`] (idempotent IO) →
-//! [`status`] (pure builder, guarded write). [`delete`] is the finalizer's cleanup.
+//! The steps, one module each, in the order a reconcile runs them (their imports run one way:
+//! no module here imports one that imports it back):
+//!
+//! 1. resolve the provider object (`Context::resolve`);
+//! 2. [`validate`] (pure): the spec against the provider, giving the settings and the scope;
+//! 3. [`revoke`]: replaced keys whose grace period ended;
+//! 4. [`dereference`]: the target Secret (the [`Step`] of this reconcile is built here, once);
+//! 5. [`push`] for `spec.source`, and nothing below but [`rollout`];
+//! 6. [`recover`] an interrupted create (`status.pendingCreate`), the status written at once;
+//! 7. without a key: [`adopt`] (`spec.keyRef`) or [`create`];
+//! 8. with one: [`rotate`] when a rotation is due, else [`sync`] (which may [`restore`] a lost
+//!    value, re-adopt, or [`create`] a replacement);
+//! 9. [`rollout`] after every success: restarts, the grace period's start, `nextRotationAt`;
+//! 10. [`status`]: the Ready condition (pure) and the one guarded write; then a key created under
+//!     its provisional name gets its display name ([`attempt::rename_after_write`]).
+//!
+//! Shared by the steps, importing no step: [`attempt`] (provisional name, marker), [`others`]
+//! (what other ApiKeys hold: the guard against takeover), [`deliver`] (the Secret write).
+//! [`delete`] is the finalizer's cleanup, all of it: it recovers an interrupted create and revokes
+//! with the steps above, and releases the provider object (`inuse`).
 
 pub mod adopt;
 pub mod attempt;
@@ -243,28 +260,46 @@ async fn apply(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
         count_reconcile(&ctx, "requeue");
         return Ok(stale(&key));
     }
-    let changed = status::conclude(&mut st, ak.metadata.generation, &outcome);
-    let (requeue, result_label) = match &outcome {
+    let (requeue, result_label, written) = match &outcome {
         Ok(ready) => {
+            status::conclude(&mut st, ak.metadata.generation, &outcome);
             ctx.clear_failures(&key);
-            (jitter(ready.requeue), "success")
-        }
-        Err(f) => (jitter(report_failure(&ak, &ctx, f, changed).await), "error"),
-    };
-    if outcome.is_ok() && st.key_id.is_some() {
-        // Deleting this ApiKey will need the provider object and its credentials.
-        super::inuse::protect(&ctx, &ak).await?;
-    }
-    ctx.track(&key, Some(status::tracked(&st)));
-    if seen.differs(&st, &before) {
-        match write_status(&ctx, &ak, &st, &seen).await {
-            Ok(()) => {}
-            Err(e) if super::error::is_conflict(&e) => {
-                count_reconcile(&ctx, "requeue");
-                return Ok(stale(&key));
+            if st.key_id.is_some() {
+                // Deleting this ApiKey will need the provider object and its credentials.
+                super::inuse::protect(&ctx, &ak).await?;
             }
-            Err(e) => return Err(e.into()),
+            ctx.track(&key, Some(status::tracked(&st)));
+            let written = match seen.differs(&st, &before) {
+                true => write_status(&ctx, &ak, &st, &seen).await,
+                false => Ok(()),
+            };
+            (jitter(ready.requeue), "success", written)
         }
+        Err(f) => {
+            st.observed_generation = ak.metadata.generation;
+            let not_ready = status::readiness(&outcome);
+            let (changed, written) = status::report_not_ready(
+                &ctx,
+                &ak,
+                &seen,
+                &before,
+                &mut st,
+                not_ready,
+                "Reconcile",
+            )
+            .await;
+            let wait = count_failure(&ak, &ctx, f, changed);
+            ctx.track(&key, Some(status::tracked(&st)));
+            (jitter(wait), "error", written)
+        }
+    };
+    match written {
+        Ok(()) => {}
+        Err(e) if super::error::is_conflict(&e) => {
+            count_reconcile(&ctx, "requeue");
+            return Ok(stale(&key));
+        }
+        Err(e) => return Err(e.into()),
     }
     let mut requeue = requeue;
     if let Ok(Ready {
@@ -293,9 +328,9 @@ fn count_reconcile(ctx: &Context, result: &str) {
         .inc();
 }
 
-/// Count, log and publish a failure (the latter two only when the condition changed); returns
-/// how long to wait before the next attempt.
-async fn report_failure(ak: &ApiKey, ctx: &Context, f: &Failure, changed: bool) -> Duration {
+/// Count and log a failure (the log only when the condition changed; the condition and the
+/// Event are `status::report_not_ready`'s); returns how long to wait before the next attempt.
+fn count_failure(ak: &ApiKey, ctx: &Context, f: &Failure, changed: bool) -> Duration {
     let key = object_key(ak);
     ctx.metrics
         .reconcile_errors
@@ -306,14 +341,6 @@ async fn report_failure(ak: &ApiKey, ctx: &Context, f: &Failure, changed: bool) 
         .inc();
     if changed {
         tracing::warn!(apikey = %key, reason = f.reason.as_str(), message = %f.message, "ApiKey not ready");
-        ctx.event(
-            ak,
-            EventType::Warning,
-            f.reason,
-            "Reconcile",
-            f.message.clone(),
-        )
-        .await;
     }
     if f.transient {
         let n = ctx.record_failure(&key);

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::EventType;
 use kube::ResourceExt;
 use serde_json::Value;
 
@@ -47,7 +48,14 @@ pub fn conclude(
     generation: Option<i64>,
     outcome: &Result<Ready, Failure>,
 ) -> bool {
-    let readiness = match outcome {
+    let changed = set_ready(&mut st.conditions, generation, &readiness(outcome));
+    st.observed_generation = generation;
+    changed
+}
+
+/// The Ready condition an outcome sets.
+pub fn readiness(outcome: &Result<Ready, Failure>) -> Readiness {
+    match outcome {
         Ok(r) => Readiness {
             ready: true,
             reason: r.reason,
@@ -58,10 +66,39 @@ pub fn conclude(
             reason: f.reason,
             message: f.message.clone(),
         },
+    }
+}
+
+/// Say that the ApiKey is not ready, the one way every path does (a failed reconcile, a revoke
+/// refused on deletion, a contained panic): `not_ready` as the Ready condition of `after`, a
+/// Warning Event (`action`) only when the condition a person sees changed, and `after` written
+/// when the server holds something else (`read`: the status the work began with; see
+/// [`ServerCopy::differs`]). Returns whether the condition changed, and the write's outcome.
+pub async fn report_not_ready(
+    ctx: &Context,
+    ak: &ApiKey,
+    seen: &ServerCopy,
+    read: &ApiKeyStatus,
+    after: &mut ApiKeyStatus,
+    not_ready: Readiness,
+    action: &str,
+) -> (bool, Result<(), kube::Error>) {
+    let changed = set_ready(&mut after.conditions, ak.metadata.generation, &not_ready);
+    if changed {
+        ctx.event(
+            ak,
+            EventType::Warning,
+            not_ready.reason,
+            action,
+            not_ready.message,
+        )
+        .await;
+    }
+    let written = match seen.differs(after, read) {
+        true => write_status(ctx, ak, after, seen).await,
+        false => Ok(()),
     };
-    let changed = set_ready(&mut st.conditions, generation, &readiness);
-    st.observed_generation = generation;
-    changed
+    (changed, written)
 }
 
 /// What the gauges know of an ApiKey with this status.
