@@ -14,7 +14,7 @@ use kube::ResourceExt;
 
 use super::super::conditions::Readiness;
 use super::super::context::Context;
-use super::super::inuse::{release_if_unused, ProviderId};
+use super::super::inuse::{holds_keys, release_if_unused, ProviderId};
 use super::super::reasons::Reason;
 use super::super::secret::{self, SecretOwnership};
 use super::recover::recover;
@@ -62,16 +62,13 @@ pub async fn cleanup(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error
 /// before every create), no previousKeys. Read from the server, not the watch cache, so a
 /// status written moments ago is seen.
 async fn nothing_created(ak: &ApiKey, ctx: &Context) -> Result<bool, kube::Error> {
-    let holds_keys = |st: &ApiKeyStatus| {
-        st.key_id.is_some() || st.pending_create.is_some() || !st.previous_keys.is_empty()
-    };
-    if ak.status.as_ref().is_some_and(holds_keys) {
+    if holds_keys(ak) {
         return Ok(false);
     }
     let api: Api<ApiKey> = Api::namespaced(ctx.client.clone(), &ak.namespace().unwrap_or_default());
     Ok(match api.get_opt(&ak.name_any()).await? {
         None => true,
-        Some(fresh) => !fresh.status.as_ref().is_some_and(holds_keys),
+        Some(fresh) => !holds_keys(&fresh),
     })
 }
 
