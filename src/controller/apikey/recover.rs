@@ -25,7 +25,7 @@ fn started(pending: &PendingCreate) -> DateTime<Utc> {
 }
 
 /// The earliest creation time, in the provider's clock, of a key the attempt may have made:
-/// its start less [`SKEW`], moved by the provider's clock offset where the HTTP layer measured
+/// its start less `SKEW`, moved by the provider's clock offset where the HTTP layer measured
 /// one (its `Date` headers): a provider clock minutes off no longer hides the attempt's key.
 pub fn created_since(pending: &PendingCreate, offset: Option<chrono::Duration>) -> DateTime<Utc> {
     started(pending) - SKEW + offset.unwrap_or_else(chrono::Duration::zero)
