@@ -10,6 +10,7 @@ pub mod boltz;
 pub mod digitalocean;
 pub mod egress;
 pub mod http;
+pub mod metrics;
 pub mod openrouter;
 pub mod ucloud;
 
@@ -21,7 +22,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
-use crate::api::{
+use keysmith_api::{
     ApiKeySpec, BifrostKeySpec, BoltzKeySpec, DigitalOceanKeySpec, KeyProviderSpec, LimitReset,
     OpenRouterKeySpec, ProviderType, UCloudKeySpec, Usage,
 };
@@ -749,7 +750,7 @@ pub fn build_backend(
             .unwrap_or_else(|| rl.requests_per_second.ceil().max(1.0) as u32);
         opts.rate_limit = Some((rl.requests_per_second, burst.max(1)));
     }
-    use crate::api::ProviderConfig;
+    use keysmith_api::ProviderConfig;
     match spec
         .provider()
         .ok_or("exactly one provider block must be set")?
@@ -826,13 +827,13 @@ mod tests {
     #[test]
     fn a_ttl_beyond_the_calendar_is_a_far_expiry_not_a_panic() {
         // About 570,000 years: a std Duration, but past the last moment chrono can represent.
-        let spec = crate::api::ApiKeySpec {
+        let spec = keysmith_api::ApiKeySpec {
             ttl: Some("5000000000h".into()),
             ..Default::default()
         };
         let s = KeySettings::from_spec(&spec, "n".into(), Utc::now()).unwrap();
         assert_eq!(s.expires_at, Some(DateTime::<Utc>::MAX_UTC));
-        let bad = crate::api::ApiKeySpec {
+        let bad = keysmith_api::ApiKeySpec {
             ttl: Some("soon".into()),
             ..Default::default()
         };
