@@ -252,10 +252,7 @@ pub fn record_create(recent: &mut Vec<String>, now: DateTime<Utc>) {
     if times.len() > keep {
         times.drain(..times.len() - keep);
     }
-    *recent = times
-        .into_iter()
-        .map(crate::controller::rotation::ts)
-        .collect();
+    *recent = times.into_iter().map(crate::controller::time::ts).collect();
 }
 
 #[cfg(test)]
@@ -424,7 +421,7 @@ mod tests {
     }
 
     fn at(now: DateTime<Utc>, secs_ago: i64) -> String {
-        crate::controller::rotation::ts(now - chrono::Duration::seconds(secs_ago))
+        crate::controller::time::ts(now - chrono::Duration::seconds(secs_ago))
     }
 
     #[test]
