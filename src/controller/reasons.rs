@@ -132,6 +132,17 @@ reasons! {
     /// The key expires within `spec.rotation.renewBefore` (7 days when nothing renews it) and
     /// no rotation is planned before then.
     ExpiringSoon,
+    // KeyBudgets and ClusterKeyBudgets (conditions and Events).
+    /// The budget's spend was added up from the providers' listings.
+    BudgetCounted,
+    /// The budget reached one of its thresholds in this period (once per period each).
+    BudgetThresholdReached,
+    /// The budget's spend reached its amount in this period.
+    BudgetExceeded,
+    /// A new period began: thresholds, throttles and disables reset.
+    BudgetPeriodReset,
+    /// A budget changed a key's limit or enabled state at the provider (`onExceeded`).
+    BudgetEnforced,
 }
 
 impl Reason {

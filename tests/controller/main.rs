@@ -4,6 +4,7 @@
 mod alerts;
 mod bifrost;
 mod boltz;
+mod budget;
 mod crd_apply;
 mod digitalocean;
 mod fairness;

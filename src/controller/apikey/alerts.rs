@@ -15,7 +15,12 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, Utc};
 
 use super::super::conditions::{remove_condition, set_condition};
-use super::super::rotation::{parse_time, Plan};
+use super::super::rotation::Plan;
+use super::super::time;
+fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
+    s.and_then(time::parse)
+}
+
 use crate::api::{AlertsStatus, ApiKeySpec, ApiKeyStatus, LimitReset, MAX_USAGE_THRESHOLDS};
 
 /// Condition type: spend reached a usage threshold.
