@@ -25,19 +25,19 @@
 //! [`recover`] / [`adopt`] / [`create`] / [`push`] / [`sync`] / [`restore`] (idempotent IO) →
 //! [`status`] (pure builder, guarded write). [`delete`] is the finalizer's cleanup.
 
-pub mod adopt;
-pub mod create;
-pub mod delete;
-pub mod deliver;
-pub mod dereference;
-pub mod push;
-pub mod recover;
-pub mod restore;
-pub mod revoke;
-pub mod rotate;
-pub mod status;
-pub mod sync;
-pub mod validate;
+pub(crate) mod adopt;
+pub(crate) mod create;
+pub(crate) mod delete;
+pub(crate) mod deliver;
+pub(crate) mod dereference;
+pub(crate) mod push;
+pub(crate) mod recover;
+pub(crate) mod restore;
+pub(crate) mod revoke;
+pub(crate) mod rotate;
+pub(crate) mod status;
+pub(crate) mod sync;
+pub(crate) mod validate;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,8 +58,7 @@ use crate::metrics::{ControllerLabels, ErrorLabels, ProviderLabel, ReconcileLabe
 use crate::providers::KeyScope;
 
 pub use super::error::{Error, Failure};
-pub use status::{write_status, Ready, ServerCopy};
-pub use validate::ValidatedApiKey;
+pub(crate) use status::{write_status, Ready, ServerCopy};
 
 /// The handles every step of one reconcile works with.
 pub struct Reconciler<'a> {

@@ -23,8 +23,8 @@ use super::super::reasons::Reason;
 use super::super::restart::{self, Outcome};
 use super::super::rotation::{
     self, due, in_progress, previous_key, record_done, retire_on_recovery, revocations_due,
-    settle_after_rollout, strategy, Clock, Due, GraceStart, KeyKind, NativeRotate, Plan, State,
-    Strategy, Trigger, ROLLOUT_BOUND,
+    settle_after_rollout, strategy, Clock, Due, GraceStart, KeyKind, Plan, State, Strategy,
+    Trigger, ROLLOUT_BOUND,
 };
 use super::deliver::{dry_run, ensure_secret, Delivery};
 use super::status::{fill_from_key, key_scope, location, write_status, Ready};
@@ -102,7 +102,6 @@ fn state<'a>(
         ),
         has_key: st.key_id.is_some(),
         pushed,
-        source_changed: false,
         request: request(ak),
         handled_request: st
             .rotation
@@ -163,7 +162,7 @@ pub async fn rotate(
         adopted: v.settings.key_ref.is_some(),
         pushed: false,
     };
-    let how = strategy(r.p.provider_type, &kind, &plan, NativeRotate::Unavailable)
+    let how = strategy(r.p.provider_type, &kind, &plan)
         .map_err(|m| Failure::permanent(Reason::UnsupportedField, m))?;
     let old = LocatedKey {
         at: key_scope(st, &v.scope),
@@ -193,7 +192,7 @@ pub async fn rotate(
             rotated(r, &trigger, how, &old.id, &new).await;
             Ok(Some(ready))
         }
-        Strategy::Regenerate | Strategy::NativeRotate => {
+        Strategy::Regenerate => {
             // The old value dies with the regenerate: first make sure the Secret can take the
             // new one (quota, admission, a type it cannot change to), as create does.
             dry_run(r.ctx, r.ak, existing).await?;
