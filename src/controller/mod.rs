@@ -24,6 +24,7 @@ pub mod restart;
 pub mod rotation;
 pub mod secret;
 pub mod supervise;
+pub mod time;
 pub(crate) mod watches;
 
 pub(crate) use apikey::validate;
