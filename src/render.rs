@@ -240,7 +240,7 @@ fn details(settings: &KeySettings, out: &mut String) {
 
 /// The rotation lines of `keysmith render`: strategy, schedule, grace period, restart targets.
 fn rotation_plan(ak: &ApiKey, provider: ProviderType, family: &str, adopted: bool) -> String {
-    use crate::controller::rotation::{self, KeyKind, NativeRotate, Plan, Strategy};
+    use crate::controller::rotation::{self, KeyKind, Plan, Strategy};
     let mut out = String::from("# rotation:\n");
     let plan = match Plan::of(&ak.spec) {
         Ok(p) => p,
@@ -254,16 +254,10 @@ fn rotation_plan(ak: &ApiKey, provider: ProviderType, family: &str, adopted: boo
         adopted,
         pushed: ak.spec.source.is_some(),
     };
-    match rotation::strategy(provider, &kind, &plan, NativeRotate::Unavailable) {
+    match rotation::strategy(provider, &kind, &plan) {
         Err(m) => out.push_str(&format!("#  Ready=False reason=UnsupportedField: {m}\n")),
         Ok(s) => {
             out.push_str(&format!("#  strategy: {}\n", s.as_str()));
-            if provider == ProviderType::Bifrost && family == "virtual" {
-                out.push_str(&format!(
-                    "#  (the gateway's own rotate is used instead when its vk_rotation_cooldown covers the grace period of {})\n",
-                    rotation::human(plan.grace)
-                ));
-            }
             let when = match (plan.every, plan.renew_before) {
                 _ if kind.pushed => "when the source Secret changes".to_string(),
                 (Some(e), Some(r)) => format!(

@@ -197,24 +197,6 @@ impl Context {
         }
     }
 
-    /// Build (or reuse) the backend of a provider spec. `namespace`: Some for a namespaced
-    /// KeyProvider (credentials only from there), None for a ClusterKeyProvider.
-    pub async fn resolve_spec(
-        &self,
-        id: String,
-        spec: &KeyProviderSpec,
-        generation: Option<i64>,
-        namespace: Option<&str>,
-    ) -> Result<ResolvedProvider, ResolveError> {
-        self.resolve_object(ProviderObject {
-            id,
-            spec,
-            generation,
-            namespace,
-        })
-        .await
-    }
-
     /// Build (or reuse) the backend of a provider object.
     pub async fn resolve_object(
         &self,

@@ -17,9 +17,6 @@ use crate::api::ApiKey;
 use crate::metrics::{set_or_remove, Contribution, Metrics, Tally, Tracker};
 use crate::providers::{ClientOptions, KeyScope};
 
-pub use super::backends::{ResolveError, ResolvedProvider, DEFAULT_REFRESH};
-pub use super::listing::Snapshot;
-
 /// How often [`Context::prune_caches`] runs.
 pub const CACHE_SWEEP: Duration = Duration::from_secs(300);
 /// How long the restart debouncer remembers a workload's last restart.

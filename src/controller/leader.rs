@@ -233,11 +233,6 @@ impl LeaseLock {
         }
     }
 
-    /// This replica's identity in the Lease.
-    pub fn holder(&self) -> &str {
-        &self.holder
-    }
-
     /// Remember `lease` as seen at `now`; the observation time moves only when the record
     /// (the spec) changed.
     fn observe(&mut self, lease: &Lease, now: tokio::time::Instant) -> &Observed {

@@ -477,8 +477,6 @@ mod tests {
                 supported: &[],
                 mutable: &[],
                 secret_readable: false,
-                has_get: false,
-                page_size: 100,
             },
         });
         let p = ResolvedProvider {

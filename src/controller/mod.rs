@@ -1,33 +1,33 @@
 //! The controller (`keysmith run`): reconciles ApiKeys against providers and Secrets, and
 //! verifies provider objects. Only the Lease holder reconciles when leader election is on.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod apikey;
-pub mod backends;
+pub(crate) mod backends;
 pub mod budget;
 pub mod cache;
-pub mod conditions;
-pub mod context;
-pub mod credentials;
-pub mod error;
-pub mod fairness;
+pub(crate) mod conditions;
+pub(crate) mod context;
+pub(crate) mod credentials;
+pub(crate) mod error;
+pub(crate) mod fairness;
 pub mod inuse;
 pub mod leader;
-pub mod limits;
+pub(crate) mod limits;
 pub mod listing;
-pub mod nsguard;
-pub mod predicates;
-pub mod provider;
+pub(crate) mod nsguard;
+pub(crate) mod predicates;
+pub(crate) mod provider;
 pub mod rbac;
-pub mod reasons;
+pub(crate) mod reasons;
 pub mod restart;
 pub mod rotation;
 pub mod secret;
 pub mod supervise;
 pub mod time;
-pub mod watches;
+pub(crate) mod watches;
 
-pub use apikey::validate;
+pub(crate) use apikey::validate;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,7 +1,7 @@
 //! The Kubernetes API permissions the controller uses: the one list both the Helm chart's RBAC
 //! (checked in `tests/chart.rs`) and the controller's actual requests (every request the
-//! controller tests make is classified with [`classify`] and must be in [`PERMISSIONS`]) are
-//! held against.
+//! controller tests make is classified by `tests/common/kube_recorder.rs` and must be in
+//! [`PERMISSIONS`]) are held against.
 
 /// One resource and the verbs used on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,108 +86,3 @@ pub const NAMESPACE_MODE_PERMISSIONS: &[Permission] = &[p(
     "rolebindings",
     &["get", "patch"],
 )];
-
-/// Whether `verb` on `group`/`resource` is in [`PERMISSIONS`] or
-/// [`ROLLOUT_RESTART_PERMISSIONS`].
-pub fn allowed(group: &str, resource: &str, verb: &str) -> bool {
-    PERMISSIONS
-        .iter()
-        .chain(ROLLOUT_RESTART_PERMISSIONS)
-        .chain(NAMESPACE_MODE_PERMISSIONS)
-        .any(|p| p.group == group && p.resource == resource && p.verbs.contains(&verb))
-}
-
-/// The (group, resource, verb) of an API request, as RBAC sees it.
-pub fn classify(method: &str, path: &str, query: &str) -> Option<(String, String, String)> {
-    let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let (group, rest) = match parts.as_slice() {
-        ["api", _version, rest @ ..] => ("", rest),
-        ["apis", group, _version, rest @ ..] => (*group, rest),
-        _ => return None,
-    };
-    let rest: Vec<&str> = match rest {
-        ["namespaces", _ns, tail @ ..] if !tail.is_empty() => tail.to_vec(),
-        other => other.to_vec(),
-    };
-    let (resource, named) = match rest.as_slice() {
-        [res] => (res.to_string(), false),
-        [res, _name] => (res.to_string(), true),
-        [res, _name, sub] => (format!("{res}/{sub}"), true),
-        _ => return None,
-    };
-    let watch = query
-        .split('&')
-        .any(|kv| kv == "watch=true" || kv == "watch=1");
-    let verb = match (method, named) {
-        ("GET", true) => "get",
-        ("GET", false) if watch => "watch",
-        ("GET", false) => "list",
-        ("POST", _) => "create",
-        ("PUT", _) => "update",
-        ("PATCH", _) => "patch",
-        ("DELETE", true) => "delete",
-        ("DELETE", false) => "deletecollection",
-        _ => return None,
-    };
-    Some((group.to_string(), resource, verb.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requests_are_classified_like_rbac() {
-        let c = |m, p, q| classify(m, p, q).unwrap();
-        assert_eq!(
-            c("GET", "/api/v1/namespaces/a/secrets/s", ""),
-            ("".into(), "secrets".into(), "get".into())
-        );
-        assert_eq!(
-            c("GET", "/api/v1/namespaces/a/secrets", "watch=true"),
-            ("".into(), "secrets".into(), "watch".into())
-        );
-        assert_eq!(
-            c("GET", "/api/v1/namespaces/team-a", ""),
-            ("".into(), "namespaces".into(), "get".into())
-        );
-        assert_eq!(
-            c(
-                "PATCH",
-                "/apis/keysmith.dev/v1alpha1/namespaces/a/apikeys/k/status",
-                ""
-            ),
-            (
-                "keysmith.dev".into(),
-                "apikeys/status".into(),
-                "patch".into()
-            )
-        );
-        assert_eq!(
-            c(
-                "GET",
-                "/apis/keysmith.dev/v1alpha1/clusterkeyproviders/p",
-                ""
-            ),
-            (
-                "keysmith.dev".into(),
-                "clusterkeyproviders".into(),
-                "get".into()
-            )
-        );
-        assert_eq!(
-            c("POST", "/apis/events.k8s.io/v1/namespaces/a/events", ""),
-            ("events.k8s.io".into(), "events".into(), "create".into())
-        );
-        assert_eq!(
-            c("PATCH", "/apis/apps/v1/namespaces/a/deployments/web", ""),
-            ("apps".into(), "deployments".into(), "patch".into())
-        );
-        assert!(allowed("apps", "deployments", "patch"));
-        assert!(allowed("apps", "daemonsets", "get"));
-        assert!(!allowed("apps", "deployments", "update"));
-        assert!(!allowed("apps", "replicasets", "patch"));
-        assert!(allowed("", "secrets", "patch"));
-        assert!(!allowed("", "secrets", "deletecollection"));
-    }
-}

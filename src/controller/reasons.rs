@@ -4,21 +4,30 @@
 use crate::providers::ProviderError;
 
 macro_rules! reasons {
-    ($($(#[$doc:meta])* $v:ident,)*) => {
+    (
+        $($(#[$doc:meta])* $v:ident,)*
+        // Reasons that exist only in builds with the `test-hooks` feature.
+        @test_hooks { $($(#[$hdoc:meta])* $h:ident,)* }
+    ) => {
         /// A condition or Event reason.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum Reason {
             $($(#[$doc])* $v,)*
+            $(#[cfg(feature = "test-hooks")] $(#[$hdoc])* $h,)*
         }
 
         impl Reason {
             /// Every reason.
-            pub const ALL: &'static [Reason] = &[$(Reason::$v,)*];
+            pub const ALL: &'static [Reason] = &[
+                $(Reason::$v,)*
+                $(#[cfg(feature = "test-hooks")] Reason::$h,)*
+            ];
 
             /// The CamelCase name written to conditions, Events and metric labels.
             pub fn as_str(self) -> &'static str {
                 match self {
                     $(Reason::$v => stringify!($v),)*
+                    $(#[cfg(feature = "test-hooks")] Reason::$h => stringify!($h),)*
                 }
             }
         }
@@ -84,8 +93,6 @@ reasons! {
     LeaseExpiring,
     /// Internal: a conditional write found a newer ApiKey; never shown in a condition.
     Conflict,
-    /// Test hook (`test-hooks` feature): a simulated crash right after a create.
-    Crashed,
     // Events.
     /// A key was created.
     KeyCreated,
@@ -143,6 +150,10 @@ reasons! {
     BudgetPeriodReset,
     /// A budget changed a key's limit or enabled state at the provider (`onExceeded`).
     BudgetEnforced,
+    @test_hooks {
+        /// A simulated crash right after a create.
+        Crashed,
+    }
 }
 
 impl Reason {

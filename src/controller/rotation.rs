@@ -35,15 +35,6 @@ pub const ROLLOUT_BOUND: Duration = Duration::from_secs(600);
 /// the oldest is revoked (a loop annotating the ApiKey cannot pile up keys at the provider).
 pub const MAX_PREVIOUS_KEYS: usize = 5;
 
-/// Event reason: the key was replaced by a new value.
-pub const EVENT_KEY_ROTATED: &str = "KeyRotated";
-/// Event reason: a replaced key was revoked after its grace period.
-pub const EVENT_PREVIOUS_KEY_REVOKED: &str = "PreviousKeyRevoked";
-/// Event reason: rolloutRestartTargets were restarted after a new value.
-pub const EVENT_RESTART_TRIGGERED: &str = "RestartTriggered";
-/// Event reason (Warning): a rolloutRestartTarget does not exist or cannot be patched.
-pub const EVENT_RESTART_TARGET_MISSING: &str = "RestartTargetMissing";
-
 /// The rotation settings of an ApiKey, parsed. On-demand rotation works without
 /// `spec.rotation` (defaults: no schedule, the default grace period).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,11 +102,6 @@ impl Plan {
             grace,
             allow_downtime: r.allow_downtime,
         })
-    }
-
-    /// Whether the key rotates on its own (a schedule or ahead of expiry).
-    pub fn scheduled(&self) -> bool {
-        self.every.is_some() || self.renew_before.is_some()
     }
 }
 
@@ -266,8 +252,6 @@ pub struct State<'a> {
     pub has_key: bool,
     /// The key's value comes from a Secret of the user (push).
     pub pushed: bool,
-    /// The source Secret changed since the last push (pushed keys).
-    pub source_changed: bool,
     /// The `keysmith.dev/rotate` annotation of the ApiKey.
     pub request: Option<&'a str>,
     /// `status.rotation.handledRequest`.
@@ -292,7 +276,7 @@ pub fn new_request<'a>(request: Option<&'a str>, handled: Option<&str>) -> Optio
 }
 
 /// Which trigger is due at `now`, in this order: an interrupted rotation, an on-demand request,
-/// renewal before expiry, the schedule; for pushed keys, a changed source.
+/// renewal before expiry, the schedule (a pushed key follows its source in `apikey/push.rs`).
 pub fn due(plan: &Plan, clock: &Clock, s: &State<'_>, now: DateTime<Utc>) -> Due {
     if let Some(p) = s.in_progress {
         return Due::Now(Trigger::of_in_progress(p));
@@ -301,9 +285,8 @@ pub fn due(plan: &Plan, clock: &Clock, s: &State<'_>, now: DateTime<Utc>) -> Due
         return Due::No(None);
     }
     if s.pushed {
-        return if s.source_changed {
-            Due::Now(Trigger::SourceChanged)
-        } else if let Some(v) = new_request(s.request, s.handled_request) {
+        // A changed source is the push step's (`apikey/push.rs`), not a rotation that is due.
+        return if let Some(v) = new_request(s.request, s.handled_request) {
             Due::Ignored(
                 v.to_string(),
                 "this key's value comes from spec.source: change that Secret to rotate it (keysmith pushes the new value and keeps the old one for the grace period)".into(),
@@ -356,9 +339,6 @@ pub enum Strategy {
     /// Create a new key (with a `pendingCreate` marker), write it to the Secret, keep the old
     /// key live for the grace period, then revoke it.
     MintNewThenRevoke,
-    /// The provider's own rotate call (Bifrost virtual keys): same key id, new value; the
-    /// gateway keeps the previous value valid for its own cooldown.
-    NativeRotate,
     /// Regenerate in place (DigitalOcean): the old value dies at once, no grace period.
     Regenerate,
     /// Pushed keys (Bifrost provider keys): register the new value as a new key next to the
@@ -370,7 +350,6 @@ impl Strategy {
     pub fn as_str(self) -> &'static str {
         match self {
             Strategy::MintNewThenRevoke => "mint a new key, then revoke the old one",
-            Strategy::NativeRotate => "the provider's rotate call",
             Strategy::Regenerate => "regenerate in place (the old value stops at once)",
             Strategy::RepushWithGrace => "push the new value as a new key, then delete the old one",
         }
@@ -384,19 +363,6 @@ impl Strategy {
             Strategy::MintNewThenRevoke | Strategy::RepushWithGrace
         )
     }
-}
-
-/// What a Bifrost gateway offers for virtual-key rotation (the driver learns it from the
-/// gateway; `Unknown` until it does).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum NativeRotate {
-    /// Not known, or no rotate route.
-    #[default]
-    Unavailable,
-    /// A rotate route whose old value stops at once (`vk_rotation_cooldown` 0).
-    Immediate,
-    /// A rotate route keeping the previous value valid this long.
-    WithGrace(Duration),
 }
 
 /// Where the key is and how it came to be, for [`strategy`].
@@ -417,7 +383,6 @@ pub fn strategy(
     provider: ProviderType,
     key: &KeyKind<'_>,
     plan: &Plan,
-    native: NativeRotate,
 ) -> Result<Strategy, String> {
     if key.pushed {
         return if provider == ProviderType::Bifrost {
@@ -434,7 +399,11 @@ pub fn strategy(
         ))
     };
     match provider {
-        ProviderType::OpenRouter | ProviderType::Boltz | ProviderType::UCloud => {
+        // Bifrost virtual keys too: keysmith does not call the gateway's rotate route.
+        ProviderType::OpenRouter
+        | ProviderType::Boltz
+        | ProviderType::UCloud
+        | ProviderType::Bifrost => {
             if key.adopted {
                 adopted_elsewhere()
             } else {
@@ -451,18 +420,6 @@ pub fn strategy(
                 Err("DigitalOcean can only rotate this key with regenerate, which stops the old value at once (no grace period): set spec.rotation.allowDowntime: true to rotate it anyway; rolloutRestartTargets restart right after".into())
             }
         }
-        ProviderType::Bifrost => match native {
-            NativeRotate::WithGrace(g) if g >= plan.grace => Ok(Strategy::NativeRotate),
-            NativeRotate::WithGrace(_) | NativeRotate::Immediate if plan.allow_downtime => {
-                Ok(Strategy::NativeRotate)
-            }
-            _ if !key.adopted => Ok(Strategy::MintNewThenRevoke),
-            NativeRotate::Unavailable => Err("this Bifrost gateway has no virtual-key rotate route, and rotating an adopted key by minting a new one would leave spec.keyRef naming the old key".into()),
-            _ => Err(format!(
-                "this Bifrost gateway's rotate keeps the old value for less than spec.rotation.gracePeriod ({}): raise the gateway's vk_rotation_cooldown, or set spec.rotation.allowDowntime: true",
-                human(plan.grace)
-            )),
-        },
     }
 }
 

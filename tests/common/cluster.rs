@@ -439,10 +439,12 @@ impl Cluster {
         }
 
         let (emulator, provider_name) = add_provider(
-            &client,
-            &run,
-            &operator_ns,
-            &log_dir,
+            Run {
+                client: &client,
+                run: &run,
+                operator_ns: &operator_ns,
+                log_dir: &log_dir,
+            },
             format!("ks-e2e-{run}"),
             setup,
             &emu,
@@ -745,10 +747,12 @@ impl Cluster {
         provider: ProviderOptions,
     ) -> (Emulator, String) {
         add_provider(
-            &self.client,
-            &self.run,
-            &self.operator_ns,
-            &self.log_dir,
+            Run {
+                client: &self.client,
+                run: &self.run,
+                operator_ns: &self.operator_ns,
+                log_dir: &self.log_dir,
+            },
             format!("ks-e2e-{}-{suffix}", self.run),
             setup,
             &emu,
@@ -830,20 +834,30 @@ impl Cluster {
     }
 }
 
+/// The run a provider is added to: its client, label, operator namespace and log directory.
+struct Run<'a> {
+    client: &'a Client,
+    run: &'a str,
+    operator_ns: &'a str,
+    log_dir: &'a Path,
+}
+
 /// Start `setup`'s emulator, put its credentials in a Secret of the operator namespace and
 /// create the ClusterKeyProvider `provider_name` that points at it, admitting (and allowing
 /// adoption for) the run's namespaces.
-#[allow(clippy::too_many_arguments)]
 async fn add_provider(
-    client: &Client,
-    run: &str,
-    operator_ns: &str,
-    log_dir: &Path,
+    to: Run<'_>,
     provider_name: String,
     setup: ProviderSetup,
     emu: &EmulatorOptions,
     provider: &ProviderOptions,
 ) -> (Emulator, String) {
+    let Run {
+        client,
+        run,
+        operator_ns,
+        log_dir,
+    } = to;
     let emulator = Emulator::start(
         log_dir,
         setup.emulator,

@@ -7,6 +7,9 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+use keysmith::controller::rbac::{
+    NAMESPACE_MODE_PERMISSIONS, PERMISSIONS, ROLLOUT_RESTART_PERMISSIONS,
+};
 use kube::Client;
 use serde_json::{json, Value};
 
@@ -78,9 +81,8 @@ pub fn instrumented(
             let method = req.method().as_str().to_string();
             let path = req.uri().path().to_string();
             let query = req.uri().query().unwrap_or("").to_string();
-            match keysmith::controller::rbac::classify(&method, &path, &query) {
-                Some((group, resource, verb))
-                    if keysmith::controller::rbac::allowed(&group, &resource, &verb) => {}
+            match classify(&method, &path, &query) {
+                Some((group, resource, verb)) if allowed(&group, &resource, &verb) => {}
                 other => violations
                     .lock()
                     .unwrap()
@@ -176,4 +178,107 @@ pub fn instrumented(
         }
     });
     Client::new(svc, "default")
+}
+
+/// Whether `verb` on `group`/`resource` is in `PERMISSIONS` or
+/// `ROLLOUT_RESTART_PERMISSIONS`.
+fn allowed(group: &str, resource: &str, verb: &str) -> bool {
+    PERMISSIONS
+        .iter()
+        .chain(ROLLOUT_RESTART_PERMISSIONS)
+        .chain(NAMESPACE_MODE_PERMISSIONS)
+        .any(|p| p.group == group && p.resource == resource && p.verbs.contains(&verb))
+}
+
+/// The (group, resource, verb) of an API request, as RBAC sees it.
+fn classify(method: &str, path: &str, query: &str) -> Option<(String, String, String)> {
+    let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => return None,
+    };
+    let rest: Vec<&str> = match rest {
+        ["namespaces", _ns, tail @ ..] if !tail.is_empty() => tail.to_vec(),
+        other => other.to_vec(),
+    };
+    let (resource, named) = match rest.as_slice() {
+        [res] => (res.to_string(), false),
+        [res, _name] => (res.to_string(), true),
+        [res, _name, sub] => (format!("{res}/{sub}"), true),
+        _ => return None,
+    };
+    let watch = query
+        .split('&')
+        .any(|kv| kv == "watch=true" || kv == "watch=1");
+    let verb = match (method, named) {
+        ("GET", true) => "get",
+        ("GET", false) if watch => "watch",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => return None,
+    };
+    Some((group.to_string(), resource, verb.to_string()))
+}
+
+#[cfg(test)]
+mod rbac_tests {
+    #[test]
+    fn requests_are_classified_like_rbac() {
+        let c = |m, p, q| super::classify(m, p, q).unwrap();
+        assert_eq!(
+            c("GET", "/api/v1/namespaces/a/secrets/s", ""),
+            ("".into(), "secrets".into(), "get".into())
+        );
+        assert_eq!(
+            c("GET", "/api/v1/namespaces/a/secrets", "watch=true"),
+            ("".into(), "secrets".into(), "watch".into())
+        );
+        assert_eq!(
+            c("GET", "/api/v1/namespaces/team-a", ""),
+            ("".into(), "namespaces".into(), "get".into())
+        );
+        assert_eq!(
+            c(
+                "PATCH",
+                "/apis/keysmith.dev/v1alpha1/namespaces/a/apikeys/k/status",
+                ""
+            ),
+            (
+                "keysmith.dev".into(),
+                "apikeys/status".into(),
+                "patch".into()
+            )
+        );
+        assert_eq!(
+            c(
+                "GET",
+                "/apis/keysmith.dev/v1alpha1/clusterkeyproviders/p",
+                ""
+            ),
+            (
+                "keysmith.dev".into(),
+                "clusterkeyproviders".into(),
+                "get".into()
+            )
+        );
+        assert_eq!(
+            c("POST", "/apis/events.k8s.io/v1/namespaces/a/events", ""),
+            ("events.k8s.io".into(), "events".into(), "create".into())
+        );
+        assert_eq!(
+            c("PATCH", "/apis/apps/v1/namespaces/a/deployments/web", ""),
+            ("apps".into(), "deployments".into(), "patch".into())
+        );
+        assert!(super::allowed("apps", "deployments", "patch"));
+        assert!(super::allowed("apps", "daemonsets", "get"));
+        assert!(!super::allowed("apps", "deployments", "update"));
+        assert!(!super::allowed("apps", "replicasets", "patch"));
+        assert!(super::allowed("", "secrets", "patch"));
+        assert!(!super::allowed("", "secrets", "deletecollection"));
+    }
 }

@@ -8,6 +8,7 @@ mod budget;
 mod crd_apply;
 mod digitalocean;
 mod fairness;
+mod fixtures;
 mod harness;
 mod inuse;
 mod leader;

@@ -9,78 +9,16 @@ use std::time::Duration;
 use chrono::Utc;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use keysmith::api::{
-    ApiKey, ApiKeySpec, DigitalOceanKeySpec, KeyRef, RestartKind, RestartTarget, RotationSpec,
-    KEY_HASH_ANNOTATION, RESTARTED_AT_ANNOTATION, ROTATE_ANNOTATION,
+    ApiKey, ApiKeySpec, KeyRef, RestartKind, RestartTarget, RotationSpec, KEY_HASH_ANNOTATION,
+    RESTARTED_AT_ANNOTATION, ROTATE_ANNOTATION,
 };
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
+use crate::fixtures::{ALL, P};
 use crate::harness::*;
-use crate::{bifrost, boltz, digitalocean, openrouter, ucloud};
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum P {
-    OpenRouter,
-    Boltz,
-    UCloud,
-    DigitalOceanAgent,
-    BifrostVirtual,
-}
-
-const ALL: [P; 5] = [
-    P::OpenRouter,
-    P::Boltz,
-    P::UCloud,
-    P::DigitalOceanAgent,
-    P::BifrostVirtual,
-];
-
-impl P {
-    fn provider(self) -> &'static str {
-        match self {
-            P::OpenRouter => "openrouter",
-            P::Boltz => "boltz",
-            P::UCloud => "ucloud",
-            P::DigitalOceanAgent => "digitalocean",
-            P::BifrostVirtual => "bifrost",
-        }
-    }
-
-    async fn env(self) -> Env {
-        match self {
-            P::OpenRouter => openrouter::env().await,
-            P::Boltz => boltz::env().await,
-            P::UCloud => ucloud::env().await,
-            P::DigitalOceanAgent => digitalocean::env().await,
-            P::BifrostVirtual => bifrost::env_with(vec![]).await,
-        }
-    }
-
-    fn spec(self, rotation: RotationSpec) -> ApiKeySpec {
-        let mut spec = ApiKeySpec {
-            rotation: Some(Box::new(rotation)),
-            ..Default::default()
-        };
-        if self == P::DigitalOceanAgent {
-            spec.digitalocean = Some(Box::new(DigitalOceanKeySpec {
-                agent_uuid: Some(digitalocean::AGENT.into()),
-            }));
-        }
-        spec
-    }
-
-    /// Live keys at the provider (each emulator spells "active" its own way).
-    async fn live(self, env: &Env) -> usize {
-        let keys = match self {
-            P::BifrostVirtual => bifrost::virtual_keys(env).await,
-            _ => env.emulator_keys().await,
-        };
-        keys.iter()
-            .filter(|k| (k["active"] == true || k["is_active"] == true) && k["key_type"] != "admin")
-            .count()
-    }
-}
+use crate::{bifrost, digitalocean};
 
 fn grace(g: &str) -> RotationSpec {
     RotationSpec {

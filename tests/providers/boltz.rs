@@ -18,11 +18,17 @@ const ADMIN: &str = "sk_bc_admin_live_0123456789abcdef";
 const ADMIN_TEST: &str = "sk_bc_admin_test_fedcba9876543210";
 
 async fn emulator() -> RunningEmulator {
+    emulator_with_pages(None).await
+}
+
+/// The emulator, serving at most `max_page_size` keys per list page.
+async fn emulator_with_pages(max_page_size: Option<usize>) -> RunningEmulator {
     let args = Args {
         faults: FaultArgs::default(),
         admin_keys: vec![ADMIN.into(), ADMIN_TEST.into()],
         workspaces: vec!["ws_main".into(), "ws_other".into()],
         idempotent_revoke: false,
+        max_page_size,
     };
     let (router, faults) = build(&args);
     spawn(router, faults).await.unwrap()
@@ -115,8 +121,9 @@ const LIST_ROUTE: &str = "GET /compute/v1/admin/api-keys";
 
 #[tokio::test]
 async fn lifecycle_create_use_list_get_update_revoke() {
-    let emu = emulator().await;
-    let c = client(&emu).with_page_size(2);
+    // Pages of two keys: the listings below page through the emulator.
+    let emu = emulator_with_pages(Some(2)).await;
+    let c = client(&emu);
     c.verify().await.unwrap();
 
     let mut s = settings("team-a/chat");
@@ -892,6 +899,7 @@ async fn a_repeated_revoke_answering_409_is_confirmed() {
         admin_keys: vec![ADMIN.into()],
         workspaces: vec![],
         idempotent_revoke: true,
+        max_page_size: None,
     };
     let (router, faults) = build(&args);
     let idem = spawn(router, faults).await.unwrap();

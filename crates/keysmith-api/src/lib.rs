@@ -13,8 +13,6 @@ pub use provider::*;
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
-/// API group of every keysmith resource.
-pub const GROUP: &str = "keysmith.dev";
 /// Finalizer that makes deletion of an ApiKey revoke its key at the provider first.
 pub const FINALIZER: &str = "keysmith.dev/revoke";
 /// Label put on every Secret keysmith writes; the controller watches only these.

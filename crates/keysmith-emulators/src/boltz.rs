@@ -60,6 +60,10 @@ pub struct Args {
     /// Answer a repeated revoke with 200 and the key (default: 409 Conflict).
     #[arg(long)]
     pub idempotent_revoke: bool,
+    /// Serve at most this many keys per list page, whatever `limit` asks (default: `limit`),
+    /// so a client's pagination is exercised with a handful of keys.
+    #[arg(long)]
+    pub max_page_size: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,6 +132,7 @@ struct Store {
     next_seq: u64,
     workspaces: Vec<String>,
     idempotent_revoke: bool,
+    max_page_size: Option<usize>,
 }
 
 type Shared = Arc<Mutex<Store>>;
@@ -410,6 +415,7 @@ async fn list(
         return bad("Pass after_id or before_id, not both.");
     }
     let s = store.lock().unwrap();
+    let limit = s.max_page_size.map_or(limit, |m| limit.min(m.max(1)));
     let seq_of = |id: &String| s.keys.iter().find(|k| &k.id == id).map(|k| k.seq);
     // Newest first. A workspace filter leaves out admin keys (they belong to no workspace).
     let mut all: Vec<&Key> = s
@@ -514,6 +520,7 @@ pub fn build(args: &Args) -> (Router, Arc<Faults>) {
             args.workspaces.clone()
         },
         idempotent_revoke: args.idempotent_revoke,
+        max_page_size: args.max_page_size,
         ..Default::default()
     };
     let started = Utc::now();

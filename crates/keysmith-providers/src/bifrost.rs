@@ -149,8 +149,6 @@ impl BifrostClient {
                 supported: SUPPORTED,
                 mutable: MUTABLE,
                 secret_readable: true,
-                has_get: true,
-                page_size: PAGE_SIZE,
             },
         })
     }

@@ -51,7 +51,6 @@ pub struct BoltzClient {
     http: HttpClient,
     token: SecretString,
     workspace_id: Option<String>,
-    page_size: usize,
     caps: Capabilities,
 }
 
@@ -87,7 +86,6 @@ impl BoltzClient {
             http,
             token: SecretString::from(token),
             workspace_id,
-            page_size: MAX_PAGE_SIZE,
             caps: Capabilities {
                 mint: true,
                 adopt: AdoptMode::No,
@@ -95,16 +93,8 @@ impl BoltzClient {
                 supported: SUPPORTED,
                 mutable: &[],
                 secret_readable: false,
-                has_get: false,
-                page_size: MAX_PAGE_SIZE,
             },
         })
-    }
-
-    /// Use smaller list pages (tests; clamped to 1–100).
-    pub fn with_page_size(mut self, n: usize) -> Self {
-        self.page_size = n.clamp(1, MAX_PAGE_SIZE);
-        self
     }
 
     /// The workspace a key with these settings lives in: the ApiKey's `boltz.workspaceID`, else
@@ -478,7 +468,7 @@ impl KeyBackend for BoltzClient {
         scope: &KeyScope,
         cursor: Option<&str>,
     ) -> Result<KeyPage, ProviderError> {
-        let mut query = vec![("limit", self.page_size.to_string())];
+        let mut query = vec![("limit", MAX_PAGE_SIZE.to_string())];
         if let Some(c) = cursor {
             query.push(("after_id", c.to_string()));
         }
@@ -634,7 +624,7 @@ mod tests {
     fn capabilities_are_create_only() {
         let c = client(None);
         let caps = c.capabilities();
-        assert!(caps.mint && !caps.push && !caps.secret_readable && !caps.has_get);
+        assert!(caps.mint && !caps.push && !caps.secret_readable);
         assert_eq!(caps.adopt, AdoptMode::No);
         assert!(caps.mutable.is_empty());
         for f in [
@@ -656,8 +646,6 @@ mod tests {
         ] {
             assert!(!caps.supports(f), "{f:?}");
         }
-        assert_eq!(caps.page_size, 100);
-        assert_eq!(c.page_size, 100);
         assert!(!format!("{c:?}").contains("sk_bc_admin"));
     }
 

@@ -48,8 +48,6 @@ const CAPS: Capabilities = Capabilities {
     supported: &[Field::DisplayName, Field::Extras, Field::KeyRef],
     mutable: &[Field::DisplayName],
     secret_readable: false,
-    has_get: false,
-    page_size: PAGE_SIZE,
 };
 
 /// Client of one DigitalOcean account (one API token).
@@ -710,7 +708,7 @@ mod tests {
     fn capabilities_are_exact() {
         let c = client();
         let caps = c.capabilities();
-        assert!(caps.mint && !caps.push && !caps.has_get && !caps.secret_readable);
+        assert!(caps.mint && !caps.push && !caps.secret_readable);
         assert_eq!(caps.adopt, AdoptMode::Regenerate);
         assert_eq!(
             caps.supported,
@@ -729,7 +727,6 @@ mod tests {
         ] {
             assert!(!caps.supports(f), "{f:?}");
         }
-        assert_eq!(caps.page_size, 200);
     }
 
     #[test]

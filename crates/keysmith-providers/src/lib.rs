@@ -167,10 +167,6 @@ pub struct Capabilities {
     pub mutable: &'static [Field],
     /// The provider returns the plaintext in list/get, so a lost Secret can be restored.
     pub secret_readable: bool,
-    /// Keys can be fetched one by one (otherwise the list is filtered).
-    pub has_get: bool,
-    /// Largest page the list endpoint serves.
-    pub page_size: usize,
 }
 
 impl Capabilities {

@@ -31,10 +31,6 @@ use keysmith_api::OpenRouterProvider;
 /// The only server in OpenRouter's API description.
 pub const DEFAULT_BASE_URL: &str = "https://openrouter.ai/api/v1";
 
-/// OpenRouter lists about this many keys per call (observed, not documented) and has no
-/// cursor: the next page is `offset + <keys on this page>`, and only an empty page is the last.
-pub const PAGE_SIZE: usize = 100;
-
 /// `ProviderKey.extras` key of the `include_byok_in_limit` flag.
 pub const EXTRA_INCLUDE_BYOK: &str = "includeByokInLimit";
 
@@ -105,8 +101,6 @@ impl OpenRouterClient {
                 supported: SUPPORTED,
                 mutable: MUTABLE,
                 secret_readable: false,
-                has_get: true,
-                page_size: PAGE_SIZE,
             },
             http,
             management_key,

@@ -95,19 +95,6 @@ pub fn encode_bool(b: bool) -> String {
     if b { "true" } else { "false" }.to_string()
 }
 
-/// A float as UCloud signs and sends it: shortest form, no trailing `.0`, never scientific.
-pub fn encode_float(f: f64) -> String {
-    // Rust's Display for f64 is the shortest round-tripping form and never uses an exponent.
-    format!("{f}")
-}
-
-/// An array flattened the UCloud way: `Name.0`, `Name.1`, …
-pub fn flatten_array(params: &mut Params, name: &str, items: &[String]) {
-    for (i, v) in items.iter().enumerate() {
-        params.insert(format!("{name}.{i}"), v.clone());
-    }
-}
-
 /// The typed error for a business error (`RetCode != 0` in an HTTP 200 answer).
 pub fn retcode_error(code: i64, message: &str, retry_after: Option<Duration>) -> ProviderError {
     use retcode::*;
@@ -582,8 +569,6 @@ const CAPABILITIES: Capabilities = Capabilities {
         Field::Extras,
     ],
     secret_readable: true,
-    has_get: false,
-    page_size: PAGE_SIZE,
 };
 
 impl UCloudClient {
@@ -1073,14 +1058,6 @@ mod tests {
     fn values_are_encoded_like_the_sdk() {
         assert_eq!(encode_bool(true), "true");
         assert_eq!(encode_bool(false), "false");
-        assert_eq!(encode_float(42.0), "42");
-        assert_eq!(encode_float(0.5), "0.5");
-        assert_eq!(encode_float(1e21), "1000000000000000000000");
-        assert_eq!(encode_float(1.25e-7), "0.000000125");
-        let mut p = Params::new();
-        flatten_array(&mut p, "UHostIds", &["a".into(), "b".into()]);
-        assert_eq!(p["UHostIds.0"], "a");
-        assert_eq!(p["UHostIds.1"], "b");
     }
 
     #[test]

@@ -40,7 +40,12 @@ fn counts_as_failed_create(f: &Failure) -> bool {
         f.reason,
         Reason::CreateBackoff | Reason::CreateBudgetExhausted | Reason::CreateThrottled
     );
-    !f.is_stale() && !held && !waiting && f.reason != Reason::Crashed
+    // A simulated crash (test hook) stands for a process that died, not a refused create.
+    #[cfg(feature = "test-hooks")]
+    if f.reason == Reason::Crashed {
+        return false;
+    }
+    !f.is_stale() && !held && !waiting
 }
 
 /// Whether a failed create was the spec's fault, so that an edit of the spec may fix it: the

@@ -80,7 +80,7 @@ use crate::metrics::{ControllerLabels, ErrorLabels, ProviderLabel, ReconcileLabe
 use crate::providers::KeyScope;
 
 pub use super::error::{Error, Failure};
-pub use status::{write_status, Ready, ServerCopy};
+pub(crate) use status::{write_status, Ready, ServerCopy};
 pub use validate::ValidatedApiKey;
 
 /// The handles every step of one reconcile works with.

@@ -1,14 +1,14 @@
 //! Revoking keys at the provider: one key ("already gone" counts as done), and the replaced keys
 //! of `status.previousKeys` that are due.
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use kube::runtime::events::EventType;
 
 use super::super::backends::ResolvedProvider;
 use super::super::context::Context;
 use super::super::reasons::Reason;
 use super::{scope_at, Failure, Reconciler};
-use crate::api::{ApiKeyStatus, PreviousKey};
+use crate::api::ApiKeyStatus;
 use crate::metrics::ProviderLabel;
 use crate::providers::{KeyScope, ProviderError};
 
@@ -31,11 +31,6 @@ pub async fn revoke_quietly(
     }
     ctx.forget_key(p, scope, id).await;
     Ok(())
-}
-
-/// Whether a replaced key is due for its revoke (an unreadable time counts as due).
-pub fn is_due(prev: &PreviousKey, now: DateTime<Utc>) -> bool {
-    super::super::time::parse(&prev.delete_after).is_none_or(|t| t <= now)
 }
 
 /// Revoke the replaced keys that are due (`status.previousKeys`); those the provider refuses now
@@ -85,26 +80,5 @@ pub async fn retire_previous(
     match failed {
         Some(e) => Err(e.into()),
         None => Ok(()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn due_when_the_time_has_come_or_cannot_be_read() {
-        let now = DateTime::parse_from_rfc3339("2026-06-01T12:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        let prev = |at: &str| PreviousKey {
-            key_id: "k".into(),
-            delete_after: at.into(),
-            scope: None,
-        };
-        assert!(is_due(&prev("2026-06-01T11:59:59Z"), now));
-        assert!(is_due(&prev("2026-06-01T12:00:00Z"), now));
-        assert!(!is_due(&prev("2026-06-01T12:00:01Z"), now));
-        assert!(is_due(&prev("garbage"), now));
     }
 }

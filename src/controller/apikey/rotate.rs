@@ -20,7 +20,7 @@ use kube::ResourceExt;
 use super::super::reasons::Reason;
 use super::super::rotation::{
     due, in_progress, previous_key, record_done, retire_on_recovery, revocations_due, strategy,
-    Clock, Due, KeyKind, NativeRotate, Plan, State, Strategy, Trigger,
+    Clock, Due, KeyKind, Plan, State, Strategy, Trigger,
 };
 use super::deliver::{dry_run, ensure_secret, Delivery};
 use super::status::{fill_from_key, write_status, Ready};
@@ -81,7 +81,6 @@ pub(super) fn state<'a>(
         ),
         has_key: st.key_id.is_some(),
         pushed,
-        source_changed: false,
         request: request(ak),
         handled_request: st
             .rotation
@@ -141,7 +140,7 @@ pub async fn rotate(
         adopted: v.settings.key_ref.is_some(),
         pushed: false,
     };
-    let how = strategy(r.p.provider_type, &kind, &plan, NativeRotate::Unavailable)
+    let how = strategy(r.p.provider_type, &kind, &plan)
         .map_err(|m| Failure::permanent(Reason::UnsupportedField, m))?;
     let old = LocatedKey {
         at: key_scope(st, &v.scope),
@@ -171,7 +170,7 @@ pub async fn rotate(
             rotated(r, &trigger, how, &old.id, &new).await;
             Ok(Some(ready))
         }
-        Strategy::Regenerate | Strategy::NativeRotate => {
+        Strategy::Regenerate => {
             // The old value dies with the regenerate: first make sure the Secret can take the
             // new one (quota, admission, a type it cannot change to), as create does.
             dry_run(r.ctx, r.ak, existing).await?;

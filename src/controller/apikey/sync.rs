@@ -164,8 +164,6 @@ mod tests {
             supported: &[Field::DisplayName, Field::LimitAmount, Field::ExpiresAt],
             mutable: &[Field::DisplayName, Field::LimitAmount],
             secret_readable: false,
-            has_get: true,
-            page_size: 100,
         };
         let (m, i) = split_drift(
             vec![Field::DisplayName, Field::ExpiresAt, Field::LimitAmount],

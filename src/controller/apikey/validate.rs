@@ -152,8 +152,6 @@ mod tests {
         supported: &[Field::DisplayName, Field::LimitAmount],
         mutable: &[],
         secret_readable: false,
-        has_get: true,
-        page_size: 100,
     };
 
     #[test]

@@ -28,11 +28,11 @@ fn plan_defaults_and_checks() {
     let p = Plan::of(&ApiKeySpec::default()).unwrap();
     assert_eq!(p, Plan::default());
     assert_eq!(p.grace, DEFAULT_GRACE);
-    assert!(!p.scheduled());
+    assert!(p.every.is_none() && p.renew_before.is_none());
     let p = plan(Some("720h"), Some("72h"), Some("30m"));
     assert_eq!(p.every, Some(Duration::from_secs(720 * 3600)));
     assert_eq!(p.grace, Duration::from_secs(1800));
-    assert!(p.scheduled());
+    assert_eq!(p.renew_before, Some(Duration::from_secs(72 * 3600)));
 
     let err = |r: RotationSpec| Plan::of(&spec(r)).unwrap_err();
     let e = err(RotationSpec {
@@ -195,12 +195,6 @@ fn schedule_is_due_and_pushed_keys_follow_their_source() {
     );
     s.pushed = true;
     assert_eq!(due(&p, &c, &s, t("2026-03-02T00:00:00Z")), Due::No(None));
-    s.source_changed = true;
-    assert_eq!(
-        due(&p, &c, &s, t("2026-03-02T00:00:00Z")),
-        Due::Now(Trigger::SourceChanged)
-    );
-    s.source_changed = false;
     s.request = Some("now");
     match due(&p, &c, &s, t("2026-03-02T00:00:00Z")) {
         Due::Ignored(v, m) => {
@@ -308,11 +302,8 @@ fn strategy_per_provider() {
         ProviderType::Boltz,
         ProviderType::UCloud,
     ] {
-        assert_eq!(
-            strategy(prov, &minted, &p, NativeRotate::Unavailable),
-            Ok(Strategy::MintNewThenRevoke)
-        );
-        assert!(strategy(prov, &adopted, &p, NativeRotate::Unavailable)
+        assert_eq!(strategy(prov, &minted, &p), Ok(Strategy::MintNewThenRevoke));
+        assert!(strategy(prov, &adopted, &p)
             .unwrap_err()
             .contains("spec.keyRef"));
     }
@@ -322,25 +313,14 @@ fn strategy_per_provider() {
         adopted: true,
         pushed: false,
     };
-    let e = strategy(
-        ProviderType::DigitalOcean,
-        &model,
-        &p,
-        NativeRotate::Unavailable,
-    )
-    .unwrap_err();
+    let e = strategy(ProviderType::DigitalOcean, &model, &p).unwrap_err();
     assert!(e.contains("allowDowntime: true"), "{e}");
     let down = Plan {
         allow_downtime: true,
         ..Plan::default()
     };
     assert_eq!(
-        strategy(
-            ProviderType::DigitalOcean,
-            &model,
-            &down,
-            NativeRotate::Unavailable
-        ),
+        strategy(ProviderType::DigitalOcean, &model, &down),
         Ok(Strategy::Regenerate)
     );
     let agent = KeyKind {
@@ -348,66 +328,31 @@ fn strategy_per_provider() {
         ..Default::default()
     };
     assert_eq!(
-        strategy(
-            ProviderType::DigitalOcean,
-            &agent,
-            &p,
-            NativeRotate::Unavailable
-        ),
+        strategy(ProviderType::DigitalOcean, &agent, &p),
         Ok(Strategy::MintNewThenRevoke)
     );
-    // Bifrost virtual keys: native rotate when its grace covers ours, else mint new.
+    // Bifrost virtual keys: mint new (keysmith does not call the gateway's rotate route); an
+    // adopted one cannot rotate.
     let vk = KeyKind {
         family: "virtual",
         ..Default::default()
     };
     let b = ProviderType::Bifrost;
-    assert_eq!(
-        strategy(
-            b,
-            &vk,
-            &p,
-            NativeRotate::WithGrace(Duration::from_secs(7200))
-        ),
-        Ok(Strategy::NativeRotate)
-    );
-    assert_eq!(
-        strategy(b, &vk, &p, NativeRotate::WithGrace(Duration::from_secs(60))),
-        Ok(Strategy::MintNewThenRevoke)
-    );
-    assert_eq!(
-        strategy(b, &vk, &p, NativeRotate::Immediate),
-        Ok(Strategy::MintNewThenRevoke)
-    );
-    assert_eq!(
-        strategy(b, &vk, &down, NativeRotate::Immediate),
-        Ok(Strategy::NativeRotate)
-    );
-    assert_eq!(
-        strategy(b, &vk, &p, NativeRotate::Unavailable),
-        Ok(Strategy::MintNewThenRevoke)
-    );
+    assert_eq!(strategy(b, &vk, &p), Ok(Strategy::MintNewThenRevoke));
+    assert_eq!(strategy(b, &vk, &down), Ok(Strategy::MintNewThenRevoke));
     let avk = KeyKind {
         family: "virtual",
         adopted: true,
         pushed: false,
     };
-    assert!(strategy(b, &avk, &p, NativeRotate::Immediate)
-        .unwrap_err()
-        .contains("vk_rotation_cooldown"));
-    assert!(strategy(b, &avk, &p, NativeRotate::Unavailable)
-        .unwrap_err()
-        .contains("no virtual-key rotate route"));
+    assert!(strategy(b, &avk, &p).unwrap_err().contains("spec.keyRef"));
     // Bifrost provider keys (pushed): re-push with grace.
     let pk = KeyKind {
         family: "provider",
         pushed: true,
         adopted: false,
     };
-    assert_eq!(
-        strategy(b, &pk, &p, NativeRotate::Unavailable),
-        Ok(Strategy::RepushWithGrace)
-    );
+    assert_eq!(strategy(b, &pk, &p), Ok(Strategy::RepushWithGrace));
     assert!(Strategy::RepushWithGrace.keeps_previous_key());
     assert!(!Strategy::Regenerate.keeps_previous_key());
 }
