@@ -249,8 +249,10 @@ fn rotation_plan(ak: &ApiKey, provider: ProviderType, family: &str, adopted: boo
         Ok(s) => {
             out.push_str(&format!("#  strategy: {}\n", s.as_str()));
             if provider == ProviderType::Bifrost && family == "virtual" {
+                // What the controller does (rotate.rs passes NativeRotate::Unavailable): the
+                // gateway's rotate route is never called, so render must not claim it.
                 out.push_str(&format!(
-                    "#  (the gateway's own rotate is used instead when its vk_rotation_cooldown covers the grace period of {})\n",
+                    "#  (a new virtual key; the gateway's own rotate route is not used: keysmith cannot read its vk_rotation_cooldown, so it could not promise the grace period of {})\n",
                     rotation::human(plan.grace)
                 ));
             }

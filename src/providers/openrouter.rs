@@ -26,7 +26,7 @@ use serde_json::{json, Map, Value};
 
 use super::http::{self, HttpClient, HttpResponse, Idempotency};
 use super::*;
-use crate::api::OpenRouterProvider;
+use crate::api::{LastUsedSource, OpenRouterProvider};
 
 /// The only server in OpenRouter's API description.
 pub const DEFAULT_BASE_URL: &str = "https://openrouter.ai/api/v1";
@@ -193,6 +193,10 @@ impl OpenRouterClient {
 
 #[async_trait]
 impl KeyBackend for OpenRouterClient {
+    fn last_use(&self, _key: &ProviderKey) -> LastUsedSource {
+        // No `last_used_at`; every key reports its usage (credits, total and per period).
+        LastUsedSource::UsageDelta
+    }
     fn clock_offset(&self) -> Option<chrono::Duration> {
         self.http.clock_offset()
     }

@@ -33,7 +33,7 @@ use sha1::{Digest, Sha1};
 
 use super::http::{retry_after, snippet, HttpClient, HttpResponse, Idempotency};
 use super::*;
-use crate::api::UCloudProvider;
+use crate::api::{LastUsedSource, UCloudProvider};
 
 /// The management API of UCloud's China site (the Go SDK's default).
 pub const DEFAULT_BASE_URL: &str = "https://api.ucloud.cn";
@@ -789,6 +789,11 @@ impl UCloudClient {
 
 #[async_trait]
 impl KeyBackend for UCloudClient {
+    fn last_use(&self, _key: &ProviderKey) -> LastUsedSource {
+        // No last-use time; every key reports DailyUsedAmount/MonthlyUsedAmount. The request
+        // logs (ListUMInferRequestLogs) would tell more but need a Region and a call of their own.
+        LastUsedSource::UsageDelta
+    }
     fn clock_offset(&self) -> Option<chrono::Duration> {
         self.http.clock_offset()
     }

@@ -6,6 +6,7 @@ mod boltz;
 mod crd_apply;
 mod digitalocean;
 mod fairness;
+mod fidelity;
 mod harness;
 mod inuse;
 mod leader;

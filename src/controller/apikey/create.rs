@@ -420,7 +420,7 @@ async fn deliver_created(
 ) -> Result<(), Failure> {
     let id = &created.key.id;
     let mut hinted = st.clone();
-    fill_from_key(&mut hinted, &created.key);
+    fill_from_key(&mut hinted, &created.key, r.p);
     let delivery = Delivery {
         value: &created.secret,
         key_id: id,
