@@ -832,6 +832,24 @@ pub struct Usage {
     /// Currency or unit of the amounts (e.g. USD).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
+    /// Spend through your own upstream provider keys (OpenRouter BYOK: `byok_usage*`), in the
+    /// same unit; counted against the limit only with `openrouter.includeByokInLimit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub byok: Option<Box<UsageAmounts>>,
+}
+
+/// Spend per period, as decimal strings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageAmounts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weekly: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly: Option<String>,
 }
 
 /// Schema for a free-form JSON object (kept as is by the API server).

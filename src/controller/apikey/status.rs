@@ -13,7 +13,9 @@ use super::super::conditions::{is_ready, set_ready, Readiness};
 use super::super::context::{Context, Tracked};
 use super::super::reasons::Reason;
 use super::Failure;
-use crate::api::{ApiKey, ApiKeyStatus, KeyLocation, LastUsed, LastUsedSource, Usage};
+use crate::api::{
+    ApiKey, ApiKeyStatus, KeyLocation, LastUsed, LastUsedSource, Usage, UsageAmounts,
+};
 use crate::controller::rotation::human;
 use crate::providers::{KeyScope, ProviderKey};
 
@@ -230,10 +232,20 @@ pub fn usage_rose(was: &Usage, is: &Usage) -> bool {
         (None, Some(b)) => b > 0.0,
         _ => false,
     };
+    let none = UsageAmounts::default();
+    let (byok_was, byok_is) = (
+        was.byok.as_deref().unwrap_or(&none),
+        is.byok.as_deref().unwrap_or(&none),
+    );
     rose(&was.total, &is.total, false)
         || rose(&was.daily, &is.daily, true)
         || rose(&was.weekly, &is.weekly, true)
         || rose(&was.monthly, &is.monthly, true)
+        // Spend through the user's own upstream keys is use too (OpenRouter BYOK).
+        || rose(&byok_was.total, &byok_is.total, false)
+        || rose(&byok_was.daily, &byok_is.daily, true)
+        || rose(&byok_was.weekly, &byok_is.weekly, true)
+        || rose(&byok_was.monthly, &byok_is.monthly, true)
 }
 
 /// Every field of ApiKeyStatus, from its schema (so a new field is never forgotten).
@@ -507,6 +519,26 @@ mod tests {
         assert!(!usage_rose(&t("2"), &t("1")));
         assert!(usage_rose(&t("1"), &t("1.01")));
         assert!(!usage_rose(&t("x"), &t("NaN")));
+    }
+
+    #[test]
+    fn byok_spend_is_use_too() {
+        let byok = |v: &str| Usage {
+            total: Some("1".into()),
+            byok: Some(Box::new(UsageAmounts {
+                total: Some(v.into()),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        assert!(usage_rose(&byok("0"), &byok("0.5")));
+        assert!(!usage_rose(&byok("0.5"), &byok("0.5")));
+        let without = Usage {
+            total: Some("1".into()),
+            ..Default::default()
+        };
+        assert!(usage_rose(&without, &byok("0.5")));
+        assert!(!usage_rose(&without, &byok("0")));
     }
 
     #[test]
