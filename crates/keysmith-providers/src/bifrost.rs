@@ -31,7 +31,7 @@ use sha1::{Digest, Sha1};
 
 use super::http::{self, HttpClient, HttpResponse, Idempotency};
 use super::*;
-use crate::api::{
+use keysmith_api::{
     BifrostAuthScheme, BifrostKeySpec, BifrostProvider, BifrostRateLimit, LastUsedSource,
 };
 
@@ -1717,7 +1717,7 @@ fn copy_cloud_configs(body: &mut serde_json::Value, b: &BifrostKeySpec) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::BifrostProviderConfig;
+    use keysmith_api::BifrostProviderConfig;
 
     fn vk_settings() -> KeySettings {
         KeySettings {
@@ -1784,7 +1784,7 @@ mod tests {
             name: "team-a/upstream".into(),
             uid: "0b6a3c1e-1111-2222-3333-444455556666".into(),
             pushed: true,
-            bifrost: Some(crate::api::BifrostKeySpec {
+            bifrost: Some(keysmith_api::BifrostKeySpec {
                 provider: Some("openai".into()),
                 ..Default::default()
             }),
