@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::EventType;
 use kube::ResourceExt;
 use serde_json::Value;
 
@@ -12,12 +13,11 @@ use super::super::backends::ResolvedProvider;
 use super::super::conditions::{is_ready, set_ready, Readiness};
 use super::super::context::{Context, Tracked};
 use super::super::reasons::Reason;
+use super::super::time::{self, ts};
 use super::Failure;
-use crate::api::{
-    ApiKey, ApiKeyStatus, KeyLocation, LastUsed, LastUsedSource, Usage, UsageAmounts,
-};
+use crate::api::{ApiKey, ApiKeyStatus, LastUsed, LastUsedSource, Usage, UsageAmounts};
 use crate::controller::rotation::human;
-use crate::providers::{KeyScope, ProviderKey};
+use crate::providers::ProviderKey;
 
 /// What a successful reconcile reports.
 #[derive(Debug)]
@@ -27,8 +27,8 @@ pub struct Ready {
     pub requeue: Duration,
     /// A key created under its provisional name, to be given its display name once the status
     /// recording it is written (never before: until then its provisional name is what proves
-    /// it the attempt's own to crash recovery, see `create::rename_after_write`).
-    pub rename: Option<Box<super::create::Rename>>,
+    /// it the attempt's own to crash recovery, see `attempt::rename_after_write`).
+    pub rename: Option<Box<super::attempt::Rename>>,
 }
 
 impl Ready {
@@ -50,7 +50,14 @@ pub fn conclude(
     generation: Option<i64>,
     outcome: &Result<Ready, Failure>,
 ) -> bool {
-    let readiness = match outcome {
+    let changed = set_ready(&mut st.conditions, generation, &readiness(outcome));
+    st.observed_generation = generation;
+    changed
+}
+
+/// The Ready condition an outcome sets.
+pub fn readiness(outcome: &Result<Ready, Failure>) -> Readiness {
+    match outcome {
         Ok(r) => Readiness {
             ready: true,
             reason: r.reason,
@@ -61,10 +68,39 @@ pub fn conclude(
             reason: f.reason,
             message: f.message.clone(),
         },
+    }
+}
+
+/// Say that the ApiKey is not ready, the one way every path does (a failed reconcile, a revoke
+/// refused on deletion, a contained panic): `not_ready` as the Ready condition of `after`, a
+/// Warning Event (`action`) only when the condition a person sees changed, and `after` written
+/// when the server holds something else (`read`: the status the work began with; see
+/// [`ServerCopy::differs`]). Returns whether the condition changed, and the write's outcome.
+pub async fn report_not_ready(
+    ctx: &Context,
+    ak: &ApiKey,
+    seen: &ServerCopy,
+    read: &ApiKeyStatus,
+    after: &mut ApiKeyStatus,
+    not_ready: Readiness,
+    action: &str,
+) -> (bool, Result<(), kube::Error>) {
+    let changed = set_ready(&mut after.conditions, ak.metadata.generation, &not_ready);
+    if changed {
+        ctx.event(
+            ak,
+            EventType::Warning,
+            not_ready.reason,
+            action,
+            not_ready.message,
+        )
+        .await;
+    }
+    let written = match seen.differs(after, read) {
+        true => write_status(ctx, ak, after, seen).await,
+        false => Ok(()),
     };
-    let changed = set_ready(&mut st.conditions, generation, &readiness);
-    st.observed_generation = generation;
-    changed
+    (changed, written)
 }
 
 /// What the gauges know of an ApiKey with this status.
@@ -72,46 +108,13 @@ pub fn tracked(st: &ApiKeyStatus) -> Tracked {
     let expiry = st
         .expires_at
         .as_deref()
-        .and_then(|e| DateTime::parse_from_rfc3339(e).ok())
+        .and_then(time::parse)
         .map(|e| e.timestamp());
     (
         st.provider_type.clone().unwrap_or_else(|| "unknown".into()),
         is_ready(&st.conditions),
         expiry,
     )
-}
-
-pub fn now_rfc3339() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-pub fn ts(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-/// How a scope is recorded in the status (`{}` for the provider's only family).
-pub fn location(scope: &KeyScope) -> Option<KeyLocation> {
-    Some(KeyLocation {
-        family: scope.family.clone(),
-        parent: scope.parent.clone(),
-    })
-}
-
-/// The scope a recorded location names; `fallback` when none was recorded (a status written
-/// before keysmith recorded locations: the key lives where the spec says).
-pub fn scope_at(loc: Option<&KeyLocation>, fallback: &KeyScope) -> KeyScope {
-    match loc {
-        Some(l) => KeyScope {
-            family: l.family.clone(),
-            parent: l.parent.clone(),
-        },
-        None => fallback.clone(),
-    }
-}
-
-/// Where the current key lives.
-pub fn key_scope(st: &ApiKeyStatus, desired: &KeyScope) -> KeyScope {
-    scope_at(st.key_scope.as_ref(), desired)
 }
 
 pub fn active_message(p: &ResolvedProvider, st: &ApiKeyStatus, secret_name: &str) -> String {
@@ -146,13 +149,13 @@ pub fn fill(
         st.key_hint = k.hint.clone();
     }
     if let Some(c) = &k.created_at {
-        st.created_at = Some(ts(c));
+        st.created_at = Some(ts(*c));
     }
     if let Some(e) = &k.observed.expires_at {
-        st.expires_at = e.as_ref().map(ts);
+        st.expires_at = e.map(ts);
     }
     if let Some(e) = &k.expires_at {
-        st.expires_at = Some(ts(e));
+        st.expires_at = Some(ts(*e));
     }
     if k.usage.is_some() {
         st.usage = k.usage.clone();
@@ -179,7 +182,7 @@ fn note_last_use(
     let next = match source {
         LastUsedSource::Provider => match (&k.last_used_at, before) {
             (Some(at), _) => LastUsed {
-                at: Some(ts(at)),
+                at: Some(ts(*at)),
                 source,
                 precision: None,
             },
@@ -198,7 +201,7 @@ fn note_last_use(
             };
             match before {
                 _ if rose => LastUsed {
-                    at: Some(ts(&now)),
+                    at: Some(ts(now)),
                     source,
                     precision: Some(human(interval)),
                 },
@@ -401,21 +404,6 @@ mod tests {
             .unwrap()
             .contains_key("pendingCreate"));
         assert!(status_patch(&st, None).get("metadata").is_none());
-    }
-
-    #[test]
-    fn a_recorded_location_wins_over_the_spec() {
-        let desired = KeyScope {
-            family: "agent".into(),
-            parent: "new".into(),
-        };
-        let mut st = ApiKeyStatus::default();
-        assert_eq!(key_scope(&st, &desired), desired);
-        st.key_scope = location(&KeyScope {
-            family: "agent".into(),
-            parent: "old".into(),
-        });
-        assert_eq!(key_scope(&st, &desired).parent, "old");
     }
 
     fn key(id: &str, total: Option<&str>, daily: Option<&str>) -> ProviderKey {
