@@ -258,6 +258,14 @@ fn rotation_plan(ak: &ApiKey, provider: ProviderType, family: &str, adopted: boo
         Err(m) => out.push_str(&format!("#  Ready=False reason=UnsupportedField: {m}\n")),
         Ok(s) => {
             out.push_str(&format!("#  strategy: {}\n", s.as_str()));
+            if provider == ProviderType::Bifrost && family == "virtual" {
+                // What the controller does (rotate.rs passes NativeRotate::Unavailable): the
+                // gateway's rotate route is never called, so render must not claim it.
+                out.push_str(&format!(
+                    "#  (a new virtual key; the gateway's own rotate route is not used: keysmith cannot read its vk_rotation_cooldown, so it could not promise the grace period of {})\n",
+                    rotation::human(plan.grace)
+                ));
+            }
             let when = match (plan.every, plan.renew_before) {
                 _ if kind.pushed => "when the source Secret changes".to_string(),
                 (Some(e), Some(r)) => format!(

@@ -75,6 +75,33 @@ fn every_example_apikey_renders_without_validation_errors() {
 }
 
 #[test]
+fn bifrost_rotation_is_rendered_as_the_controller_does_it() {
+    // The controller never calls the gateway's rotate route (it cannot read the gateway's
+    // cooldown): render says so instead of claiming the route is used.
+    let mut ak: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(ex("bifrost/02-virtual-key.yaml")).unwrap())
+            .unwrap();
+    ak["spec"]["rotation"] = serde_yaml::from_str("{every: 720h, gracePeriod: 1h}").unwrap();
+    let dir = std::env::temp_dir().join(format!("keysmith-render-bf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("vk.yaml");
+    std::fs::write(&f, serde_yaml::to_string(&ak).unwrap()).unwrap();
+    let out = render(&RenderArgs {
+        file: f,
+        provider: Some(ex("bifrost/01-keyprovider.yaml")),
+        provider_type: None,
+    })
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.contains("strategy:"), "{out}");
+    assert!(
+        out.contains("the gateway's own rotate route is not used"),
+        "{out}"
+    );
+    assert!(!out.contains("own rotate is used"), "{out}");
+}
+
+#[test]
 fn an_unsupported_field_is_reported_and_no_call_planned() {
     let out = render(&RenderArgs {
         file: ex("boltz/apikey.yaml"),

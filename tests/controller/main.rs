@@ -8,6 +8,7 @@ mod budget;
 mod crd_apply;
 mod digitalocean;
 mod fairness;
+mod fidelity;
 mod fixtures;
 mod harness;
 mod inuse;

@@ -514,6 +514,51 @@ async fn server_errors_retry_safe_calls_only() {
     assert!(matches!(err, ProviderError::NotFound(_)), "{err:?}");
 }
 
+/// Queue errors carrying `x-should-retry` (`POST /_emulator/errors`).
+async fn script_errors(emu: &RunningEmulator, errors: Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/_emulator/errors", emu.url()))
+        .json(&errors)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+}
+
+#[tokio::test]
+async fn x_should_retry_is_honoured_both_ways() {
+    let emu = emulator().await;
+    let c = client(&emu);
+    // A 5xx the server marks final: not repeated, even on a safe call.
+    script_errors(&emu, json!([{"status": 503, "shouldRetry": false}])).await;
+    let err = c.list_page(&KeyScope::default(), None).await.unwrap_err();
+    assert!(matches!(err, ProviderError::Unavailable(_)), "{err:?}");
+    assert_eq!(route_count(&emu, LIST_ROUTE), 1, "x-should-retry: false");
+
+    // A 408 (or 409) the server marks retryable: a safe call is repeated and succeeds.
+    script_errors(
+        &emu,
+        json!([{"status": 408, "shouldRetry": true}, {"status": 409, "shouldRetry": true}]),
+    )
+    .await;
+    c.list_page(&KeyScope::default(), None).await.unwrap();
+    assert_eq!(
+        route_count(&emu, LIST_ROUTE),
+        4,
+        "two retries, then the page"
+    );
+
+    // A create is repeated only where the provider cannot have acted, whatever the header says.
+    script_errors(&emu, json!([{"status": 409, "shouldRetry": true}])).await;
+    let err = c.create(&settings("told-to-retry")).await.unwrap_err();
+    assert!(matches!(err, ProviderError::Rejected(_)), "{err:?}");
+    assert_eq!(route_count(&emu, CREATE_ROUTE), 1);
+    // A 429 marked final is not waited for.
+    script_errors(&emu, json!([{"status": 429, "shouldRetry": false}])).await;
+    let err = c.verify().await.unwrap_err();
+    assert!(matches!(err, ProviderError::RateLimited { .. }), "{err:?}");
+}
+
 #[tokio::test]
 async fn timeouts_and_malformed_bodies() {
     let emu = emulator().await;

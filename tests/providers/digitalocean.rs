@@ -1058,6 +1058,45 @@ async fn emulator_enforces_digitalocean_limits() {
 }
 
 #[tokio::test]
+async fn a_used_up_hourly_limit_is_paced_not_hit() {
+    // DigitalOcean's sliding hour: the answer that takes the last request of the hour says
+    // `ratelimit-remaining: 0` and when the oldest counted request expires.
+    let emu = start(Args {
+        minute_limit: 0,
+        hourly_limit: 3,
+        ..base_args()
+    })
+    .await;
+    let c = client(&emu);
+    for _ in 0..3 {
+        c.list_page(&model_scope(), None).await.unwrap();
+    }
+    let list = format!("GET {MODEL_LIST}");
+    assert_eq!(emu.count(&list), 3);
+    // The next call is not sent only to draw a 429: the caller is told when to come back.
+    match c.list_page(&model_scope(), None).await {
+        Err(ProviderError::RateLimited {
+            retry_after: Some(w),
+        }) => assert!(
+            w > Duration::from_secs(3500) && w <= Duration::from_secs(3600),
+            "{w:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        emu.count(&list),
+        3,
+        "nothing sent while the limit is used up"
+    );
+    assert_eq!(emu.run.faults.requests(), 3, "no 429 drawn");
+    // Another token (another provider object) has its own budget and its own pacing.
+    client_with(&emu, READ_ONLY)
+        .list_page(&model_scope(), None)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn ratelimit_headers_on_every_answer() {
     let emu = start(base_args()).await;
     let url = emu.url();

@@ -706,10 +706,26 @@ async fn usage_and_limit_remaining_are_reported() {
     assert_eq!(u.limit_remaining.as_deref(), Some("8.75"));
     assert_eq!(u.unit.as_deref(), Some("USD"));
 
-    // BYOK spend counts against the limit only when the key says so.
+    // BYOK spend counts against the limit only when the key says so, and is reported apart.
+    assert_eq!(
+        u.byok.as_ref().and_then(|b| b.total.as_deref()),
+        Some("0"),
+        "no BYOK spend yet"
+    );
     bump(0.5, true).await;
     let k = c.get(&scope(), &id).await.unwrap();
-    assert_eq!(k.usage.unwrap().limit_remaining.as_deref(), Some("8.75"));
+    let u = k.usage.unwrap();
+    assert_eq!(u.limit_remaining.as_deref(), Some("8.75"));
+    assert_eq!(
+        u.total.as_deref(),
+        Some("1.25"),
+        "BYOK spend is not credit spend"
+    );
+    let byok = u.byok.expect("byok_usage* reported");
+    assert_eq!(byok.total.as_deref(), Some("0.5"));
+    assert_eq!(byok.daily.as_deref(), Some("0.5"));
+    assert_eq!(byok.weekly.as_deref(), Some("0.5"));
+    assert_eq!(byok.monthly.as_deref(), Some("0.5"));
     s.openrouter = Some(OpenRouterKeySpec {
         include_byok_in_limit: Some(true),
     });

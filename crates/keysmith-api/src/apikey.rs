@@ -46,7 +46,7 @@ use serde::{Deserialize, Serialize};
         name = "Last Used",
         type_ = "date",
         json_path = ".status.lastUsedAt",
-        description = "When the provider last saw the key used (where it reports this)"
+        description = "When the key was last seen used: status.lastUsed says how that is known"
     ),
     printcolumn(
         name = "Expires",
@@ -603,9 +603,15 @@ pub struct ApiKeyStatus {
     /// When the key expires, if it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
-    /// When the provider last saw the key used (Boltz).
+    /// `status.lastUsed.at`, kept for the `LAST USED` printer column. `status.lastUsed` is the
+    /// authoritative record: it says how the time is known and how precise it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used_at: Option<String>,
+    /// When the key was last used and how keysmith knows: reported by the provider (Boltz),
+    /// derived from usage counters that rose between two refreshes (OpenRouter, UCloud, Bifrost
+    /// virtual keys), or not reported by this provider (DigitalOcean, Bifrost provider keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used: Option<LastUsed>,
     /// Spend reported by the provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
@@ -789,6 +795,39 @@ pub struct PendingCreate {
     pub scope: Option<KeyLocation>,
 }
 
+/// How the last use of a key is known.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum LastUsedSource {
+    /// The provider reports a last-use time for the key (Boltz `last_used_at`).
+    Provider,
+    /// The provider reports usage counters only: a counter that rose between two refreshes
+    /// means the key was used in that interval (`at` is when the rise was seen, `precision` how
+    /// long before `at` the use may have been).
+    UsageDelta,
+    /// Nothing this provider reports can tell when the key was used.
+    #[default]
+    NotReported,
+}
+
+/// When a key was last used, and how that is known.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastUsed {
+    /// When (RFC 3339). Absent: no use seen yet (`Provider`: never used; `UsageDelta`: no
+    /// counter rose since keysmith began watching this key), or `NotReported`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    /// `Provider`, `UsageDelta` or `NotReported`.
+    pub source: LastUsedSource,
+    /// `UsageDelta` only: the use happened within this long before `at` (the provider's
+    /// refresh interval, e.g. `5m`); longer if a refresh was missed (an operator restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub precision: Option<String>,
+}
+
 /// Spend of a key as reported by the provider, as decimal strings.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -807,6 +846,24 @@ pub struct Usage {
     /// Currency or unit of the amounts (e.g. USD).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
+    /// Spend through your own upstream provider keys (OpenRouter BYOK: `byok_usage*`), in the
+    /// same unit; counted against the limit only with `openrouter.includeByokInLimit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub byok: Option<Box<UsageAmounts>>,
+}
+
+/// Spend per period, as decimal strings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageAmounts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weekly: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly: Option<String>,
 }
 
 /// Schema for a free-form JSON object (kept as is by the API server).

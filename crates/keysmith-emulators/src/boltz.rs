@@ -8,10 +8,13 @@
 //! body `{"error": {"type", "message"}}`, newest-first listing order, and a repeated revoke
 //! answering 409 (the reference allows "idempotent or 409"; `--idempotent-revoke` gives 200).
 //!
-//! Control endpoints (no credentials): `GET /_emulator/keys` (every key, never the plaintext)
-//! and `POST /_emulator/keys/{id}/expire` (make a key expired now).
+//! Control endpoints (no credentials): `GET /_emulator/keys` (every key, never the plaintext),
+//! `POST /_emulator/keys/{id}/expire` (make a key expired now) and `POST /_emulator/errors
+//! [{"status": 503, "shouldRetry": false}]` (the next requests to the API answer these errors,
+//! each with `x-should-retry` as given, absent for `null`: Boltz's SDK honours the header both
+//! ways, so a server may mark a 5xx final or a 408/409 worth retrying).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
@@ -133,6 +136,17 @@ struct Store {
     workspaces: Vec<String>,
     idempotent_revoke: bool,
     max_page_size: Option<usize>,
+    /// Errors the next requests get (`POST /_emulator/errors`).
+    next_errors: VecDeque<ScriptedError>,
+}
+
+/// One error of `POST /_emulator/errors`.
+#[derive(serde::Deserialize, Clone, Copy, Debug)]
+#[serde(rename_all = "camelCase")]
+struct ScriptedError {
+    status: u16,
+    #[serde(default)]
+    should_retry: Option<bool>,
 }
 
 type Shared = Arc<Mutex<Store>>;
@@ -508,6 +522,48 @@ async fn control_expire(State(store): State<Shared>, Path(id): Path<String>) -> 
     }
 }
 
+async fn control_errors(
+    State(store): State<Shared>,
+    Json(list): Json<Vec<ScriptedError>>,
+) -> Response {
+    if let Some(bad) = list.iter().find(|e| !(400..=599).contains(&e.status)) {
+        return err(
+            StatusCode::BAD_REQUEST,
+            format!("status {} is not an error status", bad.status),
+        );
+    }
+    store.lock().unwrap().next_errors.extend(list);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Answer the next scripted error, if one is queued, instead of the API.
+async fn scripted_errors(
+    State(store): State<Shared>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if req.uri().path().starts_with("/_emulator/") {
+        return next.run(req).await;
+    }
+    let Some(e) = store.lock().unwrap().next_errors.pop_front() else {
+        return next.run(req).await;
+    };
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = err(status, status.canonical_reason().unwrap_or("Error"));
+    match e.should_retry {
+        Some(v) => {
+            resp.headers_mut().insert(
+                "x-should-retry",
+                axum::http::HeaderValue::from_static(if v { "true" } else { "false" }),
+            );
+        }
+        None => {
+            resp.headers_mut().remove("x-should-retry");
+        }
+    }
+    resp
+}
+
 async fn not_found() -> Response {
     err(StatusCode::NOT_FOUND, "Not found.")
 }
@@ -521,6 +577,7 @@ pub fn build(args: &Args) -> (Router, Arc<Faults>) {
         },
         idempotent_revoke: args.idempotent_revoke,
         max_page_size: args.max_page_size,
+        next_errors: VecDeque::new(),
         ..Default::default()
     };
     let started = Utc::now();
@@ -552,7 +609,12 @@ pub fn build(args: &Args) -> (Router, Arc<Faults>) {
         )
         .route("/_emulator/keys", get(control_keys))
         .route("/_emulator/keys/{id}/expire", post(control_expire))
+        .route("/_emulator/errors", post(control_errors))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            store.clone(),
+            scripted_errors,
+        ))
         .with_state(store);
     (router, Faults::new(args.faults.clone(), render_error))
 }

@@ -31,7 +31,9 @@ use sha1::{Digest, Sha1};
 
 use super::http::{self, HttpClient, HttpResponse, Idempotency};
 use super::*;
-use keysmith_api::{BifrostAuthScheme, BifrostKeySpec, BifrostProvider, BifrostRateLimit};
+use keysmith_api::{
+    BifrostAuthScheme, BifrostKeySpec, BifrostProvider, BifrostRateLimit, LastUsedSource,
+};
 
 /// Family of virtual keys (minted by the gateway).
 pub const FAMILY_VIRTUAL: &str = "virtual";
@@ -612,6 +614,14 @@ impl BifrostClient {
 
 #[async_trait]
 impl KeyBackend for BifrostClient {
+    fn last_use(&self, key: &ProviderKey) -> LastUsedSource {
+        // Virtual keys have no `last_used_at`, but their budgets carry live usage counters;
+        // provider keys report nothing per key.
+        match key.extras.get("family").map(String::as_str) {
+            Some(FAMILY_VIRTUAL) if key.usage.is_some() => LastUsedSource::UsageDelta,
+            _ => LastUsedSource::NotReported,
+        }
+    }
     fn clock_offset(&self) -> Option<chrono::Duration> {
         self.http.clock_offset()
     }

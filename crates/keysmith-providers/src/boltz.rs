@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::http::{self, HttpClient, HttpResponse, Idempotency};
 use super::*;
-use keysmith_api::{BoltzMode, BoltzProvider};
+use keysmith_api::{BoltzMode, BoltzProvider, LastUsedSource};
 
 /// Default base URL (the SDK's production environment).
 pub const DEFAULT_BASE_URL: &str = "https://api.boltz.bio";
@@ -349,6 +349,10 @@ fn segment(id: &str) -> Result<String, ProviderError> {
 
 #[async_trait]
 impl KeyBackend for BoltzClient {
+    fn last_use(&self, _key: &ProviderKey) -> LastUsedSource {
+        // Every API key carries `last_used_at` (null until first used).
+        LastUsedSource::Provider
+    }
     fn clock_offset(&self) -> Option<chrono::Duration> {
         self.http.clock_offset()
     }

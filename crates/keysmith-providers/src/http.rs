@@ -209,6 +209,41 @@ pub fn rate_limit_wait(headers: &HeaderMap) -> Option<Duration> {
     retry_after(headers).or_else(|| ratelimit_reset(headers))
 }
 
+/// How long a provider's answer says no request will be accepted: `ratelimit-remaining: 0`
+/// with a `ratelimit-reset` (DigitalOcean: every answer carries both; the reset is when the
+/// oldest counted request leaves the sliding window). `None` while requests remain, or when
+/// either header is missing or unreadable. Clamped to [`MAX_RETRY_AFTER`].
+pub fn exhausted_for(headers: &HeaderMap) -> Option<Duration> {
+    let remaining: i64 = headers
+        .get("ratelimit-remaining")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    if remaining > 0 {
+        return None;
+    }
+    ratelimit_reset(headers)
+}
+
+/// The provider's `x-should-retry: true|false` (Stainless-generated SDKs, e.g. Boltz's, honour
+/// it over their own rules); `None` when absent or unreadable.
+pub fn should_retry(headers: &HeaderMap) -> Option<bool> {
+    match headers
+        .get("x-should-retry")?
+        .to_str()
+        .ok()?
+        .trim()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    }
+}
+
 /// The client-side token bucket for `(requests per second, burst)`, with both clamped to the
 /// documented bounds. `None` (no client-side limit) for a rate that is NaN, zero or negative.
 pub fn rate_limiter(rps: f64, burst: u32) -> Option<DefaultDirectRateLimiter> {
@@ -254,6 +289,9 @@ pub struct HttpClient {
     /// The provider's clock less ours, in seconds, from the last `Date` header
     /// ([`NO_OFFSET`]: none seen yet).
     clock_offset: Arc<AtomicI64>,
+    /// Until when the provider's last answer said its rate limit is used up
+    /// (`ratelimit-remaining: 0`): requests wait for it instead of drawing a 429.
+    exhausted_until: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 /// [`HttpClient::clock_offset`] before any answer carried a `Date` header.
@@ -330,6 +368,7 @@ impl HttpClient {
             in_flight,
             opts,
             clock_offset: Arc::new(AtomicI64::new(NO_OFFSET)),
+            exhausted_until: Arc::new(std::sync::Mutex::new(None)),
         })
     }
 
@@ -388,6 +427,20 @@ impl HttpClient {
         let mut attempt: u32 = 0;
         loop {
             attempt = attempt.saturating_add(1);
+            // Pacing: the provider said its limit is used up until a known time. Wait for it
+            // (as long as a token-bucket wait may take), or tell the caller when to come back;
+            // either way no request is sent only to draw a 429.
+            let until = *self.exhausted_until.lock().unwrap();
+            if let Some(wait) = until.and_then(|u| u.checked_duration_since(Instant::now())) {
+                if wait > self.opts.max_wait {
+                    tracing::debug!(provider = %self.provider, operation, wait_ms = wait.as_millis() as u64, "the provider's rate limit is used up; not sent");
+                    return Err(ProviderError::RateLimited {
+                        retry_after: Some(wait),
+                    });
+                }
+                tracing::debug!(provider = %self.provider, operation, wait_ms = wait.as_millis() as u64, "the provider's rate limit is used up; waiting for its reset");
+                tokio::time::sleep(wait).await;
+            }
             if let Some(l) = &self.limiter {
                 if tokio::time::timeout(self.opts.max_wait, l.until_ready())
                     .await
@@ -428,7 +481,14 @@ impl HttpClient {
                     if let Some(off) = clock_offset_of(&resp.headers, chrono::Utc::now()) {
                         self.clock_offset.store(off, Ordering::Relaxed);
                     }
+                    *self.exhausted_until.lock().unwrap() =
+                        exhausted_for(&resp.headers).map(|w| Instant::now() + w);
                     let status = resp.status;
+                    // The provider's own word on retrying this answer, over the rules below.
+                    let told = should_retry(&resp.headers);
+                    if told == Some(false) {
+                        return Ok(resp);
+                    }
                     if status == StatusCode::TOO_MANY_REQUESTS {
                         let wait = rate_limit_wait(&resp.headers);
                         // The provider did not act on a 429: safe to retry any request.
@@ -441,7 +501,12 @@ impl HttpClient {
                         }
                         return Ok(resp);
                     }
-                    if status.is_server_error() && idempotency == Idempotency::Safe && !last {
+                    // `x-should-retry: true` makes any failed answer retryable, but only for a
+                    // request that is safe to repeat: a create the provider may have carried
+                    // out is left to crash recovery, whatever the header says.
+                    let retryable =
+                        status.is_server_error() || (told == Some(true) && !status.is_success());
+                    if retryable && idempotency == Idempotency::Safe && !last {
                         let delay = retry_after(&resp.headers)
                             .filter(|w| *w <= self.opts.max_retry_after)
                             .unwrap_or_else(|| self.backoff(attempt));
@@ -723,6 +788,61 @@ pub fn sensitive_header(value: &str) -> Result<reqwest::header::HeaderValue, Pro
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_used_up_rate_limit_is_read_from_ratelimit_remaining_and_reset() {
+        let in_30s = (chrono::Utc::now().timestamp() + 30).to_string();
+        let w = exhausted_for(&headers(&[
+            ("ratelimit-remaining", "0"),
+            ("ratelimit-reset", &in_30s),
+        ]))
+        .expect("used up");
+        assert!(
+            w <= Duration::from_secs(30) && w >= Duration::from_secs(28),
+            "{w:?}"
+        );
+        // Requests left, no reset, unreadable: nothing to wait for.
+        assert_eq!(
+            exhausted_for(&headers(&[
+                ("ratelimit-remaining", "1"),
+                ("ratelimit-reset", &in_30s)
+            ])),
+            None
+        );
+        assert_eq!(
+            exhausted_for(&headers(&[("ratelimit-remaining", "0")])),
+            None
+        );
+        assert_eq!(
+            exhausted_for(&headers(&[
+                ("ratelimit-remaining", "none"),
+                ("ratelimit-reset", &in_30s)
+            ])),
+            None
+        );
+        // A far reset is bounded.
+        assert_eq!(
+            exhausted_for(&headers(&[
+                ("ratelimit-remaining", "0"),
+                ("ratelimit-reset", "99999999999999999999999")
+            ])),
+            Some(MAX_RETRY_AFTER)
+        );
+    }
+
+    #[test]
+    fn x_should_retry_is_read_strictly() {
+        assert_eq!(
+            should_retry(&headers(&[("x-should-retry", "true")])),
+            Some(true)
+        );
+        assert_eq!(
+            should_retry(&headers(&[("x-should-retry", " FALSE ")])),
+            Some(false)
+        );
+        assert_eq!(should_retry(&headers(&[("x-should-retry", "1")])), None);
+        assert_eq!(should_retry(&HeaderMap::new()), None);
+    }
+
     #[test]
     fn the_providers_clock_offset_comes_from_its_date_header() {
         let now = chrono::DateTime::parse_from_rfc3339("2026-06-01T12:00:00Z")

@@ -23,8 +23,8 @@ use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
 use keysmith_api::{
-    ApiKeySpec, BifrostKeySpec, BoltzKeySpec, DigitalOceanKeySpec, KeyProviderSpec, LimitReset,
-    OpenRouterKeySpec, ProviderType, UCloudKeySpec, Usage,
+    ApiKeySpec, BifrostKeySpec, BoltzKeySpec, DigitalOceanKeySpec, KeyProviderSpec, LastUsedSource,
+    LimitReset, OpenRouterKeySpec, ProviderType, UCloudKeySpec, Usage,
 };
 
 /// Errors of a provider call. Messages come from the provider's error body (never from a
@@ -389,6 +389,12 @@ pub trait KeyBackend: Send + Sync {
     /// crash recovery recognises the attempt's key without a provisional name.
     fn records_attempt(&self) -> bool {
         false
+    }
+    /// How this provider tells when `key` was last used (see [`LastUsedSource`]): the
+    /// controller derives `status.lastUsed` from the listing it already takes, never with an
+    /// extra call per key.
+    fn last_use(&self, _key: &ProviderKey) -> LastUsedSource {
+        LastUsedSource::NotReported
     }
     /// How far the provider's clock is ahead of ours, as its answers' `Date` headers say
     /// (crash recovery reads creation times in the provider's clock). `None`: not known.

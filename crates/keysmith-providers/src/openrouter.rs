@@ -26,7 +26,7 @@ use serde_json::{json, Map, Value};
 
 use super::http::{self, HttpClient, HttpResponse, Idempotency};
 use super::*;
-use keysmith_api::OpenRouterProvider;
+use keysmith_api::{LastUsedSource, OpenRouterProvider, UsageAmounts};
 
 /// The only server in OpenRouter's API description.
 pub const DEFAULT_BASE_URL: &str = "https://openrouter.ai/api/v1";
@@ -187,6 +187,10 @@ impl OpenRouterClient {
 
 #[async_trait]
 impl KeyBackend for OpenRouterClient {
+    fn last_use(&self, _key: &ProviderKey) -> LastUsedSource {
+        // No `last_used_at`; every key reports its usage (credits, total and per period).
+        LastUsedSource::UsageDelta
+    }
     fn clock_offset(&self) -> Option<chrono::Duration> {
         self.http.clock_offset()
     }
@@ -558,6 +562,14 @@ pub struct KeyObject {
     #[serde(default)]
     pub usage_monthly: Option<f64>,
     #[serde(default)]
+    pub byok_usage: Option<f64>,
+    #[serde(default)]
+    pub byok_usage_daily: Option<f64>,
+    #[serde(default)]
+    pub byok_usage_weekly: Option<f64>,
+    #[serde(default)]
+    pub byok_usage_monthly: Option<f64>,
+    #[serde(default)]
     pub created_at: Option<String>,
     /// Present and null for "never expires"; absent in older answers (then: not reported).
     #[serde(default, deserialize_with = "present")]
@@ -588,6 +600,15 @@ impl KeyObject {
             monthly: self.usage_monthly.map(decimal_from_f64),
             limit_remaining: self.limit_remaining.map(decimal_from_f64),
             unit: Some("USD".into()),
+            byok: {
+                let byok = UsageAmounts {
+                    total: self.byok_usage.map(decimal_from_f64),
+                    daily: self.byok_usage_daily.map(decimal_from_f64),
+                    weekly: self.byok_usage_weekly.map(decimal_from_f64),
+                    monthly: self.byok_usage_monthly.map(decimal_from_f64),
+                };
+                (byok != UsageAmounts::default()).then(|| Box::new(byok))
+            },
         };
         let mut extras = Extras::new();
         if let Some(b) = self.include_byok_in_limit {

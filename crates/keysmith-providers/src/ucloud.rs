@@ -33,7 +33,7 @@ use sha1::{Digest, Sha1};
 
 use super::http::{retry_after, snippet, HttpClient, HttpResponse, Idempotency};
 use super::*;
-use keysmith_api::UCloudProvider;
+use keysmith_api::{LastUsedSource, UCloudProvider};
 
 /// The management API of UCloud's China site (the Go SDK's default).
 pub const DEFAULT_BASE_URL: &str = "https://api.ucloud.cn";
@@ -467,6 +467,7 @@ fn provider_key(v: &Value) -> Result<ProviderKey, ProviderError> {
                 limit_remaining: remaining.map(decimal_from_f64),
                 // UCloud: "the unit depends on the user's channel; for channel 126 it is USD".
                 unit: (channel == Some(126)).then(|| "USD".to_string()),
+                byok: None,
             }
         });
 
@@ -774,6 +775,11 @@ impl UCloudClient {
 
 #[async_trait]
 impl KeyBackend for UCloudClient {
+    fn last_use(&self, _key: &ProviderKey) -> LastUsedSource {
+        // No last-use time; every key reports DailyUsedAmount/MonthlyUsedAmount. The request
+        // logs (ListUMInferRequestLogs) would tell more but need a Region and a call of their own.
+        LastUsedSource::UsageDelta
+    }
     fn clock_offset(&self) -> Option<chrono::Duration> {
         self.http.clock_offset()
     }

@@ -131,7 +131,7 @@ pub async fn adopt(
         .filter(|s| secret::key_id_of(s).as_deref() == Some(id))
         .and_then(|s| secret::value_of(r.ak, s));
     let (value, key) = value_of_adopted(r, scope, id, key, held, existing).await?;
-    fill_from_key(st, &key);
+    fill_from_key(st, &key, r.p);
     st.key_id = Some(id.to_string());
     st.key_scope = location(scope);
     let delivery = Delivery {

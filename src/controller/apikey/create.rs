@@ -330,7 +330,7 @@ async fn deliver_created(
     let (r, v, existing) = (&s.r, &s.v, s.existing.as_ref());
     let id = &created.key.id;
     let mut hinted = st.clone();
-    fill_from_key(&mut hinted, &created.key);
+    fill_from_key(&mut hinted, &created.key, r.p);
     let delivery = Delivery {
         value: &created.secret,
         key_id: id,

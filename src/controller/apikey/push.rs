@@ -34,7 +34,7 @@ pub async fn push(s: &Step<'_>, st: &mut ApiKeyStatus) -> Result<Ready, Failure>
         let spec_changed = st.observed_generation != r.ak.metadata.generation;
         match observe(r.ctx, r.p, scope, &id, spec_changed).await? {
             Some(current) => {
-                fill_from_key(st, &current);
+                fill_from_key(st, &current, r.p);
                 let made_with = super::rotate::pushed_settings(&v.settings, st);
                 if !providers::drift(r.p.backend.as_ref(), &current, &made_with).is_empty() {
                     needs_push = true;
@@ -56,7 +56,7 @@ pub async fn push(s: &Step<'_>, st: &mut ApiKeyStatus) -> Result<Ready, Failure>
         };
         let key = r.p.backend.push(&settings, &src.value, existing).await?;
         let first = st.key_id.is_none();
-        fill_from_key(st, &key);
+        fill_from_key(st, &key, r.p);
         st.source_version = src.version.clone();
         st.key_scope = location(scope);
         r.ctx.remember(r.p, scope, &key).await;

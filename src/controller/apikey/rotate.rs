@@ -185,7 +185,7 @@ pub async fn rotate(
             write_status(r.ctx, r.ak, st, r.seen).await?;
             let created = r.p.backend.regenerate(&old.at, &old.id).await?;
             let mut next = st.clone();
-            fill_from_key(&mut next, &created.key);
+            fill_from_key(&mut next, &created.key, r.p);
             record_done(&mut next, &plan, &trigger, fallback_created(r.ak), now);
             let delivery = Delivery {
                 value: &created.secret,

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::ResourceExt;
@@ -14,7 +15,8 @@ use super::super::context::{Context, Tracked};
 use super::super::reasons::Reason;
 use super::super::time::{self, ts};
 use super::Failure;
-use crate::api::{ApiKey, ApiKeyStatus};
+use crate::api::{ApiKey, ApiKeyStatus, LastUsed, LastUsedSource, Usage, UsageAmounts};
+use crate::controller::rotation::human;
 use crate::providers::ProviderKey;
 
 /// What a successful reconcile reports.
@@ -150,7 +152,21 @@ pub fn active_message(p: &ResolvedProvider, st: &ApiKeyStatus, secret_name: &str
 }
 
 /// Copy what the provider reports into the status.
-pub fn fill_from_key(st: &mut ApiKeyStatus, k: &ProviderKey) {
+pub fn fill_from_key(st: &mut ApiKeyStatus, k: &ProviderKey, p: &ResolvedProvider) {
+    fill(st, k, p.backend.last_use(k), p.refresh_interval, Utc::now());
+}
+
+/// [`fill_from_key`] with the provider's way of telling last use, its refresh interval and the
+/// time of the observation given.
+pub fn fill(
+    st: &mut ApiKeyStatus,
+    k: &ProviderKey,
+    source: LastUsedSource,
+    interval: Duration,
+    now: DateTime<Utc>,
+) {
+    // Before the key id and the usage are overwritten: the last use compares with them.
+    note_last_use(st, k, source, interval, now);
     st.key_id = Some(k.id.clone());
     if k.hint.is_some() {
         st.key_hint = k.hint.clone();
@@ -164,12 +180,98 @@ pub fn fill_from_key(st: &mut ApiKeyStatus, k: &ProviderKey) {
     if let Some(e) = &k.expires_at {
         st.expires_at = Some(ts(*e));
     }
-    if k.last_used_at.is_some() {
-        st.last_used_at = k.last_used_at.map(ts);
-    }
     if k.usage.is_some() {
         st.usage = k.usage.clone();
     }
+}
+
+/// Record in `st.lastUsed` (and `st.lastUsedAt`, its printer column) when key `k` was last
+/// used, as far as `source` can tell. `st` still describes the previous observation: a
+/// `UsageDelta` compares the usage recorded then with `k`'s (of the same key only), and dates a
+/// rise at `now`, within `interval` (the refresh interval) of the use. Deterministic: the time
+/// changes only when a counter rose, which changes `status.usage` anyway.
+fn note_last_use(
+    st: &mut ApiKeyStatus,
+    k: &ProviderKey,
+    source: LastUsedSource,
+    interval: Duration,
+    now: DateTime<Utc>,
+) {
+    let same_key = st.key_id.as_deref() == Some(k.id.as_str());
+    let before = st
+        .last_used
+        .clone()
+        .filter(|l| same_key && l.source == source);
+    let next = match source {
+        LastUsedSource::Provider => match (&k.last_used_at, before) {
+            (Some(at), _) => LastUsed {
+                at: Some(ts(*at)),
+                source,
+                precision: None,
+            },
+            // An answer without the field (a create or update answer) does not unsay a use
+            // the listing reported.
+            (None, Some(b)) => b,
+            (None, None) => LastUsed {
+                source,
+                ..Default::default()
+            },
+        },
+        LastUsedSource::UsageDelta => {
+            let rose = match (&st.usage, &k.usage) {
+                (Some(was), Some(is)) => same_key && usage_rose(was, is),
+                _ => false,
+            };
+            match before {
+                _ if rose => LastUsed {
+                    at: Some(ts(now)),
+                    source,
+                    precision: Some(human(interval)),
+                },
+                Some(b) => b,
+                None => LastUsed {
+                    source,
+                    ..Default::default()
+                },
+            }
+        }
+        LastUsedSource::NotReported => LastUsed {
+            source,
+            ..Default::default()
+        },
+    };
+    st.last_used_at = next.at.clone();
+    st.last_used = Some(next);
+}
+
+/// Whether usage counters show use between two observations of one key: a counter that rose,
+/// or a period counter (daily, weekly, monthly) that fell to a non-zero amount (it was reset
+/// after the first observation, and spent again since).
+pub fn usage_rose(was: &Usage, is: &Usage) -> bool {
+    fn amount(s: &Option<String>) -> Option<f64> {
+        s.as_deref()
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|v| v.is_finite())
+    }
+    let rose = |a: &Option<String>, b: &Option<String>, period: bool| match (amount(a), amount(b)) {
+        (Some(a), Some(b)) => b > a || (period && b < a && b > 0.0),
+        (None, Some(b)) => b > 0.0,
+        _ => false,
+    };
+    let none = UsageAmounts::default();
+    let (byok_was, byok_is) = (
+        was.byok.as_deref().unwrap_or(&none),
+        is.byok.as_deref().unwrap_or(&none),
+    );
+    rose(&was.total, &is.total, false)
+        || rose(&was.daily, &is.daily, true)
+        || rose(&was.weekly, &is.weekly, true)
+        || rose(&was.monthly, &is.monthly, true)
+        // Spend through the user's own upstream keys is use too (OpenRouter BYOK).
+        || rose(&byok_was.total, &byok_is.total, false)
+        || rose(&byok_was.daily, &byok_is.daily, true)
+        || rose(&byok_was.weekly, &byok_is.weekly, true)
+        || rose(&byok_was.monthly, &byok_is.monthly, true)
 }
 
 /// Every field of ApiKeyStatus, from its schema (so a new field is never forgotten).
@@ -325,5 +427,199 @@ mod tests {
             .unwrap()
             .contains_key("pendingCreate"));
         assert!(status_patch(&st, None).get("metadata").is_none());
+    }
+
+    fn key(id: &str, total: Option<&str>, daily: Option<&str>) -> ProviderKey {
+        ProviderKey {
+            id: id.into(),
+            usage: Some(Usage {
+                total: total.map(Into::into),
+                daily: daily.map(Into::into),
+                ..Default::default()
+            }),
+            active: true,
+            ..Default::default()
+        }
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    const FIVE_MIN: Duration = Duration::from_secs(300);
+
+    #[test]
+    fn a_usage_counter_that_rose_dates_a_use_within_the_refresh_interval() {
+        let d = LastUsedSource::UsageDelta;
+        let mut st = ApiKeyStatus::default();
+        // First sight of a key: nothing to compare with, no use claimed.
+        fill(
+            &mut st,
+            &key("k1", Some("0"), Some("0")),
+            d,
+            FIVE_MIN,
+            at("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(st.last_used.as_ref().unwrap().source, d);
+        assert_eq!(st.last_used.as_ref().unwrap().at, None);
+        assert_eq!(st.last_used_at, None);
+        // Unchanged: still nothing.
+        fill(
+            &mut st,
+            &key("k1", Some("0"), Some("0")),
+            d,
+            FIVE_MIN,
+            at("2026-01-01T00:05:00Z"),
+        );
+        assert_eq!(st.last_used_at, None);
+        // Spent: used within the interval before this observation.
+        fill(
+            &mut st,
+            &key("k1", Some("1.5"), Some("1.5")),
+            d,
+            FIVE_MIN,
+            at("2026-01-01T00:10:00Z"),
+        );
+        let lu = st.last_used.clone().unwrap();
+        assert_eq!(lu.at.as_deref(), Some("2026-01-01T00:10:00Z"));
+        assert_eq!(lu.precision.as_deref(), Some("5m"));
+        assert_eq!(st.last_used_at.as_deref(), Some("2026-01-01T00:10:00Z"));
+        // The same counters later: the last use stays where it was (no status churn).
+        let before = st.clone();
+        fill(
+            &mut st,
+            &key("k1", Some("1.5"), Some("1.5")),
+            d,
+            FIVE_MIN,
+            at("2026-01-01T00:15:00Z"),
+        );
+        assert_eq!(st, before);
+        // The daily counter reset: no use.
+        fill(
+            &mut st,
+            &key("k1", Some("1.5"), Some("0")),
+            d,
+            FIVE_MIN,
+            at("2026-01-02T00:01:00Z"),
+        );
+        assert_eq!(st.last_used_at.as_deref(), Some("2026-01-01T00:10:00Z"));
+    }
+
+    #[test]
+    fn a_period_counter_reset_and_spent_again_is_a_use() {
+        let was = Usage {
+            daily: Some("3".into()),
+            ..Default::default()
+        };
+        let spent_again = Usage {
+            daily: Some("0.5".into()),
+            ..Default::default()
+        };
+        let reset = Usage {
+            daily: Some("0".into()),
+            ..Default::default()
+        };
+        assert!(usage_rose(&was, &spent_again));
+        assert!(!usage_rose(&was, &reset));
+        assert!(!usage_rose(&was, &was));
+        // A total that fell is not a use (nor a reset: totals do not reset).
+        let t = |v: &str| Usage {
+            total: Some(v.into()),
+            ..Default::default()
+        };
+        assert!(!usage_rose(&t("2"), &t("1")));
+        assert!(usage_rose(&t("1"), &t("1.01")));
+        assert!(!usage_rose(&t("x"), &t("NaN")));
+    }
+
+    #[test]
+    fn byok_spend_is_use_too() {
+        let byok = |v: &str| Usage {
+            total: Some("1".into()),
+            byok: Some(Box::new(UsageAmounts {
+                total: Some(v.into()),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        assert!(usage_rose(&byok("0"), &byok("0.5")));
+        assert!(!usage_rose(&byok("0.5"), &byok("0.5")));
+        let without = Usage {
+            total: Some("1".into()),
+            ..Default::default()
+        };
+        assert!(usage_rose(&without, &byok("0.5")));
+        assert!(!usage_rose(&without, &byok("0")));
+    }
+
+    #[test]
+    fn another_key_is_not_compared_with_the_previous_one() {
+        let d = LastUsedSource::UsageDelta;
+        let mut st = ApiKeyStatus::default();
+        fill(
+            &mut st,
+            &key("old", Some("1"), None),
+            d,
+            FIVE_MIN,
+            at("2026-01-01T00:00:00Z"),
+        );
+        fill(
+            &mut st,
+            &key("old", Some("2"), None),
+            d,
+            FIVE_MIN,
+            at("2026-01-01T00:05:00Z"),
+        );
+        assert!(st.last_used_at.is_some());
+        // Rotated: the new key's usage is its own, and it has not been seen used.
+        fill(
+            &mut st,
+            &key("new", Some("5"), None),
+            d,
+            FIVE_MIN,
+            at("2026-01-01T00:10:00Z"),
+        );
+        assert_eq!(st.last_used_at, None);
+        assert_eq!(st.last_used.unwrap().at, None);
+    }
+
+    #[test]
+    fn provider_reported_last_use_is_taken_as_is() {
+        let p = LastUsedSource::Provider;
+        let mut st = ApiKeyStatus::default();
+        let mut k = key("b1", None, None);
+        k.usage = None;
+        fill(&mut st, &k, p, FIVE_MIN, at("2026-01-01T00:00:00Z"));
+        assert_eq!(
+            st.last_used,
+            Some(LastUsed {
+                at: None,
+                source: p,
+                precision: None
+            })
+        );
+        k.last_used_at = Some(at("2025-12-31T23:59:00Z"));
+        fill(&mut st, &k, p, FIVE_MIN, at("2026-01-01T00:05:00Z"));
+        assert_eq!(st.last_used_at.as_deref(), Some("2025-12-31T23:59:00Z"));
+        assert_eq!(st.last_used.as_ref().unwrap().precision, None);
+        // An answer without the field keeps what the listing said.
+        k.last_used_at = None;
+        fill(&mut st, &k, p, FIVE_MIN, at("2026-01-01T00:10:00Z"));
+        assert_eq!(st.last_used_at.as_deref(), Some("2025-12-31T23:59:00Z"));
+    }
+
+    #[test]
+    fn not_reported_says_so() {
+        let mut st = ApiKeyStatus::default();
+        let k = key("d1", Some("1"), None);
+        fill(
+            &mut st,
+            &k,
+            LastUsedSource::NotReported,
+            FIVE_MIN,
+            at("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(st.last_used.unwrap().source, LastUsedSource::NotReported);
+        assert_eq!(st.last_used_at, None);
     }
 }

@@ -77,7 +77,7 @@ pub async fn update_in_place(
             r.p.backend
                 .update(&key.at, &key.id, &desired, &mutable)
                 .await?;
-        fill_from_key(st, &updated);
+        fill_from_key(st, &updated, r.p);
         r.ctx.remember(r.p, &key.at, &updated).await;
         let fields: Vec<String> = mutable.iter().map(|f| field_path(*f, r.p)).collect();
         let note = format!("updated {} at {}", fields.join(", "), r.p.provider_type);
@@ -108,7 +108,7 @@ pub async fn sync_existing(
         Some(k) if k.active => k,
         _ => return restore::key_missing(s, st, &key.id).await,
     };
-    fill_from_key(st, &current);
+    fill_from_key(st, &current, r.p);
     st.key_scope = location(&key.at);
 
     // The Secret must hold this key's value.
