@@ -18,7 +18,8 @@
 //! given; `--viewer-token` is a Bearer token allowed to read only (403 on changes).
 //!
 //! Test control (no auth, no faults, not counted): `GET /_emulator/keys` (both families, no
-//! values), `POST /_emulator/usage {"vkId", "amount", "tokens", "requests"}` and
+//! values), `POST /_emulator/usage {"vkId", "amount", "tokens", "requests"}` (spend, refused
+//! with 429 like a request once a budget is used up) and
 //! `POST /_emulator/provider-key-check {"provider", "id", "value"}` → `{"matches": bool}`.
 
 use std::collections::{BTreeSet, HashSet};
@@ -1694,6 +1695,10 @@ async fn control_usage(State(emu): State<Arc<Emu>>, body: Bytes) -> Response {
         return no_vk();
     };
     vk.refresh(Utc::now());
+    // Spend is a request through the gateway: refused once a budget is used up, as inference is.
+    if amount > 0.0 && vk.budgets.iter().any(|b| b.current_usage >= b.max_limit) {
+        return render_error(StatusCode::TOO_MANY_REQUESTS, "virtual key budget exceeded");
+    }
     for b in &mut vk.budgets {
         b.current_usage += amount;
     }

@@ -8,7 +8,7 @@
 //! | `POST /api/v1/keys` | management keys | **201** `{data, key}`: the only time the plaintext is shown |
 //! | `GET/PATCH/DELETE /api/v1/keys/{hash}` | management keys | one key; partial update; delete |
 //! | `GET /_emulator/keys` | anyone | every key ever created (deleted ones with `active: false`), no plaintext |
-//! | `POST /_emulator/usage` | anyone | `{"hash": "…", "amount": 1.25, "byok": false}` adds spend to a key |
+//! | `POST /_emulator/usage` | anyone | `{"hash": "…", "amount": 1.25, "byok": false}` adds spend to a key, as a request would: 403 "Key limit exceeded" once the key's limit is used up for its period |
 //!
 //! Errors use OpenRouter's envelope `{"error": {"code": <status>, "message": "…"}, "user_id":
 //! null, "openrouter_metadata": null}`. Management keys are given on the command line; keys minted
@@ -632,6 +632,18 @@ async fn control_usage(State(s): State<Shared>, body: Bytes) -> Answer {
         .iter_mut()
         .find(|k| k.hash == hash && k.live())
         .ok_or_else(not_found)?;
+    // As OpenRouter answers a request on a key whose limit is used up for its period (checked
+    // before the request, so the last request may go past the limit by its own cost).
+    if k.limit.is_some()
+        && k.limit_remaining().is_some_and(|r| r <= 0.0)
+        && (!byok || k.include_byok_in_limit)
+    {
+        let period = k.limit_reset.as_deref().unwrap_or("total");
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!("Key limit exceeded ({period} limit). Manage it using https://openrouter.ai/settings/keys"),
+        ));
+    }
     let counters = if byok {
         &mut k.byok_usage
     } else {

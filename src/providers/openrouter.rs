@@ -594,6 +594,8 @@ impl KeyObject {
             monthly: self.usage_monthly.map(decimal_from_f64),
             limit_remaining: self.limit_remaining.map(decimal_from_f64),
             unit: Some("USD".into()),
+            // Calendar periods (UTC), as documented; nothing to report per key.
+            resets_at: None,
         };
         let mut extras = Extras::new();
         if let Some(b) = self.include_byok_in_limit {

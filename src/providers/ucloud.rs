@@ -480,6 +480,7 @@ fn provider_key(v: &Value) -> Result<ProviderKey, ProviderError> {
                 limit_remaining: remaining.map(decimal_from_f64),
                 // UCloud: "the unit depends on the user's channel; for channel 126 it is USD".
                 unit: (channel == Some(126)).then(|| "USD".to_string()),
+                resets_at: None,
             }
         });
 

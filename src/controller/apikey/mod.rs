@@ -194,6 +194,8 @@ async fn apply(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
         count_reconcile(&ctx, "requeue");
         return Ok(stale(&key));
     }
+    // status.history: the keys this reconcile made, and those it revoked.
+    super::history::observe(&before, &mut st, &ak, chrono::Utc::now());
     let changed = status::conclude(&mut st, ak.metadata.generation, &outcome);
     let (requeue, result_label) = match &outcome {
         Ok(ready) => {
@@ -345,6 +347,23 @@ async fn drive_with(r: &Reconciler<'_>, st: &mut ApiKeyStatus) -> Result<Ready, 
 async fn steps(r: &Reconciler<'_>, st: &mut ApiKeyStatus) -> Result<Ready, Failure> {
     let v = validate::validate(r.ak, st, r.p)?;
     revoke::retire_previous(r, st, &v.scope).await?;
+    // Replaced keys still live spend no more than they have; the current key gets what is left
+    // of spec.limit (issue 21, controller/limits.rs).
+    let not_held = super::limits::hold_replaced(r, &v, st).await?;
+    let v = super::limits::apply(v, st, chrono::Utc::now());
+    let mut ready = steps_after(r, st, v).await?;
+    if let Some(note) = not_held {
+        ready.message = format!("{}; {note}", ready.message);
+    }
+    Ok(ready)
+}
+
+/// The steps after the replaced keys are settled.
+async fn steps_after(
+    r: &Reconciler<'_>,
+    st: &mut ApiKeyStatus,
+    v: ValidatedApiKey,
+) -> Result<Ready, Failure> {
     if r.ak.spec.source.is_some() {
         return push::push(r, st, &v).await;
     }

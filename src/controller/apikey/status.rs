@@ -141,7 +141,12 @@ pub fn fill_from_key(st: &mut ApiKeyStatus, k: &ProviderKey) {
         st.last_used_at = k.last_used_at.as_ref().map(ts);
     }
     if k.usage.is_some() {
-        st.usage = k.usage.clone();
+        // The limit's period counts the spend of the keys this one replaced (issue 21).
+        st.usage = crate::controller::limits::across_generations(
+            k.usage.clone(),
+            st.limit_carry_over.as_deref(),
+            Utc::now(),
+        );
     }
 }
 

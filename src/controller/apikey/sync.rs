@@ -116,7 +116,9 @@ pub async fn sync_existing(
         && r.ak.spec.on_immutable_change == ImmutableChangePolicy::Replace
         && v.settings.key_ref.is_none()
     {
-        return create::create(r, v, st, existing, Some(key)).await;
+        // The replacement gets what is left of spec.limit after the old key's spend.
+        let for_new = super::super::limits::count_replaced(r, v, st, &key).await?;
+        return create::create(r, &for_new, st, existing, Some(key)).await;
     }
     st.fields_needing_new_key = immutable.iter().map(|f| field_path(*f, r.p)).collect();
     let delivery = Delivery {
