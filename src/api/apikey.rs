@@ -154,7 +154,7 @@ pub struct ApiKeySpec {
     pub rollout_restart_targets: Vec<RestartTarget>,
     /// How many key generations `status.history` keeps, newest first (default 10, at most 50).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 50))]
+    #[schemars(range(min = 1, max = 50), extend("format" = "int32"))]
     pub history_limit: Option<u32>,
 }
 

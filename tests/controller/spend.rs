@@ -127,7 +127,11 @@ async fn assert_four_left(env: &Env, p: P, old: &str, new: &str) {
     env.touch("k", "spent").await;
     env.reconcile("k").await.unwrap();
     env.reconcile("k").await.unwrap();
-    assert_ne!(p.spend(env, new, 1.0).await, 200, "{p:?}: still refused after reconciles");
+    assert_ne!(
+        p.spend(env, new, 1.0).await,
+        200,
+        "{p:?}: still refused after reconciles"
+    );
     let s = st(&env.get("k").await);
     let carried = s.limit_carry_over.as_ref().expect("limitCarryOver");
     assert_eq!(carried.reset, "monthly");
