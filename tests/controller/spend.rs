@@ -209,3 +209,30 @@ async fn each_key_gets_its_share_and_a_raised_limit_still_counts_the_old_spend()
     assert_eq!(limit_of(&keys, &new), json!(14.0));
     assert_eq!(limit_of(&keys, &old), json!(6.0));
 }
+
+/// The operator dies after the provider created the new key, before the Secret held it: the
+/// orphan is revoked and the rotation runs again; the old key, still the current one, spent more
+/// in between, and the new key gets what is left after all of it.
+#[tokio::test]
+async fn a_crash_before_the_secret_write_counts_the_spend_made_until_the_rotation_reruns() {
+    for p in [P::OpenRouter, P::Bifrost] {
+        let env = p.env().await;
+        let old = six_spent(&env, p).await;
+        annotate(&env, "k", "r1").await;
+        env.ctx.crash_after_create.store(true, Ordering::SeqCst);
+        let _ = env.reconcile("k").await;
+        env.ctx.crash_after_create.store(false, Ordering::SeqCst);
+        let s = st(&env.get("k").await);
+        assert!(s.pending_create.is_some(), "{p:?}");
+        assert_eq!(s.key_id.as_deref(), Some(old.as_str()));
+        // Still the current key: its limit was not lowered, it spends on.
+        assert_eq!(p.spend(&env, &old, 1.0).await, 200, "{p:?}");
+        let ak = env.converge("k", 6).await;
+        assert_eq!(ready(&ak).0, "True", "{p:?}: {:?}", ak.status);
+        let new = rotated(&env, p, &old).await;
+        let by_old = p.spend_until_refused(&env, &old).await;
+        let by_new = p.spend_until_refused(&env, &new).await;
+        println!("{p:?}: after 7 spent, the old key spent {by_old} more and the new key {by_new}");
+        assert_eq!(by_old + by_new, 3, "{p:?}");
+    }
+}
