@@ -317,7 +317,17 @@ pub async fn hold_replaced(
     st: &mut ApiKeyStatus,
 ) -> Result<Option<String>, Failure> {
     let Some(spec) = spec_limit(r) else {
-        return Ok(None);
+        // UCloud's caps live in its own block and are per key: say so while two keys are live.
+        let capped =
+            r.ak.spec.ucloud.as_ref().is_some_and(|u| {
+                u.daily_limit_amount.is_some() || u.monthly_limit_amount.is_some()
+            });
+        return Ok((capped && !st.previous_keys.is_empty()).then(|| {
+            not_held(
+                r,
+                "caps spend per key (spec.ucloud.dailyLimitAmount, monthlyLimitAmount)",
+            )
+        }));
     };
     if st.previous_keys.is_empty() {
         return Ok(None);
@@ -436,7 +446,7 @@ fn clone(v: &ValidatedApiKey) -> ValidatedApiKey {
 
 fn not_held(r: &Reconciler<'_>, why: &str) -> String {
     format!(
-        "spec.limit is not held across keys: {} {why}, so the replaced key keeps its own limit during its grace period",
+        "the spend limit is not held across keys: {} {why}, so the replaced key keeps its own limit during its grace period",
         r.p.provider_type
     )
 }

@@ -236,3 +236,36 @@ async fn a_crash_before_the_secret_write_counts_the_spend_made_until_the_rotatio
         assert_eq!(by_old + by_new, 3, "{p:?}");
     }
 }
+
+/// UCloud caps spend per key in its own block: keysmith cannot hold them across keys, and the
+/// Ready condition says so while the replaced key is live.
+#[tokio::test]
+async fn ucloud_caps_say_they_are_not_held_across_keys() {
+    let env = crate::ucloud::env().await;
+    let spec = ApiKeySpec {
+        ucloud: Some(Box::new(keysmith::api::UCloudKeySpec {
+            daily_limit_amount: Some("10".into()),
+            ..Default::default()
+        })),
+        rotation: Some(Box::new(RotationSpec {
+            grace_period: Some("10m".into()),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    env.create(&apikey("k", "ucloud", spec)).await;
+    let ak = env.converge("k", 6).await;
+    assert_eq!(ready(&ak).0, "True", "{:?}", ak.status);
+    assert!(!ready(&ak).2.contains("not held"), "{}", ready(&ak).2);
+    annotate(&env, "k", "r1").await;
+    env.reconcile("k").await.unwrap();
+    env.reconcile("k").await.unwrap();
+    let ak = env.get("k").await;
+    assert_eq!(st(&ak).previous_keys.len(), 1);
+    let (status, _, message) = ready(&ak);
+    assert_eq!(status, "True");
+    assert!(
+        message.contains("the spend limit is not held across keys: ucloud caps spend per key"),
+        "{message}"
+    );
+}
