@@ -76,8 +76,8 @@ fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+echo "== cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 targets=()
 if [[ -z "$cluster" ]]; then
@@ -88,5 +88,5 @@ if [[ -z "$cluster" ]]; then
     case "$name" in controller|restart|e2e_restart) ;; *) targets+=(--test "$name") ;; esac
   done
 fi
-cargo test "${targets[@]}" -- --test-threads="${KEYSMITH_TEST_THREADS:-4}"
+cargo test --workspace "${targets[@]}" -- --test-threads="${KEYSMITH_TEST_THREADS:-4}"
 echo "== all tests passed in $(((SECONDS - started) / 60))m$(((SECONDS - started) % 60))s; $closing$node_closing"

@@ -1,5 +1,5 @@
-//! Random identifiers: create-attempt ids, leader-election holder names (and the emulators'
-//! made-up keys). Lives outside `controller/` and `emulators/` so neither imports the other.
+//! Random identifiers: create-attempt ids and leader-election holder names. (The emulators make
+//! up their keys with their own copy: they are a separate crate that imports nothing of ours.)
 
 use rand::Rng;
 

@@ -10,6 +10,7 @@ pub mod boltz;
 pub mod digitalocean;
 pub mod egress;
 pub mod http;
+pub mod metrics;
 pub mod openrouter;
 pub mod ucloud;
 
@@ -21,7 +22,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
-use crate::api::{
+use keysmith_api::{
     ApiKeySpec, BifrostKeySpec, BoltzKeySpec, DigitalOceanKeySpec, KeyProviderSpec, LimitReset,
     OpenRouterKeySpec, ProviderType, UCloudKeySpec, Usage,
 };
@@ -761,7 +762,7 @@ pub fn build_backend(
             .unwrap_or_else(|| rl.requests_per_second.ceil().max(1.0) as u32);
         opts.rate_limit = Some((rl.requests_per_second, burst.max(1)));
     }
-    use crate::api::ProviderConfig;
+    use keysmith_api::ProviderConfig;
     match spec
         .provider()
         .ok_or("exactly one provider block must be set")?

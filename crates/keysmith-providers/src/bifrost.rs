@@ -31,7 +31,7 @@ use sha1::{Digest, Sha1};
 
 use super::http::{self, HttpClient, HttpResponse, Idempotency};
 use super::*;
-use crate::api::{BifrostAuthScheme, BifrostKeySpec, BifrostProvider, BifrostRateLimit};
+use keysmith_api::{BifrostAuthScheme, BifrostKeySpec, BifrostProvider, BifrostRateLimit};
 
 /// Family of virtual keys (minted by the gateway).
 pub const FAMILY_VIRTUAL: &str = "virtual";
@@ -1734,7 +1734,7 @@ fn copy_cloud_configs(body: &mut serde_json::Value, b: &BifrostKeySpec) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::BifrostProviderConfig;
+    use keysmith_api::BifrostProviderConfig;
 
     fn vk_settings() -> KeySettings {
         KeySettings {
@@ -1801,7 +1801,7 @@ mod tests {
             name: "team-a/upstream".into(),
             uid: "0b6a3c1e-1111-2222-3333-444455556666".into(),
             pushed: true,
-            bifrost: Some(crate::api::BifrostKeySpec {
+            bifrost: Some(keysmith_api::BifrostKeySpec {
                 provider: Some("openai".into()),
                 ..Default::default()
             }),

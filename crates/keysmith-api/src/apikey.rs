@@ -414,15 +414,15 @@ pub struct BifrostKeySpec {
     pub rate_limit: Option<BifrostRateLimit>,
     /// Provider keys: Azure configuration, passed to the gateway as is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "crate::api::apikey::free_form")]
+    #[schemars(schema_with = "crate::apikey::free_form")]
     pub azure_key_config: Option<serde_json::Value>,
     /// Provider keys: Vertex configuration, passed to the gateway as is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "crate::api::apikey::free_form")]
+    #[schemars(schema_with = "crate::apikey::free_form")]
     pub vertex_key_config: Option<serde_json::Value>,
     /// Provider keys: Bedrock configuration, passed to the gateway as is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "crate::api::apikey::free_form")]
+    #[schemars(schema_with = "crate::apikey::free_form")]
     pub bedrock_key_config: Option<serde_json::Value>,
 }
 
@@ -531,18 +531,18 @@ pub struct SecretTemplate {
     pub type_: Option<String>,
     /// Labels added to the Secret (at most 64; values up to 63 characters).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(schema_with = "crate::api::apikey::label_map")]
+    #[schemars(schema_with = "crate::apikey::label_map")]
     #[x_kube(validation = Rule::new("self.all(k, size(k) <= 317)").message("a label key has at most 317 characters (a 253-character prefix, '/', and a 63-character name)"))]
     pub labels: BTreeMap<String, String>,
     /// Annotations added to the Secret (at most 32; values up to 4096 characters).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(schema_with = "crate::api::apikey::annotation_map")]
+    #[schemars(schema_with = "crate::apikey::annotation_map")]
     #[x_kube(validation = Rule::new("self.all(k, size(k) <= 317)").message("an annotation key has at most 317 characters (a 253-character prefix, '/', and a 63-character name)"))]
     pub annotations: BTreeMap<String, String>,
     /// Extra data entries; values may use `{{ .key }}`, `{{ .keyID }}`, `{{ .keyHint }}`, `{{ .name }}`.
     /// At most 16 entries of up to 8192 characters each (before rendering).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(schema_with = "crate::api::apikey::data_map")]
+    #[schemars(schema_with = "crate::apikey::data_map")]
     #[x_kube(validation = Rule::new("self.all(k, size(k) <= 253)").message("a Secret data key has at most 253 characters"))]
     pub data: BTreeMap<String, String>,
 }

@@ -25,7 +25,7 @@ use serde_json::json;
 
 use super::http::{self, HttpClient, HttpResponse, Idempotency};
 use super::*;
-use crate::api::DigitalOceanProvider;
+use keysmith_api::DigitalOceanProvider;
 
 /// The only server in DigitalOcean's API description.
 pub const DEFAULT_BASE_URL: &str = "https://api.digitalocean.com";
@@ -615,7 +615,7 @@ pub fn is_uuid(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{DigitalOceanKeySpec, SecretKeySelector};
+    use keysmith_api::{DigitalOceanKeySpec, SecretKeySelector};
     use reqwest::header::HeaderMap;
     use reqwest::StatusCode;
 

@@ -26,7 +26,7 @@ use reqwest::{header::HeaderMap, Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 
 use super::{ClientOptions, ProviderError};
-use crate::api::ProviderType;
+use keysmith_api::ProviderType;
 
 /// Whether a request may be sent twice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

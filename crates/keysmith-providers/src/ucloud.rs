@@ -33,7 +33,7 @@ use sha1::{Digest, Sha1};
 
 use super::http::{retry_after, snippet, HttpClient, HttpResponse, Idempotency};
 use super::*;
-use crate::api::UCloudProvider;
+use keysmith_api::UCloudProvider;
 
 /// The management API of UCloud's China site (the Go SDK's default).
 pub const DEFAULT_BASE_URL: &str = "https://api.ucloud.cn";
@@ -972,7 +972,7 @@ impl KeyBackend for UCloudClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::UCloudKeySpec;
+    use keysmith_api::UCloudKeySpec;
     use serde_json::json;
 
     const DOC_PUBLIC: &str = "ucloudsomeone@example.com1296235120854146120";

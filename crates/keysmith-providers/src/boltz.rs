@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::http::{self, HttpClient, HttpResponse, Idempotency};
 use super::*;
-use crate::api::{BoltzMode, BoltzProvider};
+use keysmith_api::{BoltzMode, BoltzProvider};
 
 /// Default base URL (the SDK's production environment).
 pub const DEFAULT_BASE_URL: &str = "https://api.boltz.bio";
@@ -568,7 +568,7 @@ impl KeyBackend for BoltzClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{BoltzKeySpec, SecretKeySelector};
+    use keysmith_api::{BoltzKeySpec, SecretKeySelector};
 
     fn client(ws: Option<&str>) -> BoltzClient {
         let spec = BoltzProvider {

@@ -26,7 +26,7 @@ use serde_json::{json, Map, Value};
 
 use super::http::{self, HttpClient, HttpResponse, Idempotency};
 use super::*;
-use crate::api::OpenRouterProvider;
+use keysmith_api::OpenRouterProvider;
 
 /// The only server in OpenRouter's API description.
 pub const DEFAULT_BASE_URL: &str = "https://openrouter.ai/api/v1";
@@ -655,7 +655,7 @@ fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{OpenRouterKeySpec, SecretKeySelector};
+    use keysmith_api::{OpenRouterKeySpec, SecretKeySelector};
 
     fn client(workspace: Option<&str>) -> Result<OpenRouterClient, String> {
         let spec = OpenRouterProvider {
