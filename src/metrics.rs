@@ -55,6 +55,148 @@ pub struct RotationLabels {
     pub trigger: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabels {
+    /// The KeyBudget's namespace; empty for a ClusterKeyBudget.
+    pub namespace: String,
+    pub budget: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetProviderLabels {
+    pub namespace: String,
+    pub budget: String,
+    pub provider: String,
+}
+
+/// Most budgets exported as metrics (each is a handful of series); budgets beyond are counted
+/// in `keysmith_budget_series_dropped` instead.
+pub const MAX_BUDGET_SERIES: usize = 2000;
+
+/// `keysmith_budget_*`: one set of series per budget, labelled by namespace, budget and provider
+/// type only (never a key or its id).
+#[derive(Default)]
+pub struct BudgetMetrics {
+    pub spent: Family<BudgetProviderLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub amount: Family<BudgetLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub ratio: Family<BudgetLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub not_measured: Family<BudgetLabels, Gauge>,
+    pub thresholds: Family<BudgetLabels, Counter>,
+    pub dropped: Gauge,
+    /// The series of each budget exported by the last pass: (namespace, budget) → providers.
+    exported: Mutex<HashMap<(String, String), Vec<String>>>,
+}
+
+/// One budget's figures for [`BudgetMetrics::publish`].
+pub struct BudgetFigures {
+    pub namespace: String,
+    pub budget: String,
+    pub amount: f64,
+    pub ratio: f64,
+    pub not_measured: i64,
+    /// (provider type, spent)
+    pub spent: Vec<(String, f64)>,
+}
+
+impl BudgetMetrics {
+    /// Export the figures of every budget of a pass; series of budgets (and providers) no
+    /// longer there are removed.
+    pub fn publish(&self, all: &[BudgetFigures]) {
+        let mut exported = self.exported.lock().unwrap();
+        let mut now: HashMap<(String, String), Vec<String>> = HashMap::new();
+        for f in all.iter().take(MAX_BUDGET_SERIES) {
+            let l = BudgetLabels {
+                namespace: f.namespace.clone(),
+                budget: f.budget.clone(),
+            };
+            self.amount.get_or_create(&l).set(f.amount);
+            self.ratio.get_or_create(&l).set(f.ratio);
+            self.not_measured.get_or_create(&l).set(f.not_measured);
+            for (p, s) in &f.spent {
+                self.spent
+                    .get_or_create(&BudgetProviderLabels {
+                        namespace: f.namespace.clone(),
+                        budget: f.budget.clone(),
+                        provider: p.clone(),
+                    })
+                    .set(*s);
+            }
+            now.insert(
+                (f.namespace.clone(), f.budget.clone()),
+                f.spent.iter().map(|(p, _)| p.clone()).collect(),
+            );
+        }
+        self.dropped
+            .set(all.len().saturating_sub(MAX_BUDGET_SERIES) as i64);
+        for ((ns, b), providers) in exported.iter() {
+            let kept = now.get(&(ns.clone(), b.clone()));
+            for p in providers {
+                if kept.is_none_or(|k| !k.contains(p)) {
+                    self.spent.remove(&BudgetProviderLabels {
+                        namespace: ns.clone(),
+                        budget: b.clone(),
+                        provider: p.clone(),
+                    });
+                }
+            }
+            if kept.is_none() {
+                let l = BudgetLabels {
+                    namespace: ns.clone(),
+                    budget: b.clone(),
+                };
+                self.amount.remove(&l);
+                self.ratio.remove(&l);
+                self.not_measured.remove(&l);
+                self.thresholds.remove(&l);
+            }
+        }
+        *exported = now;
+    }
+
+    /// Count a threshold a budget reached.
+    pub fn threshold_reached(&self, namespace: &str, budget: &str) {
+        self.thresholds
+            .get_or_create(&BudgetLabels {
+                namespace: namespace.into(),
+                budget: budget.into(),
+            })
+            .inc();
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "keysmith_budget_spent",
+            "Spend counted by a KeyBudget or ClusterKeyBudget in its current period, by provider type (in the budget's currency)",
+            self.spent.clone(),
+        );
+        registry.register(
+            "keysmith_budget_amount",
+            "The amount of a KeyBudget or ClusterKeyBudget per period",
+            self.amount.clone(),
+        );
+        registry.register(
+            "keysmith_budget_ratio",
+            "Spent / amount of a KeyBudget or ClusterKeyBudget in its current period",
+            self.ratio.clone(),
+        );
+        registry.register(
+            "keysmith_budget_keys_not_measured",
+            "Keys a budget selects whose provider reports no spend for its period",
+            self.not_measured.clone(),
+        );
+        registry.register(
+            "keysmith_budget_thresholds_reached",
+            "Thresholds budgets reached (each once per period)",
+            self.thresholds.clone(),
+        );
+        registry.register(
+            "keysmith_budget_series_dropped",
+            "Budgets not exported as metrics because of the series cap",
+            self.dropped.clone(),
+        );
+    }
+}
+
 /// Per-provider sums and minimums over many objects (ApiKeys), kept up to date one object at
 /// a time: a change costs O(log N). Issue 11: recomputing the gauges over every ApiKey on each
 /// change made a burst of 10,000 creations O(N²) (10⁸ steps, each cloning a string).
@@ -225,6 +367,8 @@ pub struct Metrics {
     rotation_tracked: Mutex<Tracker<RotationTrack>>,
     /// Always 1; the labels say which build this is.
     pub build_info: Family<BuildInfoLabels, Gauge>,
+    /// `keysmith_budget_*`.
+    pub budgets: BudgetMetrics,
 }
 
 /// `keysmith_build_info` labels.
@@ -270,6 +414,7 @@ impl Metrics {
             leader: Gauge::default(),
             rotation_tracked: Mutex::new(Default::default()),
             build_info: Family::default(),
+            budgets: BudgetMetrics::default(),
             registry: Registry::default(),
         };
         m.build_info
@@ -286,6 +431,7 @@ impl Metrics {
             m.build_info.clone(),
         );
         m.provider.register(&mut m.registry);
+        m.budgets.register(&mut m.registry);
         m.registry.register(
             "controller_runtime_reconcile",
             "Total number of reconciliations per controller",

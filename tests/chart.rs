@@ -187,6 +187,8 @@ fn expected_namespaced_grants(rollout_restart: bool) -> Grants {
         &["get", "list", "watch", "patch"],
     );
     add("keysmith.dev", "keyproviders/status", &["patch"]);
+    add("keysmith.dev", "keybudgets", &["list"]);
+    add("keysmith.dev", "keybudgets/status", &["patch"]);
     add("", "secrets", &["get", "list", "watch", "create", "patch"]);
     add("", "configmaps", &["get"]);
     add("events.k8s.io", "events", &["create", "patch"]);
@@ -211,6 +213,14 @@ fn expected_cluster_grants() -> Grants {
     g.insert(
         ("".into(), "namespaces".into()),
         verbs(&["get", "list", "watch"]),
+    );
+    g.insert(
+        ("keysmith.dev".into(), "clusterkeybudgets".into()),
+        verbs(&["list"]),
+    );
+    g.insert(
+        ("keysmith.dev".into(), "clusterkeybudgets/status".into()),
+        verbs(&["patch"]),
     );
     g
 }
@@ -358,7 +368,7 @@ fn assert_valid_kubernetes_objects(objs: &[Value]) {
 #[test]
 fn crds_match_rust_types() {
     let expected = keysmith::api::crd_files();
-    assert_eq!(expected.len(), 3);
+    assert_eq!(expected.len(), 5);
     for dir in ["crds", "charts/keysmith/crds"] {
         let dir_path = root().join(dir);
         let mut on_disk: BTreeSet<String> = std::fs::read_dir(&dir_path)
@@ -1177,8 +1187,11 @@ fn chart_installs_on_a_cluster() {
 #[test]
 fn rendered_rbac_covers_what_the_controller_uses() {
     let Some(helm) = helm() else { return };
-    let cluster_scoped =
-        |resource: &str| resource.starts_with("clusterkeyproviders") || resource == "namespaces";
+    let cluster_scoped = |resource: &str| {
+        resource.starts_with("clusterkeyproviders")
+            || resource.starts_with("clusterkeybudgets")
+            || resource == "namespaces"
+    };
     for (values, watched) in [
         ("{}", vec![]),
         (

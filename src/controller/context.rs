@@ -61,6 +61,8 @@ pub struct Context {
     pub lease: Arc<super::leader::LeaseClock>,
     /// Watch-fed provider objects and namespace labels (fallback: a GET).
     pub cache: super::cache::ObjectCache,
+    /// What KeyBudgets and ClusterKeyBudgets want of each key (`onExceeded`), for the sync.
+    pub budgets: super::budget::enforce::Enforcements,
     /// Test hook: make reconciles panic (the containment tests). Only with `test-hooks`.
     #[cfg(feature = "test-hooks")]
     pub panic_in_reconcile: std::sync::atomic::AtomicBool,
@@ -154,6 +156,7 @@ impl Context {
             namespaced_network: crate::providers::egress::NetworkPolicy::RESTRICTED,
             lease,
             cache: Default::default(),
+            budgets: Default::default(),
             #[cfg(feature = "test-hooks")]
             panic_in_reconcile: Default::default(),
             #[cfg(feature = "test-hooks")]

@@ -1,22 +1,25 @@
-//! The spend limit keysmith wants at the provider for an ApiKey's current key (issue 21 §1).
+//! The one answer to "which limit and enabled state does keysmith want at the provider for this
+//! key now": the ApiKey's spec, narrowed by the budgets that select it (`Throttle`: a lower
+//! limit over the budget's period; `Disable`: disabled). The ApiKey sync pushes exactly this,
+//! so it never undoes what a budget did, and the budget pass restores the spec the same way.
 //!
-//! `spec.limit` is the ApiKey's limit, not each key's: when a key is replaced (rotation, a spec
-//! change that needs a new key), the replaced key's limit is lowered to what it has already
-//! spent in the period ([`freeze_replaced`]), that spend is recorded in
-//! `status.limitCarryOver` (which tenants cannot write), and every later key of the period gets
-//! only what is left ([`wanted`]): old and new keys together never exceed `spec.limit`. When
-//! the period ends, the carried spend stops counting and the current key gets the whole limit
-//! back (the next sync pushes it).
-//!
-//! [`wanted`] is the one answer to "which limit should the current key have now"; create,
-//! rotate and sync all take the limit from it (through [`apply`]).
+//! Issue 21 §1: `spec.limit` is the ApiKey's limit, not each key's. When a key is replaced
+//! (rotation, a spec change that needs a new key), what it spent in the period is counted in
+//! `status.limitCarryOver` (which tenants cannot write) before the new key is created
+//! ([`count_replaced`]), the replaced key's limit is lowered to its spend ([`hold_replaced`]),
+//! and the current key gets only what is left ([`left`]) until the period ends: old and new keys
+//! together never exceed `spec.limit`. [`wanted`] applies it before a budget's narrowing, so the
+//! sync and the budget pass push the same limit; [`apply`] gives it to the steps that create.
 
 use chrono::{DateTime, Datelike, Duration as ChronoDuration, NaiveDate, TimeZone, Utc};
+use kube::ResourceExt;
 
 use super::apikey::status::ts;
 use super::apikey::{Failure, LocatedKey, Reconciler, ValidatedApiKey};
-use crate::api::{ApiKeyStatus, CarriedKey, LimitCarryOver, LimitReset, Usage};
-use crate::providers::{Field, Limit, ProviderKey};
+use super::budget::enforce::Hold;
+use super::context::Context;
+use crate::api::{ApiKey, ApiKeyStatus, CarriedKey, LimitCarryOver, LimitReset, Usage};
+use crate::providers::{Field, KeySettings, Limit, ProviderKey};
 
 /// Replaced keys listed one by one in `limitCarryOver.keys`; older ones are only in the total.
 const CARRIED_KEYS: usize = 16;
@@ -128,7 +131,7 @@ pub fn active<'a>(
 /// `spec.limit` minus what the *other* keys of the period spent (never below zero), or
 /// `spec.limit` itself when nothing is carried or the period ended. `current: None`: a key
 /// about to be created.
-pub fn wanted(
+pub fn left(
     spec: Option<&Limit>,
     carry: Option<&LimitCarryOver>,
     current: Option<&str>,
@@ -154,7 +157,7 @@ pub fn wanted(
     })
 }
 
-/// The validated settings with the limit [`wanted`] for the current key now; an expired
+/// The validated settings with the limit [`left`] for the current key now; an expired
 /// carry-over is dropped from the status. Every step that creates or updates a key takes its
 /// limit from here.
 pub fn apply(v: ValidatedApiKey, st: &mut ApiKeyStatus, now: DateTime<Utc>) -> ValidatedApiKey {
@@ -163,7 +166,7 @@ pub fn apply(v: ValidatedApiKey, st: &mut ApiKeyStatus, now: DateTime<Utc>) -> V
         st.limit_carry_over = None;
     }
     let mut v = v;
-    v.settings.limit = wanted(
+    v.settings.limit = left(
         v.settings.limit.as_ref(),
         st.limit_carry_over.as_deref(),
         st.key_id.as_deref(),
@@ -289,7 +292,7 @@ pub async fn count_replaced(
             now,
         );
     }
-    next.settings.limit = wanted(Some(&spec), st.limit_carry_over.as_deref(), None, now);
+    next.settings.limit = left(Some(&spec), st.limit_carry_over.as_deref(), None, now);
     Ok(next)
 }
 
@@ -339,7 +342,7 @@ pub async fn hold_replaced(
         )));
     }
     let now = Utc::now();
-    let before = wanted(
+    let before = left(
         Some(&spec),
         active(Some(&spec), st.limit_carry_over.as_deref(), now),
         st.key_id.as_deref(),
@@ -392,7 +395,7 @@ pub async fn hold_replaced(
         mark_lowered(st, &prev.key_id);
         tracing::debug!(key = %prev.key_id, spent = %decimal(spent), "replaced key's limit lowered to its spend");
     }
-    let after = wanted(
+    let after = left(
         Some(&spec),
         st.limit_carry_over.as_deref(),
         st.key_id.as_deref(),
@@ -430,7 +433,12 @@ fn spend_of(key: &ProviderKey, reset: Option<LimitReset>) -> Option<i128> {
 
 /// `spec.limit` of the ApiKey, normalised as the settings carry it.
 pub fn spec_limit(r: &Reconciler<'_>) -> Option<Limit> {
-    let l = r.ak.spec.limit.as_deref()?;
+    own_limit(r.ak)
+}
+
+/// `spec.limit` of `ak`, normalised as the settings carry it.
+pub fn own_limit(ak: &ApiKey) -> Option<Limit> {
+    let l = ak.spec.limit.as_deref()?;
     Some(Limit {
         amount: crate::providers::normalize_decimal(&l.amount)?,
         reset: l.reset,
@@ -449,6 +457,52 @@ fn not_held(r: &Reconciler<'_>, why: &str) -> String {
         "the spend limit is not held across keys: {} {why}, so the replaced key keeps its own limit during its grace period",
         r.p.provider_type
     )
+}
+
+/// The fields a budget may change on a key. After an operator start the sync leaves them alone
+/// until the budgets were added up once (see [`super::budget::enforce::Enforcements::settled`]):
+/// a throttle or disable made before the restart is not undone in between.
+pub const BUDGET_FIELDS: [Field; 3] = [Field::Disabled, Field::LimitAmount, Field::LimitReset];
+
+/// What keysmith wants at the provider for `ak`'s key now (`spec`: the settings from its spec;
+/// `st`: the status as this reconcile knows it): `spec.limit` less what replaced keys of the
+/// period spent ([`left`]), then narrowed by the budgets that hold the key.
+pub fn wanted(ctx: &Context, ak: &ApiKey, st: &ApiKeyStatus, spec: &KeySettings) -> KeySettings {
+    let key = format!("{}/{}", ak.namespace().unwrap_or_default(), ak.name_any());
+    let mut s = spec.clone();
+    if let Some(own) = own_limit(ak) {
+        s.limit = left(
+            Some(&own),
+            st.limit_carry_over.as_deref(),
+            st.key_id.as_deref(),
+            Utc::now(),
+        );
+    }
+    narrow(&s, ctx.budgets.hold_for(&key).as_ref())
+}
+
+/// `spec` narrowed by a budget's hold: disabled if the hold disables; the hold's limit unless
+/// the spec's own limit over the same period is already lower.
+pub fn narrow(spec: &KeySettings, hold: Option<&Hold>) -> KeySettings {
+    let mut s = spec.clone();
+    let Some(h) = hold else { return s };
+    if h.disabled {
+        s.disabled = true;
+    }
+    if let Some(l) = &h.limit {
+        let spec_is_lower = spec
+            .limit
+            .as_ref()
+            .is_some_and(|own| own.reset == l.reset && amount(own) <= amount(l));
+        if !spec_is_lower {
+            s.limit = Some(l.clone());
+        }
+    }
+    s
+}
+
+fn amount(l: &Limit) -> f64 {
+    l.amount.parse().unwrap_or(f64::INFINITY)
 }
 
 #[cfg(test)]
@@ -508,7 +562,7 @@ mod tests {
         let now = t("2026-12-06T04:30:00Z");
         let spec = limit("10", LimitReset::Monthly);
         let mut st = ApiKeyStatus::default();
-        assert_eq!(wanted(Some(&spec), None, None, now), Some(spec.clone()));
+        assert_eq!(left(Some(&spec), None, None, now), Some(spec.clone()));
         carry(
             &mut st,
             &spec,
@@ -518,7 +572,7 @@ mod tests {
             now,
         );
         let c = st.limit_carry_over.as_deref();
-        assert_eq!(wanted(Some(&spec), c, None, now).unwrap().amount, "4");
+        assert_eq!(left(Some(&spec), c, None, now).unwrap().amount, "4");
         // A retried freeze of the same key counts it once, at its larger spend.
         carry(&mut st, &spec, "old", 6_500_000, None, now);
         carry(&mut st, &spec, "old", 6_000_000, None, now);
@@ -526,13 +580,13 @@ mod tests {
         // A second rotation in the same period adds the next key's spend.
         carry(&mut st, &spec, "mid", 3_500_000, None, now);
         let c = st.limit_carry_over.as_deref();
-        assert_eq!(wanted(Some(&spec), c, None, now).unwrap().amount, "0");
+        assert_eq!(left(Some(&spec), c, None, now).unwrap().amount, "0");
         // The period ends: the whole limit again, and the status drops the carry-over.
         let later = t("2027-01-01T00:00:00Z");
-        assert_eq!(wanted(Some(&spec), c, None, later), Some(spec.clone()));
+        assert_eq!(left(Some(&spec), c, None, later), Some(spec.clone()));
         // Another reset in the spec does not use it.
         let daily = limit("10", LimitReset::Daily);
-        assert_eq!(wanted(Some(&daily), c, None, now), Some(daily.clone()));
+        assert_eq!(left(Some(&daily), c, None, now), Some(daily.clone()));
         // A garbled carry-over never raises the limit.
         let bad = LimitCarryOver {
             reset: "monthly".into(),
@@ -541,7 +595,7 @@ mod tests {
             keys: vec![],
         };
         assert_eq!(
-            wanted(Some(&spec), Some(&bad), None, later).unwrap().amount,
+            left(Some(&spec), Some(&bad), None, later).unwrap().amount,
             "0"
         );
     }
@@ -584,5 +638,37 @@ mod tests {
             across_generations(Some(u.clone()), Some(&c), later),
             Some(u)
         );
+    }
+
+    #[test]
+    fn a_hold_narrows_the_spec_and_never_widens_it() {
+        let spec = KeySettings {
+            limit: Some(limit("10", LimitReset::Monthly)),
+            ..Default::default()
+        };
+        assert_eq!(narrow(&spec, None), spec, "no budget: the spec");
+        let throttle = Hold {
+            limit: Some(limit("4", LimitReset::Monthly)),
+            disabled: false,
+        };
+        assert_eq!(
+            narrow(&spec, Some(&throttle)).limit,
+            Some(limit("4", LimitReset::Monthly))
+        );
+        let loose = Hold {
+            limit: Some(limit("40", LimitReset::Monthly)),
+            disabled: false,
+        };
+        assert_eq!(narrow(&spec, Some(&loose)), spec, "the spec is lower");
+        // A key without a limit of its own gets the budget's.
+        let free = KeySettings::default();
+        assert_eq!(narrow(&free, Some(&loose)).limit, loose.limit);
+        let off = Hold {
+            limit: None,
+            disabled: true,
+        };
+        let n = narrow(&spec, Some(&off));
+        assert!(n.disabled);
+        assert_eq!(n.limit, spec.limit);
     }
 }

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod apikey;
 pub mod backends;
+pub mod budget;
 pub mod cache;
 pub mod conditions;
 pub mod context;
@@ -408,6 +409,11 @@ pub async fn run_controllers(
     {
         tokio::spawn(nsguard::run(ctx.clone(), name, stop.clone()));
     }
+    // KeyBudgets and ClusterKeyBudgets: added up every budget::PASS_INTERVAL. Until the first
+    // pass ends, the ApiKey sync leaves the fields a budget sets alone (after a restart a
+    // throttle or disable stays in place).
+    ctx.budgets.wait_for_first_pass();
+    tokio::spawn(budget::run(ctx.clone(), stop.clone()));
     // Caches of provider objects and ApiKeys that are gone are dropped (issue 17).
     let sweep_ctx = ctx.clone();
     let sweep_stop = stop.clone();

@@ -49,6 +49,11 @@ pub const PERMISSIONS: &[Permission] = &[
         &["get", "list", "watch", "patch"],
     ),
     p("keysmith.dev", "clusterkeyproviders/status", &["patch"]),
+    // Budgets: listed by each budget pass, their status written with merge patches.
+    p("keysmith.dev", "keybudgets", &["list"]),
+    p("keysmith.dev", "keybudgets/status", &["patch"]),
+    p("keysmith.dev", "clusterkeybudgets", &["list"]),
+    p("keysmith.dev", "clusterkeybudgets/status", &["patch"]),
     // Secrets: written by server-side apply (patch) or created; credentials and source Secrets
     // are read; labelled ones watched. Never deleted (a Secret whose type must change is left
     // to the user; keysmith's own go with their ApiKey by garbage collection).

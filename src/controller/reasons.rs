@@ -127,6 +127,17 @@ reasons! {
     /// A rotation waits: the ApiKey spent its create budget (`createLimit.perApiKeyPerHour`).
     /// It runs when the budget allows, it is not dropped.
     RotationDeferred,
+    // KeyBudgets and ClusterKeyBudgets (conditions and Events).
+    /// The budget's spend was added up from the providers' listings.
+    BudgetCounted,
+    /// The budget reached one of its thresholds in this period (once per period each).
+    BudgetThresholdReached,
+    /// The budget's spend reached its amount in this period.
+    BudgetExceeded,
+    /// A new period began: thresholds, throttles and disables reset.
+    BudgetPeriodReset,
+    /// A budget changed a key's limit or enabled state at the provider (`onExceeded`).
+    BudgetEnforced,
 }
 
 impl Reason {

@@ -34,7 +34,9 @@ fn has_in_use<K: Resource>(o: &K) -> bool {
 
 /// Resources that are cluster-scoped (granted by a ClusterRole in namespace mode).
 fn cluster_scoped(resource: &str) -> bool {
-    resource.starts_with("clusterkeyproviders") || resource == "namespaces"
+    resource.starts_with("clusterkeyproviders")
+        || resource.starts_with("clusterkeybudgets")
+        || resource == "namespaces"
 }
 
 fn rules(cluster: bool) -> Value {

@@ -3,6 +3,7 @@
 
 mod bifrost;
 mod boltz;
+mod budget;
 mod crd_apply;
 mod digitalocean;
 mod fairness;

@@ -1,6 +1,6 @@
 //! A spend limit survives rotation (issue 21 §1), on the real API server against the OpenRouter
-//! and Bifrost emulators, whose spend endpoints refuse spend past a key's limit for its period
-//! as the providers refuse requests: limit 10 monthly, 6 spent, then a rotation with a
+//! and Bifrost emulators, whose spend endpoints (`asRequest: true`) refuse spend past a key's
+//! limit for its period as the providers refuse requests: limit 10 monthly, 6 spent, then a rotation with a
 //! 10-minute grace period: the old and the new key together can spend only the 4 left.
 
 use std::sync::atomic::Ordering;
@@ -36,8 +36,8 @@ impl P {
     /// Spend `amount` on key `id` through the emulator, as a request would: the HTTP status.
     async fn spend(self, env: &Env, id: &str, amount: f64) -> u16 {
         let body = match self {
-            P::OpenRouter => json!({"hash": id, "amount": amount}),
-            P::Bifrost => json!({"vkId": id, "amount": amount}),
+            P::OpenRouter => json!({"hash": id, "amount": amount, "asRequest": true}),
+            P::Bifrost => json!({"vkId": id, "amount": amount, "asRequest": true}),
         };
         env.emulator_post("/_emulator/usage", body).await.0
     }
@@ -47,7 +47,7 @@ impl P {
         for n in 0..30 {
             let code = self.spend(env, id, 1.0).await;
             if code != 200 {
-                assert!(code == 403 || code == 429, "{self:?}: refused with {code}");
+                assert!(code == 402 || code == 429, "{self:?}: refused with {code}");
                 return n;
             }
         }

@@ -1,9 +1,11 @@
 //! The custom resources of group `keysmith.dev`, version `v1alpha1`.
 
 pub mod apikey;
+pub mod budget;
 pub mod provider;
 
 pub use apikey::*;
+pub use budget::*;
 pub use provider::*;
 
 use kube::KubeSchema;
@@ -214,7 +216,13 @@ pub fn crds(
 ) -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
-    vec![ApiKey::crd(), KeyProvider::crd(), ClusterKeyProvider::crd()]
+    vec![
+        ApiKey::crd(),
+        KeyProvider::crd(),
+        ClusterKeyProvider::crd(),
+        KeyBudget::crd(),
+        ClusterKeyBudget::crd(),
+    ]
 }
 
 /// The CRDs as one multi-document YAML stream (what `keysmith crds` prints).

@@ -134,7 +134,7 @@ pub struct AdoptionPolicy {
 /// A LabelSelector with bounds (issue 17: nothing a spec holds is unbounded): at most 64
 /// matchLabels (values as Kubernetes allows, 63 characters) and 16 matchExpressions of at most
 /// 64 values each.
-fn bounded_label_selector(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+pub(crate) fn bounded_label_selector(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
     use serde_json::{json, Value};
     let mut v = Value::from(<Option<LabelSelector> as schemars::JsonSchema>::json_schema(g));
     fn bound(v: &mut Value) {

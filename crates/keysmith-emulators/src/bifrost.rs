@@ -18,8 +18,8 @@
 //! given; `--viewer-token` is a Bearer token allowed to read only (403 on changes).
 //!
 //! Test control (no auth, no faults, not counted): `GET /_emulator/keys` (both families, no
-//! values), `POST /_emulator/usage {"vkId", "amount", "tokens", "requests"}` (spend, refused
-//! with 429 like a request once a budget is used up) and
+//! values), `POST /_emulator/usage {"vkId", "amount", "tokens", "requests", "asRequest"?}` (with
+//! `asRequest: true` refused as inference would be: 401 inactive, 429 a budget used up) and
 //! `POST /_emulator/provider-key-check {"provider", "id", "value"}` → `{"matches": bool}`.
 
 use std::collections::{BTreeSet, HashSet};
@@ -1690,13 +1690,18 @@ async fn control_usage(State(emu): State<Arc<Emu>>, body: Bytes) -> Response {
     let amount = o.get("amount").and_then(Value::as_f64).unwrap_or(0.0);
     let tokens = o.get("tokens").and_then(Value::as_i64).unwrap_or(0);
     let requests = o.get("requests").and_then(Value::as_i64).unwrap_or(0);
+    let as_request = o.get("asRequest").and_then(Value::as_bool).unwrap_or(false);
     let mut db = emu.db.lock().unwrap();
     let Some(vk) = db.vks.iter_mut().find(|v| v.id == id) else {
         return no_vk();
     };
     vk.refresh(Utc::now());
-    // Spend is a request through the gateway: refused once a budget is used up, as inference is.
-    if amount > 0.0 && vk.budgets.iter().any(|b| b.current_usage >= b.max_limit) {
+    // As inference with the VK (`GET /v1/models`): refused when inactive or when a budget is
+    // used up; a request admitted under its budget is counted in full.
+    if as_request && !vk.is_active {
+        return render_error(StatusCode::UNAUTHORIZED, "virtual key is inactive");
+    }
+    if as_request && vk.budgets.iter().any(|b| b.current_usage >= b.max_limit) {
         return render_error(StatusCode::TOO_MANY_REQUESTS, "virtual key budget exceeded");
     }
     for b in &mut vk.budgets {

@@ -8,7 +8,7 @@
 //! | `POST /api/v1/keys` | management keys | **201** `{data, key}`: the only time the plaintext is shown |
 //! | `GET/PATCH/DELETE /api/v1/keys/{hash}` | management keys | one key; partial update; delete |
 //! | `GET /_emulator/keys` | anyone | every key ever created (deleted ones with `active: false`), no plaintext |
-//! | `POST /_emulator/usage` | anyone | `{"hash": "…", "amount": 1.25, "byok": false}` adds spend to a key, as a request would: 403 "Key limit exceeded" once the key's limit is used up for its period |
+//! | `POST /_emulator/usage` | anyone | `{"hash": "…", "amount": 1.25, "byok": false}` adds spend to a key; with `"asRequest": true` as a request made with the key would: 401 when the key is disabled or expired, 402 when it costs more than the key's limit has left |
 //!
 //! Errors use OpenRouter's envelope `{"error": {"code": <status>, "message": "…"}, "user_id":
 //! null, "openrouter_metadata": null}`. Management keys are given on the command line; keys minted
@@ -626,23 +626,30 @@ async fn control_usage(State(s): State<Shared>, body: Bytes) -> Answer {
         .filter(|a| a.is_finite() && *a >= 0.0)
         .ok_or_else(|| bad_request("amount must be a non-negative number"))?;
     let byok = body.get("byok").and_then(Value::as_bool).unwrap_or(false);
+    let as_request = body
+        .get("asRequest")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let mut store = s.lock().unwrap();
     let k = store
         .keys
         .iter_mut()
         .find(|k| k.hash == hash && k.live())
         .ok_or_else(not_found)?;
-    // As OpenRouter answers a request on a key whose limit is used up for its period (checked
-    // before the request, so the last request may go past the limit by its own cost).
-    if k.limit.is_some()
-        && k.limit_remaining().is_some_and(|r| r <= 0.0)
-        && (!byok || k.include_byok_in_limit)
-    {
-        let period = k.limit_reset.as_deref().unwrap_or("total");
-        return Err(ApiError(
-            StatusCode::FORBIDDEN,
-            format!("Key limit exceeded ({period} limit). Manage it using https://openrouter.ai/settings/keys"),
-        ));
+    if as_request {
+        // As inference with the key: a disabled or expired key is refused, and so is a request
+        // that would cost more than the key's limit has left (OpenRouter checks a request's
+        // cost against the limit before serving it).
+        if k.disabled || k.expired(Utc::now()) {
+            return Err(ApiError(StatusCode::UNAUTHORIZED, "User not found.".into()));
+        }
+        let counted = !byok || k.include_byok_in_limit;
+        if counted && k.limit_remaining().is_some_and(|left| amount > left + 1e-9) {
+            return Err(ApiError(
+                StatusCode::PAYMENT_REQUIRED,
+                "Key limit exceeded: this request needs more than the key's limit has left".into(),
+            ));
+        }
     }
     let counters = if byok {
         &mut k.byok_usage

@@ -6,6 +6,7 @@ use kube::runtime::events::EventType;
 
 use super::super::backends::ResolvedProvider;
 use super::super::context::Context;
+use super::super::limits;
 use super::super::reasons::Reason;
 use super::deliver::{ensure_secret, Delivery};
 use super::status::{fill_from_key, key_scope, location, Ready};
@@ -64,12 +65,19 @@ pub async fn update_in_place(
     current: &ProviderKey,
     key: &LocatedKey,
 ) -> Result<Vec<Field>, Failure> {
-    let drifted = providers::drift(r.p.backend.as_ref(), current, &v.settings);
-    let (mutable, immutable) = split_drift(drifted, r.p.backend.capabilities());
+    // The spec, narrowed by the budgets that hold this key (Throttle, Disable).
+    let desired = limits::wanted(r.ctx, r.ak, st, &v.settings);
+    let drifted = providers::drift(r.p.backend.as_ref(), current, &desired);
+    let (mut mutable, immutable) = split_drift(drifted, r.p.backend.capabilities());
+    if !r.ctx.budgets.settled() {
+        // Just started: a budget's throttle or disable is not undone before the budgets were
+        // added up again.
+        mutable.retain(|f| !limits::BUDGET_FIELDS.contains(f));
+    }
     if !mutable.is_empty() {
         let updated =
             r.p.backend
-                .update(&key.at, &key.id, &v.settings, &mutable)
+                .update(&key.at, &key.id, &desired, &mutable)
                 .await?;
         fill_from_key(st, &updated);
         r.ctx.remember(r.p, &key.at, &updated).await;
