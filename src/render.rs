@@ -7,7 +7,11 @@ use anyhow::Context as _;
 use kube::ResourceExt;
 use secrecy::SecretString;
 
-use crate::api::{ApiKey, ClusterKeyProvider, KeyProvider, KeyProviderSpec, ProviderType};
+use crate::api::{
+    ApiKey, ApiKeyStatus, ClusterKeyProvider, KeyProvider, KeyProviderSpec, ProviderType,
+};
+use crate::controller::apikey::attempt;
+use crate::controller::apikey::ValidatedApiKey;
 use crate::controller::{secret, validate};
 use crate::providers::{self, ClientOptions, Credentials, KeySettings};
 
@@ -94,31 +98,20 @@ pub fn render(args: &RenderArgs) -> anyhow::Result<String> {
     let name = format!("{}/{}", ak.namespace().unwrap_or_default(), ak.name_any());
     out.push_str(&format!("# ApiKey {name} at {provider}\n"));
 
-    let bad = validate::unsupported_fields(&ak, provider, caps);
-    if !bad.is_empty() {
-        out.push_str(&format!(
-            "# Ready=False reason=UnsupportedField: {provider} cannot honour {}\n",
-            bad.join(", ")
-        ));
-        out.push_str("# no provider call would be made\n");
-        return Ok(out);
-    }
-    if let Err(m) = secret::check_template(&ak) {
-        out.push_str(&format!("# Ready=False reason=InvalidSpec: {m}\n"));
-        return Ok(out);
-    }
-    let mut settings = KeySettings::from_spec(&ak.spec, ak.display_name(), chrono::Utc::now())
-        .map_err(|m| anyhow::anyhow!("Ready=False reason=InvalidSpec: {m}"))?;
-    settings.uid = ak.uid().unwrap_or_default();
-    let problems = backend.validate(&settings);
-    if !problems.is_empty() {
-        out.push_str(&format!(
-            "# Ready=False reason=InvalidSpec: {}\n",
-            problems.join("; ")
-        ));
-        return Ok(out);
-    }
-    let scope = backend.scope(&settings);
+    // The controller's own validation, on an ApiKey without status (a key not created yet).
+    let validated = validate::validate_for(&ak, &ApiKeyStatus::default(), provider, &*backend);
+    let ValidatedApiKey { settings, scope } = match validated {
+        Ok(v) => v,
+        Err(f) => {
+            out.push_str(&format!(
+                "# Ready=False reason={}: {}\n",
+                f.reason.as_str(),
+                f.message
+            ));
+            out.push_str("# no provider call would be made\n");
+            return Ok(out);
+        }
+    };
     let scope_txt = if scope.family.is_empty() && scope.parent.is_empty() {
         String::new()
     } else {
@@ -144,40 +137,24 @@ pub fn render(args: &RenderArgs) -> anyhow::Result<String> {
             providers::AdoptMode::No => "(not possible)",
         };
         out.push_str(&format!("#  1. look up key {id} and {how}{scope_txt}\n"));
+    } else if attempt::creates_under_provisional_name(&*backend) {
+        // As the controller does: a provisional name that proves the key the attempt's own to
+        // crash recovery, the display name once the status records the key.
+        out.push_str(&format!(
+            "#  1. record status.pendingCreate, then create key \"{}<attempt id>\"{scope_txt}",
+            attempt::PROVISIONAL_PREFIX
+        ));
+        details(&settings, &mut out);
+        out.push_str(&format!(
+            "#  2. once status.keyID records the key, name it {:?}\n",
+            settings.name
+        ));
     } else {
         out.push_str(&format!(
             "#  1. record status.pendingCreate, then create key {:?}{scope_txt}",
             settings.name
         ));
-        let mut details = Vec::new();
-        if settings.disabled {
-            details.push("disabled".to_string());
-        }
-        if let Some(l) = &settings.limit {
-            details.push(format!(
-                "limit {}{}",
-                l.amount,
-                l.reset
-                    .map(|r| format!("/{}", r.as_str()))
-                    .unwrap_or_default()
-            ));
-        }
-        if let Some(e) = &settings.expires_at {
-            details.push(format!(
-                "expires {}",
-                e.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ));
-        }
-        if !settings.allowed_ips.is_empty() {
-            details.push(format!("allowed IPs {}", settings.allowed_ips.join(",")));
-        }
-        if !settings.models.is_empty() {
-            details.push(format!("models {}", settings.models.join(",")));
-        }
-        if !details.is_empty() {
-            out.push_str(&format!(" with {}", details.join(", ")));
-        }
-        out.push('\n');
+        details(&settings, &mut out);
     }
     out.push_str(&format!(
         "#  then every {}: one paged listing of the {provider} keys{scope_txt}, shared by every ApiKey of this provider\n",
@@ -226,6 +203,39 @@ pub fn render(args: &RenderArgs) -> anyhow::Result<String> {
     out.push_str("---\n");
     out.push_str(&serde_yaml::to_string(&v)?);
     Ok(out)
+}
+
+/// What a create sends besides the name, as `keysmith render` shows it (` with …`, a line end).
+fn details(settings: &KeySettings, out: &mut String) {
+    let mut details = Vec::new();
+    if settings.disabled {
+        details.push("disabled".to_string());
+    }
+    if let Some(l) = &settings.limit {
+        details.push(format!(
+            "limit {}{}",
+            l.amount,
+            l.reset
+                .map(|r| format!("/{}", r.as_str()))
+                .unwrap_or_default()
+        ));
+    }
+    if let Some(e) = &settings.expires_at {
+        details.push(format!(
+            "expires {}",
+            e.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ));
+    }
+    if !settings.allowed_ips.is_empty() {
+        details.push(format!("allowed IPs {}", settings.allowed_ips.join(",")));
+    }
+    if !settings.models.is_empty() {
+        details.push(format!("models {}", settings.models.join(",")));
+    }
+    if !details.is_empty() {
+        out.push_str(&format!(" with {}", details.join(", ")));
+    }
+    out.push('\n');
 }
 
 /// The rotation lines of `keysmith render`: strategy, schedule, grace period, restart targets.

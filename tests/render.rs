@@ -160,3 +160,52 @@ fn a_digitalocean_rotation_needs_allow_downtime() {
     assert!(out.contains("strategy: regenerate in place"), "{out}");
     assert!(out.contains("grace: none"), "{out}");
 }
+
+#[test]
+fn render_creates_under_the_provisional_name_as_the_controller_does() {
+    let out = run_spec(
+        "apiVersion: keysmith.dev/v1alpha1\nkind: ApiKey\nmetadata: {name: chat, namespace: team-a}\nspec:\n  providerRef: {name: openrouter}\n  displayName: team-a-chat\n",
+        "openrouter/provider.yaml",
+    );
+    assert!(
+        out.contains("create key \"keysmith-attempt-<attempt id>\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("name it \"team-a-chat\""),
+        "expected the rename to the display name in\n{out}"
+    );
+    // Boltz keys keep their name from the start: created under the display name.
+    let out = run_spec(
+        "apiVersion: keysmith.dev/v1alpha1\nkind: ApiKey\nmetadata: {name: chat, namespace: team-a}\nspec:\n  providerRef: {name: boltz}\n  displayName: team-a-chat\n",
+        "boltz/keyprovider.yaml",
+    );
+    assert!(out.contains("create key \"team-a-chat\""), "{out}");
+    assert!(!out.contains("keysmith-attempt-"), "{out}");
+}
+
+#[test]
+fn render_refuses_a_provisional_display_name_as_the_controller_does() {
+    let out = run_spec(
+        "apiVersion: keysmith.dev/v1alpha1\nkind: ApiKey\nmetadata: {name: chat, namespace: team-a}\nspec:\n  providerRef: {name: openrouter}\n  displayName: keysmith-attempt-0123456789abcdef\n",
+        "openrouter/provider.yaml",
+    );
+    assert!(
+        out.contains("Ready=False reason=InvalidSpec") && out.contains("keysmith-attempt-"),
+        "{out}"
+    );
+    assert!(out.contains("no provider call would be made"), "{out}");
+    assert!(!out.contains("create key"), "{out}");
+}
+
+#[test]
+fn render_reports_a_malformed_ttl_as_the_controller_does() {
+    let out = run_spec(
+        "apiVersion: keysmith.dev/v1alpha1\nkind: ApiKey\nmetadata: {name: chat, namespace: team-a}\nspec:\n  providerRef: {name: openrouter}\n  ttl: soon\n",
+        "openrouter/provider.yaml",
+    );
+    assert!(
+        out.contains("Ready=False reason=InvalidSpec: spec.ttl"),
+        "{out}"
+    );
+}

@@ -207,12 +207,6 @@ impl FairShares {
     }
 }
 
-fn parse(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
-}
-
 fn window() -> chrono::Duration {
     chrono::Duration::from_std(BUDGET_WINDOW).unwrap_or(chrono::Duration::hours(1))
 }
@@ -224,7 +218,7 @@ fn in_window(recent: &[String], now: DateTime<Utc>) -> Vec<DateTime<Utc>> {
     let start = now - window();
     let mut times: Vec<DateTime<Utc>> = recent
         .iter()
-        .map(|s| parse(s).map_or(now, |t| t.min(now)))
+        .map(|s| super::time::parse(s).map_or(now, |t| t.min(now)))
         .filter(|t| *t > start)
         .collect();
     times.sort();
@@ -258,10 +252,7 @@ pub fn record_create(recent: &mut Vec<String>, now: DateTime<Utc>) {
     if times.len() > keep {
         times.drain(..times.len() - keep);
     }
-    *recent = times
-        .into_iter()
-        .map(crate::controller::rotation::ts)
-        .collect();
+    *recent = times.into_iter().map(crate::controller::time::ts).collect();
 }
 
 #[cfg(test)]
@@ -430,7 +421,7 @@ mod tests {
     }
 
     fn at(now: DateTime<Utc>, secs_ago: i64) -> String {
-        crate::controller::rotation::ts(now - chrono::Duration::seconds(secs_ago))
+        crate::controller::time::ts(now - chrono::Duration::seconds(secs_ago))
     }
 
     #[test]

@@ -14,10 +14,10 @@
 use chrono::{DateTime, Datelike, Duration as ChronoDuration, NaiveDate, TimeZone, Utc};
 use kube::ResourceExt;
 
-use super::apikey::status::ts;
 use super::apikey::{Failure, LocatedKey, Reconciler, ValidatedApiKey};
 use super::budget::enforce::Hold;
 use super::context::Context;
+use super::time::ts;
 use crate::api::{ApiKey, ApiKeyStatus, CarriedKey, LimitCarryOver, LimitReset, Usage};
 use crate::providers::{Field, KeySettings, Limit, ProviderKey};
 
@@ -224,7 +224,7 @@ pub fn carry(
     let current = active(Some(spec), st.limit_carry_over.as_deref(), now).cloned();
     let mut c = current.unwrap_or_else(|| LimitCarryOver {
         reset: reset_name(spec.reset).into(),
-        period_ends_at: ends.as_ref().map(ts),
+        period_ends_at: ends.map(ts),
         spent: "0".into(),
         keys: Vec::new(),
     });
@@ -358,7 +358,7 @@ pub async fn hold_replaced(
         if held {
             continue;
         }
-        let at = super::apikey::status::scope_at(prev.scope.as_ref(), &v.scope);
+        let at = super::apikey::scope_at(prev.scope.as_ref(), &v.scope);
         let key = match r.p.backend.get(&at, &prev.key_id).await {
             Ok(k) => k,
             Err(crate::providers::ProviderError::NotFound(_)) => {
@@ -403,7 +403,7 @@ pub async fn hold_replaced(
     );
     if after != before {
         if let (Some(id), Some(limit)) = (st.key_id.clone(), after) {
-            let at = super::apikey::status::key_scope(st, &v.scope);
+            let at = super::apikey::key_scope(st, &v.scope);
             let mut s = v.settings.clone();
             s.limit = Some(limit);
             let updated =

@@ -25,6 +25,7 @@ pub mod restart;
 pub mod rotation;
 pub mod secret;
 pub mod supervise;
+pub mod time;
 pub mod watches;
 
 pub use apikey::validate;

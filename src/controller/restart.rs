@@ -45,7 +45,7 @@ pub fn key_hash(key_id: &str, issued_at: Option<&str>) -> String {
 
 /// The value of the restart annotation for a restart at `now` (RFC 3339, milliseconds).
 pub fn restarted_at(now: DateTime<Utc>) -> String {
-    now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    super::time::ts_millis(now)
 }
 
 /// The merge patch `kubectl rollout restart` sends, with keysmith's annotation.

@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 
 use crate::api::{
     ApiKeySpec, ApiKeyStatus, KeyLocation, PreviousKey, ProviderType, RolloutStatus,
@@ -145,15 +145,11 @@ fn sub(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
-/// Parse an RFC 3339 moment from the status; anything else is `None` (never a panic).
-pub fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
-    s.and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-        .map(|t| t.with_timezone(&Utc))
-}
+pub use super::time::ts;
 
-/// RFC 3339 with seconds, UTC (`2026-12-02T03:00:00Z`), as the status writes moments.
-pub fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+/// An RFC 3339 moment from the status, if there is one (see [`super::time::parse`]).
+fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
+    s.and_then(super::time::parse)
 }
 
 /// Why a key rotates.

@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use kube::ResourceExt;
 
 use super::admin::Health;
-use super::apikey::{self, write_status, ServerCopy};
-use super::conditions::{set_ready, Readiness};
+use super::apikey::status::report_not_ready;
+use super::apikey::{self, ServerCopy};
+use super::conditions::Readiness;
 use super::context::Context;
 use super::error::Error;
 use super::reasons::Reason;
@@ -78,19 +78,13 @@ async fn report_panic(ak: &ApiKey, ctx: &Context) {
         reason: Reason::InternalError,
         message: "internal error: the reconcile panicked (a bug in keysmith); it is retried with backoff, the operator log has the details".into(),
     };
-    let mut st = ak.status.clone().unwrap_or_default();
-    if set_ready(&mut st.conditions, ak.metadata.generation, &readiness) {
-        if let Err(e) = write_status(ctx, ak, &st, &ServerCopy::of(ak)).await {
-            tracing::warn!(apikey = %key, error = %e, "cannot report the internal error in status");
-        }
-        ctx.event(
-            ak,
-            EventType::Warning,
-            Reason::InternalError,
-            "Reconcile",
-            readiness.message,
-        )
-        .await;
+    let read = ak.status.clone().unwrap_or_default();
+    let mut after = read.clone();
+    let seen = ServerCopy::of(ak);
+    let (_, written) =
+        report_not_ready(ctx, ak, &seen, &read, &mut after, readiness, "Reconcile").await;
+    if let Err(e) = written {
+        tracing::warn!(apikey = %key, error = %e, "cannot report the internal error in status");
     }
 }
 

@@ -84,7 +84,7 @@ fn followed(ak: &ApiKey) -> Option<RolloutTarget> {
 
 fn delete_after(ak: &ApiKey) -> chrono::DateTime<Utc> {
     let s = ak.status.as_ref().unwrap();
-    keysmith::controller::rotation::parse_time(Some(&s.previous_keys[0].delete_after)).unwrap()
+    keysmith::controller::time::parse(&s.previous_keys[0].delete_after).unwrap()
 }
 
 async fn generation(deploys: &Api<Deployment>, name: &str) -> i64 {

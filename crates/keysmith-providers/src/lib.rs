@@ -224,21 +224,9 @@ impl KeySettings {
         name: String,
         created_at: DateTime<Utc>,
     ) -> Result<Self, String> {
-        let expires_at = match (&spec.expires_at, &spec.ttl) {
-            (Some(at), _) => Some(
-                DateTime::parse_from_rfc3339(at)
-                    .map_err(|e| format!("spec.expiresAt {at:?} is not an RFC 3339 time: {e}"))?
-                    .with_timezone(&Utc),
-            ),
-            (None, Some(ttl)) => {
-                let d = parse_duration(ttl).map_err(|e| format!("spec.ttl: {e}"))?;
-                Some(
-                    created_at
-                        + chrono::Duration::from_std(d).map_err(|e| format!("spec.ttl: {e}"))?,
-                )
-            }
-            (None, None) => None,
-        };
+        // The one reading of expiresAt and ttl (`ApiKeySpec::expiry`); a ttl counts from
+        // `created_at`.
+        let expires_at = spec.expiry()?.map(|e| e.for_key_created(created_at));
         let limit = match &spec.limit {
             Some(l) => Some(Limit {
                 amount: normalize_decimal(&l.amount).ok_or_else(|| {
@@ -834,5 +822,22 @@ mod tests {
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert!(parse_duration("five minutes").is_err());
         assert!(parse_duration("-5m").is_err());
+    }
+
+    #[test]
+    fn a_ttl_beyond_the_calendar_is_a_far_expiry_not_a_panic() {
+        // About 570,000 years: a std Duration, but past the last moment chrono can represent.
+        let spec = keysmith_api::ApiKeySpec {
+            ttl: Some("5000000000h".into()),
+            ..Default::default()
+        };
+        let s = KeySettings::from_spec(&spec, "n".into(), Utc::now()).unwrap();
+        assert_eq!(s.expires_at, Some(DateTime::<Utc>::MAX_UTC));
+        let bad = keysmith_api::ApiKeySpec {
+            ttl: Some("soon".into()),
+            ..Default::default()
+        };
+        let e = KeySettings::from_spec(&bad, "n".into(), Utc::now()).unwrap_err();
+        assert!(e.starts_with("spec.ttl: \"soon\""), "{e}");
     }
 }

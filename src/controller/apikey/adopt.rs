@@ -12,9 +12,9 @@ use super::super::context::Context;
 use super::super::reasons::Reason;
 use super::super::secret;
 use super::deliver::{dry_run, ensure_secret, Delivery};
-use super::recover::Others;
-use super::status::{fill_from_key, location, Ready};
-use super::{Failure, Reconciler};
+use super::others::Others;
+use super::status::{fill_from_key, Ready};
+use super::{location, Failure, Reconciler, Step};
 use crate::api::{ApiKey, ApiKeyStatus, ClusterKeyProvider, KeyProvider, ProviderKind};
 use crate::providers::{AdoptMode, KeyScope, ProviderError, ProviderKey};
 
@@ -95,12 +95,12 @@ pub fn not_provable_in_part(others: &Others, ak: &ApiKey) -> Result<(), Failure>
 
 /// Take over key `id` in `scope` and deliver its value.
 pub async fn adopt(
-    r: &Reconciler<'_>,
+    s: &Step<'_>,
     st: &mut ApiKeyStatus,
     scope: &KeyScope,
     id: &str,
-    existing: Option<&Secret>,
 ) -> Result<Ready, Failure> {
+    let (r, existing) = (&s.r, s.existing.as_ref());
     // Tenancy: before the provider is even asked about the key.
     adoption_allowed(r.ctx, r.ak).await?;
     let others = Others::read(r.ctx, r.ak, r.p.provider_type.as_str()).await?;
@@ -119,7 +119,7 @@ pub async fn adopt(
         }
         Err(e) => return Err(e.into()),
     };
-    if key.name.starts_with(super::create::PROVISIONAL_PREFIX) {
+    if key.name.starts_with(super::attempt::PROVISIONAL_PREFIX) {
         // A key under a provisional name belongs to another ApiKey's create in flight (or to
         // one that crashed and whose recovery will revoke it): never another's to take.
         return Err(Failure::permanent(

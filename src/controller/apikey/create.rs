@@ -4,54 +4,19 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::events::EventType;
 use kube::ResourceExt;
 
-use super::super::context::Context;
 use super::super::reasons::Reason;
+use super::attempt::{self, creates_under_provisional_name, provisional_name, Rename};
 use super::deliver::{dry_run, ensure_secret, Delivery};
 use super::revoke::revoke_quietly;
-use super::status::{fill_from_key, location, now_rfc3339, ts, write_status, Ready};
-use super::validate::ValidatedApiKey;
-use super::{Failure, LocatedKey, Reconciler};
-use crate::api::{ApiKey, ApiKeyStatus, CreateBackoff, Expiry, PendingCreate, PreviousKey};
+use super::status::{fill_from_key, write_status, Ready};
+use super::{location, Failure, LocatedKey, Reconciler, Step};
+use crate::api::{ApiKey, ApiKeyStatus, CreateBackoff, Expiry, PreviousKey};
 use crate::controller::fairness::{budget_spent_until, record_create, MAX_CREATE_HOLD};
-use crate::providers::{CreatedKey, Field, KeyBackend, KeyScope, KeySettings, ProviderError};
-
-/// What the provisional name of a key starts with (`spec.displayName` may not).
-pub const PROVISIONAL_PREFIX: &str = "keysmith-attempt-";
-
-/// The name a key is created under at a provider that keeps nothing of a key but its name and
-/// can rename it: the attempt id, which no tenant can choose or foresee. Crash recovery
-/// revokes a key of this name knowing it is the attempt's own (issue 10, item 5); the key gets
-/// its `spec.displayName` right after its value reached the Secret.
-pub fn provisional_name(attempt: &str) -> String {
-    format!("{PROVISIONAL_PREFIX}{attempt}")
-}
-
-/// Whether keys of `backend` are created under a provisional name: the provider records no
-/// attempt id with the key, and names can be changed (Boltz's cannot: its keys keep their name
-/// from the start, and recovery relies on the checks of `recover::provably_mine`).
-pub fn creates_under_provisional_name(backend: &dyn KeyBackend) -> bool {
-    !backend.records_attempt() && backend.capabilities().can_update(Field::DisplayName)
-}
-
-/// Whether `pending` is an attempt made under its provisional name (a key of that name can
-/// only be the attempt's).
-pub fn is_provisional(pending: &PendingCreate) -> bool {
-    pending.name == provisional_name(&pending.attempt)
-}
-
-/// The marker written before a create call: the name, the attempt, and where the key goes.
-pub fn marker(settings: &KeySettings, attempt: &str, scope: &KeyScope) -> PendingCreate {
-    PendingCreate {
-        name: settings.name.clone(),
-        started_at: now_rfc3339(),
-        attempt: attempt.to_string(),
-        scope: location(scope),
-    }
-}
+use crate::controller::time::{self, ts};
+use crate::providers::{CreatedKey, KeySettings, ProviderError};
 
 /// The first wait after a failed create; it doubles with every further failure.
 const BACKOFF_BASE: Duration = Duration::from_secs(10);
@@ -112,7 +77,7 @@ pub fn record_failed_create(
     let not_before = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::zero());
     st.create_backoff = Some(Box::new(CreateBackoff {
         failures,
-        not_before: ts(&not_before),
+        not_before: ts(not_before),
         generation,
         last_failure: format!("{}: {}", f.reason.as_str(), f.message),
     }));
@@ -136,9 +101,7 @@ pub fn backoff_gate(
     if b.generation != generation && last_reason.is_some_and(spec_caused) {
         return None;
     }
-    let until = DateTime::parse_from_rfc3339(&b.not_before)
-        .ok()?
-        .with_timezone(&Utc);
+    let until = time::parse(&b.not_before)?;
     let wait = (until - now).to_std().ok().filter(|w| !w.is_zero())?;
     Some(Failure::transient(
         Reason::CreateBackoff,
@@ -146,7 +109,7 @@ pub fn backoff_gate(
             "{} create(s) in a row failed, the last with {}; keysmith tries again at {}{}",
             b.failures,
             b.last_failure,
-            ts(&until),
+            ts(until),
             if last_reason.is_some_and(spec_caused) {
                 " (or once at once after an edit of the spec)"
             } else {
@@ -187,18 +150,17 @@ pub fn may_have_created(e: &ProviderError) -> bool {
 /// Create a key where `v` says (a replacement of `replacing`, if given) and deliver its value.
 /// Failed creates back off across reconciles (`status.createBackoff`).
 pub async fn create(
-    r: &Reconciler<'_>,
-    v: &ValidatedApiKey,
+    s: &Step<'_>,
     st: &mut ApiKeyStatus,
-    existing: Option<&Secret>,
     replacing: Option<LocatedKey>,
 ) -> Result<Ready, Failure> {
+    let r = &s.r;
     let generation = r.ak.metadata.generation;
     if let Some(f) = backoff_gate(st, generation, Utc::now()) {
         return Err(f);
     }
     budget_gate(r, st, Utc::now())?;
-    let result = create_once(r, v, st, existing, replacing).await;
+    let result = create_once(s, st, replacing).await;
     match &result {
         Ok(_) => st.create_backoff = None,
         Err(f) if counts_as_failed_create(f) => record_failed_create(st, generation, f, Utc::now()),
@@ -235,7 +197,7 @@ pub fn budget_message(r: &Reconciler<'_>, per_hour: u32, until: DateTime<Utc>) -
     format!(
         "this ApiKey sent {per_hour} create(s) in the last hour, all that {} allows (spec.createLimit.perApiKeyPerHour); the next create may go at {}",
         r.p.id,
-        ts(&until)
+        ts(until)
     )
 }
 
@@ -263,12 +225,11 @@ pub fn take_share(r: &Reconciler<'_>) -> Result<(), Failure> {
 }
 
 async fn create_once(
-    r: &Reconciler<'_>,
-    v: &ValidatedApiKey,
+    s: &Step<'_>,
     st: &mut ApiKeyStatus,
-    existing: Option<&Secret>,
     replacing: Option<LocatedKey>,
 ) -> Result<Ready, Failure> {
+    let (r, v, existing) = (&s.r, &s.v, s.existing.as_ref());
     if let Some((wait, message)) = r.ctx.creates_held(&r.p.id) {
         // The provider asked to wait (429 + Retry-After). Writing the marker anyway would be a
         // watch event that reconciles this ApiKey again at once, ignoring the requeue: a loop of
@@ -287,7 +248,7 @@ async fn create_once(
         settings.name = provisional_name(&attempt);
     }
     let mut marked = st.clone();
-    marked.pending_create = Some(Box::new(marker(&settings, &attempt, &v.scope)));
+    marked.pending_create = Some(Box::new(attempt::marker(&settings, &attempt, &v.scope)));
     // The budget counts the create with the marker, durable before the provider is asked.
     record_create(&mut marked.recent_creates, Utc::now());
     // Invariant 1: the marker is durable before the provider is asked to create anything. The
@@ -325,13 +286,13 @@ async fn create_once(
             "simulated crash after create",
         ));
     }
-    deliver_created(r, v, st, existing, &created).await?;
+    deliver_created(s, st, &created).await?;
     let secret_name = r.ak.secret_name();
     let id = created.key.id;
     match replacing {
         Some(old) => retire_replaced(r, st, old, &id).await?,
         // A rotation: the rotate step records it and says so (KeyRotated).
-        None if super::rotate::in_flight(st) => {}
+        None if attempt::in_flight(st) => {}
         None => {
             let note = format!(
                 "created key {id} at {}; value written to Secret {secret_name}",
@@ -353,71 +314,15 @@ async fn create_once(
     Ok(ready)
 }
 
-/// How soon a reconcile tries again to give a key its name after the rename failed.
-pub const RENAME_RETRY: Duration = Duration::from_secs(10);
-
-/// A key created under its provisional name that is to get its display name.
-pub struct Rename {
-    pub p: super::super::backends::ResolvedProvider,
-    pub scope: KeyScope,
-    pub id: String,
-    pub settings: KeySettings,
-}
-
-impl std::fmt::Debug for Rename {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Rename").field("id", &self.id).finish()
-    }
-}
-
-/// Give a key created under its provisional name the name the spec asks for, once the status
-/// recording the key is written. Renaming before that write would leave a crash (or a write
-/// that conflicts) with a key that only its name ties to the attempt: a name any tenant can
-/// copy, so recovery could not tell it from another's (issue 17). A failure here is reported
-/// and left to the next sync, which sees the name differ from `spec.displayName` and renames
-/// it; returns whether the key has its name.
-pub async fn rename_after_write(ctx: &Context, ak: &ApiKey, rn: &Rename) -> bool {
-    match rn
-        .p
-        .backend
-        .update(&rn.scope, &rn.id, &rn.settings, &[Field::DisplayName])
-        .await
-    {
-        Ok(key) => {
-            ctx.remember(&rn.p, &rn.scope, &key).await;
-            true
-        }
-        Err(e) => {
-            let note = format!(
-                "created key {} at {} under its provisional name; naming it {:?} failed ({}), keysmith tries again",
-                rn.id,
-                rn.p.provider_type,
-                rn.settings.name,
-                e.category()
-            );
-            ctx.event(
-                ak,
-                EventType::Warning,
-                Reason::KeyRenameFailed,
-                "Create",
-                note,
-            )
-            .await;
-            false
-        }
-    }
-}
-
 /// Write the new key's value to the Secret and record the key. If the value cannot be delivered,
 /// the key is revoked rather than left unaccounted for; if even that fails, pendingCreate stays
 /// set and the next reconcile recovers.
 async fn deliver_created(
-    r: &Reconciler<'_>,
-    v: &ValidatedApiKey,
+    s: &Step<'_>,
     st: &mut ApiKeyStatus,
-    existing: Option<&Secret>,
     created: &CreatedKey,
 ) -> Result<(), Failure> {
+    let (r, v, existing) = (&s.r, &s.v, s.existing.as_ref());
     let id = &created.key.id;
     let mut hinted = st.clone();
     fill_from_key(&mut hinted, &created.key);
@@ -454,7 +359,7 @@ async fn retire_replaced(
     if let Err(e) = revoke_quietly(r.ctx, r.p, &old.at, &old.id).await {
         st.previous_keys.push(PreviousKey {
             key_id: old.id,
-            delete_after: now_rfc3339(),
+            delete_after: time::now(),
             scope: location(&old.at),
         });
         return Err(e.into());
@@ -472,6 +377,7 @@ async fn retire_replaced(
 mod tests {
     use super::*;
     use crate::api::ApiKeySpec;
+    use crate::providers::KeyScope;
 
     #[test]
     fn only_an_unanswered_create_may_have_created_a_key() {
@@ -484,24 +390,6 @@ mod tests {
             retry_after: None
         }));
         assert!(!may_have_created(&ProviderError::Auth("no".into())));
-    }
-
-    #[test]
-    fn a_provisional_name_is_the_attempts_own() {
-        let name = provisional_name("5f2c0a9e1b3d4c6f");
-        assert_eq!(name, "keysmith-attempt-5f2c0a9e1b3d4c6f");
-        let mut pending = PendingCreate {
-            name,
-            started_at: now_rfc3339(),
-            attempt: "5f2c0a9e1b3d4c6f".into(),
-            scope: None,
-        };
-        assert!(is_provisional(&pending));
-        // Another attempt's provisional name, or a display name, proves nothing.
-        pending.attempt = "0000000000000000".into();
-        assert!(!is_provisional(&pending));
-        pending.name = "team-a/chat".into();
-        assert!(!is_provisional(&pending));
     }
 
     #[test]
@@ -524,7 +412,7 @@ mod tests {
             family: "agent".into(),
             parent: "ag-1".into(),
         };
-        let m = marker(&s, "a1", &scope);
+        let m = attempt::marker(&s, "a1", &scope);
         assert_eq!((m.name.as_str(), m.attempt.as_str()), ("n", "a1"));
         assert_eq!(m.scope.unwrap().parent, "ag-1");
     }

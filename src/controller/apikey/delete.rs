@@ -1,5 +1,8 @@
-//! Deletion (the finalizer's cleanup): revoke the key at the provider, or orphan it, then let
-//! the finalizer go. A revoke the provider refuses keeps the ApiKey, reported in its status.
+//! Deletion, all of it (the finalizer's cleanup): finish an interrupted create, revoke the
+//! replaced keys whatever their grace period, then revoke the current key
+//! (`deletionPolicy: Delete`) or leave it and its Secret (`Orphan`), release the provider object
+//! and credentials (the in-use finalizer, `inuse::release_if_unused`), and let the finalizer
+//! go. A revoke the provider refuses keeps the ApiKey, reported in its status.
 
 use std::sync::Arc;
 
@@ -9,73 +12,63 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::ResourceExt;
 
-use super::super::conditions::{set_ready, Readiness};
+use super::super::conditions::Readiness;
 use super::super::context::Context;
+use super::super::inuse::{holds_keys, release_if_unused, ProviderId};
 use super::super::reasons::Reason;
 use super::super::secret::{self, SecretOwnership};
-use super::recover::revoke_accounted;
-use super::status::{write_status, ServerCopy};
-use super::{object_key, Error, Failure};
+use super::recover::recover;
+use super::revoke::{retire_previous, revoke_quietly};
+use super::status::{report_not_ready, ServerCopy};
+use super::validate::settings_for;
+use super::{key_scope, object_key, Error, Failure, Reconciler, Step, ValidatedApiKey};
 use crate::api::{ApiKey, ApiKeyStatus, DeletionPolicy};
 
 /// Deletion: revoke at the provider (or orphan), then let the finalizer go.
 pub async fn cleanup(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
-    if ak.spec.deletion_policy == DeletionPolicy::Orphan {
-        // The current key stays; an interrupted create's and replaced keys must not leak.
-        let read = ak.status.clone().unwrap_or_default();
-        let mut after = read.clone();
-        if let Err(f) = super::recover::revoke_leftovers(&ak, &ctx, &mut after).await {
-            report_refused_revoke(&ak, &ctx, &read, after, &f).await?;
-            return Err(Error::RevokeFailed(f.reason));
-        }
-        orphan(&ak, &ctx).await?;
-        // Its remaining key is left at the provider, no longer accounted for here: the provider
-        // object and credentials are free unless another ApiKey still needs them (without this
-        // a provider object deleted first stayed Terminating).
-        let p = super::super::inuse::ProviderId::of(&ak);
-        super::super::inuse::release_if_unused(&ctx, &p, ak.uid().as_deref()).await?;
-        ctx.track(&object_key(&ak), None);
-        return Ok(Action::await_change());
-    }
-    if nothing_created(&ak, &ctx).await? {
+    let orphan_it = ak.spec.deletion_policy == DeletionPolicy::Orphan;
+    if !orphan_it && nothing_created(&ak, &ctx).await? {
         // Nothing to revoke: the finalizer goes at once, even if the provider object or its
         // credentials are gone (or never existed).
         ctx.track(&object_key(&ak), None);
         return Ok(Action::await_change());
     }
-    let st = ak.status.clone().unwrap_or_default();
-    let mut after = st.clone();
-    match revoke_all(&ak, &ctx, &mut after).await {
-        Ok(()) => {
-            // Its keys are revoked: the provider object and credentials are free unless
-            // another ApiKey still needs them.
-            let p = super::super::inuse::ProviderId::of(&ak);
-            super::super::inuse::release_if_unused(&ctx, &p, ak.uid().as_deref()).await?;
-            ctx.track(&object_key(&ak), None);
-            Ok(Action::await_change())
-        }
-        Err(f) => {
-            report_refused_revoke(&ak, &ctx, &st, after, &f).await?;
-            // Err keeps the finalizer; the error policy retries.
-            Err(Error::RevokeFailed(f.reason))
-        }
+    let read = ak.status.clone().unwrap_or_default();
+    let mut after = read.clone();
+    let revoked = if orphan_it {
+        // The current key stays; an interrupted create's and replaced keys must not leak.
+        revoke_leftovers(&ak, &ctx, &mut after).await
+    } else {
+        revoke_accounted(&ak, &ctx, &mut after, true).await
+    };
+    if let Err(f) = revoked {
+        report_refused_revoke(&ak, &ctx, &read, after, &f).await?;
+        // Err keeps the finalizer; the error policy retries.
+        return Err(Error::RevokeFailed(f.reason));
     }
+    if orphan_it {
+        orphan(&ak, &ctx).await?;
+    }
+    // Its keys are revoked (or, orphaned, no longer accounted for here): the provider object
+    // and credentials are free unless another ApiKey still needs them (without this a provider
+    // object deleted first stayed Terminating).
+    let p = ProviderId::of(&ak);
+    release_if_unused(&ctx, &p, ak.uid().as_deref()).await?;
+    ctx.track(&object_key(&ak), None);
+    Ok(Action::await_change())
 }
 
 /// Whether the ApiKey never got as far as a provider call: no keyID, no pendingCreate (written
 /// before every create), no previousKeys. Read from the server, not the watch cache, so a
 /// status written moments ago is seen.
 async fn nothing_created(ak: &ApiKey, ctx: &Context) -> Result<bool, kube::Error> {
-    let holds_keys = |st: &ApiKeyStatus| {
-        st.key_id.is_some() || st.pending_create.is_some() || !st.previous_keys.is_empty()
-    };
-    if ak.status.as_ref().is_some_and(holds_keys) {
+    if holds_keys(ak) {
         return Ok(false);
     }
     let api: Api<ApiKey> = Api::namespaced(ctx.client.clone(), &ak.namespace().unwrap_or_default());
     Ok(match api.get_opt(&ak.name_any()).await? {
         None => true,
-        Some(fresh) => !fresh.status.as_ref().is_some_and(holds_keys),
+        Some(fresh) => !holds_keys(&fresh),
     })
 }
 
@@ -109,10 +102,67 @@ async fn orphan(ak: &ApiKey, ctx: &Context) -> Result<(), kube::Error> {
     Ok(())
 }
 
-/// Revoke every key the ApiKey accounts for: an interrupted create's, the replaced ones (whatever
-/// their grace period), and the current one.
-async fn revoke_all(ak: &ApiKey, ctx: &Context, st: &mut ApiKeyStatus) -> Result<(), Failure> {
-    revoke_accounted(ak, ctx, st, true).await
+/// Deletion with `deletionPolicy: Orphan` leaves the current key (the one the Secret holds) at
+/// the provider, but not the keys the ApiKey still had to get rid of: an interrupted create's
+/// stray key and replaced keys (`previousKeys`) are revoked first; the provider is only asked
+/// when there are such keys.
+pub async fn revoke_leftovers(
+    ak: &ApiKey,
+    ctx: &Context,
+    st: &mut ApiKeyStatus,
+) -> Result<(), Failure> {
+    if st.pending_create.is_none() && st.previous_keys.is_empty() {
+        return Ok(());
+    }
+    revoke_accounted(ak, ctx, st, false).await
+}
+
+/// Revoke the keys the ApiKey accounts for before it goes: an interrupted create's stray key,
+/// the replaced keys (whatever their grace period) and, with `and_current`
+/// (`deletionPolicy: Delete`), the current one.
+pub async fn revoke_accounted(
+    ak: &ApiKey,
+    ctx: &Context,
+    st: &mut ApiKeyStatus,
+    and_current: bool,
+) -> Result<(), Failure> {
+    let p = ctx.resolve(ak).await?;
+    let seen = ServerCopy::of(ak);
+    let r = Reconciler {
+        ak,
+        ctx,
+        p: &p,
+        seen: &seen,
+    };
+    let settings = settings_for(ak, st)?;
+    let scope = p.backend.scope(&settings);
+    if let Some(pending) = st.pending_create.clone() {
+        let existing =
+            Api::<Secret>::namespaced(ctx.client.clone(), &ak.namespace().unwrap_or_default())
+                .get_opt(&ak.secret_name())
+                .await?;
+        let s = Step {
+            r,
+            v: ValidatedApiKey {
+                settings,
+                scope: scope.clone(),
+            },
+            existing,
+        };
+        recover(&s, st, &pending).await?;
+    }
+    let now = super::super::time::now();
+    for prev in &mut st.previous_keys {
+        prev.delete_after = now.clone();
+    }
+    retire_previous(&r, st, &scope).await?;
+    if let Some(id) = st.key_id.clone().filter(|_| and_current) {
+        revoke_quietly(ctx, &p, &key_scope(st, &scope), &id).await?;
+        let note = format!("revoked key {id} at {}", p.provider_type);
+        r.event(EventType::Normal, Reason::KeyRevoked, "Delete", note)
+            .await;
+    }
+    Ok(())
 }
 
 /// Say in the status (and an Event) why the ApiKey stays: `read` is the status the cleanup
@@ -124,7 +174,7 @@ async fn report_refused_revoke(
     mut after: ApiKeyStatus,
     f: &Failure,
 ) -> Result<(), kube::Error> {
-    let readiness = Readiness {
+    let not_ready = Readiness {
         ready: false,
         reason: f.reason,
         message: format!(
@@ -132,18 +182,8 @@ async fn report_refused_revoke(
             f.message
         ),
     };
-    if set_ready(&mut after.conditions, ak.metadata.generation, &readiness) {
-        ctx.event(
-            ak,
-            EventType::Warning,
-            f.reason,
-            "Delete",
-            readiness.message,
-        )
-        .await;
-    }
-    if &after != read {
-        write_status(ctx, ak, &after, &ServerCopy::of(ak)).await?;
-    }
-    Ok(())
+    let seen = ServerCopy::of(ak);
+    report_not_ready(ctx, ak, &seen, read, &mut after, not_ready, "Delete")
+        .await
+        .1
 }

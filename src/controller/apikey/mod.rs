@@ -14,26 +14,46 @@
 //! ApiKey holds (docs/crash-safety.md), and creates again. A crash between 3 and 4 leaves a
 //! Secret naming the new key: the next reconcile keeps that key, but only once the provider's
 //! listing proves the attempt made it (the Secret's annotation is tenant-writable, so it is a
-//! claim, never a proof: `recover::proves_delivery`), and revokes any other.
+//! claim, never a proof: `others::proves_delivery`), and revokes any other.
 //!
 //! The ApiKey a reconcile receives comes from the watch cache and may be older than the server's
 //! copy; every status write is therefore conditional on the resourceVersion the reconcile started
 //! from (see [`ServerCopy`]), so a stale copy can neither clobber a recorded keyID nor lead to a
 //! second create.
 //!
-//! The steps, one module each: [`dereference`] (IO: provider, Secrets) → [`validate`] (pure) →
-//! [`recover`] / [`adopt`] / [`create`] / [`push`] / [`sync`] / [`restore`] (idempotent IO) →
-//! [`status`] (pure builder, guarded write). [`delete`] is the finalizer's cleanup.
+//! The steps, one module each, in the order a reconcile runs them (their imports run one way:
+//! no module here imports one that imports it back):
+//!
+//! 1. resolve the provider object (`Context::resolve`);
+//! 2. [`validate`] (pure): the spec against the provider, giving the settings and the scope;
+//! 3. [`revoke`]: replaced keys whose grace period ended;
+//! 4. [`dereference`]: the target Secret (the [`Step`] of this reconcile is built here, once);
+//! 5. [`push`] for `spec.source`, and nothing below but [`rollout`];
+//! 6. [`recover`] an interrupted create (`status.pendingCreate`), the status written at once;
+//! 7. without a key: [`adopt`] (`spec.keyRef`) or [`create`];
+//! 8. with one: [`rotate`] when a rotation is due, else [`sync`] (which may [`restore`] a lost
+//!    value, re-adopt, or [`create`] a replacement);
+//! 9. [`rollout`] after every success: restarts, the grace period's start, `nextRotationAt`;
+//! 10. [`status`]: the Ready condition (pure) and the one guarded write; then a key created under
+//!     its provisional name gets its display name ([`attempt::rename_after_write`]).
+//!
+//! Shared by the steps, importing no step: [`attempt`] (provisional name, marker), [`others`]
+//! (what other ApiKeys hold: the guard against takeover), [`deliver`] (the Secret write).
+//! [`delete`] is the finalizer's cleanup, all of it: it recovers an interrupted create and revokes
+//! with the steps above, and releases the provider object (`inuse`).
 
 pub mod adopt;
+pub mod attempt;
 pub mod create;
 pub mod delete;
 pub mod deliver;
 pub mod dereference;
+pub mod others;
 pub mod push;
 pub mod recover;
 pub mod restore;
 pub mod revoke;
+pub mod rollout;
 pub mod rotate;
 pub mod status;
 pub mod sync;
@@ -42,6 +62,7 @@ pub mod validate;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -53,7 +74,7 @@ use tracing::Instrument;
 use super::backends::ResolvedProvider;
 use super::context::Context;
 use super::reasons::Reason;
-use crate::api::{ApiKey, ApiKeyStatus, FINALIZER};
+use crate::api::{ApiKey, ApiKeyStatus, KeyLocation, FINALIZER};
 use crate::metrics::{ControllerLabels, ErrorLabels, ProviderLabel, ReconcileLabels};
 use crate::providers::KeyScope;
 
@@ -62,6 +83,7 @@ pub use status::{write_status, Ready, ServerCopy};
 pub use validate::ValidatedApiKey;
 
 /// The handles every step of one reconcile works with.
+#[derive(Clone, Copy)]
 pub struct Reconciler<'a> {
     pub ak: &'a ApiKey,
     pub ctx: &'a Context,
@@ -84,11 +106,55 @@ impl Reconciler<'_> {
     }
 }
 
+/// What every step after validation works on, built once per reconcile: the handles, what the
+/// ApiKey asks for, and the target Secret as it was read before any step wrote it.
+pub struct Step<'a> {
+    pub r: Reconciler<'a>,
+    /// The validated spec: the key's desired settings and where a new key goes.
+    pub v: ValidatedApiKey,
+    /// The Secret the value goes to, if it exists (never read for a pushed key: its value
+    /// comes from the user's Secret and goes to no Secret of keysmith's).
+    pub existing: Option<Secret>,
+}
+
+impl<'a> std::ops::Deref for Step<'a> {
+    type Target = Reconciler<'a>;
+
+    fn deref(&self) -> &Reconciler<'a> {
+        &self.r
+    }
+}
+
 /// A key at the provider and where it lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocatedKey {
     pub id: String,
     pub at: KeyScope,
+}
+
+/// How a scope is recorded in the status (`{}` for the provider's only family).
+pub fn location(scope: &KeyScope) -> Option<KeyLocation> {
+    Some(KeyLocation {
+        family: scope.family.clone(),
+        parent: scope.parent.clone(),
+    })
+}
+
+/// The scope a recorded location names; `fallback` when none was recorded (a status written
+/// before keysmith recorded locations: the key lives where the spec says).
+pub fn scope_at(loc: Option<&KeyLocation>, fallback: &KeyScope) -> KeyScope {
+    match loc {
+        Some(l) => KeyScope {
+            family: l.family.clone(),
+            parent: l.parent.clone(),
+        },
+        None => fallback.clone(),
+    }
+}
+
+/// Where the current key lives.
+pub fn key_scope(st: &ApiKeyStatus, desired: &KeyScope) -> KeyScope {
+    scope_at(st.key_scope.as_ref(), desired)
 }
 
 /// `namespace/name` of an ApiKey.
@@ -196,28 +262,46 @@ async fn apply(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
     }
     // status.history: the keys this reconcile made, and those it revoked.
     super::history::observe(&before, &mut st, &ak, chrono::Utc::now());
-    let changed = status::conclude(&mut st, ak.metadata.generation, &outcome);
-    let (requeue, result_label) = match &outcome {
+    let (requeue, result_label, written) = match &outcome {
         Ok(ready) => {
+            status::conclude(&mut st, ak.metadata.generation, &outcome);
             ctx.clear_failures(&key);
-            (jitter(ready.requeue), "success")
-        }
-        Err(f) => (jitter(report_failure(&ak, &ctx, f, changed).await), "error"),
-    };
-    if outcome.is_ok() && st.key_id.is_some() {
-        // Deleting this ApiKey will need the provider object and its credentials.
-        super::inuse::protect(&ctx, &ak).await?;
-    }
-    ctx.track(&key, Some(status::tracked(&st)));
-    if seen.differs(&st, &before) {
-        match write_status(&ctx, &ak, &st, &seen).await {
-            Ok(()) => {}
-            Err(e) if super::error::is_conflict(&e) => {
-                count_reconcile(&ctx, "requeue");
-                return Ok(stale(&key));
+            if st.key_id.is_some() {
+                // Deleting this ApiKey will need the provider object and its credentials.
+                super::inuse::protect(&ctx, &ak).await?;
             }
-            Err(e) => return Err(e.into()),
+            ctx.track(&key, Some(status::tracked(&st)));
+            let written = match seen.differs(&st, &before) {
+                true => write_status(&ctx, &ak, &st, &seen).await,
+                false => Ok(()),
+            };
+            (jitter(ready.requeue), "success", written)
         }
+        Err(f) => {
+            st.observed_generation = ak.metadata.generation;
+            let not_ready = status::readiness(&outcome);
+            let (changed, written) = status::report_not_ready(
+                &ctx,
+                &ak,
+                &seen,
+                &before,
+                &mut st,
+                not_ready,
+                "Reconcile",
+            )
+            .await;
+            let wait = count_failure(&ak, &ctx, f, changed);
+            ctx.track(&key, Some(status::tracked(&st)));
+            (jitter(wait), "error", written)
+        }
+    };
+    match written {
+        Ok(()) => {}
+        Err(e) if super::error::is_conflict(&e) => {
+            count_reconcile(&ctx, "requeue");
+            return Ok(stale(&key));
+        }
+        Err(e) => return Err(e.into()),
     }
     let mut requeue = requeue;
     if let Ok(Ready {
@@ -225,9 +309,9 @@ async fn apply(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
     }) = &outcome
     {
         // The status records the key now: it may lose its provisional name.
-        if !create::rename_after_write(&ctx, &ak, rn).await {
+        if !attempt::rename_after_write(&ctx, &ak, rn).await {
             // The next sync renames it (drift on spec.displayName); soon, not at the refresh.
-            requeue = requeue.min(create::RENAME_RETRY);
+            requeue = requeue.min(attempt::RENAME_RETRY);
         }
     }
     count_reconcile(&ctx, result_label);
@@ -246,9 +330,9 @@ fn count_reconcile(ctx: &Context, result: &str) {
         .inc();
 }
 
-/// Count, log and publish a failure (the latter two only when the condition changed); returns
-/// how long to wait before the next attempt.
-async fn report_failure(ak: &ApiKey, ctx: &Context, f: &Failure, changed: bool) -> Duration {
+/// Count and log a failure (the log only when the condition changed; the condition and the
+/// Event are `status::report_not_ready`'s); returns how long to wait before the next attempt.
+fn count_failure(ak: &ApiKey, ctx: &Context, f: &Failure, changed: bool) -> Duration {
     let key = object_key(ak);
     ctx.metrics
         .reconcile_errors
@@ -259,14 +343,6 @@ async fn report_failure(ak: &ApiKey, ctx: &Context, f: &Failure, changed: bool) 
         .inc();
     if changed {
         tracing::warn!(apikey = %key, reason = f.reason.as_str(), message = %f.message, "ApiKey not ready");
-        ctx.event(
-            ak,
-            EventType::Warning,
-            f.reason,
-            "Reconcile",
-            f.message.clone(),
-        )
-        .await;
     }
     if f.transient {
         let n = ctx.record_failure(&key);
@@ -340,10 +416,10 @@ async fn retire_when_not_admitted(
 /// The steps, then what follows any new value (restarts, grace period, next rotation).
 async fn drive_with(r: &Reconciler<'_>, st: &mut ApiKeyStatus) -> Result<Ready, Failure> {
     let ready = steps(r, st).await?;
-    Ok(rotate::finish(r, st, ready).await)
+    Ok(rollout::finish(r, st, ready).await)
 }
 
-/// The steps, in order.
+/// The steps, in the order of the module doc.
 async fn steps(r: &Reconciler<'_>, st: &mut ApiKeyStatus) -> Result<Ready, Failure> {
     let v = validate::validate(r.ak, st, r.p)?;
     revoke::retire_previous(r, st, &v.scope).await?;
@@ -364,27 +440,32 @@ async fn steps_after(
     st: &mut ApiKeyStatus,
     v: ValidatedApiKey,
 ) -> Result<Ready, Failure> {
-    if r.ak.spec.source.is_some() {
-        return push::push(r, st, &v).await;
+    let pushed = r.ak.spec.source.is_some();
+    let existing = match pushed {
+        true => None,
+        false => dereference::target_secret(r.ak, r.ctx).await?,
+    };
+    let s = Step { r: *r, v, existing };
+    if pushed {
+        return push::push(&s, st).await;
     }
-    let existing = dereference::target_secret(r.ak, r.ctx).await?;
     st.secret_name = Some(r.ak.secret_name());
     if let Some(pending) = st.pending_create.clone() {
         let flight = rotate::flight(st);
-        recover::recover(r, st, &v.scope, &pending, existing.as_ref()).await?;
+        recover::recover(&s, st, &pending).await?;
         write_status(r.ctx, r.ak, st, r.seen).await?;
         rotate::announce_recovered(r, flight, st).await;
     }
     let Some(id) = st.key_id.clone() else {
-        if let Some(id) = &v.settings.key_ref {
-            return adopt::adopt(r, st, &v.scope, id, existing.as_ref()).await;
+        if let Some(id) = &s.v.settings.key_ref {
+            return adopt::adopt(&s, st, &s.v.scope, id).await;
         }
-        return create::create(r, &v, st, existing.as_ref(), None).await;
+        return create::create(&s, st, None).await;
     };
-    if let Some(ready) = rotate::rotate(r, &v, st, existing.as_ref(), &id).await? {
+    if let Some(ready) = rotate::rotate(&s, st, &id).await? {
         return Ok(ready);
     }
-    sync::sync_existing(r, &v, st, existing.as_ref(), id).await
+    sync::sync_existing(&s, st, id).await
 }
 
 #[cfg(test)]
@@ -445,5 +526,20 @@ mod tests {
             backoff(30),
             Duration::from_secs(256).min(Duration::from_secs(300))
         );
+    }
+
+    #[test]
+    fn a_recorded_location_wins_over_the_spec() {
+        let desired = KeyScope {
+            family: "agent".into(),
+            parent: "new".into(),
+        };
+        let mut st = ApiKeyStatus::default();
+        assert_eq!(key_scope(&st, &desired), desired);
+        st.key_scope = location(&KeyScope {
+            family: "agent".into(),
+            parent: "old".into(),
+        });
+        assert_eq!(key_scope(&st, &desired).parent, "old");
     }
 }

@@ -4,12 +4,12 @@
 use kube::runtime::events::EventType;
 
 use super::super::reasons::Reason;
+use super::super::time;
 use super::dereference::source_value;
 use super::revoke::retire_previous;
-use super::status::{fill_from_key, key_scope, location, now_rfc3339, Ready};
+use super::status::{fill_from_key, Ready};
 use super::sync::observe;
-use super::validate::ValidatedApiKey;
-use super::{Failure, LocatedKey, Reconciler};
+use super::{key_scope, location, Failure, LocatedKey, Step};
 use crate::api::{ApiKeyStatus, PreviousKey};
 use crate::providers::{self, KeyScope};
 
@@ -20,11 +20,8 @@ pub fn moved(before: Option<&LocatedKey>, scope: &KeyScope) -> bool {
 }
 
 /// Push the value of `spec.source` to the provider.
-pub async fn push(
-    r: &Reconciler<'_>,
-    st: &mut ApiKeyStatus,
-    v: &ValidatedApiKey,
-) -> Result<Ready, Failure> {
+pub async fn push(s: &Step<'_>, st: &mut ApiKeyStatus) -> Result<Ready, Failure> {
+    let (r, v) = (&s.r, &s.v);
     let src = source_value(r.ak, r.ctx).await?;
     let scope = &v.scope;
     let before = st.key_id.clone().map(|id| LocatedKey {
@@ -71,7 +68,7 @@ pub async fn push(
             // is revoked, now or by a later reconcile.
             st.previous_keys.push(PreviousKey {
                 key_id: old.id,
-                delete_after: now_rfc3339(),
+                delete_after: time::now(),
                 scope: location(&old.at),
             });
         }

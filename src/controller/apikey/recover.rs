@@ -3,54 +3,32 @@
 
 use std::time::Duration;
 
-use std::collections::HashSet;
-
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
 use kube::runtime::events::EventType;
-use kube::ResourceExt;
 
-use super::super::context::Context;
 use super::super::reasons::Reason;
 use super::super::secret::{self, SecretOwnership};
-use super::revoke::{retire_previous, revoke_quietly};
-use super::status::ServerCopy;
-use super::status::{key_scope, location, scope_at, ts};
-use super::validate::settings_for;
-use super::{Failure, Reconciler};
+use super::super::time;
+use super::others::{held_by, provably_mine, proves_delivery, tie, Others, Tie};
+use super::revoke::revoke_quietly;
+use super::{key_scope, location, scope_at, Failure, Step};
 use crate::api::{ApiKey, ApiKeyStatus, PendingCreate};
-use crate::providers::{KeyScope, ProviderKey};
+use crate::providers::ProviderKey;
 
 /// Keys of an attempt are looked for from this long before it started (clock skew).
 const SKEW: chrono::Duration = chrono::Duration::minutes(5);
 
 /// When the attempt started; now if the recorded time cannot be read.
 fn started(pending: &PendingCreate) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(&pending.started_at)
-        .map(|t| t.with_timezone(&Utc))
-        .unwrap_or_else(|_| Utc::now())
+    time::parse(&pending.started_at).unwrap_or_else(Utc::now)
 }
 
 /// The earliest creation time, in the provider's clock, of a key the attempt may have made:
-/// its start less [`SKEW`], moved by the provider's clock offset where the HTTP layer measured
+/// its start less `SKEW`, moved by the provider's clock offset where the HTTP layer measured
 /// one (its `Date` headers): a provider clock minutes off no longer hides the attempt's key.
 pub fn created_since(pending: &PendingCreate, offset: Option<chrono::Duration>) -> DateTime<Utc> {
     started(pending) - SKEW + offset.unwrap_or_else(chrono::Duration::zero)
-}
-
-/// The keys an ApiKey's status accounts for: current, replaced, and a rotation's new key (what
-/// recovery keeps of its own, and what [`Others`] counts of everyone else's).
-fn held_by(st: &ApiKeyStatus) -> impl Iterator<Item = &String> {
-    st.key_id
-        .iter()
-        .chain(st.previous_keys.iter().map(|p| &p.key_id))
-        .chain(
-            st.rotation
-                .as_ref()
-                .and_then(|r| r.in_progress.as_ref())
-                .map(|r| &r.key_id),
-        )
 }
 
 /// The listed keys that the interrupted attempt created and nobody holds: active, of the
@@ -63,7 +41,7 @@ pub fn orphans_of_attempt<'a>(
     since: DateTime<Utc>,
     keep: &[Option<&String>],
 ) -> Vec<String> {
-    let provisional = super::create::is_provisional(pending);
+    let provisional = super::attempt::is_provisional(pending);
     keys.into_iter()
         .filter(|k| k.active && k.name == pending.name)
         .filter(|k| !keep.contains(&Some(&k.id)))
@@ -71,81 +49,6 @@ pub fn orphans_of_attempt<'a>(
         .filter(|k| provisional || k.attempt.is_some() || k.created_at.is_none_or(|c| c >= since))
         .map(|k| k.id.clone())
         .collect()
-}
-
-/// Deletion with `deletionPolicy: Orphan` leaves the current key (the one the Secret holds) at
-/// the provider, but not the keys the ApiKey still had to get rid of: an interrupted create's
-/// stray key and replaced keys (`previousKeys`) are revoked first; the provider is only asked
-/// when there are such keys.
-pub async fn revoke_leftovers(
-    ak: &ApiKey,
-    ctx: &Context,
-    st: &mut ApiKeyStatus,
-) -> Result<(), Failure> {
-    if st.pending_create.is_none() && st.previous_keys.is_empty() {
-        return Ok(());
-    }
-    revoke_accounted(ak, ctx, st, false).await
-}
-
-/// Revoke the keys the ApiKey accounts for before it goes: an interrupted create's stray key,
-/// the replaced keys (whatever their grace period) and, with `and_current`
-/// (`deletionPolicy: Delete`), the current one.
-pub async fn revoke_accounted(
-    ak: &ApiKey,
-    ctx: &Context,
-    st: &mut ApiKeyStatus,
-    and_current: bool,
-) -> Result<(), Failure> {
-    let p = ctx.resolve(ak).await?;
-    let seen = ServerCopy::of(ak);
-    let r = Reconciler {
-        ak,
-        ctx,
-        p: &p,
-        seen: &seen,
-    };
-    let settings = settings_for(ak, st)?;
-    let scope = p.backend.scope(&settings);
-    if let Some(pending) = st.pending_create.clone() {
-        let existing =
-            Api::<Secret>::namespaced(ctx.client.clone(), &ak.namespace().unwrap_or_default())
-                .get_opt(&ak.secret_name())
-                .await?;
-        recover(&r, st, &scope, &pending, existing.as_ref()).await?;
-    }
-    let now = super::status::now_rfc3339();
-    for prev in &mut st.previous_keys {
-        prev.delete_after = now.clone();
-    }
-    retire_previous(&r, st, &scope).await?;
-    if let Some(id) = st.key_id.clone().filter(|_| and_current) {
-        revoke_quietly(ctx, &p, &key_scope(st, &scope), &id).await?;
-        let note = format!("revoked key {id} at {}", p.provider_type);
-        r.event(EventType::Normal, Reason::KeyRevoked, "Delete", note)
-            .await;
-    }
-    Ok(())
-}
-
-/// Split the candidates of an attempt into those it provably created and those it must leave
-/// alone: a key carrying this attempt's id is this attempt's; one without is spared when
-/// another ApiKey holds it or creates a key of the same name right now, or when `others` is a
-/// partial view (namespace mode: an unwatched namespace's ApiKey may hold it).
-pub fn provably_mine(
-    candidates: Vec<String>,
-    pending: &PendingCreate,
-    others: &Others,
-    attempt_of: impl Fn(&str) -> Option<String>,
-) -> (Vec<String>, Vec<String>) {
-    candidates.into_iter().partition(|id| {
-        if attempt_of(id).as_deref() == Some(pending.attempt.as_str()) {
-            return !others.keys.contains(id);
-        }
-        !others.partial
-            && !others.keys.contains(id)
-            && !others.pending_names.contains(&pending.name)
-    })
 }
 
 /// The key id a Secret of ours claims to hold a value for, if it is not the current key (the
@@ -165,75 +68,6 @@ pub fn claimed_key(ak: &ApiKey, existing: Option<&Secret>, st: &ApiKeyStatus) ->
         .filter(|id| !st.previous_keys.iter().any(|p| &p.key_id == id))
 }
 
-/// How a listed key is tied to an interrupted attempt.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Tie {
-    /// Provably the attempt's: it carries the attempt id, or the attempt's provisional name
-    /// (random, chosen by keysmith, never a tenant's to choose or foresee).
-    Proven,
-    /// Possibly the attempt's: its name is the one the attempt gives its key (the provisional
-    /// name, once renamed, or the display name at providers that rename nothing), it is active
-    /// and was created since the attempt started. Only [`provably_mine`] with the other
-    /// ApiKeys' view settles it.
-    ByName,
-    /// Not the attempt's.
-    None,
-}
-
-/// How `k` is tied to the attempt `pending` whose key is to be called `final_name` once
-/// renamed. `since`: the attempt's start less the clock skew allowed, in the provider's clock.
-pub fn tie(
-    k: &ProviderKey,
-    pending: &PendingCreate,
-    final_name: &str,
-    since: DateTime<Utc>,
-) -> Tie {
-    if !k.active {
-        return Tie::None;
-    }
-    if let Some(a) = &k.attempt {
-        return if a == &pending.attempt {
-            Tie::Proven
-        } else {
-            Tie::None
-        };
-    }
-    let provisional = super::create::is_provisional(pending);
-    if provisional && k.name == pending.name {
-        return Tie::Proven;
-    }
-    let named = if provisional {
-        k.name == final_name
-    } else {
-        k.name == pending.name
-    };
-    if named && k.created_at.is_none_or(|c| c >= since) {
-        Tie::ByName
-    } else {
-        Tie::None
-    }
-}
-
-/// Whether the provider's listing proves that the key the Secret claims (`claimed`) is the one
-/// the interrupted attempt created and delivered: listed, active, and tied to the attempt;
-/// a key tied by name only must also be held by no other ApiKey, nor possibly be another's
-/// create in flight under the same name (`others`, read only when needed).
-pub fn proves_delivery(
-    claimed: &str,
-    tie: Tie,
-    pending: &PendingCreate,
-    others: Option<&Others>,
-) -> bool {
-    match tie {
-        Tie::Proven => others.is_none_or(|o| !o.keys.contains(claimed)),
-        // A partial view (namespace mode) cannot show that no unwatched ApiKey holds it.
-        Tie::ByName => others.is_some_and(|o| {
-            !o.partial && !o.keys.contains(claimed) && !o.pending_names.contains(&pending.name)
-        }),
-        Tie::None => false,
-    }
-}
-
 /// When an interrupted create can no longer reach the provider: a request sent just before the
 /// process died can be handled after a listing; only once the client timeout (plus a margin)
 /// has passed is the attempt concluded.
@@ -242,87 +76,26 @@ pub fn settles_at(pending: &PendingCreate, client_timeout: Duration) -> DateTime
         + chrono::Duration::from_std(client_timeout + Duration::from_secs(5)).unwrap_or_default()
 }
 
-/// What other ApiKeys account for at the same kind of provider: keys they hold (status keyID,
-/// previousKeys, a rotation in flight) and names under which they are creating a key now.
-/// `partial`: read in namespace mode without a grant to list ApiKeys cluster-wide, so ApiKeys of
-/// namespaces this installation does not watch are not in it (they may hold any key).
-#[derive(Debug, Default)]
-pub struct Others {
-    pub keys: HashSet<String>,
-    pub pending_names: HashSet<String>,
-    pub partial: bool,
-}
-
-impl Others {
-    /// Read every ApiKey (all namespaces) but `ak`: a consistent list, made only when a key is
-    /// adopted or an interrupted create recovered, never in steady state. In namespace mode the
-    /// cluster-wide list is tried (an admin may grant it); refused, the watched namespaces are
-    /// read and the result is `partial`.
-    pub async fn read(ctx: &Context, ak: &ApiKey, provider_type: &str) -> Result<Self, Failure> {
-        use super::super::inuse::{scan_apikeys, ApiKeyScope};
-        let mut out = Others::default();
-        let mut add = |page: &[ApiKey]| {
-            let part = Self::of(page.iter(), ak, provider_type);
-            out.keys.extend(part.keys);
-            out.pending_names.extend(part.pending_names);
-            false
-        };
-        match scan_apikeys(ctx, ApiKeyScope::Cluster, &mut add).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 403 && !ctx.watch_namespaces.is_empty() => {
-                scan_apikeys(ctx, ApiKeyScope::Served, &mut add).await?;
-                out.partial = true;
-            }
-            Err(e) => return Err(e.into()),
-        }
-        Ok(out)
-    }
-
-    /// The keys and pending names of `all` but `ak`, at providers of type `provider_type` (or
-    /// of an unknown type: counted, to be safe).
-    pub fn of<'a>(all: impl Iterator<Item = &'a ApiKey>, ak: &ApiKey, provider_type: &str) -> Self {
-        let mut out = Others::default();
-        for other in all {
-            if other.uid().is_some() && other.uid() == ak.uid() {
-                continue;
-            }
-            let Some(st) = &other.status else { continue };
-            if st
-                .provider_type
-                .as_deref()
-                .is_some_and(|t| t != provider_type)
-            {
-                continue;
-            }
-            out.keys.extend(held_by(st).cloned());
-            if let Some(p) = &st.pending_create {
-                out.pending_names.insert(p.name.clone());
-            }
-        }
-        out
-    }
-}
-
-/// Finish an interrupted create. `scope`: where the attempt created its key, if the marker
-/// does not say (a marker written before keysmith recorded it).
+/// Finish an interrupted create. `s.v.scope`: where the attempt created its key, if the marker
+/// does not say (a marker written before keysmith recorded it); `s.existing`: the Secret, which
+/// may claim the attempt's key (a claim only, see [`claimed_key`]).
 ///
 /// Only keys this attempt provably created are revoked: of its provisional name (the attempt id,
-/// see `create::provisional_name`) or of its attempt id where the provider stores one;
+/// see `attempt::provisional_name`) or of its attempt id where the provider stores one;
 /// otherwise (Boltz, whose keys cannot be renamed, and markers written before provisional
 /// names) of its name, created since it started, and neither held by another ApiKey nor
 /// possibly the key of another ApiKey's create in flight under the same name.
 pub async fn recover(
-    r: &Reconciler<'_>,
+    s: &Step<'_>,
     st: &mut ApiKeyStatus,
-    scope: &KeyScope,
     pending: &PendingCreate,
-    existing: Option<&Secret>,
 ) -> Result<(), Failure> {
+    let r = &s.r;
     // Where the attempt created its key: the marker says, whatever the spec says now.
-    let scope = &scope_at(pending.scope.as_ref(), scope);
-    let claimed = claimed_key(r.ak, existing, st);
+    let scope = &scope_at(pending.scope.as_ref(), &s.v.scope);
+    let claimed = claimed_key(r.ak, s.existing.as_ref(), st);
     // The name the attempt's key has once renamed (provisional creates): the display name.
-    let final_name = settings_for(r.ak, st).map(|s| s.name).unwrap_or_default();
+    let final_name = s.v.settings.name.clone();
     let created_since = created_since(pending, r.p.backend.clock_offset());
     // A listing begun after the interrupted create: once the attempt settled, one listing
     // serves every recovery of that time (issue 11); before that, a fresh one.
@@ -354,7 +127,7 @@ pub async fn recover(
         (candidates, claim_tie, attempts)
     };
     // The other ApiKeys' view, read only when a key is tied to the attempt by its name alone.
-    let provable_by_name = !candidates.is_empty() && !super::create::is_provisional(pending);
+    let provable_by_name = !candidates.is_empty() && !super::attempt::is_provisional(pending);
     let others = if provable_by_name || claim_tie == Tie::ByName {
         Some(Others::read(r.ctx, r.ak, r.p.provider_type.as_str()).await?)
     } else {
@@ -394,7 +167,7 @@ pub async fn recover(
     }
     if let Some(new) = delivered {
         // The Secret already holds the new key: keep it; a key it superseded is revoked.
-        if super::rotate::in_flight(st) {
+        if super::attempt::in_flight(st) {
             // An interrupted rotation: the replaced key keeps its grace period.
             let prev = super::rotate::recovered(r, st, &new)?;
             st.previous_keys.extend(prev);
@@ -417,7 +190,7 @@ pub async fn recover(
                     format!(
                         "an interrupted create may still reach {}; keysmith looks for its key again at {} before creating a new one",
                         r.p.provider_type,
-                        ts(&settle)
+                        time::ts(settle)
                     ),
                     Some(wait),
                 ));
@@ -484,84 +257,6 @@ mod tests {
             orphans_of_attempt(&keys, &pending, since, &[Some(&current), Some(&delivered)]);
         got.sort();
         assert_eq!(got, ["orphan", "skewed"]);
-    }
-
-    #[test]
-    fn keys_other_apikeys_hold_or_may_be_creating_are_spared() {
-        use crate::api::{ApiKeySpec, PreviousKey};
-        let me = {
-            let mut a = ApiKey::new("me", ApiKeySpec::default());
-            a.metadata.uid = Some("u-me".into());
-            a.status = Some(ApiKeyStatus {
-                key_id: Some("mine-current".into()),
-                ..Default::default()
-            });
-            a
-        };
-        let other = |uid: &str, st: ApiKeyStatus| {
-            let mut a = ApiKey::new(uid, ApiKeySpec::default());
-            a.metadata.uid = Some(uid.into());
-            a.status = Some(st);
-            a
-        };
-        let all = [
-            me.clone(),
-            other(
-                "u-1",
-                ApiKeyStatus {
-                    provider_type: Some("openrouter".into()),
-                    key_id: Some("victim".into()),
-                    previous_keys: vec![PreviousKey {
-                        key_id: "victim-old".into(),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                },
-            ),
-            other(
-                "u-2",
-                ApiKeyStatus {
-                    provider_type: Some("boltz".into()),
-                    key_id: Some("elsewhere".into()),
-                    ..Default::default()
-                },
-            ),
-        ];
-        let others = Others::of(all.iter(), &me, "openrouter");
-        assert!(others.keys.contains("victim") && others.keys.contains("victim-old"));
-        assert!(!others.keys.contains("mine-current") && !others.keys.contains("elsewhere"));
-
-        let pending = PendingCreate {
-            name: "shared".into(),
-            started_at: "2026-06-01T12:00:00Z".into(),
-            attempt: "a1".into(),
-            scope: None,
-        };
-        let (mine, spared) = provably_mine(
-            vec!["victim".into(), "stray".into()],
-            &pending,
-            &others,
-            |_| None,
-        );
-        assert_eq!(
-            (mine, spared),
-            (vec!["stray".to_string()], vec!["victim".to_string()])
-        );
-
-        // Another ApiKey creating under the same name: no name-only candidate is provably ours,
-        // but one carrying our attempt id is.
-        let mut busy = others;
-        busy.pending_names.insert("shared".into());
-        let (mine, spared) = provably_mine(
-            vec!["stray".into(), "tagged".into()],
-            &pending,
-            &busy,
-            |id| (id == "tagged").then(|| "a1".to_string()),
-        );
-        assert_eq!(
-            (mine, spared),
-            (vec!["tagged".to_string()], vec!["stray".to_string()])
-        );
     }
 
     fn pending(name: &str, attempt: &str) -> PendingCreate {

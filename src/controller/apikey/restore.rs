@@ -1,24 +1,22 @@
 //! When the key or its value went missing: the Secret is restored from the provider's copy where
 //! the provider keeps one; otherwise an adopted key is re-adopted and a minted one replaced.
 
-use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::events::EventType;
 use secrecy::SecretString;
 
 use super::super::reasons::Reason;
 use super::super::secret;
 use super::status::Ready;
-use super::validate::ValidatedApiKey;
-use super::{adopt, create, Failure, LocatedKey, Reconciler};
+use super::{adopt, create, Failure, LocatedKey, Step};
 use crate::api::ApiKeyStatus;
 
 /// The value the Secret must hold for `key`: the one it holds, else the provider's copy
 /// (providers that return the plaintext give it back). `None`: the value is lost.
 pub async fn value_to_deliver(
-    r: &Reconciler<'_>,
-    existing: Option<&Secret>,
+    s: &Step<'_>,
     key: &LocatedKey,
 ) -> Result<Option<SecretString>, Failure> {
+    let (r, existing) = (&s.r, s.existing.as_ref());
     let held = existing
         .filter(|s| secret::key_id_of(s).as_deref() == Some(key.id.as_str()))
         .and_then(|s| secret::value_of(r.ak, s));
@@ -43,13 +41,8 @@ pub async fn value_to_deliver(
 
 /// The key no longer exists (or was revoked) at the provider: an adopted key cannot come back,
 /// a minted one is created again.
-pub async fn key_missing(
-    r: &Reconciler<'_>,
-    v: &ValidatedApiKey,
-    st: &mut ApiKeyStatus,
-    existing: Option<&Secret>,
-    id: &str,
-) -> Result<Ready, Failure> {
+pub async fn key_missing(s: &Step<'_>, st: &mut ApiKeyStatus, id: &str) -> Result<Ready, Failure> {
+    let (r, v) = (&s.r, &s.v);
     let note = format!(
         "key {id} no longer exists (or was revoked) at {}",
         r.p.provider_type
@@ -66,17 +59,16 @@ pub async fn key_missing(
         ));
     }
     st.key_id = None;
-    create::create(r, v, st, existing, None).await
+    create::create(s, st, None).await
 }
 
 /// The Secret lost the value of `key`: adopted keys are re-adopted, minted ones replaced.
 pub async fn replace_or_readopt(
-    r: &Reconciler<'_>,
-    v: &ValidatedApiKey,
+    s: &Step<'_>,
     st: &mut ApiKeyStatus,
-    existing: Option<&Secret>,
     key: LocatedKey,
 ) -> Result<Ready, Failure> {
+    let (r, v) = (&s.r, &s.v);
     let note = format!(
         "Secret {} no longer holds the value of key {}; the value cannot be read back from {}",
         r.ak.secret_name(),
@@ -87,7 +79,7 @@ pub async fn replace_or_readopt(
         .await;
     if v.settings.key_ref.is_some() {
         st.key_id = None;
-        return adopt::adopt(r, st, &key.at, &key.id, existing).await;
+        return adopt::adopt(s, st, &key.at, &key.id).await;
     }
-    create::create(r, v, st, existing, Some(key)).await
+    create::create(s, st, Some(key)).await
 }

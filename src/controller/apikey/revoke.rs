@@ -7,8 +7,7 @@ use kube::runtime::events::EventType;
 use super::super::backends::ResolvedProvider;
 use super::super::context::Context;
 use super::super::reasons::Reason;
-use super::status::scope_at;
-use super::{Failure, Reconciler};
+use super::{scope_at, Failure, Reconciler};
 use crate::api::{ApiKeyStatus, PreviousKey};
 use crate::metrics::ProviderLabel;
 use crate::providers::{KeyScope, ProviderError};
@@ -36,7 +35,7 @@ pub async fn revoke_quietly(
 
 /// Whether a replaced key is due for its revoke (an unreadable time counts as due).
 pub fn is_due(prev: &PreviousKey, now: DateTime<Utc>) -> bool {
-    DateTime::parse_from_rfc3339(&prev.delete_after).map_or(true, |t| t <= now)
+    super::super::time::parse(&prev.delete_after).is_none_or(|t| t <= now)
 }
 
 /// Revoke the replaced keys that are due (`status.previousKeys`); those the provider refuses now

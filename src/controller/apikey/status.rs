@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::EventType;
 use kube::ResourceExt;
 use serde_json::Value;
 
@@ -12,9 +12,10 @@ use super::super::backends::ResolvedProvider;
 use super::super::conditions::{is_ready, set_ready, Readiness};
 use super::super::context::{Context, Tracked};
 use super::super::reasons::Reason;
+use super::super::time::{self, ts};
 use super::Failure;
-use crate::api::{ApiKey, ApiKeyStatus, KeyLocation};
-use crate::providers::{KeyScope, ProviderKey};
+use crate::api::{ApiKey, ApiKeyStatus};
+use crate::providers::ProviderKey;
 
 /// What a successful reconcile reports.
 #[derive(Debug)]
@@ -24,8 +25,8 @@ pub struct Ready {
     pub requeue: Duration,
     /// A key created under its provisional name, to be given its display name once the status
     /// recording it is written (never before: until then its provisional name is what proves
-    /// it the attempt's own to crash recovery, see `create::rename_after_write`).
-    pub rename: Option<Box<super::create::Rename>>,
+    /// it the attempt's own to crash recovery, see `attempt::rename_after_write`).
+    pub rename: Option<Box<super::attempt::Rename>>,
 }
 
 impl Ready {
@@ -47,7 +48,14 @@ pub fn conclude(
     generation: Option<i64>,
     outcome: &Result<Ready, Failure>,
 ) -> bool {
-    let readiness = match outcome {
+    let changed = set_ready(&mut st.conditions, generation, &readiness(outcome));
+    st.observed_generation = generation;
+    changed
+}
+
+/// The Ready condition an outcome sets.
+pub fn readiness(outcome: &Result<Ready, Failure>) -> Readiness {
+    match outcome {
         Ok(r) => Readiness {
             ready: true,
             reason: r.reason,
@@ -58,10 +66,39 @@ pub fn conclude(
             reason: f.reason,
             message: f.message.clone(),
         },
+    }
+}
+
+/// Say that the ApiKey is not ready, the one way every path does (a failed reconcile, a revoke
+/// refused on deletion, a contained panic): `not_ready` as the Ready condition of `after`, a
+/// Warning Event (`action`) only when the condition a person sees changed, and `after` written
+/// when the server holds something else (`read`: the status the work began with; see
+/// [`ServerCopy::differs`]). Returns whether the condition changed, and the write's outcome.
+pub async fn report_not_ready(
+    ctx: &Context,
+    ak: &ApiKey,
+    seen: &ServerCopy,
+    read: &ApiKeyStatus,
+    after: &mut ApiKeyStatus,
+    not_ready: Readiness,
+    action: &str,
+) -> (bool, Result<(), kube::Error>) {
+    let changed = set_ready(&mut after.conditions, ak.metadata.generation, &not_ready);
+    if changed {
+        ctx.event(
+            ak,
+            EventType::Warning,
+            not_ready.reason,
+            action,
+            not_ready.message,
+        )
+        .await;
+    }
+    let written = match seen.differs(after, read) {
+        true => write_status(ctx, ak, after, seen).await,
+        false => Ok(()),
     };
-    let changed = set_ready(&mut st.conditions, generation, &readiness);
-    st.observed_generation = generation;
-    changed
+    (changed, written)
 }
 
 /// What the gauges know of an ApiKey with this status.
@@ -69,46 +106,13 @@ pub fn tracked(st: &ApiKeyStatus) -> Tracked {
     let expiry = st
         .expires_at
         .as_deref()
-        .and_then(|e| DateTime::parse_from_rfc3339(e).ok())
+        .and_then(time::parse)
         .map(|e| e.timestamp());
     (
         st.provider_type.clone().unwrap_or_else(|| "unknown".into()),
         is_ready(&st.conditions),
         expiry,
     )
-}
-
-pub fn now_rfc3339() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-pub fn ts(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-/// How a scope is recorded in the status (`{}` for the provider's only family).
-pub fn location(scope: &KeyScope) -> Option<KeyLocation> {
-    Some(KeyLocation {
-        family: scope.family.clone(),
-        parent: scope.parent.clone(),
-    })
-}
-
-/// The scope a recorded location names; `fallback` when none was recorded (a status written
-/// before keysmith recorded locations: the key lives where the spec says).
-pub fn scope_at(loc: Option<&KeyLocation>, fallback: &KeyScope) -> KeyScope {
-    match loc {
-        Some(l) => KeyScope {
-            family: l.family.clone(),
-            parent: l.parent.clone(),
-        },
-        None => fallback.clone(),
-    }
-}
-
-/// Where the current key lives.
-pub fn key_scope(st: &ApiKeyStatus, desired: &KeyScope) -> KeyScope {
-    scope_at(st.key_scope.as_ref(), desired)
 }
 
 pub fn active_message(p: &ResolvedProvider, st: &ApiKeyStatus, secret_name: &str) -> String {
@@ -129,23 +133,23 @@ pub fn fill_from_key(st: &mut ApiKeyStatus, k: &ProviderKey) {
         st.key_hint = k.hint.clone();
     }
     if let Some(c) = &k.created_at {
-        st.created_at = Some(ts(c));
+        st.created_at = Some(ts(*c));
     }
     if let Some(e) = &k.observed.expires_at {
-        st.expires_at = e.as_ref().map(ts);
+        st.expires_at = e.map(ts);
     }
     if let Some(e) = &k.expires_at {
-        st.expires_at = Some(ts(e));
+        st.expires_at = Some(ts(*e));
     }
     if k.last_used_at.is_some() {
-        st.last_used_at = k.last_used_at.as_ref().map(ts);
+        st.last_used_at = k.last_used_at.map(ts);
     }
     if k.usage.is_some() {
         // The limit's period counts the spend of the keys this one replaced (issue 21).
         st.usage = crate::controller::limits::across_generations(
             k.usage.clone(),
             st.limit_carry_over.as_deref(),
-            Utc::now(),
+            chrono::Utc::now(),
         );
     }
 }
@@ -303,20 +307,5 @@ mod tests {
             .unwrap()
             .contains_key("pendingCreate"));
         assert!(status_patch(&st, None).get("metadata").is_none());
-    }
-
-    #[test]
-    fn a_recorded_location_wins_over_the_spec() {
-        let desired = KeyScope {
-            family: "agent".into(),
-            parent: "new".into(),
-        };
-        let mut st = ApiKeyStatus::default();
-        assert_eq!(key_scope(&st, &desired), desired);
-        st.key_scope = location(&KeyScope {
-            family: "agent".into(),
-            parent: "old".into(),
-        });
-        assert_eq!(key_scope(&st, &desired).parent, "old");
     }
 }

@@ -1,7 +1,6 @@
 //! Keeping a key's settings in sync: what the provider knows of the key, which drift can be
 //! updated in place and which needs a new key.
 
-use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::events::EventType;
 
 use super::super::backends::ResolvedProvider;
@@ -9,9 +8,8 @@ use super::super::context::Context;
 use super::super::limits;
 use super::super::reasons::Reason;
 use super::deliver::{ensure_secret, Delivery};
-use super::status::{fill_from_key, key_scope, location, Ready};
-use super::validate::ValidatedApiKey;
-use super::{create, restore, Failure, LocatedKey, Reconciler};
+use super::status::{fill_from_key, Ready};
+use super::{create, key_scope, location, restore, Failure, LocatedKey, Step};
 use crate::api::{ApiKeyStatus, ImmutableChangePolicy};
 use crate::providers::{self, Capabilities, Field, KeyScope, ProviderError, ProviderKey};
 
@@ -59,12 +57,12 @@ pub fn field_path(f: Field, p: &ResolvedProvider) -> String {
 /// Update what can be updated in place on `key` (as `current` reports it); returns the drifted
 /// fields that need a new key.
 pub async fn update_in_place(
-    r: &Reconciler<'_>,
-    v: &ValidatedApiKey,
+    s: &Step<'_>,
     st: &mut ApiKeyStatus,
     current: &ProviderKey,
     key: &LocatedKey,
 ) -> Result<Vec<Field>, Failure> {
+    let (r, v) = (&s.r, &s.v);
     // The spec, narrowed by the budgets that hold this key (Throttle, Disable).
     let desired = limits::wanted(r.ctx, r.ak, st, &v.settings);
     let drifted = providers::drift(r.p.backend.as_ref(), current, &desired);
@@ -92,12 +90,11 @@ pub async fn update_in_place(
 /// The ApiKey has key `id`: check it still exists, that the Secret holds its value, and that
 /// its settings match the spec; report it.
 pub async fn sync_existing(
-    r: &Reconciler<'_>,
-    v: &ValidatedApiKey,
+    s: &Step<'_>,
     st: &mut ApiKeyStatus,
-    existing: Option<&Secret>,
     id: String,
 ) -> Result<Ready, Failure> {
+    let (r, v, existing) = (&s.r, &s.v, s.existing.as_ref());
     // The key is read, updated and revoked where it lives, which a spec edit (another agent,
     // workspace…) does not change: that is a difference only a new key resolves.
     let key = LocatedKey {
@@ -109,24 +106,29 @@ pub async fn sync_existing(
     let spec_changed = st.observed_generation != r.ak.metadata.generation;
     let current = match observe(r.ctx, r.p, &key.at, &key.id, spec_changed).await? {
         Some(k) if k.active => k,
-        _ => return restore::key_missing(r, v, st, existing, &key.id).await,
+        _ => return restore::key_missing(s, st, &key.id).await,
     };
     fill_from_key(st, &current);
     st.key_scope = location(&key.at);
 
     // The Secret must hold this key's value.
-    let Some(value) = restore::value_to_deliver(r, existing, &key).await? else {
-        return restore::replace_or_readopt(r, v, st, existing, key).await;
+    let Some(value) = restore::value_to_deliver(s, &key).await? else {
+        return restore::replace_or_readopt(s, st, key).await;
     };
 
-    let immutable = update_in_place(r, v, st, &current, &key).await?;
+    let immutable = update_in_place(s, st, &current, &key).await?;
     if !immutable.is_empty()
         && r.ak.spec.on_immutable_change == ImmutableChangePolicy::Replace
         && v.settings.key_ref.is_none()
     {
         // The replacement gets what is left of spec.limit after the old key's spend.
         let for_new = super::super::limits::count_replaced(r, v, st, &key).await?;
-        return create::create(r, &for_new, st, existing, Some(key)).await;
+        let s = Step {
+            r: *r,
+            v: for_new,
+            existing: s.existing.clone(),
+        };
+        return create::create(&s, st, Some(key)).await;
     }
     st.fields_needing_new_key = immutable.iter().map(|f| field_path(*f, r.p)).collect();
     let delivery = Delivery {

@@ -1,7 +1,7 @@
 //! Checking an ApiKey against what its provider can do, before any provider call. Pure: the
 //! result is a [`ValidatedApiKey`] or the [`Failure`] to report.
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use kube::ResourceExt;
 
 use super::super::backends::ResolvedProvider;
@@ -9,7 +9,7 @@ use super::super::reasons::Reason;
 use super::super::secret;
 use super::Failure;
 use crate::api::{ApiKey, ApiKeyStatus, ProviderType};
-use crate::providers::{AdoptMode, Capabilities, Field, KeyScope, KeySettings};
+use crate::providers::{AdoptMode, Capabilities, Field, KeyBackend, KeyScope, KeySettings};
 
 /// An ApiKey its provider can honour: the key's desired settings and where a new key goes.
 #[derive(Debug)]
@@ -25,35 +25,49 @@ pub fn validate(
     st: &ApiKeyStatus,
     p: &ResolvedProvider,
 ) -> Result<ValidatedApiKey, Failure> {
-    let caps = p.backend.capabilities();
-    let bad = unsupported_fields(ak, p.provider_type, caps);
+    validate_for(ak, st, p.provider_type, p.backend.as_ref())
+}
+
+/// [`validate`] against a provider's client alone: `keysmith render` has no cluster to resolve
+/// the provider object in, and says what the controller would (one validation, not two).
+pub fn validate_for(
+    ak: &ApiKey,
+    st: &ApiKeyStatus,
+    provider_type: ProviderType,
+    backend: &dyn KeyBackend,
+) -> Result<ValidatedApiKey, Failure> {
+    let caps = backend.capabilities();
+    let bad = unsupported_fields(ak, provider_type, caps);
     if !bad.is_empty() {
         return Err(Failure::permanent(
             Reason::UnsupportedField,
             format!(
                 "{} cannot honour {}; remove or change them",
-                p.provider_type,
+                provider_type,
                 bad.join(", ")
             ),
         ));
     }
     secret::check_template(ak).map_err(|m| Failure::permanent(Reason::InvalidSpec, m))?;
     let settings = settings_for(ak, st)?;
-    if settings.name.starts_with(super::create::PROVISIONAL_PREFIX) {
+    if settings
+        .name
+        .starts_with(super::attempt::PROVISIONAL_PREFIX)
+    {
         // Also refused by the CRD; an object stored before that rule is caught here.
         return Err(Failure::permanent(
             Reason::InvalidSpec,
             format!(
                 "spec.displayName: may not start with {} (keysmith's provisional key names)",
-                super::create::PROVISIONAL_PREFIX
+                super::attempt::PROVISIONAL_PREFIX
             ),
         ));
     }
-    let problems = p.backend.validate(&settings);
+    let problems = backend.validate(&settings);
     if !problems.is_empty() {
         return Err(Failure::permanent(Reason::InvalidSpec, problems.join("; ")));
     }
-    let scope = p.backend.scope(&settings);
+    let scope = backend.scope(&settings);
     Ok(ValidatedApiKey { settings, scope })
 }
 
@@ -62,8 +76,7 @@ pub fn settings_for(ak: &ApiKey, st: &ApiKeyStatus) -> Result<KeySettings, Failu
     let anchor = st
         .created_at
         .as_deref()
-        .and_then(|c| DateTime::parse_from_rfc3339(c).ok())
-        .map(|c| c.with_timezone(&Utc))
+        .and_then(super::super::time::parse)
         .unwrap_or_else(Utc::now);
     let mut s = KeySettings::from_spec(&ak.spec, ak.display_name(), anchor)
         .map_err(|m| Failure::permanent(Reason::InvalidSpec, m))?;

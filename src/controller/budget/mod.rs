@@ -334,7 +334,7 @@ async fn view(
     let settings = super::validate::settings_for(ak, &st)
         .map_err(|_| "its spec does not validate".to_string())?;
     let desired = p.backend.scope(&settings);
-    let scope = super::apikey::status::key_scope(&st, &desired);
+    let scope = super::apikey::key_scope(&st, &desired);
     let current = listings
         .find(ctx, &p, &scope, &id)
         .await?
@@ -345,7 +345,7 @@ async fn view(
         if claims.get(prev.key_id.as_str()).copied().unwrap_or(0) > 1 {
             continue;
         }
-        let at = super::apikey::status::scope_at(prev.scope.as_ref(), &scope);
+        let at = super::apikey::scope_at(prev.scope.as_ref(), &scope);
         if let Ok(Some(k)) = listings.find(ctx, &p, &at, &prev.key_id).await {
             older.push(k);
         }
@@ -637,10 +637,6 @@ fn with_cannot(note: String, cannot: &[String]) -> String {
     s
 }
 
-fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
 /// Set condition `type_` (the transition time kept while its status stays the same).
 fn set_condition(
     conds: &mut Vec<Condition>,
@@ -680,7 +676,7 @@ async fn write_status(
     let spec = b.spec();
     let old = b.status().cloned().unwrap_or_default();
     let (start, end) = tally::period_bounds(spec.period, now);
-    let start_s = rfc3339(start);
+    let start_s = super::time::ts(start);
     let same_period = old.period_start.as_deref() == Some(start_s.as_str());
     let before: Vec<f64> = if same_period {
         old.thresholds_reached.clone()
@@ -699,7 +695,7 @@ async fn write_status(
     let mut st = KeyBudgetStatus {
         observed_generation: b.generation(),
         period_start: Some(start_s),
-        period_end: Some(rfc3339(end)),
+        period_end: Some(super::time::ts(end)),
         unit: Some(currency.clone()),
         spent: Some(decimal_from_f64(fig.spent)),
         remaining: Some(decimal_from_f64(fig.remaining)),
@@ -781,16 +777,14 @@ async fn write_status(
     let stale = old
         .last_refresh
         .as_deref()
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .is_none_or(|t| {
-            (now - t.with_timezone(&Utc)).to_std().unwrap_or_default() >= LAST_REFRESH_EVERY
-        });
+        .and_then(super::time::parse)
+        .is_none_or(|t| (now - t).to_std().unwrap_or_default() >= LAST_REFRESH_EVERY);
     let mut compare = old.clone();
     compare.last_refresh = st.last_refresh.clone();
     if compare == st && !stale {
         return Ok(false);
     }
-    st.last_refresh = Some(rfc3339(now));
+    st.last_refresh = Some(super::time::ts(now));
     let mut v = serde_json::to_value(&st).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut v {
         // A merge patch keeps what it does not name: absent fields are written as null.
