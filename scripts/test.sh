@@ -59,6 +59,7 @@ if [[ -x "$node_scripts/up.sh" && $(id -u) == 0 && $(uname -s) == Linux ]]; then
   # The node can run here: its packages must install, and a node that does not start fails the
   # run instead of skipping the tests.
   scripts/install-node-tools.sh
+  scripts/install-check-tools.sh registry   # tests/e2e_release.rs: the loopback registry
   export KEYSMITH_REQUIRE_NODE=1
   node_closing="; node e2e tests (tests/e2e_node.rs) ran on a one-node cluster"
 else

@@ -78,10 +78,12 @@ fn init_logging(format: &str) {
 async fn main() -> anyhow::Result<()> {
     // The one TLS crypto provider (ring), chosen explicitly: rustls cannot pick one by itself
     // when a build compiles in more than one, and every Kubernetes and provider client needs it.
-    if rustls::crypto::ring::default_provider()
-        .install_default()
-        .is_err()
-    {
+    // rustls 0.23.48 deprecates ring's provider for want of post-quantum key exchange (only its
+    // aws-lc-rs provider has X25519MLKEM768); kube's `ring` feature and a C-free build keep ring
+    // here: switching to aws-lc-rs (cmake, a C toolchain, a slower cold build) is its own change.
+    #[allow(deprecated)]
+    let provider = rustls::crypto::ring::default_provider();
+    if provider.install_default().is_err() {
         anyhow::bail!("a TLS crypto provider was already installed");
     }
     let cli = Cli::parse();

@@ -53,6 +53,9 @@ pub const PINNED: [(&str, &str); 3] = [
 
 /// Install ring as rustls' process-wide crypto provider (as `keysmith`'s main does), so that
 /// clients built in tests never depend on which providers the dependency graph compiled in.
+// (rustls 0.23.48 deprecates ring's provider: no post-quantum key exchange; ring stays
+// the one provider, see src/main.rs)
+#[allow(deprecated)]
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }

@@ -352,6 +352,9 @@ fn start() -> Result<Node, String> {
 pub fn shared() -> &'static Result<Node, String> {
     static NODE: OnceLock<Result<Node, String>> = OnceLock::new();
     NODE.get_or_init(|| {
+        // (rustls 0.23.48 deprecates ring's provider: no post-quantum key exchange; ring stays
+        // the one provider, see src/main.rs)
+        #[allow(deprecated)]
         let _ = rustls::crypto::ring::default_provider().install_default();
         start()
     })

@@ -243,7 +243,24 @@ async fn a_noisy_namespace_neither_starves_another_nor_exceeds_its_budget() {
     // condition says so, and an Event said so once.
     let mut deferred = 0;
     for n in &a_names {
-        let ak = env.get(n).await;
+        // The last request may still be on its way through the queue: wait until the
+        // controller has either handled it or said it holds it (on a loaded machine that takes
+        // a few seconds), then judge what it did.
+        let settle = Instant::now() + Duration::from_secs(30);
+        let ak = loop {
+            let ak = env.get(n).await;
+            let st = ak.status.clone().unwrap_or_default();
+            let handled = st.rotation.as_ref().and_then(|r| r.handled_request.clone());
+            let asked = ak.metadata.annotations.as_ref().unwrap()[ROTATE_ANNOTATION].clone();
+            let (_, _, message) = ready(&ak);
+            if handled.as_deref() == Some(asked.as_str())
+                || message.contains(BUDGET_HELD)
+                || Instant::now() > settle
+            {
+                break ak;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
         let st = ak.status.clone().unwrap_or_default();
         assert!(
             st.recent_creates.len() <= BUDGET,
@@ -252,16 +269,13 @@ async fn a_noisy_namespace_neither_starves_another_nor_exceeds_its_budget() {
         );
         let (status, _, message) = ready(&ak);
         assert_eq!(status, "True", "{n} keeps its live key: {message}");
-        if st.recent_creates.len() == BUDGET {
+        let handled = st.rotation.as_ref().and_then(|r| r.handled_request.clone());
+        let asked = ak.metadata.annotations.as_ref().unwrap()[ROTATE_ANNOTATION].clone();
+        // A spent budget with the last request not handled: it is held, and the condition says
+        // so (a last request that itself created the budget's last key was handled in time).
+        if st.recent_creates.len() == BUDGET && handled.as_deref() != Some(asked.as_str()) {
             deferred += 1;
             assert!(message.contains(BUDGET_HELD), "{n}: {message}");
-            let handled = st.rotation.as_ref().and_then(|r| r.handled_request.clone());
-            let asked = ak.metadata.annotations.as_ref().unwrap()[ROTATE_ANNOTATION].clone();
-            assert_ne!(
-                handled.as_deref(),
-                Some(asked.as_str()),
-                "{n}: deferred, not handled"
-            );
         }
     }
     assert!(

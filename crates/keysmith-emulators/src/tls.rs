@@ -26,6 +26,9 @@ pub fn server_config(
     anyhow::ensure!(!chain.is_empty(), "TLS certificate: no PEM certificate");
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|_| anyhow::anyhow!("TLS key: no PEM private key"))?;
+    // rustls 0.23.48 deprecates ring's provider (no post-quantum key exchange); ring stays the
+    // one provider of the build (the operator's src/main.rs says why)
+    #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
