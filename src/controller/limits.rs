@@ -2,23 +2,483 @@
 //! key now": the ApiKey's spec, narrowed by the budgets that select it (`Throttle`: a lower
 //! limit over the budget's period; `Disable`: disabled). The ApiKey sync pushes exactly this,
 //! so it never undoes what a budget did, and the budget pass restores the spec the same way.
+//!
+//! Issue 21 §1: `spec.limit` is the ApiKey's limit, not each key's. When a key is replaced
+//! (rotation, a spec change that needs a new key), what it spent in the period is counted in
+//! `status.limitCarryOver` (which tenants cannot write) before the new key is created
+//! ([`count_replaced`]), the replaced key's limit is lowered to its spend ([`hold_replaced`]),
+//! and the current key gets only what is left ([`left`]) until the period ends: old and new keys
+//! together never exceed `spec.limit`. [`wanted`] applies it before a budget's narrowing, so the
+//! sync and the budget pass push the same limit; [`apply`] gives it to the steps that create.
 
+use chrono::{DateTime, Datelike, Duration as ChronoDuration, NaiveDate, TimeZone, Utc};
 use kube::ResourceExt;
 
+use super::apikey::{Failure, LocatedKey, Reconciler, ValidatedApiKey};
 use super::budget::enforce::Hold;
 use super::context::Context;
-use crate::api::ApiKey;
-use crate::providers::{Field, KeySettings, Limit};
+use super::time::ts;
+use crate::api::{ApiKey, ApiKeyStatus, CarriedKey, LimitCarryOver, LimitReset, Usage};
+use crate::providers::{Field, KeySettings, Limit, ProviderKey};
+
+/// Replaced keys listed one by one in `limitCarryOver.keys`; older ones are only in the total.
+const CARRIED_KEYS: usize = 16;
+/// Amounts are counted in millionths (OpenRouter stores at most 6 decimal places).
+const SCALE: i128 = 1_000_000;
+
+/// A decimal string in millionths; `None` when it is not a non-negative decimal. Extra digits
+/// are rounded up (`up`) or down.
+pub fn micros(s: &str, up: bool) -> Option<i128> {
+    let s = s.trim();
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    if int.is_empty()
+        || int.len() > 24
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let mut v: i128 = int.parse().ok()?;
+    v = v.checked_mul(SCALE)?;
+    let (six, rest) = frac.split_at(frac.len().min(6));
+    let six = format!("{six:0<6}");
+    v += six.parse::<i128>().ok()?;
+    if up && rest.bytes().any(|b| b != b'0') {
+        v += 1;
+    }
+    Some(v)
+}
+
+/// Millionths as a normalised decimal string.
+pub fn decimal(v: i128) -> String {
+    let v = v.max(0);
+    let (int, frac) = (v / SCALE, v % SCALE);
+    if frac == 0 {
+        return int.to_string();
+    }
+    let f = format!("{frac:06}");
+    format!("{int}.{}", f.trim_end_matches('0'))
+}
+
+/// The name of a reset period (`never` when none).
+fn reset_name(r: Option<LimitReset>) -> &'static str {
+    r.unwrap_or(LimitReset::Never).as_str()
+}
+
+/// The spend of `usage` over the period of `reset` (`total` for a limit that never resets).
+pub fn period_spend(usage: &Usage, reset: Option<LimitReset>) -> Option<&str> {
+    match reset.unwrap_or(LimitReset::Never) {
+        LimitReset::Daily => usage.daily.as_deref(),
+        LimitReset::Weekly => usage.weekly.as_deref(),
+        LimitReset::Monthly => usage.monthly.as_deref(),
+        LimitReset::Never => usage.total.as_deref(),
+    }
+}
+
+fn period_spend_mut(usage: &mut Usage, reset: Option<LimitReset>) -> &mut Option<String> {
+    match reset.unwrap_or(LimitReset::Never) {
+        LimitReset::Daily => &mut usage.daily,
+        LimitReset::Weekly => &mut usage.weekly,
+        LimitReset::Monthly => &mut usage.monthly,
+        LimitReset::Never => &mut usage.total,
+    }
+}
+
+/// When the calendar period (UTC) that contains `now` ends: days at midnight, weeks on Monday
+/// (OpenRouter: "resets at midnight UTC; weeks Mon–Sun"), months on the 1st. `None`: never.
+pub fn calendar_period_end(reset: Option<LimitReset>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let midnight = |d: NaiveDate| Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0)?).into();
+    let today = now.date_naive();
+    match reset.unwrap_or(LimitReset::Never) {
+        LimitReset::Never => None,
+        LimitReset::Daily => midnight(today.succ_opt()?),
+        LimitReset::Weekly => {
+            let days = 7 - i64::from(today.weekday().num_days_from_monday());
+            midnight(today.checked_add_signed(ChronoDuration::days(days))?)
+        }
+        LimitReset::Monthly => {
+            let (y, m) = if today.month() == 12 {
+                (today.year() + 1, 1)
+            } else {
+                (today.year(), today.month() + 1)
+            };
+            midnight(NaiveDate::from_ymd_opt(y, m, 1)?)
+        }
+    }
+}
+
+/// The carried spend that counts against `spec` at `now`: recorded for the same reset and its
+/// period not over. An unreadable end counts as not over (a garbled status never raises a limit).
+pub fn active<'a>(
+    spec: Option<&Limit>,
+    carry: Option<&'a LimitCarryOver>,
+    now: DateTime<Utc>,
+) -> Option<&'a LimitCarryOver> {
+    let (spec, carry) = (spec?, carry?);
+    if carry.reset != reset_name(spec.reset) {
+        return None;
+    }
+    match carry.period_ends_at.as_deref() {
+        None => Some(carry),
+        Some(end) => match DateTime::parse_from_rfc3339(end) {
+            Ok(end) if end <= now => None,
+            _ => Some(carry),
+        },
+    }
+}
+
+/// The limit keysmith wants at the provider for the key `current` of an ApiKey now:
+/// `spec.limit` minus what the *other* keys of the period spent (never below zero), or
+/// `spec.limit` itself when nothing is carried or the period ended. `current: None`: a key
+/// about to be created.
+pub fn left(
+    spec: Option<&Limit>,
+    carry: Option<&LimitCarryOver>,
+    current: Option<&str>,
+    now: DateTime<Utc>,
+) -> Option<Limit> {
+    let spec = spec?;
+    let Some(carry) = active(Some(spec), carry, now) else {
+        return Some(spec.clone());
+    };
+    // An unreadable amount carried counts as the whole limit spent (never raises a limit).
+    let limit = micros(&spec.amount, false)?;
+    let mut spent = micros(&carry.spent, true).unwrap_or(limit);
+    if let Some(own) = carry
+        .keys
+        .iter()
+        .find(|k| Some(k.key_id.as_str()) == current)
+    {
+        spent -= micros(&own.spent, true).unwrap_or(0);
+    }
+    Some(Limit {
+        amount: decimal(limit - spent.max(0)),
+        reset: spec.reset,
+    })
+}
+
+/// The validated settings with the limit [`left`] for the current key now; an expired
+/// carry-over is dropped from the status. Every step that creates or updates a key takes its
+/// limit from here.
+pub fn apply(v: ValidatedApiKey, st: &mut ApiKeyStatus, now: DateTime<Utc>) -> ValidatedApiKey {
+    let carry = st.limit_carry_over.as_deref();
+    if carry.is_some() && active(v.settings.limit.as_ref(), carry, now).is_none() {
+        st.limit_carry_over = None;
+    }
+    let mut v = v;
+    v.settings.limit = left(
+        v.settings.limit.as_ref(),
+        st.limit_carry_over.as_deref(),
+        st.key_id.as_deref(),
+        now,
+    );
+    v
+}
+
+/// The usage of the current key as the status reports it: the period of the limit counts the
+/// replaced keys' spend too (`limitCarryOver`, which [`apply`] keeps only while it matches
+/// `spec.limit`); the other periods are the current key's.
+pub fn across_generations(
+    usage: Option<Usage>,
+    carry: Option<&LimitCarryOver>,
+    now: DateTime<Utc>,
+) -> Option<Usage> {
+    let mut usage = usage?;
+    let Some(carry) = carry else {
+        return Some(usage);
+    };
+    let reset = match carry.reset.as_str() {
+        "daily" => LimitReset::Daily,
+        "weekly" => LimitReset::Weekly,
+        "monthly" => LimitReset::Monthly,
+        _ => LimitReset::Never,
+    };
+    let spec = Limit {
+        amount: "0".into(),
+        reset: Some(reset),
+    };
+    if active(Some(&spec), Some(carry), now).is_none() {
+        return Some(usage);
+    }
+    let slot = period_spend_mut(&mut usage, Some(reset));
+    if let (Some(cur), Some(earlier)) = (
+        slot.as_deref().and_then(|s| micros(s, false)),
+        micros(&carry.spent, false),
+    ) {
+        *slot = Some(decimal(cur + earlier));
+    }
+    Some(usage)
+}
+
+/// Count `key`'s spend `spent` (millionths) in the carry-over of the period ending at `ends`;
+/// a key counted before is counted once, at the larger spend (a rotation retried after a crash
+/// lowers the same key again).
+pub fn carry(
+    st: &mut ApiKeyStatus,
+    spec: &Limit,
+    key: &str,
+    spent: i128,
+    ends: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) {
+    let current = active(Some(spec), st.limit_carry_over.as_deref(), now).cloned();
+    let mut c = current.unwrap_or_else(|| LimitCarryOver {
+        reset: reset_name(spec.reset).into(),
+        period_ends_at: ends.map(ts),
+        spent: "0".into(),
+        keys: Vec::new(),
+    });
+    let mut total = micros(&c.spent, true).unwrap_or(0);
+    match c.keys.iter_mut().find(|k| k.key_id == key) {
+        Some(k) => {
+            let before = micros(&k.spent, true).unwrap_or(0);
+            if spent > before {
+                total += spent - before;
+                k.spent = decimal(spent);
+            }
+        }
+        None => {
+            total += spent;
+            c.keys.push(CarriedKey {
+                key_id: key.to_string(),
+                spent: decimal(spent),
+                limit_lowered: false,
+            });
+            if c.keys.len() > CARRIED_KEYS {
+                c.keys.remove(0);
+            }
+        }
+    }
+    c.spent = decimal(total);
+    st.limit_carry_over = Some(Box::new(c));
+}
+
+/// Whether the provider can hold a limit across keys: it takes `spec.limit` and changes it on
+/// an existing key.
+fn can_hold(r: &Reconciler<'_>) -> bool {
+    let caps = r.p.backend.capabilities();
+    caps.supports(Field::LimitAmount) && caps.can_update(Field::LimitAmount)
+}
+
+/// The current key `old` is about to be replaced: count what it has spent in the period, so
+/// that the new key is created with what is left. Returns the settings for the new key. Call
+/// before the create: the carry-over goes into the status with the create's marker, before the
+/// provider is asked. The old key's own limit is lowered by [`hold_replaced`] once it is
+/// replaced (until then it is the current key and keeps its limit: a rotation that waits for
+/// its turn must not starve the key in use).
+pub async fn count_replaced(
+    r: &Reconciler<'_>,
+    v: &ValidatedApiKey,
+    st: &mut ApiKeyStatus,
+    old: &LocatedKey,
+) -> Result<ValidatedApiKey, Failure> {
+    let now = Utc::now();
+    let mut next = clone(v);
+    let Some(spec) = spec_limit(r).filter(|_| can_hold(r)) else {
+        return Ok(next);
+    };
+    let current = match r.p.backend.get(&old.at, &old.id).await {
+        Ok(k) => k,
+        Err(crate::providers::ProviderError::NotFound(_)) => return Ok(next),
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(spent) = spend_of(&current, spec.reset) {
+        carry(
+            st,
+            &spec,
+            &old.id,
+            spent,
+            period_end(&spec, &current, now),
+            now,
+        );
+    }
+    next.settings.limit = left(Some(&spec), st.limit_carry_over.as_deref(), None, now);
+    Ok(next)
+}
+
+/// When the period of `spec` that `key` spends in ends.
+fn period_end(spec: &Limit, key: &ProviderKey, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    if matches!(spec.reset, None | Some(LimitReset::Never)) {
+        return None;
+    }
+    key.usage
+        .as_ref()
+        .and_then(|u| u.resets_at.as_deref())
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .or_else(|| calendar_period_end(spec.reset, now))
+}
+
+/// Lower the limit of every replaced key still live (`previousKeys`) to what it has spent in
+/// the period, once, and count that spend (so a key replaced before a crash, by a spec change or
+/// before this feature existed is held too). When the count grew, the current key gets the
+/// smaller limit left at once. Quiet when every replaced key is held already. Returns a note
+/// for the Ready message when the provider cannot hold the limit.
+pub async fn hold_replaced(
+    r: &Reconciler<'_>,
+    v: &ValidatedApiKey,
+    st: &mut ApiKeyStatus,
+) -> Result<Option<String>, Failure> {
+    let Some(spec) = spec_limit(r) else {
+        // UCloud's caps live in its own block and are per key: say so while two keys are live.
+        let capped =
+            r.ak.spec.ucloud.as_ref().is_some_and(|u| {
+                u.daily_limit_amount.is_some() || u.monthly_limit_amount.is_some()
+            });
+        return Ok((capped && !st.previous_keys.is_empty()).then(|| {
+            not_held(
+                r,
+                "caps spend per key (spec.ucloud.dailyLimitAmount, monthlyLimitAmount)",
+            )
+        }));
+    };
+    if st.previous_keys.is_empty() {
+        return Ok(None);
+    }
+    if !can_hold(r) {
+        return Ok(Some(not_held(
+            r,
+            "cannot change the limit of an existing key",
+        )));
+    }
+    let now = Utc::now();
+    let before = left(
+        Some(&spec),
+        active(Some(&spec), st.limit_carry_over.as_deref(), now),
+        st.key_id.as_deref(),
+        now,
+    );
+    let mut note = None;
+    for prev in st.previous_keys.clone() {
+        let held = active(Some(&spec), st.limit_carry_over.as_deref(), now).is_some_and(|c| {
+            c.keys
+                .iter()
+                .any(|k| k.key_id == prev.key_id && k.limit_lowered)
+        });
+        if held {
+            continue;
+        }
+        let at = super::apikey::scope_at(prev.scope.as_ref(), &v.scope);
+        let key = match r.p.backend.get(&at, &prev.key_id).await {
+            Ok(k) => k,
+            Err(crate::providers::ProviderError::NotFound(_)) => {
+                // Gone: it spends nothing more. Counted at what it was last seen spending.
+                carry(st, &spec, &prev.key_id, 0, None, now);
+                mark_lowered(st, &prev.key_id);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some(spent) = spend_of(&key, spec.reset) else {
+            note = Some(not_held(r, "reports no spend for the limit's period"));
+            continue;
+        };
+        let mut frozen = v.settings.clone();
+        frozen.limit = Some(Limit {
+            amount: decimal(spent),
+            reset: spec.reset,
+        });
+        let updated =
+            r.p.backend
+                .update(&at, &prev.key_id, &frozen, &[Field::LimitAmount])
+                .await?;
+        // Spend that landed between the read and the update counts too.
+        let spent = spend_of(&updated, spec.reset).map_or(spent, |s| s.max(spent));
+        carry(
+            st,
+            &spec,
+            &prev.key_id,
+            spent,
+            period_end(&spec, &key, now),
+            now,
+        );
+        mark_lowered(st, &prev.key_id);
+        tracing::debug!(key = %prev.key_id, spent = %decimal(spent), "replaced key's limit lowered to its spend");
+    }
+    let after = left(
+        Some(&spec),
+        st.limit_carry_over.as_deref(),
+        st.key_id.as_deref(),
+        now,
+    );
+    if after != before {
+        if let (Some(id), Some(limit)) = (st.key_id.clone(), after) {
+            let at = super::apikey::key_scope(st, &v.scope);
+            let mut s = v.settings.clone();
+            s.limit = Some(limit);
+            let updated =
+                r.p.backend
+                    .update(&at, &id, &s, &[Field::LimitAmount])
+                    .await?;
+            super::apikey::status::fill_from_key(st, &updated, r.p);
+            r.ctx.remember(r.p, &at, &updated).await;
+        }
+    }
+    Ok(note)
+}
+
+fn mark_lowered(st: &mut ApiKeyStatus, key: &str) {
+    if let Some(c) = st.limit_carry_over.as_mut() {
+        if let Some(k) = c.keys.iter_mut().find(|k| k.key_id == key) {
+            k.limit_lowered = true;
+        }
+    }
+}
+
+/// What `key` spent in the period of `reset`, in millionths.
+fn spend_of(key: &ProviderKey, reset: Option<LimitReset>) -> Option<i128> {
+    let u = key.usage.as_ref()?;
+    micros(period_spend(u, reset)?, true)
+}
+
+/// `spec.limit` of the ApiKey, normalised as the settings carry it.
+pub fn spec_limit(r: &Reconciler<'_>) -> Option<Limit> {
+    own_limit(r.ak)
+}
+
+/// `spec.limit` of `ak`, normalised as the settings carry it.
+pub fn own_limit(ak: &ApiKey) -> Option<Limit> {
+    let l = ak.spec.limit.as_deref()?;
+    Some(Limit {
+        amount: crate::providers::normalize_decimal(&l.amount)?,
+        reset: l.reset,
+    })
+}
+
+fn clone(v: &ValidatedApiKey) -> ValidatedApiKey {
+    ValidatedApiKey {
+        settings: v.settings.clone(),
+        scope: v.scope.clone(),
+    }
+}
+
+fn not_held(r: &Reconciler<'_>, why: &str) -> String {
+    format!(
+        "the spend limit is not held across keys: {} {why}, so the replaced key keeps its own limit during its grace period",
+        r.p.provider_type
+    )
+}
 
 /// The fields a budget may change on a key. After an operator start the sync leaves them alone
 /// until the budgets were added up once (see [`super::budget::enforce::Enforcements::settled`]):
 /// a throttle or disable made before the restart is not undone in between.
 pub const BUDGET_FIELDS: [Field; 3] = [Field::Disabled, Field::LimitAmount, Field::LimitReset];
 
-/// What keysmith wants at the provider for `ak`'s key now (`spec`: the settings from its spec).
-pub fn wanted(ctx: &Context, ak: &ApiKey, spec: &KeySettings) -> KeySettings {
+/// What keysmith wants at the provider for `ak`'s key now (`spec`: the settings from its spec;
+/// `st`: the status as this reconcile knows it): `spec.limit` less what replaced keys of the
+/// period spent ([`left`]), then narrowed by the budgets that hold the key.
+pub fn wanted(ctx: &Context, ak: &ApiKey, st: &ApiKeyStatus, spec: &KeySettings) -> KeySettings {
     let key = format!("{}/{}", ak.namespace().unwrap_or_default(), ak.name_any());
-    narrow(spec, ctx.budgets.hold_for(&key).as_ref())
+    let mut s = spec.clone();
+    if let Some(own) = own_limit(ak) {
+        s.limit = left(
+            Some(&own),
+            st.limit_carry_over.as_deref(),
+            st.key_id.as_deref(),
+            Utc::now(),
+        );
+    }
+    narrow(&s, ctx.budgets.hold_for(&key).as_ref())
 }
 
 /// `spec` narrowed by a budget's hold: disabled if the hold disables; the hold's limit unless
@@ -48,13 +508,136 @@ fn amount(l: &Limit) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::LimitReset;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
 
     fn limit(a: &str, r: LimitReset) -> Limit {
         Limit {
             amount: a.into(),
             reset: Some(r),
         }
+    }
+
+    #[test]
+    fn decimals_round_trip_in_millionths() {
+        assert_eq!(micros("10", false), Some(10_000_000));
+        assert_eq!(micros("6.25", false), Some(6_250_000));
+        assert_eq!(micros("0.0000011", true), Some(2));
+        assert_eq!(micros("0.0000011", false), Some(1));
+        assert_eq!(micros("-1", false), None);
+        assert_eq!(micros("1e3", false), None);
+        assert_eq!(micros(&"9".repeat(40), false), None);
+        assert_eq!(decimal(3_900_000), "3.9");
+        assert_eq!(decimal(4_000_000), "4");
+        assert_eq!(decimal(-5), "0");
+    }
+
+    #[test]
+    fn calendar_periods_end_at_utc_boundaries() {
+        let now = t("2026-12-06T04:30:00Z"); // a Sunday
+        assert_eq!(
+            calendar_period_end(Some(LimitReset::Daily), now),
+            Some(t("2026-12-07T00:00:00Z"))
+        );
+        assert_eq!(
+            calendar_period_end(Some(LimitReset::Weekly), now),
+            Some(t("2026-12-07T00:00:00Z"))
+        );
+        assert_eq!(
+            calendar_period_end(Some(LimitReset::Weekly), t("2026-12-07T00:00:00Z")),
+            Some(t("2026-12-14T00:00:00Z"))
+        );
+        assert_eq!(
+            calendar_period_end(Some(LimitReset::Monthly), now),
+            Some(t("2027-01-01T00:00:00Z"))
+        );
+        assert_eq!(calendar_period_end(Some(LimitReset::Never), now), None);
+        assert_eq!(calendar_period_end(None, now), None);
+    }
+
+    #[test]
+    fn a_new_key_gets_what_is_left_until_the_period_ends() {
+        let now = t("2026-12-06T04:30:00Z");
+        let spec = limit("10", LimitReset::Monthly);
+        let mut st = ApiKeyStatus::default();
+        assert_eq!(left(Some(&spec), None, None, now), Some(spec.clone()));
+        carry(
+            &mut st,
+            &spec,
+            "old",
+            6_000_000,
+            calendar_period_end(spec.reset, now),
+            now,
+        );
+        let c = st.limit_carry_over.as_deref();
+        assert_eq!(left(Some(&spec), c, None, now).unwrap().amount, "4");
+        // A retried freeze of the same key counts it once, at its larger spend.
+        carry(&mut st, &spec, "old", 6_500_000, None, now);
+        carry(&mut st, &spec, "old", 6_000_000, None, now);
+        assert_eq!(st.limit_carry_over.as_ref().unwrap().spent, "6.5");
+        // A second rotation in the same period adds the next key's spend.
+        carry(&mut st, &spec, "mid", 3_500_000, None, now);
+        let c = st.limit_carry_over.as_deref();
+        assert_eq!(left(Some(&spec), c, None, now).unwrap().amount, "0");
+        // The period ends: the whole limit again, and the status drops the carry-over.
+        let later = t("2027-01-01T00:00:00Z");
+        assert_eq!(left(Some(&spec), c, None, later), Some(spec.clone()));
+        // Another reset in the spec does not use it.
+        let daily = limit("10", LimitReset::Daily);
+        assert_eq!(left(Some(&daily), c, None, now), Some(daily.clone()));
+        // A garbled carry-over never raises the limit.
+        let bad = LimitCarryOver {
+            reset: "monthly".into(),
+            period_ends_at: Some("garbage".into()),
+            spent: "lots".into(),
+            keys: vec![],
+        };
+        assert_eq!(
+            left(Some(&spec), Some(&bad), None, later).unwrap().amount,
+            "0"
+        );
+    }
+
+    #[test]
+    fn carried_keys_stay_bounded_and_the_total_keeps_them() {
+        let now = t("2026-12-06T04:30:00Z");
+        let spec = limit("1000", LimitReset::Never);
+        let mut st = ApiKeyStatus::default();
+        for i in 0..40 {
+            carry(&mut st, &spec, &format!("k{i}"), 1_000_000, None, now);
+        }
+        let c = st.limit_carry_over.as_ref().unwrap();
+        assert_eq!(c.keys.len(), CARRIED_KEYS);
+        assert_eq!(c.spent, "40");
+        assert_eq!(c.period_ends_at, None);
+    }
+
+    #[test]
+    fn status_usage_counts_the_period_across_keys() {
+        let now = t("2026-12-06T04:30:00Z");
+        let c = LimitCarryOver {
+            reset: "monthly".into(),
+            period_ends_at: Some("2027-01-01T00:00:00Z".into()),
+            spent: "6".into(),
+            keys: vec![],
+        };
+        let u = Usage {
+            total: Some("1.5".into()),
+            monthly: Some("1.5".into()),
+            daily: Some("1.5".into()),
+            ..Default::default()
+        };
+        let out = across_generations(Some(u.clone()), Some(&c), now).unwrap();
+        assert_eq!(out.monthly.as_deref(), Some("7.5"));
+        assert_eq!(out.daily.as_deref(), Some("1.5"));
+        assert_eq!(out.total.as_deref(), Some("1.5"));
+        let later = t("2027-01-02T00:00:00Z");
+        assert_eq!(
+            across_generations(Some(u.clone()), Some(&c), later),
+            Some(u)
+        );
     }
 
     #[test]

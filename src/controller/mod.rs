@@ -11,6 +11,7 @@ pub(crate) mod context;
 pub(crate) mod credentials;
 pub(crate) mod error;
 pub(crate) mod fairness;
+pub mod history;
 pub mod inuse;
 pub mod leader;
 pub(crate) mod limits;

@@ -162,6 +162,10 @@ pub struct ApiKeySpec {
     /// `UsageHigh`). `ExpiringSoon` needs no setting (see docs/alerts.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerts: Option<Box<crate::AlertsSpec>>,
+    /// How many key generations `status.history` keeps, newest first (default 10, at most 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 50), extend("format" = "int32"))]
+    pub history_limit: Option<u32>,
 }
 
 /// Annotations under this prefix are keysmith's: it reacts to them (a change reconciles the
@@ -664,6 +668,99 @@ pub struct ApiKeyStatus {
     /// expiry), so that none is raised twice, across reconciles and restarts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerts: Option<Box<crate::AlertsStatus>>,
+    /// What earlier keys of this ApiKey spent in the current period of `spec.limit`: a new key
+    /// gets only what is left of the limit (issue 21). Kept here, where tenants cannot write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_carry_over: Option<Box<LimitCarryOver>>,
+    /// Every key generation this ApiKey had, newest first (bounded by `spec.historyLimit`):
+    /// its id and hint (never the value), when and why it was made, who asked, when and why it
+    /// was revoked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    pub history: Vec<KeyGeneration>,
+}
+
+/// Spend of replaced keys counted against `spec.limit` for the rest of the period.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitCarryOver {
+    /// The `spec.limit.reset` it was counted for; a different reset in the spec ignores it.
+    pub reset: String,
+    /// When the period ends and the carried spend stops counting (RFC 3339); absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_ends_at: Option<String>,
+    /// What the replaced keys spent in the period, in the provider's unit (decimal string).
+    pub spent: String,
+    /// The replaced keys counted, each with what it had spent when its limit was lowered to
+    /// that spend (newest last; older entries are folded into `spent`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub keys: Vec<CarriedKey>,
+}
+
+/// One replaced key whose spend is carried over.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CarriedKey {
+    /// The provider's id of the key.
+    #[serde(rename = "keyID")]
+    pub key_id: String,
+    /// What it had spent in the period (decimal string).
+    pub spent: String,
+    /// Its limit at the provider was lowered to `spent` (it can spend no more).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub limit_lowered: bool,
+}
+
+/// One key generation in `status.history`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyGeneration {
+    /// The provider's id of the key (never its value).
+    #[serde(rename = "keyID")]
+    pub key_id: String,
+    /// Prefix or masked form of the key, as the provider shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_hint: Option<String>,
+    /// When keysmith got the key (RFC 3339).
+    pub created_at: String,
+    /// Why: `Created`, `Rotated`, `Adopted`, `Regenerated` (same id, new value), `Replaced`
+    /// (a spec change the provider cannot make in place) or `Recreated` (the key was gone at
+    /// the provider).
+    pub reason: String,
+    /// What made a rotation happen: `Schedule`, `OnDemand`, `BeforeExpiry`, `SourceChanged`,
+    /// `Leak` (on demand with a zero grace period, as `kubectl keysmith revoke-now` does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
+    /// Who asked, as the API server recorded it in `metadata.managedFields` (a field manager
+    /// name, chosen by the client; not an authenticated user: see docs/rotation.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<RequestedBy>,
+    /// When keysmith revoked it, or saw it gone (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
+    /// Why: `GracePeriodEnded`, `Replaced` (revoked with no grace), `ValueRegenerated` (the
+    /// old value died with an in-place regenerate) or `GoneAtProvider`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_reason: Option<String>,
+}
+
+/// The field manager that last wrote the field which asked for a key.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestedBy {
+    /// `managedFields[].manager`: the name the client gave (kubectl: `kubectl-annotate`,
+    /// `kubectl-edit`, `kubectl-client-side-apply`; server-side apply: `--field-manager`).
+    #[schemars(length(max = 128))]
+    pub field_manager: String,
+    /// `managedFields[].operation`: `Update` or `Apply`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub operation: String,
+    /// `managedFields[].time`: when that manager last changed its fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// The field it wrote (`metadata.annotations[keysmith.dev/rotate]`, `spec`).
+    pub field: String,
 }
 
 /// Failed creates in a row and when the next may be tried.
@@ -850,6 +947,11 @@ pub struct Usage {
     /// same unit; counted against the limit only with `openrouter.includeByokInLimit`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub byok: Option<Box<UsageAmounts>>,
+    /// When the limit's spend counter resets, where the provider reports it (Bifrost: the
+    /// budget's `last_reset` plus its window). Providers that reset on calendar days (UTC),
+    /// such as OpenRouter, leave it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resets_at: Option<String>,
 }
 
 /// Spend per period, as decimal strings.

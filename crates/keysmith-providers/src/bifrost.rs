@@ -1458,6 +1458,32 @@ struct Budget {
     reset_duration: String,
     #[serde(default)]
     current_usage: f64,
+    /// When the counter last reset (RFC 3339); the next reset is one window later.
+    #[serde(default)]
+    last_reset: Option<String>,
+}
+
+impl Budget {
+    /// When the counter resets next: `last_reset` plus the window (Bifrost counts `M` as 30
+    /// days and `Y` as 365); `None` when either is unreadable.
+    fn resets_at(&self) -> Option<String> {
+        let last = parse_time(&self.last_reset)?;
+        let w = self.reset_duration.as_str();
+        let unit = w.chars().last()?;
+        let n: i64 = w[..w.len() - unit.len_utf8()].parse().ok()?;
+        let secs = match unit {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 7 * 86_400,
+            'M' => 30 * 86_400,
+            'Y' => 365 * 86_400,
+            _ => return None,
+        };
+        let at = last.checked_add_signed(chrono::Duration::try_seconds(n.checked_mul(secs)?)?)?;
+        Some(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    }
 }
 
 #[derive(Deserialize)]
@@ -1504,6 +1530,7 @@ impl VirtualKey {
             u.limit_remaining = Some(decimal_from_f64(
                 (first.max_limit - first.current_usage).max(0.0),
             ));
+            u.resets_at = first.resets_at();
             Some(u)
         };
         let (secret, hint) = match self.value.map(|v| v.0) {

@@ -609,6 +609,8 @@ impl KeyObject {
                 };
                 (byok != UsageAmounts::default()).then(|| Box::new(byok))
             },
+            // Calendar periods (UTC), as documented; nothing to report per key.
+            resets_at: None,
         };
         let mut extras = Extras::new();
         if let Some(b) = self.include_byok_in_limit {

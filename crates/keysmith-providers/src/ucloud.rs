@@ -468,6 +468,7 @@ fn provider_key(v: &Value) -> Result<ProviderKey, ProviderError> {
                 // UCloud: "the unit depends on the user's channel; for channel 126 it is USD".
                 unit: (channel == Some(126)).then(|| "USD".to_string()),
                 byok: None,
+                resets_at: None,
             }
         });
 

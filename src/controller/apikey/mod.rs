@@ -264,6 +264,8 @@ async fn apply(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
     // Alerts are judged on what a successful reconcile read; announced after the status that
     // records them is written (never twice, see `alerts`).
     let mut announce = Vec::new();
+    // status.history: the keys this reconcile made, and those it revoked.
+    super::history::observe(&before, &mut st, &ak, chrono::Utc::now());
     let (requeue, result_label, written) = match &outcome {
         Ok(ready) => {
             status::conclude(&mut st, ak.metadata.generation, &outcome);
@@ -456,6 +458,23 @@ async fn drive_with(r: &Reconciler<'_>, st: &mut ApiKeyStatus) -> Result<Ready, 
 async fn steps(r: &Reconciler<'_>, st: &mut ApiKeyStatus) -> Result<Ready, Failure> {
     let v = validate::validate(r.ak, st, r.p)?;
     revoke::retire_previous(r, st, &v.scope).await?;
+    // Replaced keys still live spend no more than they have; the current key gets what is left
+    // of spec.limit (issue 21, controller/limits.rs).
+    let not_held = super::limits::hold_replaced(r, &v, st).await?;
+    let v = super::limits::apply(v, st, chrono::Utc::now());
+    let mut ready = steps_after(r, st, v).await?;
+    if let Some(note) = not_held {
+        ready.message = format!("{}; {note}", ready.message);
+    }
+    Ok(ready)
+}
+
+/// The steps after the replaced keys are settled.
+async fn steps_after(
+    r: &Reconciler<'_>,
+    st: &mut ApiKeyStatus,
+    v: ValidatedApiKey,
+) -> Result<Ready, Failure> {
     let pushed = r.ak.spec.source.is_some();
     let existing = match pushed {
         true => None,

@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use kube::runtime::events::EventType;
 use kube::ResourceExt;
 
+use super::super::limits;
 use super::super::reasons::Reason;
 use super::super::rotation::{
     due, in_progress, previous_key, record_done, retire_on_recovery, revocations_due, strategy,
@@ -92,6 +93,29 @@ pub(super) fn state<'a>(
     }
 }
 
+/// Record a finished rotation in `status.history` (`st`: the status holding the new key).
+fn remember(
+    r: &Reconciler<'_>,
+    st: &mut ApiKeyStatus,
+    trigger: &Trigger,
+    how: Strategy,
+    old: &str,
+    new: &str,
+) {
+    let leak = plan(r.ak).is_ok_and(|p| p.grace.is_zero());
+    let in_place = matches!(how, Strategy::Regenerate) && old == new;
+    crate::controller::history::rotated(
+        st,
+        r.ak,
+        trigger.as_str(),
+        leak,
+        old,
+        new,
+        in_place,
+        Utc::now(),
+    );
+}
+
 /// Count a finished rotation and say so.
 async fn rotated(r: &Reconciler<'_>, trigger: &Trigger, how: Strategy, old: &str, new: &str) {
     r.ctx
@@ -151,8 +175,16 @@ pub async fn rotate(
     st.rotation.get_or_insert_with(Default::default).in_progress = Some(flight);
     match how {
         Strategy::MintNewThenRevoke => {
+            // The new key gets what is left of spec.limit after the old key's spend (issue 21);
+            // that count goes into the status with the create's marker.
+            let for_new = limits::count_replaced(r, v, st, &old).await?;
             // The marker write of the create carries `inProgress` (invariant 1).
-            let ready = match create::create(s, st, None).await {
+            let with_left = Step {
+                r: *r,
+                v: for_new,
+                existing: s.existing.clone(),
+            };
+            let ready = match create::create(&with_left, st, None).await {
                 Ok(ready) => ready,
                 Err(f) if waits_its_turn(&f) && st.pending_create.is_none() => {
                     // Nothing was written or sent: the current key stays Ready and the
@@ -167,7 +199,16 @@ pub async fn rotate(
                 keep_in_grace(st, r.ak, &old, &plan, now);
             }
             record_done(st, &plan, &trigger, fallback_created(r.ak), now);
+            remember(r, st, &trigger, how, &old.id, &new);
             rotated(r, &trigger, how, &old.id, &new).await;
+            // The old key may spend no more than it has (both keys together stay within
+            // spec.limit); a failure here is retried by the next reconcile's steps.
+            if let Err(f) = limits::hold_replaced(r, v, st).await {
+                tracing::debug!(
+                    reason = f.reason.as_str(),
+                    "replaced key's limit not lowered yet"
+                );
+            }
             Ok(Some(ready))
         }
         Strategy::Regenerate => {
@@ -202,6 +243,7 @@ pub async fn rotate(
                 // A rotate that answered with a new id: the old id still names a key.
                 keep_in_grace(st, r.ak, &old, &plan, now);
             }
+            remember(r, st, &trigger, how, &old.id, &new);
             rotated(r, &trigger, how, &old.id, &new).await;
             Ok(Some(Ready::active(r.p, st, &r.ak.secret_name())))
         }
@@ -323,6 +365,7 @@ pub async fn replaced_by_push(
     keep_in_grace(st, r.ak, &old, &plan, now);
     let trigger = Trigger::SourceChanged;
     record_done(st, &plan, &trigger, fallback_created(r.ak), now);
+    remember(r, st, &trigger, Strategy::RepushWithGrace, &old.id, &new);
     rotated(r, &trigger, Strategy::RepushWithGrace, &old.id, &new).await;
     Ok(())
 }

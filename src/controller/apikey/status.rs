@@ -181,7 +181,12 @@ pub fn fill(
         st.expires_at = Some(ts(*e));
     }
     if k.usage.is_some() {
-        st.usage = k.usage.clone();
+        // The limit's period counts the spend of the keys this one replaced (issue 21).
+        st.usage = crate::controller::limits::across_generations(
+            k.usage.clone(),
+            st.limit_carry_over.as_deref(),
+            chrono::Utc::now(),
+        );
     }
 }
 

@@ -64,7 +64,7 @@ pub async fn update_in_place(
 ) -> Result<Vec<Field>, Failure> {
     let (r, v) = (&s.r, &s.v);
     // The spec, narrowed by the budgets that hold this key (Throttle, Disable).
-    let desired = limits::wanted(r.ctx, r.ak, &v.settings);
+    let desired = limits::wanted(r.ctx, r.ak, st, &v.settings);
     let drifted = providers::drift(r.p.backend.as_ref(), current, &desired);
     let (mut mutable, immutable) = split_drift(drifted, r.p.backend.capabilities());
     if !r.ctx.budgets.settled() {
@@ -121,7 +121,14 @@ pub async fn sync_existing(
         && r.ak.spec.on_immutable_change == ImmutableChangePolicy::Replace
         && v.settings.key_ref.is_none()
     {
-        return create::create(s, st, Some(key)).await;
+        // The replacement gets what is left of spec.limit after the old key's spend.
+        let for_new = super::super::limits::count_replaced(r, v, st, &key).await?;
+        let s = Step {
+            r: *r,
+            v: for_new,
+            existing: s.existing.clone(),
+        };
+        return create::create(&s, st, Some(key)).await;
     }
     st.fields_needing_new_key = immutable.iter().map(|f| field_path(*f, r.p)).collect();
     let delivery = Delivery {

@@ -122,15 +122,13 @@ pub struct Target<'a> {
 /// Push what [`limits::wanted`] says for `t` if its provider shows otherwise (only the fields a
 /// budget sets). Returns whether an update was sent; an error is the provider's.
 pub async fn apply(ctx: &Context, t: &Target<'_>) -> Result<bool, providers::ProviderError> {
-    let spec = match super::super::validate::settings_for(
-        t.ak,
-        &t.ak.status.clone().unwrap_or_default(),
-    ) {
+    let status = t.ak.status.clone().unwrap_or_default();
+    let spec = match super::super::validate::settings_for(t.ak, &status) {
         Ok(s) => s,
         // An ApiKey whose spec does not validate is reported by its own reconcile.
         Err(_) => return Ok(false),
     };
-    let wanted = limits::wanted(ctx, t.ak, &spec);
+    let wanted = limits::wanted(ctx, t.ak, &status, &spec);
     let caps = t.p.backend.capabilities();
     let fields: Vec<Field> = providers::drift(t.p.backend.as_ref(), t.current, &wanted)
         .into_iter()
