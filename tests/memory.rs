@@ -187,3 +187,100 @@ fn per_key_memory_at_10000_keys() {
     row("listing snapshot (ProviderKey)", snap_bytes, snap_blocks);
     assert!(apikey_bytes > 0 && snap_bytes > 0);
 }
+
+/// Per-ApiKey series (`--per-key-metrics`, issue 21): the heap they hold at 10,000 ApiKeys,
+/// what one scrape of them weighs, and that the cap holds when 2,000 more ApiKeys report.
+#[test]
+fn per_key_metrics_memory_at_10000_keys() {
+    use keysmith::metrics::per_key::KeySample;
+    use keysmith::metrics::Metrics;
+
+    let sample = |i: usize| KeySample {
+        spend_ratio: Some((i % 100) as f64 / 100.0),
+        limit: Some(10.0),
+        expires_at: Some(1_800_000_000 + i as i64),
+        last_used_at: Some(1_780_000_000 + i as i64),
+        created_at: Some(1_770_000_000 + i as i64),
+    };
+    let (plain, plain_bytes, _) = held(Metrics::new);
+    let plain_scrape = plain.encode().len();
+    let (m, empty_bytes, _) = held(|| Metrics::with_per_key(N));
+    let ((), series_bytes, series_blocks) = held(|| {
+        let pk = m.per_key.as_ref().unwrap();
+        for i in 0..N {
+            pk.observe(
+                &format!("team-{:03}", i % 200),
+                &format!("bench-{i:05}"),
+                "openrouter",
+                Some(&sample(i)),
+            );
+        }
+    });
+    let pk = m.per_key.as_ref().unwrap();
+    // 2,000 ApiKeys over the cap: dropped and counted, no series.
+    let ((), over_bytes, _) = held(|| {
+        for i in N..N + 2_000 {
+            pk.observe(
+                "team-x",
+                &format!("over-{i:05}"),
+                "openrouter",
+                Some(&sample(i)),
+            );
+        }
+    });
+    let scrape = m.encode();
+    let series = scrape
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains("apikey=\"bench-"))
+        .count();
+    assert_eq!(pk.tracked.get(), N as i64, "ApiKeys with series: the cap");
+    assert_eq!(
+        pk.dropped.get(),
+        2_000,
+        "updates beyond the cap are counted"
+    );
+    assert_eq!(
+        series,
+        5 * N,
+        "five series per ApiKey, none for the dropped ones"
+    );
+    assert!(!scrape.contains("over-"), "no series beyond the cap");
+    // Deleting half the ApiKeys frees their series.
+    for i in 0..N / 2 {
+        pk.observe(
+            &format!("team-{:03}", i % 200),
+            &format!("bench-{i:05}"),
+            "openrouter",
+            None,
+        );
+    }
+    assert_eq!(pk.tracked.get(), (N / 2) as i64);
+
+    let mib = |b: isize| b as f64 / (1 << 20) as f64;
+    println!(
+        "per-key metrics at N = {N} ApiKeys (heap asked of the allocator, before its overhead)"
+    );
+    println!(
+        "  metrics without per-key series           {:>7.2} MiB",
+        mib(plain_bytes)
+    );
+    println!(
+        "  per-key families registered, no series   {:>7.2} MiB",
+        mib(empty_bytes - plain_bytes)
+    );
+    println!(
+        "  series of {N} ApiKeys (5 each)          {:>7.2} MiB {:>5} B/ApiKey {:>5.1} blocks/ApiKey",
+        mib(series_bytes),
+        series_bytes / N as isize,
+        series_blocks as f64 / N as f64
+    );
+    println!(
+        "  2,000 ApiKeys over the cap (dropped)     {:>7.3} MiB",
+        mib(over_bytes)
+    );
+    println!(
+        "  one scrape: {:.1} MiB with per-key series, {:.1} KiB without ({series} per-key series)",
+        scrape.len() as f64 / (1 << 20) as f64,
+        plain_scrape as f64 / 1024.0
+    );
+}
