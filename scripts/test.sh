@@ -89,5 +89,5 @@ if [[ -z "$cluster" ]]; then
     case "$name" in controller|restart|e2e_restart) ;; *) targets+=(--test "$name") ;; esac
   done
 fi
-cargo test --workspace "${targets[@]}" -- --test-threads="${KEYSMITH_TEST_THREADS:-4}"
+cargo test --workspace --no-fail-fast "${targets[@]}" -- --test-threads="${KEYSMITH_TEST_THREADS:-4}"
 echo "== all tests passed in $(((SECONDS - started) / 60))m$(((SECONDS - started) % 60))s; $closing$node_closing"

@@ -113,6 +113,10 @@ fn check_object(obj: &Value) -> Vec<String> {
         "ClusterKeyProvider" => {
             serde_json::from_value::<keysmith::api::ClusterKeyProvider>(obj.clone()).map(|_| ())
         }
+        "KeyBudget" => serde_json::from_value::<keysmith::api::KeyBudget>(obj.clone()).map(|_| ()),
+        "ClusterKeyBudget" => {
+            serde_json::from_value::<keysmith::api::ClusterKeyBudget>(obj.clone()).map(|_| ())
+        }
         other => return vec![format!("kind {other:?} is not a keysmith CRD")],
     };
     let mut problems = Vec::new();
