@@ -258,7 +258,13 @@ impl Context {
 }
 
 /// Pages in a row that hold only keys the listing already gave before it is taken for a loop.
-const MAX_REPEATED_PAGES: usize = 3;
+/// Each create that lands between two page requests of an offset-paged provider (OpenRouter,
+/// newest first) shifts one already-listed key onto the next page: with a slow provider and
+/// creates in flight from another replica, three such pages in a row were seen in the e2e
+/// suite (a listing failed with `ProviderUnavailable`). Ten in a row takes ten creates landing
+/// one per page request; a provider that ignores the cursor is still caught within ten pages
+/// (and by the page, key and time bounds in any case).
+const MAX_REPEATED_PAGES: usize = 10;
 
 /// Every page of the provider's keys of `scope`, written over `keys` in place: a key listed is
 /// updated (its allocation reused), a key no longer listed is dropped at the end. Building a new

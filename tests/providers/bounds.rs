@@ -398,6 +398,30 @@ async fn digitalocean_429_without_retry_after_honours_ratelimit_reset() {
         other => panic!("{other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(5));
+    // The answer said `ratelimit-remaining: 0`: this client sends nothing before the reset
+    // (pacing), and says how long is left.
+    match c.verify().await.unwrap_err() {
+        ProviderError::RateLimited {
+            retry_after: Some(w),
+        } => assert!(w <= Duration::from_secs(90), "{w:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        resets.lock().unwrap().len(),
+        1,
+        "the paced call sent nothing"
+    );
+    // A fresh client (no pacing state) sends, and a reset far away is clamped.
+    let c = build_backend(
+        &spec,
+        creds("dop_v1_token"),
+        ClientOptions {
+            max_attempts: 2,
+            max_retry_after: Duration::from_secs(10),
+            ..opts()
+        },
+    )
+    .unwrap();
     let e = c.verify().await.unwrap_err();
     assert_eq!(
         e,

@@ -987,7 +987,15 @@ async fn rate_limits_honour_retry_after() {
     assert!(t.elapsed() < Duration::from_secs(2));
     assert_eq!(emu.count(&route), 3);
 
-    // A 429 on create is retried too (DigitalOcean did not act on it).
+    // That client now holds its requests for the 30 s the 429 asked (nothing is sent).
+    assert!(matches!(
+        c.list_page(&model_scope(), None).await.unwrap_err(),
+        ProviderError::RateLimited { retry_after: Some(w) } if w <= Duration::from_secs(30)
+    ));
+    assert_eq!(emu.count(&route), 3, "a paced call sends nothing");
+
+    // A 429 on create is retried too (DigitalOcean did not act on it); a fresh client.
+    let c = client(&emu);
     emu.fault(status_ra(429, 0));
     c.create(&agent_settings("after-429", AGENT)).await.unwrap();
     assert_eq!(emu.count(&format!("POST {AGENT_LIST}")), 2);

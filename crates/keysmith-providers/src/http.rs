@@ -224,7 +224,10 @@ pub fn exhausted_for(headers: &HeaderMap) -> Option<Duration> {
     if remaining > 0 {
         return None;
     }
-    ratelimit_reset(headers)
+    // A Retry-After on the same answer (a 429's) is the server's own, more precise word on
+    // when to come back: a 429 saying "retry after 1 s" must not hold requests for the whole
+    // window that `ratelimit-reset` names.
+    retry_after(headers).or_else(|| ratelimit_reset(headers))
 }
 
 /// The provider's `x-should-retry: true|false` (Stainless-generated SDKs, e.g. Boltz's, honour
