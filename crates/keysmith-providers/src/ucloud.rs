@@ -25,7 +25,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::TimeZone;
-use reqwest::header::CONTENT_TYPE;
 use reqwest::Method;
 use secrecy::ExposeSecret;
 use serde_json::Value;
@@ -638,23 +637,17 @@ impl UCloudClient {
         let body = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(params.iter())
             .finish();
-        let url = self
-            .http
-            .url(&format!("/?Action={action}"))
-            .map_err(|e| (e, None))?;
+        let path = format!("/?Action={action}");
+        let api = super::http::Api {
+            headers: Vec::new(),
+            error: &http_error,
+        };
+        let call = super::http::Call::new(operation, idempotency, &Method::POST, &path).form(&body);
         let resp = self
             .http
-            .send(operation, idempotency, || {
-                self.http
-                    .request(Method::POST, &url)
-                    .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-                    .body(body.clone())
-            })
+            .call_json(call, &api)
             .await
             .map_err(|e| (e, None))?;
-        if !resp.status.is_success() {
-            return Err((http_error(&resp), None));
-        }
         let v: Value = resp.json().map_err(|e| (e, None))?;
         let code = v.get("RetCode").and_then(Value::as_i64).ok_or_else(|| {
             (
