@@ -18,7 +18,9 @@ use super::apikey::{Failure, LocatedKey, Reconciler, ValidatedApiKey};
 use super::budget::enforce::Hold;
 use super::context::Context;
 use super::time::ts;
-use crate::api::{ApiKey, ApiKeyStatus, CarriedKey, LimitCarryOver, LimitReset, Usage};
+use crate::api::{
+    ApiKey, ApiKeyStatus, CarriedKey, LimitCarryOver, LimitReset, ProviderBlock, Usage,
+};
 use crate::providers::{Field, KeySettings, Limit, ProviderKey};
 
 /// Replaced keys listed one by one in `limitCarryOver.keys`; older ones are only in the total.
@@ -321,10 +323,11 @@ pub async fn hold_replaced(
 ) -> Result<Option<String>, Failure> {
     let Some(spec) = spec_limit(r) else {
         // UCloud's caps live in its own block and are per key: say so while two keys are live.
-        let capped =
-            r.ak.spec.ucloud.as_ref().is_some_and(|u| {
-                u.daily_limit_amount.is_some() || u.monthly_limit_amount.is_some()
-            });
+        let capped = matches!(
+            r.ak.spec.provider_block(),
+            Some(ProviderBlock::UCloud(u))
+                if u.daily_limit_amount.is_some() || u.monthly_limit_amount.is_some()
+        );
         return Ok((capped && !st.previous_keys.is_empty()).then(|| {
             not_held(
                 r,

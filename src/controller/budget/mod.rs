@@ -288,7 +288,12 @@ impl Listings {
             let got = ctx
                 .listing(p, scope, p.refresh_interval)
                 .await
-                .map_err(|e| format!("its provider's listing failed ({})", e.reason()));
+                .map_err(|e| {
+                    format!(
+                        "its provider's listing failed ({})",
+                        super::reasons::Reason::from(&e)
+                    )
+                });
             self.0.insert(k.clone(), got);
         }
         match &self.0[&k] {
