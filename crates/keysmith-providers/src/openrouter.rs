@@ -195,9 +195,6 @@ impl KeyBackend for OpenRouterClient {
         // No `last_used_at`; every key reports its usage (credits, total and per period).
         LastUsedSource::UsageDelta
     }
-    fn clock_offset(&self) -> Option<chrono::Duration> {
-        self.http.clock_offset()
-    }
     fn provider(&self) -> ProviderType {
         ProviderType::OpenRouter
     }

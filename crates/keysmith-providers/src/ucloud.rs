@@ -785,9 +785,6 @@ impl KeyBackend for UCloudClient {
         // logs (ListUMInferRequestLogs) would tell more but need a Region and a call of their own.
         LastUsedSource::UsageDelta
     }
-    fn clock_offset(&self) -> Option<chrono::Duration> {
-        self.http.clock_offset()
-    }
     fn provider(&self) -> ProviderType {
         ProviderType::UCloud
     }

@@ -680,7 +680,7 @@ async fn write_status(
 ) -> Result<bool, kube::Error> {
     let spec = b.spec();
     let old = b.status().cloned().unwrap_or_default();
-    let (start, end) = tally::period_bounds(spec.period, now);
+    let (start, end) = super::period::Period::from(spec.period).bounds(now);
     let start_s = super::time::ts(start);
     let same_period = old.period_start.as_deref() == Some(start_s.as_str());
     let before: Vec<f64> = if same_period {
