@@ -17,6 +17,7 @@ pub mod leader;
 pub(crate) mod limits;
 pub mod listing;
 pub(crate) mod nsguard;
+pub(crate) mod period;
 pub(crate) mod predicates;
 pub(crate) mod provider;
 pub mod rbac;
