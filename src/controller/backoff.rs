@@ -1,5 +1,5 @@
-//! Failures in a row per ApiKey (`namespace/name`), and the backoff they earn: 1 s, doubled per
-//! failure, at most 300 s. Reset by a reconcile that worked; dropped with the ApiKey
+//! Failures in a row per ApiKey (`namespace/name`), and the backoff they earn: 2 s after the
+//! first, doubled per failure up to 256 s (and never over [`MAX_BACKOFF`]). Reset by a reconcile that worked; dropped with the ApiKey
 //! ([`Backoff::forget`]).
 
 use std::collections::HashMap;
@@ -73,7 +73,7 @@ mod tests {
         for _ in 0..20 {
             b.failed("team-a/k");
         }
-        assert_eq!(b.failed("team-a/k"), MAX_BACKOFF);
+        assert_eq!(b.failed("team-a/k"), Duration::from_secs(256));
         b.succeeded("team-a/k");
         assert_eq!(b.failed("team-a/k"), Duration::from_secs(2));
         b.failed("team-a/other");
