@@ -37,7 +37,7 @@ use super::create_holds::CreateHolds;
 use super::fairness::FairShares;
 use super::gauges::Gauges;
 use super::inuse::InUse;
-use super::leader::LeaseClock;
+use super::lease::LeaseClock;
 use super::listing::Listings;
 use super::reasons::Reason;
 use super::restart::{Debouncer, RESTART_MEMORY};

@@ -17,6 +17,7 @@ pub(crate) mod gauges;
 pub mod history;
 pub mod inuse;
 pub mod leader;
+pub(crate) mod lease;
 pub(crate) mod limits;
 pub mod listing;
 pub(crate) mod nsguard;
