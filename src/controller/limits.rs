@@ -392,7 +392,7 @@ pub async fn hold_replaced(
                     .update(&at, &id, &s, &[Field::LimitAmount])
                     .await?;
             super::apikey::status::fill_from_key(st, &updated, r.p);
-            r.ctx.remember(r.p, &at, &updated).await;
+            r.ctx.listings.remember(r.p, &at, &updated).await;
         }
     }
     Ok(note)

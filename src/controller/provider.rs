@@ -27,7 +27,7 @@ async fn verify(ctx: &Context, obj: ProviderObject<'_>) -> Readiness {
             message,
         };
     }
-    match ctx.resolve_object(obj).await {
+    match super::resolve::resolve_object(ctx, obj).await {
         Err(e) => Readiness {
             ready: false,
             reason: e.reason(),
@@ -42,7 +42,7 @@ async fn verify(ctx: &Context, obj: ProviderObject<'_>) -> Readiness {
             Err(e) => {
                 let reason = Reason::from(&e);
                 if reason == Reason::ProviderAuthFailed {
-                    ctx.forget_backend(&id);
+                    ctx.backends.forget(&id);
                 }
                 Readiness {
                     ready: false,
@@ -166,9 +166,11 @@ async fn being_deleted(
         .iter()
         .any(|f| f == super::inuse::IN_USE_FINALIZER)
     {
+        ctx.forget_provider(&id.key());
         return Ok(Action::await_change());
     }
-    if super::inuse::release_if_unused(ctx, id, None).await? {
+    if ctx.in_use.release_if_unused(id, None).await? != super::inuse::Release::InUse {
+        ctx.forget_provider(&id.key());
         Ok(Action::await_change())
     } else {
         Ok(Action::requeue(Duration::from_secs(5)))
