@@ -21,6 +21,8 @@ pub(super) async fn control_keys(State(emu): State<Arc<Emu>>) -> Response {
                 "revoked": false,
                 "hint": v.hint(),
                 "description": v.description,
+                "expiresAt": v.expires_at.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
+                "rotatedAt": v.rotated_at.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
                 "budgets": v.budgets.iter().map(|b| json!({
                     "maxLimit": b.max_limit, "resetDuration": b.reset_duration, "currentUsage": b.current_usage,
                 })).collect::<Vec<_>>(),
@@ -117,5 +119,26 @@ pub(super) async fn control_check(State(emu): State<Arc<Emu>>, body: Bytes) -> R
             StatusCode::NOT_FOUND,
             &format!("Provider key not found: {}", field("id")),
         ),
+    }
+}
+
+/// `POST /_emulator/rotate {"vkId"}`: a rotation the key's manager did not ask for (the
+/// gateway's scheduled rotation, or an admin in the UI): a new value and `rotated_at`. The new
+/// value is not answered (a test finds it where keysmith puts it).
+pub(super) async fn control_rotate(State(emu): State<Arc<Emu>>, body: Bytes) -> Response {
+    let o = match parse_body(&body) {
+        Ok(o) => o,
+        Err(e) => return bad(e),
+    };
+    let id = o.get("vkId").and_then(Value::as_str).unwrap_or("");
+    let mut db = emu.db.lock().unwrap();
+    match db.vks.iter_mut().find(|v| v.id == id) {
+        Some(vk) => {
+            vk.rotate();
+            ok(
+                json!({ "rotatedAt": vk.rotated_at.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)) }),
+            )
+        }
+        None => no_vk(),
     }
 }

@@ -29,6 +29,9 @@ pub(super) async fn models(State(emu): State<Arc<Emu>>, headers: HeaderMap) -> R
     if !vk.is_active {
         return render_error(StatusCode::UNAUTHORIZED, "virtual key is inactive");
     }
+    if vk.expired(Utc::now()) {
+        return render_error(StatusCode::FORBIDDEN, "virtual key has expired");
+    }
     vk.refresh(Utc::now());
     if vk.budgets.iter().any(|b| b.current_usage >= b.max_limit) {
         return render_error(StatusCode::TOO_MANY_REQUESTS, "virtual key budget exceeded");
@@ -66,6 +69,9 @@ pub(super) async fn quota(State(emu): State<Arc<Emu>>, headers: HeaderMap) -> Re
     let Some(vk) = db.vks.iter_mut().find(|v| v.value == value) else {
         return render_error(StatusCode::UNAUTHORIZED, "invalid virtual key");
     };
+    if vk.expired(Utc::now()) {
+        return render_error(StatusCode::FORBIDDEN, "virtual key has expired");
+    }
     vk.refresh(Utc::now());
     // As the published `VirtualKeyQuotaResponse`: budgets with their per-model spend (none
     // here: no logging plugin), provider configs with `keys` always null, model configs [].
@@ -78,7 +84,7 @@ pub(super) async fn quota(State(emu): State<Arc<Emu>>, headers: HeaderMap) -> Re
             v
         })
         .collect();
-    let mut pcs = vk.json(false, &db.pkeys)["provider_configs"].take();
+    let mut pcs = vk.json(false, false, &db.pkeys)["provider_configs"].take();
     if let Some(list) = pcs.as_array_mut() {
         for c in list {
             c["keys"] = Value::Null;

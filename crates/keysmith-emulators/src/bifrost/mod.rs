@@ -20,7 +20,15 @@
 //! Test control (no auth, no faults, not counted): `GET /_emulator/keys` (both families, no
 //! values), `POST /_emulator/usage {"vkId", "amount", "tokens", "requests", "asRequest"?}` (with
 //! `asRequest: true` refused as inference would be: 401 inactive, 429 a budget used up) and
-//! `POST /_emulator/provider-key-check {"provider", "id", "value"}` → `{"matches": bool}`.
+//! `POST /_emulator/provider-key-check {"provider", "id", "value"}` → `{"matches": bool}`;
+//! `POST /_emulator/rotate {"vkId"}` rotates a virtual key behind its manager's back (as the
+//! gateway's scheduled rotation or an admin would): a new value and `rotated_at`.
+//!
+//! Virtual keys take `expires_at` (RFC 3339, in the future; `""` on update clears it) and are
+//! refused at inference (403) once it passed; `--no-vk-expiry` behaves like older builds.
+//! Provider keys answer `status` and `description`, which the schema makes the gateway's
+//! error/status text: `--list-models-fails` makes every provider key's model listing fail, and
+//! the gateway writes its error text over whatever `description` the request carried.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
@@ -80,6 +88,15 @@ pub struct Args {
     /// Behave like newer builds that do not return virtual-key values from list/get.
     #[arg(long)]
     pub hide_vk_values: bool,
+    /// Behave like builds before virtual-key expiry (Bifrost PR #4887): `expires_at` is
+    /// ignored on create/update and never answered.
+    #[arg(long)]
+    pub no_vk_expiry: bool,
+    /// Every provider key fails its model listing: the gateway answers `status:
+    /// list_models_failed` and writes its error text into `description` (server-written, per
+    /// the published schema).
+    #[arg(long)]
+    pub list_models_fails: bool,
 }
 
 impl std::fmt::Debug for Args {
@@ -97,6 +114,8 @@ impl std::fmt::Debug for Args {
             .field("max_page_size", &self.max_page_size)
             .field("no_rotate", &self.no_rotate)
             .field("hide_vk_values", &self.hide_vk_values)
+            .field("no_vk_expiry", &self.no_vk_expiry)
+            .field("list_models_fails", &self.list_models_fails)
             .finish()
     }
 }
@@ -113,6 +132,8 @@ impl Default for Args {
             max_page_size: 100,
             no_rotate: false,
             hide_vk_values: false,
+            no_vk_expiry: false,
+            list_models_fails: false,
         }
     }
 }
@@ -170,6 +191,8 @@ struct Emu {
     viewer_token: Option<String>,
     max_page: usize,
     hide_vk_values: bool,
+    no_vk_expiry: bool,
+    list_models_fails: bool,
     db: Mutex<Db>,
 }
 
@@ -210,7 +233,11 @@ struct PKey {
     blacklisted_models: Vec<String>,
     weight: f64,
     enabled: bool,
+    /// Server-written error or status text (a request's `description` is kept until the
+    /// gateway writes its own).
     description: String,
+    /// `success` or `list_models_failed`.
+    status: String,
     use_for_batch_api: bool,
     aliases: Option<Value>,
     configs: Map<String, Value>,
@@ -269,6 +296,10 @@ struct Vk {
     calendar_aligned: bool,
     created_at: String,
     updated_at: String,
+    /// Requests with this key are refused from then on (`None`: never expires).
+    expires_at: Option<DateTime<Utc>>,
+    /// When the value was last rotated (the rotate route or a scheduled rotation).
+    rotated_at: Option<DateTime<Utc>>,
 }
 
 // ---- auth ----------------------------------------------------------------------------------
@@ -367,6 +398,8 @@ pub fn build(args: &Args) -> (Router, Arc<Faults>) {
         viewer_token: args.viewer_token.clone(),
         max_page: args.max_page_size,
         hide_vk_values: args.hide_vk_values,
+        no_vk_expiry: args.no_vk_expiry,
+        list_models_fails: args.list_models_fails,
         db: Mutex::new(Db {
             providers: args.providers.iter().cloned().collect(),
             ..Default::default()
@@ -426,6 +459,7 @@ pub fn build(args: &Args) -> (Router, Arc<Faults>) {
         .route("/_emulator/keys", get(control_keys))
         .route("/_emulator/usage", post(control_usage))
         .route("/_emulator/provider-key-check", post(control_check))
+        .route("/_emulator/rotate", post(control_rotate))
         .fallback(unknown_route)
         .with_state(emu.clone());
 

@@ -142,6 +142,7 @@ pub(super) fn parse_pkey(
         weight,
         enabled: opt_bool(o.get("enabled"), "enabled")?.unwrap_or(true),
         description: opt_str(o.get("description"), "description")?.unwrap_or_default(),
+        status: "success".into(),
         use_for_batch_api: opt_bool(o.get("use_for_batch_api"), "use_for_batch_api")?
             .unwrap_or(false),
         aliases,
@@ -217,7 +218,7 @@ pub(super) async fn create_pkey(
         Ok(_) => uuid::Uuid::new_v4().to_string(),
         Err(e) => return bad(e),
     };
-    let key = match parse_pkey(&o, &p, id.clone(), None) {
+    let mut key = match parse_pkey(&o, &p, id.clone(), None) {
         Ok(k) => k,
         Err(e) => return bad(e),
     };
@@ -230,6 +231,7 @@ pub(super) async fn create_pkey(
     if let Some(r) = name_taken(&db, &key.name, &id) {
         return r;
     }
+    key.list_models(emu.list_models_fails);
     let out = key.json();
     db.pkeys.push(key);
     ok(out)
@@ -261,13 +263,14 @@ pub(super) async fn update_pkey(
         Err(e) => return bad(e),
         _ => {}
     }
-    let key = match parse_pkey(&o, &p, id.clone(), Some(&db.pkeys[pos])) {
+    let mut key = match parse_pkey(&o, &p, id.clone(), Some(&db.pkeys[pos])) {
         Ok(k) => k,
         Err(e) => return bad(e),
     };
     if let Some(r) = name_taken(&db, &key.name, &id) {
         return r;
     }
+    key.list_models(emu.list_models_fails);
     let out = key.json();
     db.pkeys[pos] = key;
     ok(out)

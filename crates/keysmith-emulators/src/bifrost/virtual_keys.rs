@@ -29,7 +29,7 @@ pub(super) async fn list_vks(State(emu): State<Arc<Emu>>, RawQuery(q): RawQuery)
         let all: Vec<Value> = db
             .vks
             .iter()
-            .map(|v| v.json(with_value, &db.pkeys))
+            .map(|v| v.json(with_value, !emu.no_vk_expiry, &db.pkeys))
             .collect();
         // Unpaginated: the whole list is one page.
         return ok(json!({
@@ -89,7 +89,7 @@ pub(super) async fn list_vks(State(emu): State<Arc<Emu>>, RawQuery(q): RawQuery)
         .into_iter()
         .skip(offset)
         .take(limit)
-        .map(|v| v.json(with_value, &db.pkeys))
+        .map(|v| v.json(with_value, !emu.no_vk_expiry, &db.pkeys))
         .collect();
     ok(json!({
         "virtual_keys": page,
@@ -120,6 +120,10 @@ pub(super) async fn create_vk(State(emu): State<Arc<Emu>>, body: Bytes) -> Respo
         let rate_limit = parse_rate_limit(o.get("rate_limit"), "rate_limit")?.flatten();
         let provider_configs =
             parse_provider_configs(o.get("provider_configs"), &mut db)?.unwrap_or_default();
+        let expires_at = match emu.no_vk_expiry {
+            true => None,
+            false => opt_expiry(o.get("expires_at"))?.flatten(),
+        };
         let at = now();
         Ok(Vk {
             id: uuid::Uuid::new_v4().to_string(),
@@ -136,12 +140,14 @@ pub(super) async fn create_vk(State(emu): State<Arc<Emu>>, body: Bytes) -> Respo
                 .unwrap_or(false),
             created_at: at.clone(),
             updated_at: at,
+            expires_at,
+            rotated_at: None,
         })
     })() {
         Ok(vk) => vk,
         Err(e) => return bad(e),
     };
-    let out = vk.json(true, &db.pkeys);
+    let out = vk.json(true, !emu.no_vk_expiry, &db.pkeys);
     db.vks.push(vk);
     ok(json!({ "message": "Virtual key created successfully", "virtual_key": out }))
 }
@@ -153,7 +159,7 @@ pub(super) async fn get_vk(State(emu): State<Arc<Emu>>, Path(id): Path<String>) 
         return no_vk();
     };
     vk.refresh(Utc::now());
-    ok(json!({ "virtual_key": vk.json(!emu.hide_vk_values, &db.pkeys) }))
+    ok(json!({ "virtual_key": vk.json(!emu.hide_vk_values, !emu.no_vk_expiry, &db.pkeys) }))
 }
 
 pub(super) async fn update_vk(
@@ -216,13 +222,18 @@ pub(super) async fn update_vk(
         if let Some(c) = opt_bool(o.get("calendar_aligned"), "calendar_aligned")? {
             vk.calendar_aligned = c;
         }
+        if !emu.no_vk_expiry {
+            if let Some(e) = opt_expiry(o.get("expires_at"))? {
+                vk.expires_at = e;
+            }
+        }
         Ok(())
     })();
     if let Err(e) = result {
         return bad(e);
     }
     vk.updated_at = now();
-    let out = vk.json(true, &db.pkeys);
+    let out = vk.json(true, !emu.no_vk_expiry, &db.pkeys);
     db.vks[pos] = vk;
     ok(json!({ "message": "Virtual key updated successfully", "virtual_key": out }))
 }
@@ -242,10 +253,9 @@ pub(super) async fn rotate_vk(State(emu): State<Arc<Emu>>, Path(id): Path<String
     let Some(vk) = db.vks.iter_mut().find(|v| v.id == id) else {
         return no_vk();
     };
-    vk.value = new_vk_value();
-    vk.updated_at = now();
+    vk.rotate();
     ok(
-        json!({ "message": "Virtual key rotated successfully", "virtual_key": vk.json(true, &db.pkeys) }),
+        json!({ "message": "Virtual key rotated successfully", "virtual_key": vk.json(true, !emu.no_vk_expiry, &db.pkeys) }),
     )
 }
 
@@ -269,9 +279,8 @@ pub(super) async fn rotate_vks(State(emu): State<Arc<Emu>>, body: Bytes) -> Resp
     let db = &mut *db;
     let mut out = Vec::new();
     for vk in db.vks.iter_mut().filter(|v| ids.contains(&v.id)) {
-        vk.value = new_vk_value();
-        vk.updated_at = now();
-        out.push(vk.json(true, &db.pkeys));
+        vk.rotate();
+        out.push(vk.json(true, !emu.no_vk_expiry, &db.pkeys));
     }
     ok(json!({ "message": "Virtual keys rotated successfully", "virtual_keys": out }))
 }

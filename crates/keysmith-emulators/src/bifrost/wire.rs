@@ -74,6 +74,26 @@ pub(super) fn opt_str(v: Option<&Value>, field: &str) -> Result<Option<String>, 
     }
 }
 
+/// `expires_at` of a virtual-key request: `None` when absent, `Some(None)` to clear (`""` or
+/// null), `Some(Some(t))` for an RFC 3339 moment in the future.
+pub(super) fn opt_expiry(v: Option<&Value>) -> Result<Option<Option<DateTime<Utc>>>, String> {
+    match v {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(None)),
+        Some(Value::String(s)) if s.is_empty() => Ok(Some(None)),
+        Some(Value::String(s)) => {
+            let t = DateTime::parse_from_rfc3339(s)
+                .map_err(|_| format!("expires_at must be an RFC3339 timestamp, got {s:?}"))?
+                .with_timezone(&Utc);
+            if t <= Utc::now() {
+                return Err("expires_at must be in the future".into());
+            }
+            Ok(Some(Some(t)))
+        }
+        Some(_) => Err("expires_at must be a string".into()),
+    }
+}
+
 pub(super) fn opt_f64(v: Option<&Value>, field: &str) -> Result<Option<f64>, String> {
     match v {
         None | Some(Value::Null) => Ok(None),
@@ -237,7 +257,7 @@ impl PKey {
             "enabled": self.enabled,
             "use_for_batch_api": self.use_for_batch_api,
             "description": self.description,
-            "status": "success",
+            "status": self.status,
             "config_hash": config_hash(&[&self.id, &self.name, &self.models.join(","), &self.weight.to_string()]),
         });
         if let Some(a) = &self.aliases {
@@ -247,6 +267,20 @@ impl PKey {
             v[k] = redact_config(c);
         }
         v
+    }
+
+    /// What the gateway's model listing with this key wrote: on a failure, `status:
+    /// list_models_failed` and its error text in `description`.
+    pub(super) fn list_models(&mut self, fails: bool) {
+        if fails {
+            self.status = "list_models_failed".into();
+            self.description = format!(
+                "failed to list models for key {}: upstream {} answered 401 (invalid api key)",
+                self.name, self.provider
+            );
+        } else {
+            self.status = "success".into();
+        }
     }
 
     /// A `TableKey` row as a virtual key's provider config lists it (no value).
@@ -364,7 +398,8 @@ impl RateLimit {
 impl Vk {
     /// The `VirtualKey` object. Provider configs name their keys as Bifrost does: `key_ids` is
     /// request-only; answers carry `allow_all_keys` and `keys` (the provider keys' table rows).
-    pub(super) fn json(&self, with_value: bool, pkeys: &[PKey]) -> Value {
+    /// `with_expiry: false` answers as a build without virtual-key expiry.
+    pub(super) fn json(&self, with_value: bool, with_expiry: bool, pkeys: &[PKey]) -> Value {
         let pcs: Vec<Value> = self
             .provider_configs
             .iter()
@@ -422,7 +457,27 @@ impl Vk {
         if with_value {
             v["value"] = json!(self.value);
         }
+        let rfc = |t: &DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
+        if with_expiry {
+            v["expires_at"] = json!(self.expires_at.as_ref().map(rfc));
+        }
+        if let Some(r) = &self.rotated_at {
+            v["rotated_at"] = json!(rfc(r));
+        }
         v
+    }
+
+    /// Whether requests with this key are refused for its expiry.
+    pub(super) fn expired(&self, at: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|e| e <= at)
+    }
+
+    /// A new value (the rotate route, or a rotation the key's manager did not ask for).
+    pub(super) fn rotate(&mut self) {
+        self.value = new_vk_value();
+        let at = Utc::now();
+        self.rotated_at = Some(at);
+        self.updated_at = now();
     }
 
     pub(super) fn refresh(&mut self, at: DateTime<Utc>) {

@@ -63,11 +63,14 @@ const MARKER: &str = "managed by keysmith";
 
 const VK_PATH: &str = "/api/governance/virtual-keys";
 
-/// The fields Bifrost honours when a key is created (virtual keys: all of them; provider keys:
-/// name, disabled, models and the block — `validate` rejects a limit on a provider key).
+/// The fields Bifrost honours when a key is created (virtual keys: all of them, expiry since
+/// Bifrost PR #4887; provider keys: name, disabled, models and the block — `validate` rejects a
+/// limit or an expiry on a provider key).
 const SUPPORTED: &[Field] = &[
     Field::DisplayName,
     Field::Disabled,
+    Field::ExpiresAt,
+    Field::Ttl,
     Field::LimitAmount,
     Field::LimitReset,
     Field::Models,
@@ -80,6 +83,8 @@ const SUPPORTED: &[Field] = &[
 const MUTABLE: &[Field] = &[
     Field::DisplayName,
     Field::Disabled,
+    Field::ExpiresAt,
+    Field::Ttl,
     Field::LimitAmount,
     Field::LimitReset,
     Field::Models,
@@ -395,6 +400,19 @@ impl KeyBackend for BifrostClient {
 
     fn extras_drift(&self, current: &ProviderKey, desired: &KeySettings) -> bool {
         extras_differ(current, desired)
+    }
+
+    fn key_problem(&self, key: &ProviderKey) -> Option<String> {
+        key_problem(key)
+    }
+
+    fn rotated_outside(
+        &self,
+        key: &ProviderKey,
+        held: &SecretString,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Option<String> {
+        rotated_outside(key, held, since)
     }
 }
 

@@ -205,9 +205,8 @@ impl BifrostClient {
                     if let Some(w) = b.weight {
                         body["weight"] = json!(w);
                     }
-                    if let Some(desc) = &b.description {
-                        body["description"] = json!(desc);
-                    }
+                    // `description` is the gateway's own error/status text (published `Key`
+                    // schema): never written, whatever spec.bifrost.description says.
                     copy_cloud_configs(&mut body, &b);
                 }
                 _ => {}
@@ -265,9 +264,8 @@ pub(super) fn provider_key_body(
         "weight": b.weight.unwrap_or(1.0),
         "enabled": !s.disabled,
     });
-    if let Some(d) = &b.description {
-        body["description"] = json!(d);
-    }
+    // No `description`: on a provider key it is the gateway's error/status text (see
+    // [`key_problem`]); spec.bifrost.description stays in the ApiKey.
     copy_cloud_configs(&mut body, b);
     body
 }
@@ -291,6 +289,11 @@ pub(super) struct ProviderKeyJson {
     weight: Option<f64>,
     #[serde(default)]
     enabled: Option<bool>,
+    /// `success`, `list_models_failed`, … (written by the gateway).
+    #[serde(default)]
+    status: Option<String>,
+    /// The gateway's error or status text for the key (not the user's: the schema gives the
+    /// user no description on provider keys).
     #[serde(default)]
     description: Option<String>,
     #[serde(default)]
@@ -333,10 +336,14 @@ impl ProviderKeyJson {
         extras.insert("family".to_string(), FAMILY_PROVIDER.to_string());
         extras.insert("provider".to_string(), provider.to_string());
         extras.insert("weight".to_string(), self.weight.unwrap_or(1.0).to_string());
-        extras.insert(
-            "description".to_string(),
-            self.description.unwrap_or_default(),
-        );
+        // What the gateway says of the key, for [`key_problem`]; bounded (an answer is not
+        // trusted to be short) and never compared with the spec.
+        if let Some(status) = self.status.filter(|s| !s.trim().is_empty()) {
+            extras.insert(EXTRA_STATUS.to_string(), http::snippet(&status));
+            if let Some(d) = self.description.filter(|d| !d.trim().is_empty()) {
+                extras.insert(EXTRA_STATUS_TEXT.to_string(), http::snippet(&d));
+            }
+        }
         ProviderKey {
             expires_at: None,
             id: self.id,
@@ -396,6 +403,7 @@ impl FlatKeyRow {
             models: self.models,
             weight: self.weight,
             enabled: self.enabled,
+            status: None,
             description: None,
             created_at: None,
         }
@@ -414,4 +422,55 @@ pub(super) fn copy_cloud_configs(body: &mut serde_json::Value, b: &BifrostKeySpe
             body[k] = v.clone();
         }
     }
+}
+
+/// Extras key: the provider key's `status` as the gateway answered it.
+const EXTRA_STATUS: &str = "status";
+/// Extras key: the gateway's `description` (error/status text) of a provider key with a status.
+const EXTRA_STATUS_TEXT: &str = "statusText";
+
+/// What the gateway reports wrong with a provider key: any `status` other than `success` (e.g.
+/// `list_models_failed`, which means the upstream refused the value), with the gateway's text.
+/// Words that look like credentials are masked: the text is an upstream's error, which may
+/// quote what it was sent.
+pub fn key_problem(key: &ProviderKey) -> Option<String> {
+    if key.extras.get("family").map(String::as_str) != Some(FAMILY_PROVIDER) {
+        return None;
+    }
+    let status = key.extras.get(EXTRA_STATUS)?.trim();
+    if status.is_empty() || status.eq_ignore_ascii_case("success") {
+        return None;
+    }
+    let text = key
+        .extras
+        .get(EXTRA_STATUS_TEXT)
+        .map(|t| format!(": {}", mask_tokens(t)))
+        .unwrap_or_default();
+    Some(format!(
+        "the gateway reports provider key {} as {}{text}",
+        key.id,
+        mask_tokens(status)
+    ))
+}
+
+/// Replace every word that could be a credential (16 characters or more of letters, digits,
+/// `-`, `_`, `.`, with a digit in it) by `[REDACTED]`.
+pub fn mask_tokens(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        let secretish = word.chars().count() >= 16 && word.chars().any(|c| c.is_ascii_digit());
+        out.push_str(if secretish { "[REDACTED]" } else { word });
+        word.clear();
+    };
+    for c in s.chars() {
+        if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
 }

@@ -52,6 +52,12 @@ pub fn validate_settings(s: &KeySettings) -> Vec<String> {
         if b.rate_limit.is_some() {
             out.push("spec.bifrost.rateLimit applies to virtual keys only".into());
         }
+        if s.expires_at.is_some() {
+            out.push(
+                "spec.expiresAt/spec.ttl: Bifrost provider keys have no expiry (virtual keys do)"
+                    .into(),
+            );
+        }
         return out;
     }
     // Virtual keys.
@@ -149,12 +155,8 @@ pub fn validate_settings(s: &KeySettings) -> Vec<String> {
 pub fn extras_differ(current: &ProviderKey, d: &KeySettings) -> bool {
     let b = d.bifrost.clone().unwrap_or_default();
     let ex = &current.extras;
-    if let Some(desc) = &b.description {
-        if ex.get("description").map(String::as_str).unwrap_or("") != desc.trim() {
-            return true;
-        }
-    }
     if ex.get("family").map(String::as_str) == Some(FAMILY_PROVIDER) {
+        // A provider key's `description` is the gateway's (error/status text): not compared.
         if let Some(w) = b.weight {
             let cur = ex
                 .get("weight")
@@ -165,6 +167,11 @@ pub fn extras_differ(current: &ProviderKey, d: &KeySettings) -> bool {
             }
         }
         return false;
+    }
+    if let Some(desc) = &b.description {
+        if ex.get("description").map(String::as_str).unwrap_or("") != desc.trim() {
+            return true;
+        }
     }
     if let Some(want) = desired_provider_configs(d) {
         let have: Vec<ProviderConfigView> = ex

@@ -73,6 +73,9 @@ impl BifrostClient {
         if let Some(rl) = &b.rate_limit {
             body["rate_limit"] = rate_limit_json(rl);
         }
+        if let Some(e) = s.expires_at {
+            body["expires_at"] = json!(rfc3339(e));
+        }
         let resp = self
             .call(
                 "create_virtual_key",
@@ -97,6 +100,10 @@ impl BifrostClient {
             match f {
                 Field::DisplayName => body["name"] = json!(d.name),
                 Field::Disabled => body["is_active"] = json!(!d.disabled),
+                // An RFC 3339 moment sets the expiry, "" clears it (UpdateVirtualKeyRequest).
+                Field::ExpiresAt | Field::Ttl => {
+                    body["expires_at"] = json!(d.expires_at.map(rfc3339).unwrap_or_default())
+                }
                 Field::LimitAmount | Field::LimitReset => {
                     // Budgets replace the key's budgets; an empty list removes them.
                     body["budgets"] = match &d.limit {
@@ -142,7 +149,11 @@ impl BifrostClient {
                 Some(&body),
             )
             .await?;
-        Ok(resp.json::<VkEnvelope>()?.virtual_key.into_key())
+        let key = resp.json::<VkEnvelope>()?.virtual_key.into_key();
+        if body.get("expires_at").is_some() {
+            expiry_taken(&key, d.expires_at)?;
+        }
+        Ok(key)
     }
 
     pub(super) async fn vk_rotate(&self, id: &str) -> Result<CreatedKey, ProviderError> {
@@ -189,6 +200,87 @@ impl BifrostClient {
         .await
         .map(|_| ())
     }
+}
+
+/// Extras key: when the gateway last rotated the virtual key's value (`rotated_at`).
+pub(super) const EXTRA_ROTATED_AT: &str = "rotatedAt";
+
+/// How much later than `since` a `rotated_at` must be to count as a rotation keysmith did not
+/// make (both are whole seconds; `since` is in the gateway's clock).
+const ROTATED_AT_SLACK_SECS: i64 = 2;
+
+/// Whether virtual key `key` was rotated outside keysmith (see
+/// [`KeyBackend::rotated_outside`]). The value (or its redacted ends) the gateway reports
+/// decides when it reports one; otherwise a `rotated_at` after `since`.
+pub fn rotated_outside(
+    key: &ProviderKey,
+    held: &SecretString,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+) -> Option<String> {
+    if key.extras.get("family").map(String::as_str) != Some(FAMILY_VIRTUAL) {
+        return None;
+    }
+    let held = held.expose_secret();
+    if let Some(h) = key.hint.as_deref() {
+        let same = if is_redacted(h) {
+            let head: String = h.chars().take_while(|c| *c != '*').collect();
+            let tail: String = h
+                .chars()
+                .rev()
+                .take_while(|c| *c != '*')
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            held.starts_with(&head) && held.ends_with(&tail)
+        } else {
+            mask(held, 10).as_deref() == Some(h)
+        };
+        return (!same).then(|| {
+            format!(
+                "the gateway's value of virtual key {} is not the one the Secret holds",
+                key.id
+            )
+        });
+    }
+    let rotated = key
+        .extras
+        .get(EXTRA_ROTATED_AT)
+        .and_then(|r| parse_time(&Some(r.clone())))?;
+    let since = since?;
+    (rotated > since + chrono::Duration::seconds(ROTATED_AT_SLACK_SECS)).then(|| {
+        format!(
+            "the gateway rotated virtual key {} at {}, after keysmith got the value the Secret holds",
+            key.id,
+            rfc3339(rotated)
+        )
+    })
+}
+
+/// A moment as the gateway takes it (RFC 3339, seconds, `Z`).
+pub(super) fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The answer to an update that set `expires_at` must carry it: a build that predates
+/// virtual-key expiry ignores the field, and asking again at every refresh would never end.
+pub(super) fn expiry_taken(
+    key: &ProviderKey,
+    want: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<(), ProviderError> {
+    let have = key.observed.expires_at.flatten();
+    let same = match (have, want) {
+        (Some(a), Some(b)) => (a - b).num_seconds().abs() <= 1,
+        (None, None) => true,
+        _ => false,
+    };
+    if same {
+        return Ok(());
+    }
+    Err(ProviderError::Unsupported(match want {
+        Some(_) => "this Bifrost gateway ignores virtual-key expires_at (builds before virtual-key expiry): upgrade it, or remove spec.expiresAt/spec.ttl".into(),
+        None => "this Bifrost gateway kept the virtual key's expires_at after keysmith cleared it".into(),
+    }))
 }
 
 pub(super) fn no_rotate() -> ProviderError {
@@ -426,6 +518,13 @@ pub(super) struct VirtualKey {
     rate_limit: Option<VkRateLimit>,
     #[serde(default)]
     created_at: Option<String>,
+    /// Newer builds (Bifrost PR #4887): requests are refused after it; null or absent: never.
+    #[serde(default)]
+    expires_at: Option<String>,
+    /// Newer builds: when the value was last rotated (the rotate route, or the gateway's own
+    /// scheduled rotation).
+    #[serde(default)]
+    rotated_at: Option<String>,
 }
 
 pub(super) fn yes() -> bool {
@@ -568,6 +667,9 @@ impl VirtualKey {
         let mut extras = Extras::new();
         extras.insert("family".to_string(), FAMILY_VIRTUAL.to_string());
         extras.insert("description".to_string(), user_desc);
+        if let Some(r) = parse_time(&self.rotated_at) {
+            extras.insert(EXTRA_ROTATED_AT.to_string(), rfc3339(r));
+        }
         if let Some(pcs) = self.provider_configs {
             let views: Vec<ProviderConfigView> = pcs
                 .into_iter()
@@ -604,7 +706,9 @@ impl VirtualKey {
             active: true,
             observed: ObservedSettings {
                 disabled: Some(!self.is_active),
-                expires_at: None,
+                // Null or absent: never expires (a build without expiry answers the same; an
+                // update that sets one checks the answer, see `expiry_taken`).
+                expires_at: Some(parse_time(&self.expires_at)),
                 limit: Some(limit),
                 allowed_ips: None,
                 // Model allow-lists live in the provider configs: compared in extras_drift.
