@@ -96,6 +96,7 @@ impl BifrostClient {
                 &pk_path(provider, Some(id))?,
                 Some(body),
                 secret,
+                &[],
             )
             .await?;
         Ok(resp.json::<ProviderKeyJson>()?.into_key(provider))
@@ -143,12 +144,14 @@ impl BifrostClient {
             }
         }
         let resp = self
-            .raw(
+            .call_with(
                 "create_provider_key",
                 Idempotency::Unsafe,
                 Method::POST,
                 &pk_path(&provider, None)?,
                 Some(&body),
+                Some(value),
+                &[StatusCode::CONFLICT],
             )
             .await?;
         if resp.status.is_success() {
