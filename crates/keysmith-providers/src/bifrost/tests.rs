@@ -404,3 +404,72 @@ fn redacted_values_are_never_secrets() {
     assert_eq!(k.hint.as_deref(), Some("sk-p…wxyz"));
     assert_eq!(k.observed.models, Some(vec![]));
 }
+
+#[test]
+fn a_redacted_virtual_key_value_tells_a_rotation_by_its_ends() {
+    let key = |value: &str, rotated_at: Option<&str>| {
+        let mut raw = json!({"id": "vk1", "name": "a", "value": value});
+        if let Some(r) = rotated_at {
+            raw["rotated_at"] = json!(r);
+        }
+        serde_json::from_value::<VirtualKey>(raw)
+            .unwrap()
+            .into_key()
+    };
+    let held = SecretString::from("sk-bf-0123456789abcdefghij1234");
+    let since = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc));
+    // Redacted ends that fit the Secret's value: the same value, whatever rotated_at says.
+    let same = key(
+        "sk-b************************1234",
+        Some("2026-06-01T00:00:00Z"),
+    );
+    assert_eq!(rotated_outside(&same, &held, since), None);
+    let other = key("sk-b************************9999", None);
+    let why = rotated_outside(&other, &held, since).expect("other ends");
+    assert!(!why.contains("0123456789"), "{why}");
+    // All stars: nothing to tell by.
+    assert_eq!(rotated_outside(&key("********", None), &held, since), None);
+    // A value in clear that is not the held one.
+    let clear = key("sk-bf-zzzzzzzzzzzzzzzzzzzzzzzz1234", None);
+    assert!(rotated_outside(&clear, &held, since).is_some());
+    // No value at all: rotated_at after `since` (beyond the slack) tells; before does not.
+    let hidden = |r: &str| {
+        serde_json::from_value::<VirtualKey>(json!({"id": "vk1", "name": "a", "rotated_at": r}))
+            .unwrap()
+            .into_key()
+    };
+    assert!(rotated_outside(&hidden("2026-01-01T00:00:10Z"), &held, since).is_some());
+    assert_eq!(
+        rotated_outside(&hidden("2026-01-01T00:00:01Z"), &held, since),
+        None
+    );
+    assert_eq!(
+        rotated_outside(&hidden("2026-01-01T00:00:10Z"), &held, None),
+        None,
+        "no record of when keysmith got the value: nothing to compare"
+    );
+}
+
+#[test]
+fn a_provider_key_problem_masks_credential_like_words() {
+    let raw = json!({"id": "k", "name": "n", "status": "list_models_failed",
+        "description": "upstream said: Incorrect API key provided: sk-proj-abcdef0123456789XYZ. (401)"});
+    let k = serde_json::from_value::<ProviderKeyJson>(raw)
+        .unwrap()
+        .into_key("openai");
+    let m = key_problem(&k).expect("a problem");
+    assert!(
+        m.contains("list_models_failed") && m.contains("(401)"),
+        "{m}"
+    );
+    assert!(!m.contains("abcdef0123456789"), "{m}");
+    let ok = json!({"id": "k", "name": "n", "status": "success", "description": "fine"});
+    let k = serde_json::from_value::<ProviderKeyJson>(ok)
+        .unwrap()
+        .into_key("openai");
+    assert_eq!(key_problem(&k), None);
+    assert_eq!(mask_tokens("gpt-4o-mini-2024-07-18"), "[REDACTED]");
+    assert_eq!(mask_tokens("model gpt-4o failed"), "model gpt-4o failed");
+}
