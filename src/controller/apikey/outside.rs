@@ -77,7 +77,7 @@ pub async fn check(
             if fresh.hint.is_some() {
                 st.key_hint = fresh.hint.clone();
             }
-            r.ctx.remember(r.p, &key.at, &fresh).await;
+            r.ctx.listings.remember(r.p, &key.at, &fresh).await;
             let note = format!(
                 "key {} was rotated outside keysmith ({why}); Secret {} now holds the value {} returns for it",
                 key.id,
