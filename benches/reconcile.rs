@@ -48,7 +48,7 @@ use tokio::sync::Semaphore;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use keysmith::api::{ApiKey, ClusterKeyProvider, ClusterKeyProviderSpec, KeyProviderSpec};
-use keysmith::controller::{apikey, Context};
+use keysmith::controller::{self, Context};
 use keysmith::emulators::{self, openrouter};
 use keysmith::metrics::Metrics;
 
@@ -96,12 +96,12 @@ async fn drive_until_ready(
     loop {
         let ak = Arc::new(api.get(&name).await.expect("ApiKey exists"));
         let permit = sem.acquire().await.expect("semaphore open");
-        let result = apikey::reconcile(ak.clone(), ctx.clone()).await;
+        let result = controller::reconcile(ak.clone(), ctx.clone()).await;
         drop(permit);
         reconciles += 1;
         let action = match result {
             Ok(a) => a,
-            Err(e) => apikey::error_policy(ak.clone(), &e, ctx.clone()),
+            Err(e) => controller::error_policy(ak.clone(), &e, ctx.clone()),
         };
         let after = api.get(&name).await.expect("ApiKey exists");
         if is_ready(&after) && ready_at.is_none() {
@@ -355,7 +355,7 @@ async fn main() {
             let ctx = ctx.clone();
             async move {
                 let ak = Arc::new(api.get(&name).await.expect("ApiKey exists"));
-                if let Err(e) = apikey::reconcile(ak, ctx).await {
+                if let Err(e) = controller::reconcile(ak, ctx).await {
                     eprintln!("reconcile {name}: {e}");
                 }
                 let after = api.get(&name).await.expect("ApiKey exists");

@@ -1217,14 +1217,14 @@ fn rendered_rbac_covers_what_the_controller_uses() {
                 .is_some_and(|v| v.contains(verb))
         };
         let restarts = values.contains("rolloutRestart: {enabled: true}");
-        let mut optional: Vec<keysmith::controller::rbac::Permission> = Vec::new();
+        let mut optional: Vec<keysmith::controller::Permission> = Vec::new();
         if restarts {
-            optional.extend(keysmith::controller::rbac::ROLLOUT_RESTART_PERMISSIONS);
+            optional.extend(keysmith::controller::ROLLOUT_RESTART_PERMISSIONS);
         }
         if !watched.is_empty() {
-            optional.extend(keysmith::controller::rbac::NAMESPACE_MODE_PERMISSIONS);
+            optional.extend(keysmith::controller::NAMESPACE_MODE_PERMISSIONS);
         }
-        for p in keysmith::controller::rbac::PERMISSIONS.iter().chain(&optional) {
+        for p in keysmith::controller::PERMISSIONS.iter().chain(&optional) {
             for verb in p.verbs {
                 let what = format!("{verb} on {}/{}", p.group, p.resource);
                 if cluster_scoped(p.resource) {
@@ -1253,7 +1253,7 @@ fn rendered_rbac_covers_what_the_controller_uses() {
             }
         }
         let listed = |group: &str, resource: &str, verb: &str| {
-            keysmith::controller::rbac::PERMISSIONS
+            keysmith::controller::PERMISSIONS
                 .iter()
                 .chain(&optional)
                 .any(|p| p.group == group && p.resource == resource && p.verbs.contains(&verb))

@@ -313,7 +313,7 @@ async fn a_provider_that_pages_forever_is_bounded_and_starves_no_one() {
     );
     println!("ApiKeys on the endless provider: {reason}: {message}");
     assert!(
-        pages <= 4 * (keysmith::controller::listing::MAX_SNAPSHOT_KEYS / 100 + 1),
+        pages <= 4 * (keysmith::controller::MAX_SNAPSHOT_KEYS / 100 + 1),
         "{pages} pages in 60 s"
     );
     assert!(hwm < 256 * 1024, "peak RSS {:.1} MiB", mib(hwm));

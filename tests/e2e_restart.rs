@@ -11,7 +11,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
 
 use keysmith::api::{RestartKind, RestartTarget, RESTARTED_AT_ANNOTATION};
-use keysmith::controller::restart::{restart, rolled_out, Debouncer, Outcome};
+use keysmith::controller::{restart, rolled_out, Debouncer, Outcome};
 
 #[path = "common/control_plane.rs"]
 mod control_plane;
@@ -92,7 +92,7 @@ async fn a_restart_rolls_out_a_new_replicaset() {
         restart(&client, &debouncer, &ns, &target, now, now).await,
         Outcome::Covered(restarted.clone())
     );
-    let value = keysmith::controller::restart::restarted_at(now);
+    let value = keysmith::controller::restarted_at(now);
     eventually(
         "a second ReplicaSet with the restarted template",
         || async {

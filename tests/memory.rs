@@ -12,7 +12,7 @@ use kube::runtime::watcher::Event;
 use serde_json::json;
 
 use keysmith::api::ApiKey;
-use keysmith::controller::listing::Snapshot;
+use keysmith::controller::Snapshot;
 
 struct Counting;
 
@@ -133,7 +133,7 @@ fn per_key_memory_at_10000_keys() {
             let (store, mut writer) = reflector::store::<ApiKey>();
             for mut o in objects.iter().cloned() {
                 if slim {
-                    keysmith::controller::cache::slim(&mut o);
+                    keysmith::controller::slim(&mut o);
                 }
                 writer.apply_watcher_event(&Event::Apply(o));
             }

@@ -16,7 +16,7 @@ mod control_plane;
 use serde_json::json;
 
 use keysmith::api::{RestartKind, RestartTarget, RESTARTED_AT_ANNOTATION};
-use keysmith::controller::restart::{restart, Debouncer, Outcome};
+use keysmith::controller::{restart, Debouncer, Outcome};
 
 fn workload(kind: &str, name: &str, ns: &str) -> serde_json::Value {
     json!({

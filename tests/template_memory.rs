@@ -10,7 +10,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use keysmith::api::{ApiKey, ApiKeySpec, SecretSpec, SecretTemplate};
-use keysmith::controller::secret::check_template;
+use keysmith::controller::check_template;
 
 struct Peak;
 

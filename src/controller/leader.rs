@@ -38,7 +38,7 @@ use serde_json::json;
 use tokio::sync::{oneshot, Notify};
 
 use super::admin::Health;
-pub use super::lease::{margin, renew_deadline, Deadline, LeaseClock};
+pub use super::lease::{margin, LeaseClock};
 use super::{run_controllers, Context, RunArgs};
 
 /// The lease duration `keysmith run` uses (`--lease-duration`, at least 3 s).
@@ -494,6 +494,7 @@ pub(super) async fn run_with_leader_election(
 
 #[cfg(test)]
 mod tests {
+    use super::super::lease::renew_deadline;
     use super::*;
 
     #[test]

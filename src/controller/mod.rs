@@ -2,11 +2,11 @@
 //! verifies provider objects. Only the Lease holder reconciles when leader election is on.
 
 pub(crate) mod admin;
-pub mod apikey;
+pub(crate) mod apikey;
 pub(crate) mod backends;
 pub(crate) mod backoff;
-pub mod budget;
-pub mod cache;
+pub(crate) mod budget;
+pub(crate) mod cache;
 pub(crate) mod conditions;
 pub(crate) mod context;
 pub(crate) mod create_holds;
@@ -14,25 +14,26 @@ pub(crate) mod credentials;
 pub(crate) mod error;
 pub(crate) mod fairness;
 pub(crate) mod gauges;
-pub mod history;
-pub mod inuse;
-pub mod leader;
+pub(crate) mod history;
+pub(crate) mod inuse;
+pub(crate) mod leader;
 pub(crate) mod lease;
 pub(crate) mod limits;
-pub mod listing;
+pub(crate) mod listing;
 pub(crate) mod nsguard;
 pub(crate) mod period;
 pub(crate) mod predicates;
 pub(crate) mod provider;
-pub mod rbac;
+#[cfg(any(test, feature = "test-hooks"))]
+pub(crate) mod rbac;
 pub(crate) mod reasons;
 pub(crate) mod resolve;
-pub mod restart;
-pub mod rotation;
-pub mod secret;
+pub(crate) mod restart;
+pub(crate) mod rotation;
+pub(crate) mod secret;
 pub(crate) mod settings;
-pub mod supervise;
-pub mod time;
+pub(crate) mod supervise;
+pub(crate) mod time;
 pub(crate) mod watches;
 pub(crate) mod write_log;
 
@@ -59,6 +60,36 @@ pub use context::Context;
 #[cfg(any(test, feature = "test-hooks"))]
 pub use context::Kept;
 pub use settings::Settings;
+
+// Every module above is `pub(crate)`, so `dead_code` reports what nothing uses. What other
+// crates (the binaries, the bench, the tests) call is re-exported here, one line each:
+/// The ApiKey reconciler and its error policy: the bench and the controller tests drive them.
+pub use apikey::{error_policy, reconcile};
+/// The budget pass: tests/controller/budget.rs runs one directly.
+pub use budget::{pass_over, PassReport};
+/// The watch cache's trimming: tests/memory.rs measures what it saves.
+pub use cache::slim;
+/// The reconcile error: tests match on its variants (LeaseLost, Panicked).
+pub use error::Error;
+/// The finalizer keysmith keeps on provider objects in use: tests check it.
+pub use inuse::IN_USE_FINALIZER;
+/// Leader election and fencing: tests/controller/leader.rs drives them against the API server.
+pub use leader::{fenced_client, lead, Attempt, LeaseClock, LeaseLock, SteppedDown};
+/// The listing cap and snapshot: tests/memory.rs and tests/e2e_bounds.rs measure them.
+pub use listing::{Snapshot, MAX_SNAPSHOT_KEYS};
+/// The permissions the chart's RBAC and the recorded requests are checked against (tests only).
+#[cfg(any(test, feature = "test-hooks"))]
+pub use rbac::{Permission, NAMESPACE_MODE_PERMISSIONS, PERMISSIONS, ROLLOUT_RESTART_PERMISSIONS};
+/// Workload restarts: tests/restart.rs and tests/e2e_restart.rs run them on a real cluster.
+pub use restart::{restart, restarted_at, rolled_out, Debouncer, Outcome, DEBOUNCE_WINDOW};
+/// The message of a spent create budget: tests/controller/fairness.rs looks for it.
+pub use rotation::BUDGET_HELD;
+/// The Secret template check: tests/template_memory.rs measures it.
+pub use secret::check_template;
+/// The supervised reconcilers (panic-catching): the controller tests run them.
+pub use supervise::{reconcile_apikey, reconcile_key_provider};
+/// Status timestamps (RFC 3339): tests read and write them.
+pub use time::{parse as parse_time, ts};
 
 /// Label (any value, e.g. `true`) a user puts on a Secret to let ApiKeys of its namespace use it
 /// as `spec.source`: an unlabelled Secret is never read for a push (SourceNotFound). keysmith

@@ -7,9 +7,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use keysmith::controller::rbac::{
-    NAMESPACE_MODE_PERMISSIONS, PERMISSIONS, ROLLOUT_RESTART_PERMISSIONS,
-};
+use keysmith::controller::{NAMESPACE_MODE_PERMISSIONS, PERMISSIONS, ROLLOUT_RESTART_PERMISSIONS};
 use kube::Client;
 use serde_json::{json, Value};
 
@@ -64,7 +62,7 @@ fn status_response(code: u16, message: &str) -> http::Response<kube::client::Bod
 }
 
 /// The controller's client: every request is classified as RBAC sees it and must be covered by
-/// `keysmith::controller::rbac::PERMISSIONS` (the list the chart's RBAC is checked against),
+/// `keysmith::controller::PERMISSIONS` (the list the chart's RBAC is checked against),
 /// every write is recorded in `writes`, and Secret writes fail while `faults` says so.
 pub fn instrumented(
     inner: Client,

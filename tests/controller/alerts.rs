@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use keysmith::api::{AlertsSpec, ApiKeySpec, LimitReset, SpendLimit};
-use keysmith::controller::apikey;
+use keysmith::controller;
 use keysmith::controller::Context;
 use serde_json::json;
 
@@ -26,7 +26,7 @@ fn condition(ak: &keysmith::api::ApiKey, ty: &str) -> Option<(String, String)> {
 
 async fn reconcile_with(env: &Env, ctx: &Arc<Context>, name: &str) {
     let ak = env.get(name).await;
-    apikey::reconcile(Arc::new(ak), ctx.clone())
+    controller::reconcile(Arc::new(ak), ctx.clone())
         .await
         .expect("reconcile");
 }

@@ -8,7 +8,7 @@ use keysmith::api::{
     ApiKey, ApiKeySpec, BifrostProvider, ClusterKeyBudget, KeyBudget, KeyBudgetStatus,
     KeyProviderSpec, LimitReset, ProviderKind, SpendLimit,
 };
-use keysmith::controller::{apikey, budget};
+use keysmith::controller;
 use keysmith::emulators::{self, bifrost as bifrost_emu, RunningEmulator};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
@@ -59,7 +59,7 @@ async fn converge_in(env: &Env, ns: &str, name: &str) -> String {
         if ready(&ak).0 == "True" {
             return ak.status.unwrap().key_id.unwrap();
         }
-        if let Err(e) = apikey::reconcile(Arc::new(ak), env.ctx.clone()).await {
+        if let Err(e) = controller::reconcile(Arc::new(ak), env.ctx.clone()).await {
             eprintln!("reconcile {ns}/{name}: {e}");
         }
     }
@@ -90,7 +90,7 @@ async fn spend_bf(bf: &RunningEmulator, id: &str, amount: f64, as_request: bool)
 
 /// A budget pass on fresh listings (the shared listing is otherwise reused for a refresh
 /// interval, 10 s at least).
-async fn pass(env: &Env) -> budget::PassReport {
+async fn pass(env: &Env) -> controller::PassReport {
     for p in ["openrouter", "bifrost"] {
         env.ctx.listings.forget(&format!(
             "ClusterKeyProvider/{}",
@@ -102,10 +102,10 @@ async fn pass(env: &Env) -> budget::PassReport {
 
 /// A budget pass over this test's budgets only (KeyBudgets of its namespaces, ClusterKeyBudgets
 /// named with its suffix): tests run in parallel on one API server.
-async fn own_pass(env: &Env) -> budget::PassReport {
+async fn own_pass(env: &Env) -> controller::PassReport {
     let suffix = env.cluster_provider_name("");
     let (ns, other) = (env.ns.clone(), env.other_ns.clone());
-    budget::pass_over(&env.ctx, &move |n, name| match n {
+    controller::pass_over(&env.ctx, &move |n, name| match n {
         Some(n) => n == ns || n == other,
         None => name.ends_with(&suffix),
     })

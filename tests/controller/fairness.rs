@@ -15,8 +15,8 @@ use keysmith::api::{
     ApiKey, ApiKeySpec, CreateLimit, KeyProviderSpec, OpenRouterProvider, RotationSpec,
     SecretKeySelector, ROTATE_ANNOTATION,
 };
-use keysmith::controller::apikey;
-use keysmith::controller::rotation::BUDGET_HELD;
+use keysmith::controller;
+use keysmith::controller::BUDGET_HELD;
 use keysmith::emulators;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
@@ -99,7 +99,7 @@ fn rotating(name: &str, ns: &str) -> ApiKey {
 async fn reconcile_in(env: &Env, ns: &str, name: &str) -> bool {
     let api: Api<ApiKey> = Api::namespaced(env.client.clone(), ns);
     let ak = api.get(name).await.expect("ApiKey exists");
-    if let Err(e) = apikey::reconcile(Arc::new(ak), env.ctx.clone()).await {
+    if let Err(e) = controller::reconcile(Arc::new(ak), env.ctx.clone()).await {
         eprintln!("reconcile {ns}/{name}: {e}");
     }
     ready(&api.get(name).await.unwrap()).0 == "True"

@@ -11,7 +11,7 @@ use keysmith::api::{
     ApiKeySpec, ClusterKeyProvider, KeyProvider, KeyProviderSpec, OpenRouterProvider, ProviderKind,
     RestartKind, RestartTarget, RotationSpec, SecretKeySelector, ROTATE_ANNOTATION,
 };
-use keysmith::controller::{supervise, Kept};
+use keysmith::controller::{self, Kept};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -46,8 +46,7 @@ async fn reconcile_until_gone(env: &Env, name: &str) {
         let Some(ak) = env.apikeys().get_opt(name).await.unwrap() else {
             return;
         };
-        if let Err(e) = keysmith::controller::apikey::reconcile(Arc::new(ak), env.ctx.clone()).await
-        {
+        if let Err(e) = keysmith::controller::reconcile(Arc::new(ak), env.ctx.clone()).await {
             eprintln!("reconcile {name}: {e}");
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -196,7 +195,7 @@ async fn deleted_apikeys_and_provider_objects_leave_nothing_in_the_context() {
     kps.delete("down", &DeleteParams::default()).await.unwrap();
     let kp = kps.get("down").await.unwrap();
     assert!(kp.metadata.deletion_timestamp.is_some());
-    supervise::reconcile_key_provider(Arc::new(kp), env.ctx.clone())
+    controller::reconcile_key_provider(Arc::new(kp), env.ctx.clone())
         .await
         .unwrap();
     assert_eq!(env.ctx.kept(), Kept::default());

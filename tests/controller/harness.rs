@@ -19,7 +19,7 @@ use keysmith::api::{
     ApiKey, ApiKeySpec, ClusterKeyProvider, ClusterKeyProviderSpec, KeyProvider, KeyProviderSpec,
     ProviderKind, ProviderRef,
 };
-use keysmith::controller::apikey;
+use keysmith::controller;
 use keysmith::controller::{Context, Settings};
 use keysmith::emulators::RunningEmulator;
 use keysmith::metrics::Metrics;
@@ -52,7 +52,7 @@ pub struct Env {
     pub writes: Writes,
     pub kube_faults: Arc<KubeFaults>,
     pub http: reqwest::Client,
-    /// Requests the controller made that `keysmith::controller::rbac::PERMISSIONS` (and so the
+    /// Requests the controller made that `keysmith::controller::PERMISSIONS` (and so the
     /// chart's RBAC) does not cover; checked when the Env is dropped.
     rbac_violations: Arc<Mutex<Vec<String>>>,
     /// The emulator's control endpoints.
@@ -400,9 +400,9 @@ impl Env {
     }
 
     /// One reconcile of the current state of `name`, as the controller would run it.
-    pub async fn reconcile(&self, name: &str) -> Result<Action, apikey::Error> {
+    pub async fn reconcile(&self, name: &str) -> Result<Action, controller::Error> {
         let ak = self.get(name).await;
-        apikey::reconcile(Arc::new(ak), self.ctx.clone()).await
+        controller::reconcile(Arc::new(ak), self.ctx.clone()).await
     }
 
     /// Reconcile until Ready=True (or `max` passes); returns the last ApiKey.

@@ -14,8 +14,8 @@ use keysmith::api::{
     AdoptionPolicy, ApiKey, ApiKeySpec, ClusterKeyProvider, KeyProvider, KeyProviderSpec, KeyRef,
     OpenRouterProvider, ProviderKind, RotationSpec, SecretKeySelector, ROTATE_ANNOTATION,
 };
-use keysmith::controller::apikey;
-use keysmith::controller::inuse::IN_USE_FINALIZER;
+use keysmith::controller;
+use keysmith::controller::IN_USE_FINALIZER;
 use keysmith::controller::{Context, Settings};
 use keysmith::metrics::Metrics;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -41,7 +41,7 @@ fn cluster_scoped(resource: &str) -> bool {
 
 fn rules(cluster: bool) -> Value {
     Value::Array(
-        keysmith::controller::rbac::PERMISSIONS
+        keysmith::controller::PERMISSIONS
             .iter()
             .filter(|p| cluster_scoped(p.resource) == cluster && p.resource != "leases")
             .map(|p| json!({"apiGroups": [p.group], "resources": [p.resource], "verbs": p.verbs}))
@@ -155,10 +155,12 @@ async fn namespace_mode_context(env: &Env) -> Arc<Context> {
 async fn reconcile_with(env: &Env, ctx: &Arc<Context>, ns: &str, name: &str) -> Option<String> {
     let api: Api<ApiKey> = Api::namespaced(env.client.clone(), ns);
     let ak = api.get_opt(name).await.unwrap()?;
-    Some(match apikey::reconcile(Arc::new(ak), ctx.clone()).await {
-        Ok(_) => "ok".into(),
-        Err(e) => e.to_string(),
-    })
+    Some(
+        match controller::reconcile(Arc::new(ak), ctx.clone()).await {
+            Ok(_) => "ok".into(),
+            Err(e) => e.to_string(),
+        },
+    )
 }
 
 /// Reconcile with `ctx` until Ready=True.

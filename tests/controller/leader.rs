@@ -15,7 +15,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use keysmith::api::{KeyProviderSpec, OpenRouterProvider, SecretKeySelector};
-use keysmith::controller::leader::{fenced_client, Attempt, LeaseClock, LeaseLock};
+use keysmith::controller::{fenced_client, Attempt, LeaseClock, LeaseLock};
 use keysmith::emulators;
 use keysmith::providers::{self, ClientOptions, Credentials, KeySettings, WriteGate};
 
@@ -391,7 +391,7 @@ async fn past_the_renew_deadline_no_write_is_sent() {
 /// it steps down when another replica took the Lease; it stops on shutdown.
 #[tokio::test]
 async fn the_leader_loop_renews_and_steps_down_when_its_deadline_passed_or_the_lease_was_taken() {
-    use keysmith::controller::leader::{lead, SteppedDown};
+    use keysmith::controller::{lead, SteppedDown};
     let env = env().await;
     let ttl = Duration::from_secs(3);
     let name = "loop";

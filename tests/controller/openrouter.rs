@@ -654,8 +654,7 @@ async fn a_reconcile_from_a_stale_copy_neither_creates_a_second_key_nor_forgets_
     let id = ak.status.unwrap().key_id.expect("key recorded");
     let value = env.secret_value("lagging", "api-key").await.unwrap();
 
-    let _ =
-        keysmith::controller::apikey::reconcile(std::sync::Arc::new(stale), env.ctx.clone()).await;
+    let _ = keysmith::controller::reconcile(std::sync::Arc::new(stale), env.ctx.clone()).await;
 
     let ak = env.get("lagging").await;
     assert_eq!(
@@ -704,8 +703,7 @@ async fn a_stale_copy_with_a_cleared_marker_does_not_start_recovery() {
     env.reset_provider_calls().await;
     env.take_writes();
 
-    let _ =
-        keysmith::controller::apikey::reconcile(std::sync::Arc::new(stale), env.ctx.clone()).await;
+    let _ = keysmith::controller::reconcile(std::sync::Arc::new(stale), env.ctx.clone()).await;
 
     let calls = env.provider_calls().await;
     assert_eq!(

@@ -13,7 +13,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use keysmith::api::{
     ApiKey, ApiKeySpec, RestartKind, RestartTarget, RolloutTarget, RotationSpec, ROTATE_ANNOTATION,
 };
-use keysmith::controller::{apikey, Context, Settings};
+use keysmith::controller::{self, Context, Settings};
 use keysmith::metrics::Metrics;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -64,7 +64,7 @@ async fn annotate(env: &Env, name: &str, value: &str) {
 
 async fn reconcile_with(env: &Env, ctx: &Arc<Context>, name: &str) {
     let ak = env.get(name).await;
-    apikey::reconcile(Arc::new(ak), ctx.clone())
+    controller::reconcile(Arc::new(ak), ctx.clone())
         .await
         .unwrap_or_else(|e| panic!("reconcile {name}: {e}"));
 }
@@ -84,7 +84,7 @@ fn followed(ak: &ApiKey) -> Option<RolloutTarget> {
 
 fn delete_after(ak: &ApiKey) -> chrono::DateTime<Utc> {
     let s = ak.status.as_ref().unwrap();
-    keysmith::controller::time::parse(&s.previous_keys[0].delete_after).unwrap()
+    keysmith::controller::parse_time(&s.previous_keys[0].delete_after).unwrap()
 }
 
 async fn generation(deploys: &Api<Deployment>, name: &str) -> i64 {
@@ -117,8 +117,7 @@ async fn a_covered_restart_waits_for_the_generation_that_covers_it() {
         env.reconcile(name).await.unwrap();
         assert_eq!(followed(&env.get(name).await).unwrap().generation, None);
     }
-    tokio::time::sleep(keysmith::controller::restart::DEBOUNCE_WINDOW + Duration::from_millis(300))
-        .await;
+    tokio::time::sleep(keysmith::controller::DEBOUNCE_WINDOW + Duration::from_millis(300)).await;
     env.reconcile("a").await.unwrap();
     let restarted = generation(&deploys, "web").await;
     assert!(restarted > before, "a restarted web");

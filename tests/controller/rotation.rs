@@ -166,7 +166,7 @@ async fn scheduled_rotation_for_each_provider_follows_every() {
         let next = s
             .next_rotation_at
             .as_deref()
-            .and_then(keysmith::controller::time::parse)
+            .and_then(keysmith::controller::parse_time)
             .expect("nextRotationAt");
         let in_an_hour = Utc::now() + chrono::Duration::hours(1);
         assert!(
@@ -180,7 +180,7 @@ async fn scheduled_rotation_for_each_provider_follows_every() {
             "{action:?}"
         );
         // An hour has passed since the last rotation.
-        let past = keysmith::controller::time::ts(Utc::now() - chrono::Duration::minutes(61));
+        let past = keysmith::controller::ts(Utc::now() - chrono::Duration::minutes(61));
         patch_status(&env, "k", json!({"lastRotatedAt": past})).await;
         env.reconcile("k").await.unwrap();
         assert_rotated(&env, p, "k", &old, &old_value).await;
@@ -188,7 +188,7 @@ async fn scheduled_rotation_for_each_provider_follows_every() {
         let next = s
             .next_rotation_at
             .as_deref()
-            .and_then(keysmith::controller::time::parse)
+            .and_then(keysmith::controller::parse_time)
             .unwrap();
         assert!(next > Utc::now() + chrono::Duration::minutes(55), "{p:?}");
         let line = format!(
@@ -212,7 +212,7 @@ async fn renewal_before_expiry_rotates_once_per_expiry() {
             grace_period: Some("2s".into()),
             ..Default::default()
         });
-        spec.expires_at = Some(keysmith::controller::time::ts(expires));
+        spec.expires_at = Some(keysmith::controller::ts(expires));
         let (old, old_value) = created(&env, p, "k", spec).await;
         assert!(st(&env.get("k").await).expires_at.is_some(), "{p:?}");
         // Inside the renewal window as soon as the key exists.
@@ -308,7 +308,7 @@ async fn a_deadline_passing_during_a_reconcile_still_gets_its_requeue() {
     patch_status(
         &env,
         "k",
-        json!({"previousKeys": [{"keyID": old, "deleteAfter": keysmith::controller::time::ts(due)}]}),
+        json!({"previousKeys": [{"keyID": old, "deleteAfter": keysmith::controller::ts(due)}]}),
     )
     .await;
     let hold = (due - Utc::now()).to_std().unwrap() + Duration::from_millis(500);
@@ -559,7 +559,7 @@ async fn a_rotation_restarts_a_real_deployment_and_the_grace_waits_for_its_rollo
         .expect("rollout");
     assert_eq!(rollout.targets.len(), 2);
     // Before the rollout: the old key's grace ends at the bound (10m) + grace at the latest.
-    let delete_after = keysmith::controller::time::parse(&s.previous_keys[0].delete_after).unwrap();
+    let delete_after = keysmith::controller::parse_time(&s.previous_keys[0].delete_after).unwrap();
     assert!(delete_after > Utc::now() + chrono::Duration::minutes(9));
 
     // The debounce window (5 s) passes; the restart goes out.
@@ -607,7 +607,7 @@ async fn a_rotation_restarts_a_real_deployment_and_the_grace_waits_for_its_rollo
     }
     // Rolled out: the grace period runs from then (2 s), and the old key goes.
     let s = st(&env.get("k").await);
-    let delete_after = keysmith::controller::time::parse(&s.previous_keys[0].delete_after).unwrap();
+    let delete_after = keysmith::controller::parse_time(&s.previous_keys[0].delete_after).unwrap();
     assert!(
         delete_after < Utc::now() + chrono::Duration::seconds(5),
         "{delete_after}"

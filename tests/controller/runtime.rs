@@ -11,8 +11,7 @@ use clap::Parser;
 use keysmith::api::{
     ApiKeySpec, KeyProviderSpec, OpenRouterProvider, ProviderKind, SecretKeySelector,
 };
-use keysmith::controller::apikey;
-use keysmith::controller::supervise;
+use keysmith::controller;
 use keysmith::emulators::{self, ScriptedFault};
 
 use crate::harness::*;
@@ -60,10 +59,10 @@ async fn a_panicking_reconcile_is_contained_and_reported_on_the_apikey() {
         .await;
     env.ctx.panic_in_reconcile.store(true, Ordering::SeqCst);
     let ak = Arc::new(env.get("boom").await);
-    let err = supervise::reconcile_apikey(ak.clone(), env.ctx.clone())
+    let err = controller::reconcile_apikey(ak.clone(), env.ctx.clone())
         .await
         .expect_err("a panic is an error, not the end of the task");
-    assert!(matches!(err, apikey::Error::Panicked), "{err}");
+    assert!(matches!(err, controller::Error::Panicked), "{err}");
     let (status, reason, message) = ready(&env.get("boom").await);
     assert_eq!(
         (status.as_str(), reason.as_str()),
@@ -74,7 +73,7 @@ async fn a_panicking_reconcile_is_contained_and_reported_on_the_apikey() {
         "the panic text stays in the log: {message}"
     );
     // The error policy counts it.
-    apikey::error_policy(ak, &err, env.ctx.clone());
+    controller::error_policy(ak, &err, env.ctx.clone());
     let metrics = env.ctx.metrics.encode();
     assert!(
         metrics.contains(
@@ -86,7 +85,7 @@ async fn a_panicking_reconcile_is_contained_and_reported_on_the_apikey() {
     env.ctx.panic_in_reconcile.store(false, Ordering::SeqCst);
     for _ in 0..6 {
         let ak = Arc::new(env.get("boom").await);
-        let _ = supervise::reconcile_apikey(ak, env.ctx.clone()).await;
+        let _ = controller::reconcile_apikey(ak, env.ctx.clone()).await;
         if ready(&env.get("boom").await).0 == "True" {
             return;
         }
@@ -152,13 +151,13 @@ async fn in_flight_reconciles_are_cancelled_at_the_renew_deadline() {
     let started = std::time::Instant::now();
     let result = tokio::time::timeout(
         Duration::from_secs(20),
-        supervise::reconcile_apikey(ak, env.ctx.clone()),
+        controller::reconcile_apikey(ak, env.ctx.clone()),
     )
     .await
     .expect("the reconcile ended");
     let took = started.elapsed();
     assert!(
-        matches!(result, Err(apikey::Error::LeaseLost)),
+        matches!(result, Err(controller::Error::LeaseLost)),
         "cancelled at the deadline: {result:?} after {took:?}"
     );
     // Stopped before a standby may acquire (6 s after the renew).

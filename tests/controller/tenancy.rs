@@ -11,7 +11,7 @@ use k8s_openapi::ByteString;
 use keysmith::api::{
     AdoptionPolicy, ApiKey, ApiKeySpec, ClusterKeyProvider, DeletionPolicy, KeyRef,
 };
-use keysmith::controller::apikey;
+use keysmith::controller;
 use keysmith::emulators::ScriptedFault;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
@@ -152,7 +152,7 @@ async fn failed_creates_back_off_across_reconciles() {
         },
     ));
     let ak = env.get("refused").await;
-    let _ = apikey::reconcile(Arc::new(ak), fresh).await;
+    let _ = controller::reconcile(Arc::new(ak), fresh).await;
     assert_eq!(
         route_count(&env.provider_calls().await, CREATE),
         1,
@@ -346,7 +346,7 @@ async fn adoption_from_another_namespace_is_refused(env: &Env, id: &str) -> Stri
     let api: Api<ApiKey> = Api::namespaced(env.client.clone(), &env.other_ns);
     for _ in 0..3 {
         let ak = api.get("adopter").await.unwrap();
-        let _ = apikey::reconcile(Arc::new(ak), env.ctx.clone()).await;
+        let _ = controller::reconcile(Arc::new(ak), env.ctx.clone()).await;
     }
     let ak = api.get("adopter").await.unwrap();
     let (_, reason, message) = ready(&ak);

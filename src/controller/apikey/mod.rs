@@ -42,24 +42,24 @@
 //! [`delete`] is the finalizer's cleanup, all of it: it recovers an interrupted create and revokes
 //! with the steps above, and releases the provider object (`inuse`).
 
-pub mod adopt;
-pub mod alerts;
-pub mod attempt;
-pub mod create;
-pub mod delete;
-pub mod deliver;
-pub mod dereference;
-pub mod others;
-pub mod outside;
-pub mod push;
-pub mod recover;
-pub mod restore;
-pub mod revoke;
-pub mod rollout;
-pub mod rotate;
-pub mod status;
-pub mod sync;
-pub mod validate;
+pub(crate) mod adopt;
+pub(crate) mod alerts;
+pub(crate) mod attempt;
+pub(crate) mod create;
+pub(crate) mod delete;
+pub(crate) mod deliver;
+pub(crate) mod dereference;
+pub(crate) mod others;
+pub(crate) mod outside;
+pub(crate) mod push;
+pub(crate) mod recover;
+pub(crate) mod restore;
+pub(crate) mod revoke;
+pub(crate) mod rollout;
+pub(crate) mod rotate;
+pub(crate) mod status;
+pub(crate) mod sync;
+pub(crate) mod validate;
 
 use std::sync::Arc;
 use std::time::Duration;

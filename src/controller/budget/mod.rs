@@ -18,8 +18,8 @@
 //! ([`super::limits`]). After a restart the first pass recomputes them from the providers'
 //! listings and the budgets' status.
 
-pub mod enforce;
-pub mod tally;
+pub(crate) mod enforce;
+pub(crate) mod tally;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
