@@ -491,6 +491,7 @@ mod tests {
                 supported: &[],
                 mutable: &[],
                 secret_readable: false,
+                rotation: crate::providers::RotationStrategy::MINT,
             },
         });
         let p = ResolvedProvider {
@@ -532,7 +533,8 @@ mod tests {
         };
         let msg = err.to_string();
         assert!(msg.contains("exceeded 20000 keys"), "{msg}");
-        assert_eq!(err.reason(), "ProviderUnavailable");
+        use crate::controller::reasons::Reason;
+        assert_eq!(Reason::from(&err), Reason::ProviderUnavailable);
         let pages = fake.pages.load(Ordering::SeqCst);
         assert_eq!(pages, MAX_SNAPSHOT_KEYS / 100 + 1, "pages: {pages}");
         let slot = c.slot(&p, &scope).unwrap();

@@ -21,6 +21,7 @@ pub(crate) mod lease;
 pub(crate) mod limits;
 pub mod listing;
 pub(crate) mod nsguard;
+pub(crate) mod period;
 pub(crate) mod predicates;
 pub(crate) mod provider;
 pub mod rbac;

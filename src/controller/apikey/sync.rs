@@ -171,6 +171,7 @@ mod tests {
             supported: &[Field::DisplayName, Field::LimitAmount, Field::ExpiresAt],
             mutable: &[Field::DisplayName, Field::LimitAmount],
             secret_readable: false,
+            rotation: crate::providers::RotationStrategy::MINT,
         };
         let (m, i) = split_drift(
             vec![Field::DisplayName, Field::ExpiresAt, Field::LimitAmount],

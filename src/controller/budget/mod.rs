@@ -290,7 +290,12 @@ impl Listings {
                 .listings
                 .get(p, scope, p.refresh_interval)
                 .await
-                .map_err(|e| format!("its provider's listing failed ({})", e.reason()));
+                .map_err(|e| {
+                    format!(
+                        "its provider's listing failed ({})",
+                        super::reasons::Reason::from(&e)
+                    )
+                });
             self.0.insert(k.clone(), got);
         }
         match &self.0[&k] {
@@ -677,7 +682,7 @@ async fn write_status(
 ) -> Result<bool, kube::Error> {
     let spec = b.spec();
     let old = b.status().cloned().unwrap_or_default();
-    let (start, end) = tally::period_bounds(spec.period, now);
+    let (start, end) = super::period::Period::from(spec.period).bounds(now);
     let start_s = super::time::ts(start);
     let same_period = old.period_start.as_deref() == Some(start_s.as_str());
     let before: Vec<f64> = if same_period {
