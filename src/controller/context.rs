@@ -13,10 +13,10 @@
 //! | [`WriteLog`] | ApiKey: this process's last write | `write_log.rs` |
 //! | [`Gauges`] | ApiKey: what it adds to the gauges | `gauges.rs` |
 //! | [`Debouncer`] | workload: its last restart, and the ApiKeys that claimed it | `restart.rs` |
+//! | [`Enforcements`] | ApiKey: what the budgets want of it (rebuilt by every pass) | `enforcements.rs` |
 //!
 //! Beside them: the Kubernetes client, the metrics, the Event recorder, the leader Lease's
-//! clock, the watch stores ([`ObjectCache`]) and what the budgets want of each key
-//! ([`Enforcements`], rebuilt by every budget pass).
+//! clock and the watch stores ([`ObjectCache`]).
 //!
 //! Deleting an ApiKey calls [`Context::forget`] (from `apikey/delete.rs`), deleting a provider
 //! object [`Context::forget_provider`] (from `provider.rs`); each calls every part's `forget`.
@@ -31,9 +31,9 @@ use kube::{Client, Resource};
 
 use super::backends::Backends;
 use super::backoff::Backoff;
-use super::budget::enforce::Enforcements;
 use super::cache::ObjectCache;
 use super::create_holds::CreateHolds;
+use super::enforcements::Enforcements;
 use super::fairness::FairShares;
 use super::gauges::Gauges;
 use super::inuse::InUse;
@@ -185,6 +185,7 @@ impl Context {
         self.write_log.forget(key);
         self.gauges.forget(key);
         self.debouncer.forget(key);
+        self.budgets.forget(key);
     }
 
     /// The provider object `id` (`KeyProvider/ns/name` or `ClusterKeyProvider/name`) is gone:
