@@ -115,6 +115,7 @@ pub struct Kept {
     pub write_log: usize,
     pub gauges: usize,
     pub debouncer: usize,
+    pub budget_holds: usize,
 }
 
 #[cfg(any(test, feature = "test-hooks"))]
@@ -238,6 +239,7 @@ impl Context {
             write_log: self.write_log.len(),
             gauges: self.gauges.len(),
             debouncer: self.debouncer.len(),
+            budget_holds: self.budgets.held(),
         }
     }
 
@@ -403,6 +405,7 @@ mod tests {
                 write_log: 1,
                 gauges: 1,
                 debouncer: 1,
+                budget_holds: 0,
             }
         );
         c.forget(key);
