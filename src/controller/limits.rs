@@ -441,7 +441,7 @@ fn not_held(r: &Reconciler<'_>, why: &str) -> String {
 }
 
 /// The fields a budget may change on a key. After an operator start the sync leaves them alone
-/// until the budgets were added up once (see [`super::budget::enforce::Enforcements::settled`]):
+/// until the budgets were added up once (see [`super::enforcements::Enforcements::settled`]):
 /// a throttle or disable made before the restart is not undone in between.
 pub const BUDGET_FIELDS: [Field; 3] = [Field::Disabled, Field::LimitAmount, Field::LimitReset];
 

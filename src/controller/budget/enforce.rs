@@ -12,7 +12,7 @@ use crate::api::ApiKey;
 use crate::providers::{self, Capabilities, Field, KeyScope, ProviderKey};
 
 // The holds live beside the context that keeps them (the context needs nothing of the pass).
-pub use super::super::enforcements::{Enforcements, Hold};
+pub use super::super::enforcements::Hold;
 
 /// Whether keysmith can throttle keys of a provider: it reports spend and updates the limit
 /// and its period in place.
@@ -78,6 +78,7 @@ pub async fn apply(ctx: &Context, t: &Target<'_>) -> Result<bool, providers::Pro
 
 #[cfg(test)]
 mod tests {
+    use super::super::super::enforcements::Enforcements;
     use super::*;
     use crate::api::LimitReset;
     use crate::providers::Limit;
