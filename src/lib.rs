@@ -61,16 +61,16 @@ mod crd_bounds {
             let rps = &rl["requestsPerSecond"];
             assert_eq!(
                 rps["minimum"].as_f64(),
-                Some(crate::providers::http::MIN_REQUESTS_PER_SECOND)
+                Some(crate::providers::MIN_REQUESTS_PER_SECOND)
             );
             assert_eq!(
                 rps["maximum"].as_f64(),
-                Some(crate::providers::http::MAX_REQUESTS_PER_SECOND)
+                Some(crate::providers::MAX_REQUESTS_PER_SECOND)
             );
             assert_eq!(rl["burst"]["minimum"].as_f64(), Some(1.0));
             assert_eq!(
                 rl["burst"]["maximum"].as_f64(),
-                Some(f64::from(crate::providers::http::MAX_BURST))
+                Some(f64::from(crate::providers::MAX_BURST))
             );
             // spec.createLimit: bounded too, in formats Kubernetes knows.
             let cl = &schema["properties"]["spec"]["properties"]["createLimit"]["properties"];

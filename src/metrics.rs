@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 pub mod per_key;
 
 // The provider request metrics live with the clients that record them.
-pub use keysmith_providers::metrics::ProviderMetrics;
+pub use keysmith_providers::ProviderMetrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReconcileLabels {

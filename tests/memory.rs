@@ -103,7 +103,7 @@ fn ready_apikey(i: usize) -> serde_json::Value {
 
 /// An OpenRouter key as its listing shows it, parsed by the client.
 fn listed_openrouter_key(i: usize) -> keysmith::providers::ProviderKey {
-    let o: keysmith::providers::openrouter::KeyObject = serde_json::from_value(json!({
+    let o: keysmith::providers::OpenRouterKeyObject = serde_json::from_value(json!({
         "hash": format!("{:064x}", i),
         "name": format!("bench/bench-{i:05}"),
         "label": "sk-or-v1-0e6...1c96",

@@ -211,7 +211,7 @@ fn is_label_value(v: &str) -> bool {
 /// `Exists`/`DoesNotExist` take none.
 pub fn check_selector(sel: &LabelSelector, field: &str) -> Result<(), String> {
     let bad_key = |k: &str| {
-        let k = crate::providers::http::snippet(k);
+        let k = crate::providers::snippet(k);
         format!("{field}: {k:?} is not a valid label key ([prefix/]name: name 1 to 63 characters of [-._a-zA-Z0-9], alphanumeric at both ends; prefix a DNS-1123 subdomain)")
     };
     for (k, v) in sel.match_labels.iter().flatten() {
@@ -219,7 +219,7 @@ pub fn check_selector(sel: &LabelSelector, field: &str) -> Result<(), String> {
             return Err(bad_key(k));
         }
         if !is_label_value(v) {
-            let v = crate::providers::http::snippet(v);
+            let v = crate::providers::snippet(v);
             return Err(format!(
                 "{field}: {v:?} (label {k}) is not a valid label value (up to 63 characters of [-._a-zA-Z0-9], alphanumeric at both ends)"
             ));
@@ -246,14 +246,14 @@ pub fn check_selector(sel: &LabelSelector, field: &str) -> Result<(), String> {
             }
             "Exists" | "DoesNotExist" => {}
             op => {
-                let op = crate::providers::http::snippet(op);
+                let op = crate::providers::snippet(op);
                 return Err(format!(
                     "{field}: unknown selector operator {op:?} (In, NotIn, Exists, DoesNotExist)"
                 ));
             }
         }
         if let Some(v) = values.iter().find(|v| !is_label_value(v)) {
-            let v = crate::providers::http::snippet(v);
+            let v = crate::providers::snippet(v);
             return Err(format!(
                 "{field}: {v:?} (label {}) is not a valid label value",
                 e.key

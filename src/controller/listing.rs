@@ -3,7 +3,7 @@
 //! usage refresh). Dropped with the provider object ([`Listings::forget`]) or when its settings or
 //! credentials change, and after [`IDLE_SNAPSHOT`] unused.
 //!
-//! Every listing is bounded (issue 17): at most [`crate::providers::http::MAX_PAGES`] pages with
+//! Every listing is bounded (issue 17): at most [`crate::providers::MAX_PAGES`] pages with
 //! no repeated cursor (the [`Pages`] guard), at most [`MAX_SNAPSHOT_KEYS`] distinct keys and
 //! about [`MAX_SNAPSHOT_BYTES`] of them, and at most [`MAX_LISTING_TIME`]. A listing that runs
 //! past a bound fails with a message naming the bound, its snapshot is emptied (the memory goes

@@ -217,7 +217,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .map(|h| h.trim().to_ascii_lowercase())
             .filter(|h| !h.is_empty())
             .collect(),
-        namespaced_network: crate::providers::egress::NetworkPolicy {
+        namespaced_network: crate::providers::NetworkPolicy {
             allow_private: args.allow_private_provider_networks,
             allow_http: args.allow_insecure_http,
         },

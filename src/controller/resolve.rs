@@ -218,15 +218,15 @@ pub fn check_base_url(allowed: &[String], id: &str, spec: &KeyProviderSpec) -> R
 /// literals, userinfo/query/fragment); the addresses a host name resolves to are checked when
 /// connecting (see `providers::egress`). Err is the InvalidProvider message.
 pub fn check_network(
-    policy: crate::providers::egress::NetworkPolicy,
+    policy: crate::providers::NetworkPolicy,
     spec: &KeyProviderSpec,
 ) -> Result<(), String> {
     // The URL the client would talk to (none: no block, so no client is built either).
     let Some(base) = spec.provider().map(|p| p.base_url()) else {
         return Ok(());
     };
-    let url = crate::providers::http::parse_base_url(base)?;
-    crate::providers::egress::check_url(&url, policy)
+    let url = crate::providers::parse_base_url(base)?;
+    crate::providers::check_url(&url, policy)
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use crate::providers::egress::NetworkPolicy;
 use crate::providers::ClientOptions;
+use crate::providers::NetworkPolicy;
 
 /// The installation's settings (see the module documentation).
 #[derive(Clone, Debug)]

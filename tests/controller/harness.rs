@@ -214,7 +214,7 @@ pub fn test_settings(operator_ns: &str) -> Settings {
     Settings {
         operator_namespace: operator_ns.to_string(),
         reporter: "keysmith-test".into(),
-        namespaced_network: keysmith::providers::egress::NetworkPolicy::OPEN,
+        namespaced_network: keysmith::providers::NetworkPolicy::OPEN,
         client_options: test_client_options(),
         ..Settings::default()
     }

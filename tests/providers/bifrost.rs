@@ -7,8 +7,8 @@ use keysmith::api::{
     BifrostAuth, BifrostAuthScheme, BifrostKeySpec, BifrostProvider, BifrostRateLimit, LimitReset,
 };
 use keysmith::emulators::{bifrost, spawn, RunningEmulator, ScriptedFault};
-use keysmith::providers::bifrost::{
-    provider_key_id, BifrostClient, FAMILY_PROVIDER, FAMILY_VIRTUAL,
+use keysmith::providers::{
+    bifrost_provider_key_id as provider_key_id, BifrostClient, FAMILY_PROVIDER, FAMILY_VIRTUAL,
 };
 use keysmith::providers::{
     drift, ClientOptions, Credentials, Field, KeyBackend, KeyScope, KeySettings, Limit,
@@ -1053,7 +1053,7 @@ async fn examples_work_against_the_emulator() {
 
 #[tokio::test]
 async fn provider_key_models_empty_is_deny_all_both_ways() {
-    use keysmith::providers::bifrost::DENY_ALL_MODELS;
+    use keysmith::providers::DENY_ALL_MODELS;
     let emu = start(bifrost::Args::default()).await;
     let c = open(&emu, opts());
     let uid = uuid::Uuid::new_v4().to_string();

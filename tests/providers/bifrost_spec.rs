@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use keysmith::api::{BifrostKeySpec, BifrostProvider, BifrostRateLimit, LimitReset};
 use keysmith::emulators::{bifrost, spawn};
-use keysmith::providers::bifrost::{BifrostClient, FAMILY_VIRTUAL};
+use keysmith::providers::{BifrostClient, FAMILY_VIRTUAL};
 use keysmith::providers::{
     ClientOptions, Credentials, Field, KeyBackend, KeyScope, KeySettings, Limit,
 };

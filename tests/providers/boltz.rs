@@ -7,7 +7,7 @@ use chrono::Utc;
 use keysmith::api::{BoltzKeySpec, BoltzMode, BoltzProvider, SecretKeySelector};
 use keysmith::emulators::boltz::{build, Args};
 use keysmith::emulators::{spawn, FaultArgs, RunningEmulator, ScriptedFault};
-use keysmith::providers::boltz::BoltzClient;
+use keysmith::providers::BoltzClient;
 use keysmith::providers::{
     drift, ClientOptions, Credentials, Field, KeyBackend, KeyScope, KeySettings, ProviderError,
 };

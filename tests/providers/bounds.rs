@@ -202,10 +202,7 @@ async fn listings_end_on_a_repeated_cursor_and_at_the_page_cap() {
         matches!(&e, ProviderError::Malformed(m) if m.contains("pages")),
         "{e}"
     );
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        keysmith::providers::http::MAX_PAGES
-    );
+    assert_eq!(calls.load(Ordering::SeqCst), keysmith::providers::MAX_PAGES);
 }
 
 /// A slow provider: each answer takes `delay`; records the most calls in flight at once.
@@ -426,7 +423,7 @@ async fn digitalocean_429_without_retry_after_honours_ratelimit_reset() {
     assert_eq!(
         e,
         ProviderError::RateLimited {
-            retry_after: Some(keysmith::providers::http::MAX_RETRY_AFTER)
+            retry_after: Some(keysmith::providers::MAX_RETRY_AFTER)
         }
     );
 }

@@ -12,10 +12,10 @@ use clap::Parser;
 use keysmith::api::{DigitalOceanKeySpec, DigitalOceanProvider};
 use keysmith::emulators::digitalocean::{build, Args};
 use keysmith::emulators::{spawn, RunningEmulator, ScriptedFault};
-use keysmith::providers::digitalocean::{DigitalOceanClient, MODEL_CREATE_RETIRED};
 use keysmith::providers::{
     ClientOptions, Credentials, Field, KeyBackend, KeyScope, KeySettings, ProviderError,
 };
+use keysmith::providers::{DigitalOceanClient, MODEL_CREATE_RETIRED};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 

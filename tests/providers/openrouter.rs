@@ -10,10 +10,12 @@ use keysmith::api::{
     KeyProviderSpec, LimitReset, OpenRouterKeySpec, OpenRouterProvider, SecretKeySelector,
 };
 use keysmith::emulators::{self, openrouter as emu, RunningEmulator, ScriptedFault};
-use keysmith::providers::openrouter::{update_body, OpenRouterClient, EXTRA_INCLUDE_BYOK};
 use keysmith::providers::{
     build_backend, drift, ClientOptions, Credentials, Field, KeyBackend, KeyScope, KeySettings,
     Limit, ProviderError,
+};
+use keysmith::providers::{
+    openrouter_update_body as update_body, OpenRouterClient, EXTRA_INCLUDE_BYOK,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};

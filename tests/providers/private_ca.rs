@@ -7,8 +7,8 @@ use std::process::Command;
 
 use keysmith::api::ProviderType;
 use keysmith::emulators::{bifrost, spawn_tls};
-use keysmith::providers::http::HttpClient;
 use keysmith::providers::ClientOptions;
+use keysmith::providers::HttpClient;
 use reqwest::Method;
 
 #[path = "../common/private_ca.rs"]

@@ -4,10 +4,13 @@ use std::time::{Duration, Instant};
 
 use keysmith::api::{LimitReset, UCloudKeySpec, UCloudProvider};
 use keysmith::emulators::{spawn, ucloud as emu, RunningEmulator, ScriptedFault};
-use keysmith::providers::ucloud::{signature, Params, UCloudClient, PAGE_SIZE};
 use keysmith::providers::{
     drift, ClientOptions, Credentials, Field, KeyBackend, KeyScope, KeySettings, Limit,
     ProviderError,
+};
+use keysmith::providers::{
+    ucloud_signature as signature, UCloudClient, UCloudParams as Params,
+    UCLOUD_PAGE_SIZE as PAGE_SIZE,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};

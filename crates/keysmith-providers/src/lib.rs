@@ -5,14 +5,46 @@
 //! its pagination. What every provider shares (retries, backoff, Retry-After, the client-side
 //! rate limit, metrics, typed errors, drift detection) lives here and in [`http`].
 
-pub mod bifrost;
-pub mod boltz;
-pub mod digitalocean;
-pub mod egress;
-pub mod http;
-pub mod metrics;
-pub mod openrouter;
-pub mod ucloud;
+pub(crate) mod bifrost;
+pub(crate) mod boltz;
+pub(crate) mod digitalocean;
+pub(crate) mod egress;
+pub(crate) mod http;
+pub(crate) mod metrics;
+pub(crate) mod openrouter;
+pub(crate) mod ucloud;
+
+// The modules are `pub(crate)`, so `dead_code` reports what nothing uses. What the operator and
+// the tests reach is re-exported here, one line per module (provider-specific names that would
+// read ambiguously at the crate root carry the provider's name):
+/// Bifrost's client and what the tests check of its key families.
+pub use bifrost::{
+    provider_key_id as bifrost_provider_key_id, BifrostClient, DENY_ALL_MODELS, FAMILY_PROVIDER,
+    FAMILY_VIRTUAL,
+};
+/// Boltz's client (driven against its emulator by the tests).
+pub use boltz::BoltzClient;
+/// DigitalOcean's client, and the model-create retirement the tests expect.
+pub use digitalocean::{DigitalOceanClient, MODEL_CREATE_RETIRED};
+/// Where provider requests may go: the operator checks a provider object's base URL with it.
+pub use egress::{check_url, NetworkPolicy};
+/// The shared HTTP layer's bounds (the CRD's and the tests' limits) and helpers the operator uses.
+pub use http::{
+    parse_base_url, snippet, HttpClient, MAX_BURST, MAX_PAGES, MAX_REQUESTS_PER_SECOND,
+    MAX_RETRY_AFTER, MIN_REQUESTS_PER_SECOND,
+};
+/// The provider-call metrics, registered by the operator's `/metrics`.
+pub use metrics::ProviderMetrics;
+/// OpenRouter's client, its wire object and update body (the tests and the memory test use them).
+pub use openrouter::{
+    update_body as openrouter_update_body, KeyObject as OpenRouterKeyObject, OpenRouterClient,
+    EXTRA_INCLUDE_BYOK,
+};
+/// UCloud's client, its request signature and page size (the tests sign and page like it).
+pub use ucloud::{
+    signature as ucloud_signature, Params as UCloudParams, UCloudClient,
+    PAGE_SIZE as UCLOUD_PAGE_SIZE,
+};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -41,7 +41,7 @@ pub fn period_spend(
         let unit = if unit.is_empty() { "no unit" } else { unit };
         return Err(format!(
             "its provider reports spend in {}, not {currency}",
-            crate::providers::http::snippet(unit)
+            crate::providers::snippet(unit)
         ));
     }
     let field = match period {

@@ -16,7 +16,7 @@
 //! There is no get: the trait's default filters the listing. The listing returns the secret
 //! (`Key`), so a lost Secret is restored from it without minting a new key.
 //!
-//! Errors come back as HTTP 200 with `RetCode != 0`; see [`retcode_error`] for the mapping and
+//! Errors come back as HTTP 200 with `RetCode != 0`; see `errors::retcode_error` for the mapping and
 //! `docs/providers/ucloud.md` for the codes keysmith assumes where UCloud documents none.
 //!
 //! | file | what |
@@ -47,10 +47,10 @@ mod signing;
 mod wire;
 
 use errors::http_error;
-pub use errors::{retcode, retcode_error, retcode_is_documented, unknown_code_on_a_read};
-pub use signing::{encode_bool, signature, Params};
+pub use errors::{retcode, retcode_is_documented};
+pub use signing::{signature, Params};
+pub use wire::valid_whitelist_entry;
 use wire::{extra, provider_key, UCloudSettings};
-pub use wire::{split_whitelist, valid_whitelist_entry};
 
 /// The UCloud ModelVerse key backend.
 pub struct UCloudClient {
