@@ -49,7 +49,7 @@ use tokio::sync::Semaphore;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use keysmith::api::{ApiKey, ClusterKeyProvider, ClusterKeyProviderSpec, KeyProviderSpec};
 use keysmith::controller::{self, Context};
-use keysmith::emulators::{self, openrouter};
+use keysmith::emulators::{self, build_openrouter, OpenRouterArgs};
 use keysmith::metrics::Metrics;
 
 use apikey_status::is_ready;
@@ -181,12 +181,12 @@ async fn main() {
     );
     println!("{}", cfg.describe());
 
-    let mut args = openrouter::Args::with_management_keys(&[MGMT]);
+    let mut args = OpenRouterArgs::with_management_keys(&[MGMT]);
     args.faults.rate_limit = Some(cfg.rate);
     args.faults.latency = Some(cfg.latency);
     // FaultArgs::default() has retry_after 0; `keysmith emulate` defaults to 1 (as does this).
     args.faults.retry_after = cfg.retry_after;
-    let (router, faults) = openrouter::build(&args);
+    let (router, faults) = build_openrouter(&args);
     let running = emulators::spawn(router, faults)
         .await
         .expect("emulator starts");

@@ -40,7 +40,7 @@ pub fn private_ca(name: &str) -> PrivateCa {
 
 impl PrivateCa {
     pub fn server_config(&self) -> std::sync::Arc<rustls::ServerConfig> {
-        keysmith::emulators::tls::server_config(
+        keysmith::emulators::tls_server_config(
             self.server_cert_pem.as_bytes(),
             self.server_key_pem.as_bytes(),
         )

@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::Secret;
 use keysmith::api::{
     ApiKeySpec, BifrostKeySpec, BifrostProvider, KeyProviderSpec, KeySource, LocalSecretKeyRef,
 };
-use keysmith::emulators::{self, bifrost as emu};
+use keysmith::emulators::{self, build_bifrost, BifrostArgs};
 use kube::api::{Patch, PatchParams};
 use serde_json::{json, Value};
 
@@ -15,7 +15,7 @@ pub(crate) const UPSTREAM_V1: &str = "sk-proj-upstream-value-one-0123456789";
 pub(crate) const UPSTREAM_V2: &str = "sk-proj-upstream-value-two-9876543210";
 
 pub(crate) async fn env_with(extra: Vec<Value>) -> Env {
-    let (router, faults) = emu::build(&emu::Args::default());
+    let (router, faults) = build_bifrost(&BifrostArgs::default());
     let e = emulators::spawn(router, faults)
         .await
         .expect("emulator starts");

@@ -3,14 +3,14 @@
 //! keysmith.
 
 use keysmith::api::{ApiKey, ApiKeySpec, BifrostProvider, KeyProviderSpec};
-use keysmith::emulators::{self, bifrost as emu};
+use keysmith::emulators::{self, build_bifrost, BifrostArgs};
 use serde_json::{json, Value};
 
 use crate::bifrost::{provider_keys, upstream_secret, virtual_keys, UPSTREAM_V1};
 use crate::harness::*;
 
-async fn env_args(args: emu::Args, extra: Vec<Value>) -> Env {
-    let (router, faults) = emu::build(&args);
+async fn env_args(args: BifrostArgs, extra: Vec<Value>) -> Env {
+    let (router, faults) = build_bifrost(&args);
     let e = emulators::spawn(router, faults)
         .await
         .expect("emulator starts");
@@ -65,7 +65,7 @@ async fn rotate_behind_keysmiths_back(env: &Env, id: &str) {
 #[tokio::test]
 async fn a_gateway_writing_provider_key_descriptions_gets_no_put_on_refresh() {
     let env = env_args(
-        emu::Args {
+        BifrostArgs {
             list_models_fails: true,
             ..Default::default()
         },
@@ -132,7 +132,7 @@ async fn a_gateway_writing_provider_key_descriptions_gets_no_put_on_refresh() {
 /// key ahead of the expiry. Before: `spec.ttl` was an unsupported field at Bifrost.
 #[tokio::test]
 async fn a_virtual_key_expiry_is_set_reported_and_rotated_ahead_of() {
-    let env = env_args(emu::Args::default(), vec![]).await;
+    let env = env_args(BifrostArgs::default(), vec![]).await;
     let s = spec(json!({"models": ["openai/gpt-4o"], "ttl": "48h"}));
     env.create(&apikey("expiring", "bifrost", s)).await;
     let ak = env.converge("expiring", 4).await;
@@ -199,7 +199,7 @@ async fn a_virtual_key_expiry_is_set_reported_and_rotated_ahead_of() {
 /// Before: the Secret kept the dead value, Ready=True.
 #[tokio::test]
 async fn a_virtual_key_rotated_at_the_gateway_gets_its_new_value() {
-    let env = env_args(emu::Args::default(), vec![]).await;
+    let env = env_args(BifrostArgs::default(), vec![]).await;
     env.create(&apikey(
         "rotated",
         "bifrost",
@@ -243,7 +243,7 @@ async fn a_virtual_key_rotated_at_the_gateway_gets_its_new_value() {
 #[tokio::test]
 async fn a_hidden_virtual_key_rotated_at_the_gateway_is_reported_then_replaced() {
     let env = env_args(
-        emu::Args {
+        BifrostArgs {
             hide_vk_values: true,
             ..Default::default()
         },

@@ -13,7 +13,7 @@ const ADMIN: &str = "sk_bc_admin_live_controller0123456789";
 #[derive(Parser)]
 struct EmuArgs {
     #[command(flatten)]
-    args: emulators::boltz::Args,
+    args: emulators::BoltzArgs,
 }
 
 pub(crate) async fn env() -> Env {
@@ -27,7 +27,7 @@ async fn env_with(flags: &[&str]) -> Env {
     let a = EmuArgs::try_parse_from(argv)
         .expect("emulator flags parse")
         .args;
-    let (router, faults) = emulators::boltz::build(&a);
+    let (router, faults) = emulators::build_boltz(&a);
     let emu = emulators::spawn(router, faults)
         .await
         .expect("emulator starts");

@@ -9,7 +9,7 @@ use keysmith::api::{
     KeyProviderSpec, LimitReset, ProviderKind, SpendLimit,
 };
 use keysmith::controller;
-use keysmith::emulators::{self, bifrost as bifrost_emu, RunningEmulator};
+use keysmith::emulators::{self, build_bifrost, BifrostArgs, RunningEmulator};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 
@@ -18,7 +18,7 @@ use crate::harness::*;
 /// An env with ClusterKeyProviders `openrouter` (the env's emulator) and `bifrost` (the second
 /// emulator, returned).
 async fn two_providers() -> (Env, RunningEmulator) {
-    let (router, faults) = bifrost_emu::build(&bifrost_emu::Args::default());
+    let (router, faults) = build_bifrost(&BifrostArgs::default());
     let bf = emulators::spawn(router, faults)
         .await
         .expect("emulator starts");

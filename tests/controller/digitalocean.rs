@@ -5,7 +5,7 @@ use keysmith::api::{
     AdoptionPolicy, ApiKeySpec, DigitalOceanKeySpec, DigitalOceanProvider, KeyProviderSpec, KeyRef,
     SecretKeySelector,
 };
-use keysmith::emulators::{self, digitalocean as emu};
+use keysmith::emulators::{self, build_digitalocean, DigitalOceanArgs};
 use serde_json::{json, Value};
 
 use crate::harness::*;
@@ -14,12 +14,12 @@ const TOKEN: &str = "dop_v1_controller_test_token";
 pub(crate) const AGENT: &str = "1b418231-b7d6-11ef-bf8f-4e013e2ddde4";
 
 pub(crate) async fn env() -> Env {
-    let args = emu::Args {
+    let args = DigitalOceanArgs {
         tokens: vec![TOKEN.into()],
         agents: vec![AGENT.into()],
         ..Default::default()
     };
-    let (router, faults) = emu::build(&args);
+    let (router, faults) = build_digitalocean(&args);
     let e = emulators::spawn(router, faults)
         .await
         .expect("emulator starts");

@@ -41,7 +41,7 @@ const B_BOUND: Duration = Duration::from_secs(10);
 #[derive(Parser)]
 struct EmuArgs {
     #[command(flatten)]
-    args: emulators::openrouter::Args,
+    args: emulators::OpenRouterArgs,
 }
 
 async fn env() -> Env {
@@ -56,7 +56,7 @@ async fn env() -> Env {
     ])
     .expect("emulator flags parse")
     .args;
-    let (router, faults) = emulators::openrouter::build(&a);
+    let (router, faults) = emulators::build_openrouter(&a);
     let emu = emulators::spawn(router, faults)
         .await
         .expect("emulator starts");

@@ -27,12 +27,12 @@ async fn env() -> Env {
     #[derive(Parser)]
     struct EmuArgs {
         #[command(flatten)]
-        args: emulators::openrouter::Args,
+        args: emulators::OpenRouterArgs,
     }
     let a = EmuArgs::try_parse_from(["emulate", "--management-key", MGMT])
         .expect("emulator flags parse")
         .args;
-    let (router, faults) = emulators::openrouter::build(&a);
+    let (router, faults) = emulators::build_openrouter(&a);
     let emu = emulators::spawn(router, faults)
         .await
         .expect("emulator starts");

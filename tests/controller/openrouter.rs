@@ -16,14 +16,14 @@ pub(crate) const MGMT: &str = "sk-or-v1-mgmt-test-0000";
 #[derive(Parser)]
 struct EmuArgs {
     #[command(flatten)]
-    args: emulators::openrouter::Args,
+    args: emulators::OpenRouterArgs,
 }
 
 async fn emulator() -> emulators::RunningEmulator {
     let a = EmuArgs::try_parse_from(["emulate", "--management-key", MGMT])
         .expect("emulator flags parse")
         .args;
-    let (router, faults) = emulators::openrouter::build(&a);
+    let (router, faults) = emulators::build_openrouter(&a);
     emulators::spawn(router, faults)
         .await
         .expect("emulator starts")

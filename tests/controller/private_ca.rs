@@ -8,7 +8,7 @@ use keysmith::api::{
     ApiKeySpec, BifrostProvider, CaBundle, ClusterKeyProvider, ConfigMapKeySelector,
     KeyProviderSpec, SecretKeySelector,
 };
-use keysmith::emulators::{self, bifrost as emu};
+use keysmith::emulators::{self, build_bifrost, BifrostArgs};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
@@ -41,7 +41,7 @@ fn config_map(ns: &str, name: &str, key: &str, value: &str) -> ConfigMap {
 #[tokio::test]
 async fn a_gateway_behind_a_private_ca_is_reached_only_with_its_ca_bundle() {
     let pki = pki::private_ca("corp-root-ca");
-    let (router, faults) = emu::build(&emu::Args::default());
+    let (router, faults) = build_bifrost(&BifrostArgs::default());
     let e = emulators::spawn_tls(router, faults, pki.server_config())
         .await
         .expect("emulator starts");
@@ -147,7 +147,7 @@ async fn a_gateway_behind_a_private_ca_is_reached_only_with_its_ca_bundle() {
 #[tokio::test]
 async fn a_key_provider_reads_its_ca_bundle_only_from_its_namespace() {
     let pki = pki::private_ca("tenant-ca");
-    let (router, faults) = emu::build(&emu::Args::default());
+    let (router, faults) = build_bifrost(&BifrostArgs::default());
     let e = emulators::spawn_tls(router, faults, pki.server_config())
         .await
         .expect("emulator starts");

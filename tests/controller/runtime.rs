@@ -21,14 +21,14 @@ const MGMT: &str = "sk-or-v1-mgmt-runtime-0000";
 #[derive(Parser)]
 struct EmuArgs {
     #[command(flatten)]
-    args: emulators::openrouter::Args,
+    args: emulators::OpenRouterArgs,
 }
 
 async fn env() -> Env {
     let a = EmuArgs::try_parse_from(["emulate", "--management-key", MGMT])
         .expect("emulator flags parse")
         .args;
-    let (router, faults) = emulators::openrouter::build(&a);
+    let (router, faults) = emulators::build_openrouter(&a);
     let emu = emulators::spawn(router, faults)
         .await
         .expect("emulator starts");

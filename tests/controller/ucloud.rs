@@ -5,7 +5,7 @@ use keysmith::api::{
     AdoptionPolicy, ApiKeySpec, KeyProviderSpec, KeyRef, LimitReset, SecretKeySelector, SpendLimit,
     UCloudProvider,
 };
-use keysmith::emulators::{self, ucloud as emu};
+use keysmith::emulators::{self, build_ucloud, UCloudArgs};
 use keysmith::providers::{self, Credentials, KeySettings};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
@@ -42,12 +42,12 @@ pub(crate) async fn env() -> Env {
 }
 
 pub(crate) async fn env_with_adoption(adoption: Option<AdoptionPolicy>) -> Env {
-    let args = emu::Args {
+    let args = UCloudArgs {
         public_key: PUBLIC.into(),
         private_key: PRIVATE.into(),
         ..Default::default()
     };
-    let (router, faults) = emu::build(&args);
+    let (router, faults) = build_ucloud(&args);
     let e = emulators::spawn(router, faults)
         .await
         .expect("emulator starts");

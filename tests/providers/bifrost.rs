@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use keysmith::api::{
     BifrostAuth, BifrostAuthScheme, BifrostKeySpec, BifrostProvider, BifrostRateLimit, LimitReset,
 };
-use keysmith::emulators::{bifrost, spawn, RunningEmulator, ScriptedFault};
+use keysmith::emulators::{build_bifrost, spawn, BifrostArgs, RunningEmulator, ScriptedFault};
 use keysmith::providers::{
     bifrost_provider_key_id as provider_key_id, BifrostClient, FAMILY_PROVIDER, FAMILY_VIRTUAL,
 };
@@ -22,13 +22,13 @@ const PASS: &str = "correct horse battery staple";
 const TOKEN: &str = "bfst-test-management-key";
 const VIEWER: &str = "bfst-viewer-key";
 
-async fn start(args: bifrost::Args) -> RunningEmulator {
-    let (router, faults) = bifrost::build(&args);
+async fn start(args: BifrostArgs) -> RunningEmulator {
+    let (router, faults) = build_bifrost(&args);
     spawn(router, faults).await.expect("emulator starts")
 }
 
-fn protected() -> bifrost::Args {
-    bifrost::Args {
+fn protected() -> BifrostArgs {
+    BifrostArgs {
         username: Some(USER.into()),
         password: Some(PASS.into()),
         token: Some(TOKEN.into()),
@@ -170,7 +170,7 @@ fn route_count(emu: &RunningEmulator, route: &str) -> u64 {
 
 #[tokio::test]
 async fn virtual_key_lifecycle() {
-    let emu = start(bifrost::Args {
+    let emu = start(BifrostArgs {
         max_page_size: 2,
         ..protected()
     })
@@ -453,7 +453,7 @@ async fn provider_key_push_lifecycle() {
 
 #[tokio::test]
 async fn values_never_leak_into_errors() {
-    let emu = start(bifrost::Args::default()).await;
+    let emu = start(BifrostArgs::default()).await;
     let c = open(&emu, opts());
     let value = SecretString::from("sk-live-do-not-print-me-42");
     // Unknown upstream provider.
@@ -528,7 +528,7 @@ async fn credentials_are_checked() {
         .await
         .expect("session token");
     // Without auth flags the gateway is open.
-    let open_emu = start(bifrost::Args::default()).await;
+    let open_emu = start(BifrostArgs::default()).await;
     open(&open_emu, opts())
         .verify()
         .await
@@ -537,7 +537,7 @@ async fn credentials_are_checked() {
 
 #[tokio::test]
 async fn rate_limits_honour_retry_after() {
-    let emu = start(bifrost::Args::default()).await;
+    let emu = start(BifrostArgs::default()).await;
     let c = open(&emu, opts());
     emu.faults.push([ScriptedFault {
         status: Some(429),
@@ -571,7 +571,7 @@ async fn rate_limits_honour_retry_after() {
 
 #[tokio::test]
 async fn server_errors_retry_reads_but_not_creates() {
-    let emu = start(bifrost::Args::default()).await;
+    let emu = start(BifrostArgs::default()).await;
     let c = open(&emu, opts());
     let fault = || ScriptedFault {
         status: Some(500),
@@ -606,7 +606,7 @@ async fn server_errors_retry_reads_but_not_creates() {
 
 #[tokio::test]
 async fn timeouts_and_malformed_bodies() {
-    let emu = start(bifrost::Args::default()).await;
+    let emu = start(BifrostArgs::default()).await;
     let quick = ClientOptions {
         timeout: Duration::from_millis(300),
         max_attempts: 1,
@@ -650,7 +650,7 @@ async fn timeouts_and_malformed_bodies() {
 
 #[tokio::test]
 async fn gateway_validation_surfaces_as_rejected() {
-    let emu = start(bifrost::Args::default()).await;
+    let emu = start(BifrostArgs::default()).await;
     let c = open(&emu, opts());
     // Settings the controller would have stopped in validate(), sent anyway.
     let mut s = vk_settings("bad");
@@ -685,7 +685,7 @@ async fn gateway_validation_surfaces_as_rejected() {
 
 #[tokio::test]
 async fn rotate_is_feature_detected() {
-    let emu = start(bifrost::Args {
+    let emu = start(BifrostArgs {
         no_rotate: true,
         ..Default::default()
     })
@@ -704,7 +704,7 @@ async fn rotate_is_feature_detected() {
 
 #[tokio::test]
 async fn hidden_values_are_not_read_back() {
-    let emu = start(bifrost::Args {
+    let emu = start(BifrostArgs {
         hide_vk_values: true,
         ..Default::default()
     })
@@ -720,7 +720,7 @@ async fn hidden_values_are_not_read_back() {
 /// The emulator's own validation and shapes, over raw HTTP.
 #[tokio::test]
 async fn emulator_reproduces_the_gateway() {
-    let emu = start(bifrost::Args::default()).await;
+    let emu = start(BifrostArgs::default()).await;
     let http = reqwest::Client::new();
     let url = |p: &str| format!("{}{p}", emu.url());
     let call = |m: reqwest::Method, p: &str, body: Option<Value>| {
@@ -966,7 +966,7 @@ async fn examples_work_against_the_emulator() {
             .position(|w| *w == name)
             .map(|i| words[i + 1].to_string())
     };
-    let emu_args = bifrost::Args {
+    let emu_args = BifrostArgs {
         username: flag("--username"),
         password: flag("--password"),
         ..Default::default()
@@ -1054,7 +1054,7 @@ async fn examples_work_against_the_emulator() {
 #[tokio::test]
 async fn provider_key_models_empty_is_deny_all_both_ways() {
     use keysmith::providers::DENY_ALL_MODELS;
-    let emu = start(bifrost::Args::default()).await;
+    let emu = start(BifrostArgs::default()).await;
     let c = open(&emu, opts());
     let uid = uuid::Uuid::new_v4().to_string();
     let mut s = pushed("openai-all", &uid, "openai");
@@ -1102,7 +1102,7 @@ async fn provider_key_models_empty_is_deny_all_both_ways() {
 /// own text is no drift; its non-OK `status` is reported instead.
 #[tokio::test]
 async fn provider_key_description_is_the_gateways_and_its_status_is_reported() {
-    let emu = start(bifrost::Args {
+    let emu = start(BifrostArgs {
         list_models_fails: true,
         ..Default::default()
     })
@@ -1129,7 +1129,7 @@ async fn provider_key_description_is_the_gateways_and_its_status_is_reported() {
     assert_eq!(drift(&c, &updated, &s), Vec::<Field>::new());
 
     // A healthy gateway: nothing reported, and the user's text was never sent.
-    let emu = start(bifrost::Args::default()).await;
+    let emu = start(BifrostArgs::default()).await;
     let c = open(&emu, opts());
     let k = c
         .push(&pushed("quiet", "uid-quiet", "openai"), &value, None)
@@ -1147,7 +1147,7 @@ async fn provider_key_description_is_the_gateways_and_its_status_is_reported() {
 /// place; the gateway refuses the key once it passed.
 #[tokio::test]
 async fn virtual_key_expiry_is_set_observed_and_enforced() {
-    let emu = start(bifrost::Args::default()).await;
+    let emu = start(BifrostArgs::default()).await;
     let c = open(&emu, opts());
     let at = |secs: i64| {
         let t = chrono::Utc::now() + chrono::Duration::seconds(secs);
@@ -1189,7 +1189,7 @@ async fn virtual_key_expiry_is_set_observed_and_enforced() {
     assert_eq!(inference(&emu, k.secret.expose_secret()).await, 403);
 
     // A build without expiry ignores the field: an update says so instead of repeating.
-    let old = start(bifrost::Args {
+    let old = start(BifrostArgs {
         no_vk_expiry: true,
         ..Default::default()
     })
@@ -1211,7 +1211,7 @@ async fn virtual_key_expiry_is_set_observed_and_enforced() {
 /// return it, by `rotated_at` where they do not.
 #[tokio::test]
 async fn a_virtual_key_rotated_outside_keysmith_is_recognised() {
-    let emu = start(bifrost::Args::default()).await;
+    let emu = start(BifrostArgs::default()).await;
     let c = open(&emu, opts());
     let k = c.create(&vk_settings("rotated-by-hand")).await.unwrap();
     let since = k.key.created_at;
@@ -1235,7 +1235,7 @@ async fn a_virtual_key_rotated_outside_keysmith_is_recognised() {
     assert_eq!(inference(&emu, k.secret.expose_secret()).await, 401);
 
     // Values hidden: rotated_at tells.
-    let emu = start(bifrost::Args {
+    let emu = start(BifrostArgs {
         hide_vk_values: true,
         ..Default::default()
     })

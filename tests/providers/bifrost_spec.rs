@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use keysmith::api::{BifrostKeySpec, BifrostProvider, BifrostRateLimit, LimitReset};
-use keysmith::emulators::{bifrost, spawn};
+use keysmith::emulators::{build_bifrost, spawn, BifrostArgs};
 use keysmith::providers::{BifrostClient, FAMILY_VIRTUAL};
 use keysmith::providers::{
     ClientOptions, Credentials, Field, KeyBackend, KeyScope, KeySettings, Limit,
@@ -142,7 +142,7 @@ fn settings(name: &str) -> KeySettings {
 
 #[tokio::test]
 async fn client_requests_and_emulator_answers_follow_bifrost_openapi() {
-    let (router, faults) = bifrost::build(&bifrost::Args {
+    let (router, faults) = build_bifrost(&BifrostArgs {
         max_page_size: 2,
         ..Default::default()
     });

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use keysmith::api::{BoltzKeySpec, BoltzMode, BoltzProvider, SecretKeySelector};
-use keysmith::emulators::boltz::{build, Args};
+use keysmith::emulators::{build_boltz as build, BoltzArgs as Args};
 use keysmith::emulators::{spawn, FaultArgs, RunningEmulator, ScriptedFault};
 use keysmith::providers::BoltzClient;
 use keysmith::providers::{

@@ -10,7 +10,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::middleware::{self, Next};
 use clap::Parser;
 use keysmith::api::{DigitalOceanKeySpec, DigitalOceanProvider};
-use keysmith::emulators::digitalocean::{build, Args};
+use keysmith::emulators::{build_digitalocean as build, DigitalOceanArgs as Args};
 use keysmith::emulators::{spawn, RunningEmulator, ScriptedFault};
 use keysmith::providers::{
     ClientOptions, Credentials, Field, KeyBackend, KeyScope, KeySettings, ProviderError,

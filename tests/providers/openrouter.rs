@@ -9,7 +9,9 @@ use chrono::{DateTime, SubsecRound, Utc};
 use keysmith::api::{
     KeyProviderSpec, LimitReset, OpenRouterKeySpec, OpenRouterProvider, SecretKeySelector,
 };
-use keysmith::emulators::{self, openrouter as emu, RunningEmulator, ScriptedFault};
+use keysmith::emulators::{
+    self, build_openrouter, OpenRouterArgs, RunningEmulator, ScriptedFault, OPENROUTER_WORKSPACE,
+};
 use keysmith::providers::{
     build_backend, drift, ClientOptions, Credentials, Field, KeyBackend, KeyScope, KeySettings,
     Limit, ProviderError,
@@ -27,7 +29,7 @@ const SPEC: &str = "tests/specs/openrouter-keys.openapi.yaml";
 const OTHER_WORKSPACE: &str = "6f1c1f0e-3d7b-4c1e-9a55-2b8f4e0d9a10";
 
 async fn start() -> RunningEmulator {
-    let (router, faults) = emu::build(&emu::Args::with_management_keys(&[MGMT]));
+    let (router, faults) = build_openrouter(&OpenRouterArgs::with_management_keys(&[MGMT]));
     emulators::spawn(router, faults).await.unwrap()
 }
 
@@ -634,7 +636,7 @@ async fn secrets_never_appear_in_errors_or_debug_output() {
     assert_no_secret(&format!("{c:?}"), &secrets);
     assert_no_secret(&format!("{:?}", creds(MGMT)), &secrets);
     assert_no_secret(
-        &format!("{:?}", emu::Args::with_management_keys(&[MGMT])),
+        &format!("{:?}", OpenRouterArgs::with_management_keys(&[MGMT])),
         &secrets,
     );
 
@@ -781,7 +783,7 @@ async fn workspaces_scope_creates_and_listings() {
             .unwrap()
             .to_string()
     };
-    assert_eq!(ws(&a.key.id), emu::DEFAULT_WORKSPACE);
+    assert_eq!(ws(&a.key.id), OPENROUTER_WORKSPACE);
     assert_eq!(ws(&b.key.id), OTHER_WORKSPACE);
     // GET /keys/{hash} finds a key whatever its workspace.
     default.get(&scope(), &b.key.id).await.unwrap();
@@ -856,7 +858,7 @@ async fn emulator_responses_conform_to_the_openapi_spec() {
         Some(json!({
             "name": "My New API Key", "limit": 50, "limit_reset": "monthly",
             "include_byok_in_limit": true, "expires_at": "2027-12-31T23:59:59Z",
-            "workspace_id": emu::DEFAULT_WORKSPACE, "creator_user_id": "user_x"
+            "workspace_id": OPENROUTER_WORKSPACE, "creator_user_id": "user_x"
         })),
     )
     .await;
@@ -1209,7 +1211,7 @@ fn emulator_flags() {
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
-        args: emu::Args,
+        args: OpenRouterArgs,
     }
     let cli = Cli::try_parse_from([
         "emulate",
@@ -1227,7 +1229,7 @@ fn emulator_flags() {
     assert_eq!(cli.args.workspace, OTHER_WORKSPACE);
     assert_eq!(cli.args.faults.latency, Some(Duration::from_millis(5)));
     let cli = Cli::try_parse_from(["emulate", "--management-key", "a"]).unwrap();
-    assert_eq!(cli.args.workspace, emu::DEFAULT_WORKSPACE);
+    assert_eq!(cli.args.workspace, OPENROUTER_WORKSPACE);
     assert!(Cli::try_parse_from(["emulate", "--management-key", "a", "--workspace", "w"]).is_err());
     // The environment variable is the alternative to the flag; without either it fails.
     if std::env::var_os("KEYSMITH_EMULATOR_MANAGEMENT_KEY").is_none() {
@@ -1270,7 +1272,7 @@ async fn examples_work_against_the_emulator() {
         }]
     );
 
-    let (router, faults) = emu::build(&emu::Args::with_management_keys(&[&token]));
+    let (router, faults) = build_openrouter(&OpenRouterArgs::with_management_keys(&[&token]));
     let e = emulators::spawn(router, faults).await.unwrap();
     spec.openrouter.as_mut().unwrap().base_url = Some(format!("{}/api/v1", e.url()));
     let backend = build_backend(&spec, creds(&token), opts()).unwrap();
@@ -1321,9 +1323,9 @@ async fn examples_work_against_the_emulator() {
 /// than 100, losing the rest: crash recovery reads this listing).
 #[tokio::test]
 async fn a_listing_with_another_page_size_loses_no_key() {
-    let (router, faults) = emu::build(&emu::Args {
+    let (router, faults) = build_openrouter(&OpenRouterArgs {
         page_size: 37,
-        ..emu::Args::with_management_keys(&[MGMT])
+        ..OpenRouterArgs::with_management_keys(&[MGMT])
     });
     let e = emulators::spawn(router, faults).await.unwrap();
     let c = client(&e);

@@ -6,7 +6,7 @@
 use std::process::Command;
 
 use keysmith::api::ProviderType;
-use keysmith::emulators::{bifrost, spawn_tls};
+use keysmith::emulators::{build_bifrost, spawn_tls, BifrostArgs};
 use keysmith::providers::ClientOptions;
 use keysmith::providers::HttpClient;
 use reqwest::Method;
@@ -39,7 +39,7 @@ async fn call(url: &str) -> Result<u16, String> {
 #[tokio::test]
 async fn ssl_cert_file_naming_a_private_ca_is_trusted() {
     let pki = pki::private_ca("corp-root-ca");
-    let (router, faults) = bifrost::build(&bifrost::Args::default());
+    let (router, faults) = build_bifrost(&BifrostArgs::default());
     let e = spawn_tls(router, faults, pki.server_config())
         .await
         .unwrap();

@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 
 use keysmith::api::{KeyProviderSpec, OpenRouterProvider, SecretKeySelector, UCloudProvider};
-use keysmith::emulators::{self, openrouter, ucloud, RunningEmulator};
+use keysmith::emulators::{
+    self, build_openrouter, build_ucloud, OpenRouterArgs, RunningEmulator, UCloudArgs,
+};
 use keysmith::providers::{build_backend, ClientOptions, Credentials, KeyBackend};
 use secrecy::SecretString;
 
@@ -51,12 +53,12 @@ fn ucloud_spec(base_url: Option<String>) -> KeyProviderSpec {
 }
 
 async fn openrouter_emulator() -> RunningEmulator {
-    let (router, faults) = openrouter::build(&openrouter::Args::with_management_keys(&[MGMT]));
+    let (router, faults) = build_openrouter(&OpenRouterArgs::with_management_keys(&[MGMT]));
     emulators::spawn(router, faults).await.unwrap()
 }
 
 async fn ucloud_emulator() -> RunningEmulator {
-    let (router, faults) = ucloud::build(&ucloud::Args {
+    let (router, faults) = build_ucloud(&UCloudArgs {
         public_key: UC_PUBLIC.into(),
         private_key: UC_PRIVATE.into(),
         ..Default::default()

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use keysmith::api::{LimitReset, UCloudKeySpec, UCloudProvider};
-use keysmith::emulators::{spawn, ucloud as emu, RunningEmulator, ScriptedFault};
+use keysmith::emulators::{build_ucloud, spawn, RunningEmulator, ScriptedFault, UCloudArgs};
 use keysmith::providers::{
     drift, ClientOptions, Credentials, Field, KeyBackend, KeyScope, KeySettings, Limit,
     ProviderError,
@@ -18,16 +18,16 @@ use serde_json::{json, Value};
 const PUBLIC: &str = "test-public-key";
 const PRIVATE: &str = "test-private-key-0123456789";
 
-fn args() -> emu::Args {
-    emu::Args {
+fn args() -> UCloudArgs {
+    UCloudArgs {
         public_key: PUBLIC.into(),
         private_key: PRIVATE.into(),
         ..Default::default()
     }
 }
 
-async fn start(args: emu::Args) -> RunningEmulator {
-    let (router, faults) = emu::build(&args);
+async fn start(args: UCloudArgs) -> RunningEmulator {
+    let (router, faults) = build_ucloud(&args);
     spawn(router, faults).await.expect("emulator starts")
 }
 
@@ -389,7 +389,7 @@ async fn wrong_credentials_are_auth_errors() {
 
 #[tokio::test]
 async fn projects_and_sub_accounts() {
-    let e = start(emu::Args {
+    let e = start(UCloudArgs {
         project_ids: vec!["org-a".into(), "org-b".into()],
         require_project_id: true,
         ..args()
@@ -420,7 +420,7 @@ async fn projects_and_sub_accounts() {
     ));
 
     // Without --require-project-id a blank ProjectId means the first (default) project.
-    let e2 = start(emu::Args {
+    let e2 = start(UCloudArgs {
         project_ids: vec!["org-main".into(), "org-other".into()],
         ..args()
     })
@@ -862,7 +862,7 @@ async fn examples_work_against_the_emulator() {
             .map(|w| w[1].to_string())
             .collect()
     };
-    let e = start(emu::Args {
+    let e = start(UCloudArgs {
         public_key: flag("--public-key")[0].clone(),
         private_key: flag("--private-key")[0].clone(),
         project_ids: flag("--project-id"),
@@ -962,7 +962,7 @@ async fn a_disabled_key_is_still_a_live_key() {
 async fn a_delete_with_an_unknown_retcode_is_confirmed_against_the_listing() {
     // The second delete of a key answers a RetCode keysmith has never seen: the listing shows
     // the key gone, so the revoke succeeds instead of blocking deletion.
-    let e = start(emu::Args {
+    let e = start(UCloudArgs {
         missing_key_retcode: 1046,
         ..args()
     })
@@ -1027,7 +1027,7 @@ async fn a_delete_with_an_unknown_retcode_for_a_listed_key_is_unconfirmed() {
 /// (transient), not reported as a rejection of the request.
 #[tokio::test]
 async fn a_read_throttled_with_an_unknown_retcode_is_transient() {
-    let e = start(emu::Args {
+    let e = start(UCloudArgs {
         throttle_retcode: 1777,
         throttle_message: "busy, come back later".into(),
         ..args()

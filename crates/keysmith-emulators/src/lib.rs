@@ -14,12 +14,30 @@
 //!
 //! Control endpoints take no credentials: an emulator is a test tool bound to loopback by default.
 
-pub mod bifrost;
-pub mod boltz;
-pub mod digitalocean;
-pub mod openrouter;
-pub mod tls;
-pub mod ucloud;
+pub(crate) mod bifrost;
+pub(crate) mod boltz;
+pub(crate) mod digitalocean;
+pub(crate) mod openrouter;
+pub(crate) mod tls;
+pub(crate) mod ucloud;
+
+// The modules are `pub(crate)`, so `dead_code` reports what nothing uses. Each emulator's
+// surface is its flags and its router (`keysmith emulate` goes through [`EmulateCommand`]; the
+// tests build routers directly), re-exported here under the provider's name:
+/// Bifrost's emulator.
+pub use bifrost::{build as build_bifrost, Args as BifrostArgs};
+/// Boltz's emulator.
+pub use boltz::{build as build_boltz, Args as BoltzArgs};
+/// DigitalOcean's emulator.
+pub use digitalocean::{build as build_digitalocean, Args as DigitalOceanArgs};
+/// OpenRouter's emulator, and the workspace its keys land in unless told otherwise.
+pub use openrouter::{
+    build as build_openrouter, Args as OpenRouterArgs, DEFAULT_WORKSPACE as OPENROUTER_WORKSPACE,
+};
+/// The emulators' TLS server config (the private-CA tests serve over it).
+pub use tls::server_config as tls_server_config;
+/// UCloud's emulator.
+pub use ucloud::{build as build_ucloud, Args as UCloudArgs};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
