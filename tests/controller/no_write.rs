@@ -313,3 +313,72 @@ async fn bifrost_answers_equal_in_meaning_draw_no_write() {
     );
     no_write_after_converging(&env, ak).await;
 }
+
+/// A UCloud that keeps a cap sent empty (`--empty-keeps`: the reference does not say an empty
+/// value clears): removing the cap from the spec sends one update, then the ApiKey reports the
+/// kept cap and later reconciles send nothing more (issue 20 item 3: no loop).
+#[tokio::test]
+async fn a_cap_ucloud_keeps_is_reported_not_sent_on_every_reconcile() {
+    const PUBLIC: &str = "no-write-public-key";
+    const PRIVATE: &str = "no-write-private-key-0123456789";
+    let e = spawn(emulators::ucloud::build(&emulator_args(&[
+        "--public-key",
+        PUBLIC,
+        "--private-key",
+        PRIVATE,
+        "--empty-keeps",
+    ])))
+    .await;
+    let mut provider = crate::ucloud::provider_spec(&e.url());
+    if let Some(u) = provider.ucloud.as_mut() {
+        u.public_key = PUBLIC.into();
+    }
+    let creds = vec![secret(
+        OPERATOR_NS,
+        "ucloud-credentials",
+        "privateKey",
+        PRIVATE,
+    )];
+    let env = env_for(e, "ucloud", provider, creds, vec![]).await;
+    let ak = apikey(
+        "uc-kept-cap",
+        "ucloud",
+        spec(json!({
+            "providerRef": {"name": "ucloud"},
+            "limit": {"amount": "10", "reset": "daily"},
+        })),
+    );
+    env.create(&ak).await;
+    let (status, reason, message) = ready(&env.converge("uc-kept-cap", 6).await);
+    assert_eq!(status, "True", "{reason}: {message}");
+    env.reset_provider_calls().await;
+    env.apikeys()
+        .patch(
+            "uc-kept-cap",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Json::<()>(
+                serde_json::from_value(json!([{"op": "remove", "path": "/spec/limit"}])).unwrap(),
+            ),
+        )
+        .await
+        .expect("limit removed");
+    for i in 0..REFRESHES {
+        if i % 2 == 1 {
+            env.touch("uc-kept-cap", &format!("r{i}")).await;
+        }
+        let _ = env.reconcile("uc-kept-cap").await;
+    }
+    let stats = env.provider_calls().await;
+    assert_eq!(
+        route_count(&stats, "POST /?Action=UpdateUMInferAPIKey"),
+        1,
+        "one attempt to remove the cap, not one per reconcile: {stats}"
+    );
+    assert_eq!(writes_in(&stats).len(), 1, "{stats}");
+    let (status, reason, message) = ready(&env.get("uc-kept-cap").await);
+    assert_eq!(status, "False");
+    assert!(
+        message.contains("DailyLimitAmount") && message.contains("UCloud kept"),
+        "{reason}: {message}"
+    );
+}

@@ -69,6 +69,36 @@ pub struct UCloudClient {
 /// Most entries [`UCloudClient::kept`] holds (one per key and setting UCloud would not clear).
 const MAX_KEPT: usize = 10_000;
 
+/// Whether sending `param=value` would change `key` as it is reported (what is compared is
+/// what the listing reads back: sets for lists, canonical IPs, normalised decimals).
+fn differs(key: &ProviderKey, param: &str, value: &str) -> bool {
+    let extra = |k: &str| key.extras.get(k).map(String::as_str).unwrap_or_default();
+    let decimal = |v: &str| normalize_decimal(v).unwrap_or_else(|| v.to_string());
+    match param {
+        "Name" => key.name != value,
+        "ModelverseDisabled" => key.observed.disabled != Some(value == "1"),
+        "SandBoxDisabled" => extra(extra::SANDBOX_DISABLED) != (value == "1").to_string(),
+        "GrantAllModels" => extra(extra::GRANT_ALL_MODELS) != value,
+        "GrantedModels" => {
+            let mut want: Vec<String> = serde_json::from_str(value).unwrap_or_default();
+            let mut have = key.observed.models.clone().unwrap_or_default();
+            want.sort();
+            want.dedup();
+            have.sort();
+            have.dedup();
+            want != have
+        }
+        "DailyLimitAmount" | "MonthlyLimitAmount" => {
+            decimal(&reported(key, param)) != decimal(value)
+        }
+        "IPWhitelist" => {
+            ip_set(&split_whitelist(value))
+                != ip_set(key.observed.allowed_ips.as_deref().unwrap_or_default())
+        }
+        _ => true,
+    }
+}
+
 /// The parameters keysmith sends empty to remove a setting, and how a listed key reports each.
 const CLEARABLE: [&str; 3] = ["DailyLimitAmount", "MonthlyLimitAmount", "IPWhitelist"];
 
@@ -474,7 +504,13 @@ impl KeyBackend for UCloudClient {
             .collect();
         let mut kept: Vec<(&'static str, String)> = Vec::new();
         let remembered: Vec<(&'static str, String)> = {
-            let memory = self.kept.lock().unwrap();
+            let mut memory = self.kept.lock().unwrap();
+            // A value set again ends what was remembered of it.
+            for c in CLEARABLE {
+                if p.get(c).is_some_and(|v| !v.is_empty()) {
+                    memory.remove(&(id.to_string(), c));
+                }
+            }
             clearing
                 .iter()
                 .filter_map(|c| memory.get(&(id.to_string(), *c)).map(|v| (*c, v.clone())))
@@ -488,6 +524,9 @@ impl KeyBackend for UCloudClient {
                     kept.push((c, v));
                 }
             }
+            // The drift that brought this update may be nothing but the kept settings: send
+            // only what differs from the key as it is, so that is no write at all.
+            p.retain(|name, value| name == "KeyId" || differs(&now, name, value));
         }
         if p.len() > 1 {
             self.call("update", Idempotency::Safe, "UpdateUMInferAPIKey", p)
