@@ -13,6 +13,9 @@
 //! | `DELETE /_emulator/stats` | reset the counters |
 //!
 //! Control endpoints take no credentials: an emulator is a test tool bound to loopback by default.
+//!
+//! `--normalise` (every provider) answers equal in meaning but written differently (see
+//! [`normalise`]): a converged key must then draw no write from its client.
 
 pub mod bifrost;
 pub mod boltz;
