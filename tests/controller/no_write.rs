@@ -382,3 +382,36 @@ async fn a_cap_ucloud_keeps_is_reported_not_sent_on_every_reconcile() {
         "{reason}: {message}"
     );
 }
+
+#[tokio::test]
+async fn bifrost_provider_key_answers_equal_in_meaning_draw_no_write() {
+    let e = spawn(emulators::bifrost::build(&emulator_args(&[]))).await;
+    let provider = KeyProviderSpec {
+        bifrost: Some(BifrostProvider {
+            base_url: e.url(),
+            auth_secret_ref: None,
+        }),
+        ..Default::default()
+    };
+    let upstream = crate::bifrost::upstream_secret(crate::bifrost::UPSTREAM_V1);
+    let env = env_for(
+        e,
+        "bifrost",
+        provider,
+        vec![],
+        vec![serde_json::to_value(upstream).unwrap()],
+    )
+    .await;
+    let ak = apikey(
+        "pk-every-field",
+        "bifrost",
+        spec(json!({
+            "providerRef": {"name": "bifrost"},
+            "displayName": "no-write-provider-key",
+            "models": ["gpt-4o-mini", "gpt-4o", "o3"],
+            "source": {"secretRef": {"name": "openai-upstream", "key": "api-key"}},
+            "bifrost": {"provider": "openai", "weight": 0.5},
+        })),
+    );
+    no_write_after_converging(&env, ak).await;
+}
