@@ -891,9 +891,6 @@ async fn fallback() -> Response {
     not_found()
 }
 
-/// The router and its fault state. The key API routes get fault injection and request counting
-/// (the framework's `route_layer`); inference, the agent check and the control endpoints are the
-/// router's fallback service, which `route_layer` leaves alone.
 /// What `--normalise` rewrites in DigitalOcean's answers (a key has a name and times only).
 const NORMALISE: &[Field] = &[
     ("created_at", Rewrite::Time),
@@ -901,6 +898,9 @@ const NORMALISE: &[Field] = &[
     ("deleted_at", Rewrite::Time),
 ];
 
+/// The router and its fault state. The key API routes get fault injection and request counting
+/// (the framework's `route_layer`); inference, the agent check and the control endpoints are the
+/// router's fallback service, which `route_layer` leaves alone.
 pub fn build(args: &Args) -> (Router, Arc<Faults>) {
     let emu: St = Arc::new(Emulator::new(args));
     let api = Router::new()
