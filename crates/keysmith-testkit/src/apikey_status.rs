@@ -1,6 +1,5 @@
-//! Reading an ApiKey's Ready condition: the controller tests, the e2e tests and both benchmarks
-//! include this file with `#[path]`.
-#![allow(dead_code)] // each includer uses a different part
+//! Reading an ApiKey's Ready condition: the controller tests, the e2e tests and both
+//! benchmarks.
 
 use keysmith::api::ApiKey;
 

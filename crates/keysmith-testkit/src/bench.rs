@@ -1,7 +1,6 @@
 //! What the two benchmarks share (`benches/reconcile.rs` offline, `tests/e2e_bench.rs` on a
 //! cluster): their knobs, read from the environment, and the helpers that print figures. The
 //! soak test (`tests/e2e_soak.rs`) reads its knobs with the same helpers.
-#![allow(dead_code)] // each includer uses a different part
 
 use std::time::Duration;
 

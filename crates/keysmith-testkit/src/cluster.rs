@@ -1,5 +1,5 @@
-//! A real Kubernetes cluster for the end-to-end tests (`tests/e2e.rs`) and the cluster benchmark
-//! (`tests/e2e_bench.rs`), which include this file with `#[path]`.
+//! A real Kubernetes cluster for the end-to-end tests (`tests/e2e*.rs`, `tests/plugin.rs`) and
+//! the cluster benchmark (`tests/e2e_bench.rs`).
 //!
 //! Each [`Cluster`] is one run: the CRDs applied (server-side, left installed), a test namespace
 //! and an operator namespace of its own, the OpenRouter emulator started as a child process on
@@ -17,7 +17,6 @@
 //! the namespaces and the ClusterKeyProvider are deleted, and finalizers left on the run's
 //! ApiKeys are removed so that the namespace can go (their keys lived only in the emulator).
 //! `KEYSMITH_E2E_KEEP=1` leaves everything in place for inspection.
-#![allow(dead_code)] // the e2e tests and the benchmark use different parts
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -41,20 +40,15 @@ use tokio::process::{Child, Command};
 use keysmith::api::{ApiKey, ClusterKeyProvider};
 use keysmith::emulators::random_hex;
 
-#[path = "apikey_status.rs"]
-mod apikey_status;
-#[path = "control_plane.rs"]
-pub mod control_plane;
-pub use apikey_status::{is_ready, ready};
-#[path = "emulator_control.rs"]
-pub mod emulator_control;
-use emulator_control::EmulatorControl;
+pub use crate::apikey_status::{is_ready, ready};
+use crate::control_plane;
+use crate::emulator_control::EmulatorControl;
+use crate::paths::{keysmith_bin, repo_root, target_tmpdir};
 
 /// Label on every object of a run; the run's operators reconcile only ApiKeys carrying it.
 pub const RUN_LABEL: &str = "e2e.keysmith.dev/run";
 const FIELD_MANAGER: &str = "keysmith-e2e";
 pub const MGMT_SECRET: &str = "openrouter-mgmt";
-const BIN: &str = env!("CARGO_BIN_EXE_keysmith");
 
 /// The cluster of this test binary: an existing one when `KEYSMITH_E2E=1` and `KUBECONFIG` are
 /// set, else the local control plane (`control_plane.rs`), started on first use and shared by
@@ -77,17 +71,25 @@ fn target() -> &'static Result<PathBuf, String> {
     })
 }
 
-/// The kubeconfig of the cluster the tests run against (after [`enabled`] returned true).
+/// The kubeconfig of the cluster the tests run against (after [`require`]).
 pub fn kubeconfig() -> PathBuf {
     target()
         .clone()
-        .expect("kubeconfig() is called after enabled() returned true")
+        .expect("kubeconfig() is called after require()")
 }
 
-/// Whether the cluster tests may run: every variable of `flags` is `1` and a cluster is
-/// available (see [`target`]). When none is, this says so loudly on stderr, or panics when
-/// `KEYSMITH_REQUIRE_CLUSTER=1` (scripts/test.sh sets it when the binaries are there, so a
-/// cluster that does not start fails the run instead of skipping it).
+/// A cluster test starts with this. Cluster tests are `#[ignore]`d (`cargo test` reports them as
+/// ignored without running them); when one runs (`--ignored`, as scripts/test.sh does where the
+/// control plane's binaries are), a cluster is required: without one the test fails and says
+/// why, it never passes without having run (docs/testing.md).
+pub fn require(what: &str) {
+    crate::skip::require("cluster", what, target().as_ref().map(|_| ()));
+}
+
+/// Transition (tests written before `require`; new tests are `#[ignore]`d and call
+/// [`require`]): whether the cluster test may run: every variable of `flags` is `1` and a
+/// cluster is available. Without one this says so loudly, or panics when
+/// `KEYSMITH_REQUIRE_CLUSTER=1`.
 pub fn enabled(what: &str, flags: &[&str]) -> bool {
     let missing: Vec<String> = flags
         .iter()
@@ -96,7 +98,7 @@ pub fn enabled(what: &str, flags: &[&str]) -> bool {
         .collect();
     if !missing.is_empty() {
         eprintln!(
-            "skipping {what}: set {} (see docs/e2e.md)",
+            "skipping {what}: set {} (see docs/testing.md)",
             missing.join(" and ")
         );
         return false;
@@ -107,7 +109,7 @@ pub fn enabled(what: &str, flags: &[&str]) -> bool {
             panic!("KEYSMITH_REQUIRE_CLUSTER=1 but there is no cluster for {what}: {why}")
         }
         Err(why) => {
-            eprintln!("\n*** CLUSTER TEST NOT RUN: {what}: {why} (see docs/e2e.md) ***\n");
+            eprintln!("\n*** CLUSTER TEST NOT RUN: {what}: {why} (see docs/testing.md) ***\n");
             false
         }
     }
@@ -175,7 +177,7 @@ pub fn run_labels(run: &str) -> Value {
 /// Apply the CRDs (from `crds/*.yaml` if the directory exists, else from the Rust types, which is
 /// what `keysmith crds` prints) with server-side apply, and wait until each is Established.
 pub async fn install_crds(client: &Client) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    let dir = repo_root().join("crds");
     let crds: Vec<CustomResourceDefinition> = if dir.is_dir() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
             .expect("crds/ is readable")
@@ -253,7 +255,8 @@ impl Emulator {
     ) -> Emulator {
         let log = dir.join(format!("emulator-{provider}.log"));
         let file = std::fs::File::create(&log).expect("emulator log file");
-        let mut cmd = Command::new(BIN);
+        let bin = keysmith_bin();
+        let mut cmd = Command::new(&bin);
         cmd.args(["emulate", "--listen", "127.0.0.1:0", provider]);
         cmd.args(args);
         if let Some(l) = opts.latency {
@@ -275,7 +278,7 @@ impl Emulator {
         control_plane::die_with_parent(cmd.as_std_mut());
         let mut child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {BIN} emulate: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {} emulate: {e}", bin.display()));
         let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
         let url = tokio::time::timeout(Duration::from_secs(30), async {
             while let Ok(Some(line)) = lines.next_line().await {
@@ -418,7 +421,7 @@ impl Cluster {
         let run = random_hex(6);
         let ns = format!("ks-e2e-{test}-{run}");
         let operator_ns = format!("ks-e2e-{test}-{run}-op");
-        let log_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("e2e-{test}-{run}"));
+        let log_dir = target_tmpdir().join(format!("e2e-{test}-{run}"));
         std::fs::create_dir_all(&log_dir).expect("log directory");
         eprintln!(
             "e2e run {run}: namespaces {ns} and {operator_ns}; logs in {}",
@@ -484,7 +487,9 @@ impl Cluster {
         let file = std::fs::File::create(&log).expect("operator log file");
         // BENCH_OPERATOR_BIN: another build of the operator (e.g. other release-profile
         // settings), for the cluster benchmark; default: this test build's.
-        let bin = std::env::var("BENCH_OPERATOR_BIN").unwrap_or_else(|_| BIN.to_string());
+        let bin = std::env::var_os("BENCH_OPERATOR_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(keysmith_bin);
         let mut cmd = Command::new(&bin);
         cmd.arg("run")
             .args(["--metrics-addr", &metrics_addr.to_string()])
@@ -506,7 +511,7 @@ impl Cluster {
         control_plane::die_with_parent(cmd.as_std_mut());
         let child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin} run: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {} run: {e}", bin.display()));
         let pid = child.id().expect("a running child has a pid");
         self.operator_logs.lock().unwrap().push(log.clone());
         let mut op = Operator {

@@ -17,9 +17,8 @@
 //! carry `PR_SET_PDEATHSIG(SIGKILL)`, so they die with the test binary however it ends (normal
 //! exit, panic, SIGKILL). [`ControlPlane::stop`] kills them by their own pids earlier.
 //!
-//! Included with `#[path]` by the e2e tests (through `cluster.rs`), the cluster benchmark and the
+//! Used by the e2e tests (through `cluster.rs`), the controller tests, the benchmarks and the
 //! `local-cluster` example that `scripts/demo.sh` runs.
-#![allow(dead_code)] // each includer uses a different part
 
 use std::fmt;
 use std::io::Write;
@@ -69,9 +68,7 @@ pub struct Binaries {
     pub source: String,
 }
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::paths::repo_root;
 
 fn executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;

@@ -1,7 +1,6 @@
 //! A provider emulator's control endpoints over HTTP (`/_emulator/stats`, `/_emulator/keys`)
 //! and OpenRouter's "current key" check: shared by the controller tests, the e2e tests and both
-//! benchmarks, which include this file with `#[path]`.
-#![allow(dead_code)] // each includer uses a different part
+//! benchmarks.
 
 use serde_json::Value;
 

@@ -1,8 +1,6 @@
 //! A tower layer in front of a real Kubernetes client, for the controller tests
-//! (`tests/controller/harness.rs`) and the reconcile benchmark (`benches/reconcile.rs`), which
-//! include this file with `#[path]`: it records every write the API server accepted, fails
+//! (`tests/controller/harness.rs`) and the reconcile benchmark (`benches/reconcile.rs`): it records every write the API server accepted, fails
 //! Secret writes on demand, and checks each request against the RBAC the chart grants.
-#![allow(dead_code)] // each includer uses a different part
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};

@@ -19,9 +19,8 @@
 //! binary is killed. `KEYSMITH_NODE_KEEP=1` leaves the cluster up for inspection
 //! (`export KUBECONFIG=/tmp/keysmith-node/admin.kubeconfig`).
 //!
-//! Where the node cannot start, [`enabled`] says so loudly, or panics when
-//! `KEYSMITH_REQUIRE_NODE=1` (scripts/test.sh sets it where the node can run).
-#![allow(dead_code)]
+//! The node tests are `#[ignore]`d; one that runs calls [`require`], which fails the test with
+//! the reason where the node cannot start (docs/testing.md).
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;
@@ -58,9 +57,7 @@ pub struct Node {
     pub image_summary: String,
 }
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::paths::{keysmith_bin, repo_root, target_tmpdir};
 
 fn scripts_dir() -> Result<PathBuf, String> {
     let dir = std::env::var_os("KEYSMITH_NODE_SCRIPTS")
@@ -219,13 +216,14 @@ fn start() -> Result<Node, String> {
     let helm = tool("helm", "HELM")?;
     let l =
         PathBuf::from(std::env::var("KEYSMITH_NODE_DIR").unwrap_or("/tmp/keysmith-node".into()));
-    let log_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-node");
+    let log_dir = target_tmpdir().join("e2e-node");
     std::fs::create_dir_all(&log_dir).map_err(|e| e.to_string())?;
 
     // 1. the operator image, from the binary under test, and a second one (another
     //    SOURCE_DATE_EPOCH: another digest) for the upgrade test
-    let bin = std::env::var("KEYSMITH_NODE_IMAGE_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_keysmith").to_string());
+    let bin = std::env::var_os("KEYSMITH_NODE_IMAGE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(keysmith_bin);
     let build_image =
         |tag: &str, epoch: Option<&str>| -> Result<(PathBuf, String, String), String> {
             let dir = log_dir.join(format!("image-{tag}"));
@@ -251,9 +249,10 @@ fn start() -> Result<Node, String> {
                 .collect::<Vec<_>>()
                 .join("; ");
             eprintln!(
-            "e2e_node: image {IMAGE_REPO}:{tag} ({digest}) from {bin} built in {:.1} s: {summary}",
-            t.elapsed().as_secs_f64()
-        );
+                "e2e_node: image {IMAGE_REPO}:{tag} ({digest}) from {} built in {:.1} s: {summary}",
+                bin.display(),
+                t.elapsed().as_secs_f64()
+            );
             Ok((dir.join("keysmith-docker.tar"), digest, summary))
         };
     let (archive_a, image_digest, image_summary) = build_image(TAG_A, None)?;
@@ -360,8 +359,18 @@ pub fn shared() -> &'static Result<Node, String> {
     })
 }
 
-/// The node, or `None` after saying loudly why there is none (a panic when
-/// `KEYSMITH_REQUIRE_NODE=1`).
+/// A node test starts with this: the node. Node tests are `#[ignore]`d; when one runs
+/// (`--ignored`, as scripts/test.sh does where the node can run) the node is required: without
+/// it the test fails and says why (docs/testing.md).
+pub fn require(what: &str) -> &'static Node {
+    match shared() {
+        Ok(n) => n,
+        Err(why) => crate::skip::missing("node", what, why),
+    }
+}
+
+/// Transition (tests written before [`require`]): the node, or `None` after saying loudly why
+/// there is none (a panic when `KEYSMITH_REQUIRE_NODE=1`).
 pub fn enabled(what: &str) -> Option<&'static Node> {
     match shared() {
         Ok(n) => Some(n),
