@@ -4,7 +4,7 @@
 //! measured (`--nocapture`); docs/performance.md, "Bounds under hostile input", has the figures.
 //!
 //! ```text
-//! KEYSMITH_REQUIRE_CLUSTER=1 cargo test --test e2e_bounds -- --test-threads=1 --nocapture
+//! cargo test --test e2e_bounds -- --ignored --test-threads=1 --nocapture
 //! ```
 
 use keysmith_testkit::cluster;

@@ -4,7 +4,7 @@
 //! creates made. A call with no scripted answer fails the test (it names the call), so a test
 //! states every provider answer its branch depends on.
 //!
-//! ```ignore
+//! ```text
 //! let fake = ScriptedBackend::new(ProviderType::OpenRouter)
 //!     .on_revoke(Err(ProviderError::Unavailable("502".into())))
 //!     .on_revoke(Ok(()));
@@ -365,13 +365,37 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_default_get_pages_through_the_scripted_listing() {
+    async fn each_method_answers_from_its_own_queue() {
         let fake = ScriptedBackend::new(ProviderType::Boltz)
             .on_list_page(Ok(page(vec![key("a", "x")], Some("2"))))
+            .on_get(Err(ProviderError::NotFound("b".into())))
             .on_list_page(Ok(page(vec![key("b", "y")], None)));
-        let found = fake.get(&KeyScope::default(), "b").await.unwrap();
-        assert_eq!(found.name, "y");
-        assert_eq!(fake.calls().len(), 2);
+        let at = KeyScope::default();
+        let first = fake.list_page(&at, None).await.unwrap();
+        assert_eq!(first.next.as_deref(), Some("2"));
+        assert!(matches!(
+            fake.get(&at, "b").await,
+            Err(ProviderError::NotFound(_))
+        ));
+        let second = fake.list_page(&at, Some("2")).await.unwrap();
+        assert_eq!(second.keys[0].name, "y");
+        assert_eq!(
+            fake.calls(),
+            [
+                Call::ListPage {
+                    scope: at.clone(),
+                    cursor: None
+                },
+                Call::Get {
+                    scope: at.clone(),
+                    id: "b".into()
+                },
+                Call::ListPage {
+                    scope: at,
+                    cursor: Some("2".into())
+                },
+            ]
+        );
     }
 
     #[tokio::test]
