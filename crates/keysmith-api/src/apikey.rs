@@ -414,8 +414,10 @@ pub struct BifrostKeySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub description: Option<String>,
-    /// Virtual keys: which upstream providers (and their keys) the key may use. Empty: none
-    /// (Bifrost denies by default).
+    /// Virtual keys: which upstream providers (and their keys) the key may use. Empty (and
+    /// `models` empty): not managed by keysmith. At create the key then has no provider
+    /// configs, which Bifrost treats as "no provider allowed"; emptying the list later leaves
+    /// the gateway's configs as they are (remove them at the gateway, or list what to keep).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub provider_configs: Vec<BifrostProviderConfig>,

@@ -163,31 +163,6 @@ impl BifrostClient {
         }
     }
 
-    /// Send a request and read the answer, whatever its status.
-    async fn raw(
-        &self,
-        operation: &'static str,
-        idem: Idempotency,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<HttpResponse, ProviderError> {
-        let auth = self.auth_header()?;
-        let url = self.http.url(path)?;
-        self.http
-            .send(operation, idem, || {
-                let mut b = self.http.request(method.clone(), &url);
-                if let Some(h) = &auth {
-                    b = b.header(reqwest::header::AUTHORIZATION, h.clone());
-                }
-                match body {
-                    Some(v) => b.json(v),
-                    None => b,
-                }
-            })
-            .await
-    }
-
     /// Send a request; non-2xx answers become typed errors.
     async fn call(
         &self,
@@ -197,12 +172,15 @@ impl BifrostClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<HttpResponse, ProviderError> {
-        self.call_with(operation, idem, method, path, body, None)
+        self.call_with(operation, idem, method, path, body, None, &[])
             .await
     }
 
-    /// [`Self::call`] for a request that carries `secret` (a pushed value): an error text
-    /// echoing it has it scrubbed before it is cut.
+    /// Bifrost's side of [`HttpClient::call_json`]: the admin `Authorization` header if the
+    /// gateway needs one, errors from its envelope. A request that carries `secret` (a pushed
+    /// value) has it scrubbed from an error text before the text is cut; the statuses in
+    /// `pass` come back for the caller to read.
+    #[allow(clippy::too_many_arguments)]
     async fn call_with(
         &self,
         operation: &'static str,
@@ -211,13 +189,20 @@ impl BifrostClient {
         path: &str,
         body: Option<&Value>,
         secret: Option<&SecretString>,
+        pass: &[StatusCode],
     ) -> Result<HttpResponse, ProviderError> {
-        let resp = self.raw(operation, idem, method, path, body).await?;
-        if resp.status.is_success() {
-            Ok(resp)
-        } else {
-            Err(error_with(&resp, secret))
-        }
+        let api = http::Api {
+            headers: self
+                .auth_header()?
+                .map(|h| (reqwest::header::AUTHORIZATION, h))
+                .into_iter()
+                .collect(),
+            error: &|r: &HttpResponse| error_with(r, secret),
+        };
+        let call = http::Call::new(operation, idem, &method, path)
+            .json(body)
+            .pass(pass);
+        self.http.call_json(call, &api).await
     }
 
     // ---- virtual keys -------------------------------------------------------------------------
@@ -491,6 +476,7 @@ impl BifrostClient {
                 &pk_path(provider, Some(id))?,
                 Some(body),
                 secret,
+                &[],
             )
             .await?;
         Ok(resp.json::<ProviderKeyJson>()?.into_key(provider))
@@ -538,12 +524,14 @@ impl BifrostClient {
             }
         }
         let resp = self
-            .raw(
+            .call_with(
                 "create_provider_key",
                 Idempotency::Unsafe,
                 Method::POST,
                 &pk_path(&provider, None)?,
                 Some(&body),
+                Some(value),
+                &[StatusCode::CONFLICT],
             )
             .await?;
         if resp.status.is_success() {

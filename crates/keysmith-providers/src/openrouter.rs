@@ -131,6 +131,8 @@ impl OpenRouterClient {
         Ok(Value::Object(body))
     }
 
+    /// OpenRouter's side of [`HttpClient::call_json`]: the management key as
+    /// `Authorization: Bearer`, errors from its `{"error": {…}}` envelope.
     async fn call(
         &self,
         operation: &'static str,
@@ -140,32 +142,20 @@ impl OpenRouterClient {
         query: &[(&str, String)],
         body: Option<&Value>,
     ) -> Result<HttpResponse, ProviderError> {
-        let auth = http::sensitive_header(&format!(
-            "Bearer {}",
-            self.management_key.expose_secret().trim()
-        ))?;
-        let url = self.http.url(path)?;
-        let resp = self
-            .http
-            .send(operation, idempotency, || {
-                let mut b = self
-                    .http
-                    .request(method.clone(), &url)
-                    .header(AUTHORIZATION, auth.clone());
-                if !query.is_empty() {
-                    b = b.query(query);
-                }
-                if let Some(body) = body {
-                    b = b.json(body);
-                }
-                b
-            })
-            .await?;
-        if resp.status.is_success() {
-            Ok(resp)
-        } else {
-            Err(error_from_response(&resp))
-        }
+        let api = http::Api {
+            headers: vec![(
+                AUTHORIZATION,
+                http::sensitive_header(&format!(
+                    "Bearer {}",
+                    self.management_key.expose_secret().trim()
+                ))?,
+            )],
+            error: &error_from_response,
+        };
+        let call = http::Call::new(operation, idempotency, &method, path)
+            .query(query)
+            .json(body);
+        self.http.call_json(call, &api).await
     }
 
     async fn patch(&self, id: &str, body: &Value) -> Result<ProviderKey, ProviderError> {
