@@ -10,6 +10,7 @@ mod digitalocean;
 mod fairness;
 mod fidelity;
 mod fixtures;
+mod forget;
 mod harness;
 mod history;
 mod inuse;

@@ -151,6 +151,12 @@ impl BifrostClient {
                 supported: SUPPORTED,
                 mutable: MUTABLE,
                 secret_readable: true,
+                // Virtual keys mint a new key (the gateway's rotate route is not used); pushed
+                // provider keys take the new value as a new key.
+                rotation: RotationStrategy {
+                    pushed: Some(Rotation::RepushWithGrace),
+                    ..RotationStrategy::MINT
+                },
             },
         })
     }
@@ -610,8 +616,8 @@ impl KeyBackend for BifrostClient {
             _ => LastUsedSource::NotReported,
         }
     }
-    fn clock_offset(&self) -> Option<chrono::Duration> {
-        self.http.clock_offset()
+    fn http(&self) -> Option<&HttpClient> {
+        Some(&self.http)
     }
     fn provider(&self) -> ProviderType {
         ProviderType::Bifrost

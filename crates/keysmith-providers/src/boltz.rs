@@ -26,7 +26,7 @@ use super::*;
 use keysmith_api::{BoltzMode, BoltzProvider, LastUsedSource};
 
 /// Default base URL (the SDK's production environment).
-pub const DEFAULT_BASE_URL: &str = "https://api.boltz.bio";
+pub const DEFAULT_BASE_URL: &str = BoltzProvider::DEFAULT_BASE_URL;
 /// Largest page the list endpoint serves (`limit` 1–100).
 pub const MAX_PAGE_SIZE: usize = 100;
 
@@ -93,6 +93,7 @@ impl BoltzClient {
                 supported: SUPPORTED,
                 mutable: &[],
                 secret_readable: false,
+                rotation: RotationStrategy::MINT,
             },
         })
     }
@@ -348,8 +349,8 @@ impl KeyBackend for BoltzClient {
         // Every API key carries `last_used_at` (null until first used).
         LastUsedSource::Provider
     }
-    fn clock_offset(&self) -> Option<chrono::Duration> {
-        self.http.clock_offset()
+    fn http(&self) -> Option<&HttpClient> {
+        Some(&self.http)
     }
     fn provider(&self) -> ProviderType {
         ProviderType::Boltz

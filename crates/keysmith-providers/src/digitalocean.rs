@@ -28,7 +28,7 @@ use super::*;
 use keysmith_api::DigitalOceanProvider;
 
 /// The only server in DigitalOcean's API description.
-pub const DEFAULT_BASE_URL: &str = "https://api.digitalocean.com";
+pub const DEFAULT_BASE_URL: &str = DigitalOceanProvider::DEFAULT_BASE_URL;
 /// Largest page DigitalOcean serves (the generic API maximum).
 pub const PAGE_SIZE: usize = 200;
 /// Scope family of model access keys (serverless inference).
@@ -48,6 +48,12 @@ const CAPS: Capabilities = Capabilities {
     supported: &[Field::DisplayName, Field::Extras, Field::KeyRef],
     mutable: &[Field::DisplayName],
     secret_readable: false,
+    // Agent keys can still be minted: a new key and a grace period beat a regenerate. An
+    // adopted key (every model key) keeps its id only through a regenerate.
+    rotation: RotationStrategy {
+        adopted: Some(Rotation::Regenerate),
+        ..RotationStrategy::MINT
+    },
 };
 
 /// Client of one DigitalOcean account (one API token).
@@ -144,8 +150,8 @@ impl DigitalOceanClient {
 
 #[async_trait]
 impl KeyBackend for DigitalOceanClient {
-    fn clock_offset(&self) -> Option<chrono::Duration> {
-        self.http.clock_offset()
+    fn http(&self) -> Option<&HttpClient> {
+        Some(&self.http)
     }
     fn provider(&self) -> ProviderType {
         ProviderType::DigitalOcean

@@ -29,7 +29,7 @@ use super::*;
 use keysmith_api::{LastUsedSource, OpenRouterProvider, UsageAmounts};
 
 /// The only server in OpenRouter's API description.
-pub const DEFAULT_BASE_URL: &str = "https://openrouter.ai/api/v1";
+pub const DEFAULT_BASE_URL: &str = OpenRouterProvider::DEFAULT_BASE_URL;
 
 /// `ProviderKey.extras` key of the `include_byok_in_limit` flag.
 pub const EXTRA_INCLUDE_BYOK: &str = "includeByokInLimit";
@@ -101,6 +101,7 @@ impl OpenRouterClient {
                 supported: SUPPORTED,
                 mutable: MUTABLE,
                 secret_readable: false,
+                rotation: RotationStrategy::MINT,
             },
             http,
             management_key,
@@ -177,12 +178,12 @@ impl OpenRouterClient {
 
 #[async_trait]
 impl KeyBackend for OpenRouterClient {
+    fn http(&self) -> Option<&HttpClient> {
+        Some(&self.http)
+    }
     fn last_use(&self, _key: &ProviderKey) -> LastUsedSource {
         // No `last_used_at`; every key reports its usage (credits, total and per period).
         LastUsedSource::UsageDelta
-    }
-    fn clock_offset(&self) -> Option<chrono::Duration> {
-        self.http.clock_offset()
     }
     fn provider(&self) -> ProviderType {
         ProviderType::OpenRouter

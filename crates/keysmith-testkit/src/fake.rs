@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use keysmith_api::ProviderType;
 use keysmith_providers::{
     AdoptMode, Capabilities, CreatedKey, Field, KeyBackend, KeyPage, KeyScope, KeySettings,
-    ProviderError, ProviderKey,
+    ProviderError, ProviderKey, RotationStrategy,
 };
 use secrecy::SecretString;
 
@@ -87,8 +87,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct ScriptedBackend(Arc<Inner>);
 
-/// What the fake can do unless told otherwise: mint and update a key's name, display name and
-/// limit, no adoption, no push.
+/// What the fake can do unless told otherwise: mint keys (rotated by minting a new one), update
+/// their display name and limit; no adoption, no push.
 pub const CAPABILITIES: Capabilities = Capabilities {
     mint: true,
     adopt: AdoptMode::No,
@@ -96,6 +96,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     supported: &[Field::DisplayName, Field::LimitAmount, Field::ExpiresAt],
     mutable: &[Field::DisplayName, Field::LimitAmount],
     secret_readable: false,
+    rotation: RotationStrategy::MINT,
 };
 
 impl ScriptedBackend {

@@ -45,8 +45,7 @@ fn world(fake: &ScriptedBackend) -> World {
     let ctx = Context::new(
         offline_client(),
         Arc::new(Metrics::new()),
-        "keysmith-system".into(),
-        "test",
+        Default::default(),
     );
     let p = ResolvedProvider {
         id: "ClusterKeyProvider/fake".into(),
@@ -140,7 +139,7 @@ async fn a_create_that_waits_sends_nothing_to_the_provider() {
     assert_eq!(f.reason, Reason::CreateBudgetExhausted);
     assert!(spent.create_backoff.is_none());
 
-    w.ctx.hold_creates(
+    w.ctx.create_holds.hold(
         &w.p.id,
         Duration::from_secs(30),
         "429 from another key".into(),
@@ -190,10 +189,13 @@ async fn a_refused_create_keeps_the_marker_only_when_a_key_may_exist() {
         assert_eq!(st.pending_create.is_some(), kept, "answer {i}: marker kept");
         if reason == Reason::RateLimited {
             assert_eq!(f.retry_after, Some(MAX_CREATE_HOLD), "capped");
-            let (wait, _) = w.ctx.creates_held(&w.p.id).expect("creates held");
+            let (wait, _) = w.ctx.create_holds.held(&w.p.id).expect("creates held");
             assert!(wait <= MAX_CREATE_HOLD);
         } else {
-            assert!(w.ctx.creates_held(&w.p.id).is_none(), "answer {i}: no hold");
+            assert!(
+                w.ctx.create_holds.held(&w.p.id).is_none(),
+                "answer {i}: no hold"
+            );
         }
     }
     assert_eq!(fake.calls().len(), 4);

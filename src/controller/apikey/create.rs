@@ -33,7 +33,7 @@ pub fn create_backoff(failures: u32) -> Duration {
 
 /// Whether a failure counts as a failed create (a reconcile from a stale copy and the crash
 /// test hook do not: nothing was refused; a 429 with a Retry-After holds every create of the
-/// provider object already, see `Context::hold_creates`).
+/// provider object already, see `CreateHolds::hold`).
 fn counts_as_failed_create(f: &Failure) -> bool {
     let held = f.reason == Reason::RateLimited && f.retry_after.is_some_and(|w| !w.is_zero());
     // Waits of keysmith's own (backoff, budget, fair share) refused nothing either.
@@ -166,7 +166,7 @@ pub fn after_failed_create(
         retry_after: Some(wait),
     } = &e
     {
-        ctx.hold_creates(provider, *wait, e.to_string());
+        ctx.create_holds.hold(provider, *wait, e.to_string());
     }
     if !may_have_created(&e) {
         // Nothing was created, so nothing to recover. Leaving the marker would make the next
@@ -262,7 +262,7 @@ async fn create_once(
     replacing: Option<LocatedKey>,
 ) -> Result<Ready, Failure> {
     let (r, v, existing) = (&s.r, &s.v, s.existing.as_ref());
-    if let Some((wait, message)) = r.ctx.creates_held(&r.p.id) {
+    if let Some((wait, message)) = r.ctx.create_holds.held(&r.p.id) {
         // The provider asked to wait (429 + Retry-After). Writing the marker anyway would be a
         // watch event that reconciles this ApiKey again at once, ignoring the requeue: a loop of
         // creates and status writes for as long as the provider keeps answering 429.
@@ -271,7 +271,7 @@ async fn create_once(
     // A Secret that cannot be written (quota, admission webhook, type change) is found before
     // a key is minted for it.
     dry_run(r.ctx, r.ak, existing).await?;
-    r.ctx.lease_allows(r.ctx.client_options.timeout)?;
+    r.ctx.lease_allows(r.ctx.settings.client_options.timeout)?;
     take_share(r)?;
     let attempt = crate::ids::random_hex(16);
     let mut settings = settings_for_attempt(r.ak, &v.settings, attempt.clone())?;
@@ -360,7 +360,7 @@ async fn deliver_created(
     st.pending_create = None;
     st.fields_needing_new_key.clear();
     st.key_scope = location(&v.scope);
-    r.ctx.remember(r.p, &v.scope, &created.key).await;
+    r.ctx.listings.remember(r.p, &v.scope, &created.key).await;
     Ok(())
 }
 

@@ -36,7 +36,7 @@ use super::*;
 use keysmith_api::{LastUsedSource, UCloudProvider};
 
 /// The management API of UCloud's China site (the Go SDK's default).
-pub const DEFAULT_BASE_URL: &str = "https://api.ucloud.cn";
+pub const DEFAULT_BASE_URL: &str = UCloudProvider::DEFAULT_BASE_URL;
 /// Largest page `ListUMInferAPIKey` serves.
 pub const PAGE_SIZE: usize = 100;
 /// Most entries `IPWhitelist` takes.
@@ -96,6 +96,7 @@ const CAPABILITIES: Capabilities = Capabilities {
         Field::Extras,
     ],
     secret_readable: true,
+    rotation: RotationStrategy::MINT,
 };
 
 impl UCloudClient {
@@ -277,13 +278,13 @@ impl UCloudClient {
 
 #[async_trait]
 impl KeyBackend for UCloudClient {
+    fn http(&self) -> Option<&HttpClient> {
+        Some(&self.http)
+    }
     fn last_use(&self, _key: &ProviderKey) -> LastUsedSource {
         // No last-use time; every key reports DailyUsedAmount/MonthlyUsedAmount. The request
         // logs (ListUMInferRequestLogs) would tell more but need a Region and a call of their own.
         LastUsedSource::UsageDelta
-    }
-    fn clock_offset(&self) -> Option<chrono::Duration> {
-        self.http.clock_offset()
     }
     fn provider(&self) -> ProviderType {
         ProviderType::UCloud
