@@ -13,9 +13,11 @@ use super::super::reasons::Reason;
 use super::super::secret;
 use super::deliver::{dry_run, ensure_secret, Delivery};
 use super::others::Others;
+use super::scope::location;
 use super::status::{fill_from_key, Ready};
-use super::{location, Failure, Reconciler, Step};
+use super::step::{Reconciler, Step};
 use crate::api::{ApiKey, ApiKeyStatus, ClusterKeyProvider, KeyProvider, ProviderKind};
+use crate::controller::error::Failure;
 use crate::providers::{AdoptMode, KeyScope, ProviderError, ProviderKey};
 
 /// Whether the provider object of `ak` lets its namespace adopt keys (docs/tenancy.md): a

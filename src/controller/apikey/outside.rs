@@ -20,8 +20,10 @@ use secrecy::{ExposeSecret, SecretString};
 use super::super::reasons::Reason;
 use super::super::rotation::Plan;
 use super::super::time;
-use super::{Failure, LocatedKey, Step};
+use super::scope::LocatedKey;
+use super::step::Step;
 use crate::api::ApiKeyStatus;
+use crate::controller::error::Failure;
 use crate::providers::ProviderKey;
 
 /// What a refresh found about the value the Secret holds.
