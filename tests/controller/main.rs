@@ -19,6 +19,7 @@ mod leader;
 mod openrouter;
 mod private_ca;
 mod regenerate;
+mod review;
 mod rollout;
 mod rotation;
 mod runtime;
