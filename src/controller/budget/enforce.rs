@@ -2,10 +2,6 @@
 //! the ApiKey sync reads it ([`super::super::limits`]), and pushed to the provider by the
 //! budget pass for the keys whose provider shows otherwise.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
-
 use kube::runtime::events::EventType;
 
 use super::super::backends::ResolvedProvider;
@@ -13,90 +9,10 @@ use super::super::context::Context;
 use super::super::limits;
 use super::super::reasons::Reason;
 use crate::api::ApiKey;
-use crate::providers::{self, Capabilities, Field, KeyScope, Limit, ProviderKey};
+use crate::providers::{self, Capabilities, Field, KeyScope, ProviderKey};
 
-/// What the budgets want of one key, on top of its spec.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Hold {
-    /// A limit over the budget's period (`Throttle`).
-    pub limit: Option<Limit>,
-    /// Disabled at the provider (`Disable`, at the cap).
-    pub disabled: bool,
-}
-
-impl Hold {
-    /// Two budgets selecting the same key: the stricter of each.
-    pub fn merge(&mut self, other: &Hold) {
-        self.disabled |= other.disabled;
-        self.limit = match (self.limit.take(), &other.limit) {
-            (Some(a), Some(b)) => {
-                let (x, y) = (
-                    a.amount.parse::<f64>().unwrap_or(f64::INFINITY),
-                    b.amount.parse::<f64>().unwrap_or(f64::INFINITY),
-                );
-                Some(if y < x { b.clone() } else { a })
-            }
-            (a, b) => a.or_else(|| b.clone()),
-        };
-    }
-}
-
-/// The holds of every key (`namespace/name`), replaced by each budget pass.
-pub struct Enforcements {
-    holds: Mutex<HashMap<String, Hold>>,
-    /// False from an operator start until the first budget pass ended.
-    settled: AtomicBool,
-}
-
-impl Default for Enforcements {
-    /// Settled: a Context without a budget loop (tests, tools) never waits for one.
-    fn default() -> Self {
-        Enforcements {
-            holds: Mutex::default(),
-            settled: AtomicBool::new(true),
-        }
-    }
-}
-
-impl Enforcements {
-    /// The hold on ApiKey `key` (`namespace/name`), if a budget has one.
-    pub fn hold_for(&self, key: &str) -> Option<Hold> {
-        self.holds.lock().unwrap().get(key).cloned()
-    }
-
-    /// Whether the budgets were added up since the operator started (until then the ApiKey
-    /// sync does not touch [`limits::BUDGET_FIELDS`]).
-    pub fn settled(&self) -> bool {
-        self.settled.load(Ordering::SeqCst)
-    }
-
-    /// As after an operator start (called by `keysmith run` before the controllers start):
-    /// nothing held, and the sync waits for the first pass before touching
-    /// [`limits::BUDGET_FIELDS`].
-    pub fn wait_for_first_pass(&self) {
-        self.holds.lock().unwrap().clear();
-        self.settled.store(false, Ordering::SeqCst);
-    }
-
-    pub(crate) fn mark_settled(&self) {
-        self.settled.store(true, Ordering::SeqCst);
-    }
-
-    /// Put `new` in place; the holds it replaces.
-    pub(crate) fn replace(&self, new: HashMap<String, Hold>) -> HashMap<String, Hold> {
-        std::mem::replace(&mut *self.holds.lock().unwrap(), new)
-    }
-
-    /// The keys held (`namespace/name`).
-    pub fn keys(&self) -> Vec<String> {
-        self.holds.lock().unwrap().keys().cloned().collect()
-    }
-
-    /// How many keys are held (tests, metrics).
-    pub fn held(&self) -> usize {
-        self.holds.lock().unwrap().len()
-    }
-}
+// The holds live beside the context that keeps them (the context needs nothing of the pass).
+pub use super::super::enforcements::{Enforcements, Hold};
 
 /// Whether keysmith can throttle keys of a provider: it reports spend and updates the limit
 /// and its period in place.
@@ -164,6 +80,7 @@ pub async fn apply(ctx: &Context, t: &Target<'_>) -> Result<bool, providers::Pro
 mod tests {
     use super::*;
     use crate::api::LimitReset;
+    use crate::providers::Limit;
 
     #[test]
     fn the_stricter_hold_wins() {
