@@ -2,7 +2,7 @@
 //! rotated-outside detection (`apikey/outside.rs`).
 
 use keysmith::api::{AdoptionPolicy, ApiKeySpec, BifrostProvider, KeyProviderSpec};
-use keysmith::emulators::{self, bifrost as emu};
+use keysmith::emulators::{self, build_bifrost, BifrostArgs};
 use serde_json::json;
 
 use crate::harness::*;
@@ -10,11 +10,11 @@ use crate::harness::*;
 /// A Bifrost gateway that hides virtual-key values (newer builds) behind a ClusterKeyProvider
 /// that allows adoption.
 async fn hidden_values_env() -> Env {
-    let args = emu::Args {
+    let args = BifrostArgs {
         hide_vk_values: true,
         ..Default::default()
     };
-    let (router, faults) = emu::build(&args);
+    let (router, faults) = build_bifrost(&args);
     let e = emulators::spawn(router, faults)
         .await
         .expect("emulator starts");
