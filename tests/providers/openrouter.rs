@@ -1353,3 +1353,85 @@ async fn a_listing_with_another_page_size_loses_no_key() {
     assert_eq!(listed, ids, "every key listed once");
     assert_eq!(pages, 4, "37 + 37 + 6 + the empty page");
 }
+
+/// Issue 21 §3: the management key's own expiry, from the one `GET /key` that verifies it
+/// (null: never; a time: when; past it the key is refused). The emulator's answer matches
+/// OpenRouter's schema.
+#[tokio::test]
+async fn verify_tells_when_the_management_key_expires() {
+    use keysmith::providers::CredentialsExpiry;
+    let e = start().await;
+    let c = client(&e);
+    let before = e.faults.requests();
+    assert_eq!(
+        c.verify_credentials().await.unwrap(),
+        CredentialsExpiry::Never
+    );
+    assert_eq!(e.faults.requests() - before, 1, "one call");
+
+    let at = (Utc::now() + chrono::Duration::days(3)).trunc_subsecs(0);
+    let (s, _, _) = raw(
+        "POST",
+        format!("{}/_emulator/management-key", e.url()),
+        None,
+        Some(json!({"expiresAt": at.to_rfc3339()})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _, body) = raw("GET", api(&e, "/key"), Some(MGMT), None).await;
+    assert_eq!(s, 200);
+    validate_response(SPEC, "/key", "GET", 200, &body).unwrap();
+    assert_eq!(
+        c.verify_credentials().await.unwrap(),
+        CredentialsExpiry::At(at)
+    );
+    c.verify().await.unwrap();
+
+    // Expired: refused like OpenRouter refuses an expired key.
+    let past = Utc::now() - chrono::Duration::seconds(1);
+    raw(
+        "POST",
+        format!("{}/_emulator/management-key", e.url()),
+        None,
+        Some(json!({"expiresAt": past.to_rfc3339()})),
+    )
+    .await;
+    match c.verify_credentials().await {
+        Err(ProviderError::Auth(_)) => {}
+        other => panic!("expected Auth, got {other:?}"),
+    }
+}
+
+/// The expiry parser is lenient only where "not told" is the safe reading: an absent or
+/// unreadable `expires_at` is "not exposed", never "never expires".
+#[tokio::test]
+async fn an_unreadable_management_key_expiry_is_not_exposed() {
+    use axum::routing::get;
+    use keysmith::providers::CredentialsExpiry;
+    for (data, want) in [
+        (
+            json!({"is_management_key": true}),
+            CredentialsExpiry::NotExposed,
+        ),
+        (
+            json!({"is_management_key": true, "expires_at": "soon"}),
+            CredentialsExpiry::NotExposed,
+        ),
+        (
+            json!({"is_management_key": true, "expires_at": null}),
+            CredentialsExpiry::Never,
+        ),
+    ] {
+        let body = json!({ "data": data });
+        let router = axum::Router::new().route(
+            "/api/v1/key",
+            get(move || {
+                let body = body.clone();
+                async move { axum::Json(body) }
+            }),
+        );
+        let (_, faults) = emu::build(&emu::Args::with_management_keys(&[MGMT]));
+        let e = emulators::spawn(router, faults).await.unwrap();
+        assert_eq!(client(&e).verify_credentials().await.unwrap(), want);
+    }
+}

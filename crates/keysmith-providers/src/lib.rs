@@ -358,6 +358,18 @@ pub struct CreatedKey {
     pub secret: SecretString,
 }
 
+/// When the management credentials themselves expire, as the provider tells it (issue 21 §3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CredentialsExpiry {
+    /// The provider does not say (no call tells a management key's expiry).
+    #[default]
+    NotExposed,
+    /// The provider says the credentials never expire.
+    Never,
+    /// The credentials stop working at this time.
+    At(DateTime<Utc>),
+}
+
 /// One page of a listing.
 #[derive(Debug, Default)]
 pub struct KeyPage {
@@ -403,6 +415,12 @@ pub trait KeyBackend: Send + Sync {
     }
     /// Check the credentials with the cheapest authenticated call there is.
     async fn verify(&self) -> Result<(), ProviderError>;
+    /// Check the credentials and tell when they expire, where the provider exposes it: the
+    /// provider object's verify, one call per provider object per refresh (never per ApiKey).
+    /// Default: [`KeyBackend::verify`], expiry not exposed.
+    async fn verify_credentials(&self) -> Result<CredentialsExpiry, ProviderError> {
+        self.verify().await.map(|()| CredentialsExpiry::NotExposed)
+    }
     /// Create a key; the answer holds the one-time plaintext.
     async fn create(&self, settings: &KeySettings) -> Result<CreatedKey, ProviderError>;
     /// One page of the keys of a scope. `cursor` is `None` for the first page.

@@ -216,12 +216,25 @@ impl KeyBackend for OpenRouterClient {
     }
 
     async fn verify(&self) -> Result<(), ProviderError> {
+        self.verify_credentials().await.map(|_| ())
+    }
+
+    /// `GET /key` answers for the management key itself: whether it is one, and its
+    /// `expires_at` (null: never; absent or unreadable: not exposed).
+    async fn verify_credentials(&self) -> Result<CredentialsExpiry, ProviderError> {
         let resp = self
             .call("verify", Idempotency::Safe, Method::GET, "/key", &[], None)
             .await?;
         let env: DataEnvelope<CurrentKey> = decode(&resp)?;
+        let expiry = match &env.data.expires_at {
+            None => CredentialsExpiry::NotExposed,
+            Some(None) => CredentialsExpiry::Never,
+            Some(Some(t)) => {
+                parse_time(t).map_or(CredentialsExpiry::NotExposed, CredentialsExpiry::At)
+            }
+        };
         match env.data.is_management_key.or(env.data.is_provisioning_key) {
-            Some(true) => Ok(()),
+            Some(true) => Ok(expiry),
             Some(false) => Err(ProviderError::Auth(
                 "the configured key is a normal OpenRouter API key, not a management key: create a management key in the OpenRouter settings (Management Keys) and put it in the Secret".into(),
             )),
@@ -533,6 +546,9 @@ struct CurrentKey {
     is_management_key: Option<bool>,
     #[serde(default)]
     is_provisioning_key: Option<bool>,
+    /// Null: never expires; absent: not reported.
+    #[serde(default, deserialize_with = "present")]
+    expires_at: Option<Option<String>>,
 }
 
 /// A key as OpenRouter describes it (list, get, create, update). Only what keysmith reads;
