@@ -6,6 +6,7 @@ mod bifrost;
 mod boltz;
 mod budget;
 mod crd_apply;
+mod credentials;
 mod digitalocean;
 mod fairness;
 mod fidelity;
