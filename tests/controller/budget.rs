@@ -636,6 +636,109 @@ async fn disable_at_the_cap_survives_the_sync_and_a_restart() {
     assert_eq!(spend_or(&env, &id, 0.1, true).await, 200);
 }
 
+/// A key budget `name` in the env's namespace over ApiKeys labelled `team=<team>`.
+async fn key_budget(env: &Env, name: &str, team: &str, amount: &str, on_exceeded: &str) {
+    let b: KeyBudget = serde_json::from_value(json!({
+        "apiVersion": "keysmith.dev/v1alpha1", "kind": "KeyBudget",
+        "metadata": { "name": name, "namespace": env.ns },
+        "spec": { "selector": { "matchLabels": { "team": team } }, "amount": amount,
+                  "period": "monthly", "onExceeded": on_exceeded },
+    }))
+    .unwrap();
+    Api::<KeyBudget>::namespaced(env.client.clone(), &env.ns)
+        .create(&PostParams::default(), &b)
+        .await
+        .expect("KeyBudget created");
+}
+
+async fn or_pass(env: &Env) -> budget::PassReport {
+    env.ctx.forget_listings(&format!(
+        "ClusterKeyProvider/{}",
+        env.cluster_provider_name("openrouter")
+    ));
+    own_pass(env).await
+}
+
+/// A key created while a `Throttle` budget holds its group is created throttled (limit 0 over
+/// the budget's period: the measured keys' shares add up to the amount), and its sync keeps
+/// that, until the next pass gives it its share out of the others'. Before: it was created with
+/// its spec's limit and could spend past the cap until the next pass.
+#[tokio::test]
+async fn a_key_created_while_a_budget_throttles_its_group_is_created_throttled() {
+    let env = crate::openrouter::env().await;
+    let label = [("team", "late")];
+    env.create(&key(NS, "first", "openrouter", &label, monthly("50")))
+        .await;
+    let first = converge_in(&env, &env.ns, "first").await;
+    key_budget(&env, "cap", "late", "10", "Throttle").await;
+    assert_eq!(spend_or(&env, &first, 4.0, false).await, 200);
+    or_pass(&env).await;
+    assert_eq!(or_key(&env, &first).await.0, Some(10.0), "4 spent + 6 left");
+
+    // No pass between the ApiKey and its key.
+    env.create(&key(NS, "late", "openrouter", &label, monthly("50")))
+        .await;
+    let late = converge_in(&env, &env.ns, "late").await;
+    let (limit, _, _) = or_key(&env, &late).await;
+    assert_eq!(
+        limit,
+        Some(0.0),
+        "created throttled, not with its spec's 50"
+    );
+    let keys = env.emulator_keys().await;
+    let k = keys.iter().find(|k| k["hash"] == late.as_str()).unwrap();
+    assert_eq!(k["settings"]["limitReset"], "monthly");
+    assert_eq!(
+        spend_or(&env, &late, 0.5, true).await,
+        402,
+        "it cannot spend"
+    );
+    // Its sync keeps it so (the listing does not show the new key's hold lifted).
+    env.touch("late", "synced").await;
+    env.reconcile("late").await.unwrap();
+    assert_eq!(or_key(&env, &late).await.0, Some(0.0));
+
+    // The next pass shares what is left between the two: 4 + 3 and 0 + 3.
+    or_pass(&env).await;
+    assert_eq!(or_key(&env, &first).await.0, Some(7.0));
+    assert_eq!(or_key(&env, &late).await.0, Some(3.0));
+}
+
+/// A key created while a `Disable` budget is at its cap is created disabled.
+#[tokio::test]
+async fn a_key_created_while_a_budget_disables_its_group_is_created_disabled() {
+    let env = crate::openrouter::env().await;
+    let label = [("team", "off")];
+    env.create(&key(
+        NS,
+        "first",
+        "openrouter",
+        &label,
+        ApiKeySpec::default(),
+    ))
+    .await;
+    let first = converge_in(&env, &env.ns, "first").await;
+    key_budget(&env, "cap", "off", "2", "Disable").await;
+    assert_eq!(spend_or(&env, &first, 2.0, false).await, 200);
+    or_pass(&env).await;
+    assert!(or_key(&env, &first).await.2, "disabled at the cap");
+
+    env.create(&key(
+        NS,
+        "late",
+        "openrouter",
+        &label,
+        ApiKeySpec::default(),
+    ))
+    .await;
+    let late = converge_in(&env, &env.ns, "late").await;
+    assert!(or_key(&env, &late).await.2, "created disabled");
+    assert_eq!(spend_or(&env, &late, 0.1, true).await, 401);
+    env.touch("late", "synced").await;
+    env.reconcile("late").await.unwrap();
+    assert!(or_key(&env, &late).await.2, "the sync keeps it disabled");
+}
+
 /// docs/performance.md: what one budget pass costs over 1,000 ApiKeys of one provider object
 /// under a KeyBudget and a ClusterKeyBudget: provider calls (one paged listing, shared with the
 /// ApiKey reconciles, none at all while that listing is fresh), Kubernetes requests, time.

@@ -31,7 +31,7 @@ use kube::runtime::events::EventType;
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
-use self::enforce::{can_disable, can_throttle, Hold, Target};
+use self::enforce::{can_disable, can_throttle, GroupHold, Hold, Target};
 use self::tally::Measured;
 use super::backends::{selector_matches, ResolvedProvider};
 use super::context::Context;
@@ -111,6 +111,24 @@ impl Budget {
                 ns_labels.is_some_and(|nl| by_label(&b.spec.namespace_selector, nl))
                     && by_label(&b.spec.inner.selector, labels)
             }
+        }
+    }
+
+    /// `hold` for the keys this budget selects that it has not measured yet.
+    fn group_hold(&self, hold: Hold) -> GroupHold {
+        match self {
+            Budget::Namespaced(b) => GroupHold {
+                namespace: Some(b.namespace().unwrap_or_default()),
+                namespace_selector: None,
+                selector: b.spec.selector.clone(),
+                hold,
+            },
+            Budget::Cluster(b) => GroupHold {
+                namespace: None,
+                namespace_selector: b.spec.namespace_selector.clone(),
+                selector: b.spec.inner.selector.clone(),
+                hold,
+            },
         }
     }
 
@@ -451,6 +469,9 @@ pub async fn pass_over(
 
     // Per budget: figures, status, thresholds, holds.
     let mut holds: HashMap<String, Hold> = HashMap::new();
+    let mut groups: Vec<GroupHold> = Vec::new();
+    // Keys a Throttle/Disable budget selects but could not measure this pass.
+    let mut unmeasured: HashSet<String> = HashSet::new();
     let mut figures = Vec::new();
     for (b, sel) in budgets.iter().zip(&selected) {
         let spec = b.spec();
@@ -479,6 +500,14 @@ pub async fn pass_over(
         for (k, h) in budget_holds {
             holds.entry(k).and_modify(|e| e.merge(&h)).or_insert(h);
         }
+        if let Some(hold) = new_key_hold(spec, amount, &fig) {
+            groups.push(b.group_hold(hold));
+            unmeasured.extend(
+                sel.iter()
+                    .filter(|i| views[i].is_err())
+                    .map(|i| key_of(&all[*i])),
+            );
+        }
         if write_status(ctx, b, &fig, amount, enforcement, now).await? {
             report.status_writes += 1;
         }
@@ -497,6 +526,14 @@ pub async fn pass_over(
     }
     ctx.metrics.budgets.publish(&figures);
 
+    // A key not measured this pass (just created, not in the listing yet) keeps what it was held
+    // to: it is not let go to its spec's limit because a listing does not show it yet.
+    for k in unmeasured {
+        if let Some(h) = ctx.budgets.hold_for(&k) {
+            holds.entry(k).or_insert(h);
+        }
+    }
+    ctx.budgets.replace_groups(groups);
     // Push the holds (and lift the ones that ended) where the provider shows otherwise.
     let before = ctx.budgets.replace(holds);
     let touched: HashSet<String> = before.into_keys().chain(ctx.budgets.keys()).collect();
@@ -523,6 +560,26 @@ pub async fn pass_over(
     }
     ctx.budgets.mark_settled();
     Ok(report)
+}
+
+/// What a key the budget selects gets when it is created before the next pass measures it:
+/// `Throttle`: limit 0 over the budget's period (the shares of the keys measured add up to the
+/// amount; the next pass gives the new key its share); `Disable` at the cap: disabled.
+fn new_key_hold(spec: &KeyBudgetSpec, amount: f64, fig: &tally::Figures) -> Option<Hold> {
+    match spec.on_exceeded {
+        OnExceeded::Report => None,
+        OnExceeded::Throttle => Some(Hold {
+            limit: Some(Limit {
+                amount: "0".into(),
+                reset: Some(tally::reset_of(spec.period)),
+            }),
+            disabled: false,
+        }),
+        OnExceeded::Disable => (amount <= 0.0 || fig.spent + 1e-9 >= amount).then_some(Hold {
+            limit: None,
+            disabled: true,
+        }),
+    }
 }
 
 /// What `onExceeded` does for one budget: a note for its status and the holds on its keys.
