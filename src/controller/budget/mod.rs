@@ -398,7 +398,16 @@ pub async fn pass_over(
     ctx: &Context,
     keep: &(dyn Fn(Option<&str>, &str) -> bool + Sync),
 ) -> Result<PassReport, kube::Error> {
-    let now = Utc::now();
+    pass_over_at(ctx, keep, Utc::now()).await
+}
+
+/// [`pass_over`] as if the clock read `now`: which period the budgets are in (a test drives a
+/// period reset without waiting for midnight or the 1st).
+pub async fn pass_over_at(
+    ctx: &Context,
+    keep: &(dyn Fn(Option<&str>, &str) -> bool + Sync),
+    now: DateTime<Utc>,
+) -> Result<PassReport, kube::Error> {
     let mut budgets = list_budgets(ctx).await?;
     budgets.retain(|b| match b {
         Budget::Namespaced(k) => keep(k.namespace().as_deref(), &k.name_any()),
