@@ -785,6 +785,38 @@ async fn workspaces_scope_creates_and_listings() {
     default.get(&scope(), &b.key.id).await.unwrap();
 }
 
+/// Issue 20: a key's `workspace_id` is compared with the provider object's `workspaceID`.
+/// OpenRouter cannot move a key (`workspace_id` is not in `PATCH /keys/{hash}`), so another
+/// workspace is drift that needs a new key; without a `workspaceID` (the account's default,
+/// whose id the API does not tell) there is nothing to compare.
+#[tokio::test]
+async fn a_key_in_another_workspace_needs_a_new_key() {
+    let e = start().await;
+    let other = client_with(&e, MGMT, Some(OTHER_WORKSPACE), opts());
+    let in_default = client_with(&e, MGMT, Some(emu::DEFAULT_WORKSPACE), opts());
+    let unset = client(&e);
+    let want = settings("moving");
+    let key = other.create(&want).await.unwrap().key;
+    assert_eq!(
+        key.extras
+            .get(keysmith::providers::openrouter::EXTRA_WORKSPACE)
+            .map(String::as_str),
+        Some(OTHER_WORKSPACE)
+    );
+    assert!(drift(&other, &key, &want).is_empty());
+    // The upper-case spelling of the same UUID is the same workspace.
+    let upper = client_with(&e, MGMT, Some(&OTHER_WORKSPACE.to_uppercase()), opts());
+    assert!(drift(&upper, &key, &want).is_empty());
+    let got = in_default.get(&scope(), &key.id).await.unwrap();
+    let d = drift(&in_default, &got, &want);
+    assert_eq!(d, vec![Field::Workspace]);
+    assert!(
+        !in_default.capabilities().can_update(Field::Workspace),
+        "a new key, never an update"
+    );
+    assert!(drift(&unset, &got, &want).is_empty());
+}
+
 #[tokio::test]
 async fn expired_keys_fail_authentication() {
     let e = start().await;

@@ -121,6 +121,9 @@ pub enum Field {
     Extras,
     KeyRef,
     Source,
+    /// Where the key lives at the provider (OpenRouter's workspace), chosen by the provider
+    /// object: fixed at creation.
+    Workspace,
 }
 
 impl Field {
@@ -137,6 +140,7 @@ impl Field {
             Field::Extras => "spec.<provider block>",
             Field::KeyRef => "spec.keyRef",
             Field::Source => "spec.source",
+            Field::Workspace => "workspaceID (of the provider object)",
         }
     }
 }
@@ -478,6 +482,11 @@ pub trait KeyBackend: Send + Sync {
     fn extras_drift(&self, _current: &ProviderKey, _desired: &KeySettings) -> bool {
         false
     }
+    /// Whether the key lives in another workspace than the one this client creates keys in
+    /// (default: the provider has no such thing). Fixed at creation: only a new key resolves it.
+    fn workspace_drift(&self, _current: &ProviderKey) -> bool {
+        false
+    }
 }
 
 /// Guards a pagination loop: at most [`http::MAX_PAGES`] pages, and a cursor the provider
@@ -581,6 +590,9 @@ pub fn drift(backend: &dyn KeyBackend, current: &ProviderKey, desired: &KeySetti
     }
     if backend.extras_drift(current, desired) {
         out.push(Field::Extras);
+    }
+    if backend.workspace_drift(current) {
+        out.push(Field::Workspace);
     }
     out
 }

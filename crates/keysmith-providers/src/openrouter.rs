@@ -33,6 +33,8 @@ pub const DEFAULT_BASE_URL: &str = "https://openrouter.ai/api/v1";
 
 /// `ProviderKey.extras` key of the `include_byok_in_limit` flag.
 pub const EXTRA_INCLUDE_BYOK: &str = "includeByokInLimit";
+/// `ProviderKey.extras` key of the key's `workspace_id` (fixed at creation).
+pub const EXTRA_WORKSPACE: &str = "workspaceID";
 
 const SUPPORTED: &[Field] = &[
     Field::DisplayName,
@@ -356,6 +358,16 @@ impl KeyBackend for OpenRouterClient {
         Ok(())
     }
 
+    /// The key's `workspace_id` is not the provider object's `workspaceID` (OpenRouter cannot
+    /// move a key: a new key is needed). Without a `workspaceID` keys go to the account's
+    /// default workspace, whose id the API does not tell: nothing to compare.
+    fn workspace_drift(&self, current: &ProviderKey) -> bool {
+        match (&self.workspace_id, current.extras.get(EXTRA_WORKSPACE)) {
+            (Some(want), Some(have)) => !want.eq_ignore_ascii_case(have.trim()),
+            _ => false,
+        }
+    }
+
     /// `include_byok_in_limit` differs from the ApiKey's `openrouter.includeByokInLimit` (when
     /// the ApiKey sets it; unset means "whatever the key has").
     fn extras_drift(&self, current: &ProviderKey, desired: &KeySettings) -> bool {
@@ -570,6 +582,8 @@ pub struct KeyObject {
     #[serde(default)]
     pub include_byok_in_limit: Option<bool>,
     #[serde(default)]
+    pub workspace_id: Option<String>,
+    #[serde(default)]
     pub usage: Option<f64>,
     #[serde(default)]
     pub usage_daily: Option<f64>,
@@ -631,6 +645,10 @@ impl KeyObject {
         let mut extras = Extras::new();
         if let Some(b) = self.include_byok_in_limit {
             extras.insert(EXTRA_INCLUDE_BYOK.to_string(), b.to_string());
+        }
+        // A UUID (36 characters); anything longer is not one and is not kept.
+        if let Some(w) = self.workspace_id.as_deref().filter(|w| w.len() <= 64) {
+            extras.insert(EXTRA_WORKSPACE.to_string(), w.to_string());
         }
         ProviderKey {
             hint: self.label.as_deref().and_then(hint_from_label),
