@@ -255,8 +255,11 @@ async fn main() {
     let ctx = Arc::new(Context::new(
         client.clone(),
         metrics.clone(),
-        operator_ns.clone(),
-        "keysmith-bench",
+        keysmith::controller::Settings {
+            operator_namespace: operator_ns.clone(),
+            reporter: "keysmith-bench".into(),
+            ..Default::default()
+        },
     ));
     // The driver reads with the admin client (not recorded), as a watch cache would.
     let api: Api<ApiKey> = Api::namespaced(admin.clone(), &ns);

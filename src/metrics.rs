@@ -300,6 +300,15 @@ impl<T: Contribution + Clone + PartialEq> Tracker<T> {
         }
         touched
     }
+
+    /// Objects tracked.
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
 }
 
 /// Set a gauge to `v`, or drop its series when `v` is `None` (as if never set).

@@ -169,6 +169,7 @@ pub fn render(args: &RenderArgs) -> anyhow::Result<String> {
         out.push_str(&rotation_plan(
             &ak,
             provider,
+            &caps.rotation,
             &scope.family,
             settings.key_ref.is_some(),
         ));
@@ -239,7 +240,13 @@ fn details(settings: &KeySettings, out: &mut String) {
 }
 
 /// The rotation lines of `keysmith render`: strategy, schedule, grace period, restart targets.
-fn rotation_plan(ak: &ApiKey, provider: ProviderType, family: &str, adopted: bool) -> String {
+fn rotation_plan(
+    ak: &ApiKey,
+    provider: ProviderType,
+    how: &providers::RotationStrategy,
+    family: &str,
+    adopted: bool,
+) -> String {
     use crate::controller::rotation::{self, KeyKind, Plan, Strategy};
     let mut out = String::from("# rotation:\n");
     let plan = match Plan::of(&ak.spec) {
@@ -250,11 +257,10 @@ fn rotation_plan(ak: &ApiKey, provider: ProviderType, family: &str, adopted: boo
         }
     };
     let kind = KeyKind {
-        family,
         adopted,
         pushed: ak.spec.source.is_some(),
     };
-    match rotation::strategy(provider, &kind, &plan) {
+    match rotation::strategy(provider, how, &kind, &plan) {
         Err(m) => out.push_str(&format!("#  Ready=False reason=UnsupportedField: {m}\n")),
         Ok(s) => {
             out.push_str(&format!("#  strategy: {}\n", s.as_str()));

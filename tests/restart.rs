@@ -93,7 +93,7 @@ async fn restart_patches_the_pod_template_like_kubectl_rollout_restart() {
     let out = restart(
         &c,
         &d,
-        &ns,
+        &format!("{ns}/chat-key"),
         &target(RestartKind::Deployment, "chat"),
         now,
         now,

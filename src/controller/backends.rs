@@ -1,47 +1,29 @@
-//! Resolving the provider object of an ApiKey (tenancy rule 6) and caching one backend per
-//! provider object, rebuilt when its generation or a credential Secret changes.
+//! One backend per provider object ([`Backends`]), rebuilt when its generation or a credential
+//! Secret changes; what resolving a provider object gives ([`ResolvedProvider`]) or why it
+//! failed ([`ResolveError`]); the label selectors of `namespaceSelector`s. Resolving itself
+//! (tenancy rule 6) is [`super::resolve`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::api::Api;
-use kube::ResourceExt;
 
-use super::context::Context;
-use super::credentials::{read_ca_bundle, read_credentials};
 use super::reasons::Reason;
-use crate::api::{
-    ApiKey, ClusterKeyProvider, KeyProvider, KeyProviderSpec, ProviderKind, ProviderType,
-};
-use crate::providers::{self, KeyBackend};
+use crate::api::{KeyProviderSpec, ProviderType};
+use crate::providers::KeyBackend;
 
 /// Default refresh interval of a provider object.
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(300);
 /// How long a built backend is trusted before its credential Secrets are checked again.
-const CREDENTIAL_RECHECK: Duration = Duration::from_secs(60);
+pub const CREDENTIAL_RECHECK: Duration = Duration::from_secs(60);
 
 /// A cached backend and what it was built from.
-pub(crate) struct BackendEntry {
+pub struct BackendEntry {
     generation: Option<i64>,
     secret_versions: Vec<Option<String>>,
     checked: Mutex<Instant>,
     backend: Arc<dyn KeyBackend>,
-}
-
-#[cfg(test)]
-impl BackendEntry {
-    /// An entry for `backend` (tests fill the cache without a cluster).
-    pub(crate) fn for_test(backend: Arc<dyn KeyBackend>) -> Self {
-        BackendEntry {
-            generation: None,
-            secret_versions: Vec::new(),
-            checked: Mutex::new(Instant::now()),
-            backend,
-        }
-    }
 }
 
 /// A provider object an ApiKey resolved to.
@@ -103,192 +85,100 @@ pub struct ProviderObject<'a> {
     pub namespace: Option<&'a str>,
 }
 
-impl Context {
-    /// Resolve the provider object of an ApiKey (tenancy rule 6) and its backend.
-    ///
-    /// An ApiKey being deleted resolves without the checks that admit creating keys
-    /// (`--namespaced-providers`, `--cluster-providers`, a ClusterKeyProvider's
-    /// `namespaceSelector`): its keys were made through this very provider object
-    /// (`providerRef` is immutable) while it was admitted, and revoking them must stay possible
-    /// after the admin narrowed who may create (invariant 7).
-    pub async fn resolve(&self, ak: &ApiKey) -> Result<ResolvedProvider, ResolveError> {
-        self.resolve_as(ak, ak.metadata.deletion_timestamp.is_some())
-            .await
-    }
+/// The backends built, one per provider object (`KeyProvider/ns/name` or
+/// `ClusterKeyProvider/name`), each with what it was built from. Dropped with the provider
+/// object ([`Backends::forget`]) and after the provider refused its credentials.
+#[derive(Default)]
+pub struct Backends {
+    built: Mutex<HashMap<String, Arc<BackendEntry>>>,
+}
 
-    /// Resolve the provider object of an ApiKey to revoke keys made through it, without the
-    /// checks that admit creating (see [`Context::resolve`]): replaced keys of a namespace that
-    /// is no longer admitted still end with their grace period.
-    pub async fn resolve_for_revoke(&self, ak: &ApiKey) -> Result<ResolvedProvider, ResolveError> {
-        self.resolve_as(ak, true).await
+impl std::fmt::Debug for Backends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backends").finish_non_exhaustive()
     }
+}
 
-    async fn resolve_as(
-        &self,
-        ak: &ApiKey,
-        deleting: bool,
-    ) -> Result<ResolvedProvider, ResolveError> {
-        let ns = ak.namespace().unwrap_or_default();
-        let r = &ak.spec.provider_ref;
-        match r.kind {
-            ProviderKind::KeyProvider if !self.namespaced_providers && !deleting => Err(ResolveError::ProviderNotAllowed(format!(
-                "this keysmith installation serves only ClusterKeyProviders (--namespaced-providers=false); KeyProvider {} cannot be used: ask a cluster admin for a ClusterKeyProvider",
-                r.name
-            ))),
-            ProviderKind::KeyProvider => {
-                let p = match self.cache.key_provider(&ns, &r.name) {
-                    Some(p) => Some(p),
-                    None => {
-                        let api: Api<KeyProvider> = Api::namespaced(self.client.clone(), &ns);
-                        api.get_opt(&r.name).await?.map(Arc::new)
-                    }
-                };
-                let p = p.ok_or_else(|| {
-                    ResolveError::ProviderRefNotFound(format!(
-                        "KeyProvider {ns}/{} does not exist",
-                        r.name
-                    ))
-                })?;
-                self.resolve_object(ProviderObject {
-                    id: format!("KeyProvider/{ns}/{}", r.name),
-                    spec: &p.spec,
-                    generation: p.metadata.generation,
-                    namespace: Some(&ns),
-                })
-                .await
-            }
-            ProviderKind::ClusterKeyProvider if !self.cluster_providers && !deleting => Err(ResolveError::ProviderNotAllowed(format!(
-                "this keysmith installation serves only KeyProviders of the ApiKey's namespace (--cluster-providers=false); ClusterKeyProvider {} cannot be used",
-                r.name
-            ))),
-            ProviderKind::ClusterKeyProvider => {
-                let p = match self.cache.cluster_provider(&r.name) {
-                    Some(p) => Some(p),
-                    None => {
-                        let api: Api<ClusterKeyProvider> = Api::all(self.client.clone());
-                        api.get_opt(&r.name).await?.map(Arc::new)
-                    }
-                };
-                let p = p.ok_or_else(|| {
-                    ResolveError::ProviderRefNotFound(format!(
-                        "ClusterKeyProvider {} does not exist",
-                        r.name
-                    ))
-                })?;
-                if let Some(sel) = p.spec.inner.namespace_selector.as_ref().filter(|_| !deleting) {
-                    let labels = self.namespace_labels(&ns).await?;
-                    if !selector_matches(sel, &labels).map_err(|e| {
-                        ResolveError::InvalidProvider(format!("ClusterKeyProvider {}: {e}", r.name))
-                    })? {
-                        return Err(ResolveError::ProviderNotAllowed(format!(
-                            "ClusterKeyProvider {} does not admit namespace {ns} (spec.namespaceSelector)",
-                            r.name
-                        )));
-                    }
-                }
-                self.resolve_object(ProviderObject {
-                    id: format!("ClusterKeyProvider/{}", r.name),
-                    spec: &p.spec.inner,
-                    generation: p.metadata.generation,
-                    namespace: None,
-                })
-                .await
-            }
-        }
-    }
+/// What [`Backends::cached`] found for a provider object.
+pub enum Cached {
+    /// Built from this generation and checked within [`CREDENTIAL_RECHECK`]: use it.
+    Fresh(Arc<dyn KeyBackend>),
+    /// Built from this generation, but its credential Secrets are due for a check.
+    Recheck(Arc<BackendEntry>),
+    /// None, or built from another generation.
+    Missing,
+}
 
-    /// Build (or reuse) the backend of a provider object.
-    pub async fn resolve_object(
-        &self,
-        obj: ProviderObject<'_>,
-    ) -> Result<ResolvedProvider, ResolveError> {
-        let ProviderObject {
-            id,
-            spec,
-            generation,
-            namespace,
-        } = obj;
-        let config = spec.provider().ok_or_else(|| {
-            ResolveError::InvalidProvider(format!("{id}: exactly one provider block must be set"))
-        })?;
-        super::provider::check_base_url(&self.allowed_base_url_hosts, &id, spec)
-            .map_err(ResolveError::InvalidProvider)?;
-        if namespace.is_some() {
-            // Before the credentials are read: a refused KeyProvider gets nothing.
-            super::provider::check_network(self.namespaced_network, spec)
-                .map_err(|e| ResolveError::InvalidProvider(format!("{id}: {e}")))?;
-        }
-        let refresh_interval = match &spec.refresh_interval {
-            Some(s) => providers::parse_duration(s)
-                .map_err(|e| {
-                    ResolveError::InvalidProvider(format!("{id}: spec.refreshInterval {e}"))
-                })?
-                .max(Duration::from_secs(10)),
-            None => DEFAULT_REFRESH,
+impl Backends {
+    /// The backend of provider object `id` at `generation`, if one was built.
+    pub fn cached(&self, id: &str, generation: Option<i64>) -> Cached {
+        let Some(entry) = self.built.lock().unwrap().get(id).cloned() else {
+            return Cached::Missing;
         };
-        let create_limits = super::fairness::CreateLimits::of(spec);
-        let resolved = |backend| ResolvedProvider {
-            id: id.clone(),
-            provider_type: config.provider_type(),
-            backend,
-            refresh_interval,
-            create_limits,
-        };
-        let cached = self.backends.lock().unwrap().get(&id).cloned();
-        if let Some(entry) = &cached {
-            if entry.generation == generation
-                && entry.checked.lock().unwrap().elapsed() < CREDENTIAL_RECHECK
-            {
-                return Ok(resolved(entry.backend.clone()));
-            }
+        if entry.generation != generation {
+            return Cached::Missing;
         }
-        let mut read = read_credentials(self, &id, config.credential_refs(), namespace).await?;
-        let mut options = self.client_options.clone();
-        if let Some(bundle) = &spec.ca_bundle {
-            let (roots, version) = read_ca_bundle(self, &id, bundle, namespace).await?;
-            options.extra_roots = roots;
-            read.versions.push(version);
+        if entry.checked.lock().unwrap().elapsed() < CREDENTIAL_RECHECK {
+            return Cached::Fresh(entry.backend.clone());
         }
-        if let Some(entry) = &cached {
-            if entry.generation == generation && entry.secret_versions == read.versions {
-                *entry.checked.lock().unwrap() = Instant::now();
-                return Ok(resolved(entry.backend.clone()));
-            }
+        Cached::Recheck(entry)
+    }
+
+    /// The credential Secrets of a [`Cached::Recheck`] entry are at `versions`: its backend if
+    /// they did not change (checked again in [`CREDENTIAL_RECHECK`]).
+    pub fn confirm(
+        entry: &BackendEntry,
+        versions: &[Option<String>],
+    ) -> Option<Arc<dyn KeyBackend>> {
+        if entry.secret_versions != versions {
+            return None;
         }
-        if namespace.is_some() {
-            // A tenant's KeyProvider: the admin's network policy (ClusterKeyProviders are the
-            // admin's own).
-            options.network = self.namespaced_network;
-        }
-        let backend = providers::build_backend(spec, read.credentials, options)
-            .map_err(|e| ResolveError::InvalidProvider(format!("{id}: {e}")))?;
+        *entry.checked.lock().unwrap() = Instant::now();
+        Some(entry.backend.clone())
+    }
+
+    /// Keep the backend built for provider object `id` from `generation` and credential
+    /// Secrets at `versions`.
+    pub fn insert(
+        &self,
+        id: &str,
+        generation: Option<i64>,
+        versions: Vec<Option<String>>,
+        backend: Arc<dyn KeyBackend>,
+    ) {
         let entry = Arc::new(BackendEntry {
             generation,
-            secret_versions: read.versions,
+            secret_versions: versions,
             checked: Mutex::new(Instant::now()),
-            backend: backend.clone(),
+            backend,
         });
-        self.backends.lock().unwrap().insert(id.clone(), entry);
-        // Settings or credentials changed: listings taken with the old ones are stale.
-        self.forget_listings(&id);
-        Ok(resolved(backend))
+        self.built.lock().unwrap().insert(id.to_string(), entry);
     }
 
-    /// The labels of namespace `ns`: from the watch, else read.
-    pub async fn namespace_labels(
-        &self,
-        ns: &str,
-    ) -> Result<BTreeMap<String, String>, kube::Error> {
-        if let Some(labels) = self.cache.namespace_labels(ns) {
-            return Ok(labels);
-        }
-        let nsobj = Api::<Namespace>::all(self.client.clone()).get(ns).await?;
-        Ok(nsobj.labels().clone())
+    /// The provider object `id` is gone, or refused its credentials (they are read again).
+    pub fn forget(&self, id: &str) {
+        self.built.lock().unwrap().remove(id);
     }
 
-    /// Forget a backend (after the provider refused its credentials, so they are re-read).
-    pub fn forget_backend(&self, id: &str) {
-        self.backends.lock().unwrap().remove(id);
+    /// The provider objects with a backend.
+    pub fn providers(&self) -> Vec<String> {
+        self.built.lock().unwrap().keys().cloned().collect()
+    }
+
+    /// Whether provider object `id` has a backend.
+    pub fn contains(&self, id: &str) -> bool {
+        self.built.lock().unwrap().contains_key(id)
+    }
+
+    /// Provider objects with a backend.
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub fn len(&self) -> usize {
+        self.built.lock().unwrap().len()
+    }
+
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -405,6 +295,60 @@ pub fn selector_matches(
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    fn backend() -> Arc<dyn KeyBackend> {
+        let spec: KeyProviderSpec = serde_json::from_value(serde_json::json!({
+            "openrouter": { "managementKeySecretRef": { "name": "m", "key": "k" } }
+        }))
+        .unwrap();
+        let mut creds = crate::providers::Credentials::default();
+        creds
+            .0
+            .insert("token".into(), secrecy::SecretString::from("t"));
+        crate::providers::build_backend(&spec, creds, Default::default()).unwrap()
+    }
+
+    #[test]
+    fn a_backend_is_reused_for_its_generation_until_forgotten() {
+        let b = Backends::default();
+        assert!(matches!(
+            b.cached("ClusterKeyProvider/p", Some(1)),
+            Cached::Missing
+        ));
+        b.insert(
+            "ClusterKeyProvider/p",
+            Some(1),
+            vec![Some("5".into())],
+            backend(),
+        );
+        b.insert("KeyProvider/team-a/kp", None, Vec::new(), backend());
+        assert!(matches!(
+            b.cached("ClusterKeyProvider/p", Some(1)),
+            Cached::Fresh(_)
+        ));
+        assert!(
+            matches!(b.cached("ClusterKeyProvider/p", Some(2)), Cached::Missing),
+            "a new generation is built anew"
+        );
+        // Past the recheck, the same credential versions confirm it; others do not.
+        let entry = b.built.lock().unwrap()["ClusterKeyProvider/p"].clone();
+        *entry.checked.lock().unwrap() = Instant::now() - CREDENTIAL_RECHECK;
+        let Cached::Recheck(entry) = b.cached("ClusterKeyProvider/p", Some(1)) else {
+            panic!("due for a recheck");
+        };
+        assert!(Backends::confirm(&entry, &[Some("6".into())]).is_none());
+        assert!(Backends::confirm(&entry, &[Some("5".into())]).is_some());
+        assert!(matches!(
+            b.cached("ClusterKeyProvider/p", Some(1)),
+            Cached::Fresh(_)
+        ));
+        assert_eq!(b.len(), 2);
+        b.forget("ClusterKeyProvider/p");
+        assert!(!b.contains("ClusterKeyProvider/p"));
+        assert_eq!(b.providers(), vec!["KeyProvider/team-a/kp".to_string()]);
+        b.forget("KeyProvider/team-a/kp");
+        assert!(b.is_empty());
+    }
 
     #[test]
     fn selectors() {

@@ -47,7 +47,12 @@ pub async fn read_credentials(
         versions: Vec::new(),
     };
     for r in refs {
-        let ns = credential_namespace(id, own, r.namespace.as_deref(), &ctx.operator_namespace)?;
+        let ns = credential_namespace(
+            id,
+            own,
+            r.namespace.as_deref(),
+            &ctx.settings.operator_namespace,
+        )?;
         let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
             .get_opt(&r.name)
             .await?
@@ -100,7 +105,7 @@ pub async fn read_ca_bundle(
             )))
         }
     };
-    let ns = credential_namespace(id, own, named, &ctx.operator_namespace)?;
+    let ns = credential_namespace(id, own, named, &ctx.settings.operator_namespace)?;
     let missing = || {
         ResolveError::CredentialsNotFound(format!(
             "{id}: spec.caBundle: {what} {ns}/{name} does not exist"

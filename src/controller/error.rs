@@ -91,7 +91,7 @@ impl From<ProviderError> for Failure {
             _ => None,
         };
         Failure {
-            reason: Reason::of_provider(&e),
+            reason: Reason::from(&e),
             transient: e.is_transient(),
             message: e.to_string(),
             retry_after,

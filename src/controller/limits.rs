@@ -11,14 +11,17 @@
 //! together never exceed `spec.limit`. [`wanted`] applies it before a budget's narrowing, so the
 //! sync and the budget pass push the same limit; [`apply`] gives it to the steps that create.
 
-use chrono::{DateTime, Datelike, Duration as ChronoDuration, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use kube::ResourceExt;
 
 use super::apikey::{Failure, LocatedKey, Reconciler, ValidatedApiKey};
 use super::budget::enforce::Hold;
 use super::context::Context;
+use super::period::Period;
 use super::time::ts;
-use crate::api::{ApiKey, ApiKeyStatus, CarriedKey, LimitCarryOver, LimitReset, Usage};
+use crate::api::{
+    ApiKey, ApiKeyStatus, CarriedKey, LimitCarryOver, LimitReset, ProviderBlock, Usage,
+};
 use crate::providers::{Field, KeySettings, Limit, ProviderKey};
 
 /// Replaced keys listed one by one in `limitCarryOver.keys`; older ones are only in the total.
@@ -81,29 +84,6 @@ fn period_spend_mut(usage: &mut Usage, reset: Option<LimitReset>) -> &mut Option
         LimitReset::Weekly => &mut usage.weekly,
         LimitReset::Monthly => &mut usage.monthly,
         LimitReset::Never => &mut usage.total,
-    }
-}
-
-/// When the calendar period (UTC) that contains `now` ends: days at midnight, weeks on Monday
-/// (OpenRouter: "resets at midnight UTC; weeks Mon–Sun"), months on the 1st. `None`: never.
-pub fn calendar_period_end(reset: Option<LimitReset>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    let midnight = |d: NaiveDate| Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0)?).into();
-    let today = now.date_naive();
-    match reset.unwrap_or(LimitReset::Never) {
-        LimitReset::Never => None,
-        LimitReset::Daily => midnight(today.succ_opt()?),
-        LimitReset::Weekly => {
-            let days = 7 - i64::from(today.weekday().num_days_from_monday());
-            midnight(today.checked_add_signed(ChronoDuration::days(days))?)
-        }
-        LimitReset::Monthly => {
-            let (y, m) = if today.month() == 12 {
-                (today.year() + 1, 1)
-            } else {
-                (today.year(), today.month() + 1)
-            };
-            midnight(NaiveDate::from_ymd_opt(y, m, 1)?)
-        }
     }
 }
 
@@ -306,7 +286,7 @@ fn period_end(spec: &Limit, key: &ProviderKey, now: DateTime<Utc>) -> Option<Dat
         .and_then(|u| u.resets_at.as_deref())
         .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
         .map(|t| t.with_timezone(&Utc))
-        .or_else(|| calendar_period_end(spec.reset, now))
+        .or_else(|| Period::of_reset(spec.reset).map(|p| p.end(now)))
 }
 
 /// Lower the limit of every replaced key still live (`previousKeys`) to what it has spent in
@@ -321,10 +301,11 @@ pub async fn hold_replaced(
 ) -> Result<Option<String>, Failure> {
     let Some(spec) = spec_limit(r) else {
         // UCloud's caps live in its own block and are per key: say so while two keys are live.
-        let capped =
-            r.ak.spec.ucloud.as_ref().is_some_and(|u| {
-                u.daily_limit_amount.is_some() || u.monthly_limit_amount.is_some()
-            });
+        let capped = matches!(
+            r.ak.spec.provider_block(),
+            Some(ProviderBlock::UCloud(u))
+                if u.daily_limit_amount.is_some() || u.monthly_limit_amount.is_some()
+        );
         return Ok((capped && !st.previous_keys.is_empty()).then(|| {
             not_held(
                 r,
@@ -411,7 +392,7 @@ pub async fn hold_replaced(
                     .update(&at, &id, &s, &[Field::LimitAmount])
                     .await?;
             super::apikey::status::fill_from_key(st, &updated, r.p);
-            r.ctx.remember(r.p, &at, &updated).await;
+            r.ctx.listings.remember(r.p, &at, &updated).await;
         }
     }
     Ok(note)
@@ -494,7 +475,7 @@ pub async fn for_new_key(ctx: &Context, ak: &ApiKey, settings: &KeySettings) -> 
     for g in ctx.budgets.groups() {
         if g.namespace.is_none() && ns_labels.is_none() {
             let ns = ak.namespace().unwrap_or_default();
-            ns_labels = Some(ctx.namespace_labels(&ns).await.ok());
+            ns_labels = Some(super::resolve::namespace_labels(ctx, &ns).await.ok());
         }
         if g.selects(ak, ns_labels.as_ref().and_then(Option::as_ref)) {
             match hold.as_mut() {
@@ -563,29 +544,6 @@ mod tests {
     }
 
     #[test]
-    fn calendar_periods_end_at_utc_boundaries() {
-        let now = t("2026-12-06T04:30:00Z"); // a Sunday
-        assert_eq!(
-            calendar_period_end(Some(LimitReset::Daily), now),
-            Some(t("2026-12-07T00:00:00Z"))
-        );
-        assert_eq!(
-            calendar_period_end(Some(LimitReset::Weekly), now),
-            Some(t("2026-12-07T00:00:00Z"))
-        );
-        assert_eq!(
-            calendar_period_end(Some(LimitReset::Weekly), t("2026-12-07T00:00:00Z")),
-            Some(t("2026-12-14T00:00:00Z"))
-        );
-        assert_eq!(
-            calendar_period_end(Some(LimitReset::Monthly), now),
-            Some(t("2027-01-01T00:00:00Z"))
-        );
-        assert_eq!(calendar_period_end(Some(LimitReset::Never), now), None);
-        assert_eq!(calendar_period_end(None, now), None);
-    }
-
-    #[test]
     fn a_new_key_gets_what_is_left_until_the_period_ends() {
         let now = t("2026-12-06T04:30:00Z");
         let spec = limit("10", LimitReset::Monthly);
@@ -596,7 +554,7 @@ mod tests {
             &spec,
             "old",
             6_000_000,
-            calendar_period_end(spec.reset, now),
+            Period::of_reset(spec.reset).map(|p| p.end(now)),
             now,
         );
         let c = st.limit_carry_over.as_deref();

@@ -1,5 +1,7 @@
-//! Listing snapshots: the provider's keys of one provider object and scope, listed at most once
-//! per refresh interval and shared by every ApiKey of that provider object (batched usage refresh).
+//! Listing snapshots ([`Listings`]): the provider's keys of one provider object and scope, listed
+//! at most once per refresh interval and shared by every ApiKey of that provider object (batched
+//! usage refresh). Dropped with the provider object ([`Listings::forget`]) or when its settings or
+//! credentials change, and after [`IDLE_SNAPSHOT`] unused.
 //!
 //! Every listing is bounded (issue 17): at most [`crate::providers::http::MAX_PAGES`] pages with
 //! no repeated cursor (the [`Pages`] guard), at most [`MAX_SNAPSHOT_KEYS`] distinct keys and
@@ -15,13 +17,12 @@
 //! listing to read wait for the one in flight at most [`MAX_WAIT`].
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
 use super::backends::ResolvedProvider;
-use super::context::Context;
 use crate::providers::{KeyScope, Pages, ProviderError, ProviderKey};
 
 /// Most distinct keys one listing (one provider object and scope) may hold: twice the largest
@@ -82,11 +83,23 @@ pub fn approx_size(k: &ProviderKey) -> usize {
         + 64 // the map entry and the box
 }
 
-impl Context {
+/// Every listing kept, per provider object and scope.
+#[derive(Default)]
+pub struct Listings {
+    snapshots: Mutex<HashMap<(String, KeyScope), Arc<Listing>>>,
+}
+
+impl std::fmt::Debug for Listings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listings").finish_non_exhaustive()
+    }
+}
+
+impl Listings {
     /// The provider's keys of `scope`, listed at most once per `max_age` for all ApiKeys of the
     /// provider object (concurrent callers wait for one listing; while a listing refreshes a
     /// snapshot, callers read the snapshot as it is).
-    pub async fn listing(
+    pub async fn get(
         &self,
         p: &ResolvedProvider,
         scope: &KeyScope,
@@ -104,7 +117,7 @@ impl Context {
     /// The provider's keys of `scope` as a listing begun at or after `since` shows them: the
     /// shared snapshot if it is that recent, else a new listing (crash recovery: one listing
     /// begun after the interrupted creates settled serves the recovery of all of them).
-    pub async fn listing_since(
+    pub async fn since(
         &self,
         p: &ResolvedProvider,
         scope: &KeyScope,
@@ -194,7 +207,7 @@ impl Context {
 
     /// The listing entry of a provider object and scope, created if missing; drops entries
     /// nobody used for [`IDLE_SNAPSHOT`].
-    fn listing_entry(&self, p: &ResolvedProvider, scope: &KeyScope) -> Arc<Listing> {
+    pub(crate) fn listing_entry(&self, p: &ResolvedProvider, scope: &KeyScope) -> Arc<Listing> {
         let now = Instant::now();
         let mut all = self.snapshots.lock().unwrap();
         let entry = all
@@ -236,16 +249,27 @@ impl Context {
     }
 
     /// Drop every snapshot of a provider object (it was deleted, or its settings changed).
-    pub fn forget_listings(&self, provider_id: &str) {
+    pub fn forget(&self, provider_id: &str) {
         self.snapshots
             .lock()
             .unwrap()
             .retain(|(pid, _), _| pid != provider_id);
     }
 
+    /// The provider objects with a snapshot.
+    pub fn providers(&self) -> Vec<String> {
+        let all = self.snapshots.lock().unwrap();
+        let ids: std::collections::BTreeSet<&String> = all.keys().map(|(id, _)| id).collect();
+        ids.into_iter().cloned().collect()
+    }
+
     /// How many snapshots are kept (tests count them).
-    pub fn listings_kept(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.snapshots.lock().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     fn slot(&self, p: &ResolvedProvider, scope: &KeyScope) -> Option<SnapshotSlot> {
@@ -348,29 +372,13 @@ fn pages_taken(p: &Pages) -> usize {
 mod tests {
     use super::*;
     use crate::api::ProviderType;
-    use crate::metrics::Metrics;
     use crate::providers::{
         Capabilities, CreatedKey, Field, KeyBackend, KeyPage, KeySettings, ProviderKey,
     };
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A client whose every request fails: these tests never call the API.
-    fn offline_client() -> kube::Client {
-        let svc = tower::service_fn(|_req: http::Request<kube::client::Body>| async {
-            Err::<http::Response<kube::client::Body>, std::io::Error>(std::io::Error::other(
-                "offline",
-            ))
-        });
-        kube::Client::new(svc, "default")
-    }
-
-    fn ctx() -> Context {
-        Context::new(
-            offline_client(),
-            Arc::new(Metrics::default()),
-            "keysmith".into(),
-            "test",
-        )
+    fn ctx() -> Listings {
+        Listings::default()
     }
 
     #[derive(Clone, Copy)]
@@ -483,6 +491,7 @@ mod tests {
                 supported: &[],
                 mutable: &[],
                 secret_readable: false,
+                rotation: crate::providers::RotationStrategy::MINT,
             },
         });
         let p = ResolvedProvider {
@@ -500,14 +509,9 @@ mod tests {
         let c = ctx();
         let (p, fake) = provider("ClusterKeyProvider/ok", Shape::Finite(250));
         let scope = KeyScope::default();
-        let slot = c
-            .listing(&p, &scope, Duration::from_secs(60))
-            .await
-            .unwrap();
+        let slot = c.get(&p, &scope, Duration::from_secs(60)).await.unwrap();
         assert_eq!(slot.lock().await.keys.len(), 250);
-        c.listing(&p, &scope, Duration::from_secs(60))
-            .await
-            .unwrap();
+        c.get(&p, &scope, Duration::from_secs(60)).await.unwrap();
         assert_eq!(
             fake.pages.load(Ordering::SeqCst),
             3,
@@ -523,13 +527,14 @@ mod tests {
         let c = ctx();
         let (p, fake) = provider("ClusterKeyProvider/forever", Shape::Forever);
         let scope = KeyScope::default();
-        let err = match c.listing(&p, &scope, Duration::from_secs(60)).await {
+        let err = match c.get(&p, &scope, Duration::from_secs(60)).await {
             Err(e) => e,
             Ok(_) => panic!("an endless listing must fail"),
         };
         let msg = err.to_string();
         assert!(msg.contains("exceeded 20000 keys"), "{msg}");
-        assert_eq!(err.reason(), "ProviderUnavailable");
+        use crate::controller::reasons::Reason;
+        assert_eq!(Reason::from(&err), Reason::ProviderUnavailable);
         let pages = fake.pages.load(Ordering::SeqCst);
         assert_eq!(pages, MAX_SNAPSHOT_KEYS / 100 + 1, "pages: {pages}");
         let slot = c.slot(&p, &scope).unwrap();
@@ -539,10 +544,7 @@ mod tests {
         );
         // Every caller within the hold gets the failure without a page more.
         for _ in 0..5 {
-            assert!(c
-                .listing(&p, &scope, Duration::from_secs(60))
-                .await
-                .is_err());
+            assert!(c.get(&p, &scope, Duration::from_secs(60)).await.is_err());
         }
         assert_eq!(fake.pages.load(Ordering::SeqCst), pages);
     }
@@ -553,7 +555,7 @@ mod tests {
         let (p, fake) = provider("ClusterKeyProvider/repeat", Shape::SameCursor);
         let scope = KeyScope::default();
         let err = c
-            .listing(&p, &scope, Duration::from_secs(60))
+            .get(&p, &scope, Duration::from_secs(60))
             .await
             .err()
             .expect("a repeated cursor must fail");
@@ -570,7 +572,7 @@ mod tests {
         let (p, fake) = provider("ClusterKeyProvider/shifted", Shape::Shifted);
         let scope = KeyScope::default();
         let slot = c
-            .listing(&p, &scope, Duration::from_secs(60))
+            .get(&p, &scope, Duration::from_secs(60))
             .await
             .expect("the listing ends normally");
         assert_eq!(slot.lock().await.keys.len(), 20);
@@ -583,7 +585,7 @@ mod tests {
         let (p, fake) = provider("ClusterKeyProvider/same", Shape::SamePage);
         let scope = KeyScope::default();
         let err = c
-            .listing(&p, &scope, Duration::from_secs(60))
+            .get(&p, &scope, Duration::from_secs(60))
             .await
             .err()
             .expect("a repeated page must fail");
@@ -618,12 +620,12 @@ mod tests {
         let p2 = p.clone();
         let (c2, s2) = (c.clone(), scope.clone());
         let refresher =
-            tokio::spawn(async move { c2.listing(&p2, &s2, Duration::from_secs(300)).await });
+            tokio::spawn(async move { c2.get(&p2, &s2, Duration::from_secs(300)).await });
         tokio::task::yield_now().await;
         // A second reader gets the snapshot at once, while the first lists.
         let slot = tokio::time::timeout(
             Duration::from_millis(10),
-            c.listing(&p, &scope, Duration::from_secs(300)),
+            c.get(&p, &scope, Duration::from_secs(300)),
         )
         .await
         .expect("a reader must not wait for the refresh")
@@ -635,7 +637,7 @@ mod tests {
         // Another provider object lists as usual.
         let (ok, _) = provider("ClusterKeyProvider/ok", Shape::Finite(10));
         assert_eq!(
-            c.listing(&ok, &scope, Duration::from_secs(60))
+            c.get(&ok, &scope, Duration::from_secs(60))
                 .await
                 .unwrap()
                 .lock()
@@ -655,20 +657,18 @@ mod tests {
                 family: "agent".into(),
                 parent: format!("agent-{i}"),
             };
-            c.listing(&p, &scope, Duration::from_secs(60))
-                .await
-                .unwrap();
+            c.get(&p, &scope, Duration::from_secs(60)).await.unwrap();
         }
-        assert_eq!(c.listings_kept(), 10);
+        assert_eq!(c.len(), 10);
         // Age them past the idle bound.
         for l in c.snapshots.lock().unwrap().values() {
             *l.used.lock().unwrap() = Instant::now().checked_sub(IDLE_SNAPSHOT * 2);
         }
-        c.listing(&p, &KeyScope::default(), Duration::from_secs(60))
+        c.get(&p, &KeyScope::default(), Duration::from_secs(60))
             .await
             .unwrap();
-        assert_eq!(c.listings_kept(), 1, "only the one just used");
-        c.forget_listings(&p.id);
-        assert_eq!(c.listings_kept(), 0);
+        assert_eq!(c.len(), 1, "only the one just used");
+        c.forget(&p.id);
+        assert_eq!(c.len(), 0);
     }
 }

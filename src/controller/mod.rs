@@ -4,29 +4,37 @@
 pub(crate) mod admin;
 pub mod apikey;
 pub(crate) mod backends;
+pub(crate) mod backoff;
 pub mod budget;
 pub mod cache;
 pub(crate) mod conditions;
 pub(crate) mod context;
+pub(crate) mod create_holds;
 pub(crate) mod credentials;
 pub(crate) mod error;
 pub(crate) mod fairness;
+pub(crate) mod gauges;
 pub mod history;
 pub mod inuse;
 pub mod leader;
+pub(crate) mod lease;
 pub(crate) mod limits;
 pub mod listing;
 pub(crate) mod nsguard;
+pub(crate) mod period;
 pub(crate) mod predicates;
 pub(crate) mod provider;
 pub mod rbac;
 pub(crate) mod reasons;
+pub(crate) mod resolve;
 pub mod restart;
 pub mod rotation;
 pub mod secret;
+pub(crate) mod settings;
 pub mod supervise;
 pub mod time;
 pub(crate) mod watches;
+pub(crate) mod write_log;
 
 pub(crate) use apikey::validate;
 
@@ -48,6 +56,9 @@ use crate::api::{ApiKey, ClusterKeyProvider, KeyProvider, MANAGED_BY, MANAGED_BY
 use crate::metrics::Metrics;
 pub use admin::{serve_http, Health};
 pub use context::Context;
+#[cfg(any(test, feature = "test-hooks"))]
+pub use context::Kept;
+pub use settings::Settings;
 
 /// Label (any value, e.g. `true`) a user puts on a Secret to let ApiKeys of its namespace use it
 /// as `spec.source`: an unlabelled Secret is never read for a push (SourceNotFound). keysmith
@@ -149,33 +160,39 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.clone(),
         health.clone(),
     ));
-    let mut ctx = Context::new(client.clone(), metrics, args.namespace.clone(), "keysmith");
-    ctx.set_lease(lease);
-    ctx.cluster_providers = args.cluster_providers;
-    ctx.namespaced_providers = args.namespaced_providers;
-    ctx.watch_namespaces = args.watch_namespaces.clone();
-    ctx.allowed_base_url_hosts = args
-        .allowed_base_url_hosts
-        .iter()
-        .map(|h| h.trim().to_ascii_lowercase())
-        .filter(|h| !h.is_empty())
-        .collect();
-    ctx.namespaced_network = crate::providers::egress::NetworkPolicy {
-        allow_private: args.allow_private_provider_networks,
-        allow_http: args.allow_insecure_http,
-    };
+    let mut client_options = crate::providers::ClientOptions::default();
     if args.leader_elect {
         // A create starts only if it can end before the Lease's renew deadline: provider
         // requests must be shorter than the window between two renewals.
         let cap = leader::provider_timeout_cap(leader::lease_ttl(&args));
-        if ctx.client_options.timeout > cap {
+        if client_options.timeout > cap {
             tracing::info!(
                 timeout_ms = cap.as_millis() as u64,
                 "provider request timeout capped to fit the leader Lease"
             );
-            ctx.client_options.timeout = cap;
+            client_options.timeout = cap;
         }
     }
+    let settings = Settings {
+        operator_namespace: args.namespace.clone(),
+        reporter: "keysmith".into(),
+        cluster_providers: args.cluster_providers,
+        namespaced_providers: args.namespaced_providers,
+        watch_namespaces: args.watch_namespaces.clone(),
+        allowed_base_url_hosts: args
+            .allowed_base_url_hosts
+            .iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect(),
+        namespaced_network: crate::providers::egress::NetworkPolicy {
+            allow_private: args.allow_private_provider_networks,
+            allow_http: args.allow_insecure_http,
+        },
+        client_options,
+        restart_debounce: restart::DEBOUNCE_WINDOW,
+    };
+    let ctx = Context::fenced(client.clone(), metrics, settings, lease);
     let ctx = Arc::new(ctx);
 
     if args.leader_elect {
@@ -307,7 +324,7 @@ fn apikey_controller(
     .touched_objects();
     let ctl = {
         let store = store.clone();
-        let operator_ns = ctx.operator_namespace.clone();
+        let operator_ns = ctx.settings.operator_namespace.clone();
         ctl.watches_stream(creds_stream, move |s| {
             watches::apikeys_using_credentials(
                 &store,

@@ -41,7 +41,7 @@ pub async fn run(
     let mut known: HashMap<String, bool> = HashMap::new();
     tokio::pin!(stop);
     loop {
-        for ns in &ctx.watch_namespaces {
+        for ns in &ctx.settings.watch_namespaces {
             let Some(want) = needed(&ctx, ns) else {
                 continue;
             };

@@ -47,7 +47,7 @@ async fn verify(ctx: &Context, obj: ProviderObject<'_>) -> (Readiness, Option<Ve
         };
         return (r, None);
     }
-    match ctx.resolve_object(obj).await {
+    match super::resolve::resolve_object(ctx, obj).await {
         Err(e) => {
             let r = Readiness {
                 ready: false,
@@ -69,9 +69,9 @@ async fn verify(ctx: &Context, obj: ProviderObject<'_>) -> (Readiness, Option<Ve
                 }),
             ),
             Err(e) => {
-                let reason = Reason::of_provider(&e);
+                let reason = Reason::from(&e);
                 if reason == Reason::ProviderAuthFailed {
-                    ctx.forget_backend(&id);
+                    ctx.backends.forget(&id);
                 }
                 let r = Readiness {
                     ready: false,
@@ -218,33 +218,17 @@ fn check_selectors(spec: &KeyProviderSpec) -> Result<(), String> {
     Ok(())
 }
 
-/// The base URL a provider object's client talks to: its `baseURL`, else the provider's default.
-pub fn effective_base_url(spec: &KeyProviderSpec) -> Option<String> {
-    use crate::providers::{boltz, digitalocean, openrouter, ucloud};
-    let or_default = |u: &Option<String>, d: &str| u.clone().unwrap_or_else(|| d.to_string());
-    if let Some(p) = &spec.openrouter {
-        Some(or_default(&p.base_url, openrouter::DEFAULT_BASE_URL))
-    } else if let Some(p) = &spec.boltz {
-        Some(or_default(&p.base_url, boltz::DEFAULT_BASE_URL))
-    } else if let Some(p) = &spec.ucloud {
-        Some(or_default(&p.base_url, ucloud::DEFAULT_BASE_URL))
-    } else if let Some(p) = &spec.digitalocean {
-        Some(or_default(&p.base_url, digitalocean::DEFAULT_BASE_URL))
-    } else {
-        spec.bifrost.as_ref().map(|p| p.base_url.clone())
-    }
-}
-
 /// `--allowed-base-url-hosts`: when the list is not empty, a provider object may only talk to a
 /// host on it (exact, case-insensitive). Err is the InvalidProvider message (no call is made).
 pub fn check_base_url(allowed: &[String], id: &str, spec: &KeyProviderSpec) -> Result<(), String> {
     if allowed.is_empty() {
         return Ok(());
     }
-    let Some(base) = effective_base_url(spec) else {
+    // The URL the client would talk to (none: no block, so no client is built either).
+    let Some(base) = spec.provider().map(|p| p.base_url()) else {
         return Ok(());
     };
-    let host = url::Url::parse(&base).ok().and_then(|u| {
+    let host = url::Url::parse(base).ok().and_then(|u| {
         u.host_str()
             .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
     });
@@ -265,10 +249,11 @@ pub fn check_network(
     policy: crate::providers::egress::NetworkPolicy,
     spec: &KeyProviderSpec,
 ) -> Result<(), String> {
-    let Some(base) = effective_base_url(spec) else {
+    // The URL the client would talk to (none: no block, so no client is built either).
+    let Some(base) = spec.provider().map(|p| p.base_url()) else {
         return Ok(());
     };
-    let url = crate::providers::http::parse_base_url(&base)?;
+    let url = crate::providers::http::parse_base_url(base)?;
     crate::providers::egress::check_url(&url, policy)
 }
 
@@ -353,9 +338,11 @@ async fn being_deleted(
         .iter()
         .any(|f| f == super::inuse::IN_USE_FINALIZER)
     {
+        ctx.forget_provider(&id.key());
         return Ok(Action::await_change());
     }
-    if super::inuse::release_if_unused(ctx, id, None).await? {
+    if ctx.in_use.release_if_unused(id, None).await? != super::inuse::Release::InUse {
+        ctx.forget_provider(&id.key());
         Ok(Action::await_change())
     } else {
         Ok(Action::requeue(Duration::from_secs(5)))

@@ -194,14 +194,28 @@ impl Reason {
         Reason::LeaseExpiring,
     ];
 
-    /// The reason a provider error surfaces as (the provider layer names it; this types it).
-    pub fn of_provider(e: &ProviderError) -> Reason {
-        Reason::parse(e.reason()).unwrap_or(Reason::ProviderUnavailable)
-    }
-
-    /// The reason named `s`.
+    /// The reason named `s` (a reason recorded in a status, e.g. `createBackoff.lastFailure`).
     pub fn parse(s: &str) -> Option<Reason> {
         Reason::ALL.iter().copied().find(|r| r.as_str() == s)
+    }
+}
+
+/// The reason a provider error surfaces as.
+impl From<&ProviderError> for Reason {
+    fn from(e: &ProviderError) -> Reason {
+        match e {
+            ProviderError::Auth(_) => Reason::ProviderAuthFailed,
+            ProviderError::Rejected(_) => Reason::ProviderRejected,
+            ProviderError::NotFound(_) => Reason::ProviderNotFound,
+            ProviderError::RateLimited { .. } => Reason::RateLimited,
+            // A revoke not confirmed is transient like an outage: the revoke is tried again.
+            ProviderError::Unavailable(_)
+            | ProviderError::Malformed(_)
+            | ProviderError::Unconfirmed(_) => Reason::ProviderUnavailable,
+            ProviderError::Unsupported(_) => Reason::UnsupportedOperation,
+            // Nothing was sent: the provider object's base URL is what the policy refuses.
+            ProviderError::Refused(_) => Reason::InvalidProvider,
+        }
     }
 }
 
@@ -217,20 +231,32 @@ mod tests {
     use std::collections::BTreeSet;
 
     #[test]
-    fn every_provider_error_has_its_own_reason() {
+    fn every_provider_error_has_a_condition_reason() {
+        let s = String::new;
         let errors = [
-            ProviderError::Auth(String::new()),
-            ProviderError::Rejected(String::new()),
-            ProviderError::NotFound(String::new()),
-            ProviderError::RateLimited { retry_after: None },
-            ProviderError::Unavailable(String::new()),
-            ProviderError::Malformed(String::new()),
-            ProviderError::Unsupported(String::new()),
+            (ProviderError::Auth(s()), Reason::ProviderAuthFailed),
+            (ProviderError::Rejected(s()), Reason::ProviderRejected),
+            (ProviderError::NotFound(s()), Reason::ProviderNotFound),
+            (
+                ProviderError::RateLimited { retry_after: None },
+                Reason::RateLimited,
+            ),
+            (ProviderError::Unavailable(s()), Reason::ProviderUnavailable),
+            (ProviderError::Malformed(s()), Reason::ProviderUnavailable),
+            (
+                ProviderError::Unsupported(s()),
+                Reason::UnsupportedOperation,
+            ),
+            (ProviderError::Unconfirmed(s()), Reason::ProviderUnavailable),
+            (ProviderError::Refused(s()), Reason::InvalidProvider),
         ];
-        for e in errors {
-            let r = Reason::parse(e.reason());
-            assert!(r.is_some(), "{} is not a Reason", e.reason());
-            assert!(Reason::CONDITIONS.contains(&r.unwrap()));
+        for (e, want) in errors {
+            let r = Reason::from(&e);
+            assert_eq!(r, want, "{e:?}");
+            assert!(
+                Reason::CONDITIONS.contains(&r),
+                "{r} is not a condition reason"
+            );
         }
     }
 

@@ -12,7 +12,7 @@
 //!
 //! RBAC: `patch` to restart, and `get` to read the rollout status the grace period waits for.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -26,6 +26,9 @@ use sha2::{Digest, Sha256};
 use crate::api::{
     RestartKind, RestartTarget, RolloutTarget, FIELD_MANAGER, RESTARTED_AT_ANNOTATION,
 };
+
+/// How long the debouncer remembers a workload's last restart (see [`Debouncer::prune`]).
+pub const RESTART_MEMORY: Duration = Duration::from_secs(24 * 3600);
 
 /// How long a restart waits for more Secrets of the same burst before it goes.
 pub const DEBOUNCE_WINDOW: Duration = Duration::from_secs(5);
@@ -102,9 +105,14 @@ struct Slot {
     before: Option<(DateTime<Utc>, Option<i64>)>,
     /// The first request not covered by a restart yet.
     waiting_since: Option<DateTime<Utc>>,
+    /// The ApiKeys (`namespace/name`) that claimed a restart of it: when the last of them is
+    /// deleted, the workload is forgotten ([`Debouncer::forget`]).
+    claimants: BTreeSet<String>,
 }
 
-/// Restarts shared by every ApiKey of this process, keyed by (namespace, kind, name).
+/// Restarts shared by every ApiKey of this process, keyed by (namespace, kind, name). A
+/// workload is kept while an ApiKey that claimed a restart of it exists, and at most
+/// [`RESTART_MEMORY`] after its last restart (the sweep, [`Debouncer::prune`]).
 #[derive(Debug)]
 pub struct Debouncer {
     window: Duration,
@@ -148,6 +156,32 @@ impl Debouncer {
         slot.generation = None;
         slot.waiting_since = None;
         Claim::Patch
+    }
+
+    /// [`Debouncer::claim`] for the ApiKey `apikey` (`namespace/name`), which is recorded as a
+    /// claimant of the workload until it is forgotten.
+    pub fn claim_for(
+        &self,
+        key: &WorkloadKey,
+        apikey: &str,
+        changed_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Claim {
+        {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = slots.entry(key.clone()).or_default();
+            if !slot.claimants.contains(apikey) {
+                slot.claimants.insert(apikey.to_string());
+            }
+        }
+        self.claim(key, changed_at, now)
+    }
+
+    /// The ApiKey `apikey` is gone: it claims nothing any more, and a workload no other ApiKey
+    /// claimed is forgotten.
+    pub fn forget(&self, apikey: &str) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.retain(|_, s| !(s.claimants.remove(apikey) && s.claimants.is_empty()));
     }
 
     /// The patch of a claimed restart answered: the workload's template now has `generation`.
@@ -262,17 +296,19 @@ pub async fn patch(
     }
 }
 
-/// Restart `target` for a Secret changed at `changed_at`, through the shared debouncer.
+/// Restart `target` for a Secret of the ApiKey `apikey` (`namespace/name`) changed at
+/// `changed_at`, through the shared debouncer.
 pub async fn restart(
     client: &Client,
     debouncer: &Debouncer,
-    namespace: &str,
+    apikey: &str,
     target: &RestartTarget,
     changed_at: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Outcome {
+    let namespace = apikey.split_once('/').map_or(apikey, |(ns, _)| ns);
     let key = WorkloadKey::new(namespace, target);
-    match debouncer.claim(&key, changed_at, now) {
+    match debouncer.claim_for(&key, apikey, changed_at, now) {
         Claim::Covered(generation) => {
             return Outcome::Covered(RolloutTarget {
                 kind: target.kind,
@@ -450,6 +486,31 @@ mod tests {
             d.claim(&api, later, at(17)),
             Claim::Wait(Duration::from_secs(5))
         );
+    }
+
+    /// Issue 19: a workload restarted for an ApiKey stayed in the debouncer for a day after
+    /// the ApiKey was deleted. Now it goes with the last ApiKey that claimed it.
+    #[test]
+    fn a_workload_is_forgotten_with_the_last_apikey_that_claimed_it() {
+        let d = Debouncer::new(Duration::ZERO);
+        let t0 = t("2026-03-01T00:00:00Z");
+        let (api, worker) = (key("api"), key("worker"));
+        assert_eq!(d.claim_for(&api, "team-a/one", t0, t0), Claim::Patch);
+        d.patched(&api, GEN);
+        assert_eq!(
+            d.claim_for(&api, "team-a/two", t0, t0),
+            Claim::Covered(GEN),
+            "another ApiKey's restart covers it"
+        );
+        assert_eq!(d.claim_for(&worker, "team-a/two", t0, t0), Claim::Patch);
+        assert_eq!(d.len(), 2);
+        d.forget("team-a/one");
+        assert_eq!(d.len(), 2, "team-a/two still claims both");
+        assert_eq!(d.claim(&api, t0, t0), Claim::Covered(GEN), "kept as it was");
+        d.forget("team-a/two");
+        assert_eq!(d.len(), 0);
+        d.forget("team-a/never-claimed");
+        assert!(d.is_empty());
     }
 
     #[test]

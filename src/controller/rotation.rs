@@ -24,7 +24,7 @@ use crate::api::{
     ApiKeySpec, ApiKeyStatus, KeyLocation, PreviousKey, ProviderType, RolloutStatus,
     RotationInProgress,
 };
-use crate::providers::parse_duration;
+use crate::providers::{parse_duration, RotationStrategy};
 
 /// Grace period when `spec.rotation.gracePeriod` is not set.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
@@ -333,94 +333,44 @@ pub fn due(plan: &Plan, clock: &Clock, s: &State<'_>, now: DateTime<Utc>) -> Due
 /// How a rotation held by the create budget starts its message.
 pub const BUDGET_HELD: &str = "this ApiKey spent its create budget for the hour";
 
-/// How a provider rotates a key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Strategy {
-    /// Create a new key (with a `pendingCreate` marker), write it to the Secret, keep the old
-    /// key live for the grace period, then revoke it.
-    MintNewThenRevoke,
-    /// Regenerate in place (DigitalOcean): the old value dies at once, no grace period.
-    Regenerate,
-    /// Pushed keys (Bifrost provider keys): register the new value as a new key next to the
-    /// old one, which is deleted after the grace period.
-    RepushWithGrace,
-}
+/// How a key is rotated; which one a provider uses is its data
+/// ([`crate::providers::Capabilities::rotation`]).
+pub use crate::providers::Rotation as Strategy;
 
-impl Strategy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Strategy::MintNewThenRevoke => "mint a new key, then revoke the old one",
-            Strategy::Regenerate => "regenerate in place (the old value stops at once)",
-            Strategy::RepushWithGrace => "push the new value as a new key, then delete the old one",
-        }
-    }
-
-    /// Whether the old value outlives the rotation under keysmith's control (a previous key
-    /// with `deleteAfter`).
-    pub fn keeps_previous_key(self) -> bool {
-        matches!(
-            self,
-            Strategy::MintNewThenRevoke | Strategy::RepushWithGrace
-        )
-    }
-}
-
-/// Where the key is and how it came to be, for [`strategy`].
+/// How the key came to be, for [`strategy`].
 #[derive(Clone, Debug, Default)]
-pub struct KeyKind<'a> {
-    /// The key family (`status.keyScope.family`: DigitalOcean `model`/`agent`, Bifrost
-    /// `virtual`/`provider`).
-    pub family: &'a str,
+pub struct KeyKind {
     /// Adopted with `spec.keyRef`: a rotation must keep the key id the spec names.
     pub adopted: bool,
     /// Pushed from `spec.source`.
     pub pushed: bool,
 }
 
-/// How `provider` rotates this key, or the message of a `Ready=False, reason=UnsupportedField`
-/// condition saying why it cannot.
+/// How `provider` rotates this key, by its [`RotationStrategy`], or the message of a
+/// `Ready=False, reason=UnsupportedField` condition saying why it cannot.
 pub fn strategy(
     provider: ProviderType,
-    key: &KeyKind<'_>,
+    rotation: &RotationStrategy,
+    key: &KeyKind,
     plan: &Plan,
 ) -> Result<Strategy, String> {
-    if key.pushed {
-        return if provider == ProviderType::Bifrost {
-            Ok(Strategy::RepushWithGrace)
-        } else {
-            Err(format!(
-                "{provider} keys do not take a pushed value, so they cannot rotate from one"
-            ))
-        };
-    }
-    let adopted_elsewhere = || {
-        Err(format!(
-            "rotating an adopted key at {provider} would create a new key that spec.keyRef does not name: create an ApiKey without keyRef to have keysmith rotate it"
-        ))
+    let how = if key.pushed {
+        rotation.pushed.ok_or_else(|| {
+            format!("{provider} keys do not take a pushed value, so they cannot rotate from one")
+        })?
+    } else if key.adopted {
+        rotation.adopted.ok_or_else(|| {
+            format!(
+                "rotating an adopted key at {provider} would create a new key that spec.keyRef does not name: create an ApiKey without keyRef to have keysmith rotate it"
+            )
+        })?
+    } else {
+        rotation.minted
     };
-    match provider {
-        // Bifrost virtual keys too: keysmith does not call the gateway's rotate route.
-        ProviderType::OpenRouter
-        | ProviderType::Boltz
-        | ProviderType::UCloud
-        | ProviderType::Bifrost => {
-            if key.adopted {
-                adopted_elsewhere()
-            } else {
-                Ok(Strategy::MintNewThenRevoke)
-            }
-        }
-        ProviderType::DigitalOcean => {
-            if key.family == "agent" && !key.adopted {
-                // Agent keys can still be minted: a new key and a grace period beat a regenerate.
-                Ok(Strategy::MintNewThenRevoke)
-            } else if plan.allow_downtime {
-                Ok(Strategy::Regenerate)
-            } else {
-                Err("DigitalOcean can only rotate this key with regenerate, which stops the old value at once (no grace period): set spec.rotation.allowDowntime: true to rotate it anyway; rolloutRestartTargets restart right after".into())
-            }
-        }
+    if how == Strategy::Regenerate && !plan.allow_downtime {
+        return Err(format!("{provider} can only rotate this key with regenerate, which stops the old value at once (no grace period): set spec.rotation.allowDowntime: true to rotate it anyway; rolloutRestartTargets restart right after"));
     }
+    Ok(how)
 }
 
 /// The status record written with `pendingCreate` before the new key is asked for.

@@ -93,7 +93,7 @@ pub async fn reconcile_key_provider(
     p: Arc<KeyProvider>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    if !ctx.namespaced_providers && p.metadata.deletion_timestamp.is_none() {
+    if !ctx.settings.namespaced_providers && p.metadata.deletion_timestamp.is_none() {
         // `--namespaced-providers=false`: KeyProviders are not served (no verification, no
         // provider call), but one that was in use before is still let go once no ApiKey needs
         // it, instead of staying Terminating.

@@ -92,7 +92,7 @@ async fn spend_bf(bf: &RunningEmulator, id: &str, amount: f64, as_request: bool)
 /// interval, 10 s at least).
 async fn pass(env: &Env) -> budget::PassReport {
     for p in ["openrouter", "bifrost"] {
-        env.ctx.forget_listings(&format!(
+        env.ctx.listings.forget(&format!(
             "ClusterKeyProvider/{}",
             env.cluster_provider_name(p)
         ));
@@ -532,7 +532,7 @@ async fn a_key_budget_never_counts_or_throttles_a_key_of_another_namespace() {
     .unwrap();
     let budgets: Api<KeyBudget> = Api::namespaced(env.client.clone(), &env.ns);
     budgets.create(&PostParams::default(), &b).await.unwrap();
-    env.ctx.forget_listings(&format!(
+    env.ctx.listings.forget(&format!(
         "ClusterKeyProvider/{}",
         env.cluster_provider_name("openrouter")
     ));
@@ -585,7 +585,7 @@ async fn disable_at_the_cap_survives_the_sync_and_a_restart() {
     );
 
     assert_eq!(spend_or(&env, &id, 2.0, true).await, 200);
-    env.ctx.forget_listings(&provider);
+    env.ctx.listings.forget(&provider);
     let r = own_pass(&env).await;
     assert_eq!(r.updates, 1);
     assert!(or_key(&env, &id).await.2, "disabled at the provider");
@@ -613,7 +613,7 @@ async fn disable_at_the_cap_survives_the_sync_and_a_restart() {
         or_key(&env, &id).await.2,
         "not enabled before the budgets were added up"
     );
-    env.ctx.forget_listings(&provider);
+    env.ctx.listings.forget(&provider);
     own_pass(&env).await;
     assert!(env.ctx.budgets.settled());
     assert_eq!(env.ctx.budgets.held(), 1);
@@ -630,7 +630,7 @@ async fn disable_at_the_cap_survives_the_sync_and_a_restart() {
         )
         .await
         .unwrap();
-    env.ctx.forget_listings(&provider);
+    env.ctx.listings.forget(&provider);
     own_pass(&env).await;
     assert!(!or_key(&env, &id).await.2, "enabled again");
     assert_eq!(spend_or(&env, &id, 0.1, true).await, 200);
@@ -652,7 +652,7 @@ async fn key_budget(env: &Env, name: &str, team: &str, amount: &str, on_exceeded
 }
 
 async fn or_pass(env: &Env) -> budget::PassReport {
-    env.ctx.forget_listings(&format!(
+    env.ctx.listings.forget(&format!(
         "ClusterKeyProvider/{}",
         env.cluster_provider_name("openrouter")
     ));
@@ -753,7 +753,7 @@ fn next_month() -> chrono::DateTime<chrono::Utc> {
 
 /// A budget pass over this test's budgets as if the clock read `now`, on fresh listings.
 async fn or_pass_at(env: &Env, now: chrono::DateTime<chrono::Utc>) -> budget::PassReport {
-    env.ctx.forget_listings(&format!(
+    env.ctx.listings.forget(&format!(
         "ClusterKeyProvider/{}",
         env.cluster_provider_name("openrouter")
     ));
@@ -913,7 +913,8 @@ async fn refresh_cost_of_1000_keys_under_budgets() {
     for (label, fresh) in [("listing taken", true), ("listing shared", false)] {
         if fresh {
             env.ctx
-                .forget_listings(&format!("ClusterKeyProvider/{provider}"));
+                .listings
+                .forget(&format!("ClusterKeyProvider/{provider}"));
         }
         env.reset_provider_calls().await;
         env.take_writes();

@@ -20,7 +20,7 @@ use keysmith::api::{
     ProviderKind, ProviderRef,
 };
 use keysmith::controller::apikey;
-use keysmith::controller::Context;
+use keysmith::controller::{Context, Settings};
 use keysmith::emulators::RunningEmulator;
 use keysmith::metrics::Metrics;
 use keysmith::providers::ClientOptions;
@@ -207,6 +207,19 @@ pub fn test_client_options() -> ClientOptions {
     }
 }
 
+/// The settings of the tests' contexts: the operator's namespace `operator_ns`, short timeouts,
+/// and, since the emulators listen on loopback over http, the admin flags that let a tenant's
+/// KeyProvider reach them (the secure default is tested in tests/e2e_ssrf.rs).
+pub fn test_settings(operator_ns: &str) -> Settings {
+    Settings {
+        operator_namespace: operator_ns.to_string(),
+        reporter: "keysmith-test".into(),
+        namespaced_network: keysmith::providers::egress::NetworkPolicy::OPEN,
+        client_options: test_client_options(),
+        ..Settings::default()
+    }
+}
+
 impl Env {
     /// An Env holding `objects` (Secrets, KeyProviders, ClusterKeyProviders, ApiKeys, in the
     /// namespaces [`NS`], [`OPERATOR_NS`], [`OTHER_NS`], mapped to the test's own).
@@ -235,7 +248,7 @@ impl Env {
         let kube_faults = Arc::new(KubeFaults::default());
         let metrics = Arc::new(Metrics::new());
         let rbac_violations: Arc<Mutex<Vec<String>>> = Arc::default();
-        let mut ctx = Context::new(
+        let ctx = Context::new(
             instrumented(
                 cp.client().await,
                 rbac_violations.clone(),
@@ -243,18 +256,8 @@ impl Env {
                 kube_faults.clone(),
             ),
             metrics.clone(),
-            operator_ns.clone(),
-            "keysmith-test",
+            test_settings(&operator_ns),
         );
-        ctx.client_options = ClientOptions {
-            metrics: Some(metrics.provider.clone()),
-            // The gate on the context's Lease clock (fencing), as in `keysmith run`.
-            write_gate: ctx.client_options.write_gate.clone(),
-            ..test_client_options()
-        };
-        // The emulators listen on loopback over http: the admin flags that let a tenant's
-        // KeyProvider reach them (the secure default is tested in tests/e2e_ssrf.rs).
-        ctx.namespaced_network = keysmith::providers::egress::NetworkPolicy::OPEN;
         let env = Env {
             client,
             ctx: Arc::new(ctx),
@@ -281,7 +284,7 @@ impl Env {
     pub async fn restarted_context(&self) -> Arc<Context> {
         let cp = control_plane::shared().expect("the control plane runs");
         let metrics = Arc::new(Metrics::new());
-        let mut ctx = Context::new(
+        let ctx = Context::new(
             instrumented(
                 cp.client().await,
                 self.rbac_violations.clone(),
@@ -289,15 +292,8 @@ impl Env {
                 self.kube_faults.clone(),
             ),
             metrics.clone(),
-            self.operator_ns.clone(),
-            "keysmith-test",
+            test_settings(&self.operator_ns),
         );
-        ctx.client_options = ClientOptions {
-            metrics: Some(metrics.provider.clone()),
-            write_gate: ctx.client_options.write_gate.clone(),
-            ..test_client_options()
-        };
-        ctx.namespaced_network = keysmith::providers::egress::NetworkPolicy::OPEN;
         Arc::new(ctx)
     }
 

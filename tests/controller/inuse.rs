@@ -16,7 +16,7 @@ use keysmith::api::{
 };
 use keysmith::controller::apikey;
 use keysmith::controller::inuse::IN_USE_FINALIZER;
-use keysmith::controller::Context;
+use keysmith::controller::{Context, Settings};
 use keysmith::metrics::Metrics;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::Resource;
@@ -139,18 +139,15 @@ async fn namespace_mode_context(env: &Env) -> Arc<Context> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let metrics = Arc::new(Metrics::new());
-    let mut ctx = Context::new(
+    let ctx = Context::new(
         client,
-        metrics.clone(),
-        env.operator_ns.clone(),
-        "keysmith-nsmode",
+        metrics,
+        Settings {
+            reporter: "keysmith-nsmode".into(),
+            watch_namespaces: vec![env.ns.clone()],
+            ..test_settings(&env.operator_ns)
+        },
     );
-    ctx.client_options = keysmith::providers::ClientOptions {
-        metrics: Some(metrics.provider.clone()),
-        ..test_client_options()
-    };
-    ctx.namespaced_network = keysmith::providers::egress::NetworkPolicy::OPEN;
-    ctx.watch_namespaces = vec![env.ns.clone()];
     Arc::new(ctx)
 }
 
@@ -409,16 +406,15 @@ async fn without_namespaced_providers_a_key_provider_in_use_still_revokes_and_go
     env.create(&on_key_provider("k", "kp")).await;
     assert_eq!(ready(&env.converge("k", 6).await).0, "True");
     // The admin turns namespaced providers off (`--namespaced-providers=false`).
-    let mut ctx = Context::new(
+    let ctx = Arc::new(Context::new(
         env.client.clone(),
         Arc::new(Metrics::new()),
-        env.operator_ns.clone(),
-        "keysmith-clusteronly",
-    );
-    ctx.client_options = test_client_options();
-    ctx.namespaced_network = keysmith::providers::egress::NetworkPolicy::OPEN;
-    ctx.namespaced_providers = false;
-    let ctx = Arc::new(ctx);
+        Settings {
+            reporter: "keysmith-clusteronly".into(),
+            namespaced_providers: false,
+            ..test_settings(&env.operator_ns)
+        },
+    ));
     // The tenant deletes the KeyProvider first (it stays Terminating while in use), then the
     // ApiKey: its key is revoked through the KeyProvider that made it, and both go.
     let kps: Api<KeyProvider> = Api::namespaced(env.client.clone(), &env.ns);

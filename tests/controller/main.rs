@@ -11,6 +11,7 @@ mod digitalocean;
 mod fairness;
 mod fidelity;
 mod fixtures;
+mod forget;
 mod harness;
 mod history;
 mod inuse;

@@ -13,7 +13,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use keysmith::api::{
     ApiKey, ApiKeySpec, RestartKind, RestartTarget, RolloutTarget, RotationSpec, ROTATE_ANNOTATION,
 };
-use keysmith::controller::{apikey, Context};
+use keysmith::controller::{apikey, Context, Settings};
 use keysmith::metrics::Metrics;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -178,15 +178,17 @@ async fn a_change_just_after_a_restart_gets_a_restart_of_its_own() {
         .unwrap();
     // No debounce window: each new value restarts at once.
     let metrics = Arc::new(Metrics::new());
-    let mut ctx = Context::new(
+    let ctx = Arc::new(Context::new(
         env.client.clone(),
         metrics,
-        env.operator_ns.clone(),
-        "keysmith-nowindow",
-    );
-    ctx.client_options = test_client_options();
-    ctx.debouncer = keysmith::controller::restart::Debouncer::new(Duration::ZERO);
-    let ctx = Arc::new(ctx);
+        Settings {
+            reporter: "keysmith-nowindow".into(),
+            client_options: test_client_options(),
+            restart_debounce: Duration::ZERO,
+            operator_namespace: env.operator_ns.clone(),
+            ..Settings::default()
+        },
+    ));
     for name in ["a", "b"] {
         env.create(&apikey(name, "openrouter", restarting("web")))
             .await;

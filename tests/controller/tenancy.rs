@@ -145,8 +145,11 @@ async fn failed_creates_back_off_across_reconciles() {
     let fresh = Arc::new(keysmith::controller::Context::new(
         env.client.clone(),
         Arc::new(keysmith::metrics::Metrics::new()),
-        env.operator_ns.clone(),
-        "keysmith-test",
+        keysmith::controller::Settings {
+            operator_namespace: env.operator_ns.clone(),
+            reporter: "keysmith-test".into(),
+            ..Default::default()
+        },
     ));
     let ak = env.get("refused").await;
     let _ = apikey::reconcile(Arc::new(ak), fresh).await;
@@ -548,12 +551,8 @@ async fn a_burst_of_first_reconciles_marks_the_provider_object_once_without_conf
             .await,
         );
     }
-    let results = futures::future::join_all(
-        apikeys
-            .iter()
-            .map(|ak| keysmith::controller::inuse::protect(&env.ctx, ak)),
-    )
-    .await;
+    let results =
+        futures::future::join_all(apikeys.iter().map(|ak| env.ctx.in_use.protect(ak))).await;
     for r in &results {
         assert!(r.is_ok(), "a concurrent protect failed: {r:?}");
     }

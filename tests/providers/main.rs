@@ -9,4 +9,5 @@ mod fuzz;
 mod openapi;
 mod openrouter;
 mod private_ca;
+mod shared_layer;
 mod ucloud;

@@ -414,8 +414,10 @@ pub struct BifrostKeySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub description: Option<String>,
-    /// Virtual keys: which upstream providers (and their keys) the key may use. Empty: none
-    /// (Bifrost denies by default).
+    /// Virtual keys: which upstream providers (and their keys) the key may use. Empty (and
+    /// `models` empty): not managed by keysmith. At create the key then has no provider
+    /// configs, which Bifrost treats as "no provider allowed"; emptying the list later leaves
+    /// the gateway's configs as they are (remove them at the gateway, or list what to keep).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub provider_configs: Vec<BifrostProviderConfig>,
@@ -1057,7 +1059,55 @@ impl Expiry {
     }
 }
 
+/// The provider-specific block of an [`ApiKeySpec`], borrowed: the one place that decides
+/// which of `openrouter`, `boltz`, `ucloud`, `digitalocean` and `bifrost` is set. Match on it
+/// instead of testing the five `Option`s.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ProviderBlock<'a> {
+    OpenRouter(&'a OpenRouterKeySpec),
+    Boltz(&'a BoltzKeySpec),
+    UCloud(&'a UCloudKeySpec),
+    DigitalOcean(&'a DigitalOceanKeySpec),
+    Bifrost(&'a BifrostKeySpec),
+}
+
+impl ProviderBlock<'_> {
+    /// The provider the block is for (its field name is [`crate::ProviderType::as_str`]).
+    pub fn provider_type(&self) -> crate::ProviderType {
+        use crate::ProviderType;
+        match self {
+            ProviderBlock::OpenRouter(_) => ProviderType::OpenRouter,
+            ProviderBlock::Boltz(_) => ProviderType::Boltz,
+            ProviderBlock::UCloud(_) => ProviderType::UCloud,
+            ProviderBlock::DigitalOcean(_) => ProviderType::DigitalOcean,
+            ProviderBlock::Bifrost(_) => ProviderType::Bifrost,
+        }
+    }
+}
+
 impl ApiKeySpec {
+    /// Every provider-specific block that is set, in documentation order. The CRD admits at
+    /// most one; an object that carries more (written past the API server's validation) shows
+    /// them all, so that validation can name each.
+    pub fn provider_blocks(&self) -> impl Iterator<Item = ProviderBlock<'_>> {
+        [
+            self.openrouter.as_deref().map(ProviderBlock::OpenRouter),
+            self.boltz.as_deref().map(ProviderBlock::Boltz),
+            self.ucloud.as_deref().map(ProviderBlock::UCloud),
+            self.digitalocean
+                .as_deref()
+                .map(ProviderBlock::DigitalOcean),
+            self.bifrost.as_deref().map(ProviderBlock::Bifrost),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// The provider-specific block, if one is set (the first of [`Self::provider_blocks`]).
+    pub fn provider_block(&self) -> Option<ProviderBlock<'_>> {
+        self.provider_blocks().next()
+    }
+
     /// The expiry the spec asks for, if any; an error names the field and never panics.
     pub fn expiry(&self) -> Result<Option<Expiry>, String> {
         if let Some(at) = &self.expires_at {
@@ -1081,6 +1131,33 @@ impl ApiKeySpec {
 #[cfg(test)]
 mod expiry_tests {
     use super::*;
+
+    #[test]
+    fn the_provider_block_is_found_once() {
+        let mut spec = ApiKeySpec::default();
+        assert_eq!(spec.provider_block(), None);
+        spec.ucloud = Some(Box::new(UCloudKeySpec {
+            daily_limit_amount: Some("5".into()),
+            ..Default::default()
+        }));
+        match spec.provider_block() {
+            Some(ProviderBlock::UCloud(u)) => {
+                assert_eq!(u.daily_limit_amount.as_deref(), Some("5"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            spec.provider_block().map(|b| b.provider_type()),
+            Some(crate::ProviderType::UCloud)
+        );
+        // Two blocks (past the CRD's rule): both are shown, in documentation order.
+        spec.openrouter = Some(Default::default());
+        let types: Vec<_> = spec.provider_blocks().map(|b| b.provider_type()).collect();
+        assert_eq!(
+            types,
+            [crate::ProviderType::OpenRouter, crate::ProviderType::UCloud]
+        );
+    }
 
     #[test]
     fn expires_at_wins_over_ttl_and_bad_values_are_errors() {

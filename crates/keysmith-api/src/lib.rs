@@ -137,7 +137,7 @@ impl CredentialRef {
     }
 }
 
-impl ProviderConfig<'_> {
+impl<'a> ProviderConfig<'a> {
     /// Which provider this is.
     pub fn provider_type(&self) -> ProviderType {
         match self {
@@ -146,6 +146,30 @@ impl ProviderConfig<'_> {
             ProviderConfig::UCloud(_) => ProviderType::UCloud,
             ProviderConfig::DigitalOcean(_) => ProviderType::DigitalOcean,
             ProviderConfig::Bifrost(_) => ProviderType::Bifrost,
+        }
+    }
+
+    /// The base URL the provider object's client talks to: its `baseURL`, else the provider's
+    /// default (a Bifrost gateway has none: `baseURL` is required).
+    pub fn base_url(&self) -> &'a str {
+        match self {
+            ProviderConfig::OpenRouter(p) => p
+                .base_url
+                .as_deref()
+                .unwrap_or(OpenRouterProvider::DEFAULT_BASE_URL),
+            ProviderConfig::Boltz(p) => p
+                .base_url
+                .as_deref()
+                .unwrap_or(BoltzProvider::DEFAULT_BASE_URL),
+            ProviderConfig::UCloud(p) => p
+                .base_url
+                .as_deref()
+                .unwrap_or(UCloudProvider::DEFAULT_BASE_URL),
+            ProviderConfig::DigitalOcean(p) => p
+                .base_url
+                .as_deref()
+                .unwrap_or(DigitalOceanProvider::DEFAULT_BASE_URL),
+            ProviderConfig::Bifrost(p) => &p.base_url,
         }
     }
 

@@ -216,6 +216,11 @@ pub struct OpenRouterProvider {
     pub workspace_id: Option<String>,
 }
 
+impl OpenRouterProvider {
+    /// The base URL when `baseURL` is not set: the only server in OpenRouter's API description.
+    pub const DEFAULT_BASE_URL: &'static str = "https://openrouter.ai/api/v1";
+}
+
 /// Boltz compute API: workspace keys are created with an admin key (`sk_bc_admin_…`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -235,6 +240,11 @@ pub struct BoltzProvider {
     )]
     #[schemars(length(max = 128))]
     pub workspace_id: Option<String>,
+}
+
+impl BoltzProvider {
+    /// The base URL when `baseURL` is not set: the SDK's production environment.
+    pub const DEFAULT_BASE_URL: &'static str = "https://api.boltz.bio";
 }
 
 /// UCloud ModelVerse: signed requests with an API key pair.
@@ -261,6 +271,11 @@ pub struct UCloudProvider {
     pub region: Option<String>,
 }
 
+impl UCloudProvider {
+    /// The base URL when `baseURL` is not set: the management API of UCloud's China site (the Go SDK's default).
+    pub const DEFAULT_BASE_URL: &'static str = "https://api.ucloud.cn";
+}
+
 /// DigitalOcean Gradient: model and agent keys managed with an API token.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -271,6 +286,11 @@ pub struct DigitalOceanProvider {
     pub base_url: Option<String>,
     /// Secret key holding the DigitalOcean API token (needs the `genai:*` scopes).
     pub token_secret_ref: SecretKeySelector,
+}
+
+impl DigitalOceanProvider {
+    /// The base URL when `baseURL` is not set: the only server in DigitalOcean's API description.
+    pub const DEFAULT_BASE_URL: &'static str = "https://api.digitalocean.com";
 }
 
 /// A self-hosted Bifrost gateway.

@@ -151,6 +151,12 @@ impl BifrostClient {
                 supported: SUPPORTED,
                 mutable: MUTABLE,
                 secret_readable: true,
+                // Virtual keys mint a new key (the gateway's rotate route is not used); pushed
+                // provider keys take the new value as a new key.
+                rotation: RotationStrategy {
+                    pushed: Some(Rotation::RepushWithGrace),
+                    ..RotationStrategy::MINT
+                },
             },
         })
     }
@@ -163,31 +169,6 @@ impl BifrostClient {
         }
     }
 
-    /// Send a request and read the answer, whatever its status.
-    async fn raw(
-        &self,
-        operation: &'static str,
-        idem: Idempotency,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<HttpResponse, ProviderError> {
-        let auth = self.auth_header()?;
-        let url = self.http.url(path)?;
-        self.http
-            .send(operation, idem, || {
-                let mut b = self.http.request(method.clone(), &url);
-                if let Some(h) = &auth {
-                    b = b.header(reqwest::header::AUTHORIZATION, h.clone());
-                }
-                match body {
-                    Some(v) => b.json(v),
-                    None => b,
-                }
-            })
-            .await
-    }
-
     /// Send a request; non-2xx answers become typed errors.
     async fn call(
         &self,
@@ -197,12 +178,15 @@ impl BifrostClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<HttpResponse, ProviderError> {
-        self.call_with(operation, idem, method, path, body, None)
+        self.call_with(operation, idem, method, path, body, None, &[])
             .await
     }
 
-    /// [`Self::call`] for a request that carries `secret` (a pushed value): an error text
-    /// echoing it has it scrubbed before it is cut.
+    /// Bifrost's side of [`HttpClient::call_json`]: the admin `Authorization` header if the
+    /// gateway needs one, errors from its envelope. A request that carries `secret` (a pushed
+    /// value) has it scrubbed from an error text before the text is cut; the statuses in
+    /// `pass` come back for the caller to read.
+    #[allow(clippy::too_many_arguments)]
     async fn call_with(
         &self,
         operation: &'static str,
@@ -211,13 +195,20 @@ impl BifrostClient {
         path: &str,
         body: Option<&Value>,
         secret: Option<&SecretString>,
+        pass: &[StatusCode],
     ) -> Result<HttpResponse, ProviderError> {
-        let resp = self.raw(operation, idem, method, path, body).await?;
-        if resp.status.is_success() {
-            Ok(resp)
-        } else {
-            Err(error_with(&resp, secret))
-        }
+        let api = http::Api {
+            headers: self
+                .auth_header()?
+                .map(|h| (reqwest::header::AUTHORIZATION, h))
+                .into_iter()
+                .collect(),
+            error: &|r: &HttpResponse| error_with(r, secret),
+        };
+        let call = http::Call::new(operation, idem, &method, path)
+            .json(body)
+            .pass(pass);
+        self.http.call_json(call, &api).await
     }
 
     // ---- virtual keys -------------------------------------------------------------------------
@@ -491,6 +482,7 @@ impl BifrostClient {
                 &pk_path(provider, Some(id))?,
                 Some(body),
                 secret,
+                &[],
             )
             .await?;
         Ok(resp.json::<ProviderKeyJson>()?.into_key(provider))
@@ -538,12 +530,14 @@ impl BifrostClient {
             }
         }
         let resp = self
-            .raw(
+            .call_with(
                 "create_provider_key",
                 Idempotency::Unsafe,
                 Method::POST,
                 &pk_path(&provider, None)?,
                 Some(&body),
+                Some(value),
+                &[StatusCode::CONFLICT],
             )
             .await?;
         if resp.status.is_success() {
@@ -622,8 +616,8 @@ impl KeyBackend for BifrostClient {
             _ => LastUsedSource::NotReported,
         }
     }
-    fn clock_offset(&self) -> Option<chrono::Duration> {
-        self.http.clock_offset()
+    fn http(&self) -> Option<&HttpClient> {
+        Some(&self.http)
     }
     fn provider(&self) -> ProviderType {
         ProviderType::Bifrost

@@ -26,7 +26,7 @@ use super::*;
 use keysmith_api::{BoltzMode, BoltzProvider, LastUsedSource};
 
 /// Default base URL (the SDK's production environment).
-pub const DEFAULT_BASE_URL: &str = "https://api.boltz.bio";
+pub const DEFAULT_BASE_URL: &str = BoltzProvider::DEFAULT_BASE_URL;
 /// Largest page the list endpoint serves (`limit` 1–100).
 pub const MAX_PAGE_SIZE: usize = 100;
 
@@ -93,6 +93,7 @@ impl BoltzClient {
                 supported: SUPPORTED,
                 mutable: &[],
                 secret_readable: false,
+                rotation: RotationStrategy::MINT,
             },
         })
     }
@@ -114,6 +115,8 @@ impl BoltzClient {
         http::sensitive_header(self.token.expose_secret())
     }
 
+    /// Boltz's side of [`HttpClient::call_json`]: the token as `x-api-key`, errors from its
+    /// error body.
     async fn call(
         &self,
         operation: &'static str,
@@ -123,30 +126,23 @@ impl BoltzClient {
         query: &[(&str, String)],
         body: Option<&serde_json::Value>,
     ) -> Result<HttpResponse, ProviderError> {
-        let auth = self.auth_header()?;
-        let url = self.http.url(path)?;
-        let resp = self
-            .http
-            .send(operation, idempotency, || {
-                let mut b = self
-                    .http
-                    .request(method.clone(), &url)
-                    .header("x-api-key", auth.clone())
-                    .header(reqwest::header::ACCEPT, "application/json");
-                if !query.is_empty() {
-                    b = b.query(query);
-                }
-                if let Some(body) = body {
-                    b = b.json(body);
-                }
-                b
-            })
-            .await?;
-        if resp.status.is_success() {
-            Ok(resp)
-        } else {
-            Err(error_from(&resp))
-        }
+        let api = http::Api {
+            headers: vec![
+                (
+                    reqwest::header::HeaderName::from_static("x-api-key"),
+                    self.auth_header()?,
+                ),
+                (
+                    reqwest::header::ACCEPT,
+                    reqwest::header::HeaderValue::from_static("application/json"),
+                ),
+            ],
+            error: &error_from,
+        };
+        let call = http::Call::new(operation, idempotency, &method, path)
+            .query(query)
+            .json(body);
+        self.http.call_json(call, &api).await
     }
 }
 
@@ -353,8 +349,8 @@ impl KeyBackend for BoltzClient {
         // Every API key carries `last_used_at` (null until first used).
         LastUsedSource::Provider
     }
-    fn clock_offset(&self) -> Option<chrono::Duration> {
-        self.http.clock_offset()
+    fn http(&self) -> Option<&HttpClient> {
+        Some(&self.http)
     }
     fn provider(&self) -> ProviderType {
         ProviderType::Boltz

@@ -28,7 +28,7 @@ use super::*;
 use keysmith_api::DigitalOceanProvider;
 
 /// The only server in DigitalOcean's API description.
-pub const DEFAULT_BASE_URL: &str = "https://api.digitalocean.com";
+pub const DEFAULT_BASE_URL: &str = DigitalOceanProvider::DEFAULT_BASE_URL;
 /// Largest page DigitalOcean serves (the generic API maximum).
 pub const PAGE_SIZE: usize = 200;
 /// Scope family of model access keys (serverless inference).
@@ -48,6 +48,12 @@ const CAPS: Capabilities = Capabilities {
     supported: &[Field::DisplayName, Field::Extras, Field::KeyRef],
     mutable: &[Field::DisplayName],
     secret_readable: false,
+    // Agent keys can still be minted: a new key and a grace period beat a regenerate. An
+    // adopted key (every model key) keeps its id only through a regenerate.
+    rotation: RotationStrategy {
+        adopted: Some(Rotation::Regenerate),
+        ..RotationStrategy::MINT
+    },
 };
 
 /// Client of one DigitalOcean account (one API token).
@@ -88,7 +94,10 @@ impl DigitalOceanClient {
         })
     }
 
-    /// Send one request with the token; `body` as JSON when given.
+    /// DigitalOcean's side of [`HttpClient::call_json`]: the token as `Authorization: Bearer`,
+    /// errors from its `{"id", "message", "request_id"}` body, prefixed with `what` was being
+    /// done; the statuses in `pass` come back for the caller to read.
+    #[allow(clippy::too_many_arguments)]
     async fn call(
         &self,
         operation: &'static str,
@@ -96,22 +105,26 @@ impl DigitalOceanClient {
         method: Method,
         path: &str,
         body: Option<serde_json::Value>,
+        what: &str,
+        pass: &[reqwest::StatusCode],
     ) -> Result<HttpResponse, ProviderError> {
-        let auth = http::sensitive_header(&format!("Bearer {}", self.token.expose_secret()))?;
-        let url = self.http.url(path)?;
-        self.http
-            .send(operation, idempotency, || {
-                let b = self
-                    .http
-                    .request(method.clone(), &url)
-                    .header(AUTHORIZATION, auth.clone())
-                    .header(ACCEPT, "application/json");
-                match &body {
-                    Some(body) => b.json(body),
-                    None => b,
-                }
-            })
-            .await
+        let api = http::Api {
+            headers: vec![
+                (
+                    AUTHORIZATION,
+                    http::sensitive_header(&format!("Bearer {}", self.token.expose_secret()))?,
+                ),
+                (
+                    ACCEPT,
+                    reqwest::header::HeaderValue::from_static("application/json"),
+                ),
+            ],
+            error: &|r: &HttpResponse| error_for(r, what),
+        };
+        let call = http::Call::new(operation, idempotency, &method, path)
+            .json(body.as_ref())
+            .pass(pass);
+        self.http.call_json(call, &api).await
     }
 
     /// One key from an `{"api_key_info": …}` answer that must carry a fresh secret.
@@ -137,8 +150,8 @@ impl DigitalOceanClient {
 
 #[async_trait]
 impl KeyBackend for DigitalOceanClient {
-    fn clock_offset(&self) -> Option<chrono::Duration> {
-        self.http.clock_offset()
+    fn http(&self) -> Option<&HttpClient> {
+        Some(&self.http)
     }
     fn provider(&self) -> ProviderType {
         ProviderType::DigitalOcean
@@ -200,20 +213,17 @@ impl KeyBackend for DigitalOceanClient {
     }
 
     async fn verify(&self) -> Result<(), ProviderError> {
-        let resp = self
-            .call(
-                "verify",
-                Idempotency::Safe,
-                Method::GET,
-                &format!("{MODEL_KEYS}?per_page=1"),
-                None,
-            )
-            .await?;
-        if resp.status.is_success() {
-            Ok(())
-        } else {
-            Err(error_for(&resp, "checking the token"))
-        }
+        self.call(
+            "verify",
+            Idempotency::Safe,
+            Method::GET,
+            &format!("{MODEL_KEYS}?per_page=1"),
+            None,
+            "checking the token",
+            &[],
+        )
+        .await?;
+        Ok(())
     }
 
     async fn create(&self, settings: &KeySettings) -> Result<CreatedKey, ProviderError> {
@@ -226,16 +236,15 @@ impl KeyBackend for DigitalOceanClient {
                     Method::POST,
                     MODEL_KEYS,
                     Some(json!({ "name": settings.name })),
+                    "creating a model key",
+                    &[reqwest::StatusCode::GONE],
                 )
                 .await?;
-            if resp.status.as_u16() == 410 {
+            if resp.status == reqwest::StatusCode::GONE {
                 return Err(ProviderError::Unsupported(format!(
                     "{MODEL_CREATE_RETIRED} (DigitalOcean answered: {})",
                     error_detail(&resp)
                 )));
-            }
-            if !resp.status.is_success() {
-                return Err(error_for(&resp, "creating a model key"));
             }
             return Self::created(&resp, &scope);
         }
@@ -247,14 +256,10 @@ impl KeyBackend for DigitalOceanClient {
                 Method::POST,
                 &format!("/v2/gen-ai/agents/{agent}/api_keys"),
                 Some(json!({ "agent_uuid": scope.parent, "name": settings.name })),
+                &format!("creating a key for agent {}", scope.parent),
+                &[],
             )
             .await?;
-        if !resp.status.is_success() {
-            return Err(error_for(
-                &resp,
-                &format!("creating a key for agent {}", scope.parent),
-            ));
-        }
         Self::created(&resp, &scope)
     }
 
@@ -271,11 +276,16 @@ impl KeyBackend for DigitalOceanClient {
         };
         let path = format!("{}?page={page}&per_page={PAGE_SIZE}", collection(scope)?);
         let resp = self
-            .call("list", Idempotency::Safe, Method::GET, &path, None)
+            .call(
+                "list",
+                Idempotency::Safe,
+                Method::GET,
+                &path,
+                None,
+                &format!("listing {}", describe(scope)),
+                &[],
+            )
             .await?;
-        if !resp.status.is_success() {
-            return Err(error_for(&resp, &format!("listing {}", describe(scope))));
-        }
         let env: ListEnvelope = decode(&resp)?;
         let next = next_page(page, &env)?;
         let keys = env
@@ -313,11 +323,16 @@ impl KeyBackend for DigitalOceanClient {
             json!({ "api_key_uuid": id, "name": desired.name })
         };
         let resp = self
-            .call("update", Idempotency::Safe, Method::PUT, &path, Some(body))
+            .call(
+                "update",
+                Idempotency::Safe,
+                Method::PUT,
+                &path,
+                Some(body),
+                &format!("renaming key {id}"),
+                &[],
+            )
             .await?;
-        if !resp.status.is_success() {
-            return Err(error_for(&resp, &format!("renaming key {id}")));
-        }
         let env: InfoEnvelope = decode(&resp)?;
         let info = env.api_key_info.ok_or_else(|| {
             ProviderError::Malformed("the rename answer has no api_key_info".into())
@@ -327,15 +342,18 @@ impl KeyBackend for DigitalOceanClient {
 
     async fn revoke(&self, scope: &KeyScope, id: &str) -> Result<(), ProviderError> {
         let path = format!("{}/{}", collection(scope)?, segment(id, "key uuid")?);
-        let resp = self
-            .call("revoke", Idempotency::Safe, Method::DELETE, &path, None)
-            .await?;
         // 200 with the deleted key in the body; the body adds nothing keysmith needs.
-        if resp.status.is_success() {
-            Ok(())
-        } else {
-            Err(error_for(&resp, &format!("deleting key {id}")))
-        }
+        self.call(
+            "revoke",
+            Idempotency::Safe,
+            Method::DELETE,
+            &path,
+            None,
+            &format!("deleting key {id}"),
+            &[],
+        )
+        .await?;
+        Ok(())
     }
 
     async fn regenerate(&self, scope: &KeyScope, id: &str) -> Result<CreatedKey, ProviderError> {
@@ -347,11 +365,16 @@ impl KeyBackend for DigitalOceanClient {
         // Safe to repeat: a retry after a lost answer regenerates again and returns the value that
         // is live now (the lost one is dead either way).
         let resp = self
-            .call("regenerate", Idempotency::Safe, Method::PUT, &path, None)
+            .call(
+                "regenerate",
+                Idempotency::Safe,
+                Method::PUT,
+                &path,
+                None,
+                &format!("regenerating key {id}"),
+                &[],
+            )
             .await?;
-        if !resp.status.is_success() {
-            return Err(error_for(&resp, &format!("regenerating key {id}")));
-        }
         Self::created(&resp, scope)
     }
 

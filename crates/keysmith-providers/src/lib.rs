@@ -24,7 +24,7 @@ use secrecy::SecretString;
 
 use keysmith_api::{
     ApiKeySpec, BifrostKeySpec, BoltzKeySpec, DigitalOceanKeySpec, KeyProviderSpec, LastUsedSource,
-    LimitReset, OpenRouterKeySpec, ProviderType, UCloudKeySpec, Usage,
+    LimitReset, OpenRouterKeySpec, ProviderBlock, ProviderType, UCloudKeySpec, Usage,
 };
 
 /// Errors of a provider call. Messages come from the provider's error body (never from a
@@ -65,20 +65,6 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
-    /// The Ready condition reason this error surfaces as.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            ProviderError::Auth(_) => "ProviderAuthFailed",
-            ProviderError::Rejected(_) => "ProviderRejected",
-            ProviderError::NotFound(_) => "ProviderNotFound",
-            ProviderError::RateLimited { .. } => "RateLimited",
-            ProviderError::Unavailable(_) | ProviderError::Malformed(_) => "ProviderUnavailable",
-            ProviderError::Unsupported(_) => "UnsupportedOperation",
-            ProviderError::Unconfirmed(_) => "RevokeUnconfirmed",
-            ProviderError::Refused(_) => "InvalidProvider",
-        }
-    }
-
     /// Whether trying again later may succeed without anyone changing anything.
     pub fn is_transient(&self) -> bool {
         matches!(
@@ -171,6 +157,62 @@ pub struct Capabilities {
     pub mutable: &'static [Field],
     /// The provider returns the plaintext in list/get, so a lost Secret can be restored.
     pub secret_readable: bool,
+    /// How a key gets a new value, by how it came to be.
+    pub rotation: RotationStrategy,
+}
+
+/// How one key is rotated (given a new value).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rotation {
+    /// Create a new key (with a `pendingCreate` marker), write it to the Secret, keep the old
+    /// key live for the grace period, then revoke it.
+    MintNewThenRevoke,
+    /// Regenerate in place: the key keeps its id, the old value dies at once, no grace period.
+    Regenerate,
+    /// Pushed keys: register the new value as a new key next to the old one, which is deleted
+    /// after the grace period.
+    RepushWithGrace,
+}
+
+impl Rotation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rotation::MintNewThenRevoke => "mint a new key, then revoke the old one",
+            Rotation::Regenerate => "regenerate in place (the old value stops at once)",
+            Rotation::RepushWithGrace => "push the new value as a new key, then delete the old one",
+        }
+    }
+
+    /// Whether the old value outlives the rotation under keysmith's control (a previous key
+    /// with `deleteAfter`).
+    pub fn keeps_previous_key(self) -> bool {
+        matches!(
+            self,
+            Rotation::MintNewThenRevoke | Rotation::RepushWithGrace
+        )
+    }
+}
+
+/// How a provider rotates its keys ([`Capabilities::rotation`]): the controller reads this,
+/// never the provider's name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RotationStrategy {
+    /// A key keysmith minted.
+    pub minted: Rotation,
+    /// A key adopted with `spec.keyRef`, whose id must stay what the spec names. `None`: it
+    /// cannot be rotated (a new key would not be the one the spec names).
+    pub adopted: Option<Rotation>,
+    /// A key pushed from `spec.source`. `None`: the provider takes no pushed value.
+    pub pushed: Option<Rotation>,
+}
+
+impl RotationStrategy {
+    /// Mint a new key; adopted keys do not rotate; no pushed keys.
+    pub const MINT: RotationStrategy = RotationStrategy {
+        minted: Rotation::MintNewThenRevoke,
+        adopted: None,
+        pushed: None,
+    };
 }
 
 impl Capabilities {
@@ -236,23 +278,29 @@ impl KeySettings {
             }),
             None => None,
         };
-        Ok(KeySettings {
+        let mut settings = KeySettings {
             name,
             disabled: spec.disabled,
             expires_at,
             limit,
             allowed_ips: spec.allowed_ips.clone(),
             models: spec.models.clone(),
-            openrouter: spec.openrouter.as_deref().cloned(),
-            boltz: spec.boltz.as_deref().cloned(),
-            ucloud: spec.ucloud.as_deref().cloned(),
-            digitalocean: spec.digitalocean.as_deref().cloned(),
-            bifrost: spec.bifrost.as_deref().cloned(),
             attempt: None,
             uid: String::new(),
             key_ref: spec.key_ref.as_ref().map(|k| k.id.clone()),
             pushed: spec.source.is_some(),
-        })
+            ..Default::default()
+        };
+        for block in spec.provider_blocks() {
+            match block {
+                ProviderBlock::OpenRouter(b) => settings.openrouter = Some(b.clone()),
+                ProviderBlock::Boltz(b) => settings.boltz = Some(b.clone()),
+                ProviderBlock::UCloud(b) => settings.ucloud = Some(b.clone()),
+                ProviderBlock::DigitalOcean(b) => settings.digitalocean = Some(b.clone()),
+                ProviderBlock::Bifrost(b) => settings.bifrost = Some(b.clone()),
+            }
+        }
+        Ok(settings)
     }
 }
 
@@ -412,10 +460,14 @@ pub trait KeyBackend: Send + Sync {
     fn last_use(&self, _key: &ProviderKey) -> LastUsedSource {
         LastUsedSource::NotReported
     }
+    /// The client's HTTP layer (every provider client has one; a test double need not).
+    fn http(&self) -> Option<&http::HttpClient> {
+        None
+    }
     /// How far the provider's clock is ahead of ours, as its answers' `Date` headers say
     /// (crash recovery reads creation times in the provider's clock). `None`: not known.
     fn clock_offset(&self) -> Option<chrono::Duration> {
-        None
+        self.http().and_then(http::HttpClient::clock_offset)
     }
     /// Check the credentials with the cheapest authenticated call there is.
     async fn verify(&self) -> Result<(), ProviderError>;
@@ -783,33 +835,21 @@ pub fn build_backend(
         opts.rate_limit = Some((rl.requests_per_second, burst.max(1)));
     }
     use keysmith_api::ProviderConfig;
-    match spec
+    let config = spec
         .provider()
-        .ok_or("exactly one provider block must be set")?
-    {
+        .ok_or("exactly one provider block must be set")?;
+    opts.base_url = Some(config.base_url().to_string());
+    Ok(match config {
         ProviderConfig::OpenRouter(p) => {
-            opts.base_url = p.base_url.clone();
-            Ok(Arc::new(openrouter::OpenRouterClient::new(p, creds, opts)?))
+            Arc::new(openrouter::OpenRouterClient::new(p, creds, opts)?)
         }
-        ProviderConfig::Boltz(p) => {
-            opts.base_url = p.base_url.clone();
-            Ok(Arc::new(boltz::BoltzClient::new(p, creds, opts)?))
-        }
-        ProviderConfig::UCloud(p) => {
-            opts.base_url = p.base_url.clone();
-            Ok(Arc::new(ucloud::UCloudClient::new(p, creds, opts)?))
-        }
+        ProviderConfig::Boltz(p) => Arc::new(boltz::BoltzClient::new(p, creds, opts)?),
+        ProviderConfig::UCloud(p) => Arc::new(ucloud::UCloudClient::new(p, creds, opts)?),
         ProviderConfig::DigitalOcean(p) => {
-            opts.base_url = p.base_url.clone();
-            Ok(Arc::new(digitalocean::DigitalOceanClient::new(
-                p, creds, opts,
-            )?))
+            Arc::new(digitalocean::DigitalOceanClient::new(p, creds, opts)?)
         }
-        ProviderConfig::Bifrost(p) => {
-            opts.base_url = Some(p.base_url.clone());
-            Ok(Arc::new(bifrost::BifrostClient::new(p, creds, opts)?))
-        }
-    }
+        ProviderConfig::Bifrost(p) => Arc::new(bifrost::BifrostClient::new(p, creds, opts)?),
+    })
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use super::*;
 use keysmith_api::{LastUsedSource, OpenRouterProvider, UsageAmounts};
 
 /// The only server in OpenRouter's API description.
-pub const DEFAULT_BASE_URL: &str = "https://openrouter.ai/api/v1";
+pub const DEFAULT_BASE_URL: &str = OpenRouterProvider::DEFAULT_BASE_URL;
 
 /// `ProviderKey.extras` key of the `include_byok_in_limit` flag.
 pub const EXTRA_INCLUDE_BYOK: &str = "includeByokInLimit";
@@ -103,6 +103,7 @@ impl OpenRouterClient {
                 supported: SUPPORTED,
                 mutable: MUTABLE,
                 secret_readable: false,
+                rotation: RotationStrategy::MINT,
             },
             http,
             management_key,
@@ -133,6 +134,8 @@ impl OpenRouterClient {
         Ok(Value::Object(body))
     }
 
+    /// OpenRouter's side of [`HttpClient::call_json`]: the management key as
+    /// `Authorization: Bearer`, errors from its `{"error": {…}}` envelope.
     async fn call(
         &self,
         operation: &'static str,
@@ -142,32 +145,20 @@ impl OpenRouterClient {
         query: &[(&str, String)],
         body: Option<&Value>,
     ) -> Result<HttpResponse, ProviderError> {
-        let auth = http::sensitive_header(&format!(
-            "Bearer {}",
-            self.management_key.expose_secret().trim()
-        ))?;
-        let url = self.http.url(path)?;
-        let resp = self
-            .http
-            .send(operation, idempotency, || {
-                let mut b = self
-                    .http
-                    .request(method.clone(), &url)
-                    .header(AUTHORIZATION, auth.clone());
-                if !query.is_empty() {
-                    b = b.query(query);
-                }
-                if let Some(body) = body {
-                    b = b.json(body);
-                }
-                b
-            })
-            .await?;
-        if resp.status.is_success() {
-            Ok(resp)
-        } else {
-            Err(error_from_response(&resp))
-        }
+        let api = http::Api {
+            headers: vec![(
+                AUTHORIZATION,
+                http::sensitive_header(&format!(
+                    "Bearer {}",
+                    self.management_key.expose_secret().trim()
+                ))?,
+            )],
+            error: &error_from_response,
+        };
+        let call = http::Call::new(operation, idempotency, &method, path)
+            .query(query)
+            .json(body);
+        self.http.call_json(call, &api).await
     }
 
     async fn patch(&self, id: &str, body: &Value) -> Result<ProviderKey, ProviderError> {
@@ -189,12 +180,12 @@ impl OpenRouterClient {
 
 #[async_trait]
 impl KeyBackend for OpenRouterClient {
+    fn http(&self) -> Option<&HttpClient> {
+        Some(&self.http)
+    }
     fn last_use(&self, _key: &ProviderKey) -> LastUsedSource {
         // No `last_used_at`; every key reports its usage (credits, total and per period).
         LastUsedSource::UsageDelta
-    }
-    fn clock_offset(&self) -> Option<chrono::Duration> {
-        self.http.clock_offset()
     }
     fn provider(&self) -> ProviderType {
         ProviderType::OpenRouter

@@ -51,7 +51,7 @@ pub async fn adoption_allowed(ctx: &Context, ak: &ApiKey) -> Result<(), Failure>
         ));
     }
     if let Some(sel) = selector {
-        let labels = ctx.namespace_labels(&ns).await?;
+        let labels = super::super::resolve::namespace_labels(ctx, &ns).await?;
         let admitted = selector_matches(&sel, &labels)
             .map_err(|e| Failure::permanent(Reason::InvalidProvider, format!("{what}: {e}")))?;
         if !admitted {

@@ -12,9 +12,10 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Datelike, Utc};
+use chrono::{DateTime, Utc};
 
 use super::super::conditions::{remove_condition, set_condition};
+use super::super::period::Period;
 use super::super::rotation::Plan;
 use super::super::time;
 fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
@@ -41,19 +42,6 @@ pub enum Announce {
     ExpiringSoon {
         message: String,
     },
-}
-
-/// The limit period `now` falls in, as recorded in `status.alerts.usagePeriod`.
-pub fn period_of(reset: LimitReset, now: DateTime<Utc>) -> String {
-    match reset {
-        LimitReset::Daily => format!("daily:{}", now.format("%Y-%m-%d")),
-        LimitReset::Weekly => {
-            let w = now.iso_week();
-            format!("weekly:{}-W{:02}", w.year(), w.week())
-        }
-        LimitReset::Monthly => format!("monthly:{}", now.format("%Y-%m")),
-        LimitReset::Never => "never".into(),
-    }
 }
 
 /// A decimal amount as the status and spec write them; `None` for anything else (never a
@@ -125,7 +113,8 @@ fn usage(
         );
         return None;
     };
-    let period = period_of(reset, now);
+    // The limit period `now` falls in.
+    let period = Period::of_reset(Some(reset)).map_or_else(|| "never".into(), |p| p.label(now));
     let alerts = st.alerts.get_or_insert_with(Default::default);
     if alerts.usage_period.as_deref() != Some(period.as_str()) {
         alerts.usage_period = Some(period.clone());
@@ -283,7 +272,6 @@ impl Announce {
 mod tests {
     use super::*;
     use crate::api::{AlertsSpec, RotationSpec, SpendLimit, Usage};
-    use chrono::TimeZone;
 
     fn t(s: &str) -> DateTime<Utc> {
         parse_time(Some(s)).unwrap()
@@ -314,15 +302,6 @@ mod tests {
             .iter()
             .find(|c| c.type_ == ty)
             .map(|c| c.status.as_str())
-    }
-
-    #[test]
-    fn periods_follow_the_limit_reset() {
-        let now = Utc.with_ymd_and_hms(2026, 12, 6, 5, 0, 0).unwrap();
-        assert_eq!(period_of(LimitReset::Daily, now), "daily:2026-12-06");
-        assert_eq!(period_of(LimitReset::Weekly, now), "weekly:2026-W49");
-        assert_eq!(period_of(LimitReset::Monthly, now), "monthly:2026-12");
-        assert_eq!(period_of(LimitReset::Never, now), "never");
     }
 
     #[test]

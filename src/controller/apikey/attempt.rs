@@ -90,7 +90,7 @@ pub async fn rename_after_write(ctx: &Context, ak: &ApiKey, rn: &Rename) -> bool
         .await
     {
         Ok(key) => {
-            ctx.remember(&rn.p, &rn.scope, &key).await;
+            ctx.listings.remember(&rn.p, &rn.scope, &key).await;
             true
         }
         Err(e) => {

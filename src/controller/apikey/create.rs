@@ -235,7 +235,7 @@ async fn create_once(
     replacing: Option<LocatedKey>,
 ) -> Result<Ready, Failure> {
     let (r, v, existing) = (&s.r, &s.v, s.existing.as_ref());
-    if let Some((wait, message)) = r.ctx.creates_held(&r.p.id) {
+    if let Some((wait, message)) = r.ctx.create_holds.held(&r.p.id) {
         // The provider asked to wait (429 + Retry-After). Writing the marker anyway would be a
         // watch event that reconciles this ApiKey again at once, ignoring the requeue: a loop of
         // creates and status writes for as long as the provider keeps answering 429.
@@ -244,7 +244,7 @@ async fn create_once(
     // A Secret that cannot be written (quota, admission webhook, type change) is found before
     // a key is minted for it.
     dry_run(r.ctx, r.ak, existing).await?;
-    r.ctx.lease_allows(r.ctx.client_options.timeout)?;
+    r.ctx.lease_allows(r.ctx.settings.client_options.timeout)?;
     take_share(r)?;
     let attempt = crate::ids::random_hex(16);
     // A key created while a budget throttles or disables its group is created so, as the sync
@@ -272,7 +272,7 @@ async fn create_once(
                 retry_after: Some(wait),
             } = &e
             {
-                r.ctx.hold_creates(&r.p.id, *wait, e.to_string());
+                r.ctx.create_holds.hold(&r.p.id, *wait, e.to_string());
             }
             if !may_have_created(&e) {
                 // Nothing was created, so nothing to recover. Leaving the marker would make the
@@ -352,7 +352,7 @@ async fn deliver_created(
     st.pending_create = None;
     st.fields_needing_new_key.clear();
     st.key_scope = location(&v.scope);
-    r.ctx.remember(r.p, &v.scope, &created.key).await;
+    r.ctx.listings.remember(r.p, &v.scope, &created.key).await;
     Ok(())
 }
 

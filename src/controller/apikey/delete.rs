@@ -14,7 +14,7 @@ use kube::ResourceExt;
 
 use super::super::conditions::Readiness;
 use super::super::context::Context;
-use super::super::inuse::{holds_keys, release_if_unused, ProviderId};
+use super::super::inuse::{holds_keys, ProviderId, Release};
 use super::super::reasons::Reason;
 use super::super::secret::{self, SecretOwnership};
 use super::recover::recover;
@@ -30,7 +30,7 @@ pub async fn cleanup(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error
     if !orphan_it && nothing_created(&ak, &ctx).await? {
         // Nothing to revoke: the finalizer goes at once, even if the provider object or its
         // credentials are gone (or never existed).
-        ctx.track(&object_key(&ak), None);
+        ctx.forget(&object_key(&ak));
         return Ok(Action::await_change());
     }
     let read = ak.status.clone().unwrap_or_default();
@@ -53,8 +53,16 @@ pub async fn cleanup(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error
     // and credentials are free unless another ApiKey still needs them (without this a provider
     // object deleted first stayed Terminating).
     let p = ProviderId::of(&ak);
-    release_if_unused(&ctx, &p, ak.uid().as_deref()).await?;
-    ctx.track(&object_key(&ak), None);
+    if ctx
+        .in_use
+        .release_if_unused(&p, ak.uid().as_deref())
+        .await?
+        == Release::Gone
+    {
+        // The provider object was deleted first and waited for this ApiKey: it goes now.
+        ctx.forget_provider(&p.key());
+    }
+    ctx.forget(&object_key(&ak));
     Ok(Action::await_change())
 }
 
@@ -126,7 +134,7 @@ pub async fn revoke_accounted(
     st: &mut ApiKeyStatus,
     and_current: bool,
 ) -> Result<(), Failure> {
-    let p = ctx.resolve(ak).await?;
+    let p = super::super::resolve::resolve(ctx, ak).await?;
     let seen = ServerCopy::of(ak);
     let r = Reconciler {
         ak,

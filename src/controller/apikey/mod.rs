@@ -169,7 +169,7 @@ pub async fn reconcile(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Err
     let api: Api<ApiKey> = Api::namespaced(ctx.client.clone(), &ns);
     let started = std::time::Instant::now();
     // The watch cache may be behind this process's own last write (issue 11).
-    let Some(ak) = ctx.current_copy(ak).await? else {
+    let Some(ak) = ctx.write_log.current_copy(&ctx.client, ak).await? else {
         return Ok(Action::await_change());
     };
     if ak.metadata.deletion_timestamp.is_none() && ak.finalizers().is_empty() {
@@ -185,7 +185,8 @@ pub async fn reconcile(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Err
                 &Patch::Merge(&patch),
             )
             .await?;
-        ctx.wrote_apikey(&object_key(&ak), written.resource_version());
+        ctx.write_log
+            .wrote(&object_key(&ak), written.resource_version());
         ctx.metrics.kube_write("apikeys", "patch");
         count_reconcile(&ctx, "requeue");
         // The watch event of this patch reconciles the ApiKey next (the predicate passes a
@@ -237,10 +238,6 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(f)
 }
 
-fn backoff(failures: u32) -> Duration {
-    Duration::from_secs(1u64 << failures.min(8)).min(Duration::from_secs(300))
-}
-
 /// The requeue of a reconcile that worked from a copy older than the server's: the watch
 /// delivers the newer object, which is reconciled instead.
 fn stale(key: &str) -> Action {
@@ -275,12 +272,12 @@ async fn apply(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
                 ak.metadata.generation,
                 chrono::Utc::now(),
             );
-            ctx.clear_failures(&key);
+            ctx.backoff.succeeded(&key);
             if st.key_id.is_some() {
                 // Deleting this ApiKey will need the provider object and its credentials.
-                super::inuse::protect(&ctx, &ak).await?;
+                ctx.in_use.protect(&ak).await?;
             }
-            ctx.track(&key, Some(status::tracked(&st)));
+            ctx.gauges.track(&key, status::tracked(&st));
             if let Some(pk) = &ctx.metrics.per_key {
                 let provider = st.provider_type.as_deref().unwrap_or("unknown");
                 let sample = status::per_key_sample(&ak.spec, &st);
@@ -311,7 +308,7 @@ async fn apply(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
             )
             .await;
             let wait = count_failure(&ak, &ctx, f, changed);
-            ctx.track(&key, Some(status::tracked(&st)));
+            ctx.gauges.track(&key, status::tracked(&st));
             (jitter(wait), "error", written)
         }
     };
@@ -380,8 +377,8 @@ fn count_failure(ak: &ApiKey, ctx: &Context, f: &Failure, changed: bool) -> Dura
         tracing::warn!(apikey = %key, reason = f.reason.as_str(), message = %f.message, "ApiKey not ready");
     }
     if f.transient {
-        let n = ctx.record_failure(&key);
-        f.retry_after.unwrap_or_else(|| backoff(n))
+        let wait = ctx.backoff.failed(&key);
+        f.retry_after.unwrap_or(wait)
     } else {
         // Fixed by an edit (which triggers a reconcile) or by the provider object changing.
         Duration::from_secs(300)
@@ -395,7 +392,7 @@ async fn drive(
     st: &mut ApiKeyStatus,
     seen: &ServerCopy,
 ) -> Result<Ready, Failure> {
-    let p = match ctx.resolve(ak).await {
+    let p = match super::resolve::resolve(ctx, ak).await {
         Ok(p) => p,
         Err(e @ super::backends::ResolveError::ProviderNotAllowed(_))
             if !st.previous_keys.is_empty() =>
@@ -416,7 +413,7 @@ async fn drive(
     if let Err(f) = &result {
         if f.reason == Reason::ProviderAuthFailed {
             // Credentials may have been rotated: read them again next time.
-            ctx.forget_backend(&p.id);
+            ctx.backends.forget(&p.id);
         }
     }
     result
@@ -432,7 +429,7 @@ async fn retire_when_not_admitted(
     st: &mut ApiKeyStatus,
     seen: &ServerCopy,
 ) {
-    let Ok(p) = ctx.resolve_for_revoke(ak).await else {
+    let Ok(p) = super::resolve::resolve_for_revoke(ctx, ak).await else {
         return;
     };
     let r = Reconciler {
@@ -524,8 +521,7 @@ mod tests {
         let ctx = Arc::new(Context::new(
             offline_client(),
             metrics.clone(),
-            "keysmith-system".into(),
-            "test",
+            Default::default(),
         ));
         let mut ak = ApiKey::new("k", Default::default());
         ak.metadata.namespace = Some("team-a".into());
@@ -551,16 +547,6 @@ mod tests {
         assert!(text.contains(
             "controller_runtime_reconcile_errors_total{controller=\"apikey\",reason=\"KubernetesError\"} 1"
         ));
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_five_minutes() {
-        assert_eq!(backoff(1), Duration::from_secs(2));
-        assert_eq!(backoff(3), Duration::from_secs(8));
-        assert_eq!(
-            backoff(30),
-            Duration::from_secs(256).min(Duration::from_secs(300))
-        );
     }
 
     #[test]

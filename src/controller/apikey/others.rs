@@ -57,10 +57,12 @@ impl Others {
             out.pending_names.extend(part.pending_names);
             false
         };
-        match scan_apikeys(ctx, ApiKeyScope::Cluster, &mut add).await {
+        match scan_apikeys(&ctx.client, &ctx.settings, ApiKeyScope::Cluster, &mut add).await {
             Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 403 && !ctx.watch_namespaces.is_empty() => {
-                scan_apikeys(ctx, ApiKeyScope::Served, &mut add).await?;
+            Err(kube::Error::Api(e))
+                if e.code == 403 && !ctx.settings.watch_namespaces.is_empty() =>
+            {
+                scan_apikeys(&ctx.client, &ctx.settings, ApiKeyScope::Served, &mut add).await?;
                 out.partial = true;
             }
             Err(e) => return Err(e.into()),

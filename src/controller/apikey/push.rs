@@ -59,7 +59,7 @@ pub async fn push(s: &Step<'_>, st: &mut ApiKeyStatus) -> Result<Ready, Failure>
         fill_from_key(st, &key, r.p);
         st.source_version = src.version.clone();
         st.key_scope = location(scope);
-        r.ctx.remember(r.p, scope, &key).await;
+        r.ctx.listings.remember(r.p, scope, &key).await;
         let replaced = before.filter(|old| old.id != key.id || &old.at != scope);
         if let Some(old) = replaced.clone().filter(|_| rotating) {
             super::rotate::replaced_by_push(r, st, old).await?;

@@ -99,8 +99,8 @@ pub async fn recover(
     let created_since = created_since(pending, r.p.backend.clock_offset());
     // A listing begun after the interrupted create: once the attempt settled, one listing
     // serves every recovery of that time (issue 11); before that, a fresh one.
-    let since = settles_at(pending, r.ctx.client_options.timeout).min(Utc::now());
-    let slot = r.ctx.listing_since(r.p, scope, since).await?;
+    let since = settles_at(pending, r.ctx.settings.client_options.timeout).min(Utc::now());
+    let slot = r.ctx.listings.since(r.p, scope, since).await?;
     // What the listing says, read under its lock once (no copy of the listing is made).
     let (candidates, claim_tie, attempts) = {
         let snap = slot.lock().await;
@@ -182,7 +182,7 @@ pub async fn recover(
         st.key_id = Some(new);
         st.key_scope = location(scope);
     } else {
-        let settle = settles_at(pending, r.ctx.client_options.timeout);
+        let settle = settles_at(pending, r.ctx.settings.client_options.timeout);
         if let Ok(wait) = (settle - Utc::now()).to_std() {
             if !wait.is_zero() {
                 return Err(Failure::transient(

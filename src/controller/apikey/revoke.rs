@@ -29,7 +29,7 @@ pub async fn revoke_quietly(
         Err(ProviderError::NotFound(_)) => {}
         Err(e) => return Err(e),
     }
-    ctx.forget_key(p, scope, id).await;
+    ctx.listings.forget_key(p, scope, id).await;
     Ok(())
 }
 

@@ -208,7 +208,7 @@ async fn follow_rollout(
         match restart::restart(
             &r.ctx.client,
             &r.ctx.debouncer,
-            &ns,
+            &format!("{ns}/{}", r.ak.name_any()),
             &target,
             changed_at,
             now,

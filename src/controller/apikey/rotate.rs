@@ -157,14 +157,11 @@ pub async fn rotate(
         Due::No(_) | Due::Held(..) | Due::Ignored(..) => return Ok(None),
     };
     let kind = KeyKind {
-        family: st
-            .key_scope
-            .as_ref()
-            .map_or(v.scope.family.as_str(), |l| l.family.as_str()),
         adopted: v.settings.key_ref.is_some(),
         pushed: false,
     };
-    let how = strategy(r.p.provider_type, &kind, &plan)
+    let rotation = &r.p.backend.capabilities().rotation;
+    let how = strategy(r.p.provider_type, rotation, &kind, &plan)
         .map_err(|m| Failure::permanent(Reason::UnsupportedField, m))?;
     let old = LocatedKey {
         at: key_scope(st, &v.scope),

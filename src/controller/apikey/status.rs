@@ -11,7 +11,8 @@ use serde_json::Value;
 
 use super::super::backends::ResolvedProvider;
 use super::super::conditions::{is_ready, set_ready, Readiness};
-use super::super::context::{Context, Tracked};
+use super::super::context::Context;
+use super::super::gauges::Tracked;
 use super::super::reasons::Reason;
 use super::super::time::{self, ts};
 use super::Failure;
@@ -382,7 +383,8 @@ pub async fn write_status(
         )
         .await?;
     seen.wrote(written.resource_version(), after);
-    ctx.wrote_apikey(&super::object_key(ak), written.resource_version());
+    ctx.write_log
+        .wrote(&super::object_key(ak), written.resource_version());
     ctx.metrics.kube_write("apikeys/status", "patch");
     Ok(())
 }

@@ -23,7 +23,7 @@ pub async fn observe(
     fresh: bool,
 ) -> Result<Option<ProviderKey>, ProviderError> {
     if !fresh {
-        let slot = ctx.listing(p, scope, p.refresh_interval).await?;
+        let slot = ctx.listings.get(p, scope, p.refresh_interval).await?;
         let found = slot.lock().await.keys.get(id).map(|k| (**k).clone());
         if found.is_some() {
             return Ok(found);
@@ -33,7 +33,7 @@ pub async fn observe(
     match p.backend.get(scope, id).await {
         Ok(mut k) => {
             k.secret = None;
-            ctx.remember(p, scope, &k).await;
+            ctx.listings.remember(p, scope, &k).await;
             Ok(Some(k))
         }
         Err(ProviderError::NotFound(_)) => Ok(None),
@@ -83,7 +83,7 @@ pub async fn update_in_place(
                 .update(&key.at, &key.id, &desired, &mutable)
                 .await?;
         fill_from_key(st, &updated, r.p);
-        r.ctx.remember(r.p, &key.at, &updated).await;
+        r.ctx.listings.remember(r.p, &key.at, &updated).await;
         let fields: Vec<String> = mutable.iter().map(|f| field_path(*f, r.p)).collect();
         let note = format!("updated {} at {}", fields.join(", "), r.p.provider_type);
         r.event(EventType::Normal, Reason::KeyUpdated, "Update", note)
@@ -176,6 +176,7 @@ mod tests {
             supported: &[Field::DisplayName, Field::LimitAmount, Field::ExpiresAt],
             mutable: &[Field::DisplayName, Field::LimitAmount],
             secret_readable: false,
+            rotation: crate::providers::RotationStrategy::MINT,
         };
         let (m, i) = split_drift(
             vec![Field::DisplayName, Field::ExpiresAt, Field::LimitAmount],

@@ -108,17 +108,11 @@ pub fn unsupported_fields(ak: &ApiKey, provider: ProviderType, caps: &Capabiliti
     check(!s.allowed_ips.is_empty(), Field::AllowedIps);
     check(!s.models.is_empty(), Field::Models);
 
-    let blocks = [
-        (ProviderType::OpenRouter, s.openrouter.is_some()),
-        (ProviderType::Boltz, s.boltz.is_some()),
-        (ProviderType::UCloud, s.ucloud.is_some()),
-        (ProviderType::DigitalOcean, s.digitalocean.is_some()),
-        (ProviderType::Bifrost, s.bifrost.is_some()),
-    ];
-    for (p, set) in blocks {
-        if set && p != provider {
+    for block in s.provider_blocks() {
+        let p = block.provider_type();
+        if p != provider {
             out.push(format!("spec.{p} (this ApiKey's provider is {provider})"));
-        } else if set && !caps.supports(Field::Extras) {
+        } else if !caps.supports(Field::Extras) {
             out.push(format!("spec.{p}"));
         }
     }
@@ -152,6 +146,7 @@ mod tests {
         supported: &[Field::DisplayName, Field::LimitAmount],
         mutable: &[],
         secret_readable: false,
+        rotation: crate::providers::RotationStrategy::MINT,
     };
 
     #[test]

@@ -195,7 +195,7 @@ pub async fn apply(ctx: &Context, t: &Target<'_>) -> Result<bool, providers::Pro
         return Ok(false);
     }
     let updated = t.p.backend.update(t.scope, t.id, &wanted, &fields).await?;
-    ctx.remember(t.p, t.scope, &updated).await;
+    ctx.listings.remember(t.p, t.scope, &updated).await;
     let what = match (wanted.disabled, &wanted.limit) {
         (true, _) if fields.contains(&Field::Disabled) => "disabled by a budget".to_string(),
         (false, _) if fields.contains(&Field::Disabled) => "enabled again".to_string(),

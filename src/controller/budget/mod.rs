@@ -229,10 +229,11 @@ async fn list_budgets(ctx: &Context) -> Result<Vec<Budget>, kube::Error> {
     }
     let mut out = Vec::new();
     let lp = ListParams::default().limit(500);
-    let apis: Vec<Api<KeyBudget>> = if ctx.watch_namespaces.is_empty() {
+    let apis: Vec<Api<KeyBudget>> = if ctx.settings.watch_namespaces.is_empty() {
         vec![Api::all(ctx.client.clone())]
     } else {
-        ctx.watch_namespaces
+        ctx.settings
+            .watch_namespaces
             .iter()
             .map(|ns| Api::namespaced(ctx.client.clone(), ns))
             .collect()
@@ -244,7 +245,7 @@ async fn list_budgets(ctx: &Context) -> Result<Vec<Budget>, kube::Error> {
             Err(e) => return Err(e),
         }
     }
-    if ctx.watch_namespaces.is_empty() {
+    if ctx.settings.watch_namespaces.is_empty() {
         match Api::<ClusterKeyBudget>::all(ctx.client.clone())
             .list(&lp)
             .await
@@ -304,9 +305,15 @@ impl Listings {
         let k = (p.id.clone(), scope.clone());
         if !self.0.contains_key(&k) {
             let got = ctx
-                .listing(p, scope, p.refresh_interval)
+                .listings
+                .get(p, scope, p.refresh_interval)
                 .await
-                .map_err(|e| format!("its provider's listing failed ({})", e.reason()));
+                .map_err(|e| {
+                    format!(
+                        "its provider's listing failed ({})",
+                        super::reasons::Reason::from(&e)
+                    )
+                });
             self.0.insert(k.clone(), got);
         }
         match &self.0[&k] {
@@ -340,7 +347,7 @@ async fn view(
         r.name
     );
     if !listings.1.contains_key(&memo) {
-        let got = ctx.resolve(ak).await.map_err(|e| {
+        let got = super::resolve::resolve(ctx, ak).await.map_err(|e| {
             format!(
                 "its provider object cannot be used ({})",
                 e.reason().as_str()
@@ -419,7 +426,7 @@ pub async fn pass_over_at(
     };
     let mut all: Vec<ApiKey> = Vec::new();
     if !budgets.is_empty() || ctx.budgets.held() > 0 {
-        scan_apikeys(ctx, ApiKeyScope::Served, |page| {
+        scan_apikeys(&ctx.client, &ctx.settings, ApiKeyScope::Served, |page| {
             all.extend(
                 page.iter()
                     .filter(|a| a.metadata.deletion_timestamp.is_none())
@@ -440,7 +447,7 @@ pub async fn pass_over_at(
             let labels = if matches!(b, Budget::Cluster(_)) {
                 let ns = ak.namespace().unwrap_or_default();
                 if !ns_labels.contains_key(&ns) {
-                    let l = ctx.namespace_labels(&ns).await.ok();
+                    let l = super::resolve::namespace_labels(ctx, &ns).await.ok();
                     ns_labels.insert(ns.clone(), l);
                 }
                 ns_labels[&ns].as_ref()
@@ -741,7 +748,7 @@ async fn write_status(
 ) -> Result<bool, kube::Error> {
     let spec = b.spec();
     let old = b.status().cloned().unwrap_or_default();
-    let (start, end) = tally::period_bounds(spec.period, now);
+    let (start, end) = super::period::Period::from(spec.period).bounds(now);
     let start_s = super::time::ts(start);
     let same_period = old.period_start.as_deref() == Some(start_s.as_str());
     let before: Vec<f64> = if same_period {

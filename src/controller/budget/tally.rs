@@ -4,39 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
-
 use crate::api::{BudgetPeriod, LimitReset, NotMeasured, SpendPart, Usage, MAX_STATUS_ENTRIES};
 use crate::providers::decimal_from_f64;
-
-/// The current period `[start, end)` in UTC: midnight, Monday midnight, or the 1st of the month
-/// (OpenRouter's `usage_daily`/`usage_weekly`/`usage_monthly` reset on these boundaries).
-pub fn period_bounds(period: BudgetPeriod, now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
-    let day = now.date_naive();
-    let midnight =
-        |d: NaiveDate| Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).unwrap_or_default());
-    match period {
-        BudgetPeriod::Daily => {
-            let s = midnight(day);
-            (s, s + Duration::days(1))
-        }
-        BudgetPeriod::Weekly => {
-            let monday = day - Duration::days(i64::from(day.weekday().num_days_from_monday()));
-            let s = midnight(monday);
-            (s, s + Duration::days(7))
-        }
-        BudgetPeriod::Monthly => {
-            let first = NaiveDate::from_ymd_opt(day.year(), day.month(), 1).unwrap_or(day);
-            let next = if day.month() == 12 {
-                NaiveDate::from_ymd_opt(day.year() + 1, 1, 1)
-            } else {
-                NaiveDate::from_ymd_opt(day.year(), day.month() + 1, 1)
-            }
-            .unwrap_or(day);
-            (midnight(first), midnight(next))
-        }
-    }
-}
 
 /// The limit reset that counts spend over the same period as the budget.
 pub fn reset_of(period: BudgetPeriod) -> LimitReset {
@@ -238,32 +207,6 @@ mod tests {
             provider: provider.into(),
             spent,
         }
-    }
-
-    #[test]
-    fn periods_follow_utc_calendar_boundaries() {
-        // A Wednesday, late in the day.
-        let now = Utc.with_ymd_and_hms(2026, 12, 30, 23, 59, 59).unwrap();
-        let (s, e) = period_bounds(BudgetPeriod::Daily, now);
-        assert_eq!(s, Utc.with_ymd_and_hms(2026, 12, 30, 0, 0, 0).unwrap());
-        assert_eq!(e, Utc.with_ymd_and_hms(2026, 12, 31, 0, 0, 0).unwrap());
-        let (s, e) = period_bounds(BudgetPeriod::Weekly, now);
-        assert_eq!(
-            s,
-            Utc.with_ymd_and_hms(2026, 12, 28, 0, 0, 0).unwrap(),
-            "Monday"
-        );
-        assert_eq!(e, Utc.with_ymd_and_hms(2027, 1, 4, 0, 0, 0).unwrap());
-        let (s, e) = period_bounds(BudgetPeriod::Monthly, now);
-        assert_eq!(s, Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap());
-        assert_eq!(
-            e,
-            Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap(),
-            "December rolls over"
-        );
-        // A Monday at midnight starts its own week.
-        let monday = Utc.with_ymd_and_hms(2026, 12, 28, 0, 0, 0).unwrap();
-        assert_eq!(period_bounds(BudgetPeriod::Weekly, monday).0, monday);
     }
 
     #[test]

@@ -289,6 +289,27 @@ fn a_spent_create_budget_defers_a_rotation_and_an_interrupted_one_resumes() {
     ));
 }
 
+/// The rotation strategy a provider's client declares (its `Capabilities`), from a client built
+/// as the operator builds it (placeholder credentials; nothing is sent).
+fn declared(provider: ProviderType) -> RotationStrategy {
+    use crate::providers::{build_backend, ClientOptions, Credentials};
+    let block = match provider {
+        ProviderType::OpenRouter => "{managementKeySecretRef: {name: x, key: x}}",
+        ProviderType::Boltz => "{apiKeySecretRef: {name: x, key: x}}",
+        ProviderType::UCloud => "{publicKey: x, privateKeySecretRef: {name: x, key: x}}",
+        ProviderType::DigitalOcean => "{tokenSecretRef: {name: x, key: x}}",
+        ProviderType::Bifrost => "{baseURL: 'http://bifrost:8080'}",
+    };
+    let spec: crate::api::KeyProviderSpec =
+        serde_yaml::from_str(&format!("{provider}: {block}")).unwrap();
+    let mut creds = Credentials::default();
+    for r in spec.provider().unwrap().credential_refs() {
+        creds.0.insert(r.role.to_string(), "placeholder".into());
+    }
+    let backend = build_backend(&spec, creds, ClientOptions::default()).unwrap();
+    backend.capabilities().rotation
+}
+
 #[test]
 fn strategy_per_provider() {
     let p = Plan::default();
@@ -297,62 +318,62 @@ fn strategy_per_provider() {
         adopted: true,
         ..Default::default()
     };
+    let pushed = KeyKind {
+        pushed: true,
+        ..Default::default()
+    };
     for prov in [
         ProviderType::OpenRouter,
         ProviderType::Boltz,
         ProviderType::UCloud,
     ] {
-        assert_eq!(strategy(prov, &minted, &p), Ok(Strategy::MintNewThenRevoke));
-        assert!(strategy(prov, &adopted, &p)
+        let how = declared(prov);
+        assert_eq!(
+            strategy(prov, &how, &minted, &p),
+            Ok(Strategy::MintNewThenRevoke)
+        );
+        assert!(strategy(prov, &how, &adopted, &p)
             .unwrap_err()
             .contains("spec.keyRef"));
+        assert!(strategy(prov, &how, &pushed, &p)
+            .unwrap_err()
+            .contains("do not take a pushed value"));
     }
-    // DigitalOcean: regenerate only with allowDowntime; minted agent keys get a grace period.
-    let model = KeyKind {
-        family: "model",
-        adopted: true,
-        pushed: false,
-    };
-    let e = strategy(ProviderType::DigitalOcean, &model, &p).unwrap_err();
+    // DigitalOcean: an adopted key (every model key) regenerates, only with allowDowntime;
+    // minted (agent) keys get a grace period.
+    let d = ProviderType::DigitalOcean;
+    let how = declared(d);
+    let e = strategy(d, &how, &adopted, &p).unwrap_err();
     assert!(e.contains("allowDowntime: true"), "{e}");
     let down = Plan {
         allow_downtime: true,
         ..Plan::default()
     };
+    assert_eq!(strategy(d, &how, &adopted, &down), Ok(Strategy::Regenerate));
     assert_eq!(
-        strategy(ProviderType::DigitalOcean, &model, &down),
-        Ok(Strategy::Regenerate)
-    );
-    let agent = KeyKind {
-        family: "agent",
-        ..Default::default()
-    };
-    assert_eq!(
-        strategy(ProviderType::DigitalOcean, &agent, &p),
+        strategy(d, &how, &minted, &p),
         Ok(Strategy::MintNewThenRevoke)
     );
     // Bifrost virtual keys: mint new (keysmith does not call the gateway's rotate route); an
     // adopted one cannot rotate.
-    let vk = KeyKind {
-        family: "virtual",
-        ..Default::default()
-    };
     let b = ProviderType::Bifrost;
-    assert_eq!(strategy(b, &vk, &p), Ok(Strategy::MintNewThenRevoke));
-    assert_eq!(strategy(b, &vk, &down), Ok(Strategy::MintNewThenRevoke));
-    let avk = KeyKind {
-        family: "virtual",
-        adopted: true,
-        pushed: false,
-    };
-    assert!(strategy(b, &avk, &p).unwrap_err().contains("spec.keyRef"));
+    let how = declared(b);
+    assert_eq!(
+        strategy(b, &how, &minted, &p),
+        Ok(Strategy::MintNewThenRevoke)
+    );
+    assert_eq!(
+        strategy(b, &how, &minted, &down),
+        Ok(Strategy::MintNewThenRevoke)
+    );
+    assert!(strategy(b, &how, &adopted, &p)
+        .unwrap_err()
+        .contains("spec.keyRef"));
     // Bifrost provider keys (pushed): re-push with grace.
-    let pk = KeyKind {
-        family: "provider",
-        pushed: true,
-        adopted: false,
-    };
-    assert_eq!(strategy(b, &pk, &p), Ok(Strategy::RepushWithGrace));
+    assert_eq!(
+        strategy(b, &how, &pushed, &p),
+        Ok(Strategy::RepushWithGrace)
+    );
     assert!(Strategy::RepushWithGrace.keeps_previous_key());
     assert!(!Strategy::Regenerate.keeps_previous_key());
 }
