@@ -51,6 +51,10 @@ const LAST_REFRESH_EVERY: Duration = Duration::from_secs(300);
 /// Most budgets one pass adds up (the rest wait for a later pass, in name order).
 pub const MAX_BUDGETS: usize = 2000;
 
+/// Set once the operator was refused the listing of ClusterKeyBudgets (warned about once).
+static CLUSTER_BUDGETS_REFUSED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// A budget of either kind.
 enum Budget {
     Namespaced(KeyBudget),
@@ -245,15 +249,23 @@ async fn list_budgets(ctx: &Context) -> Result<Vec<Budget>, kube::Error> {
             Err(e) => return Err(e),
         }
     }
-    if ctx.settings.watch_namespaces.is_empty() {
-        match Api::<ClusterKeyBudget>::all(ctx.client.clone())
-            .list(&lp)
-            .await
-        {
-            Ok(l) => out.extend(l.items.into_iter().map(Budget::Cluster)),
-            Err(e) if absent(&e) => {}
-            Err(e) => return Err(e),
+    // ClusterKeyBudgets: in cluster mode, and in namespace mode when the operator's RBAC lets
+    // it list them (then they count the watched namespaces' ApiKeys only). Refused: said once.
+    match Api::<ClusterKeyBudget>::all(ctx.client.clone())
+        .list(&lp)
+        .await
+    {
+        Ok(l) => out.extend(l.items.into_iter().map(Budget::Cluster)),
+        Err(kube::Error::Api(r)) if r.code == 403 => {
+            if !CLUSTER_BUDGETS_REFUSED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                tracing::warn!(
+                    namespace_mode = !ctx.settings.watch_namespaces.is_empty(),
+                    "ClusterKeyBudgets are not served: the operator may not list clusterkeybudgets (in namespace mode, grant it with a ClusterRole for clusterkeybudgets list and clusterkeybudgets/status patch; see docs/budgets.md)"
+                );
+            }
         }
+        Err(e) if absent(&e) => {}
+        Err(e) => return Err(e),
     }
     out.retain(|b| match b {
         Budget::Namespaced(b) => b.metadata.deletion_timestamp.is_none(),
@@ -524,8 +536,15 @@ pub async fn pass_over_at(
                     .map(|i| key_of(&all[*i])),
             );
         }
-        if write_status(ctx, b, &fig, amount, enforcement, now).await? {
-            report.status_writes += 1;
+        match write_status(ctx, b, &fig, amount, enforcement, now).await {
+            Ok(true) => report.status_writes += 1,
+            Ok(false) => {}
+            // A status the operator may not write (a ClusterKeyBudget in namespace mode with
+            // list but not status rights) does not stop the other budgets.
+            Err(kube::Error::Api(r)) if r.code == 403 => {
+                tracing::warn!(budget = %b.name(), "a budget's status cannot be written (403): its figures are not reported");
+            }
+            Err(e) => return Err(e),
         }
         figures.push(BudgetFigures {
             namespace: b.namespace(),
