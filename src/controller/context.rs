@@ -13,10 +13,10 @@
 //! | [`WriteLog`] | ApiKey: this process's last write | `write_log.rs` |
 //! | [`Gauges`] | ApiKey: what it adds to the gauges | `gauges.rs` |
 //! | [`Debouncer`] | workload: its last restart, and the ApiKeys that claimed it | `restart.rs` |
+//! | [`Enforcements`] | ApiKey: what the budgets want of it (rebuilt by every pass) | `enforcements.rs` |
 //!
 //! Beside them: the Kubernetes client, the metrics, the Event recorder, the leader Lease's
-//! clock, the watch stores ([`ObjectCache`]) and what the budgets want of each key
-//! ([`Enforcements`], rebuilt by every budget pass).
+//! clock and the watch stores ([`ObjectCache`]).
 //!
 //! Deleting an ApiKey calls [`Context::forget`] (from `apikey/delete.rs`), deleting a provider
 //! object [`Context::forget_provider`] (from `provider.rs`); each calls every part's `forget`.
@@ -31,9 +31,9 @@ use kube::{Client, Resource};
 
 use super::backends::Backends;
 use super::backoff::Backoff;
-use super::budget::enforce::Enforcements;
 use super::cache::ObjectCache;
 use super::create_holds::CreateHolds;
+use super::enforcements::Enforcements;
 use super::fairness::FairShares;
 use super::gauges::Gauges;
 use super::inuse::InUse;
@@ -115,6 +115,7 @@ pub struct Kept {
     pub write_log: usize,
     pub gauges: usize,
     pub debouncer: usize,
+    pub budget_holds: usize,
 }
 
 #[cfg(any(test, feature = "test-hooks"))]
@@ -185,6 +186,7 @@ impl Context {
         self.write_log.forget(key);
         self.gauges.forget(key);
         self.debouncer.forget(key);
+        self.budgets.forget(key);
     }
 
     /// The provider object `id` (`KeyProvider/ns/name` or `ClusterKeyProvider/name`) is gone:
@@ -237,6 +239,7 @@ impl Context {
             write_log: self.write_log.len(),
             gauges: self.gauges.len(),
             debouncer: self.debouncer.len(),
+            budget_holds: self.budgets.held(),
         }
     }
 
@@ -402,6 +405,7 @@ mod tests {
                 write_log: 1,
                 gauges: 1,
                 debouncer: 1,
+                budget_holds: 0,
             }
         );
         c.forget(key);

@@ -11,6 +11,7 @@ pub(crate) mod conditions;
 pub(crate) mod context;
 pub(crate) mod create_holds;
 pub(crate) mod credentials;
+pub(crate) mod enforcements;
 pub(crate) mod error;
 pub(crate) mod fairness;
 pub(crate) mod gauges;

@@ -56,6 +56,9 @@ reasons! {
     CredentialsNotFound,
     /// The provider object is malformed.
     InvalidProvider,
+    /// The key was rotated outside keysmith and the Secret's value is stale (also an Event,
+    /// then also when keysmith wrote the provider's new value or rotated to a new key).
+    RotatedOutside,
     /// Provider objects: the provider accepted the credentials.
     CredentialsVerified,
     /// The provider refused the credentials.
@@ -176,6 +179,7 @@ impl Reason {
         Reason::ProviderNotAllowed,
         Reason::CredentialsNotFound,
         Reason::InvalidProvider,
+        Reason::RotatedOutside,
         Reason::CredentialsVerified,
         Reason::ProviderAuthFailed,
         Reason::ProviderRejected,

@@ -16,7 +16,7 @@ use super::backends::{
 };
 use super::context::Context;
 use super::credentials::{read_ca_bundle, read_credentials};
-use crate::api::{ApiKey, ClusterKeyProvider, KeyProvider, ProviderKind};
+use crate::api::{ApiKey, ClusterKeyProvider, KeyProvider, KeyProviderSpec, ProviderKind};
 use crate::providers;
 
 /// Resolve the provider object of an ApiKey (tenancy rule 6) and its backend.
@@ -128,11 +128,11 @@ pub async fn resolve_object(
     let config = spec.provider().ok_or_else(|| {
         ResolveError::InvalidProvider(format!("{id}: exactly one provider block must be set"))
     })?;
-    super::provider::check_base_url(&ctx.settings.allowed_base_url_hosts, &id, spec)
+    check_base_url(&ctx.settings.allowed_base_url_hosts, &id, spec)
         .map_err(ResolveError::InvalidProvider)?;
     if namespace.is_some() {
         // Before the credentials are read: a refused KeyProvider gets nothing.
-        super::provider::check_network(ctx.settings.namespaced_network, spec)
+        check_network(ctx.settings.namespaced_network, spec)
             .map_err(|e| ResolveError::InvalidProvider(format!("{id}: {e}")))?;
     }
     let refresh_interval = match &spec.refresh_interval {
@@ -188,4 +188,89 @@ pub async fn namespace_labels(
     }
     let nsobj = Api::<Namespace>::all(ctx.client.clone()).get(ns).await?;
     Ok(nsobj.labels().clone())
+}
+
+/// `--allowed-base-url-hosts`: when the list is not empty, a provider object may only talk to a
+/// host on it (exact, case-insensitive). Err is the InvalidProvider message (no call is made).
+pub fn check_base_url(allowed: &[String], id: &str, spec: &KeyProviderSpec) -> Result<(), String> {
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    // The URL the client would talk to (none: no block, so no client is built either).
+    let Some(base) = spec.provider().map(|p| p.base_url()) else {
+        return Ok(());
+    };
+    let host = url::Url::parse(base).ok().and_then(|u| {
+        u.host_str()
+            .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+    });
+    match host {
+        Some(h) if allowed.iter().any(|a| a.eq_ignore_ascii_case(&h)) => Ok(()),
+        Some(h) => Err(format!(
+            "{id}: base URL host {h} is not allowed by this installation (allowed: {})",
+            allowed.join(", ")
+        )),
+        None => Err(format!("{id}: the base URL is not a valid absolute URL")),
+    }
+}
+
+/// The network policy of namespaced KeyProviders, on the base URL itself (scheme, address
+/// literals, userinfo/query/fragment); the addresses a host name resolves to are checked when
+/// connecting (see `providers::egress`). Err is the InvalidProvider message.
+pub fn check_network(
+    policy: crate::providers::egress::NetworkPolicy,
+    spec: &KeyProviderSpec,
+) -> Result<(), String> {
+    // The URL the client would talk to (none: no block, so no client is built either).
+    let Some(base) = spec.provider().map(|p| p.base_url()) else {
+        return Ok(());
+    };
+    let url = crate::providers::http::parse_base_url(base)?;
+    crate::providers::egress::check_url(&url, policy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_url_hosts_outside_the_allow_list_are_refused() {
+        use crate::api::{BifrostProvider, OpenRouterProvider};
+        let allowed = vec!["openrouter.ai".to_string(), "gw.example.com".to_string()];
+        let or = |url: Option<&str>| KeyProviderSpec {
+            openrouter: Some(OpenRouterProvider {
+                base_url: url.map(Into::into),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            check_base_url(&[], "kp", &or(Some("http://evil.test"))),
+            Ok(())
+        );
+        // The default base URL counts: openrouter.ai is listed.
+        assert_eq!(check_base_url(&allowed, "kp", &or(None)), Ok(()));
+        assert_eq!(
+            check_base_url(&allowed, "kp", &or(Some("https://GW.example.com./v1"))),
+            Ok(())
+        );
+        let err =
+            check_base_url(&allowed, "kp", &or(Some("http://169.254.169.254/latest"))).unwrap_err();
+        assert!(
+            err.contains("169.254.169.254") && err.contains("not allowed"),
+            "{err}"
+        );
+        // A look-alike suffix is not the host.
+        assert!(
+            check_base_url(&allowed, "kp", &or(Some("https://openrouter.ai.evil.test"))).is_err()
+        );
+        let bifrost = KeyProviderSpec {
+            bifrost: Some(BifrostProvider {
+                base_url: "not a url".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(check_base_url(&allowed, "kp", &bifrost).is_err());
+    }
 }

@@ -3,6 +3,7 @@
 
 mod alerts;
 mod bifrost;
+mod bifrost_features;
 mod boltz;
 mod budget;
 mod crd_apply;

@@ -1094,3 +1094,171 @@ async fn provider_key_models_empty_is_deny_all_both_ways() {
     let fixed = c.update(&scope, &k.id, &s, &[Field::Models]).await.unwrap();
     assert_eq!(fixed.observed.models, Some(vec![]));
 }
+
+// ---- issue 20: provider-key status, virtual-key expiry, rotation outside keysmith -----------
+
+/// A provider key's `description` is the gateway's error/status text (published `Key` schema):
+/// keysmith neither sends the user's text there nor compares it, so a gateway that writes its
+/// own text is no drift; its non-OK `status` is reported instead.
+#[tokio::test]
+async fn provider_key_description_is_the_gateways_and_its_status_is_reported() {
+    let emu = start(bifrost::Args {
+        list_models_fails: true,
+        ..Default::default()
+    })
+    .await;
+    let c = open(&emu, opts());
+    let value = SecretString::from("sk-proj-upstream-described-0123456789");
+    let s = pushed("described", "uid-described", "openai");
+    let k = c.push(&s, &value, None).await.unwrap();
+    let got = c.get(&provider_scope("openai"), &k.id).await.unwrap();
+    assert_eq!(
+        drift(&c, &got, &s),
+        Vec::<Field>::new(),
+        "the gateway's text in description is not drift"
+    );
+    let problem = c.key_problem(&got).expect("list_models_failed is reported");
+    assert!(problem.contains("list_models_failed"), "{problem}");
+    assert!(problem.contains("401"), "the gateway's text: {problem}");
+    assert!(!problem.contains(value.expose_secret()));
+    // An update of the block leaves description alone.
+    let updated = c
+        .update(&provider_scope("openai"), &k.id, &s, &[Field::Extras])
+        .await
+        .unwrap();
+    assert_eq!(drift(&c, &updated, &s), Vec::<Field>::new());
+
+    // A healthy gateway: nothing reported, and the user's text was never sent.
+    let emu = start(bifrost::Args::default()).await;
+    let c = open(&emu, opts());
+    let k = c
+        .push(&pushed("quiet", "uid-quiet", "openai"), &value, None)
+        .await
+        .unwrap();
+    assert_eq!(c.key_problem(&k), None);
+    let keys = control_keys(&emu).await;
+    assert_eq!(keys["providerKeys"][0]["description"], "", "{keys}");
+    // Virtual keys report no such problem.
+    let vk = c.create(&vk_settings("vk-no-problem")).await.unwrap();
+    assert_eq!(c.key_problem(&vk.key), None);
+}
+
+/// Virtual-key `expires_at` (newer Bifrost): sent on create, observed, updated and cleared in
+/// place; the gateway refuses the key once it passed.
+#[tokio::test]
+async fn virtual_key_expiry_is_set_observed_and_enforced() {
+    let emu = start(bifrost::Args::default()).await;
+    let c = open(&emu, opts());
+    let at = |secs: i64| {
+        let t = chrono::Utc::now() + chrono::Duration::seconds(secs);
+        chrono::DateTime::from_timestamp(t.timestamp(), 0).unwrap()
+    };
+    let mut s = vk_settings("expiring");
+    s.expires_at = Some(at(3600));
+    let k = c.create(&s).await.unwrap();
+    assert_eq!(k.key.observed.expires_at, Some(s.expires_at));
+    let got = c.get(&virtual_scope(), &k.key.id).await.unwrap();
+    assert_eq!(got.observed.expires_at, Some(s.expires_at));
+    assert_eq!(drift(&c, &got, &s), Vec::<Field>::new());
+    let keys = control_keys(&emu).await;
+    assert!(keys["virtualKeys"][0]["expiresAt"].is_string(), "{keys}");
+
+    // A new expiry is drift, updated in place.
+    s.expires_at = Some(at(7200));
+    assert_eq!(drift(&c, &got, &s), vec![Field::ExpiresAt]);
+    assert!(c.capabilities().can_update(Field::ExpiresAt));
+    let updated = c
+        .update(&virtual_scope(), &k.key.id, &s, &[Field::ExpiresAt])
+        .await
+        .unwrap();
+    assert_eq!(updated.observed.expires_at, Some(s.expires_at));
+    // Cleared.
+    s.expires_at = None;
+    let cleared = c
+        .update(&virtual_scope(), &k.key.id, &s, &[Field::ExpiresAt])
+        .await
+        .unwrap();
+    assert_eq!(cleared.observed.expires_at, Some(None));
+
+    // Enforced: a key that expires in two seconds works, then is refused.
+    let mut short = vk_settings("short-lived");
+    short.expires_at = Some(at(2));
+    let k = c.create(&short).await.unwrap();
+    assert_eq!(inference(&emu, k.secret.expose_secret()).await, 200);
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    assert_eq!(inference(&emu, k.secret.expose_secret()).await, 403);
+
+    // A build without expiry ignores the field: an update says so instead of repeating.
+    let old = start(bifrost::Args {
+        no_vk_expiry: true,
+        ..Default::default()
+    })
+    .await;
+    let c = open(&old, opts());
+    let k = c.create(&vk_settings("old-build")).await.unwrap();
+    let mut s = vk_settings("old-build");
+    s.expires_at = Some(at(3600));
+    match c
+        .update(&virtual_scope(), &k.key.id, &s, &[Field::ExpiresAt])
+        .await
+    {
+        Err(ProviderError::Unsupported(m)) => assert!(m.contains("expires_at"), "{m}"),
+        other => panic!("expected Unsupported, got {:?}", other.map(|k| k.id)),
+    }
+}
+
+/// A virtual key rotated behind keysmith's back is recognised: by its value where list/get
+/// return it, by `rotated_at` where they do not.
+#[tokio::test]
+async fn a_virtual_key_rotated_outside_keysmith_is_recognised() {
+    let emu = start(bifrost::Args::default()).await;
+    let c = open(&emu, opts());
+    let k = c.create(&vk_settings("rotated-by-hand")).await.unwrap();
+    let since = k.key.created_at;
+    let got = c.get(&virtual_scope(), &k.key.id).await.unwrap();
+    assert_eq!(c.rotated_outside(&got, &k.secret, since), None);
+    let r = reqwest::Client::new()
+        .post(format!("{}/_emulator/rotate", emu.url()))
+        .json(&json!({ "vkId": k.key.id }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let got = c.get(&virtual_scope(), &k.key.id).await.unwrap();
+    let why = c
+        .rotated_outside(&got, &k.secret, since)
+        .expect("another value");
+    assert!(!why.contains(k.secret.expose_secret()), "{why}");
+    let new = got.secret.clone().expect("the gateway returns the value");
+    assert_ne!(new.expose_secret(), k.secret.expose_secret());
+    assert_eq!(c.rotated_outside(&got, &new, since), None, "the new value");
+    assert_eq!(inference(&emu, k.secret.expose_secret()).await, 401);
+
+    // Values hidden: rotated_at tells.
+    let emu = start(bifrost::Args {
+        hide_vk_values: true,
+        ..Default::default()
+    })
+    .await;
+    let c = open(&emu, opts());
+    let k = c.create(&vk_settings("rotated-hidden")).await.unwrap();
+    let since = k.key.created_at;
+    let got = c.get(&virtual_scope(), &k.key.id).await.unwrap();
+    assert!(got.hint.is_none() && got.secret.is_none());
+    assert_eq!(c.rotated_outside(&got, &k.secret, since), None);
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    reqwest::Client::new()
+        .post(format!("{}/_emulator/rotate", emu.url()))
+        .json(&json!({ "vkId": k.key.id }))
+        .send()
+        .await
+        .unwrap();
+    let got = c.get(&virtual_scope(), &k.key.id).await.unwrap();
+    let why = c
+        .rotated_outside(&got, &k.secret, since)
+        .expect("rotated_at after creation");
+    assert!(why.contains("rotated"), "{why}");
+    // keysmith's own later record of the value covers it.
+    let later = Some(chrono::Utc::now());
+    assert_eq!(c.rotated_outside(&got, &k.secret, later), None);
+}

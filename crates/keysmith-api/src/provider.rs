@@ -272,7 +272,8 @@ pub struct UCloudProvider {
 }
 
 impl UCloudProvider {
-    /// The base URL when `baseURL` is not set: the management API of UCloud's China site (the Go SDK's default).
+    /// The base URL when `baseURL` is not set: the management API of UCloud's China site (the
+    /// Go SDK's default).
     pub const DEFAULT_BASE_URL: &'static str = "https://api.ucloud.cn";
 }
 

@@ -539,6 +539,23 @@ pub trait KeyBackend: Send + Sync {
     fn workspace_drift(&self, _current: &ProviderKey) -> bool {
         false
     }
+    /// A problem the provider reports with `key` itself (Bifrost: a provider key whose model
+    /// listing failed), for a condition on the ApiKey; bounded, no secret. `None`: none reported.
+    fn key_problem(&self, _key: &ProviderKey) -> Option<String> {
+        None
+    }
+    /// Whether `key`, as the provider reports it, was rotated outside keysmith: its value (or
+    /// the hint of it) is no longer `held` (the value the Secret holds), or the provider
+    /// recorded a rotation after `since` (when keysmith got `held`). The reason, or `None`
+    /// (also when the provider cannot tell).
+    fn rotated_outside(
+        &self,
+        _key: &ProviderKey,
+        _held: &SecretString,
+        _since: Option<DateTime<Utc>>,
+    ) -> Option<String> {
+        None
+    }
 }
 
 /// Guards a pagination loop: at most [`http::MAX_PAGES`] pages, and a cursor the provider

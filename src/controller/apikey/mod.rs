@@ -32,7 +32,7 @@
 //! 6. [`recover`] an interrupted create (`status.pendingCreate`), the status written at once;
 //! 7. without a key: [`adopt`] (`spec.keyRef`) or [`create`];
 //! 8. with one: [`rotate`] when a rotation is due, else [`sync`] (which may [`restore`] a lost
-//!    value, re-adopt, or [`create`] a replacement);
+//!    value, re-adopt, take a value rotated [`outside`] keysmith, or [`create`] a replacement);
 //! 9. [`rollout`] after every success: restarts, the grace period's start, `nextRotationAt`;
 //! 10. [`status`]: the Ready condition (pure) and the one guarded write; then a key created under
 //!     its provisional name gets its display name ([`attempt::rename_after_write`]).
@@ -50,6 +50,7 @@ pub mod delete;
 pub mod deliver;
 pub mod dereference;
 pub mod others;
+pub mod outside;
 pub mod push;
 pub mod recover;
 pub mod restore;

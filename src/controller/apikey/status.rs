@@ -10,7 +10,7 @@ use kube::ResourceExt;
 use serde_json::Value;
 
 use super::super::backends::ResolvedProvider;
-use super::super::conditions::{is_ready, set_ready, Readiness};
+use super::super::conditions::{is_ready, remove_condition, set_condition, set_ready, Readiness};
 use super::super::context::Context;
 use super::super::gauges::Tracked;
 use super::super::reasons::Reason;
@@ -155,6 +155,33 @@ pub fn active_message(p: &ResolvedProvider, st: &ApiKeyStatus, secret_name: &str
 /// Copy what the provider reports into the status.
 pub fn fill_from_key(st: &mut ApiKeyStatus, k: &ProviderKey, p: &ResolvedProvider) {
     fill(st, k, p.backend.last_use(k), p.refresh_interval, Utc::now());
+    note_problem(st, p.backend.key_problem(k));
+}
+
+/// Condition type: the provider reports a problem with the key itself.
+pub const DEGRADED: &str = "Degraded";
+/// The reason of [`DEGRADED`].
+pub const PROVIDER_REPORTED_PROBLEM: &str = "ProviderReportedProblem";
+
+/// Set the [`DEGRADED`] condition to what the provider reports of the key (`problem`), or
+/// remove it when it reports none. It carries no generation: it is about the key, whatever
+/// the spec says.
+pub fn note_problem(st: &mut ApiKeyStatus, problem: Option<String>) {
+    match problem {
+        Some(m) => {
+            set_condition(
+                &mut st.conditions,
+                DEGRADED,
+                true,
+                PROVIDER_REPORTED_PROBLEM,
+                m,
+                None,
+            );
+        }
+        None => {
+            remove_condition(&mut st.conditions, DEGRADED);
+        }
+    }
 }
 
 /// [`fill_from_key`] with the provider's way of telling last use, its refresh interval and the

@@ -8,6 +8,7 @@ use super::super::context::Context;
 use super::super::limits;
 use super::super::reasons::Reason;
 use super::deliver::{ensure_secret, Delivery};
+use super::outside::{self, Outside};
 use super::status::{fill_from_key, Ready};
 use super::{create, key_scope, location, restore, Failure, LocatedKey, Step};
 use crate::api::{ApiKeyStatus, ImmutableChangePolicy};
@@ -119,6 +120,20 @@ pub async fn sync_existing(
     // The Secret must hold this key's value.
     let Some(value) = restore::value_to_deliver(s, &key).await? else {
         return restore::replace_or_readopt(s, st, key).await;
+    };
+    // ... the value the provider has now: the key may have been rotated outside keysmith.
+    let value = match outside::check(s, st, &current, &key, value).await? {
+        Outside::Same(v) | Outside::NewValue(v) => v,
+        Outside::Lost(why) if outside::rotates_on_loss(s) && v.settings.key_ref.is_none() => {
+            let note = format!(
+                "key {} was rotated outside keysmith ({why}); rotating to a new key (spec.rotation manages this key)",
+                key.id
+            );
+            r.event(EventType::Warning, Reason::RotatedOutside, "Rotate", note)
+                .await;
+            return create::create(s, st, Some(key)).await;
+        }
+        Outside::Lost(why) => return Err(outside::lost(s, &key, &why)),
     };
 
     let immutable = update_in_place(s, st, &current, &key).await?;
