@@ -1,14 +1,14 @@
 //! Reconcile benchmark: N ApiKeys reconciled in-process against the local Kubernetes API server
-//! (tests/common/control_plane.rs, as in tests/controller; no cluster needed) and the OpenRouter
+//! (`keysmith_testkit::control_plane`, as in tests/controller; no cluster needed) and the OpenRouter
 //! emulator, with the emulator's rate limit and latency. Writes are recorded by the tower layer
-//! of tests/common/kube_recorder.rs.
+//! of `keysmith_testkit::kube_recorder`.
 //!
 //! ```text
 //! cargo bench --bench reconcile                       # N=1000, 50 rps, 5ms
 //! BENCH_N=200 BENCH_RATE=50 BENCH_LATENCY=5ms cargo bench --bench reconcile
 //! ```
 //!
-//! Knobs (environment, shared with tests/e2e_bench.rs: tests/common/bench.rs): `BENCH_N` (1000),
+//! Knobs (environment, shared with tests/e2e_bench.rs: `keysmith_testkit::bench`): `BENCH_N` (1000),
 //! `BENCH_RATE` requests/s the emulator serves before answering 429 + Retry-After (50),
 //! `BENCH_LATENCY` added to every emulator answer (5ms), `BENCH_CONCURRENCY` reconciles in
 //! flight, like `keysmith run --concurrency` (16), `BENCH_REFRESH` the ClusterKeyProvider's
@@ -24,16 +24,7 @@
 //!
 //! Figures are printed, nothing is asserted; docs/performance.md records them.
 
-#[path = "../tests/common/apikey_status.rs"]
-mod apikey_status;
-#[path = "../tests/common/bench.rs"]
-mod bench;
-#[path = "../tests/common/control_plane.rs"]
-mod control_plane;
-#[path = "../tests/common/emulator_control.rs"]
-mod emulator_control;
-#[path = "../tests/common/kube_recorder.rs"]
-mod kube_recorder;
+use keysmith_testkit::{apikey_status, bench, control_plane, emulator_control, kube_recorder};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! A local Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager) for
-//! `scripts/demo.sh`: the same harness the e2e tests use (tests/common/control_plane.rs).
+//! `scripts/demo.sh`: the same harness the e2e tests use (`keysmith_testkit::control_plane`).
 //! Prints `KUBECONFIG=<path>` once the API server is ready, then runs until Ctrl-C, SIGTERM or
 //! the end of its standard input, and stops what it started.
 //!
@@ -7,8 +7,7 @@
 //! cargo run --example local-cluster            # then, in another shell: export KUBECONFIG=…
 //! ```
 
-#[path = "../tests/common/control_plane.rs"]
-mod control_plane;
+use keysmith_testkit::control_plane;
 
 use std::io::Write;
 

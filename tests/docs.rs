@@ -398,3 +398,88 @@ fn command_lines_in_the_docs_name_real_subcommands_and_flags() {
     );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// The README's "Where to look" table: its rows, as (what, paths named in the row).
+fn where_to_look() -> Vec<(String, Vec<String>)> {
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    let section = readme
+        .split("\n### Where to look\n")
+        .nth(1)
+        .expect("README.md has a \"### Where to look\" section");
+    let section = section.split("\n#").next().unwrap_or(section);
+    section
+        .lines()
+        .filter(|l| l.starts_with('|') && !l.starts_with("|---") && !l.starts_with("| what |"))
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split(" | ").collect();
+            let what = cells.first().copied().unwrap_or("").trim().to_string();
+            let paths = cells
+                .get(1)
+                .copied()
+                .unwrap_or("")
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_string)
+                .collect();
+            (what, paths)
+        })
+        .collect()
+}
+
+/// Every path the README's "Where to look" table names exists: a moved or renamed file fails
+/// this test, so the table cannot drift from the tree.
+#[test]
+fn every_path_in_the_where_to_look_table_exists() {
+    let rows = where_to_look();
+    assert!(rows.len() >= 20, "the table has {} rows", rows.len());
+    let mut missing = Vec::new();
+    for (what, paths) in &rows {
+        assert!(!paths.is_empty(), "the row {what:?} names no path");
+        for p in paths {
+            if !root().join(p).exists() {
+                missing.push(format!("{what}: {p}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "paths in README.md's \"Where to look\" that do not exist: {missing:#?}"
+    );
+}
+
+/// The table answers the questions people ask first (issue 19): each has a row.
+#[test]
+fn the_where_to_look_table_covers_the_usual_questions() {
+    let rows = where_to_look();
+    let topics = [
+        "delete",
+        "rotation due",
+        "retries and backoff",
+        "backoff of failed creates",
+        "backoff of failed reconciles",
+        "create",
+        "recover",
+        "adopt",
+        "push",
+        "rotate",
+        "budgets",
+        "limits",
+        "alerts",
+        "history",
+        "leader election",
+        "fairness",
+        "egress",
+        "metrics",
+        "emulators",
+        "CRD types",
+        "provider clients",
+        "testkit",
+    ];
+    let missing: Vec<&str> = topics
+        .iter()
+        .copied()
+        .filter(|t| !rows.iter().any(|(what, _)| what.contains(t)))
+        .collect();
+    assert!(missing.is_empty(), "no row for {missing:?}");
+}

@@ -1,15 +1,16 @@
 //! End-to-end tests against a real Kubernetes API server (KUBECONFIG), with `keysmith run` and
-//! `keysmith emulate openrouter` as child processes. Skipped (with a message) unless
-//! `KEYSMITH_E2E=1` and `KUBECONFIG` are set:
+//! `keysmith emulate openrouter` as child processes: the local control plane, or the cluster of
+//! `KUBECONFIG` with `KEYSMITH_E2E=1`. The tests are `#[ignore]`d (they need a control plane);
+//! `scripts/test.sh` runs them with `--ignored` (docs/testing.md):
 //!
 //! ```text
-//! KEYSMITH_E2E=1 KUBECONFIG=~/.kube/config cargo test --test e2e -- --test-threads=1
+//! cargo test --test e2e -- --ignored --test-threads=1
+//! KEYSMITH_E2E=1 KUBECONFIG=~/.kube/config cargo test --test e2e -- --ignored --test-threads=1
 //! ```
 //!
 //! See docs/e2e.md for what each test checks and what the cluster needs.
 
-#[path = "common/cluster.rs"]
-mod cluster;
+use keysmith_testkit::cluster;
 
 use std::time::{Duration, Instant};
 
@@ -32,11 +33,10 @@ fn limit_of(key: &Value) -> Option<f64> {
 }
 
 /// Create, deliver, verify at the provider, update, stay quiet, revoke on delete, orphan.
+#[ignore = "needs a Kubernetes control plane: runs with --ignored (docs/testing.md)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apikey_lifecycle() {
-    if !cluster::enabled("apikey_lifecycle", &[]) {
-        return;
-    }
+    cluster::require("apikey_lifecycle");
     let cluster = Cluster::start(
         "life",
         EmulatorOptions::default(),
@@ -240,11 +240,10 @@ async fn apikey_lifecycle() {
 
 /// Invariant 1 on a real API server: SIGKILL the operator while 20 ApiKeys are being created;
 /// after a restart every ApiKey is Ready with exactly one live key, the one its Secret holds.
+#[ignore = "needs a Kubernetes control plane: runs with --ignored (docs/testing.md)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_a_burst_of_creates_leaves_no_orphan() {
-    if !cluster::enabled("sigkill_during_a_burst_of_creates_leaves_no_orphan", &[]) {
-        return;
-    }
+    cluster::require("sigkill_during_a_burst_of_creates_leaves_no_orphan");
     const N: usize = 20;
     // 300 ms per provider answer and 2 reconciles at a time: the burst lasts seconds, so the
     // kill lands in the middle of it, with creates in flight at the provider.
@@ -333,11 +332,10 @@ async fn sigkill_during_a_burst_of_creates_leaves_no_orphan() {
 
 /// Two operators with --leader-elect: one holds the Lease and reconciles; SIGKILL it and the
 /// other takes the Lease once it expires and reconciles a new ApiKey.
+#[ignore = "needs a Kubernetes control plane: runs with --ignored (docs/testing.md)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_election_fails_over() {
-    if !cluster::enabled("leader_election_fails_over", &[]) {
-        return;
-    }
+    cluster::require("leader_election_fails_over");
     const LEASE_SECONDS: u64 = 6;
     let cluster = Cluster::start(
         "leader",
@@ -499,14 +497,16 @@ fn helm_binary() -> Option<std::path::PathBuf> {
 /// needed), a token of its ServiceAccount is obtained with the TokenRequest API, and the
 /// operator binary runs outside the cluster with only that identity, with leader election on the
 /// chart's Lease, through the create → update → delete scenario.
+#[ignore = "needs a Kubernetes control plane: runs with --ignored (docs/testing.md)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_charts_rbac_is_sufficient() {
-    if !cluster::enabled("the_charts_rbac_is_sufficient", &[]) {
-        return;
-    }
+    cluster::require("the_charts_rbac_is_sufficient");
     let Some(helm) = helm_binary() else {
-        eprintln!("skipping e2e the_charts_rbac_is_sufficient: no helm (run scripts/install-tools.sh or set HELM)");
-        return;
+        keysmith_testkit::skip::missing(
+            "helm",
+            "the_charts_rbac_is_sufficient",
+            "run scripts/install-tools.sh or set HELM",
+        );
     };
     let cluster = Cluster::start(
         "rbac",
@@ -622,11 +622,10 @@ async fn the_charts_rbac_is_sufficient() {
 /// The binary built by this `cargo test` starts a Kubernetes client: `keysmith run` against the
 /// cluster reaches `/readyz`, lists ApiKeys and reconciles one (a build that cannot choose a TLS
 /// crypto provider panics before its first request, which fails here).
+#[ignore = "needs a Kubernetes control plane: runs with --ignored (docs/testing.md)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_starts_a_kubernetes_client() {
-    if !cluster::enabled("the_binary_starts_a_kubernetes_client", &[]) {
-        return;
-    }
+    cluster::require("the_binary_starts_a_kubernetes_client");
     let cluster = Cluster::start(
         "client",
         EmulatorOptions::default(),
@@ -681,11 +680,10 @@ fn key_id(ak: &keysmith::api::ApiKey) -> String {
 
 const BOLTZ_ADMIN: &str = "sk_bc_admin_live_e2e0123456789abcdef";
 
+#[ignore = "needs a Kubernetes control plane: runs with --ignored (docs/testing.md)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boltz_create_replace_delete() {
-    if !cluster::enabled("boltz_create_replace_delete", &[]) {
-        return;
-    }
+    cluster::require("boltz_create_replace_delete");
     let setup = cluster::ProviderSetup {
         emulator: "boltz",
         emulator_args: ["--admin-key", BOLTZ_ADMIN, "--workspace", "ws_e2e"]
@@ -785,11 +783,10 @@ fn ucloud_spec(url: &str, ns: &str) -> Value {
     }})
 }
 
+#[ignore = "needs a Kubernetes control plane: runs with --ignored (docs/testing.md)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ucloud_create_update_delete_and_adopt() {
-    if !cluster::enabled("ucloud_create_update_delete_and_adopt", &[]) {
-        return;
-    }
+    cluster::require("ucloud_create_update_delete_and_adopt");
     let setup = cluster::ProviderSetup {
         emulator: "ucloud",
         emulator_args: [
@@ -923,11 +920,10 @@ async fn ucloud_create_update_delete_and_adopt() {
 const DO_TOKEN: &str = "dop_v1_e2e_token";
 const DO_AGENT: &str = "1b418231-b7d6-11ef-bf8f-4e013e2ddde4";
 
+#[ignore = "needs a Kubernetes control plane: runs with --ignored (docs/testing.md)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn digitalocean_agent_key_and_adopted_model_key() {
-    if !cluster::enabled("digitalocean_agent_key_and_adopted_model_key", &[]) {
-        return;
-    }
+    cluster::require("digitalocean_agent_key_and_adopted_model_key");
     let setup = cluster::ProviderSetup {
         emulator: "digitalocean",
         emulator_args: ["--token", DO_TOKEN, "--agent", DO_AGENT]
@@ -1051,11 +1047,10 @@ async fn digitalocean_agent_key_and_adopted_model_key() {
     drop(op);
 }
 
+#[ignore = "needs a Kubernetes control plane: runs with --ignored (docs/testing.md)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bifrost_virtual_keys_adoption_and_provider_key_push() {
-    if !cluster::enabled("bifrost_virtual_keys_adoption_and_provider_key_push", &[]) {
-        return;
-    }
+    cluster::require("bifrost_virtual_keys_adoption_and_provider_key_push");
     let setup = cluster::ProviderSetup {
         emulator: "bifrost",
         emulator_args: vec![],
@@ -1241,11 +1236,10 @@ async fn bifrost_virtual_keys_adoption_and_provider_key_push() {
 /// Owner references: the Secret of an ApiKey is garbage-collected by Kubernetes (not by the
 /// operator) once the ApiKey is gone. The operator is stopped first and the finalizer removed by
 /// hand, so only kube-controller-manager's garbage collector can delete the Secret.
+#[ignore = "needs a Kubernetes control plane: runs with --ignored (docs/testing.md)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_are_garbage_collected_with_their_apikey() {
-    if !cluster::enabled("secrets_are_garbage_collected_with_their_apikey", &[]) {
-        return;
-    }
+    cluster::require("secrets_are_garbage_collected_with_their_apikey");
     let cluster =
         Cluster::start("gc", EmulatorOptions::default(), ProviderOptions::default()).await;
     let c = &cluster;
@@ -1284,11 +1278,10 @@ const LOCAL_KEYPROVIDERS: [&str; 2] =
 
 /// Deleting a namespace that holds ApiKeys: each key is revoked at the provider, the finalizers
 /// are released and the namespace goes away (kube-controller-manager's namespace controller).
+#[ignore = "needs a Kubernetes control plane: runs with --ignored (docs/testing.md)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_namespace_revokes_its_keys() {
-    if !cluster::enabled("deleting_a_namespace_revokes_its_keys", &[]) {
-        return;
-    }
+    cluster::require("deleting_a_namespace_revokes_its_keys");
     let cluster = Cluster::start(
         "nsdel",
         EmulatorOptions::default(),
@@ -1391,14 +1384,10 @@ async fn deleting_a_namespace_revokes_its_keys() {
 /// operator while the rotations are in flight at the provider. Another operator finishes them:
 /// every ApiKey ends with exactly one current key (the Secret's), its replaced key live only
 /// inside its grace period, no orphan, and the replaced keys revoked once the grace ends.
+#[ignore = "needs a Kubernetes control plane: runs with --ignored (docs/testing.md)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_rotation_keeps_one_current_key_and_revokes_the_old_on_time() {
-    if !cluster::enabled(
-        "sigkill_mid_rotation_keeps_one_current_key_and_revokes_the_old_on_time",
-        &[],
-    ) {
-        return;
-    }
+    cluster::require("sigkill_mid_rotation_keeps_one_current_key_and_revokes_the_old_on_time");
     const N: usize = 10;
     const GRACE: u64 = 20;
     let cluster = Cluster::start(
@@ -1582,14 +1571,10 @@ async fn sigkill_mid_rotation_keeps_one_current_key_and_revokes_the_old_on_time(
 /// issue 8 item 5: an ApiKey and its KeyProvider applied before the provider's credentials
 /// Secret (as `kubectl apply -f dir/` does, alphabetically) are Ready within seconds of the
 /// Secret appearing: the operator watches the Secrets provider objects reference.
+#[ignore = "needs a Kubernetes control plane: runs with --ignored (docs/testing.md)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_apikey_is_ready_soon_after_its_credentials_secret_appears() {
-    if !cluster::enabled(
-        "an_apikey_is_ready_soon_after_its_credentials_secret_appears",
-        &[],
-    ) {
-        return;
-    }
+    cluster::require("an_apikey_is_ready_soon_after_its_credentials_secret_appears");
     let cluster = Cluster::start(
         "creds",
         EmulatorOptions::default(),
@@ -1652,14 +1637,10 @@ async fn an_apikey_is_ready_soon_after_its_credentials_secret_appears() {
 /// issue 10 item 7: cluster admins' control. `--namespaced-providers=false`: an ApiKey naming a
 /// KeyProvider reports ProviderNotAllowed. `--allowed-base-url-hosts`: a provider object whose
 /// base URL names another host is InvalidProvider and the provider is never called.
+#[ignore = "needs a Kubernetes control plane: runs with --ignored (docs/testing.md)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_flags_refuse_namespaced_providers_and_unlisted_hosts() {
-    if !cluster::enabled(
-        "admin_flags_refuse_namespaced_providers_and_unlisted_hosts",
-        &[],
-    ) {
-        return;
-    }
+    cluster::require("admin_flags_refuse_namespaced_providers_and_unlisted_hosts");
     let cluster = Cluster::start(
         "admin",
         EmulatorOptions::default(),

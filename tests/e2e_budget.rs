@@ -4,10 +4,9 @@
 //! not repeated by later passes), and `kubectl get keybudgets` / `clusterkeybudgets` show
 //! SPENT, LIMIT and % (the server-side Table kubectl prints).
 //!
-//! Needs the local control plane (see docs/e2e.md).
+//! Needs the local control plane (see docs/testing.md): `#[ignore]`d, run with `--ignored`.
 
-#[path = "common/cluster.rs"]
-mod cluster;
+use keysmith_testkit::cluster;
 
 use std::time::Duration;
 
@@ -102,14 +101,10 @@ async fn table(c: &Cluster, path: &str) -> (Vec<String>, Vec<Value>) {
     (cols, row)
 }
 
+#[ignore = "needs a Kubernetes control plane: runs with --ignored (docs/testing.md)"]
 #[tokio::test]
 async fn a_cluster_budget_across_openrouter_and_bifrost_in_two_namespaces() {
-    if !cluster::enabled(
-        "a_cluster_budget_across_openrouter_and_bifrost_in_two_namespaces",
-        &[],
-    ) {
-        return;
-    }
+    cluster::require("a_cluster_budget_across_openrouter_and_bifrost_in_two_namespaces");
     let fast = ProviderOptions {
         refresh_interval: Some("10s".into()),
         ..Default::default()

@@ -3,8 +3,7 @@
 //! Lease is replaced, and once resumed (SIGCONT) it makes no provider write and no Kubernetes
 //! write before it steps down (fencing). See docs/e2e.md.
 
-#[path = "common/cluster.rs"]
-mod cluster;
+use keysmith_testkit::cluster;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -88,14 +87,10 @@ async fn dead_holder_lease(c: &Cluster, name: &str, seconds: i32) {
 /// at about the same time and race for it. The leaders (by each one's `keysmith_leader` gauge)
 /// and the Lease's holder are polled many times: never more than one leader. Then the leader
 /// is SIGKILLed twice, and the survivors race again each time.
+#[ignore = "needs a Kubernetes control plane: runs with --ignored (docs/testing.md)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_racing_for_an_expired_lease_have_one_leader_at_a_time() {
-    if !cluster::enabled(
-        "replicas_racing_for_an_expired_lease_have_one_leader_at_a_time",
-        &[],
-    ) {
-        return;
-    }
+    cluster::require("replicas_racing_for_an_expired_lease_have_one_leader_at_a_time");
     const LEASE_SECONDS: u64 = 4;
     let cluster = Cluster::start(
         "race",
@@ -251,14 +246,10 @@ fn provider_writes(stats: &Value) -> BTreeMap<String, u64> {
 /// and the old one resumed (SIGCONT): with only the old one running, the emulator counts its
 /// provider writes and the Secrets' and ApiKeys' resourceVersions show its Kubernetes writes.
 /// Target: none; it steps down.
+#[ignore = "needs a Kubernetes control plane: runs with --ignored (docs/testing.md)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_paused_past_its_lease_writes_nothing_when_resumed() {
-    if !cluster::enabled(
-        "a_leader_paused_past_its_lease_writes_nothing_when_resumed",
-        &[],
-    ) {
-        return;
-    }
+    cluster::require("a_leader_paused_past_its_lease_writes_nothing_when_resumed");
     const LEASE_SECONDS: u64 = 8;
     // A slow provider: creates are in flight when the leader is paused; their answers wait in
     // its sockets (or its request timeouts expire) while it is stopped.

@@ -4,9 +4,9 @@
 //! it writes; the OpenRouter emulator is a pod of the same image behind a Service.
 //!
 //! The node (`../shared/k8s/node/up.sh`) is started once for the test binary and torn down when
-//! it exits (`tests/common/node.rs`). Without root or the node's packages the tests say so loudly
-//! and do not run; `scripts/test.sh` installs the packages and sets `KEYSMITH_REQUIRE_NODE=1`,
-//! so there they cannot skip. See docs/e2e.md ("A real node").
+//! it exits (`keysmith_testkit::node`). The tests are `#[ignore]`d: `scripts/test.sh` installs the
+//! node's packages and runs them with `--ignored` where the node can run; run so without root or
+//! the packages, a test fails and says why (docs/testing.md). See docs/e2e.md ("A real node").
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -17,10 +17,7 @@ use kube::api::{Api, DeleteParams, ListParams};
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
-#[path = "common/apikey_status.rs"]
-mod apikey_status;
-#[path = "common/node.rs"]
-mod node;
+use keysmith_testkit::node;
 
 use node::{eventually, eventually_or_logs, pod_ready, ready_since, Stage, BUSYBOX, TAG_A, TAG_B};
 
@@ -66,13 +63,10 @@ async fn lease_holder(s: &Stage) -> Option<String> {
 /// /readyz and the Lease agree); `helm upgrade` to a new image (another tag and digest) rolls both
 /// pods while a
 /// sampler polls every pod's /readyz: never two leaders at once.
+#[ignore = "needs a node (root, ../shared/k8s/node): runs with --ignored (docs/testing.md)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chart_installs_one_leader_and_upgrade_rolls_without_a_second_leader() {
-    let Some(n) =
-        node::enabled("chart_installs_one_leader_and_upgrade_rolls_without_a_second_leader")
-    else {
-        return;
-    };
+    let n = node::require("chart_installs_one_leader_and_upgrade_rolls_without_a_second_leader");
     let _serial = node::serial().await;
     let s = Stage::new(n, "chart", &["replicas=2"]).await;
 
@@ -365,11 +359,10 @@ async fn finished(s: &Stage, name: &str) -> (String, String) {
 /// An ApiKey becomes Ready with the operator in a pod; a workload pod mounts its Secret as a file
 /// and as env and calls the emulator (a pod behind a Service) with the key: accepted. The same
 /// pod with another value in the env is refused (the check is not vacuous).
+#[ignore = "needs a node (root, ../shared/k8s/node): runs with --ignored (docs/testing.md)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workload_pod_mounts_the_secret_and_calls_the_provider() {
-    let Some(n) = node::enabled("workload_pod_mounts_the_secret_and_calls_the_provider") else {
-        return;
-    };
+    let n = node::require("workload_pod_mounts_the_secret_and_calls_the_provider");
     let _serial = node::serial().await;
     let s = Stage::new(n, "mount", &["replicas=1"]).await;
     s.create_apikey("chat", json!({}));
@@ -411,13 +404,11 @@ async fn workload_pod_mounts_the_secret_and_calls_the_provider() {
 /// rollout's end, not the 10-minute bound), the old key works until after the new pods run and
 /// stops at deleteAfter, and the new pods stay Ready once it is gone (their env holds the new
 /// key).
+#[ignore = "needs a node (root, ../shared/k8s/node): runs with --ignored (docs/testing.md)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_restarts_the_workload_and_retires_the_old_key_after_new_pods_run() {
-    let Some(n) =
-        node::enabled("rotation_restarts_the_workload_and_retires_the_old_key_after_new_pods_run")
-    else {
-        return;
-    };
+    let n =
+        node::require("rotation_restarts_the_workload_and_retires_the_old_key_after_new_pods_run");
     let _serial = node::serial().await;
     let s = Stage::new(n, "rotate", &["replicas=1", "rolloutRestart.enabled=true"]).await;
     let grace = Duration::from_secs(20);
@@ -621,11 +612,10 @@ async fn rotation_restarts_the_workload_and_retires_the_old_key_after_new_pods_r
 
 /// Deleting the ApiKeys first, then `helm uninstall`: no key is left at the provider, and the
 /// operator's pods and Deployment are gone.
+#[ignore = "needs a node (root, ../shared/k8s/node): runs with --ignored (docs/testing.md)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_uninstall_after_deleting_apikeys_leaves_no_keys() {
-    let Some(n) = node::enabled("helm_uninstall_after_deleting_apikeys_leaves_no_keys") else {
-        return;
-    };
+    let n = node::require("helm_uninstall_after_deleting_apikeys_leaves_no_keys");
     let _serial = node::serial().await;
     let mut s = Stage::new(n, "uninstall", &["replicas=1"]).await;
     for name in ["a", "b", "c"] {

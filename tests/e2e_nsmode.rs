@@ -8,8 +8,7 @@
 //!
 //! Needs the local control plane (see docs/e2e.md) and helm (scripts/install-tools.sh).
 
-#[path = "common/cluster.rs"]
-mod cluster;
+use keysmith_testkit::cluster;
 
 use std::time::Duration;
 
@@ -58,19 +57,16 @@ impl Drop for HelmRelease {
     }
 }
 
+#[ignore = "needs a Kubernetes control plane: runs with --ignored (docs/testing.md)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_mode_with_cluster_providers_finishes_every_deletion() {
-    if !cluster::enabled(
-        "namespace_mode_with_cluster_providers_finishes_every_deletion",
-        &[],
-    ) {
-        return;
-    }
+    cluster::require("namespace_mode_with_cluster_providers_finishes_every_deletion");
     let Some(helm) = helm_binary() else {
-        eprintln!(
-            "skipping e2e namespace mode: no helm (run scripts/install-tools.sh or set HELM)"
+        keysmith_testkit::skip::missing(
+            "helm",
+            "the e2e namespace mode",
+            "run scripts/install-tools.sh or set HELM",
         );
-        return;
     };
     let cluster = Cluster::start(
         "nsmode",

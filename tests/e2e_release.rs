@@ -6,9 +6,9 @@
 //! pulled image) is Ready=True.
 //!
 //! The image is built from this test binary's own `keysmith` (as tests/e2e_node.rs does), so the
-//! run checks the code under test. Without root, the node scripts or the tools the test says so
-//! loudly and does not run; `KEYSMITH_REQUIRE_NODE=1` (scripts/test.sh, where the node can run)
-//! makes that a failure. It starts and stops the node itself: not at the same time as
+//! run checks the code under test. The test is `#[ignore]`d; run with `--ignored` (as
+//! scripts/test.sh does where the node can run) without root, the node scripts or the tools it
+//! fails and says which (docs/testing.md). It starts and stops the node itself: not at the same time as
 //! tests/e2e_node.rs (one node per machine; cargo runs test binaries one after the other).
 
 use std::path::{Path, PathBuf};
@@ -78,18 +78,10 @@ fn run(mut c: Command, log: &Path) -> (bool, String) {
 }
 
 #[test]
+#[ignore = "needs a node (root, ../shared/k8s/node): runs with --ignored (docs/testing.md)"]
 fn release_dry_run_reaches_a_ready_apikey_on_the_node() {
     if let Some(why) = missing() {
-        if std::env::var("KEYSMITH_REQUIRE_NODE").as_deref() == Ok("1") {
-            panic!("KEYSMITH_REQUIRE_NODE=1 but the release dry run cannot run on the node: {why}");
-        }
-        eprintln!(
-            "\n##########################################################################\n\
-             ##  NODE TEST NOT RUN: the release dry run onto the node\n##  {why}\n\
-             ##  (see docs/e2e.md, \"A real node\")\n\
-             ##########################################################################\n"
-        );
-        return;
+        keysmith_testkit::skip::missing("node", "the release dry run onto the node", &why);
     }
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-release");
     let _ = std::fs::remove_dir_all(&dir);

@@ -1,7 +1,7 @@
 //! Workload restarts on a real API server with kube-controller-manager: the restart annotation
 //! lands on a real Deployment, which rolls out a new ReplicaSet; without a kubelet the rollout
 //! never completes (why the grace period also starts after a bound); a missing workload is
-//! reported. Runs on the local control plane (tests/common/control_plane.rs, see docs/e2e.md).
+//! reported. Runs on the local control plane (`keysmith_testkit::control_plane`, see docs/e2e.md).
 
 use std::time::Duration;
 
@@ -13,8 +13,7 @@ use serde_json::json;
 use keysmith::api::{RestartKind, RestartTarget, RESTARTED_AT_ANNOTATION};
 use keysmith::controller::restart::{restart, rolled_out, Debouncer, Outcome};
 
-#[path = "common/control_plane.rs"]
-mod control_plane;
+use keysmith_testkit::control_plane;
 
 async fn replicasets(api: &Api<ReplicaSet>) -> Vec<ReplicaSet> {
     api.list(&ListParams::default().labels("app=chat"))

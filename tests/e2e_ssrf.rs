@@ -13,9 +13,8 @@ use kube::api::{Api, PostParams};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-#[path = "common/cluster.rs"]
-mod cluster;
 use cluster::{Cluster, EmulatorOptions, ProviderOptions};
+use keysmith_testkit::cluster;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -41,14 +40,10 @@ async fn counting_server() -> (u16, Arc<AtomicUsize>, tokio::task::JoinHandle<()
     (port, count, handle)
 }
 
+#[ignore = "needs a Kubernetes control plane: runs with --ignored (docs/testing.md)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_keyprovider_aimed_at_loopback_gets_nothing_by_default() {
-    if !cluster::enabled(
-        "a_tenant_keyprovider_aimed_at_loopback_gets_nothing_by_default",
-        &[],
-    ) {
-        return;
-    }
+    cluster::require("a_tenant_keyprovider_aimed_at_loopback_gets_nothing_by_default");
     let cluster = Cluster::start(
         "ssrf",
         EmulatorOptions::default(),

@@ -10,8 +10,7 @@
 //! `status.pendingCreate` (as a conflicting write or a SIGKILL at that moment would leave it),
 //! the test forges the Secret, then removes the policy and lets recovery run.
 
-#[path = "common/cluster.rs"]
-mod cluster;
+use keysmith_testkit::cluster;
 
 use std::time::Duration;
 
@@ -26,14 +25,10 @@ use cluster::{Cluster, EmulatorOptions, ProviderOptions};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
+#[ignore = "needs a Kubernetes control plane: runs with --ignored (docs/testing.md)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_key_id_annotation_never_hands_over_anothers_key() {
-    if !cluster::enabled(
-        "a_forged_key_id_annotation_never_hands_over_anothers_key",
-        &[],
-    ) {
-        return;
-    }
+    cluster::require("a_forged_key_id_annotation_never_hands_over_anothers_key");
     let cluster = Cluster::start(
         "takeover",
         EmulatorOptions {

@@ -1,5 +1,5 @@
 //! `kubectl-keysmith` (src/plugin/, docs/kubectl-plugin.md) against the real API server of the
-//! local control plane (tests/common/control_plane.rs, with kube-controller-manager: Deployments
+//! local control plane (`keysmith_testkit::control_plane`, with kube-controller-manager: Deployments
 //! get ReplicaSets and Pending pods).
 //!
 //! - `status_tree_and_read_commands`: ApiKeys, provider and Secret written by the test as an admin
@@ -7,12 +7,11 @@
 //!   `who-uses`, `expiring`, `top`, JSON/YAML output, exit codes, not-found and forbidden errors,
 //!   and `rotate` setting the annotation. The Secret's value never appears in any output.
 //! - `revoke_now_and_rotate_wait_with_the_operator`: the operator binary and the OpenRouter
-//!   emulator (tests/common/cluster.rs): `revoke-now` rotates with zero grace, the restart target
+//!   emulator (`keysmith_testkit::cluster`): `revoke-now` rotates with zero grace, the restart target
 //!   rolls out, the old key is revoked at the emulator, the grace period is restored; then
 //!   `rotate --wait --grace 2s` follows a rotation to the end.
 
-#[path = "common/cluster.rs"]
-mod cluster;
+use keysmith_testkit::cluster;
 
 use std::path::Path;
 use std::process::Output;
@@ -25,8 +24,8 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
 
-use cluster::control_plane;
 use keysmith::api::{ApiKey, ClusterKeyProvider};
+use keysmith_testkit::control_plane;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kubectl-keysmith");
 
@@ -120,11 +119,10 @@ async fn apikey_with_status(client: &Client, ns: &str, name: &str, spec: Value, 
     .unwrap_or_else(|e| panic!("status of {name}: {e}"));
 }
 
+#[ignore = "needs a Kubernetes control plane: runs with --ignored (docs/testing.md)"]
 #[tokio::test]
 async fn status_tree_and_read_commands() {
-    if !cluster::enabled("plugin status", &[]) {
-        return;
-    }
+    cluster::require("plugin status");
     let _serial = SERIAL.lock().await;
     let kc = cluster::kubeconfig();
     let client = control_plane::client_from(&kc).await;
@@ -574,11 +572,10 @@ async fn status_tree_and_read_commands() {
     let _ = std::fs::remove_file(&nobody);
 }
 
+#[ignore = "needs a Kubernetes control plane: runs with --ignored (docs/testing.md)"]
 #[tokio::test]
 async fn revoke_now_and_rotate_wait_with_the_operator() {
-    if !cluster::enabled("plugin revoke-now", &[]) {
-        return;
-    }
+    cluster::require("plugin revoke-now");
     let _serial = SERIAL.lock().await;
     let kc = cluster::kubeconfig();
     let c = cluster::Cluster::start(

@@ -11,8 +11,7 @@ use kube::api::Api;
 use kube::api::PostParams;
 use kube::Client;
 
-#[path = "common/control_plane.rs"]
-mod control_plane;
+use keysmith_testkit::control_plane;
 use serde_json::json;
 
 use keysmith::api::{RestartKind, RestartTarget, RESTARTED_AT_ANNOTATION};

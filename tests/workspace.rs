@@ -7,6 +7,8 @@
 //! - `keysmith-providers` never depends on the emulators.
 //! - The operator's code (everything in `src/` but `main.rs`, which hosts `keysmith emulate`)
 //!   never names the emulators.
+//! - `keysmith-testkit` (the cluster harness, the recorder, the scripted backend) is dev-only:
+//!   unpublished, and a dev-dependency wherever it is named, so production never builds it.
 
 use std::path::Path;
 use std::process::Command;
@@ -66,7 +68,7 @@ fn keysmith_crates(deps: &[(String, Vec<String>)]) -> Vec<&str> {
 }
 
 #[test]
-fn the_workspace_has_the_four_crates() {
+fn the_workspace_has_the_five_crates() {
     let meta = metadata();
     let mut members: Vec<&str> = meta["packages"]
         .as_array()
@@ -81,7 +83,8 @@ fn the_workspace_has_the_four_crates() {
             "keysmith",
             "keysmith-api",
             "keysmith-emulators",
-            "keysmith-providers"
+            "keysmith-providers",
+            "keysmith-testkit"
         ]
     );
 }
@@ -154,4 +157,36 @@ fn the_operator_code_never_names_the_emulators() {
         Vec::<String>::new(),
         "operator code uses an emulator"
     );
+}
+
+/// The test harness is dev-only: never published, and every workspace crate that names it names
+/// it as a dev-dependency (a normal or build dependency would put it in the shipped binary's
+/// graph). The operator does, for its tests, benchmarks and examples.
+#[test]
+fn the_testkit_is_a_dev_dependency_only() {
+    let meta = metadata();
+    let packages = meta["packages"].as_array().unwrap();
+    let testkit = packages
+        .iter()
+        .find(|p| p["name"] == "keysmith-testkit")
+        .expect("keysmith-testkit is a workspace member");
+    assert_eq!(
+        testkit["publish"],
+        serde_json::json!([]),
+        "keysmith-testkit has publish = false"
+    );
+    let mut named_by = Vec::new();
+    for p in packages {
+        for d in p["dependencies"].as_array().unwrap() {
+            if d["name"] == "keysmith-testkit" {
+                assert_eq!(
+                    d["kind"], "dev",
+                    "{} depends on keysmith-testkit as a {} dependency: only a dev-dependency may",
+                    p["name"], d["kind"]
+                );
+                named_by.push(p["name"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    assert_eq!(named_by, ["keysmith"]);
 }

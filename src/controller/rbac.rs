@@ -1,6 +1,6 @@
 //! The Kubernetes API permissions the controller uses: the one list both the Helm chart's RBAC
 //! (checked in `tests/chart.rs`) and the controller's actual requests (every request the
-//! controller tests make is classified by `tests/common/kube_recorder.rs` and must be in
+//! controller tests make is classified by `keysmith_testkit::kube_recorder` and must be in
 //! [`PERMISSIONS`]) are held against.
 
 /// One resource and the verbs used on it.

@@ -1,5 +1,5 @@
 //! Test environment: the local Kubernetes API server of this test binary
-//! (tests/common/control_plane.rs) with the CRDs, namespaces of the test's own, a provider
+//! (`keysmith_testkit::control_plane`) with the CRDs, namespaces of the test's own, a provider
 //! emulator on loopback, and a controller context pointed at both. Every write the controller
 //! makes is recorded, Secret writes can be failed, and every request is checked against the RBAC
 //! the chart grants: a tower layer in front of the real client does all three.
@@ -25,18 +25,11 @@ use keysmith::emulators::RunningEmulator;
 use keysmith::metrics::Metrics;
 use keysmith::providers::ClientOptions;
 
-#[path = "../common/kube_recorder.rs"]
-mod kube_recorder;
-use kube_recorder::instrumented;
-pub use kube_recorder::{KubeFaults, Writes};
-#[path = "../common/apikey_status.rs"]
-mod apikey_status;
-#[path = "../common/control_plane.rs"]
-pub mod control_plane;
-pub use apikey_status::ready;
-#[path = "../common/emulator_control.rs"]
-mod emulator_control;
-pub use emulator_control::EmulatorControl;
+pub use keysmith_testkit::apikey_status::ready;
+pub use keysmith_testkit::control_plane;
+pub use keysmith_testkit::emulator_control::EmulatorControl;
+use keysmith_testkit::kube_recorder::instrumented;
+pub use keysmith_testkit::kube_recorder::{KubeFaults, Writes};
 
 /// The namespaces tests name. Each test gets namespaces of its own (`<run>-team-a`, …): these
 /// names are mapped to them when objects are created (see [`Env::map_ns`]).

@@ -17,6 +17,7 @@ mod harness;
 mod history;
 mod inuse;
 mod leader;
+mod no_write;
 mod openrouter;
 mod private_ca;
 mod regenerate;

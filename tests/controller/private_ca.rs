@@ -14,8 +14,7 @@ use serde_json::json;
 
 use crate::harness::*;
 
-#[path = "../common/private_ca.rs"]
-mod pki;
+use keysmith_testkit::private_ca as pki;
 
 /// Reconcile (up to 3 passes: the first may only add the finalizer) until a Ready condition is
 /// written; returns (status, reason, message).

@@ -11,8 +11,7 @@ use keysmith::providers::http::HttpClient;
 use keysmith::providers::ClientOptions;
 use reqwest::Method;
 
-#[path = "../common/private_ca.rs"]
-mod pki;
+use keysmith_testkit::private_ca as pki;
 
 const CHILD_URL: &str = "KEYSMITH_TEST_PRIVATE_CA_URL";
 

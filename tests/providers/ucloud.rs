@@ -1051,3 +1051,86 @@ async fn a_read_throttled_with_an_unknown_retcode_is_transient() {
     // Throttling over, the read works; a write with an unknown code stays what it says.
     assert_eq!(c.get(&scope(), &k.key.id).await.unwrap().id, k.key.id);
 }
+
+/// Removing a cap or the whitelist is sending it empty (UCloud documents no way; the reference
+/// leaves open whether an empty value clears). Against a UCloud that clears, one update does
+/// it; against one that keeps the value (`--empty-keeps`), the update is sent once, the kept
+/// settings are reported (`Unsupported`, naming them), and later reconciles do not send the same
+/// update again (issue 20 item 3: a fallback that cannot loop).
+#[tokio::test]
+async fn removing_a_cap_and_the_whitelist_is_tried_once() {
+    for keeps in [false, true] {
+        let e = start(emu::Args {
+            empty_keeps: keeps,
+            ..args()
+        })
+        .await;
+        let updates = || {
+            e.faults
+                .by_route()
+                .get("POST /?Action=UpdateUMInferAPIKey")
+                .copied()
+                .unwrap_or(0)
+        };
+        let c = client(&e);
+        let mut capped = settings("caps");
+        capped.limit = Some(Limit {
+            amount: "10".into(),
+            reset: Some(LimitReset::Daily),
+        });
+        capped.allowed_ips = vec!["10.0.0.1".into()];
+        let id = c.create(&capped).await.expect("created").key.id;
+        let plain = settings("caps");
+        let fields = drift(&c, &c.get(&scope(), &id).await.unwrap(), &plain);
+        assert!(
+            fields.contains(&Field::AllowedIps) && fields.contains(&Field::Extras),
+            "{fields:?}"
+        );
+        let first = c.update(&scope(), &id, &plain, &fields).await;
+        assert_eq!(updates(), 1);
+        if !keeps {
+            let k = first.expect("an empty value removes them");
+            assert_eq!(drift(&c, &k, &plain), Vec::<Field>::new());
+            continue;
+        }
+        let msg = match first {
+            Err(ProviderError::Unsupported(m)) => m,
+            other => panic!("kept settings are reported: {other:?}"),
+        };
+        assert!(
+            msg.contains("DailyLimitAmount") && msg.contains("IPWhitelist"),
+            "{msg}"
+        );
+        for _ in 0..3 {
+            let again = c.update(&scope(), &id, &plain, &fields).await;
+            assert!(
+                matches!(again, Err(ProviderError::Unsupported(_))),
+                "{again:?}"
+            );
+        }
+        assert_eq!(updates(), 1, "the same update is not sent again");
+        // Another change is still made, without sending the kept settings empty again.
+        let renamed = settings("caps-renamed");
+        let again = c
+            .update(
+                &scope(),
+                &id,
+                &renamed,
+                &[Field::DisplayName, Field::AllowedIps, Field::Extras],
+            )
+            .await;
+        assert!(
+            matches!(again, Err(ProviderError::Unsupported(_))),
+            "{again:?}"
+        );
+        assert_eq!(updates(), 2);
+        assert_eq!(c.get(&scope(), &id).await.unwrap().name, "caps-renamed");
+        // A value in the spec again: sent, and nothing is left to report.
+        let k = c
+            .update(&scope(), &id, &capped, &[Field::AllowedIps, Field::Extras])
+            .await
+            .expect("a set value is sent");
+        assert_eq!(updates(), 3);
+        assert_eq!(k.observed.allowed_ips, Some(vec!["10.0.0.1".to_string()]));
+    }
+}

@@ -28,6 +28,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use super::normalise::{Field, Rewrite};
 use super::{json_response, random_hex, FaultArgs, Faults};
 
 const ADMIN_PREFIXES: [&str; 2] = ["sk_bc_admin_live_", "sk_bc_admin_test_"];
@@ -568,6 +569,14 @@ async fn not_found() -> Response {
     err(StatusCode::NOT_FOUND, "Not found.")
 }
 
+/// What `--normalise` rewrites in Boltz's answers.
+const NORMALISE: &[Field] = &[
+    ("allowed_ips", Rewrite::Cidrs),
+    ("expires_at", Rewrite::Time),
+    ("created_at", Rewrite::Time),
+    ("last_used_at", Rewrite::Time),
+];
+
 pub fn build(args: &Args) -> (Router, Arc<Faults>) {
     let mut store = Store {
         workspaces: if args.workspaces.is_empty() {
@@ -616,7 +625,8 @@ pub fn build(args: &Args) -> (Router, Arc<Faults>) {
             scripted_errors,
         ))
         .with_state(store);
-    (router, Faults::new(args.faults.clone(), render_error))
+    let faults = Faults::new(args.faults.clone(), render_error);
+    (super::normalised(router, &faults, NORMALISE), faults)
 }
 
 /// An IPv4/IPv6 address or CIDR range, as Boltz's validation message describes them (the

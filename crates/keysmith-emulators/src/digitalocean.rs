@@ -46,6 +46,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
+use super::normalise::{Field, Rewrite};
 use super::{json_response, random_hex, FaultArgs, Faults};
 
 const MODEL_KEYS: &str = "/v2/gen-ai/models/api_keys";
@@ -890,6 +891,13 @@ async fn fallback() -> Response {
     not_found()
 }
 
+/// What `--normalise` rewrites in DigitalOcean's answers (a key has a name and times only).
+const NORMALISE: &[Field] = &[
+    ("created_at", Rewrite::Time),
+    ("updated_at", Rewrite::Time),
+    ("deleted_at", Rewrite::Time),
+];
+
 /// The router and its fault state. The key API routes get fault injection and request counting
 /// (the framework's `route_layer`); inference, the agent check and the control endpoints are the
 /// router's fallback service, which `route_layer` leaves alone.
@@ -927,8 +935,9 @@ pub fn build(args: &Args) -> (Router, Arc<Faults>) {
         .route("/_emulator/agents", post(control_agent))
         .fallback(fallback)
         .with_state(emu);
+    let faults = Faults::new(args.faults.clone(), render_error);
     (
-        api.fallback_service(side),
-        Faults::new(args.faults.clone(), render_error),
+        super::normalised(api.fallback_service(side), &faults, NORMALISE),
+        faults,
     )
 }

@@ -9,14 +9,18 @@
 //! |---|---|
 //! | `POST /_emulator/faults` | queue one-shot faults: `[{"status":429,"retryAfter":2}, {"status":500}, {"malformed":true}, {"delayMs":3000}]` |
 //! | `DELETE /_emulator/faults` | clear queued faults |
-//! | `GET /_emulator/stats` | `{"requests": n, "byRoute": {"POST /keys": n, …}, "injected": {"5xx": n, …}}` (control endpoints not counted) |
+//! | `GET /_emulator/stats` | `{"requests": n, "byRoute": {"POST /keys": n, "POST /?Action=UpdateUMInferAPIKey": n, …}, "injected": {"5xx": n, …}}` (control endpoints not counted; a `?Action=` query is counted under its action too) |
 //! | `DELETE /_emulator/stats` | reset the counters |
 //!
 //! Control endpoints take no credentials: an emulator is a test tool bound to loopback by default.
+//!
+//! `--normalise` (every provider) answers equal in meaning but written differently (see
+//! [`normalise`]): a converged key must then draw no write from its client.
 
 pub mod bifrost;
 pub mod boltz;
 pub mod digitalocean;
+pub mod normalise;
 pub mod openrouter;
 pub mod tls;
 pub mod ucloud;
@@ -63,6 +67,11 @@ pub struct FaultArgs {
     /// How long a `429-burst` fault answers every request with 429.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     pub burst_length: Duration,
+    /// Answer as a real provider may, equal in meaning but written differently: lists in
+    /// another order, IPs as canonical CIDR blocks, padded decimals, other time formats, and
+    /// fields no client knows (see the `normalise` module).
+    #[arg(long)]
+    pub normalise: bool,
 }
 
 impl Default for FaultArgs {
@@ -76,6 +85,7 @@ impl Default for FaultArgs {
             fault_kinds: vec![FaultKind::ServerError],
             timeout_delay: Duration::from_secs(20),
             burst_length: Duration::from_secs(1),
+            normalise: false,
         }
     }
 }
@@ -158,7 +168,7 @@ impl Faults {
         self.injected.lock().unwrap().clone()
     }
 
-    fn count(&self, kind: &'static str) {
+    pub(crate) fn count(&self, kind: &'static str) {
         *self.injected.lock().unwrap().entry(kind).or_default() += 1;
     }
 
@@ -240,6 +250,20 @@ async fn fault_middleware(State(faults): State<Arc<Faults>>, req: Request, next:
         .unwrap()
         .entry(format!("{} {}", req.method(), route))
         .or_default() += 1;
+    // One URL serving every action (UCloud's `?Action=…`): counted per action too, so a test
+    // can tell a read from a write.
+    if let Some(action) = req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("Action="))
+            .filter(|a| !a.is_empty() && a.bytes().all(|b| b.is_ascii_alphanumeric()))
+    }) {
+        *faults
+            .by_route
+            .lock()
+            .unwrap()
+            .entry(format!("{} {}?Action={action}", req.method(), route))
+            .or_default() += 1;
+    }
 
     if let Some(latency) = faults.args.latency {
         tokio::time::sleep(latency).await;
@@ -345,6 +369,20 @@ pub fn with_faults(provider: Router, faults: Arc<Faults>) -> Router {
     provider
         .route_layer(middleware::from_fn_with_state(faults, fault_middleware))
         .merge(control)
+}
+
+/// `router` with its answers normalised per `fields` when `faults` was built with
+/// `--normalise` (each normalised answer counted as `injected.normalised` in the stats).
+pub fn normalised(
+    router: Router,
+    faults: &Arc<Faults>,
+    fields: &'static [normalise::Field],
+) -> Router {
+    if faults.args.normalise {
+        normalise::layer(router, fields, faults.clone())
+    } else {
+        router
+    }
 }
 
 /// A running emulator (tests): its address and a handle that stops it when dropped.

@@ -32,6 +32,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::normalise::{Field, Rewrite};
 use super::{json_response, random_hex, FaultArgs, Faults};
 
 /// Workspace of keys created or listed without `workspace_id` (the example id of OpenRouter's
@@ -712,6 +713,15 @@ async fn control_management_key(State(s): State<Shared>, body: Bytes) -> Answer 
     Ok(Json(json!({ "expiresAt": at.map(ts) })).into_response())
 }
 
+/// What `--normalise` rewrites in OpenRouter's answers.
+const NORMALISE: &[Field] = &[
+    ("limit", Rewrite::Decimal),
+    ("limit_remaining", Rewrite::Decimal),
+    ("expires_at", Rewrite::Time),
+    ("created_at", Rewrite::Time),
+    ("updated_at", Rewrite::Time),
+];
+
 pub fn build(args: &Args) -> (Router, Arc<Faults>) {
     let store: Shared = Arc::new(Mutex::new(Store {
         management: args
@@ -746,7 +756,8 @@ pub fn build(args: &Args) -> (Router, Arc<Faults>) {
         )
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "Not Found".into()) })
         .with_state(store);
-    (router, Faults::new(args.faults.clone(), render_error))
+    let faults = Faults::new(args.faults.clone(), render_error);
+    (super::normalised(router, &faults, NORMALISE), faults)
 }
 
 #[cfg(test)]

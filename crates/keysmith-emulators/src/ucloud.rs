@@ -32,6 +32,7 @@ use rand::Rng;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::normalise::{Field, Rewrite};
 use super::{json_response, FaultArgs, Faults};
 // Only the wire vocabulary is shared with the client (RetCode numbers, the parameter map type);
 // every check of a request (signature, amounts, whitelist) is the emulator's own.
@@ -172,6 +173,12 @@ pub struct Args {
     /// Message of a throttled call.
     #[arg(long, default_value = "Request too frequent, please try again later")]
     pub throttle_message: String,
+    /// An update that sends `DailyLimitAmount`, `MonthlyLimitAmount` or `IPWhitelist` empty
+    /// leaves it as it is (as if omitted). UCloud documents no way to remove a cap or the
+    /// whitelist (`../shared/providers/ucloud.md`: "omitted = unchanged" is inferred, and
+    /// whether an empty value clears is an open question): this is the other reading.
+    #[arg(long)]
+    pub empty_keeps: bool,
     #[command(flatten)]
     pub faults: FaultArgs,
 }
@@ -187,6 +194,7 @@ impl std::fmt::Debug for Args {
             .field("missing_key_retcode", &self.missing_key_retcode)
             .field("throttle_retcode", &self.throttle_retcode)
             .field("throttle_message", &self.throttle_message)
+            .field("empty_keeps", &self.empty_keeps)
             .field("faults", &self.faults)
             .finish()
     }
@@ -203,6 +211,7 @@ impl Default for Args {
             missing_key_retcode: retcode::KEY_NOT_FOUND,
             throttle_retcode: retcode::THROTTLED,
             throttle_message: "Request too frequent, please try again later".into(),
+            empty_keeps: false,
             faults: FaultArgs::default(),
         }
     }
@@ -303,6 +312,7 @@ struct Emulator {
     missing_key_retcode: i64,
     throttle_retcode: i64,
     throttle_message: String,
+    empty_keeps: bool,
     store: Mutex<Store>,
 }
 
@@ -644,7 +654,19 @@ fn update(emu: &Emulator, project: &str, p: &Params) -> Result<Value, Fail> {
     let Some(id) = p.get("KeyId").filter(|v| !v.is_empty()) else {
         return Err(Fail::missing("KeyId"));
     };
-    let s = read_settings(p)?;
+    let mut s = read_settings(p)?;
+    if emu.empty_keeps {
+        let empty = |name: &str| p.get(name).is_some_and(|v| v.trim().is_empty());
+        if empty("DailyLimitAmount") {
+            s.daily_limit = None;
+        }
+        if empty("MonthlyLimitAmount") {
+            s.monthly_limit = None;
+        }
+        if empty("IPWhitelist") {
+            s.whitelist = None;
+        }
+    }
     let mut store = emu.store.lock().unwrap();
     let k = store
         .keys
@@ -826,6 +848,16 @@ async fn control_unthrottle(State(emu): State<Arc<Emulator>>) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
+/// What `--normalise` rewrites in UCloud's answers (`GrantedModels` is an array in answers).
+const NORMALISE: &[Field] = &[
+    ("IPWhitelist", Rewrite::CidrLines),
+    ("GrantedModels", Rewrite::Unordered),
+    ("DailyLimitAmount", Rewrite::Decimal),
+    ("MonthlyLimitAmount", Rewrite::Decimal),
+    ("DailyUsedAmount", Rewrite::Decimal),
+    ("MonthlyUsedAmount", Rewrite::Decimal),
+];
+
 pub fn build(args: &Args) -> (Router, Arc<Faults>) {
     let mut projects: Vec<String> = args
         .project_ids
@@ -845,6 +877,7 @@ pub fn build(args: &Args) -> (Router, Arc<Faults>) {
         missing_key_retcode: args.missing_key_retcode,
         throttle_retcode: args.throttle_retcode,
         throttle_message: args.throttle_message.clone(),
+        empty_keeps: args.empty_keeps,
         store: Mutex::new(Store::default()),
     });
     // The control endpoints are served as the fallback: the shared fault layer wraps routes
@@ -862,7 +895,8 @@ pub fn build(args: &Args) -> (Router, Arc<Faults>) {
         .route("/v1/models", get(models))
         .with_state(emu)
         .fallback_service(control);
-    (router, Faults::new(args.faults.clone(), render_error))
+    let faults = Faults::new(args.faults.clone(), render_error);
+    (super::normalised(router, &faults, NORMALISE), faults)
 }
 
 #[cfg(test)]

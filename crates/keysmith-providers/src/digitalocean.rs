@@ -96,18 +96,8 @@ impl DigitalOceanClient {
 
     /// DigitalOcean's side of [`HttpClient::call_json`]: the token as `Authorization: Bearer`,
     /// errors from its `{"id", "message", "request_id"}` body, prefixed with `what` was being
-    /// done; the statuses in `pass` come back for the caller to read.
-    #[allow(clippy::too_many_arguments)]
-    async fn call(
-        &self,
-        operation: &'static str,
-        idempotency: Idempotency,
-        method: Method,
-        path: &str,
-        body: Option<serde_json::Value>,
-        what: &str,
-        pass: &[reqwest::StatusCode],
-    ) -> Result<HttpResponse, ProviderError> {
+    /// done.
+    async fn call(&self, what: &str, call: http::Call<'_>) -> Result<HttpResponse, ProviderError> {
         let api = http::Api {
             headers: vec![
                 (
@@ -121,9 +111,6 @@ impl DigitalOceanClient {
             ],
             error: &|r: &HttpResponse| error_for(r, what),
         };
-        let call = http::Call::new(operation, idempotency, &method, path)
-            .json(body.as_ref())
-            .pass(pass);
         self.http.call_json(call, &api).await
     }
 
@@ -214,13 +201,13 @@ impl KeyBackend for DigitalOceanClient {
 
     async fn verify(&self) -> Result<(), ProviderError> {
         self.call(
-            "verify",
-            Idempotency::Safe,
-            Method::GET,
-            &format!("{MODEL_KEYS}?per_page=1"),
-            None,
             "checking the token",
-            &[],
+            http::Call::new(
+                "verify",
+                Idempotency::Safe,
+                &Method::GET,
+                &format!("{MODEL_KEYS}?per_page=1"),
+            ),
         )
         .await?;
         Ok(())
@@ -231,13 +218,10 @@ impl KeyBackend for DigitalOceanClient {
         if scope.family == FAMILY_MODEL {
             let resp = self
                 .call(
-                    "create",
-                    Idempotency::Unsafe,
-                    Method::POST,
-                    MODEL_KEYS,
-                    Some(json!({ "name": settings.name })),
                     "creating a model key",
-                    &[reqwest::StatusCode::GONE],
+                    http::Call::new("create", Idempotency::Unsafe, &Method::POST, MODEL_KEYS)
+                        .json(Some(&json!({ "name": settings.name })))
+                        .pass(&[reqwest::StatusCode::GONE]),
                 )
                 .await?;
             if resp.status == reqwest::StatusCode::GONE {
@@ -251,13 +235,16 @@ impl KeyBackend for DigitalOceanClient {
         let agent = segment(&scope.parent, "agent uuid")?;
         let resp = self
             .call(
-                "create",
-                Idempotency::Unsafe,
-                Method::POST,
-                &format!("/v2/gen-ai/agents/{agent}/api_keys"),
-                Some(json!({ "agent_uuid": scope.parent, "name": settings.name })),
                 &format!("creating a key for agent {}", scope.parent),
-                &[],
+                http::Call::new(
+                    "create",
+                    Idempotency::Unsafe,
+                    &Method::POST,
+                    &format!("/v2/gen-ai/agents/{agent}/api_keys"),
+                )
+                .json(Some(
+                    &json!({ "agent_uuid": scope.parent, "name": settings.name }),
+                )),
             )
             .await?;
         Self::created(&resp, &scope)
@@ -277,13 +264,8 @@ impl KeyBackend for DigitalOceanClient {
         let path = format!("{}?page={page}&per_page={PAGE_SIZE}", collection(scope)?);
         let resp = self
             .call(
-                "list",
-                Idempotency::Safe,
-                Method::GET,
-                &path,
-                None,
                 &format!("listing {}", describe(scope)),
-                &[],
+                http::Call::new("list", Idempotency::Safe, &Method::GET, &path),
             )
             .await?;
         let env: ListEnvelope = decode(&resp)?;
@@ -324,13 +306,8 @@ impl KeyBackend for DigitalOceanClient {
         };
         let resp = self
             .call(
-                "update",
-                Idempotency::Safe,
-                Method::PUT,
-                &path,
-                Some(body),
                 &format!("renaming key {id}"),
-                &[],
+                http::Call::new("update", Idempotency::Safe, &Method::PUT, &path).json(Some(&body)),
             )
             .await?;
         let env: InfoEnvelope = decode(&resp)?;
@@ -344,13 +321,8 @@ impl KeyBackend for DigitalOceanClient {
         let path = format!("{}/{}", collection(scope)?, segment(id, "key uuid")?);
         // 200 with the deleted key in the body; the body adds nothing keysmith needs.
         self.call(
-            "revoke",
-            Idempotency::Safe,
-            Method::DELETE,
-            &path,
-            None,
             &format!("deleting key {id}"),
-            &[],
+            http::Call::new("revoke", Idempotency::Safe, &Method::DELETE, &path),
         )
         .await?;
         Ok(())
@@ -366,13 +338,8 @@ impl KeyBackend for DigitalOceanClient {
         // is live now (the lost one is dead either way).
         let resp = self
             .call(
-                "regenerate",
-                Idempotency::Safe,
-                Method::PUT,
-                &path,
-                None,
                 &format!("regenerating key {id}"),
-                &[],
+                http::Call::new("regenerate", Idempotency::Safe, &Method::PUT, &path),
             )
             .await?;
         Self::created(&resp, scope)

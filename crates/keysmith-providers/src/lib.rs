@@ -726,6 +726,26 @@ pub fn normalize_decimal(s: &str) -> Option<String> {
     })
 }
 
+/// An optional integer as JSON Schema (and so OpenAPI 3.1) reads one: any number with no
+/// fractional part, `100` or `100.0` (a gateway that re-encodes numbers may send either). A
+/// fraction, or a value beyond `i64`, is an error.
+pub fn integral<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::de::Error;
+    use serde::Deserialize;
+    match Option::<serde_json::Number>::deserialize(d)? {
+        None => Ok(None),
+        Some(n) => n
+            .as_i64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e18)
+                    .map(|f| f as i64)
+            })
+            .map(Some)
+            .ok_or_else(|| D::Error::custom(format!("{n} is not an integer"))),
+    }
+}
+
 /// A provider's number (e.g. a JSON double) as a normalised decimal string.
 pub fn decimal_from_f64(v: f64) -> String {
     // Money at providers has at most cent-of-a-cent precision; 6 places is plenty and stable.
@@ -872,6 +892,22 @@ pub fn build_backend(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn integers_are_read_as_json_schema_reads_them() {
+        #[derive(serde::Deserialize)]
+        struct T {
+            #[serde(default, deserialize_with = "integral")]
+            n: Option<i64>,
+        }
+        let n = |s: &str| serde_json::from_str::<T>(s).map(|t| t.n);
+        assert_eq!(n(r#"{"n": 100}"#).unwrap(), Some(100));
+        assert_eq!(n(r#"{"n": 100.0}"#).unwrap(), Some(100));
+        assert_eq!(n(r#"{"n": null}"#).unwrap(), None);
+        assert_eq!(n(r#"{}"#).unwrap(), None);
+        assert!(n(r#"{"n": 1.5}"#).is_err());
+        assert!(n(r#"{"n": 1e300}"#).is_err());
+    }
 
     #[test]
     fn ip_lists_compare_by_what_they_admit() {

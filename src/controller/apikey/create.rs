@@ -14,6 +14,7 @@ use super::revoke::revoke_quietly;
 use super::status::{fill_from_key, write_status, Ready};
 use super::{location, Failure, LocatedKey, Reconciler, Step};
 use crate::api::{ApiKey, ApiKeyStatus, CreateBackoff, Expiry, PreviousKey};
+use crate::controller::context::Context;
 use crate::controller::fairness::{budget_spent_until, record_create, MAX_CREATE_HOLD};
 use crate::controller::time::{self, ts};
 use crate::providers::{CreatedKey, KeySettings, ProviderError};
@@ -32,7 +33,7 @@ pub fn create_backoff(failures: u32) -> Duration {
 
 /// Whether a failure counts as a failed create (a reconcile from a stale copy and the crash
 /// test hook do not: nothing was refused; a 429 with a Retry-After holds every create of the
-/// provider object already, see `Context::hold_creates`).
+/// provider object already, see `CreateHolds::hold`).
 fn counts_as_failed_create(f: &Failure) -> bool {
     let held = f.reason == Reason::RateLimited && f.retry_after.is_some_and(|w| !w.is_zero());
     // Waits of keysmith's own (backoff, budget, fair share) refused nothing either.
@@ -152,6 +153,32 @@ pub fn may_have_created(e: &ProviderError) -> bool {
     )
 }
 
+/// What a create the provider answered with `e` leaves behind, and the failure to report: a 429
+/// with a Retry-After holds every create through the provider object `provider`; the marker
+/// (`st.pending_create`) stays only if a key may have been created ([`may_have_created`]).
+pub fn after_failed_create(
+    ctx: &Context,
+    provider: &str,
+    st: &mut ApiKeyStatus,
+    e: ProviderError,
+) -> Failure {
+    if let ProviderError::RateLimited {
+        retry_after: Some(wait),
+    } = &e
+    {
+        ctx.create_holds.hold(provider, *wait, e.to_string());
+    }
+    if !may_have_created(&e) {
+        // Nothing was created, so nothing to recover. Leaving the marker would make the next
+        // reconcile list every key of the provider, for each rate-limited create.
+        st.pending_create = None;
+    }
+    let mut f: Failure = e.into();
+    // The ApiKey that got the 429 waits no longer than the hold of every other one.
+    f.retry_after = f.retry_after.map(|w| w.min(MAX_CREATE_HOLD));
+    f
+}
+
 /// Create a key where `v` says (a replacement of `replacing`, if given) and deliver its value.
 /// Failed creates back off across reconciles (`status.createBackoff`).
 pub async fn create(
@@ -267,23 +294,7 @@ async fn create_once(
 
     let created = match r.p.backend.create(&settings).await {
         Ok(c) => c,
-        Err(e) => {
-            if let ProviderError::RateLimited {
-                retry_after: Some(wait),
-            } = &e
-            {
-                r.ctx.create_holds.hold(&r.p.id, *wait, e.to_string());
-            }
-            if !may_have_created(&e) {
-                // Nothing was created, so nothing to recover. Leaving the marker would make the
-                // next reconcile list every key of the provider, for each rate-limited create.
-                st.pending_create = None;
-            }
-            let mut f: Failure = e.into();
-            // The ApiKey that got the 429 waits no longer than the hold of every other one.
-            f.retry_after = f.retry_after.map(|w| w.min(MAX_CREATE_HOLD));
-            return Err(f);
-        }
+        Err(e) => return Err(after_failed_create(r.ctx, &r.p.id, st, e)),
     };
     r.ctx.metrics.keys_created.get_or_create(&r.label()).inc();
     #[cfg(feature = "test-hooks")]

@@ -45,6 +45,8 @@
 pub mod adopt;
 pub mod alerts;
 pub mod attempt;
+#[cfg(test)]
+mod branches;
 pub mod create;
 pub mod delete;
 pub mod deliver;

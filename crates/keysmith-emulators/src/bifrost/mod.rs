@@ -44,6 +44,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::normalise::{Field, Rewrite};
 use super::{json_response, FaultArgs, Faults};
 
 mod control;
@@ -390,6 +391,21 @@ async fn unknown_route(method: Method, uri: axum::http::Uri) -> Response {
     )
 }
 
+/// What `--normalise` rewrites in Bifrost's answers.
+const NORMALISE: &[Field] = &[
+    ("provider_configs", Rewrite::Unordered),
+    ("allowed_models", Rewrite::Unordered),
+    ("models", Rewrite::Unordered),
+    ("blacklisted_models", Rewrite::Unordered),
+    ("budgets", Rewrite::Unordered),
+    ("max_limit", Rewrite::Decimal),
+    ("weight", Rewrite::Decimal),
+    ("token_max_limit", Rewrite::Decimal),
+    ("request_max_limit", Rewrite::Decimal),
+    ("created_at", Rewrite::Time),
+    ("updated_at", Rewrite::Time),
+];
+
 /// Build the emulator's router and fault state.
 pub fn build(args: &Args) -> (Router, Arc<Faults>) {
     let emu = Arc::new(Emu {
@@ -464,7 +480,8 @@ pub fn build(args: &Args) -> (Router, Arc<Faults>) {
         .with_state(emu.clone());
 
     let router = admin.merge(open).with_state(emu).fallback_service(control);
-    (router, Faults::new(args.faults.clone(), render_error))
+    let faults = Faults::new(args.faults.clone(), render_error);
+    (super::normalised(router, &faults, NORMALISE), faults)
 }
 
 #[cfg(test)]

@@ -609,11 +609,11 @@ impl Budget {
 
 #[derive(Deserialize)]
 pub(super) struct VkRateLimit {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::integral")]
     token_max_limit: Option<i64>,
     #[serde(default)]
     token_reset_duration: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::integral")]
     request_max_limit: Option<i64>,
     #[serde(default)]
     request_reset_duration: Option<String>,

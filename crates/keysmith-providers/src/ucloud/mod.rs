@@ -59,6 +59,57 @@ pub struct UCloudClient {
     private_key: SecretString,
     project_id: Option<String>,
     caps: Capabilities,
+    /// Settings UCloud kept after keysmith sent them empty to remove them: `(key id, parameter)`
+    /// → the value it kept. Not sent empty again while the key still reports that value, so a
+    /// UCloud that ignores empty values costs one update per key and setting, not one per
+    /// reconcile (see [`UCloudClient::cleared_or_kept`]).
+    kept: std::sync::Mutex<std::collections::HashMap<(String, &'static str), String>>,
+}
+
+/// Most entries [`UCloudClient::kept`] holds (one per key and setting UCloud would not clear).
+const MAX_KEPT: usize = 10_000;
+
+/// Whether sending `param=value` would change `key` as it is reported (what is compared is
+/// what the listing reads back: sets for lists, canonical IPs, normalised decimals).
+fn differs(key: &ProviderKey, param: &str, value: &str) -> bool {
+    let extra = |k: &str| key.extras.get(k).map(String::as_str).unwrap_or_default();
+    let decimal = |v: &str| normalize_decimal(v).unwrap_or_else(|| v.to_string());
+    match param {
+        "Name" => key.name != value,
+        "ModelverseDisabled" => key.observed.disabled != Some(value == "1"),
+        "SandBoxDisabled" => extra(extra::SANDBOX_DISABLED) != (value == "1").to_string(),
+        "GrantAllModels" => extra(extra::GRANT_ALL_MODELS) != value,
+        "GrantedModels" => {
+            let mut want: Vec<String> = serde_json::from_str(value).unwrap_or_default();
+            let mut have = key.observed.models.clone().unwrap_or_default();
+            want.sort();
+            want.dedup();
+            have.sort();
+            have.dedup();
+            want != have
+        }
+        "DailyLimitAmount" | "MonthlyLimitAmount" => {
+            decimal(&reported(key, param)) != decimal(value)
+        }
+        "IPWhitelist" => {
+            ip_set(&split_whitelist(value))
+                != ip_set(key.observed.allowed_ips.as_deref().unwrap_or_default())
+        }
+        _ => true,
+    }
+}
+
+/// The parameters keysmith sends empty to remove a setting, and how a listed key reports each.
+const CLEARABLE: [&str; 3] = ["DailyLimitAmount", "MonthlyLimitAmount", "IPWhitelist"];
+
+/// What `key` reports for a [`CLEARABLE`] parameter (`""`: not set).
+fn reported(key: &ProviderKey, param: &str) -> String {
+    match param {
+        "DailyLimitAmount" => key.extras.get(extra::DAILY_LIMIT).cloned(),
+        "MonthlyLimitAmount" => key.extras.get(extra::MONTHLY_LIMIT).cloned(),
+        _ => key.observed.allowed_ips.as_ref().map(|ips| ips.join("\n")),
+    }
+    .unwrap_or_default()
 }
 
 impl std::fmt::Debug for UCloudClient {
@@ -124,6 +175,7 @@ impl UCloudClient {
                 .filter(|p| !p.is_empty())
                 .map(str::to_string),
             caps: CAPABILITIES,
+            kept: Default::default(),
         })
     }
 
@@ -176,6 +228,47 @@ impl UCloudClient {
             .await
             .map_err(|e| (e, None))?;
         errors::envelope(action, &resp)
+    }
+
+    /// After an update that sent `clearing` empty: `key` (read back) when UCloud removed them
+    /// all. A setting UCloud kept is remembered (and not sent empty again while the key reports
+    /// the same value) and reported as [`ProviderError::Unsupported`], with `kept` (those not
+    /// sent this time for that reason): the ApiKey says what to do instead of keysmith sending
+    /// the same update on every reconcile.
+    fn cleared_or_kept(
+        &self,
+        id: &str,
+        key: &ProviderKey,
+        clearing: &[&'static str],
+        mut kept: Vec<(&'static str, String)>,
+    ) -> Result<ProviderKey, ProviderError> {
+        {
+            let mut memory = self.kept.lock().unwrap();
+            for c in clearing {
+                let now = reported(key, c);
+                let slot = (id.to_string(), *c);
+                if now.is_empty() {
+                    memory.remove(&slot);
+                } else {
+                    if !kept.iter().any(|(k, _)| k == c) {
+                        kept.push((*c, now.clone()));
+                    }
+                    if memory.len() < MAX_KEPT || memory.contains_key(&slot) {
+                        memory.insert(slot, now);
+                    }
+                }
+            }
+        }
+        if kept.is_empty() {
+            return Ok(key.clone());
+        }
+        let names: Vec<&str> = kept.iter().map(|(c, _)| *c).collect();
+        Err(ProviderError::Unsupported(format!(
+            "UCloud kept {} of key {id} after keysmith sent it empty to remove it (UCloud documents \
+             no way to remove a cap or the IP whitelist); keysmith will not send it again: \
+             remove it in the UCloud console, set a value in the ApiKey, or rotate the key",
+            names.join(", ")
+        )))
     }
 
     /// Problems with the settings, each naming the field (what [`KeyBackend::validate`] reports).
@@ -404,12 +497,45 @@ impl KeyBackend for UCloudClient {
         if has(Field::AllowedIps) {
             u.put_whitelist(&mut p, true);
         }
+        // Removing a setting is sending it empty (UCloud documents no other way); one UCloud
+        // kept before is not sent empty again while the key still reports what it kept.
+        let clearing: Vec<&'static str> = CLEARABLE
+            .into_iter()
+            .filter(|c| p.get(*c).is_some_and(String::is_empty))
+            .collect();
+        let mut kept: Vec<(&'static str, String)> = Vec::new();
+        let remembered: Vec<(&'static str, String)> = {
+            let mut memory = self.kept.lock().unwrap();
+            // A value set again ends what was remembered of it.
+            for c in CLEARABLE {
+                if p.get(c).is_some_and(|v| !v.is_empty()) {
+                    memory.remove(&(id.to_string(), c));
+                }
+            }
+            clearing
+                .iter()
+                .filter_map(|c| memory.get(&(id.to_string(), *c)).map(|v| (*c, v.clone())))
+                .collect()
+        };
+        if !remembered.is_empty() {
+            let now = self.get(scope, id).await?;
+            for (c, v) in remembered {
+                if reported(&now, c) == v {
+                    p.remove(c);
+                    kept.push((c, v));
+                }
+            }
+            // The drift that brought this update may be nothing but the kept settings: send
+            // only what differs from the key as it is, so that is no write at all.
+            p.retain(|name, value| name == "KeyId" || differs(&now, name, value));
+        }
         if p.len() > 1 {
             self.call("update", Idempotency::Safe, "UpdateUMInferAPIKey", p)
                 .await?;
         }
         // The answer holds only the id: read the key back from the listing.
-        self.get(scope, id).await
+        let key = self.get(scope, id).await?;
+        self.cleared_or_kept(id, &key, &clearing, kept)
     }
 
     /// A delete answered with a RetCode keysmith cannot be sure of (anything but the documented
