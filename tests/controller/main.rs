@@ -21,6 +21,7 @@ mod no_write;
 mod openrouter;
 mod private_ca;
 mod regenerate;
+mod review;
 mod rollout;
 mod rotation;
 mod runtime;

@@ -13,9 +13,11 @@ use super::super::reasons::Reason;
 use super::super::secret;
 use super::deliver::{dry_run, ensure_secret, Delivery};
 use super::others::Others;
+use super::scope::location;
 use super::status::{fill_from_key, Ready};
-use super::{location, Failure, Reconciler, Step};
+use super::step::{Reconciler, Step};
 use crate::api::{ApiKey, ApiKeyStatus, ClusterKeyProvider, KeyProvider, ProviderKind};
+use crate::controller::error::Failure;
 use crate::providers::{AdoptMode, KeyScope, ProviderError, ProviderKey};
 
 /// Whether the provider object of `ak` lets its namespace adopt keys (docs/tenancy.md): a
@@ -134,12 +136,21 @@ pub async fn adopt(
     fill_from_key(st, &key, r.p);
     st.key_id = Some(id.to_string());
     st.key_scope = location(scope);
+    // A rotation at the provider before now is not one made outside keysmith later.
+    let mut with_status = None;
+    if super::outside::adopted(r.p.backend.as_ref(), st, &key, &value) {
+        // The Secret is rendered from the status that records it (its key-hash).
+        let mut ak = r.ak.clone();
+        ak.status = Some(st.clone());
+        with_status = Some(ak);
+    }
     let delivery = Delivery {
         value: &value,
         key_id: id,
         hint: st.key_hint.as_deref().unwrap_or(""),
     };
-    ensure_secret(r.ctx, r.ak, existing, &delivery).await?;
+    let ak = with_status.as_ref().unwrap_or(r.ak);
+    ensure_secret(r.ctx, ak, existing, &delivery).await?;
     let note = format!("adopted key {id} at {}", r.p.provider_type);
     r.event(EventType::Normal, Reason::KeyAdopted, "Adopt", note)
         .await;

@@ -13,7 +13,7 @@ use super::super::backends::ResolvedProvider;
 use super::super::context::Context;
 use super::super::reasons::Reason;
 use super::super::time;
-use super::location;
+use super::scope::location;
 use crate::api::{ApiKey, ApiKeyStatus, PendingCreate};
 use crate::providers::{Field, KeyBackend, KeyScope, KeySettings};
 

@@ -11,10 +11,11 @@ use keysmith_testkit::fake::{self, Call, ScriptedBackend};
 
 use super::create::{after_failed_create, create};
 use super::recover::recover;
-use super::status::ServerCopy;
+use super::scope::LocatedKey;
+use super::step::ServerCopy;
+use super::step::{Reconciler, Step};
 use super::sync::{observe, update_in_place};
 use super::validate::ValidatedApiKey;
-use super::{LocatedKey, Reconciler, Step};
 use crate::api::{ApiKey, ApiKeyStatus, CreateBackoff, PendingCreate, ProviderType};
 use crate::controller::backends::ResolvedProvider;
 use crate::controller::context::Context;

@@ -19,10 +19,14 @@ use super::super::reasons::Reason;
 use super::super::secret::{self, SecretOwnership};
 use super::recover::recover;
 use super::revoke::{retire_previous, revoke_quietly};
-use super::status::{report_not_ready, ServerCopy};
+use super::scope::key_scope;
+use super::status::report_not_ready;
+use super::step::ServerCopy;
+use super::step::{object_key, Reconciler, Step};
 use super::validate::settings_for;
-use super::{key_scope, object_key, Error, Failure, Reconciler, Step, ValidatedApiKey};
+use super::validate::ValidatedApiKey;
 use crate::api::{ApiKey, ApiKeyStatus, DeletionPolicy};
+use crate::controller::error::{Error, Failure};
 
 /// Deletion: revoke at the provider (or orphan), then let the finalizer go.
 pub async fn cleanup(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {

@@ -10,8 +10,8 @@ use secrecy::SecretString;
 use super::super::context::Context;
 use super::super::reasons::Reason;
 use super::super::secret;
-use super::Failure;
 use crate::api::{ApiKey, FIELD_MANAGER};
+use crate::controller::error::Failure;
 
 /// A value to deliver and the key it belongs to.
 pub struct Delivery<'a> {

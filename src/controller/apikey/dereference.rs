@@ -9,8 +9,8 @@ use secrecy::SecretString;
 use super::super::context::Context;
 use super::super::reasons::Reason;
 use super::super::secret::{self, SecretOwnership};
-use super::Failure;
 use crate::api::ApiKey;
+use crate::controller::error::Failure;
 
 /// The Secret the value goes to, if it exists; a Secret keysmith must not overwrite is a
 /// `SecretConflict`.

@@ -37,9 +37,11 @@
 //! 10. [`status`]: the Ready condition (pure) and the one guarded write; then a key created under
 //!     its provisional name gets its display name ([`attempt::rename_after_write`]).
 //!
-//! Shared by the steps, importing no step: [`attempt`] (provisional name, marker), [`others`]
+//! Shared by the steps, importing no step: [`step`] (the [`Reconciler`] handles, the [`Step`],
+//! the [`ServerCopy`]), [`scope`] (where a key lives), [`attempt`] (provisional name, marker), [`others`]
 //! (what other ApiKeys hold: the guard against takeover), [`deliver`] (the Secret write).
-//! [`delete`] is the finalizer's cleanup, all of it: it recovers an interrupted create and revokes
+//! [`carry`] holds `spec.limit` across key generations for the steps that replace a key (its
+//! arithmetic is pure, in `controller::limits`). [`delete`] is the finalizer's cleanup, all of it: it recovers an interrupted create and revokes
 //! with the steps above, and releases the provider object (`inuse`).
 
 pub mod adopt;
@@ -47,6 +49,7 @@ pub mod alerts;
 pub mod attempt;
 #[cfg(test)]
 mod branches;
+pub mod carry;
 pub mod create;
 pub mod delete;
 pub mod deliver;
@@ -59,14 +62,15 @@ pub mod restore;
 pub mod revoke;
 pub mod rollout;
 pub mod rotate;
+pub mod scope;
 pub mod status;
+pub mod step;
 pub mod sync;
 pub mod validate;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -75,96 +79,18 @@ use kube::ResourceExt;
 use rand::Rng;
 use tracing::Instrument;
 
-use super::backends::ResolvedProvider;
 use super::context::Context;
 use super::reasons::Reason;
-use crate::api::{ApiKey, ApiKeyStatus, KeyLocation, FINALIZER};
-use crate::metrics::{ControllerLabels, ErrorLabels, ProviderLabel, ReconcileLabels};
-use crate::providers::KeyScope;
+use crate::api::{ApiKey, ApiKeyStatus, FINALIZER};
+use crate::metrics::{ControllerLabels, ErrorLabels, ReconcileLabels};
 
 pub use super::error::{Error, Failure};
-pub(crate) use status::{write_status, Ready, ServerCopy};
+pub use scope::{key_scope, location, scope_at, LocatedKey};
+pub(crate) use status::{write_status, Ready};
+pub(crate) use step::object_key;
+pub use step::ServerCopy;
+pub use step::{Reconciler, Step};
 pub use validate::ValidatedApiKey;
-
-/// The handles every step of one reconcile works with.
-#[derive(Clone, Copy)]
-pub struct Reconciler<'a> {
-    pub ak: &'a ApiKey,
-    pub ctx: &'a Context,
-    pub p: &'a ResolvedProvider,
-    /// The server's copy as this reconcile knows it (status writes are conditional on it).
-    pub seen: &'a ServerCopy,
-}
-
-impl Reconciler<'_> {
-    /// Publish an Event about the ApiKey.
-    pub async fn event(&self, type_: EventType, reason: Reason, action: &str, note: String) {
-        self.ctx.event(self.ak, type_, reason, action, note).await;
-    }
-
-    /// The metric label of the provider.
-    pub fn label(&self) -> ProviderLabel {
-        ProviderLabel {
-            provider: self.p.provider_type.to_string(),
-        }
-    }
-}
-
-/// What every step after validation works on, built once per reconcile: the handles, what the
-/// ApiKey asks for, and the target Secret as it was read before any step wrote it.
-pub struct Step<'a> {
-    pub r: Reconciler<'a>,
-    /// The validated spec: the key's desired settings and where a new key goes.
-    pub v: ValidatedApiKey,
-    /// The Secret the value goes to, if it exists (never read for a pushed key: its value
-    /// comes from the user's Secret and goes to no Secret of keysmith's).
-    pub existing: Option<Secret>,
-}
-
-impl<'a> std::ops::Deref for Step<'a> {
-    type Target = Reconciler<'a>;
-
-    fn deref(&self) -> &Reconciler<'a> {
-        &self.r
-    }
-}
-
-/// A key at the provider and where it lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocatedKey {
-    pub id: String,
-    pub at: KeyScope,
-}
-
-/// How a scope is recorded in the status (`{}` for the provider's only family).
-pub fn location(scope: &KeyScope) -> Option<KeyLocation> {
-    Some(KeyLocation {
-        family: scope.family.clone(),
-        parent: scope.parent.clone(),
-    })
-}
-
-/// The scope a recorded location names; `fallback` when none was recorded (a status written
-/// before keysmith recorded locations: the key lives where the spec says).
-pub fn scope_at(loc: Option<&KeyLocation>, fallback: &KeyScope) -> KeyScope {
-    match loc {
-        Some(l) => KeyScope {
-            family: l.family.clone(),
-            parent: l.parent.clone(),
-        },
-        None => fallback.clone(),
-    }
-}
-
-/// Where the current key lives.
-pub fn key_scope(st: &ApiKeyStatus, desired: &KeyScope) -> KeyScope {
-    scope_at(st.key_scope.as_ref(), desired)
-}
-
-/// `namespace/name` of an ApiKey.
-fn object_key(ak: &ApiKey) -> String {
-    format!("{}/{}", ak.namespace().unwrap_or_default(), ak.name_any())
-}
 
 /// Entry point for the controller.
 pub async fn reconcile(ak: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -460,8 +386,8 @@ async fn steps(r: &Reconciler<'_>, st: &mut ApiKeyStatus) -> Result<Ready, Failu
     revoke::retire_previous(r, st, &v.scope).await?;
     // Replaced keys still live spend no more than they have; the current key gets what is left
     // of spec.limit (issue 21, controller/limits.rs).
-    let not_held = super::limits::hold_replaced(r, &v, st).await?;
-    let v = super::limits::apply(v, st, chrono::Utc::now());
+    let not_held = carry::hold_replaced(r, &v, st).await?;
+    let v = carry::apply(v, st, chrono::Utc::now());
     let mut ready = steps_after(r, st, v).await?;
     if let Some(note) = not_held {
         ready.message = format!("{}; {note}", ready.message);
@@ -550,20 +476,5 @@ mod tests {
         assert!(text.contains(
             "controller_runtime_reconcile_errors_total{controller=\"apikey\",reason=\"KubernetesError\"} 1"
         ));
-    }
-
-    #[test]
-    fn a_recorded_location_wins_over_the_spec() {
-        let desired = KeyScope {
-            family: "agent".into(),
-            parent: "new".into(),
-        };
-        let mut st = ApiKeyStatus::default();
-        assert_eq!(key_scope(&st, &desired), desired);
-        st.key_scope = location(&KeyScope {
-            family: "agent".into(),
-            parent: "old".into(),
-        });
-        assert_eq!(key_scope(&st, &desired).parent, "old");
     }
 }

@@ -15,8 +15,8 @@ use kube::ResourceExt;
 
 use super::super::context::Context;
 use super::super::inuse::{scan_apikeys, ApiKeyScope};
-use super::Failure;
 use crate::api::{ApiKey, ApiKeyStatus, PendingCreate};
+use crate::controller::error::Failure;
 use crate::providers::ProviderKey;
 
 /// The keys an ApiKey's status accounts for: current, replaced, and a rotation's new key (what

@@ -20,9 +20,11 @@ use secrecy::{ExposeSecret, SecretString};
 use super::super::reasons::Reason;
 use super::super::rotation::Plan;
 use super::super::time;
-use super::{Failure, LocatedKey, Step};
+use super::scope::LocatedKey;
+use super::step::Step;
 use crate::api::ApiKeyStatus;
-use crate::providers::ProviderKey;
+use crate::controller::error::Failure;
+use crate::providers::{KeyBackend, ProviderKey};
 
 /// What a refresh found about the value the Secret holds.
 pub enum Outside {
@@ -45,6 +47,27 @@ pub fn since(st: &ApiKeyStatus, offset: Option<chrono::Duration>) -> Option<Date
         .and_then(time::parse)
         .map(|t| t + offset.unwrap_or_default());
     created.max(rotated)
+}
+
+/// A key keysmith takes over (`spec.keyRef`) with `value`: a rotation the provider reports
+/// before now is not one keysmith missed, since the value keysmith takes is the key's value as
+/// of now. When the provider would say otherwise (`rotated_at` after the key's creation, values
+/// hidden), `lastRotatedAt` records the adoption as when keysmith got the value, so no refresh
+/// takes the earlier rotation for one made outside keysmith. Returns whether it did.
+pub fn adopted(
+    backend: &dyn KeyBackend,
+    st: &mut ApiKeyStatus,
+    key: &ProviderKey,
+    value: &SecretString,
+) -> bool {
+    if backend
+        .rotated_outside(key, value, since(st, backend.clock_offset()))
+        .is_none()
+    {
+        return false;
+    }
+    st.last_rotated_at = Some(time::now());
+    true
 }
 
 /// Whether the key keysmith manages with `since`'s clock was rotated outside keysmith; for a

@@ -7,10 +7,12 @@ use super::super::reasons::Reason;
 use super::super::time;
 use super::dereference::source_value;
 use super::revoke::retire_previous;
+use super::scope::{key_scope, location, LocatedKey};
 use super::status::{fill_from_key, Ready};
+use super::step::Step;
 use super::sync::observe;
-use super::{key_scope, location, Failure, LocatedKey, Step};
 use crate::api::{ApiKeyStatus, PreviousKey};
+use crate::controller::error::Failure;
 use crate::providers::{self, KeyScope};
 
 /// Whether the pushed key must move: the spec names another place (e.g. another upstream

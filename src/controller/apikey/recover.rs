@@ -12,8 +12,10 @@ use super::super::secret::{self, SecretOwnership};
 use super::super::time;
 use super::others::{held_by, provably_mine, proves_delivery, tie, Others, Tie};
 use super::revoke::revoke_quietly;
-use super::{key_scope, location, scope_at, Failure, Step};
+use super::scope::{key_scope, location, scope_at};
+use super::step::Step;
 use crate::api::{ApiKey, ApiKeyStatus, PendingCreate};
+use crate::controller::error::Failure;
 use crate::providers::ProviderKey;
 
 /// Keys of an attempt are looked for from this long before it started (clock skew).

@@ -6,9 +6,12 @@ use secrecy::SecretString;
 
 use super::super::reasons::Reason;
 use super::super::secret;
+use super::scope::LocatedKey;
 use super::status::Ready;
-use super::{adopt, create, Failure, LocatedKey, Step};
+use super::step::Step;
+use super::{adopt, create};
 use crate::api::ApiKeyStatus;
+use crate::controller::error::Failure;
 
 /// The value the Secret must hold for `key`: the one it holds, else the provider's copy
 /// (providers that return the plaintext give it back). `None`: the value is lost.

@@ -7,8 +7,10 @@ use kube::runtime::events::EventType;
 use super::super::backends::ResolvedProvider;
 use super::super::context::Context;
 use super::super::reasons::Reason;
-use super::{scope_at, Failure, Reconciler};
+use super::scope::scope_at;
+use super::step::Reconciler;
 use crate::api::ApiKeyStatus;
+use crate::controller::error::Failure;
 use crate::metrics::ProviderLabel;
 use crate::providers::{KeyScope, ProviderError};
 

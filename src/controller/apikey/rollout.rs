@@ -19,7 +19,7 @@ use super::super::rotation::{
 use super::super::time;
 use super::rotate::{fallback_created, has_targets, request, state};
 use super::status::Ready;
-use super::Reconciler;
+use super::step::Reconciler;
 use crate::api::{ApiKeyStatus, RolloutStatus, RolloutTarget};
 use crate::metrics::RotationTrack;
 

@@ -17,16 +17,18 @@ use chrono::{DateTime, Utc};
 use kube::runtime::events::EventType;
 use kube::ResourceExt;
 
-use super::super::limits;
 use super::super::reasons::Reason;
 use super::super::rotation::{
     due, in_progress, previous_key, record_done, retire_on_recovery, revocations_due, strategy,
     Clock, Due, KeyKind, Plan, State, Strategy, Trigger,
 };
+use super::create;
 use super::deliver::{dry_run, ensure_secret, Delivery};
+use super::scope::{key_scope, location, LocatedKey};
 use super::status::{fill_from_key, write_status, Ready};
-use super::{create, key_scope, location, Failure, LocatedKey, Reconciler, Step};
+use super::step::{Reconciler, Step};
 use crate::api::{ApiKey, ApiKeyStatus, PreviousKey, ROTATE_ANNOTATION};
+use crate::controller::error::Failure;
 use crate::controller::fairness::{budget_spent_until, record_create};
 use crate::providers::KeySettings;
 
@@ -174,7 +176,7 @@ pub async fn rotate(
         Strategy::MintNewThenRevoke => {
             // The new key gets what is left of spec.limit after the old key's spend (issue 21);
             // that count goes into the status with the create's marker.
-            let for_new = limits::count_replaced(r, v, st, &old).await?;
+            let for_new = super::carry::count_replaced(r, v, st, &old).await?;
             // The marker write of the create carries `inProgress` (invariant 1).
             let with_left = Step {
                 r: *r,
@@ -200,7 +202,7 @@ pub async fn rotate(
             rotated(r, &trigger, how, &old.id, &new).await;
             // The old key may spend no more than it has (both keys together stay within
             // spec.limit); a failure here is retried by the next reconcile's steps.
-            if let Err(f) = limits::hold_replaced(r, v, st).await {
+            if let Err(f) = super::carry::hold_replaced(r, v, st).await {
                 tracing::debug!(
                     reason = f.reason.as_str(),
                     "replaced key's limit not lowered yet"

@@ -15,8 +15,9 @@ use super::super::context::Context;
 use super::super::gauges::Tracked;
 use super::super::reasons::Reason;
 use super::super::time::{self, ts};
-use super::Failure;
+use super::step::{object_key, ServerCopy};
 use crate::api::{ApiKey, ApiKeyStatus, LastUsed, LastUsedSource, Usage, UsageAmounts};
+use crate::controller::error::Failure;
 use crate::controller::rotation::human;
 use crate::providers::ProviderKey;
 
@@ -322,40 +323,6 @@ fn status_fields() -> &'static [String] {
     })
 }
 
-/// What one reconcile knows of the server's copy of its ApiKey: the resourceVersion it read or
-/// last wrote, and the status it last wrote.
-///
-/// The controller hands `reconcile` the object from its watch cache, which can lag behind the
-/// API server: a reconcile triggered by the Secret watch may run before the ApiKey watch has
-/// delivered the status written by the previous reconcile. Writing from such a stale copy would
-/// overwrite a newer `keyID` or `pendingCreate` (losing track of a live key), and creating from
-/// it would mint a second key for the same ApiKey (invariant 1). So every status write of a
-/// reconcile is conditional on this version (409 Conflict otherwise) and advances it.
-///
-/// The status last written is what the final write of the reconcile must be compared with: a
-/// reconcile that wrote the pendingCreate marker and then cleared it again (a refused create)
-/// ends with the status it read, yet the server holds the marker.
-pub struct ServerCopy(std::sync::Mutex<(Option<String>, Option<ApiKeyStatus>)>);
-
-impl ServerCopy {
-    pub fn of(ak: &ApiKey) -> Self {
-        ServerCopy(std::sync::Mutex::new((ak.resource_version(), None)))
-    }
-
-    fn resource_version(&self) -> Option<String> {
-        self.0.lock().unwrap().0.clone()
-    }
-
-    fn wrote(&self, resource_version: Option<String>, status: &ApiKeyStatus) {
-        *self.0.lock().unwrap() = (resource_version, Some(status.clone()));
-    }
-
-    /// Whether the server's status differs from `st`; `read` is the status the reconcile began with.
-    pub fn differs(&self, st: &ApiKeyStatus, read: &ApiKeyStatus) -> bool {
-        self.0.lock().unwrap().1.as_ref().unwrap_or(read) != st
-    }
-}
-
 /// A merge patch merges nested objects: the rotation bookkeeping's optional fields are sent as
 /// null when absent, so a finished rotation clears `inProgress` (and a settled rollout).
 fn null_absent_rotation(status: &mut Value) {
@@ -411,7 +378,7 @@ pub async fn write_status(
         .await?;
     seen.wrote(written.resource_version(), after);
     ctx.write_log
-        .wrote(&super::object_key(ak), written.resource_version());
+        .wrote(&object_key(ak), written.resource_version());
     ctx.metrics.kube_write("apikeys/status", "patch");
     Ok(())
 }

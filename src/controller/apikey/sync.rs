@@ -9,9 +9,12 @@ use super::super::limits;
 use super::super::reasons::Reason;
 use super::deliver::{ensure_secret, Delivery};
 use super::outside::{self, Outside};
+use super::scope::{key_scope, location, LocatedKey};
 use super::status::{fill_from_key, Ready};
-use super::{create, key_scope, location, restore, Failure, LocatedKey, Step};
+use super::step::Step;
+use super::{create, restore};
 use crate::api::{ApiKeyStatus, ImmutableChangePolicy};
+use crate::controller::error::Failure;
 use crate::providers::{self, Capabilities, Field, KeyScope, ProviderError, ProviderKey};
 
 /// The key as the provider reports it; `None` when it does not exist. `fresh`: ask the provider
@@ -142,7 +145,7 @@ pub async fn sync_existing(
         && v.settings.key_ref.is_none()
     {
         // The replacement gets what is left of spec.limit after the old key's spend.
-        let for_new = super::super::limits::count_replaced(r, v, st, &key).await?;
+        let for_new = super::carry::count_replaced(r, v, st, &key).await?;
         let s = Step {
             r: *r,
             v: for_new,

@@ -7,8 +7,8 @@ use kube::ResourceExt;
 use super::super::backends::ResolvedProvider;
 use super::super::reasons::Reason;
 use super::super::secret;
-use super::Failure;
 use crate::api::{ApiKey, ApiKeyStatus, ProviderType};
+use crate::controller::error::Failure;
 use crate::providers::{AdoptMode, Capabilities, Field, KeyBackend, KeyScope, KeySettings};
 
 /// An ApiKey its provider can honour: the key's desired settings and where a new key goes.

@@ -339,12 +339,19 @@ impl ProviderKeyJson {
         extras.insert("family".to_string(), FAMILY_PROVIDER.to_string());
         extras.insert("provider".to_string(), provider.to_string());
         extras.insert("weight".to_string(), self.weight.unwrap_or(1.0).to_string());
-        // What the gateway says of the key, for [`key_problem`]; bounded (an answer is not
-        // trusted to be short) and never compared with the spec.
+        // What the gateway says of the key, for [`key_problem`]; masked, then bounded (an
+        // answer is not trusted to be short; masking after the cut would leave a credential
+        // the cut split in clear) and never compared with the spec.
         if let Some(status) = self.status.filter(|s| !s.trim().is_empty()) {
-            extras.insert(EXTRA_STATUS.to_string(), http::snippet(&status));
+            extras.insert(
+                EXTRA_STATUS.to_string(),
+                http::snippet(&mask_tokens(&status)),
+            );
             if let Some(d) = self.description.filter(|d| !d.trim().is_empty()) {
-                extras.insert(EXTRA_STATUS_TEXT.to_string(), http::snippet(&d));
+                extras.insert(
+                    EXTRA_STATUS_TEXT.to_string(),
+                    http::snippet(&mask_tokens(&d)),
+                );
             }
         }
         ProviderKey {

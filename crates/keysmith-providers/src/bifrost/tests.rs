@@ -473,3 +473,46 @@ fn a_provider_key_problem_masks_credential_like_words() {
     assert_eq!(mask_tokens("gpt-4o-mini-2024-07-18"), "[REDACTED]");
     assert_eq!(mask_tokens("model gpt-4o failed"), "model gpt-4o failed");
 }
+
+/// Review (W16): a redacted virtual-key value becomes the status's keyHint, so it is bounded and
+/// shows no more than a hint does (10 leading, 4 trailing characters), whatever the gateway
+/// answers; its ends still tell a rotation. Before: the redacted string as answered (up to the
+/// 4 MiB body limit) went into status.keyHint.
+#[test]
+fn a_redacted_virtual_key_value_gives_a_bounded_hint() {
+    let key = |value: String| {
+        serde_json::from_value::<VirtualKey>(json!({"id": "vk1", "name": "a", "value": value}))
+            .unwrap()
+            .into_key()
+    };
+    let huge = key(format!("sk-bf-{}1234", "*".repeat(1 << 20)));
+    let hint = huge.hint.clone().expect("a hint");
+    assert!(hint.chars().count() <= 32, "{} chars", hint.chars().count());
+    let held = SecretString::from("sk-bf-0123456789abcdefghij1234");
+    assert_eq!(rotated_outside(&huge, &held, None), None);
+    // A gateway that "redacts" only a little: the hint keeps 10 + 4 characters of it.
+    let little = key("sk-bf-0123456789abcdefgh****ij1234".to_string());
+    let hint = little.hint.clone().expect("a hint");
+    assert!(
+        !hint.contains("6789abcd") && !hint.contains("ij1234"),
+        "{hint}"
+    );
+    assert_eq!(rotated_outside(&little, &held, None), None);
+    let other = key("sk-bf-9999999999abcdefgh****ij0000".to_string());
+    assert!(rotated_outside(&other, &held, None).is_some());
+}
+
+/// Review (W16): the gateway's text is masked before it is cut, so a credential the cut splits
+/// is not left in clear. Before: cut to 200 characters first, the remaining 15 characters of
+/// the credential were too short to look like one and stayed in the Degraded condition.
+#[test]
+fn a_provider_key_problem_masks_a_credential_the_cut_splits() {
+    let text = format!("{}sk-proj-abcdef0123456789XYZ", "word ".repeat(37));
+    let raw = json!({"id": "k", "name": "n", "status": "list_models_failed", "description": text});
+    let k = serde_json::from_value::<ProviderKeyJson>(raw)
+        .unwrap()
+        .into_key("openai");
+    let m = key_problem(&k).expect("a problem");
+    assert!(!m.contains("abcdef"), "{m}");
+    assert!(m.contains("list_models_failed"), "{m}");
+}

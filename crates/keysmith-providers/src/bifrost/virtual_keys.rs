@@ -257,6 +257,17 @@ pub fn rotated_outside(
     })
 }
 
+/// The hint of a value the gateway answered redacted (`sk-b****…1234`): at most the 10 leading
+/// characters before its first `*` and the 4 trailing ones after its last, around `****` (the
+/// answer is not trusted to be short, nor to hide more than a hint shows); all stars: `****`.
+/// [`rotated_outside`] compares its ends with the Secret's value.
+fn redacted_hint(v: &str) -> Option<String> {
+    let head: String = v.chars().take_while(|c| *c != '*').take(10).collect();
+    let tail: Vec<char> = v.chars().rev().take_while(|c| *c != '*').take(4).collect();
+    let tail: String = tail.into_iter().rev().collect();
+    Some(format!("{head}****{tail}"))
+}
+
 /// A moment as the gateway takes it (RFC 3339, seconds, `Z`).
 pub(super) fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -655,9 +666,7 @@ impl VirtualKey {
             Some(u)
         };
         let (secret, hint) = match self.value.map(|v| v.0) {
-            Some(v) if is_redacted(v.expose_secret()) => {
-                (None, Some(v.expose_secret().to_string()))
-            }
+            Some(v) if is_redacted(v.expose_secret()) => (None, redacted_hint(v.expose_secret())),
             Some(v) if !v.expose_secret().is_empty() => {
                 let hint = mask(v.expose_secret(), 10);
                 (Some(v), hint)
