@@ -2,10 +2,15 @@
 //! each budget pass ([`super::budget`]), read by the ApiKey sync ([`super::limits`]), and
 //! dropped with the ApiKey ([`Enforcements::forget`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::ResourceExt;
+
+use super::backends::selector_matches;
+use crate::api::ApiKey;
 use crate::providers::Limit;
 
 /// What the budgets want of one key, on top of its spec.
@@ -34,9 +39,41 @@ impl Hold {
     }
 }
 
+/// What a `Throttle` or `Disable` budget wants of a key created before the next pass measures
+/// it, with what the budget selects (issue 21: a key created while a budget throttles its group
+/// is created throttled, not held only from the next pass on).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupHold {
+    /// A KeyBudget's namespace (it selects ApiKeys of its namespace only); `None`: a
+    /// ClusterKeyBudget.
+    pub namespace: Option<String>,
+    /// A ClusterKeyBudget's `namespaceSelector`.
+    pub namespace_selector: Option<LabelSelector>,
+    pub selector: Option<LabelSelector>,
+    pub hold: Hold,
+}
+
+impl GroupHold {
+    /// Whether the budget selects ApiKey `ak` (`ns_labels`: the labels of its namespace, needed
+    /// for a ClusterKeyBudget; unknown labels select nothing).
+    pub fn selects(&self, ak: &ApiKey, ns_labels: Option<&BTreeMap<String, String>>) -> bool {
+        let by_label = |sel: &Option<LabelSelector>, l: &BTreeMap<String, String>| {
+            sel.as_ref()
+                .is_none_or(|s| selector_matches(s, l).unwrap_or(false))
+        };
+        let in_namespace = match &self.namespace {
+            Some(ns) => ak.namespace().as_deref() == Some(ns.as_str()),
+            None => ns_labels.is_some_and(|l| by_label(&self.namespace_selector, l)),
+        };
+        in_namespace && by_label(&self.selector, ak.labels())
+    }
+}
+
 /// The holds of every key (`namespace/name`), replaced by each budget pass.
 pub struct Enforcements {
     holds: Mutex<HashMap<String, Hold>>,
+    /// Per `Throttle`/`Disable` budget: what a key created before the next pass gets.
+    groups: Mutex<Vec<GroupHold>>,
     /// False from an operator start until the first budget pass ended.
     settled: AtomicBool,
 }
@@ -46,6 +83,7 @@ impl Default for Enforcements {
     fn default() -> Self {
         Enforcements {
             holds: Mutex::default(),
+            groups: Mutex::default(),
             settled: AtomicBool::new(true),
         }
     }
@@ -68,6 +106,7 @@ impl Enforcements {
     /// [`super::limits::BUDGET_FIELDS`].
     pub fn wait_for_first_pass(&self) {
         self.holds.lock().unwrap().clear();
+        self.groups.lock().unwrap().clear();
         self.settled.store(false, Ordering::SeqCst);
     }
 
@@ -78,6 +117,27 @@ impl Enforcements {
     /// Put `new` in place; the holds it replaces.
     pub(crate) fn replace(&self, new: HashMap<String, Hold>) -> HashMap<String, Hold> {
         std::mem::replace(&mut *self.holds.lock().unwrap(), new)
+    }
+
+    /// Put the budgets' holds for new keys in place.
+    pub(crate) fn replace_groups(&self, new: Vec<GroupHold>) {
+        *self.groups.lock().unwrap() = new;
+    }
+
+    /// The budgets' holds for new keys.
+    pub fn groups(&self) -> Vec<GroupHold> {
+        self.groups.lock().unwrap().clone()
+    }
+
+    /// Hold `key` (`namespace/name`) with `hold` too, until the next pass decides (a key just
+    /// created under a budget: the sync keeps what it was created with).
+    pub(crate) fn hold_new(&self, key: &str, hold: &Hold) {
+        self.holds
+            .lock()
+            .unwrap()
+            .entry(key.to_string())
+            .and_modify(|h| h.merge(hold))
+            .or_insert_with(|| hold.clone());
     }
 
     /// The keys held (`namespace/name`).

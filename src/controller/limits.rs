@@ -269,6 +269,34 @@ pub fn wanted(ctx: &Context, ak: &ApiKey, st: &ApiKeyStatus, spec: &KeySettings)
     narrow(&s, ctx.budgets.hold_for(&key).as_ref())
 }
 
+/// The settings a key about to be created for `ak` is created with: `settings` (the spec with
+/// what is left of its limit, see [`apply`] and [`count_replaced`]) narrowed by the hold of the
+/// ApiKey and by every `Throttle`/`Disable` budget that selects it now, which the budget pass
+/// has not measured yet (a throttled group's new key starts at limit 0 over the budget's period,
+/// nothing of the amount being unallocated, until the next pass gives it its share). The hold is
+/// kept for the ApiKey's sync until the next pass decides.
+pub async fn for_new_key(ctx: &Context, ak: &ApiKey, settings: &KeySettings) -> KeySettings {
+    let key = format!("{}/{}", ak.namespace().unwrap_or_default(), ak.name_any());
+    let mut hold = ctx.budgets.hold_for(&key);
+    let mut ns_labels = None;
+    for g in ctx.budgets.groups() {
+        if g.namespace.is_none() && ns_labels.is_none() {
+            let ns = ak.namespace().unwrap_or_default();
+            ns_labels = Some(super::resolve::namespace_labels(ctx, &ns).await.ok());
+        }
+        if g.selects(ak, ns_labels.as_ref().and_then(Option::as_ref)) {
+            match hold.as_mut() {
+                Some(h) => h.merge(&g.hold),
+                None => hold = Some(g.hold.clone()),
+            }
+        }
+    }
+    if let Some(h) = &hold {
+        ctx.budgets.hold_new(&key, h);
+    }
+    narrow(settings, hold.as_ref())
+}
+
 /// `spec` narrowed by a budget's hold: disabled if the hold disables; the hold's limit unless
 /// the spec's own limit over the same period is already lower.
 pub fn narrow(spec: &KeySettings, hold: Option<&Hold>) -> KeySettings {

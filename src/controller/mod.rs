@@ -67,7 +67,7 @@ pub use settings::Settings;
 /// The ApiKey reconciler and its error policy: the bench and the controller tests drive them.
 pub use apikey::{error_policy, reconcile};
 /// The budget pass: tests/controller/budget.rs runs one directly.
-pub use budget::{pass_over, PassReport};
+pub use budget::{pass_over, pass_over_at, PassReport};
 /// The watch cache's trimming: tests/memory.rs measures what it saves.
 pub use cache::slim;
 /// The reconcile error: tests match on its variants (LeaseLost, Panicked).
@@ -88,7 +88,7 @@ pub use rotation::BUDGET_HELD;
 /// The Secret template check: tests/template_memory.rs measures it.
 pub use secret::check_template;
 /// The supervised reconcilers (panic-catching): the controller tests run them.
-pub use supervise::{reconcile_apikey, reconcile_key_provider};
+pub use supervise::{reconcile_apikey, reconcile_cluster_key_provider, reconcile_key_provider};
 /// Status timestamps (RFC 3339): tests read and write them.
 pub use time::{parse as parse_time, ts};
 

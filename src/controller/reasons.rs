@@ -142,6 +142,13 @@ reasons! {
     /// The key expires within `spec.rotation.renewBefore` (7 days when nothing renews it) and
     /// no rotation is planned before then.
     ExpiringSoon,
+    // Provider objects: `CredentialsExpiring` (condition and Event).
+    /// The management credentials expire within 7 days.
+    CredentialsExpiring,
+    /// The management credentials expire later than 7 days from now, or never.
+    CredentialsNotExpiring,
+    /// The provider does not tell when the management credentials expire.
+    CredentialsExpiryNotExposed,
     // KeyBudgets and ClusterKeyBudgets (conditions and Events).
     /// The budget's spend was added up from the providers' listings.
     BudgetCounted,

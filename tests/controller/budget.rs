@@ -636,6 +636,210 @@ async fn disable_at_the_cap_survives_the_sync_and_a_restart() {
     assert_eq!(spend_or(&env, &id, 0.1, true).await, 200);
 }
 
+/// A key budget `name` in the env's namespace over ApiKeys labelled `team=<team>`.
+async fn key_budget(env: &Env, name: &str, team: &str, amount: &str, on_exceeded: &str) {
+    let b: KeyBudget = serde_json::from_value(json!({
+        "apiVersion": "keysmith.dev/v1alpha1", "kind": "KeyBudget",
+        "metadata": { "name": name, "namespace": env.ns },
+        "spec": { "selector": { "matchLabels": { "team": team } }, "amount": amount,
+                  "period": "monthly", "onExceeded": on_exceeded },
+    }))
+    .unwrap();
+    Api::<KeyBudget>::namespaced(env.client.clone(), &env.ns)
+        .create(&PostParams::default(), &b)
+        .await
+        .expect("KeyBudget created");
+}
+
+async fn or_pass(env: &Env) -> controller::PassReport {
+    env.ctx.listings.forget(&format!(
+        "ClusterKeyProvider/{}",
+        env.cluster_provider_name("openrouter")
+    ));
+    own_pass(env).await
+}
+
+/// A key created while a `Throttle` budget holds its group is created throttled (limit 0 over
+/// the budget's period: the measured keys' shares add up to the amount), and its sync keeps
+/// that, until the next pass gives it its share out of the others'. Before: it was created with
+/// its spec's limit and could spend past the cap until the next pass.
+#[tokio::test]
+async fn a_key_created_while_a_budget_throttles_its_group_is_created_throttled() {
+    let env = crate::openrouter::env().await;
+    let label = [("team", "late")];
+    env.create(&key(NS, "first", "openrouter", &label, monthly("50")))
+        .await;
+    let first = converge_in(&env, &env.ns, "first").await;
+    key_budget(&env, "cap", "late", "10", "Throttle").await;
+    assert_eq!(spend_or(&env, &first, 4.0, false).await, 200);
+    or_pass(&env).await;
+    assert_eq!(or_key(&env, &first).await.0, Some(10.0), "4 spent + 6 left");
+
+    // No pass between the ApiKey and its key.
+    env.create(&key(NS, "late", "openrouter", &label, monthly("50")))
+        .await;
+    let late = converge_in(&env, &env.ns, "late").await;
+    let (limit, _, _) = or_key(&env, &late).await;
+    assert_eq!(
+        limit,
+        Some(0.0),
+        "created throttled, not with its spec's 50"
+    );
+    let keys = env.emulator_keys().await;
+    let k = keys.iter().find(|k| k["hash"] == late.as_str()).unwrap();
+    assert_eq!(k["settings"]["limitReset"], "monthly");
+    assert_eq!(
+        spend_or(&env, &late, 0.5, true).await,
+        402,
+        "it cannot spend"
+    );
+    // Its sync keeps it so (the listing does not show the new key's hold lifted).
+    env.touch("late", "synced").await;
+    env.reconcile("late").await.unwrap();
+    assert_eq!(or_key(&env, &late).await.0, Some(0.0));
+
+    // The next pass shares what is left between the two: 4 + 3 and 0 + 3.
+    or_pass(&env).await;
+    assert_eq!(or_key(&env, &first).await.0, Some(7.0));
+    assert_eq!(or_key(&env, &late).await.0, Some(3.0));
+}
+
+/// A key created while a `Disable` budget is at its cap is created disabled.
+#[tokio::test]
+async fn a_key_created_while_a_budget_disables_its_group_is_created_disabled() {
+    let env = crate::openrouter::env().await;
+    let label = [("team", "off")];
+    env.create(&key(
+        NS,
+        "first",
+        "openrouter",
+        &label,
+        ApiKeySpec::default(),
+    ))
+    .await;
+    let first = converge_in(&env, &env.ns, "first").await;
+    key_budget(&env, "cap", "off", "2", "Disable").await;
+    assert_eq!(spend_or(&env, &first, 2.0, false).await, 200);
+    or_pass(&env).await;
+    assert!(or_key(&env, &first).await.2, "disabled at the cap");
+
+    env.create(&key(
+        NS,
+        "late",
+        "openrouter",
+        &label,
+        ApiKeySpec::default(),
+    ))
+    .await;
+    let late = converge_in(&env, &env.ns, "late").await;
+    assert!(or_key(&env, &late).await.2, "created disabled");
+    assert_eq!(spend_or(&env, &late, 0.1, true).await, 401);
+    env.touch("late", "synced").await;
+    env.reconcile("late").await.unwrap();
+    assert!(or_key(&env, &late).await.2, "the sync keeps it disabled");
+}
+
+/// The first instant of next month (UTC) plus an hour: a budget pass "then".
+fn next_month() -> chrono::DateTime<chrono::Utc> {
+    use chrono::{Datelike, TimeZone};
+    let now = chrono::Utc::now();
+    let (y, m) = if now.month() == 12 {
+        (now.year() + 1, 1)
+    } else {
+        (now.year(), now.month() + 1)
+    };
+    chrono::Utc.with_ymd_and_hms(y, m, 1, 1, 0, 0).unwrap()
+}
+
+/// A budget pass over this test's budgets as if the clock read `now`, on fresh listings.
+async fn or_pass_at(env: &Env, now: chrono::DateTime<chrono::Utc>) -> controller::PassReport {
+    env.ctx.listings.forget(&format!(
+        "ClusterKeyProvider/{}",
+        env.cluster_provider_name("openrouter")
+    ));
+    let ns = env.ns.clone();
+    controller::pass_over_at(&env.ctx, &move |n, _| n == Some(ns.as_str()), now)
+        .await
+        .expect("budget pass")
+}
+
+/// The provider's period ends (the emulator's monthly spend restarts at 0, as OpenRouter's does
+/// on the 1st) and the budget pass runs in the new month: a `Throttle` gives each key its own
+/// limit back where it is lower than its new share, the thresholds start over (Event
+/// `BudgetPeriodReset`), and a `Disable` enables its keys again.
+#[tokio::test]
+async fn a_period_reset_restores_throttled_limits_and_enables_disabled_keys() {
+    let env = crate::openrouter::env().await;
+    let label = [("team", "reset")];
+    env.create(&key(NS, "a", "openrouter", &label, monthly("4")))
+        .await;
+    env.create(&key(NS, "b", "openrouter", &label, monthly("4")))
+        .await;
+    env.create(&key(NS, "c", "openrouter", &label, ApiKeySpec::default()))
+        .await;
+    env.create(&key(
+        NS,
+        "d",
+        "openrouter",
+        &[("team", "reset-off")],
+        ApiKeySpec::default(),
+    ))
+    .await;
+    let a = converge_in(&env, &env.ns, "a").await;
+    let b = converge_in(&env, &env.ns, "b").await;
+    let c = converge_in(&env, &env.ns, "c").await;
+    let d = converge_in(&env, &env.ns, "d").await;
+    key_budget(&env, "throttle", "reset", "30", "Throttle").await;
+    key_budget(&env, "off", "reset-off", "2", "Disable").await;
+
+    // This month: c spent 27 of 30 and d its whole 2.
+    assert_eq!(spend_or(&env, &c, 27.0, false).await, 200);
+    assert_eq!(spend_or(&env, &d, 2.0, false).await, 200);
+    or_pass(&env).await;
+    assert_eq!(or_key(&env, &a).await.0, Some(1.0), "0 spent + 1 of 3 left");
+    assert_eq!(or_key(&env, &b).await.0, Some(1.0));
+    assert_eq!(or_key(&env, &c).await.0, Some(28.0));
+    assert!(or_key(&env, &d).await.2, "d disabled at the cap");
+    let budgets: Api<KeyBudget> = Api::namespaced(env.client.clone(), &env.ns);
+    let st = budgets.get("throttle").await.unwrap().status.unwrap();
+    assert_eq!(st.thresholds_reached, vec![0.5, 0.8]);
+
+    // The 1st of next month: the provider's monthly spend restarts, and so does the budget's.
+    let (code, _) = env
+        .emulator_post("/_emulator/reset-period", json!({"period": "monthly"}))
+        .await;
+    assert_eq!(code, 200);
+    let then = next_month();
+    or_pass_at(&env, then).await;
+    // a and b: their own 4 (lower than a share of 10); c: its share.
+    assert_eq!(or_key(&env, &a).await.0, Some(4.0), "a's own limit back");
+    assert_eq!(or_key(&env, &b).await.0, Some(4.0), "b's own limit back");
+    assert_eq!(or_key(&env, &c).await.0, Some(10.0));
+    assert!(!or_key(&env, &d).await.2, "d enabled again");
+    assert_eq!(spend_or(&env, &d, 0.5, true).await, 200, "d works again");
+    let st = budgets.get("throttle").await.unwrap().status.unwrap();
+    assert!(st.thresholds_reached.is_empty(), "{st:?}");
+    assert_eq!(
+        st.period_start.as_deref(),
+        Some(&*keysmith::controller::ts(
+            then.date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc()
+        ))
+    );
+    assert_eq!(condition(&st, "Threshold50"), Some("False"));
+    let resets = env
+        .events()
+        .into_iter()
+        .filter(|e| e.1 == "BudgetPeriodReset")
+        .count();
+    assert_eq!(resets, 2, "one per budget");
+    // The ApiKey sync agrees (a spec edit reads each key fresh).
+    for (name, id, want) in [("a", &a, Some(4.0)), ("c", &c, Some(10.0))] {
+        env.touch(name, "after-reset").await;
+        env.reconcile(name).await.unwrap();
+        assert_eq!(or_key(&env, id).await.0, want, "{name}");
+    }
+}
+
 /// docs/performance.md: what one budget pass costs over 1,000 ApiKeys of one provider object
 /// under a KeyBudget and a ClusterKeyBudget: provider calls (one paged listing, shared with the
 /// ApiKey reconciles, none at all while that listing is fresh), Kubernetes requests, time.

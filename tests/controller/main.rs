@@ -7,6 +7,7 @@ mod bifrost_features;
 mod boltz;
 mod budget;
 mod crd_apply;
+mod credentials;
 mod digitalocean;
 mod fairness;
 mod fidelity;

@@ -1000,3 +1000,69 @@ async fn metrics_endpoint_serves_the_documented_series() {
     assert_eq!(ready.text().await.unwrap(), "leader");
     server.abort();
 }
+
+/// Issue 20: the provider object's `workspaceID` changes: the key, fixed in its workspace at
+/// OpenRouter, needs a new key (`NewKeyNeeded`), and with `onImmutableChange: Replace` gets one
+/// in the new workspace while the old one is revoked.
+#[tokio::test]
+async fn a_workspace_change_of_the_provider_object_needs_a_new_key() {
+    const WS_A: &str = "6f1c1f0e-3d7b-4c1e-9a55-2b8f4e0d9a10";
+    const WS_B: &str = "0df9e665-d932-5740-b2c7-b52af166bc11";
+    let env = env_with(
+        |s| s.openrouter.as_mut().unwrap().workspace_id = Some(WS_A.into()),
+        vec![],
+    )
+    .await;
+    env.create(&apikey("ws", "openrouter", ApiKeySpec::default()))
+        .await;
+    let old = env.converge("ws", 4).await.status.unwrap().key_id.unwrap();
+    let workspace = |keys: &[Value], id: &str| {
+        keys.iter().find(|k| k["hash"] == id).unwrap()["workspaceId"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(workspace(&env.emulator_keys().await, &old), WS_A);
+
+    let providers: kube::Api<keysmith::api::ClusterKeyProvider> =
+        kube::Api::all(env.client.clone());
+    providers
+        .patch(
+            &env.cluster_provider_name("openrouter"),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"openrouter": {"workspaceID": WS_B}}})),
+        )
+        .await
+        .unwrap();
+    env.touch("ws", "moved").await;
+    env.reconcile("ws").await.unwrap();
+    let ak = env.get("ws").await;
+    let (status, reason, message) = ready(&ak);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "NewKeyNeeded"),
+        "{message}"
+    );
+    let st = ak.status.unwrap();
+    assert_eq!(st.key_id.as_deref(), Some(old.as_str()), "the key stays");
+    assert_eq!(
+        st.fields_needing_new_key,
+        vec!["ClusterKeyProvider spec.openrouter.workspaceID".to_string()]
+    );
+    assert_eq!(live_keys(&env.emulator_keys().await), 1, "nothing minted");
+
+    env.patch_spec("ws", json!({"onImmutableChange": "Replace"}))
+        .await;
+    env.reconcile("ws").await.unwrap();
+    let ak = env.get("ws").await;
+    assert_eq!(ready(&ak).1, "KeyActive", "{:?}", ak.status);
+    let new = ak.status.unwrap().key_id.unwrap();
+    assert_ne!(new, old);
+    let keys = env.emulator_keys().await;
+    assert_eq!(workspace(&keys, &new), WS_B);
+    assert_eq!(
+        keys.iter().find(|k| k["hash"] == old.as_str()).unwrap()["active"],
+        false,
+        "the old key is revoked"
+    );
+}

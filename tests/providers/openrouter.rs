@@ -789,6 +789,38 @@ async fn workspaces_scope_creates_and_listings() {
     default.get(&scope(), &b.key.id).await.unwrap();
 }
 
+/// Issue 20: a key's `workspace_id` is compared with the provider object's `workspaceID`.
+/// OpenRouter cannot move a key (`workspace_id` is not in `PATCH /keys/{hash}`), so another
+/// workspace is drift that needs a new key; without a `workspaceID` (the account's default,
+/// whose id the API does not tell) there is nothing to compare.
+#[tokio::test]
+async fn a_key_in_another_workspace_needs_a_new_key() {
+    let e = start().await;
+    let other = client_with(&e, MGMT, Some(OTHER_WORKSPACE), opts());
+    let in_default = client_with(&e, MGMT, Some(OPENROUTER_WORKSPACE), opts());
+    let unset = client(&e);
+    let want = settings("moving");
+    let key = other.create(&want).await.unwrap().key;
+    assert_eq!(
+        key.extras
+            .get(keysmith::providers::EXTRA_WORKSPACE)
+            .map(String::as_str),
+        Some(OTHER_WORKSPACE)
+    );
+    assert!(drift(&other, &key, &want).is_empty());
+    // The upper-case spelling of the same UUID is the same workspace.
+    let upper = client_with(&e, MGMT, Some(&OTHER_WORKSPACE.to_uppercase()), opts());
+    assert!(drift(&upper, &key, &want).is_empty());
+    let got = in_default.get(&scope(), &key.id).await.unwrap();
+    let d = drift(&in_default, &got, &want);
+    assert_eq!(d, vec![Field::Workspace]);
+    assert!(
+        !in_default.capabilities().can_update(Field::Workspace),
+        "a new key, never an update"
+    );
+    assert!(drift(&unset, &got, &want).is_empty());
+}
+
 #[tokio::test]
 async fn expired_keys_fail_authentication() {
     let e = start().await;
@@ -1356,4 +1388,86 @@ async fn a_listing_with_another_page_size_loses_no_key() {
     ids.sort();
     assert_eq!(listed, ids, "every key listed once");
     assert_eq!(pages, 4, "37 + 37 + 6 + the empty page");
+}
+
+/// Issue 21 §3: the management key's own expiry, from the one `GET /key` that verifies it
+/// (null: never; a time: when; past it the key is refused). The emulator's answer matches
+/// OpenRouter's schema.
+#[tokio::test]
+async fn verify_tells_when_the_management_key_expires() {
+    use keysmith::providers::CredentialsExpiry;
+    let e = start().await;
+    let c = client(&e);
+    let before = e.faults.requests();
+    assert_eq!(
+        c.verify_credentials().await.unwrap(),
+        CredentialsExpiry::Never
+    );
+    assert_eq!(e.faults.requests() - before, 1, "one call");
+
+    let at = (Utc::now() + chrono::Duration::days(3)).trunc_subsecs(0);
+    let (s, _, _) = raw(
+        "POST",
+        format!("{}/_emulator/management-key", e.url()),
+        None,
+        Some(json!({"expiresAt": at.to_rfc3339()})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _, body) = raw("GET", api(&e, "/key"), Some(MGMT), None).await;
+    assert_eq!(s, 200);
+    validate_response(SPEC, "/key", "GET", 200, &body).unwrap();
+    assert_eq!(
+        c.verify_credentials().await.unwrap(),
+        CredentialsExpiry::At(at)
+    );
+    c.verify().await.unwrap();
+
+    // Expired: refused like OpenRouter refuses an expired key.
+    let past = Utc::now() - chrono::Duration::seconds(1);
+    raw(
+        "POST",
+        format!("{}/_emulator/management-key", e.url()),
+        None,
+        Some(json!({"expiresAt": past.to_rfc3339()})),
+    )
+    .await;
+    match c.verify_credentials().await {
+        Err(ProviderError::Auth(_)) => {}
+        other => panic!("expected Auth, got {other:?}"),
+    }
+}
+
+/// The expiry parser is lenient only where "not told" is the safe reading: an absent or
+/// unreadable `expires_at` is "not exposed", never "never expires".
+#[tokio::test]
+async fn an_unreadable_management_key_expiry_is_not_exposed() {
+    use axum::routing::get;
+    use keysmith::providers::CredentialsExpiry;
+    for (data, want) in [
+        (
+            json!({"is_management_key": true}),
+            CredentialsExpiry::NotExposed,
+        ),
+        (
+            json!({"is_management_key": true, "expires_at": "soon"}),
+            CredentialsExpiry::NotExposed,
+        ),
+        (
+            json!({"is_management_key": true, "expires_at": null}),
+            CredentialsExpiry::Never,
+        ),
+    ] {
+        let body = json!({ "data": data });
+        let router = axum::Router::new().route(
+            "/api/v1/key",
+            get(move || {
+                let body = body.clone();
+                async move { axum::Json(body) }
+            }),
+        );
+        let (_, faults) = build_openrouter(&OpenRouterArgs::with_management_keys(&[MGMT]));
+        let e = emulators::spawn(router, faults).await.unwrap();
+        assert_eq!(client(&e).verify_credentials().await.unwrap(), want);
+    }
 }

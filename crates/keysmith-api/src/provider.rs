@@ -399,9 +399,20 @@ pub struct KeyProviderStatus {
     /// Which provider block is set (openrouter, boltz, ucloud, digitalocean, bifrost).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider_type: Option<String>,
-    /// `Ready`: the credentials were accepted by the provider.
+    /// `Ready`: the credentials were accepted by the provider. `CredentialsExpiring`: they
+    /// expire within 7 days (where the provider tells their expiry).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The last time a call with these credentials succeeded (RFC 3339; rewritten at most
+    /// every 30 minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_verified_at: Option<String>,
+    /// When the credentials expire, where the provider tells it (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_expires_at: Option<String>,
+    /// The expiry the `CredentialsExpiring` Event was published for (once per expiry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_expiry_announced: Option<String>,
 }
 
 /// The cluster-scoped twin of [`KeyProvider`]; credentials come from a Secret in the namespace

@@ -15,7 +15,8 @@
 //! here are stored as SHA-256 digests only. A minted key on `/keys*` gets 403; a disabled,
 //! expired or deleted key gets 401 everywhere, including `GET /key`.
 //!
-//! Not emulated: daily/weekly/monthly usage resets (usage only grows), BYOK spend except through
+//! Not emulated: daily/weekly/monthly usage resets by the clock (a test resets a period with
+//! `POST /_emulator/reset-period`), BYOK spend except through
 //! `POST /_emulator/usage`, `creator_user_id` other than the emulator's one user, and workspaces
 //! other than "any UUID names a workspace".
 
@@ -66,6 +67,11 @@ pub struct Args {
     /// a test can pick another to show a client loses nothing.
     #[arg(long, default_value_t = PAGE_SIZE, value_parser = clap::value_parser!(usize))]
     pub page_size: usize,
+    /// When the management keys expire (RFC 3339, UTC): `GET /key` reports it as
+    /// `expires_at`, and from then on they answer 401. Default: never. Settable at run time with
+    /// `POST /_emulator/management-key`.
+    #[arg(long, value_parser = parse_expiry)]
+    pub management_key_expires_at: Option<DateTime<Utc>>,
 }
 
 impl std::fmt::Debug for Args {
@@ -78,6 +84,7 @@ impl std::fmt::Debug for Args {
             )
             .field("workspace", &self.workspace)
             .field("page_size", &self.page_size)
+            .field("management_key_expires_at", &self.management_key_expires_at)
             .finish()
     }
 }
@@ -90,8 +97,15 @@ impl Args {
             management_keys: keys.iter().map(|k| k.to_string()).collect(),
             workspace: DEFAULT_WORKSPACE.to_string(),
             page_size: PAGE_SIZE,
+            management_key_expires_at: None,
         }
     }
+}
+
+fn parse_expiry(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| format!("{s:?} is not an RFC 3339 time"))
 }
 
 fn parse_workspace(s: &str) -> Result<String, String> {
@@ -236,6 +250,8 @@ fn legacy_rate_limit() -> Value {
 
 struct Store {
     management: Vec<([u8; 32], String)>,
+    /// When the management keys expire (`None`: never).
+    management_expires_at: Option<DateTime<Utc>>,
     default_workspace: String,
     page_size: usize,
     keys: Vec<StoredKey>,
@@ -283,6 +299,9 @@ fn authenticate(store: &Store, headers: &HeaderMap) -> Result<Caller, ApiError> 
     }
     let d = digest(token);
     if let Some((_, label)) = store.management.iter().find(|(m, _)| *m == d) {
+        if store.management_expires_at.is_some_and(|e| e <= Utc::now()) {
+            return Err(unauthorized("API key has expired"));
+        }
         return Ok(Caller::Management {
             label: label.clone(),
         });
@@ -563,7 +582,7 @@ async fn current_key(State(s): State<Shared>, headers: HeaderMap) -> Answer {
             "is_management_key": true,
             "is_provisioning_key": true,
             "creator_user_id": CREATOR_USER_ID,
-            "expires_at": null,
+            "expires_at": store.management_expires_at.map(ts),
             "rate_limit": legacy_rate_limit(),
         }),
         Caller::Minted { hash } => store
@@ -663,6 +682,37 @@ async fn control_usage(State(s): State<Shared>, body: Bytes) -> Answer {
     Ok(Json(json!({ "data": k.to_json() })).into_response())
 }
 
+/// `POST /_emulator/reset-period {"period": "daily"|"weekly"|"monthly"}`: what OpenRouter does
+/// at midnight UTC (Monday, the 1st): that period's spend of every key starts again at 0.
+async fn control_reset_period(State(s): State<Shared>, body: Bytes) -> Answer {
+    let body = json_body(&body)?;
+    let slot = match body.get("period").and_then(Value::as_str) {
+        Some("daily") => 1,
+        Some("weekly") => 2,
+        Some("monthly") => 3,
+        _ => return Err(bad_request("period must be daily, weekly or monthly")),
+    };
+    let mut store = s.lock().unwrap();
+    for k in store.keys.iter_mut() {
+        k.usage[slot] = 0.0;
+        k.byok_usage[slot] = 0.0;
+    }
+    Ok(Json(json!({ "reset": slot })).into_response())
+}
+
+/// `POST /_emulator/management-key {"expiresAt": "<RFC 3339>" | null}`: when the management
+/// keys expire (null: never).
+async fn control_management_key(State(s): State<Shared>, body: Bytes) -> Answer {
+    let body = json_body(&body)?;
+    let at = match body.get("expiresAt") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) => Some(parse_expiry(t).map_err(bad_request)?),
+        Some(_) => return Err(bad_request("expiresAt must be an RFC 3339 time or null")),
+    };
+    s.lock().unwrap().management_expires_at = at;
+    Ok(Json(json!({ "expiresAt": at.map(ts) })).into_response())
+}
+
 /// What `--normalise` rewrites in OpenRouter's answers.
 const NORMALISE: &[Field] = &[
     ("limit", Rewrite::Decimal),
@@ -681,6 +731,7 @@ pub fn build(args: &Args) -> (Router, Arc<Faults>) {
             .filter(|k| !k.is_empty())
             .map(|k| (digest(k), mask(k)))
             .collect(),
+        management_expires_at: args.management_key_expires_at,
         default_workspace: args.workspace.clone(),
         page_size: args.page_size.max(1),
         keys: Vec::new(),
@@ -695,6 +746,14 @@ pub fn build(args: &Args) -> (Router, Arc<Faults>) {
         )
         .route("/_emulator/keys", get(control_keys))
         .route("/_emulator/usage", axum::routing::post(control_usage))
+        .route(
+            "/_emulator/management-key",
+            axum::routing::post(control_management_key),
+        )
+        .route(
+            "/_emulator/reset-period",
+            axum::routing::post(control_reset_period),
+        )
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "Not Found".into()) })
         .with_state(store);
     let faults = Faults::new(args.faults.clone(), render_error);

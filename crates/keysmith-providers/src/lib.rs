@@ -38,7 +38,7 @@ pub use metrics::ProviderMetrics;
 /// OpenRouter's client, its wire object and update body (the tests and the memory test use them).
 pub use openrouter::{
     update_body as openrouter_update_body, KeyObject as OpenRouterKeyObject, OpenRouterClient,
-    EXTRA_INCLUDE_BYOK,
+    EXTRA_INCLUDE_BYOK, EXTRA_WORKSPACE,
 };
 /// UCloud's client, its request signature and page size (the tests sign and page like it).
 pub use ucloud::{
@@ -139,6 +139,9 @@ pub enum Field {
     Extras,
     KeyRef,
     Source,
+    /// Where the key lives at the provider (OpenRouter's workspace), chosen by the provider
+    /// object: fixed at creation.
+    Workspace,
 }
 
 impl Field {
@@ -155,6 +158,7 @@ impl Field {
             Field::Extras => "spec.<provider block>",
             Field::KeyRef => "spec.keyRef",
             Field::Source => "spec.source",
+            Field::Workspace => "workspaceID (of the provider object)",
         }
     }
 }
@@ -438,6 +442,18 @@ pub struct CreatedKey {
     pub secret: SecretString,
 }
 
+/// When the management credentials themselves expire, as the provider tells it (issue 21 §3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CredentialsExpiry {
+    /// The provider does not say (no call tells a management key's expiry).
+    #[default]
+    NotExposed,
+    /// The provider says the credentials never expire.
+    Never,
+    /// The credentials stop working at this time.
+    At(DateTime<Utc>),
+}
+
 /// One page of a listing.
 #[derive(Debug, Default)]
 pub struct KeyPage {
@@ -487,6 +503,12 @@ pub trait KeyBackend: Send + Sync {
     }
     /// Check the credentials with the cheapest authenticated call there is.
     async fn verify(&self) -> Result<(), ProviderError>;
+    /// Check the credentials and tell when they expire, where the provider exposes it: the
+    /// provider object's verify, one call per provider object per refresh (never per ApiKey).
+    /// Default: [`KeyBackend::verify`], expiry not exposed.
+    async fn verify_credentials(&self) -> Result<CredentialsExpiry, ProviderError> {
+        self.verify().await.map(|()| CredentialsExpiry::NotExposed)
+    }
     /// Create a key; the answer holds the one-time plaintext.
     async fn create(&self, settings: &KeySettings) -> Result<CreatedKey, ProviderError>;
     /// One page of the keys of a scope. `cursor` is `None` for the first page.
@@ -542,6 +564,11 @@ pub trait KeyBackend: Send + Sync {
     /// Fields of the provider block that differ between the observed key and the desired
     /// settings (default: the provider reports none of them).
     fn extras_drift(&self, _current: &ProviderKey, _desired: &KeySettings) -> bool {
+        false
+    }
+    /// Whether the key lives in another workspace than the one this client creates keys in
+    /// (default: the provider has no such thing). Fixed at creation: only a new key resolves it.
+    fn workspace_drift(&self, _current: &ProviderKey) -> bool {
         false
     }
     /// A problem the provider reports with `key` itself (Bifrost: a provider key whose model
@@ -664,6 +691,9 @@ pub fn drift(backend: &dyn KeyBackend, current: &ProviderKey, desired: &KeySetti
     }
     if backend.extras_drift(current, desired) {
         out.push(Field::Extras);
+    }
+    if backend.workspace_drift(current) {
+        out.push(Field::Workspace);
     }
     out
 }

@@ -33,6 +33,8 @@ pub const DEFAULT_BASE_URL: &str = OpenRouterProvider::DEFAULT_BASE_URL;
 
 /// `ProviderKey.extras` key of the `include_byok_in_limit` flag.
 pub const EXTRA_INCLUDE_BYOK: &str = "includeByokInLimit";
+/// `ProviderKey.extras` key of the key's `workspace_id` (fixed at creation).
+pub const EXTRA_WORKSPACE: &str = "workspaceID";
 
 const SUPPORTED: &[Field] = &[
     Field::DisplayName,
@@ -207,12 +209,25 @@ impl KeyBackend for OpenRouterClient {
     }
 
     async fn verify(&self) -> Result<(), ProviderError> {
+        self.verify_credentials().await.map(|_| ())
+    }
+
+    /// `GET /key` answers for the management key itself: whether it is one, and its
+    /// `expires_at` (null: never; absent or unreadable: not exposed).
+    async fn verify_credentials(&self) -> Result<CredentialsExpiry, ProviderError> {
         let resp = self
             .call("verify", Idempotency::Safe, Method::GET, "/key", &[], None)
             .await?;
         let env: DataEnvelope<CurrentKey> = decode(&resp)?;
+        let expiry = match &env.data.expires_at {
+            None => CredentialsExpiry::NotExposed,
+            Some(None) => CredentialsExpiry::Never,
+            Some(Some(t)) => {
+                parse_time(t).map_or(CredentialsExpiry::NotExposed, CredentialsExpiry::At)
+            }
+        };
         match env.data.is_management_key.or(env.data.is_provisioning_key) {
-            Some(true) => Ok(()),
+            Some(true) => Ok(expiry),
             Some(false) => Err(ProviderError::Auth(
                 "the configured key is a normal OpenRouter API key, not a management key: create a management key in the OpenRouter settings (Management Keys) and put it in the Secret".into(),
             )),
@@ -332,6 +347,16 @@ impl KeyBackend for OpenRouterClient {
         )
         .await?;
         Ok(())
+    }
+
+    /// The key's `workspace_id` is not the provider object's `workspaceID` (OpenRouter cannot
+    /// move a key: a new key is needed). Without a `workspaceID` keys go to the account's
+    /// default workspace, whose id the API does not tell: nothing to compare.
+    fn workspace_drift(&self, current: &ProviderKey) -> bool {
+        match (&self.workspace_id, current.extras.get(EXTRA_WORKSPACE)) {
+            (Some(want), Some(have)) => !want.eq_ignore_ascii_case(have.trim()),
+            _ => false,
+        }
     }
 
     /// `include_byok_in_limit` differs from the ApiKey's `openrouter.includeByokInLimit` (when
@@ -524,6 +549,9 @@ struct CurrentKey {
     is_management_key: Option<bool>,
     #[serde(default)]
     is_provisioning_key: Option<bool>,
+    /// Null: never expires; absent: not reported.
+    #[serde(default, deserialize_with = "present")]
+    expires_at: Option<Option<String>>,
 }
 
 /// A key as OpenRouter describes it (list, get, create, update). Only what keysmith reads;
@@ -544,6 +572,8 @@ pub struct KeyObject {
     pub limit_reset: Option<String>,
     #[serde(default)]
     pub include_byok_in_limit: Option<bool>,
+    #[serde(default)]
+    pub workspace_id: Option<String>,
     #[serde(default)]
     pub usage: Option<f64>,
     #[serde(default)]
@@ -606,6 +636,10 @@ impl KeyObject {
         let mut extras = Extras::new();
         if let Some(b) = self.include_byok_in_limit {
             extras.insert(EXTRA_INCLUDE_BYOK.to_string(), b.to_string());
+        }
+        // A UUID (36 characters); anything longer is not one and is not kept.
+        if let Some(w) = self.workspace_id.as_deref().filter(|w| w.len() <= 64) {
+            extras.insert(EXTRA_WORKSPACE.to_string(), w.to_string());
         }
         ProviderKey {
             hint: self.label.as_deref().and_then(hint_from_label),

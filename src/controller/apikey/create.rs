@@ -276,7 +276,10 @@ async fn create_once(
     r.ctx.lease_allows(r.ctx.settings.client_options.timeout)?;
     take_share(r)?;
     let attempt = crate::ids::random_hex(16);
-    let mut settings = settings_for_attempt(r.ak, &v.settings, attempt.clone())?;
+    // A key created while a budget throttles or disables its group is created so, as the sync
+    // would set it (not only from the next budget pass on).
+    let wanted = crate::controller::limits::for_new_key(r.ctx, r.ak, &v.settings).await;
+    let mut settings = settings_for_attempt(r.ak, &wanted, attempt.clone())?;
     let provisional = creates_under_provisional_name(r.p.backend.as_ref());
     if provisional {
         settings.name = provisional_name(&attempt);

@@ -54,6 +54,11 @@ pub fn split_drift(drifted: Vec<Field>, caps: &Capabilities) -> (Vec<Field>, Vec
 pub fn field_path(f: Field, p: &ResolvedProvider) -> String {
     match f {
         Field::Extras => format!("spec.{}", p.provider_type),
+        Field::Workspace => format!(
+            "{} spec.{}.workspaceID",
+            p.id.split('/').next().unwrap_or("provider object"),
+            p.provider_type
+        ),
         other => other.path().to_string(),
     }
 }

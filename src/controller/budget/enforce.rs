@@ -12,7 +12,7 @@ use crate::api::ApiKey;
 use crate::providers::{self, Capabilities, Field, KeyScope, ProviderKey};
 
 // The holds live beside the context that keeps them (the context needs nothing of the pass).
-pub use super::super::enforcements::Hold;
+pub use super::super::enforcements::{GroupHold, Hold};
 
 /// Whether keysmith can throttle keys of a provider: it reports spend and updates the limit
 /// and its period in place.

@@ -31,7 +31,7 @@ use kube::runtime::events::EventType;
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
-use self::enforce::{can_disable, can_throttle, Hold, Target};
+use self::enforce::{can_disable, can_throttle, GroupHold, Hold, Target};
 use self::tally::Measured;
 use super::backends::{selector_matches, ResolvedProvider};
 use super::context::Context;
@@ -50,6 +50,10 @@ pub const PASS_INTERVAL: Duration = Duration::from_secs(30);
 const LAST_REFRESH_EVERY: Duration = Duration::from_secs(300);
 /// Most budgets one pass adds up (the rest wait for a later pass, in name order).
 pub const MAX_BUDGETS: usize = 2000;
+
+/// Set once the operator was refused the listing of ClusterKeyBudgets (warned about once).
+static CLUSTER_BUDGETS_REFUSED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 /// A budget of either kind.
 enum Budget {
@@ -111,6 +115,24 @@ impl Budget {
                 ns_labels.is_some_and(|nl| by_label(&b.spec.namespace_selector, nl))
                     && by_label(&b.spec.inner.selector, labels)
             }
+        }
+    }
+
+    /// `hold` for the keys this budget selects that it has not measured yet.
+    fn group_hold(&self, hold: Hold) -> GroupHold {
+        match self {
+            Budget::Namespaced(b) => GroupHold {
+                namespace: Some(b.namespace().unwrap_or_default()),
+                namespace_selector: None,
+                selector: b.spec.selector.clone(),
+                hold,
+            },
+            Budget::Cluster(b) => GroupHold {
+                namespace: None,
+                namespace_selector: b.spec.namespace_selector.clone(),
+                selector: b.spec.inner.selector.clone(),
+                hold,
+            },
         }
     }
 
@@ -227,15 +249,23 @@ async fn list_budgets(ctx: &Context) -> Result<Vec<Budget>, kube::Error> {
             Err(e) => return Err(e),
         }
     }
-    if ctx.settings.watch_namespaces.is_empty() {
-        match Api::<ClusterKeyBudget>::all(ctx.client.clone())
-            .list(&lp)
-            .await
-        {
-            Ok(l) => out.extend(l.items.into_iter().map(Budget::Cluster)),
-            Err(e) if absent(&e) => {}
-            Err(e) => return Err(e),
+    // ClusterKeyBudgets: in cluster mode, and in namespace mode when the operator's RBAC lets
+    // it list them (then they count the watched namespaces' ApiKeys only). Refused: said once.
+    match Api::<ClusterKeyBudget>::all(ctx.client.clone())
+        .list(&lp)
+        .await
+    {
+        Ok(l) => out.extend(l.items.into_iter().map(Budget::Cluster)),
+        Err(kube::Error::Api(r)) if r.code == 403 => {
+            if !CLUSTER_BUDGETS_REFUSED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                tracing::warn!(
+                    namespace_mode = !ctx.settings.watch_namespaces.is_empty(),
+                    "ClusterKeyBudgets are not served: the operator may not list clusterkeybudgets (in namespace mode, grant it with a ClusterRole for clusterkeybudgets list and clusterkeybudgets/status patch; see docs/budgets.md)"
+                );
+            }
         }
+        Err(e) if absent(&e) => {}
+        Err(e) => return Err(e),
     }
     out.retain(|b| match b {
         Budget::Namespaced(b) => b.metadata.deletion_timestamp.is_none(),
@@ -387,7 +417,16 @@ pub async fn pass_over(
     ctx: &Context,
     keep: &(dyn Fn(Option<&str>, &str) -> bool + Sync),
 ) -> Result<PassReport, kube::Error> {
-    let now = Utc::now();
+    pass_over_at(ctx, keep, Utc::now()).await
+}
+
+/// [`pass_over`] as if the clock read `now`: which period the budgets are in (a test drives a
+/// period reset without waiting for midnight or the 1st).
+pub async fn pass_over_at(
+    ctx: &Context,
+    keep: &(dyn Fn(Option<&str>, &str) -> bool + Sync),
+    now: DateTime<Utc>,
+) -> Result<PassReport, kube::Error> {
     let mut budgets = list_budgets(ctx).await?;
     budgets.retain(|b| match b {
         Budget::Namespaced(k) => keep(k.namespace().as_deref(), &k.name_any()),
@@ -458,6 +497,9 @@ pub async fn pass_over(
 
     // Per budget: figures, status, thresholds, holds.
     let mut holds: HashMap<String, Hold> = HashMap::new();
+    let mut groups: Vec<GroupHold> = Vec::new();
+    // Keys a Throttle/Disable budget selects but could not measure this pass.
+    let mut unmeasured: HashSet<String> = HashSet::new();
     let mut figures = Vec::new();
     for (b, sel) in budgets.iter().zip(&selected) {
         let spec = b.spec();
@@ -486,8 +528,23 @@ pub async fn pass_over(
         for (k, h) in budget_holds {
             holds.entry(k).and_modify(|e| e.merge(&h)).or_insert(h);
         }
-        if write_status(ctx, b, &fig, amount, enforcement, now).await? {
-            report.status_writes += 1;
+        if let Some(hold) = new_key_hold(spec, amount, &fig) {
+            groups.push(b.group_hold(hold));
+            unmeasured.extend(
+                sel.iter()
+                    .filter(|i| views[i].is_err())
+                    .map(|i| key_of(&all[*i])),
+            );
+        }
+        match write_status(ctx, b, &fig, amount, enforcement, now).await {
+            Ok(true) => report.status_writes += 1,
+            Ok(false) => {}
+            // A status the operator may not write (a ClusterKeyBudget in namespace mode with
+            // list but not status rights) does not stop the other budgets.
+            Err(kube::Error::Api(r)) if r.code == 403 => {
+                tracing::warn!(budget = %b.name(), "a budget's status cannot be written (403): its figures are not reported");
+            }
+            Err(e) => return Err(e),
         }
         figures.push(BudgetFigures {
             namespace: b.namespace(),
@@ -504,6 +561,14 @@ pub async fn pass_over(
     }
     ctx.metrics.budgets.publish(&figures);
 
+    // A key not measured this pass (just created, not in the listing yet) keeps what it was held
+    // to: it is not let go to its spec's limit because a listing does not show it yet.
+    for k in unmeasured {
+        if let Some(h) = ctx.budgets.hold_for(&k) {
+            holds.entry(k).or_insert(h);
+        }
+    }
+    ctx.budgets.replace_groups(groups);
     // Push the holds (and lift the ones that ended) where the provider shows otherwise.
     let before = ctx.budgets.replace(holds);
     let touched: HashSet<String> = before.into_keys().chain(ctx.budgets.keys()).collect();
@@ -530,6 +595,26 @@ pub async fn pass_over(
     }
     ctx.budgets.mark_settled();
     Ok(report)
+}
+
+/// What a key the budget selects gets when it is created before the next pass measures it:
+/// `Throttle`: limit 0 over the budget's period (the shares of the keys measured add up to the
+/// amount; the next pass gives the new key its share); `Disable` at the cap: disabled.
+fn new_key_hold(spec: &KeyBudgetSpec, amount: f64, fig: &tally::Figures) -> Option<Hold> {
+    match spec.on_exceeded {
+        OnExceeded::Report => None,
+        OnExceeded::Throttle => Some(Hold {
+            limit: Some(Limit {
+                amount: "0".into(),
+                reset: Some(tally::reset_of(spec.period)),
+            }),
+            disabled: false,
+        }),
+        OnExceeded::Disable => (amount <= 0.0 || fig.spent + 1e-9 >= amount).then_some(Hold {
+            limit: None,
+            disabled: true,
+        }),
+    }
 }
 
 /// What `onExceeded` does for one budget: a note for its status and the holds on its keys.
